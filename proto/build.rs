@@ -1,0 +1,9 @@
+//! Generates the gRPC code of package `t2t.v1` with tonic-prost-build, using the protoc binary
+//! shipped by `protoc-bin-vendored` so that no system protoc is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
+    println!("cargo:rerun-if-changed=proto");
+    tonic_prost_build::configure().compile_protos(&["proto/t2t/v1/socket.proto"], &["proto"])?;
+    Ok(())
+}
