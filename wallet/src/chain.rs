@@ -1,0 +1,179 @@
+//! The bitcoind RPC calls a node relies on. Results are read as JSON rather than through typed
+//! structs so that newer Bitcoin Core versions (31.x here) with extra or renamed fields still work.
+
+use std::path::PathBuf;
+
+use bdk_bitcoind_rpc::bitcoincore_rpc::{Auth, Client, RpcApi};
+use bitcoin::consensus::encode;
+use bitcoin::{Amount, Network, OutPoint, Transaction, Txid};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::WalletError;
+
+/// Where a node reaches bitcoind, as written in its TOML config (`[chain]`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    /// RPC endpoint, e.g. `http://127.0.0.1:18443`.
+    pub rpc_url: String,
+    /// bitcoind's `.cookie` file for RPC auth.
+    pub cookie_file: PathBuf,
+}
+
+/// bitcoind's verdict on a transaction (`testmempoolaccept`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MempoolVerdict {
+    /// Whether bitcoind would accept it into its mempool.
+    pub allowed: bool,
+    /// Why not, when not (`reject-reason`, with details when given).
+    pub reject_reason: String,
+    /// Virtual size in vbytes, when allowed.
+    pub vsize: u64,
+    /// Fee, computed by bitcoind from the chain's own values of the inputs, when allowed.
+    pub fee: Amount,
+}
+
+/// An RPC connection to bitcoind for one network.
+pub struct Chain {
+    client: Client,
+    network: Network,
+}
+
+fn rpc_error(method: &str, e: impl std::fmt::Display) -> WalletError {
+    WalletError::Rpc {
+        method: method.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+impl Chain {
+    /// Connect and check that bitcoind runs `network`. Errors: [`WalletError::Rpc`] when it
+    /// does not answer, [`WalletError::WrongChain`] when it runs another network.
+    pub fn connect(config: &ChainConfig, network: Network) -> Result<Self, WalletError> {
+        let client = Client::new(
+            &config.rpc_url,
+            Auth::CookieFile(config.cookie_file.clone()),
+        )
+        .map_err(|e| rpc_error("connect", e))?;
+        let chain = Chain { client, network };
+        let info: Value = chain.call("getblockchaininfo", &[])?;
+        let got = info["chain"].as_str().unwrap_or_default().to_owned();
+        let expected = match network {
+            Network::Bitcoin => "main",
+            Network::Testnet => "test",
+            Network::Testnet4 => "testnet4",
+            Network::Signet => "signet",
+            _ => "regtest",
+        };
+        if got != expected {
+            return Err(WalletError::WrongChain {
+                expected: expected.into(),
+                got,
+            });
+        }
+        Ok(chain)
+    }
+
+    /// The network.
+    pub fn network(&self) -> Network {
+        self.network
+    }
+
+    /// The RPC client, for BDK's block emitter.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Call `method` and decode its result.
+    pub fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        params: &[Value],
+    ) -> Result<T, WalletError> {
+        self.client
+            .call(method, params)
+            .map_err(|e| rpc_error(method, e))
+    }
+
+    /// Height of the chain tip.
+    pub fn height(&self) -> Result<u32, WalletError> {
+        self.call("getblockcount", &[])
+    }
+
+    /// Would bitcoind accept `tx` into its mempool (`testmempoolaccept`)?
+    pub fn test_mempool_accept(&self, tx: &Transaction) -> Result<MempoolVerdict, WalletError> {
+        let results: Vec<Value> =
+            self.call("testmempoolaccept", &[json!([encode::serialize_hex(tx)])])?;
+        let result = results
+            .first()
+            .ok_or_else(|| rpc_error("testmempoolaccept", "empty result"))?;
+        let allowed = result["allowed"].as_bool().unwrap_or(false);
+        let mut reject_reason = result["reject-reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if let Some(details) = result["reject-details"].as_str() {
+            reject_reason = format!("{reject_reason} ({details})");
+        }
+        let fee = result["fees"]["base"]
+            .as_f64()
+            .and_then(|btc| Amount::from_btc(btc).ok())
+            .unwrap_or(Amount::ZERO);
+        Ok(MempoolVerdict {
+            allowed,
+            reject_reason,
+            vsize: result["vsize"].as_u64().unwrap_or(0),
+            fee,
+        })
+    }
+
+    /// Broadcast `tx` (`sendrawtransaction`). A transaction bitcoind already has counts as sent.
+    pub fn broadcast(&self, tx: &Transaction) -> Result<Txid, WalletError> {
+        match self.call::<Txid>("sendrawtransaction", &[json!(encode::serialize_hex(tx))]) {
+            Ok(txid) => Ok(txid),
+            Err(e) if e.to_string().contains("already") => Ok(tx.compute_txid()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The value of an unspent output, looking in the mempool too (`gettxout`); `None` when it
+    /// is spent or never existed on this chain.
+    pub fn unspent_value(&self, outpoint: OutPoint) -> Result<Option<Amount>, WalletError> {
+        let out: Value = self.call(
+            "gettxout",
+            &[
+                json!(outpoint.txid.to_string()),
+                json!(outpoint.vout),
+                json!(true),
+            ],
+        )?;
+        if out.is_null() {
+            return Ok(None);
+        }
+        Ok(out["value"]
+            .as_f64()
+            .and_then(|btc| Amount::from_btc(btc).ok()))
+    }
+
+    /// Height of the block that confirmed `txid`, `None` while unconfirmed or unknown
+    /// (needs `-txindex` for transactions without wallet or mempool entries).
+    pub fn confirmation_height(&self, txid: &Txid) -> Result<Option<u32>, WalletError> {
+        let tx: Value = match self.call("getrawtransaction", &[json!(txid.to_string()), json!(1)]) {
+            Ok(tx) => tx,
+            Err(_) => return Ok(None),
+        };
+        let Some(block) = tx["blockhash"].as_str() else {
+            return Ok(None);
+        };
+        let header: Value = self.call("getblockheader", &[json!(block)])?;
+        Ok(header["height"].as_u64().map(|h| h as u32))
+    }
+
+    /// Whether `txid` is in bitcoind's mempool.
+    pub fn in_mempool(&self, txid: &Txid) -> Result<bool, WalletError> {
+        Ok(self
+            .call::<Value>("getmempoolentry", &[json!(txid.to_string())])
+            .is_ok())
+    }
+}

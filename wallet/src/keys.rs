@@ -1,0 +1,130 @@
+//! A node's one BIP39 seed and what derives from it.
+//!
+//! The 12-word mnemonic lives in `<data dir>/seed.txt` (mode 0600), written once at first start
+//! and never rewritten. From its BIP39 seed (empty passphrase) derive:
+//! - the wallet descriptors, BIP 84: `wpkh(xprv/84'/coin'/0'/0/*)` and `.../1/*` (coin 0' on
+//!   mainnet, 1' on test networks);
+//! - the identity key at `m/1017'/0'` (secp256k1, 33-byte compressed), which names the device to
+//!   its peers in `GetOffer`.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bdk_wallet::keys::bip39::Mnemonic;
+use bitcoin::bip32::{DerivationPath, Xpriv};
+use bitcoin::secp256k1::{rand, Secp256k1};
+use bitcoin::{Network, NetworkKind, PublicKey};
+
+use crate::WalletError;
+
+/// File name of the seed inside a node's data dir.
+pub const SEED_FILE: &str = "seed.txt";
+/// Derivation path of the identity key.
+pub const IDENTITY_PATH: &str = "m/1017'/0'";
+
+/// The keys of one node.
+pub struct NodeKeys {
+    master: Xpriv,
+    network: Network,
+}
+
+impl NodeKeys {
+    /// Read the seed of `data_dir`, or create one there (12 words from the OS's randomness)
+    /// when there is none. Errors: [`WalletError::Seed`] for a malformed seed file,
+    /// [`WalletError::Io`] when the file cannot be read or written.
+    pub fn load_or_create(data_dir: &Path, network: Network) -> Result<Self, WalletError> {
+        let path = data_dir.join(SEED_FILE);
+        let mnemonic = match fs::read_to_string(&path) {
+            Ok(words) => Mnemonic::parse(words.trim()).map_err(|e| WalletError::Seed {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_seed(&path)?,
+            Err(source) => return Err(WalletError::Io { path, source }),
+        };
+        let master =
+            Xpriv::new_master(NetworkKind::from(network), &mnemonic.to_seed("")).map_err(|e| {
+                WalletError::Seed {
+                    path,
+                    reason: e.to_string(),
+                }
+            })?;
+        Ok(NodeKeys { master, network })
+    }
+
+    /// The network the keys are for.
+    pub fn network(&self) -> Network {
+        self.network
+    }
+
+    /// The BIP 84 descriptors (external, internal), with private keys.
+    pub fn descriptors(&self) -> (String, String) {
+        let coin = if self.network == Network::Bitcoin {
+            0
+        } else {
+            1
+        };
+        (
+            format!("wpkh({}/84'/{coin}'/0'/0/*)", self.master),
+            format!("wpkh({}/84'/{coin}'/0'/1/*)", self.master),
+        )
+    }
+
+    /// The identity key at [`IDENTITY_PATH`].
+    pub fn identity_key(&self) -> PublicKey {
+        let secp = Secp256k1::new();
+        let path: DerivationPath = IDENTITY_PATH.parse().expect("constant path");
+        let xpriv = self
+            .master
+            .derive_priv(&secp, &path)
+            .expect("hardened derivation of a valid key");
+        PublicKey::new(xpriv.private_key.public_key(&secp))
+    }
+}
+
+fn create_seed(path: &PathBuf) -> Result<Mnemonic, WalletError> {
+    let entropy: [u8; 16] = rand::random();
+    let mnemonic = Mnemonic::from_entropy(&entropy).expect("16 bytes is valid BIP39 entropy");
+    let io = |source| WalletError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(io)?;
+    writeln!(file, "{mnemonic}").map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok(mnemonic)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_is_created_once_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = NodeKeys::load_or_create(dir.path(), Network::Regtest).unwrap();
+        let again = NodeKeys::load_or_create(dir.path(), Network::Regtest).unwrap();
+        assert_eq!(first.identity_key(), again.identity_key());
+        assert_eq!(first.descriptors(), again.descriptors());
+        let words = fs::read_to_string(dir.path().join(SEED_FILE)).unwrap();
+        assert_eq!(words.split_whitespace().count(), 12);
+        let other = tempfile::tempdir().unwrap();
+        let stranger = NodeKeys::load_or_create(other.path(), Network::Regtest).unwrap();
+        assert_ne!(first.identity_key(), stranger.identity_key());
+    }
+
+    #[test]
+    fn a_malformed_seed_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(SEED_FILE), "not twelve words").unwrap();
+        assert!(matches!(
+            NodeKeys::load_or_create(dir.path(), Network::Regtest),
+            Err(WalletError::Seed { .. })
+        ));
+    }
+}

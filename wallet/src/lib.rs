@@ -1,0 +1,57 @@
+//! Keys, wallet and chain access of a t2t node, shared by `socket-node` and `cable-node`.
+//!
+//! - [`keys`]: one BIP39 seed per node, created at first start in its data dir; the BIP 84
+//!   descriptors and the node's identity key derive from it (one backup for everything).
+//! - [`onchain`]: a BDK descriptor wallet persisted in SQLite, synced from bitcoind RPC
+//!   (bdk_bitcoind_rpc), that builds, checks and signs payments as PSBTs (BIP 174).
+//! - [`chain`]: the bitcoind RPC calls a node relies on: network check, `testmempoolaccept`,
+//!   `sendrawtransaction`, `gettxout`, confirmations.
+
+pub mod chain;
+pub mod keys;
+pub mod onchain;
+
+use std::path::PathBuf;
+
+/// An error of the keys, the wallet or the chain.
+#[derive(Debug, thiserror::Error)]
+pub enum WalletError {
+    /// The seed file is unreadable or malformed.
+    #[error("seed {path}: {reason}")]
+    Seed {
+        /// The seed file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The BDK wallet or its SQLite store failed.
+    #[error("wallet: {0}")]
+    Wallet(String),
+    /// The wallet cannot pay: too little money, or a fee above the cap.
+    #[error("cannot pay: {0}")]
+    CannotPay(String),
+    /// A bitcoind RPC call failed.
+    #[error("bitcoind RPC {method}: {message}")]
+    Rpc {
+        /// The RPC method.
+        method: String,
+        /// What bitcoind or the transport said.
+        message: String,
+    },
+    /// bitcoind runs another network than the node.
+    #[error("bitcoind runs {got}, the node is configured for {expected}")]
+    WrongChain {
+        /// The node's network.
+        expected: String,
+        /// bitcoind's chain.
+        got: String,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,176 @@
+//! A node's BDK descriptor wallet, persisted in `<data dir>/wallet.sqlite`, synced from bitcoind
+//! with bdk_bitcoind_rpc's block emitter.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bdk_bitcoind_rpc::Emitter;
+use bdk_wallet::rusqlite::Connection;
+use bdk_wallet::{Balance, KeychainKind, PersistedWallet, SignOptions, Wallet};
+use bitcoin::psbt::Psbt;
+use bitcoin::{Address, Amount, FeeRate, ScriptBuf, Transaction};
+
+use crate::chain::Chain;
+use crate::keys::NodeKeys;
+use crate::WalletError;
+
+/// File name of the wallet's SQLite store inside a node's data dir.
+pub const WALLET_FILE: &str = "wallet.sqlite";
+
+/// A node's on-chain wallet.
+pub struct NodeWallet {
+    wallet: PersistedWallet<Connection>,
+    db: Connection,
+}
+
+fn wallet_error(e: impl std::fmt::Display) -> WalletError {
+    WalletError::Wallet(e.to_string())
+}
+
+/// A payment built, checked and signed by [`NodeWallet::pay`].
+#[derive(Debug, Clone)]
+pub struct SignedPayment {
+    /// The finalized PSBT (BIP 174), ready for `PayTransaction`.
+    pub psbt: Psbt,
+    /// The transaction it carries.
+    pub tx: Transaction,
+    /// Its fee.
+    pub fee: Amount,
+}
+
+impl NodeWallet {
+    /// Open the wallet of `data_dir`, creating it from `keys` on first start. Errors with
+    /// [`WalletError::Wallet`] when the store holds another seed's or network's wallet.
+    pub fn open(data_dir: &Path, keys: &NodeKeys) -> Result<Self, WalletError> {
+        let path = data_dir.join(WALLET_FILE);
+        let mut db = Connection::open(&path)
+            .map_err(|e| WalletError::Wallet(format!("{}: {e}", path.display())))?;
+        let (external, internal) = keys.descriptors();
+        let loaded = Wallet::load()
+            .descriptor(KeychainKind::External, Some(external.clone()))
+            .descriptor(KeychainKind::Internal, Some(internal.clone()))
+            .extract_keys()
+            .check_network(keys.network())
+            .load_wallet(&mut db)
+            .map_err(wallet_error)?;
+        let wallet = match loaded {
+            Some(wallet) => wallet,
+            None => Wallet::create(external, internal)
+                .network(keys.network())
+                .create_wallet(&mut db)
+                .map_err(wallet_error)?,
+        };
+        Ok(NodeWallet { wallet, db })
+    }
+
+    fn persist(&mut self) -> Result<(), WalletError> {
+        self.wallet.persist(&mut self.db).map_err(wallet_error)?;
+        Ok(())
+    }
+
+    /// Catch up with bitcoind: new blocks, then the mempool. Persists what it learns.
+    pub fn sync(&mut self, chain: &Chain) -> Result<(), WalletError> {
+        let unconfirmed: Vec<_> = self
+            .wallet
+            .transactions()
+            .filter(|tx| !tx.chain_position.is_confirmed())
+            .map(|tx| tx.tx_node.txid)
+            .collect();
+        let checkpoint = self.wallet.latest_checkpoint();
+        let start = checkpoint.height();
+        let mut emitter = Emitter::new(chain.client(), checkpoint, start, unconfirmed);
+        while let Some(event) = emitter.next_block().map_err(wallet_error)? {
+            self.wallet
+                .apply_block_connected_to(&event.block, event.block_height(), event.connected_to())
+                .map_err(wallet_error)?;
+        }
+        let mempool = emitter.mempool().map_err(wallet_error)?;
+        self.wallet.apply_evicted_txs(mempool.evicted_ats());
+        self.wallet.apply_unconfirmed_txs(mempool.new_txs);
+        self.persist()
+    }
+
+    /// Confirmed, pending and immature balances.
+    pub fn balance(&self) -> Balance {
+        self.wallet.balance()
+    }
+
+    /// The receive address at `index` of the external keychain, revealing (and persisting) all
+    /// addresses up to it.
+    pub fn receive_address(&mut self, index: u32) -> Result<Address, WalletError> {
+        let address = self
+            .wallet
+            .peek_address(KeychainKind::External, index)
+            .address;
+        let _ = self
+            .wallet
+            .reveal_addresses_to(KeychainKind::External, index)
+            .count();
+        self.persist()?;
+        Ok(address)
+    }
+
+    /// Whether `script` belongs to this wallet.
+    pub fn is_mine(&self, script: &ScriptBuf) -> bool {
+        self.wallet.is_mine(script.clone())
+    }
+
+    /// Build and sign a transaction paying exactly `amount` to `payee` at `fee_rate`, the rest
+    /// back to ourselves, then check what was built: one output pays `payee` exactly `amount`,
+    /// every other output is ours, the fee is at most `max_fee`. Records the transaction as
+    /// unconfirmed so the next payment can spend its change.
+    ///
+    /// Errors: [`WalletError::CannotPay`] for too little money or a fee above `max_fee`.
+    pub fn pay(
+        &mut self,
+        payee: &ScriptBuf,
+        amount: Amount,
+        fee_rate: FeeRate,
+        max_fee: Amount,
+    ) -> Result<SignedPayment, WalletError> {
+        let mut builder = self.wallet.build_tx();
+        builder
+            .add_recipient(payee.clone(), amount)
+            .fee_rate(fee_rate);
+        let mut psbt = builder
+            .finish()
+            .map_err(|e| WalletError::CannotPay(e.to_string()))?;
+        let finalized = self
+            .wallet
+            .sign(&mut psbt, SignOptions::default())
+            .map_err(wallet_error)?;
+        if !finalized {
+            return Err(WalletError::Wallet(
+                "the PSBT could not be finalized".into(),
+            ));
+        }
+        let fee = psbt.fee().map_err(wallet_error)?;
+        if fee > max_fee {
+            return Err(WalletError::CannotPay(format!(
+                "fee {fee} is above the cap of {max_fee}"
+            )));
+        }
+        let tx = psbt.clone().extract_tx().map_err(wallet_error)?;
+        let strangers: Vec<_> = tx
+            .output
+            .iter()
+            .filter(|o| &o.script_pubkey != payee && !self.is_mine(&o.script_pubkey))
+            .collect();
+        if !strangers.is_empty() {
+            return Err(WalletError::Wallet(format!(
+                "built transaction pays {} output(s) that are neither the payee nor ours",
+                strangers.len()
+            )));
+        }
+        Ok(SignedPayment { psbt, tx, fee })
+    }
+
+    /// Record `tx` (one of ours, just sent) as unconfirmed, so its change can be spent at once.
+    pub fn record_sent(&mut self, tx: &Transaction) -> Result<(), WalletError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.wallet.apply_unconfirmed_txs([(tx.clone(), now)]);
+        self.persist()
+    }
+}
