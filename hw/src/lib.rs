@@ -17,6 +17,7 @@ pub mod integrator;
 pub mod load;
 #[cfg(feature = "rpi")]
 pub mod rpi;
+pub mod rpi_config;
 pub mod sim;
 
 pub use proto::units::{EnergyMwh, PowerMw};

@@ -85,7 +85,6 @@ pub fn network_to_proto(network: Network) -> v1::Network {
         Network::Testnet | Network::Testnet4 => v1::Network::Testnet,
         Network::Signet => v1::Network::Signet,
         Network::Regtest => v1::Network::Regtest,
-        _ => v1::Network::Unspecified,
     }
 }
 

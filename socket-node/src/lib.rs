@@ -1,6 +1,13 @@
-//! The smart socket: sells electricity on its outlets (design.md, workspace table).
+//! The smart socket: sells electricity on its outlet (design.md, workspace table; paper seed 000).
 //!
-//! It will hold the outlets and their state machine (`Standby`, `Paid`, `Lockout`; paper §III),
-//! sessions, pricing, the seller side of each payment scheme, chain access, the LDK node, the
-//! store, the gRPC server of `proto::v1::Socket`, config and CLI. The basic protocol (issue 3)
-//! brings the first of these; this crate is the place they go.
+//! - [`config`]: the TOML config.
+//! - [`outlet`]: the outlet state machine, `Standby` / `Paid` / `Lockout` (paper §III).
+//! - [`store`]: sessions, terms, payments and the audit log in SQLite.
+//! - [`node`]: a running socket: hardware, store, chain, watchers, the tick loop, recovery.
+//! - [`service`]: the gRPC service `t2t.v1.Socket`, seller side of the `onchain` scheme.
+
+pub mod config;
+pub mod node;
+pub mod outlet;
+pub mod service;
+pub mod store;

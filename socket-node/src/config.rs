@@ -1,0 +1,162 @@
+//! The socket's TOML config (`socket-node run --config FILE`); flags override it.
+//!
+//! Durations of the outlet (grace, lockout, payment timeout) run on the outlet's clock, which
+//! the simulator's `time_scale` speeds up together with the meter.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use bitcoin::Network;
+use hw::load::LoadConfig;
+use serde::Deserialize;
+use wallet::chain::ChainConfig;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketConfig {
+    /// Bitcoin network: `regtest`, `signet`, `testnet`, `bitcoin`.
+    pub network: Network,
+    /// Address of the gRPC server (the power-line link). Loopback by default.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where bitcoind is.
+    pub chain: ChainConfig,
+    /// The outlet and its prices.
+    pub outlet: OutletConfig,
+    /// Its hardware.
+    #[serde(default)]
+    pub hw: HwConfig,
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:50051".parse().expect("constant")
+}
+
+/// One outlet: identity, price, quota, timers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutletConfig {
+    /// Name of the outlet in the protocol.
+    #[serde(default = "default_outlet_id")]
+    pub id: String,
+    /// Price of energy.
+    pub price_msat_per_wh: u64,
+    /// Energy bought by one payment.
+    pub quota_mwh: u64,
+    /// `QuotaLow` is sent when the paid energy left falls to this (paper §III step 4).
+    #[serde(default)]
+    pub quota_low_mwh: u64,
+    /// How long the relay stays closed after the quota is used up, waiting for the next payment.
+    #[serde(default = "default_grace")]
+    pub grace_secs: u64,
+    /// How long a Lockout lasts before the outlet returns to Standby.
+    #[serde(default = "default_lockout")]
+    pub lockout_secs: u64,
+    /// How long a session may wait for its first payment before Lockout.
+    #[serde(default = "default_payment_timeout")]
+    pub payment_timeout_secs: u64,
+    /// Lowest fee rate accepted in a payment, sat/vB (Bitcoin Core's default minimum relay fee
+    /// rate is 0.1 sat/vB; we ask for more so payments confirm).
+    #[serde(default = "default_min_fee_rate")]
+    pub min_fee_rate_sat_per_vb: u64,
+    /// Smallest on-chain payment accepted (the dust limit of a P2WPKH output is 294 sat).
+    #[serde(default = "default_min_payment")]
+    pub min_payment_sat: u64,
+}
+
+fn default_outlet_id() -> String {
+    "outlet-1".into()
+}
+fn default_grace() -> u64 {
+    30
+}
+fn default_lockout() -> u64 {
+    60
+}
+fn default_payment_timeout() -> u64 {
+    60
+}
+fn default_min_fee_rate() -> u64 {
+    1
+}
+fn default_min_payment() -> u64 {
+    546
+}
+
+/// The outlet's relay, meter and plug sensor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum HwConfig {
+    /// The simulator. A cable counts as plugged in while it holds a `WatchStatus` stream (the
+    /// power-line link exists only while plugged).
+    Sim {
+        /// Simulated seconds per real second.
+        #[serde(default = "default_time_scale")]
+        time_scale: f64,
+        /// The appliance behind the cable.
+        #[serde(default = "default_load")]
+        load: LoadConfig,
+        /// How long (real ms) the link may be gone before it counts as an unplug, so that a
+        /// cable reconnecting (or a socket restarting) does not end the session.
+        #[serde(default = "default_link_debounce")]
+        link_debounce_ms: u64,
+    },
+    /// A Raspberry Pi (runs only when built with the `rpi` feature).
+    Rpi(hw::rpi_config::RpiConfig),
+}
+
+fn default_link_debounce() -> u64 {
+    3_000
+}
+fn default_time_scale() -> f64 {
+    1.0
+}
+fn default_load() -> LoadConfig {
+    LoadConfig::Toaster { batches: 1 }
+}
+
+impl Default for HwConfig {
+    fn default() -> Self {
+        HwConfig::Sim {
+            time_scale: default_time_scale(),
+            load: default_load(),
+            link_debounce_ms: default_link_debounce(),
+        }
+    }
+}
+
+impl SocketConfig {
+    /// Read and check a config file. Errors name the file and the bad field.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let config: SocketConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Reject settings no outlet can work with.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.outlet.quota_mwh > 0, "outlet.quota_mwh must be > 0");
+        anyhow::ensure!(
+            self.outlet.price_msat_per_wh > 0,
+            "outlet.price_msat_per_wh must be > 0"
+        );
+        anyhow::ensure!(
+            self.outlet.quota_low_mwh < self.outlet.quota_mwh,
+            "outlet.quota_low_mwh must be below outlet.quota_mwh"
+        );
+        let amount = proto::rules::quota_amount(
+            proto::units::PriceMsatPerWh(self.outlet.price_msat_per_wh),
+            proto::units::EnergyMwh(self.outlet.quota_mwh),
+        )?;
+        anyhow::ensure!(
+            amount.to_sat() >= self.outlet.min_payment_sat,
+            "one quota costs {amount}, below outlet.min_payment_sat = {} sat: raise the price or the quota",
+            self.outlet.min_payment_sat
+        );
+        Ok(())
+    }
+}

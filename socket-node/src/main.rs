@@ -1,0 +1,156 @@
+//! `socket-node`: the smart socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use proto::v1::socket_client::SocketClient;
+use proto::v1::socket_server::SocketServer;
+use proto::v1::{GetStatusRequest, OutletState};
+use socket_node::config::SocketConfig;
+use socket_node::node::SocketNode;
+use socket_node::service::SocketService;
+
+/// A smart socket that sells electricity for bitcoin: it offers a price per Wh, takes a
+/// payment per quota over gRPC, closes its relay while paid, and locks out cheaters.
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the socket: serve gRPC on `listen`, drive the outlet, take payments.
+    Run {
+        /// TOML config (see README.md for an example).
+        #[arg(long)]
+        config: PathBuf,
+        /// Folder of the seed, wallet and store; created on first start.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Address to serve gRPC on, overriding the config's `listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Log as JSON lines.
+        #[arg(long)]
+        json_logs: bool,
+    },
+    /// Show an outlet's state, session and energy, asking a running socket.
+    Status {
+        /// gRPC endpoint of the socket.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        endpoint: String,
+        /// Outlet to ask about.
+        #[arg(long, default_value = "outlet-1")]
+        outlet: String,
+    },
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(
+    config: PathBuf,
+    data_dir: PathBuf,
+    listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    let mut config = SocketConfig::load(&config)?;
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    let address = config.listen;
+    let node = tokio::task::spawn_blocking(move || SocketNode::start(config, &data_dir)).await??;
+    tokio::spawn(Arc::clone(&node).drive());
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    tracing::info!(%address, "serving t2t.v1.Socket");
+    tonic::transport::Server::builder()
+        .add_service(SocketServer::new(SocketService(node)))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+async fn status(endpoint: String, outlet: String) -> anyhow::Result<()> {
+    let mut client = SocketClient::connect(endpoint.clone())
+        .await
+        .with_context(|| format!("no socket answers at {endpoint}"))?;
+    let s = client
+        .get_status(GetStatusRequest { outlet_id: outlet })
+        .await?
+        .into_inner();
+    let state = OutletState::try_from(s.state).unwrap_or(OutletState::Unspecified);
+    println!("outlet:     {}", s.outlet_id);
+    println!(
+        "state:      {}",
+        state.as_str_name().trim_start_matches("OUTLET_STATE_")
+    );
+    println!(
+        "relay:      {}",
+        if s.relay_closed { "closed" } else { "open" }
+    );
+    println!("power:      {:.1} W", s.power_mw as f64 / 1000.0);
+    if !s.session_id.is_empty() {
+        println!("session:    {}", s.session_id);
+        println!(
+            "energy:     {:.3} Wh used, {:.3} Wh paid and left",
+            s.energy_used_mwh as f64 / 1000.0,
+            s.quota_remaining_mwh as f64 / 1000.0
+        );
+        println!("payments:   {}", s.payments);
+    }
+    if state == OutletState::Lockout {
+        println!(
+            "lockout:    {} s left: {}",
+            s.lockout_remaining_secs, s.reason
+        );
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run {
+            config,
+            data_dir,
+            listen,
+            json_logs,
+        } => {
+            init_logs(json_logs);
+            run(config, data_dir, listen).await
+        }
+        Command::Status { endpoint, outlet } => {
+            init_logs(false);
+            status(endpoint, outlet).await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

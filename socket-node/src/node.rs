@@ -1,0 +1,416 @@
+//! The running socket: its outlet with hardware, store, chain access and watchers, the tick
+//! loop that drives the outlet, and the recovery done at start-up.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bitcoin::ScriptBuf;
+use hw::clock::{Clock, ScaledClock};
+use hw::sim::SimOutlet;
+use hw::{Meter, MeterReading, PlugSense, Relay};
+use proto::rules::{network_to_proto, quota_amount};
+use proto::units::{EnergyMwh, PowerMw, PriceMsatPerWh};
+use proto::v1;
+use tokio::sync::broadcast;
+use wallet::chain::Chain;
+use wallet::keys::NodeKeys;
+use wallet::onchain::NodeWallet;
+
+use crate::config::{HwConfig, SocketConfig};
+use crate::outlet::{Event, Outlet, OutletParams};
+use crate::store::Store;
+
+/// How often the outlet is driven, in real time.
+pub const TICK: Duration = Duration::from_millis(50);
+/// How often watchers get a status while nothing changes state, in ticks.
+const STATUS_EVERY_TICKS: u32 = 5;
+/// How often the energy of a session is saved, in ticks (a crash loses at most this much
+/// metering, to the socket's cost).
+const SAVE_EVERY_TICKS: u32 = 10;
+
+struct Hardware {
+    relay: Box<dyn Relay>,
+    meter: Box<dyn Meter>,
+    plug: Option<Box<dyn PlugSense>>,
+}
+
+/// What the tick loop and the handlers share under one lock.
+pub(crate) struct Inner {
+    pub(crate) outlet: Outlet,
+    hw: Hardware,
+    pub(crate) last_reading: MeterReading,
+    link_lost_at: Option<Instant>,
+    ticks: u32,
+}
+
+/// A running socket node.
+pub struct SocketNode {
+    pub(crate) config: SocketConfig,
+    pub(crate) offer: v1::GetOfferResponse,
+    pub(crate) payout_script: ScriptBuf,
+    pub(crate) inner: Mutex<Inner>,
+    pub(crate) store: Mutex<Store>,
+    pub(crate) chain: Arc<Chain>,
+    pub(crate) clock: Arc<dyn Clock>,
+    events: broadcast::Sender<v1::WatchStatusResponse>,
+    watchers: AtomicUsize,
+    link_debounce: Duration,
+    /// Serialises payments, so that checks, persistence and credit of one payment are not
+    /// interleaved with another's.
+    pub(crate) pay_lock: tokio::sync::Mutex<()>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl SocketNode {
+    /// Start the socket of `config` with its state in `data_dir`: keys and wallet (created on
+    /// first start), bitcoind (network checked), store, hardware; then recover: broadcast what
+    /// was persisted but not yet broadcast, and resume the open session.
+    pub fn start(config: SocketConfig, data_dir: &Path) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let keys = NodeKeys::load_or_create(data_dir, config.network)?;
+        let mut wallet = NodeWallet::open(data_dir, &keys)?;
+        let payout = wallet.receive_address(0)?;
+        let chain = Arc::new(Chain::connect(&config.chain, config.network)?);
+        let store = Store::open(data_dir).context("opening the store")?;
+
+        let (hardware, clock, link_debounce) = open_hardware(&config.hw)?;
+        let outlet_cfg = &config.outlet;
+        let offer = v1::GetOfferResponse {
+            socket_identity_key: keys.identity_key().to_bytes(),
+            outlet_id: outlet_cfg.id.clone(),
+            network: network_to_proto(config.network) as i32,
+            price_msat_per_wh: outlet_cfg.price_msat_per_wh,
+            quota_mwh: outlet_cfg.quota_mwh,
+            schemes: vec![v1::SchemeTerms {
+                scheme: v1::Scheme::Onchain as i32,
+                min_payment_sat: outlet_cfg.min_payment_sat,
+            }],
+            payout_script: payout.script_pubkey().to_bytes(),
+            lightning_node_id: Vec::new(),
+            lightning_address: String::new(),
+        };
+        let mut outlet = Outlet::new(OutletParams {
+            quota_low: EnergyMwh(outlet_cfg.quota_low_mwh),
+            grace_ms: outlet_cfg.grace_secs * 1_000,
+            lockout_ms: outlet_cfg.lockout_secs * 1_000,
+            payment_timeout_ms: outlet_cfg.payment_timeout_secs * 1_000,
+        });
+
+        rebroadcast(&store, &chain, &outlet_cfg.id)?;
+        let mut hw = hardware;
+        hw.relay.open().context("opening the relay")?;
+        let reading = hw.meter.read().context("reading the meter")?;
+        if let Some(session) = store.open_session_of(&outlet_cfg.id)? {
+            tracing::info!(session = %session.id, credited = %session.credited, used = %session.energy_used, "resuming session");
+            store.audit(
+                &outlet_cfg.id,
+                Some(&session.id),
+                "resumed",
+                "after restart",
+            )?;
+            outlet.resume(
+                session.id,
+                session.credited,
+                session.energy_used,
+                session.payments,
+                session.last_payment_id,
+                clock.now_ms(),
+                reading.energy,
+            );
+        }
+        let (events, _) = broadcast::channel(256);
+        tracing::info!(
+            payout = %payout,
+            identity = %keys.identity_key(),
+            outlet = %outlet_cfg.id,
+            "socket ready"
+        );
+        Ok(Arc::new(SocketNode {
+            offer,
+            payout_script: payout.script_pubkey(),
+            inner: Mutex::new(Inner {
+                outlet,
+                hw,
+                last_reading: reading,
+                link_lost_at: Some(Instant::now()),
+                ticks: 0,
+            }),
+            store: Mutex::new(store),
+            chain,
+            clock,
+            events,
+            watchers: AtomicUsize::new(0),
+            link_debounce,
+            pay_lock: tokio::sync::Mutex::new(()),
+            config,
+        }))
+    }
+
+    pub(crate) fn inner(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.inner)
+    }
+
+    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
+    }
+
+    /// The price of one quota on chain.
+    pub(crate) fn quota_amount(&self) -> bitcoin::Amount {
+        quota_amount(
+            PriceMsatPerWh(self.config.outlet.price_msat_per_wh),
+            EnergyMwh(self.config.outlet.quota_mwh),
+        )
+        .expect("checked when the config was loaded")
+    }
+
+    /// Subscribe to status changes and QuotaLow; counts as a plugged-in cable on the simulator.
+    pub(crate) fn watch(
+        &self,
+    ) -> (
+        broadcast::Receiver<v1::WatchStatusResponse>,
+        WatcherGuard<'_>,
+    ) {
+        self.watchers.fetch_add(1, Ordering::SeqCst);
+        (self.events.subscribe(), WatcherGuard(self))
+    }
+
+    /// Drive the outlet once: meter, plug, timers; apply the relay; store and announce events.
+    pub fn tick(&self) {
+        let mut inner = self.inner();
+        let now = self.clock.now_ms();
+        let reading = match inner.hw.meter.read() {
+            Ok(reading) => reading,
+            Err(e) => {
+                tracing::error!("meter: {e}");
+                let events = inner.outlet.lock_out(&format!("meter failure: {e}"), now);
+                self.apply(&mut inner, events);
+                return;
+            }
+        };
+        inner.last_reading = reading;
+        let plugged = self.plugged(&mut inner);
+        let events = inner.outlet.tick(now, reading.energy, plugged);
+        inner.ticks = inner.ticks.wrapping_add(1);
+        if inner.ticks % SAVE_EVERY_TICKS == 0 {
+            if let Some(session) = inner.outlet.session() {
+                if let Err(e) = self.store().save_energy(&session.id, session.used) {
+                    tracing::error!("saving energy: {e}");
+                }
+            }
+        }
+        let announce = !events.is_empty() || inner.ticks % STATUS_EVERY_TICKS == 0;
+        self.apply(&mut inner, events);
+        if announce {
+            let status = self.status_of(&inner);
+            let _ = self.events.send(v1::WatchStatusResponse {
+                event: Some(v1::watch_status_response::Event::Status(status)),
+            });
+        }
+    }
+
+    fn plugged(&self, inner: &mut Inner) -> bool {
+        if let Some(plug) = &mut inner.hw.plug {
+            return plug.is_plugged().unwrap_or(false);
+        }
+        // Simulator: plugged while a cable holds the link, debounced against reconnects.
+        if self.watchers.load(Ordering::SeqCst) > 0 {
+            inner.link_lost_at = None;
+            return true;
+        }
+        let lost = *inner.link_lost_at.get_or_insert_with(Instant::now);
+        lost.elapsed() < self.link_debounce
+    }
+
+    /// Apply the outlet's events: relay, store, watchers.
+    pub(crate) fn apply(&self, inner: &mut Inner, events: Vec<Event>) {
+        let outlet_id = &self.config.outlet.id;
+        let want_closed = inner.outlet.relay_closed();
+        if inner.hw.relay.is_closed() != want_closed {
+            match inner.hw.relay.set_closed(want_closed) {
+                Ok(()) => tracing::info!(closed = want_closed, "relay"),
+                Err(e) => tracing::error!("relay: {e}"),
+            }
+        }
+        for event in events {
+            match event {
+                Event::StateChanged(state) => {
+                    tracing::info!(state = state.as_str_name(), "outlet state");
+                    let reason = inner
+                        .outlet
+                        .lockout()
+                        .map(|(r, _)| r.to_owned())
+                        .unwrap_or_default();
+                    let _ = self
+                        .store()
+                        .audit(outlet_id, None, state.as_str_name(), &reason);
+                }
+                Event::QuotaLow(remaining) => {
+                    tracing::info!(%remaining, "quota low");
+                    let _ = self.events.send(v1::WatchStatusResponse {
+                        event: Some(v1::watch_status_response::Event::QuotaLow(v1::QuotaLow {
+                            quota_remaining_mwh: remaining.0,
+                            power_mw: Self::power_of(inner).0,
+                        })),
+                    });
+                }
+                Event::SessionEnded { id, used, reason } => {
+                    tracing::info!(session = %id, %used, %reason, "session ended");
+                    let store = self.store();
+                    if let Err(e) = store.end_session(&id, used, &reason) {
+                        tracing::error!("ending session {id}: {e}");
+                    }
+                    let _ = store.audit(outlet_id, Some(&id), "session-ended", &reason);
+                }
+            }
+        }
+    }
+
+    /// Power through the outlet as last metered (nothing while the relay is open).
+    fn power_of(inner: &Inner) -> PowerMw {
+        if inner.hw.relay.is_closed() {
+            inner.last_reading.power
+        } else {
+            PowerMw(0)
+        }
+    }
+
+    /// The outlet's status now.
+    pub(crate) fn status_of(&self, inner: &Inner) -> v1::GetStatusResponse {
+        let outlet = &inner.outlet;
+        let session = outlet.session();
+        let (reason, lockout_remaining_secs) = match outlet.lockout() {
+            Some((reason, until)) => (
+                reason.to_owned(),
+                until.saturating_sub(self.clock.now_ms()).div_ceil(1_000),
+            ),
+            None => (String::new(), 0),
+        };
+        let power = Self::power_of(inner);
+        v1::GetStatusResponse {
+            outlet_id: self.config.outlet.id.clone(),
+            state: outlet.state() as i32,
+            session_id: session.map(|s| s.id.clone()).unwrap_or_default(),
+            energy_used_mwh: session.map_or(0, |s| s.used.0),
+            quota_remaining_mwh: session.map_or(0, |s| s.remaining().0),
+            power_mw: power.0,
+            lockout_remaining_secs,
+            reason,
+            relay_closed: inner.hw.relay.is_closed(),
+            payments: session.map_or(0, |s| s.payments),
+        }
+    }
+
+    /// Status now and whether QuotaLow holds, for a new watcher.
+    pub(crate) fn snapshot(&self) -> (v1::GetStatusResponse, Option<v1::QuotaLow>) {
+        let inner = self.inner();
+        let low = inner.outlet.quota_is_low().then(|| v1::QuotaLow {
+            quota_remaining_mwh: inner.outlet.session().map_or(0, |s| s.remaining().0),
+            power_mw: Self::power_of(&inner).0,
+        });
+        (self.status_of(&inner), low)
+    }
+
+    /// Run the tick loop for ever.
+    pub async fn drive(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            interval.tick().await;
+            let node = Arc::clone(&self);
+            // Meter and relay calls may block on real hardware.
+            let _ = tokio::task::spawn_blocking(move || node.tick()).await;
+        }
+    }
+}
+
+/// Counts a watcher while it lives.
+pub(crate) struct WatcherGuard<'a>(&'a SocketNode);
+
+impl Drop for WatcherGuard<'_> {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+type HardwareParts = (Hardware, Arc<dyn Clock>, Duration);
+
+fn open_hardware(config: &HwConfig) -> anyhow::Result<HardwareParts> {
+    match config {
+        HwConfig::Sim {
+            time_scale,
+            load,
+            link_debounce_ms,
+        } => {
+            let clock = ScaledClock::new(*time_scale)?;
+            let outlet = SimOutlet::new(load.to_profile()?, Arc::new(clock.clone()));
+            // The appliance is behind the cable: plugged whenever the outlet asks.
+            outlet.set_plugged(true);
+            Ok((
+                Hardware {
+                    relay: Box::new(outlet.relay()),
+                    meter: Box::new(outlet.meter()),
+                    plug: None,
+                },
+                Arc::new(clock),
+                Duration::from_millis(*link_debounce_ms),
+            ))
+        }
+        #[cfg(feature = "rpi")]
+        HwConfig::Rpi(rpi) => {
+            let relay = hw::rpi::GpioRelay::open(rpi.relay_gpio, rpi.relay_active_low)?;
+            let meter = hw::rpi::open_meter(rpi)?;
+            let plug: Option<Box<dyn PlugSense>> = match rpi.plug_gpio {
+                Some(pin) => Some(Box::new(hw::rpi::GpioPlugSense::open(pin)?)),
+                None => None,
+            };
+            anyhow::ensure!(plug.is_some(), "hw.plug_gpio is required on a Raspberry Pi");
+            Ok((
+                Hardware {
+                    relay: Box::new(relay),
+                    meter: Box::new(meter),
+                    plug,
+                },
+                Arc::new(ScaledClock::real()),
+                Duration::ZERO,
+            ))
+        }
+        #[cfg(not(feature = "rpi"))]
+        HwConfig::Rpi(_) => {
+            anyhow::bail!("hw kind \"rpi\" needs socket-node built with --features rpi")
+        }
+    }
+}
+
+/// Broadcast payments persisted before a crash but not yet broadcast; a payment bitcoind now
+/// refuses (its inputs were spent meanwhile) is marked failed and not credited.
+fn rebroadcast(store: &Store, chain: &Chain, outlet_id: &str) -> anyhow::Result<()> {
+    for payment in store.unbroadcast_payments()? {
+        let txid = payment.tx.compute_txid();
+        match chain.broadcast(&payment.tx) {
+            Ok(_) => {
+                tracing::info!(%txid, session = %payment.session_id, "broadcast after restart");
+                store.set_payment_status(&payment.session_id, payment.payment_id, "broadcast")?;
+            }
+            Err(e) => {
+                tracing::warn!(%txid, "payment failed on rebroadcast: {e}");
+                store.set_payment_status(&payment.session_id, payment.payment_id, "failed")?;
+                store.audit(
+                    outlet_id,
+                    Some(&payment.session_id),
+                    "payment-failed",
+                    &e.to_string(),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}

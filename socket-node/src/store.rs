@@ -1,0 +1,339 @@
+//! The socket's SQLite store, `<data dir>/socket.sqlite` (design.md, "Storage").
+//!
+//! A session's credited energy is never stored as a counter: it is the sum of the quotas of its
+//! payments that did not fail, and a payment's key is `(session_id, payment_id)`. A replayed or
+//! resent payment therefore cannot be credited twice, also across crashes. Every row that grants
+//! energy is committed before the reply that grants it.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bitcoin::consensus::encode;
+use bitcoin::{Amount, Transaction, Txid};
+use proto::units::EnergyMwh;
+use rusqlite::{params, Connection, OptionalExtension};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    outlet_id TEXT NOT NULL,
+    scheme TEXT NOT NULL,
+    started_at_unix_ms INTEGER NOT NULL,
+    ended_at_unix_ms INTEGER,
+    end_reason TEXT,
+    energy_used_mwh INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS terms (
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    payment_id INTEGER NOT NULL,
+    amount_sat INTEGER NOT NULL,
+    quota_mwh INTEGER NOT NULL,
+    issued_at_unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (session_id, payment_id)
+);
+CREATE TABLE IF NOT EXISTS payments (
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    payment_id INTEGER NOT NULL,
+    txid TEXT NOT NULL,
+    tx_hex TEXT NOT NULL,
+    amount_sat INTEGER NOT NULL,
+    quota_mwh INTEGER NOT NULL,
+    fee_sat INTEGER NOT NULL,
+    vsize INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('accepted', 'broadcast', 'failed')),
+    accepted_at_unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (session_id, payment_id),
+    FOREIGN KEY (session_id, payment_id) REFERENCES terms(session_id, payment_id)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    at_unix_ms INTEGER NOT NULL,
+    outlet_id TEXT NOT NULL,
+    session_id TEXT,
+    event TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+";
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// An open session as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    /// Session id.
+    pub id: String,
+    /// Energy delivered so far (as last saved).
+    pub energy_used: EnergyMwh,
+    /// Sum of the quotas of its payments that did not fail.
+    pub credited: EnergyMwh,
+    /// Number of such payments.
+    pub payments: u64,
+    /// The highest payment id issued in terms.
+    pub last_payment_id: u64,
+}
+
+/// Terms issued for one payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredTerms {
+    /// Exact amount to pay.
+    pub amount: Amount,
+    /// Energy it buys.
+    pub quota: EnergyMwh,
+}
+
+/// A payment as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPayment {
+    /// Session id.
+    pub session_id: String,
+    /// Payment id within the session.
+    pub payment_id: u64,
+    /// The transaction.
+    pub tx: Transaction,
+    /// `accepted` (persisted, not yet broadcast), `broadcast` or `failed`.
+    pub status: String,
+    /// Energy credited for it.
+    pub quota: EnergyMwh,
+}
+
+/// The store.
+pub struct Store {
+    db: Connection,
+}
+
+type Result<T> = std::result::Result<T, rusqlite::Error>;
+
+impl Store {
+    /// Open (and create) the store of `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        let db = Connection::open(data_dir.join("socket.sqlite"))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.pragma_update(None, "foreign_keys", "ON")?;
+        db.execute_batch(SCHEMA)?;
+        Ok(Store { db })
+    }
+
+    /// Record a new session.
+    pub fn open_session(&self, id: &str, outlet_id: &str, scheme: &str) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO sessions (id, outlet_id, scheme, started_at_unix_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![id, outlet_id, scheme, unix_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Save the energy delivered so far in a session.
+    pub fn save_energy(&self, session_id: &str, used: EnergyMwh) -> Result<()> {
+        self.db.execute(
+            "UPDATE sessions SET energy_used_mwh = ?2 WHERE id = ?1",
+            params![session_id, used.0 as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Close a session with its final energy and why it ended.
+    pub fn end_session(&self, session_id: &str, used: EnergyMwh, reason: &str) -> Result<()> {
+        self.db.execute(
+            "UPDATE sessions SET ended_at_unix_ms = ?2, end_reason = ?3, energy_used_mwh = ?4
+             WHERE id = ?1 AND ended_at_unix_ms IS NULL",
+            params![session_id, unix_ms(), reason, used.0 as i64],
+        )?;
+        Ok(())
+    }
+
+    /// The session of `outlet_id` that has not ended, if any.
+    pub fn open_session_of(&self, outlet_id: &str) -> Result<Option<StoredSession>> {
+        let row = self
+            .db
+            .query_row(
+                "SELECT id, energy_used_mwh FROM sessions
+                 WHERE outlet_id = ?1 AND ended_at_unix_ms IS NULL
+                 ORDER BY started_at_unix_ms DESC LIMIT 1",
+                params![outlet_id],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()?;
+        let Some((id, used)) = row else {
+            return Ok(None);
+        };
+        let (credited, payments) = self.credit_of(&id)?;
+        let last_payment_id: i64 = self.db.query_row(
+            "SELECT COALESCE(MAX(payment_id), 0) FROM terms WHERE session_id = ?1",
+            params![id],
+            |r| r.get(0),
+        )?;
+        Ok(Some(StoredSession {
+            id,
+            energy_used: EnergyMwh(used as u64),
+            credited,
+            payments,
+            last_payment_id: last_payment_id as u64,
+        }))
+    }
+
+    /// Energy credited to a session and the number of payments behind it.
+    pub fn credit_of(&self, session_id: &str) -> Result<(EnergyMwh, u64)> {
+        self.db.query_row(
+            "SELECT COALESCE(SUM(quota_mwh), 0), COUNT(*) FROM payments
+             WHERE session_id = ?1 AND status != 'failed'",
+            params![session_id],
+            |r| {
+                Ok((
+                    EnergyMwh(r.get::<_, i64>(0)? as u64),
+                    r.get::<_, i64>(1)? as u64,
+                ))
+            },
+        )
+    }
+
+    /// Record the terms issued for a payment.
+    pub fn issue_terms(&self, session_id: &str, payment_id: u64, terms: StoredTerms) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO terms (session_id, payment_id, amount_sat, quota_mwh, issued_at_unix_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                session_id,
+                payment_id as i64,
+                terms.amount.to_sat() as i64,
+                terms.quota.0 as i64,
+                unix_ms()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The terms issued for a payment, if any.
+    pub fn terms(&self, session_id: &str, payment_id: u64) -> Result<Option<StoredTerms>> {
+        self.db
+            .query_row(
+                "SELECT amount_sat, quota_mwh FROM terms WHERE session_id = ?1 AND payment_id = ?2",
+                params![session_id, payment_id as i64],
+                |r| {
+                    Ok(StoredTerms {
+                        amount: Amount::from_sat(r.get::<_, i64>(0)? as u64),
+                        quota: EnergyMwh(r.get::<_, i64>(1)? as u64),
+                    })
+                },
+            )
+            .optional()
+    }
+
+    /// Persist an accepted payment (status `accepted`) — before it is broadcast or credited.
+    pub fn accept_payment(
+        &self,
+        session_id: &str,
+        payment_id: u64,
+        tx: &Transaction,
+        terms: StoredTerms,
+        fee: Amount,
+        vsize: u64,
+    ) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO payments (session_id, payment_id, txid, tx_hex, amount_sat, quota_mwh,
+                                   fee_sat, vsize, status, accepted_at_unix_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'accepted', ?9)",
+            params![
+                session_id,
+                payment_id as i64,
+                tx.compute_txid().to_string(),
+                encode::serialize_hex(tx),
+                terms.amount.to_sat() as i64,
+                terms.quota.0 as i64,
+                fee.to_sat() as i64,
+                vsize as i64,
+                unix_ms()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Mark a payment `broadcast` or `failed`.
+    pub fn set_payment_status(
+        &self,
+        session_id: &str,
+        payment_id: u64,
+        status: &str,
+    ) -> Result<()> {
+        self.db.execute(
+            "UPDATE payments SET status = ?3 WHERE session_id = ?1 AND payment_id = ?2",
+            params![session_id, payment_id as i64, status],
+        )?;
+        Ok(())
+    }
+
+    /// A payment, if recorded.
+    pub fn payment(&self, session_id: &str, payment_id: u64) -> Result<Option<StoredPayment>> {
+        self.db
+            .query_row(
+                "SELECT session_id, payment_id, tx_hex, status, quota_mwh FROM payments
+                 WHERE session_id = ?1 AND payment_id = ?2",
+                params![session_id, payment_id as i64],
+                payment_row,
+            )
+            .optional()
+    }
+
+    /// Payments persisted but not yet broadcast (after a crash), oldest first.
+    pub fn unbroadcast_payments(&self) -> Result<Vec<StoredPayment>> {
+        let mut statement = self.db.prepare(
+            "SELECT session_id, payment_id, tx_hex, status, quota_mwh FROM payments
+             WHERE status = 'accepted' ORDER BY accepted_at_unix_ms",
+        )?;
+        let rows = statement.query_map([], payment_row)?;
+        rows.collect()
+    }
+
+    /// Append to the audit log.
+    pub fn audit(
+        &self,
+        outlet_id: &str,
+        session_id: Option<&str>,
+        event: &str,
+        detail: &str,
+    ) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO audit (at_unix_ms, outlet_id, session_id, event, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![unix_ms(), outlet_id, session_id, event, detail],
+        )?;
+        Ok(())
+    }
+
+    /// Txids of a session's payments that did not fail, by payment id.
+    pub fn payment_txids(&self, session_id: &str) -> Result<Vec<Txid>> {
+        let mut statement = self.db.prepare(
+            "SELECT txid FROM payments WHERE session_id = ?1 AND status != 'failed' ORDER BY payment_id",
+        )?;
+        let rows = statement.query_map(params![session_id], |r| r.get::<_, String>(0))?;
+        rows.map(|txid| {
+            txid.and_then(|t| {
+                t.parse().map_err(|e: bitcoin::hex::HexToArrayError| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        0,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })
+            })
+        })
+        .collect()
+    }
+}
+
+fn payment_row(r: &rusqlite::Row<'_>) -> Result<StoredPayment> {
+    let hex: String = r.get(2)?;
+    let tx = encode::deserialize_hex(&hex).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(StoredPayment {
+        session_id: r.get(0)?,
+        payment_id: r.get::<_, i64>(1)? as u64,
+        tx,
+        status: r.get(3)?,
+        quota: EnergyMwh(r.get::<_, i64>(4)? as u64),
+    })
+}
