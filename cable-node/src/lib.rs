@@ -1,6 +1,12 @@
-//! The smart cable: pays a socket for the energy it draws (design.md, workspace table).
+//! The smart cable: pays a socket for the energy it draws (design.md, workspace table; paper
+//! seed 000).
 //!
-//! It will hold the spending policy, the wallet, the LDK node, the payer side of each payment
-//! scheme, the gRPC client of `proto::v1::Socket`, its own meter check (paper §VII.B), the store,
-//! config and CLI. The basic protocol (issue 3) brings the first of these; this crate is the place
-//! they go.
+//! - [`config`]: the TOML config.
+//! - [`policy`]: what the cable accepts to pay.
+//! - [`store`]: sessions and signed payments in SQLite.
+//! - [`payer`]: the plug-in flow, payer side of the `onchain` scheme.
+
+pub mod config;
+pub mod payer;
+pub mod policy;
+pub mod store;

@@ -1,0 +1,132 @@
+//! `cable-node`: the smart cable.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use cable_node::config::CableConfig;
+use cable_node::payer::{Cable, CableError};
+use clap::{Parser, Subcommand};
+use qrcode::render::unicode::Dense1x2;
+use qrcode::QrCode;
+use wallet::keys::NodeKeys;
+use wallet::onchain::NodeWallet;
+
+/// A smart cable that pays a smart socket for electricity, by itself, in bitcoin: it checks
+/// the socket's offer against its policy, pays one quota at a time, and closes the relay to its
+/// appliance only once paid.
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// TOML config (see README.md for an example).
+    #[arg(long, global = true, default_value = "cable.toml")]
+    config: PathBuf,
+    /// Folder of the seed, wallet and store; created on first start.
+    #[arg(long, global = true, default_value = "cable-data")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Plug in: pay the socket quota by quota until the appliance is done.
+    Run {
+        /// gRPC endpoint of the socket, overriding the config.
+        #[arg(long)]
+        socket: Option<String>,
+        /// Write a JSON report of the session here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Log as JSON lines.
+        #[arg(long)]
+        json_logs: bool,
+    },
+    /// Print the address to fund the cable with, and its QR code.
+    Address,
+    /// Print the wallet's balance (syncs with bitcoind first).
+    Balance,
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CableError> {
+    let mut config = CableConfig::load(&cli.config)?;
+    match cli.command {
+        Command::Run { socket, report, .. } => {
+            if let Some(socket) = socket {
+                config.socket = socket;
+            }
+            let data_dir = cli.data_dir.clone();
+            let mut cable = tokio::task::block_in_place(|| Cable::open(config, &data_dir))?;
+            let session = cable.run_session().await?;
+            println!(
+                "session {}: {} ({} payments, {} sat, {:.3} Wh)",
+                session.session_id,
+                session.outcome,
+                session.payments.len(),
+                session.payments.iter().map(|p| p.amount_sat).sum::<u64>(),
+                session.energy_used_mwh as f64 / 1000.0
+            );
+            if let Some(path) = report {
+                let json = serde_json::to_string_pretty(&session).context("report")?;
+                std::fs::write(&path, json)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        Command::Address => {
+            std::fs::create_dir_all(&cli.data_dir)
+                .with_context(|| format!("creating {}", cli.data_dir.display()))?;
+            let keys = NodeKeys::load_or_create(&cli.data_dir, config.network)
+                .map_err(anyhow::Error::from)?;
+            let mut wallet = NodeWallet::open(&cli.data_dir, &keys).map_err(anyhow::Error::from)?;
+            let address = wallet.receive_address(0).map_err(anyhow::Error::from)?;
+            let qr = QrCode::new(address.to_qr_uri().as_bytes()).context("QR code")?;
+            println!("{}", qr.render::<Dense1x2>().quiet_zone(true).build());
+            println!("{address}");
+        }
+        Command::Balance => {
+            let data_dir = cli.data_dir.clone();
+            let mut cable = tokio::task::block_in_place(|| Cable::open(config, &data_dir))?;
+            tokio::task::block_in_place(|| cable.sync())?;
+            let balance = cable.wallet().balance();
+            println!("confirmed: {}", balance.confirmed.display_dynamic());
+            println!(
+                "pending:   {}",
+                (balance.trusted_pending + balance.untrusted_pending).display_dynamic()
+            );
+            println!("immature:  {}", balance.immature.display_dynamic());
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(matches!(
+        cli.command,
+        Command::Run {
+            json_logs: true,
+            ..
+        }
+    ));
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

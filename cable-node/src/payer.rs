@@ -1,0 +1,475 @@
+//! The plug-in flow of the cable, payer side of the `onchain` scheme (paper seed 000 §V,
+//! Table I; design.md "Payment schemes").
+//!
+//! `GetOffer` → policy check → `WatchStatus` (plugging in opens the link) → `PowerRequest` →
+//! check the terms → build the payment with the wallet → check it → persist → `PayTransaction`;
+//! then a new quota on each `QuotaLow` while the appliance draws power and the budget allows.
+//! The appliance relay closes only once the socket says Paid (paper §VII.A). The session ends
+//! when the appliance has gone idle, when the budget is spent and the quota used, or when the
+//! socket locks the cable out.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bitcoin::hex::DisplayHex;
+use bitcoin::Amount;
+use hw::clock::ScaledClock;
+use hw::load::LoadProfile;
+use hw::sim::SimOutlet;
+use hw::{PowerMw, Relay};
+use proto::rules::{check_onchain_payment, check_terms, OnchainTerms};
+use proto::v1::socket_client::SocketClient;
+use proto::v1::{self, watch_status_response::Event, OutletState};
+use serde::Serialize;
+use tonic::transport::Channel;
+use tonic::{Code, Streaming};
+use wallet::chain::Chain;
+use wallet::keys::NodeKeys;
+use wallet::onchain::NodeWallet;
+
+use crate::config::CableConfig;
+use crate::policy::AcceptedOffer;
+use crate::store::{CableStore, SignedRecord};
+
+/// Why a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CableError {
+    /// The cable refused the socket's offer or terms: nothing was paid for them.
+    #[error("refused the socket: {0}")]
+    RefusedSocket(String),
+    /// The socket refused a payment or locked the cable out.
+    #[error("the socket refused: {0}")]
+    SocketRefused(String),
+    /// Anything else: wallet, chain, store, link.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// What a session did, for people and for the demo (`--report FILE`, JSON).
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionReport {
+    /// The socket's session id.
+    pub session_id: String,
+    /// How it ended.
+    pub outcome: String,
+    /// Each payment the socket accepted.
+    pub payments: Vec<PaymentReport>,
+    /// Real time from plug-in to the appliance relay closing.
+    pub plug_in_to_paid_ms: Option<u64>,
+    /// Energy the socket metered in the session.
+    pub energy_used_mwh: u64,
+}
+
+/// One accepted payment.
+#[derive(Debug, Clone, Serialize)]
+pub struct PaymentReport {
+    /// Payment id within the session.
+    pub payment_id: u64,
+    /// Transaction id.
+    pub txid: String,
+    /// Paid to the socket.
+    pub amount_sat: u64,
+    /// Paid to miners.
+    pub fee_sat: u64,
+    /// Virtual size.
+    pub vsize: u64,
+}
+
+/// A cable: wallet, chain, store, policy and the relay to its appliance.
+pub struct Cable {
+    config: CableConfig,
+    wallet: NodeWallet,
+    chain: Chain,
+    store: CableStore,
+    relay: Box<dyn Relay>,
+}
+
+struct Session {
+    id: String,
+    paid: Amount,
+    payments: Vec<PaymentReport>,
+    plug_in_to_paid: Option<Duration>,
+    drew_power: bool,
+    idle_since: Option<Instant>,
+    energy_used_mwh: u64,
+}
+
+fn retryable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled
+    )
+}
+
+impl Cable {
+    /// Open the cable of `data_dir` (seed, wallet and store created on first start) and connect
+    /// to bitcoind.
+    pub fn open(config: CableConfig, data_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let keys = NodeKeys::load_or_create(data_dir, config.network)?;
+        let wallet = NodeWallet::open(data_dir, &keys)?;
+        let chain = Chain::connect(&config.chain, config.network)?;
+        let store = CableStore::open(data_dir).context("opening the store")?;
+        // In simulation the appliance relay is a simulated one; on a Pi it would be a GpioRelay.
+        let appliance = SimOutlet::new(
+            LoadProfile::Constant(PowerMw(0)),
+            Arc::new(ScaledClock::real()),
+        );
+        Ok(Cable {
+            config,
+            wallet,
+            chain,
+            store,
+            relay: Box::new(appliance.relay()),
+        })
+    }
+
+    async fn connect(&self) -> anyhow::Result<SocketClient<Channel>> {
+        SocketClient::connect(self.config.socket.clone())
+            .await
+            .with_context(|| format!("no socket answers at {}", self.config.socket))
+    }
+
+    /// Reach the socket again and reopen the link, until `reconnect_secs` have passed.
+    async fn reconnect(
+        &self,
+    ) -> anyhow::Result<(SocketClient<Channel>, Streaming<v1::WatchStatusResponse>)> {
+        let deadline = Instant::now() + Duration::from_secs(self.config.session.reconnect_secs);
+        loop {
+            let attempt = async {
+                let mut client = self.connect().await?;
+                let stream = client
+                    .watch_status(v1::WatchStatusRequest {
+                        outlet_id: self.config.outlet_id.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                anyhow::Ok((client, stream))
+            };
+            match attempt.await {
+                Ok(pair) => {
+                    tracing::info!("link to the socket restored");
+                    return Ok(pair);
+                }
+                Err(e) if Instant::now() < deadline => {
+                    tracing::warn!("socket unreachable, retrying: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e.context("the socket stayed unreachable")),
+            }
+        }
+    }
+
+    /// Plug in and run one session to its end.
+    pub async fn run_session(&mut self) -> Result<SessionReport, CableError> {
+        let mut client = self.connect().await?;
+        let offer = client
+            .get_offer(v1::GetOfferRequest {
+                outlet_id: self.config.outlet_id.clone(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("GetOffer: {}", s.message()))?
+            .into_inner();
+        let accepted = self
+            .config
+            .policy
+            .check_offer(&offer, self.config.network)
+            .map_err(|reason| CableError::RefusedSocket(format!("offer: {reason}")))?;
+        tracing::info!(
+            price_msat_per_wh = offer.price_msat_per_wh,
+            quota_mwh = offer.quota_mwh,
+            quota = %accepted.quota_amount,
+            "offer accepted"
+        );
+        tokio::task::block_in_place(|| self.wallet.sync(&self.chain))
+            .map_err(anyhow::Error::from)?;
+
+        let mut stream = client
+            .watch_status(v1::WatchStatusRequest {
+                outlet_id: self.config.outlet_id.clone(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("WatchStatus: {}", s.message()))?
+            .into_inner();
+        let plugged_at = Instant::now();
+        tracing::info!("plugged in");
+        let mut session = Session {
+            id: String::new(),
+            paid: Amount::ZERO,
+            payments: Vec::new(),
+            plug_in_to_paid: None,
+            drew_power: false,
+            idle_since: None,
+            energy_used_mwh: 0,
+        };
+        let idle = Duration::from_secs_f64(self.config.session.unplug_when_idle_secs);
+        let result = async {
+            self.pay_quota(&mut client, &accepted, &mut session).await?;
+            loop {
+                let message = match stream.message().await {
+                    Ok(Some(message)) => message,
+                    Ok(None) | Err(_) => {
+                        tracing::warn!("link to the socket lost");
+                        (client, stream) = self.reconnect().await?;
+                        continue;
+                    }
+                };
+                match message.event {
+                    Some(Event::Status(status)) => {
+                        if let Some(outcome) = self.on_status(&status, &accepted, &mut session, plugged_at, idle)? {
+                            return Ok(outcome);
+                        }
+                    }
+                    Some(Event::QuotaLow(low)) => {
+                        if low.power_mw == 0 {
+                            tracing::info!("quota low, but the appliance draws nothing: not topping up");
+                        } else if !self.config.policy.allows(session.paid, accepted.quota_amount) {
+                            tracing::warn!(paid = %session.paid, "quota low, but the session budget is spent");
+                        } else {
+                            self.pay_quota(&mut client, &accepted, &mut session).await?;
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+        .await;
+        // Unplug: open the appliance relay, drop the link.
+        drop(stream);
+        let _ = self.relay.open();
+        let outcome = match &result {
+            Ok(outcome) => outcome.clone(),
+            Err(e) => format!("failed: {e}"),
+        };
+        if !session.id.is_empty() {
+            let _ = self.store.end_session(&session.id, &outcome);
+        }
+        tracing::info!(%outcome, payments = session.payments.len(), paid = %session.paid, "unplugged");
+        result.map(|outcome| SessionReport {
+            session_id: session.id,
+            outcome,
+            payments: session.payments,
+            plug_in_to_paid_ms: session.plug_in_to_paid.map(|d| d.as_millis() as u64),
+            energy_used_mwh: session.energy_used_mwh,
+        })
+    }
+
+    /// React to a status: close the appliance relay once Paid, stop on Lockout, and decide
+    /// whether the session is over.
+    fn on_status(
+        &mut self,
+        status: &v1::GetStatusResponse,
+        accepted: &AcceptedOffer,
+        session: &mut Session,
+        plugged_at: Instant,
+        idle: Duration,
+    ) -> Result<Option<String>, CableError> {
+        let state = OutletState::try_from(status.state).unwrap_or(OutletState::Unspecified);
+        if !session.id.is_empty() && status.session_id == session.id {
+            session.energy_used_mwh = status.energy_used_mwh;
+        }
+        match state {
+            OutletState::Paid if !self.relay.is_closed() => {
+                self.relay.close().map_err(anyhow::Error::from)?;
+                let elapsed = plugged_at.elapsed();
+                session.plug_in_to_paid.get_or_insert(elapsed);
+                tracing::info!(
+                    after_ms = elapsed.as_millis() as u64,
+                    "appliance relay closed"
+                );
+            }
+            OutletState::Lockout => {
+                self.relay.open().map_err(anyhow::Error::from)?;
+                return Err(CableError::SocketRefused(format!(
+                    "locked out: {}",
+                    status.reason
+                )));
+            }
+            OutletState::Standby
+                if !session.payments.is_empty() && status.session_id.is_empty() =>
+            {
+                return Ok(Some("the socket ended the session".into()));
+            }
+            _ => {}
+        }
+        if status.power_mw > 0 {
+            session.drew_power = true;
+            session.idle_since = None;
+        } else if session.drew_power {
+            let since = *session.idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= idle {
+                return Ok(Some("appliance done".into()));
+            }
+        }
+        if state == OutletState::Paid
+            && status.quota_remaining_mwh == 0
+            && !self
+                .config
+                .policy
+                .allows(session.paid, accepted.quota_amount)
+        {
+            return Ok(Some("session budget spent".into()));
+        }
+        Ok(None)
+    }
+
+    /// Ask for one quota, check the terms, and pay them (or resend what was signed for them).
+    async fn pay_quota(
+        &mut self,
+        client: &mut SocketClient<Channel>,
+        accepted: &AcceptedOffer,
+        session: &mut Session,
+    ) -> Result<(), CableError> {
+        let terms = loop {
+            let request = v1::PowerRequestRequest {
+                outlet_id: self.config.outlet_id.clone(),
+                scheme: v1::Scheme::Onchain as i32,
+                session_id: session.id.clone(),
+            };
+            match client.power_request(request).await {
+                Ok(reply) => break reply.into_inner(),
+                Err(status) if retryable(&status) => {
+                    *client = self.reconnect().await?.0;
+                }
+                Err(status) => {
+                    return Err(CableError::SocketRefused(format!(
+                        "PowerRequest: {}",
+                        status.message()
+                    )))
+                }
+            }
+        };
+        let checked = check_terms(&accepted.offer, &terms)
+            .map_err(|e| CableError::RefusedSocket(format!("terms: {e}")))?;
+        if session.id.is_empty() {
+            session.id = terms.session_id.clone();
+            self.store
+                .open_session(
+                    &session.id,
+                    &accepted.offer.socket_identity_key.to_lower_hex_string(),
+                    &self.config.outlet_id,
+                )
+                .context("storing the session")?;
+        } else if terms.session_id != session.id {
+            return Err(CableError::RefusedSocket(format!(
+                "terms for session {} while session {} is in progress",
+                terms.session_id, session.id
+            )));
+        }
+        if !self.config.policy.allows(session.paid, checked.amount) {
+            return Err(CableError::RefusedSocket(format!(
+                "paying {} more would pass the session budget of {} sat",
+                checked.amount, self.config.policy.max_session_sat
+            )));
+        }
+        let record = match self
+            .store
+            .payment(&session.id, terms.payment_id)
+            .context("reading the store")?
+        {
+            Some(record) => {
+                tracing::info!(
+                    payment_id = terms.payment_id,
+                    "sending the payment signed before again"
+                );
+                record
+            }
+            None => self.sign(&session.id, terms.payment_id, &checked)?,
+        };
+        let reply = loop {
+            let request = v1::PayTransactionRequest {
+                session_id: session.id.clone(),
+                payment_id: terms.payment_id,
+                psbt: record.psbt.clone(),
+            };
+            match client.pay_transaction(request).await {
+                Ok(reply) => break reply.into_inner(),
+                Err(status) if retryable(&status) => {
+                    tracing::warn!("PayTransaction: {}; resending", status.message());
+                    *client = self.reconnect().await?.0;
+                }
+                Err(status) => {
+                    let _ = self
+                        .store
+                        .set_status(&session.id, terms.payment_id, "refused");
+                    return Err(CableError::SocketRefused(status.message().to_owned()));
+                }
+            }
+        };
+        if reply.txid != record.txid.to_string() {
+            return Err(CableError::RefusedSocket(format!(
+                "the socket reports transaction {} for our payment {}",
+                reply.txid, record.txid
+            )));
+        }
+        self.store
+            .set_status(&session.id, terms.payment_id, "accepted")
+            .context("storing the acceptance")?;
+        let psbt = bitcoin::psbt::Psbt::deserialize(&record.psbt).context("our own PSBT")?;
+        tokio::task::block_in_place(|| {
+            self.wallet
+                .record_sent(&psbt.extract_tx_unchecked_fee_rate())
+        })
+        .map_err(anyhow::Error::from)?;
+        session.paid += record.amount;
+        session.payments.push(PaymentReport {
+            payment_id: record.payment_id,
+            txid: record.txid.to_string(),
+            amount_sat: record.amount.to_sat(),
+            fee_sat: record.fee.to_sat(),
+            vsize: record.vsize,
+        });
+        tracing::info!(txid = %record.txid, amount = %record.amount, fee = %record.fee, "payment accepted");
+        Ok(())
+    }
+
+    /// Build, check, sign and store a payment of the checked terms.
+    fn sign(
+        &mut self,
+        session_id: &str,
+        payment_id: u64,
+        terms: &OnchainTerms,
+    ) -> Result<SignedRecord, CableError> {
+        let policy = &self.config.policy;
+        let signed = tokio::task::block_in_place(|| {
+            self.wallet.sync(&self.chain)?;
+            self.wallet.pay(
+                &terms.payout_script,
+                terms.amount,
+                policy.fee_rate(),
+                policy.max_fee(),
+            )
+        })
+        .map_err(anyhow::Error::from)?;
+        // The same rule the socket applies: exactly the terms, in one output.
+        check_onchain_payment(&signed.tx, terms)
+            .map_err(|e| anyhow::anyhow!("built a wrong payment: {e}"))?;
+        let record = SignedRecord {
+            payment_id,
+            txid: signed.tx.compute_txid(),
+            amount: terms.amount,
+            fee: signed.fee,
+            vsize: signed.tx.vsize() as u64,
+            status: "signed".into(),
+            psbt: signed.psbt.serialize(),
+        };
+        // Durable before the signature leaves the cable.
+        self.store
+            .record_signed(session_id, &record)
+            .context("storing the signed payment")?;
+        Ok(record)
+    }
+
+    /// The wallet, for `address` and `balance`.
+    pub fn wallet(&mut self) -> &mut NodeWallet {
+        &mut self.wallet
+    }
+
+    /// Sync the wallet with bitcoind.
+    pub fn sync(&mut self) -> anyhow::Result<()> {
+        Ok(self.wallet.sync(&self.chain)?)
+    }
+}

@@ -1,0 +1,201 @@
+//! The cable's spending policy: what it accepts to pay, checked against every offer and every
+//! payment before anything is signed (paper seed 000 §VII.B; design.md "Trust").
+
+use bitcoin::{Amount, FeeRate, Network, ScriptBuf};
+use proto::rules::{check_network, onchain_min_payment, quota_amount};
+use proto::units::{EnergyMwh, PriceMsatPerWh};
+use proto::v1;
+use serde::Deserialize;
+
+/// Limits of what the cable pays.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Highest price accepted.
+    pub max_price_msat_per_wh: u64,
+    /// Most the cable pays in one session, fees not included.
+    pub max_session_sat: u64,
+    /// Schemes the cable may use, by preference (only `onchain` so far).
+    #[serde(default = "default_schemes")]
+    pub schemes: Vec<String>,
+    /// Fee rate of on-chain payments.
+    #[serde(default = "default_fee_rate")]
+    pub fee_rate_sat_per_vb: u64,
+    /// Highest fee of one on-chain payment.
+    #[serde(default = "default_max_fee")]
+    pub max_fee_sat: u64,
+}
+
+fn default_schemes() -> Vec<String> {
+    vec!["onchain".into()]
+}
+fn default_fee_rate() -> u64 {
+    2
+}
+fn default_max_fee() -> u64 {
+    2_000
+}
+
+/// An offer the policy accepts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcceptedOffer {
+    /// The offer as received.
+    pub offer: v1::GetOfferResponse,
+    /// What one quota costs on chain.
+    pub quota_amount: Amount,
+    /// Energy of one quota.
+    pub quota: EnergyMwh,
+}
+
+impl Policy {
+    /// Check an offer: same network, price at most the maximum, `onchain` offered and allowed,
+    /// a standard payout script, one quota within the session budget. The error says why not.
+    pub fn check_offer(
+        &self,
+        offer: &v1::GetOfferResponse,
+        network: Network,
+    ) -> Result<AcceptedOffer, String> {
+        check_network(network, offer.network).map_err(|e| e.to_string())?;
+        if offer.price_msat_per_wh > self.max_price_msat_per_wh {
+            return Err(format!(
+                "price {} msat/Wh is above the policy's maximum of {} msat/Wh",
+                offer.price_msat_per_wh, self.max_price_msat_per_wh
+            ));
+        }
+        if !self.schemes.iter().any(|s| s == "onchain") {
+            return Err("the policy allows no scheme this cable can pay with".into());
+        }
+        if !offer
+            .schemes
+            .iter()
+            .any(|s| s.scheme == v1::Scheme::Onchain as i32)
+        {
+            return Err("the socket does not offer the onchain scheme".into());
+        }
+        let script = ScriptBuf::from_bytes(offer.payout_script.clone());
+        if !(script.is_p2wpkh()
+            || script.is_p2tr()
+            || script.is_p2wsh()
+            || script.is_p2pkh()
+            || script.is_p2sh())
+        {
+            return Err("the payout script is not a standard output script".into());
+        }
+        let quota = EnergyMwh(offer.quota_mwh);
+        if quota == EnergyMwh::ZERO {
+            return Err("the offer's quota is zero".into());
+        }
+        let amount = quota_amount(PriceMsatPerWh(offer.price_msat_per_wh), quota)
+            .map_err(|e| e.to_string())?;
+        if amount < onchain_min_payment(offer) {
+            return Err(format!(
+                "one quota costs {amount}, below the socket's own minimum"
+            ));
+        }
+        if amount.to_sat() > self.max_session_sat {
+            return Err(format!(
+                "one quota costs {amount}, above the session budget of {} sat",
+                self.max_session_sat
+            ));
+        }
+        Ok(AcceptedOffer {
+            offer: offer.clone(),
+            quota_amount: amount,
+            quota,
+        })
+    }
+
+    /// Whether paying `next` after `paid` stays within the session budget.
+    pub fn allows(&self, paid: Amount, next: Amount) -> bool {
+        paid.checked_add(next)
+            .is_some_and(|total| total.to_sat() <= self.max_session_sat)
+    }
+
+    /// The fee rate of payments.
+    pub fn fee_rate(&self) -> FeeRate {
+        FeeRate::from_sat_per_vb(self.fee_rate_sat_per_vb).unwrap_or(FeeRate::BROADCAST_MIN)
+    }
+
+    /// The fee cap of one payment.
+    pub fn max_fee(&self) -> Amount {
+        Amount::from_sat(self.max_fee_sat)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            max_price_msat_per_wh: 200_000,
+            max_session_sat: 5_000,
+            schemes: default_schemes(),
+            fee_rate_sat_per_vb: 2,
+            max_fee_sat: 2_000,
+        }
+    }
+
+    fn offer() -> v1::GetOfferResponse {
+        v1::GetOfferResponse {
+            network: v1::Network::Regtest as i32,
+            price_msat_per_wh: 125_000,
+            quota_mwh: 8_000,
+            payout_script: ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_raw_hash(
+                bitcoin::hashes::Hash::all_zeros(),
+            ))
+            .to_bytes(),
+            schemes: vec![v1::SchemeTerms {
+                scheme: v1::Scheme::Onchain as i32,
+                min_payment_sat: 546,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_fair_offer_is_accepted() {
+        let accepted = policy().check_offer(&offer(), Network::Regtest).unwrap();
+        assert_eq!(accepted.quota_amount, Amount::from_sat(1_000));
+    }
+
+    #[test]
+    fn unfair_offers_are_refused_with_a_reason() {
+        let p = policy();
+        let mut o = offer();
+        o.price_msat_per_wh = 300_000;
+        assert!(p
+            .check_offer(&o, Network::Regtest)
+            .unwrap_err()
+            .contains("above the policy"));
+        assert!(p
+            .check_offer(&offer(), Network::Bitcoin)
+            .unwrap_err()
+            .contains("wrong network"));
+        let mut o = offer();
+        o.payout_script = vec![0x6a];
+        assert!(p
+            .check_offer(&o, Network::Regtest)
+            .unwrap_err()
+            .contains("not a standard"));
+        let mut o = offer();
+        o.quota_mwh = 80_000;
+        assert!(p
+            .check_offer(&o, Network::Regtest)
+            .unwrap_err()
+            .contains("budget"));
+        let mut o = offer();
+        o.schemes.clear();
+        assert!(p
+            .check_offer(&o, Network::Regtest)
+            .unwrap_err()
+            .contains("onchain"));
+    }
+
+    #[test]
+    fn the_budget_caps_a_session() {
+        let p = policy();
+        assert!(p.allows(Amount::from_sat(4_000), Amount::from_sat(1_000)));
+        assert!(!p.allows(Amount::from_sat(4_001), Amount::from_sat(1_000)));
+    }
+}
