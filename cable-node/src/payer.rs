@@ -94,6 +94,8 @@ struct Session {
     drew_power: bool,
     idle_since: Option<Instant>,
     energy_used_mwh: u64,
+    /// Whether a status has shown this session (older statuses may predate it).
+    seen_in_status: bool,
 }
 
 fn retryable(status: &tonic::Status) -> bool {
@@ -204,6 +206,7 @@ impl Cable {
             drew_power: false,
             idle_since: None,
             energy_used_mwh: 0,
+            seen_in_status: false,
         };
         let idle = Duration::from_secs_f64(self.config.session.unplug_when_idle_secs);
         let result = async {
@@ -268,8 +271,10 @@ impl Cable {
         idle: Duration,
     ) -> Result<Option<String>, CableError> {
         let state = OutletState::try_from(status.state).unwrap_or(OutletState::Unspecified);
+        tracing::debug!(state = state.as_str_name(), session = %status.session_id, power_mw = status.power_mw, left_mwh = status.quota_remaining_mwh, "status");
         if !session.id.is_empty() && status.session_id == session.id {
             session.energy_used_mwh = status.energy_used_mwh;
+            session.seen_in_status = true;
         }
         match state {
             OutletState::Paid if !self.relay.is_closed() => {
@@ -288,8 +293,7 @@ impl Cable {
                     status.reason
                 )));
             }
-            OutletState::Standby
-                if !session.payments.is_empty() && status.session_id.is_empty() =>
+            OutletState::Standby if session.seen_in_status && status.session_id.is_empty() =>
             {
                 return Ok(Some("the socket ended the session".into()));
             }

@@ -15,6 +15,7 @@ pub mod faucet;
 use std::path::{Path, PathBuf};
 
 use bitcoin::{Address, Amount, BlockHash, OutPoint};
+pub use corepc_node::client::client_sync::Auth;
 pub use corepc_node::Client;
 
 pub use crate::exe::bitcoind_exe;

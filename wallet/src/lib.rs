@@ -3,7 +3,7 @@
 //! - [`keys`]: one BIP39 seed per node, created at first start in its data dir; the BIP 84
 //!   descriptors and the node's identity key derive from it (one backup for everything).
 //! - [`onchain`]: a BDK descriptor wallet persisted in SQLite, synced from bitcoind RPC
-//!   (bdk_bitcoind_rpc), that builds, checks and signs payments as PSBTs (BIP 174).
+//!   (bdk_bitcoind_rpc, blocks only), that builds, checks and signs payments as PSBTs (BIP 174).
 //! - [`chain`]: the bitcoind RPC calls a node relies on: network check, `testmempoolaccept`,
 //!   `sendrawtransaction`, `gettxout`, confirmations.
 

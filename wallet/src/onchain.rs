@@ -68,25 +68,26 @@ impl NodeWallet {
         Ok(())
     }
 
-    /// Catch up with bitcoind: new blocks, then the mempool. Persists what it learns.
+    /// Catch up with bitcoind's blocks. Persists what it learns.
+    ///
+    /// The mempool is not read: bdk_bitcoind_rpc 0.20 decodes `getrawmempool` with a type that
+    /// needs the `bip125-replaceable` field, which Bitcoin Core 30 and later no longer send.
+    /// The wallet learns its own unconfirmed payments from [`NodeWallet::record_sent`] instead;
+    /// coins received count once confirmed.
     pub fn sync(&mut self, chain: &Chain) -> Result<(), WalletError> {
-        let unconfirmed: Vec<_> = self
-            .wallet
-            .transactions()
-            .filter(|tx| !tx.chain_position.is_confirmed())
-            .map(|tx| tx.tx_node.txid)
-            .collect();
         let checkpoint = self.wallet.latest_checkpoint();
         let start = checkpoint.height();
-        let mut emitter = Emitter::new(chain.client(), checkpoint, start, unconfirmed);
+        let mut emitter = Emitter::new(
+            chain.client(),
+            checkpoint,
+            start,
+            bdk_bitcoind_rpc::NO_EXPECTED_MEMPOOL_TXIDS,
+        );
         while let Some(event) = emitter.next_block().map_err(wallet_error)? {
             self.wallet
                 .apply_block_connected_to(&event.block, event.block_height(), event.connected_to())
                 .map_err(wallet_error)?;
         }
-        let mempool = emitter.mempool().map_err(wallet_error)?;
-        self.wallet.apply_evicted_txs(mempool.evicted_ats());
-        self.wallet.apply_unconfirmed_txs(mempool.new_txs);
         self.persist()
     }
 

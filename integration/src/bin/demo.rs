@@ -1,115 +1,193 @@
-//! `demo`: the README's main command.
-//!
-//! Until the basic protocol lands (cable-node paying socket-node over gRPC), this shows the
-//! foundation the demo stands on: a real regtest bitcoind, a funded cable address, and the
-//! paper's toaster (seed 000 §VII: 1300 W, 40 Wh a batch) metered by the simulator, cut into
-//! the quotas the cable will pay for, each priced with the protocol's unit math.
+//! `demo`: the README's main command. The paper's experiment (seed 000 §V, §VII) on a real
+//! regtest chain: a cable toasts one slice of bread (1300 W, 40 Wh) and pays a socket per 8 Wh
+//! quota, the two as separate processes talking gRPC over TCP on 127.0.0.1.
 
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bitcoin::key::Secp256k1;
-use bitcoin::{Address, Amount, CompressedPublicKey, Network, PrivateKey};
-use clap::Parser;
-use hw::clock::ScaledClock;
-use hw::load::LoadProfile;
-use hw::sim::SimOutlet;
-use hw::{Meter, PowerMw, Relay};
-use proto::units::{EnergyMwh, PriceMsatPerWh};
+use bitcoin::Amount;
+use clap::{Parser, ValueEnum};
+use integration::{CableFiles, CableSetup, SocketProcess, SocketSetup};
+use proto::v1::OutletState;
 use regtest::Regtest;
+use serde_json::{json, Value};
 
-/// Toast one slice on a simulated outlet next to a real regtest bitcoind, and show the quotas
-/// the cable would pay for.
+/// Toast a slice of bread on a socket that sells electricity for bitcoin, paid by the cable
+/// quota by quota, on a throwaway regtest chain. Takes under a minute (the first run also
+/// builds bitcoind, about 10 minutes).
 #[derive(Parser)]
 #[command(version)]
 struct Args {
+    /// How the cable pays.
+    #[arg(long, value_enum, default_value_t = SchemeArg::Onchain)]
+    scheme: SchemeArg,
+    /// The appliance: `toaster` (1300 W, 40 Wh a batch), `constant:WATTS`, or `trace:FILE.csv`
+    /// (rows `t_s,power_w`).
+    #[arg(long, default_value = "toaster")]
+    load: String,
     /// Price of energy, msat per Wh.
     #[arg(long, default_value_t = 125_000)]
     price_msat_per_wh: u64,
-    /// Energy bought by one payment, in Wh (the paper's experiment: 8 Wh, 5 payments a toast).
+    /// Energy bought by one payment, in Wh.
     #[arg(long, default_value_t = 8)]
     quota_wh: u64,
     /// Simulated seconds per real second.
     #[arg(long, default_value_t = 20.0)]
     time_scale: f64,
-    /// Coins given to the cable's address before it plugs in, in sat.
+    /// Coins the cable starts with, in sat.
     #[arg(long, default_value_t = 100_000)]
     cable_funds_sat: u64,
+    /// Mine a block every this many real seconds while the session runs.
+    #[arg(long, default_value_t = 2.0)]
+    block_interval_secs: f64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SchemeArg {
+    /// One transaction per quota (paper §V).
+    Onchain,
+}
+
+fn load_toml(load: &str) -> anyhow::Result<String> {
+    if load == "toaster" {
+        return Ok("kind = \"toaster\"".into());
+    }
+    if let Some(watts) = load.strip_prefix("constant:") {
+        let watts: f64 = watts.parse().context("constant:WATTS needs a number")?;
+        return Ok(format!("kind = \"constant\"\npower_w = {watts:?}"));
+    }
+    if let Some(path) = load.strip_prefix("trace:") {
+        let path = std::fs::canonicalize(path).with_context(|| format!("trace file {path}"))?;
+        return Ok(format!("kind = \"trace\"\npath = {:?}", path.display().to_string()));
+    }
+    anyhow::bail!("--load must be toaster, constant:WATTS or trace:FILE.csv, not {load:?}")
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let price = PriceMsatPerWh(args.price_msat_per_wh);
-    let quota = EnergyMwh::from_wh(args.quota_wh)?;
-    anyhow::ensure!(quota.0 > 0, "--quota-wh must be at least 1");
+    let SchemeArg::Onchain = args.scheme;
+    let setup = SocketSetup {
+        price_msat_per_wh: args.price_msat_per_wh,
+        quota_mwh: args.quota_wh.checked_mul(1_000).context("--quota-wh too large")?,
+        time_scale: args.time_scale,
+        load_toml: load_toml(&args.load)?,
+        ..SocketSetup::default()
+    };
 
-    println!("starting a regtest bitcoind (the first run builds it, about 10 minutes)...");
-    let node = Regtest::start()?;
-    println!("bitcoind RPC {}", node.rpc_url());
-
-    let key = PrivateKey::generate(Network::Regtest);
-    let public = CompressedPublicKey::from_private_key(&Secp256k1::new(), &key)?;
-    let cable = Address::p2wpkh(&public, Network::Regtest);
-    let funding = node.fund(&cable, Amount::from_sat(args.cable_funds_sat))?;
+    println!("starting a regtest bitcoind...");
+    let bitcoind = Regtest::start()?;
+    let dir = tempfile::tempdir()?;
+    let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup)?;
+    println!("socket-node serving on {} (logs {})", socket.endpoint, dir.path().join("socket/socket.log").display());
+    let cable = CableFiles::create(
+        &bitcoind,
+        &dir.path().join("cable"),
+        &socket.endpoint,
+        &CableSetup::default(),
+        Amount::from_sat(args.cable_funds_sat),
+    )?;
     println!(
-        "cable address {cable} funded with {} sat in {funding}, confirmed at height {}",
-        args.cable_funds_sat,
-        node.height()?
+        "cable funded with {} sat; plugging in (time x{}, {} msat/Wh, {} Wh quota)\n",
+        args.cable_funds_sat, args.time_scale, args.price_msat_per_wh, args.quota_wh
     );
 
-    let clock = ScaledClock::new(args.time_scale)?;
-    let outlet = SimOutlet::new(LoadProfile::toaster(1), Arc::new(clock.clone()));
-    outlet.set_plugged(true);
-    let mut relay = outlet.relay();
-    let mut meter = outlet.meter();
-    relay.close()?;
-    println!(
-        "toasting one slice at {}, {} per quota (time x{})",
-        price, quota, args.time_scale
-    );
-
-    let mut quotas = Vec::new();
-    let mut next_boundary = quota;
-    loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let reading = meter.read()?;
-        while reading.energy >= next_boundary {
-            quotas.push((next_boundary, reading.at_ms));
-            next_boundary = next_boundary.checked_add(quota)?;
-        }
-        print!(
-            "\r  t={:>5.1}s  {:>7}  energy {:>10}  quotas used {}   ",
-            reading.at_ms as f64 / 1000.0,
-            reading.power.to_string(),
-            reading.energy.to_string(),
-            quotas.len()
-        );
-        if reading.power == PowerMw(0) {
-            // The toaster popped; a started quota is still a quota paid.
-            if reading.energy > next_boundary.saturating_sub(quota) {
-                quotas.push((reading.energy, reading.at_ms));
+    let mining = Arc::new(AtomicBool::new(true));
+    let miner = {
+        let mining = Arc::clone(&mining);
+        let interval = Duration::from_secs_f64(args.block_interval_secs.max(0.1));
+        let (url, cookie) = (bitcoind.rpc_url(), bitcoind.cookie_file().to_owned());
+        let address = bitcoind.faucet().address().to_string();
+        std::thread::spawn(move || {
+            let client = regtest::Client::new_with_auth(&url, regtest::Auth::CookieFile(cookie)).ok();
+            while mining.load(Ordering::SeqCst) {
+                std::thread::sleep(interval);
+                if let Some(client) = &client {
+                    let _ = client.call::<Value>("generatetoaddress", &[json!(1), json!(address)]);
+                }
             }
-            break;
+        })
+    };
+
+    let started = Instant::now();
+    let mut child = cable.spawn_run()?;
+    let exit = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
         }
+        if let Ok(s) = socket.status() {
+            let state = OutletState::try_from(s.state).unwrap_or(OutletState::Unspecified);
+            print!(
+                "\r  {:>5.1}s  {:<8} relay {:<6} {:>7.1} W  energy {:>7.3} Wh  quota left {:>6.3} Wh  payments {}   ",
+                started.elapsed().as_secs_f64(),
+                state.as_str_name().trim_start_matches("OUTLET_STATE_"),
+                if s.relay_closed { "closed" } else { "open" },
+                s.power_mw as f64 / 1000.0,
+                s.energy_used_mwh as f64 / 1000.0,
+                s.quota_remaining_mwh as f64 / 1000.0,
+                s.payments
+            );
+            let _ = std::io::stdout().flush();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    mining.store(false, Ordering::SeqCst);
+    let _ = miner.join();
+    println!("\n");
+    if !exit.success() {
+        anyhow::bail!(
+            "cable-node failed ({exit}):\n{}\nsocket log:\n{}",
+            std::fs::read_to_string(&cable.log).unwrap_or_default(),
+            socket.log_text()
+        );
     }
-    relay.open()?;
-    println!("\n\n quota | metered energy up to | sim time | price of the quota");
-    for (i, (energy, at_ms)) in quotas.iter().enumerate() {
-        let cost = price.cost_of(quota).context("price x quota overflows")?;
+    bitcoind.mine(1)?;
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&cable.report)?)?;
+    let payments = report["payments"].as_array().cloned().unwrap_or_default();
+    println!("scheme onchain: {} ({})", report["outcome"].as_str().unwrap_or("?"), args.load);
+    println!(
+        " {:>3} | {:<64} | {:>5} | {:>9} | {:>7} | {:>6}",
+        "#", "txid", "block", "to socket", "fee", "vbytes"
+    );
+    let (mut paid, mut fees, mut vbytes) = (0u64, 0u64, 0u64);
+    for p in &payments {
+        let txid = p["txid"].as_str().unwrap_or_default();
+        let tx: Value = regtest::rpc(bitcoind.client(), "getrawtransaction", &[json!(txid), json!(1)])?;
+        let height = match tx["blockhash"].as_str() {
+            Some(hash) => {
+                let header: Value = regtest::rpc(bitcoind.client(), "getblockheader", &[json!(hash)])?;
+                header["height"].to_string()
+            }
+            None => "-".into(),
+        };
+        let (amount, fee, size) = (
+            p["amount_sat"].as_u64().unwrap_or(0),
+            p["fee_sat"].as_u64().unwrap_or(0),
+            p["vsize"].as_u64().unwrap_or(0),
+        );
+        paid += amount;
+        fees += fee;
+        vbytes += size;
         println!(
-            " {:>5} | {:>20} | {:>7.1}s | {} ({} sat on chain)",
-            i + 1,
-            energy.to_string(),
-            *at_ms as f64 / 1000.0,
-            cost,
-            cost.to_amount_ceil().to_sat()
+            " {:>3} | {txid:<64} | {height:>5} | {:>5} sat | {:>3} sat | {size:>6}",
+            p["payment_id"], amount, fee
         );
     }
     println!(
-        "\n{} quotas for one slice of toast. Paying them from cable-node to socket-node \
-         arrives with the basic protocol.",
-        quotas.len()
+        " sum | {:<64} | {:>5} | {:>5} sat | {:>3} sat | {vbytes:>6}",
+        format!("{} transactions", payments.len()),
+        "",
+        paid,
+        fees
+    );
+    println!(
+        "\nenergy metered {:.3} Wh; plug-in to relay closed {} ms; fees are {:.0}% of what the socket got",
+        report["energy_used_mwh"].as_u64().unwrap_or(0) as f64 / 1000.0,
+        report["plug_in_to_paid_ms"],
+        if paid > 0 { fees as f64 * 100.0 / paid as f64 } else { 0.0 }
     );
     Ok(())
 }

@@ -1,0 +1,349 @@
+//! Harness for cross-process scenarios: a regtest bitcoind, `socket-node` and `cable-node` as
+//! real processes on 127.0.0.1, their configs, logs and stores. Used by the demo and the tests.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bitcoin::{Address, Amount, Network};
+use proto::v1::socket_client::SocketClient;
+use proto::v1::{GetOfferRequest, GetStatusRequest, GetStatusResponse};
+use regtest::Regtest;
+use wallet::keys::NodeKeys;
+use wallet::onchain::NodeWallet;
+
+/// The outlet every scenario uses.
+pub const OUTLET: &str = "outlet-1";
+
+/// Path of a workspace binary, built (once per process) with the profile of the running one.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            // target/<profile>/deps/test-xxxx or target/<profile>/demo
+            let mut dir = exe.parent().ok_or("no exe dir")?.to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            let release = dir.ends_with("release");
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut build = Command::new(cargo);
+            build
+                .args(["build", "--quiet", "--bin", "socket-node", "--bin", "cable-node"])
+                .arg("--manifest-path")
+                .arg(manifest);
+            if release {
+                build.arg("--release");
+            }
+            let status = build.status().map_err(|e| format!("running cargo build: {e}"))?;
+            if !status.success() {
+                return Err(format!("cargo build of the nodes failed: {status}"));
+            }
+            Ok(dir)
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(dir.join(name))
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Settings of a socket in a scenario.
+#[derive(Debug, Clone)]
+pub struct SocketSetup {
+    /// Price of energy.
+    pub price_msat_per_wh: u64,
+    /// Energy of one quota.
+    pub quota_mwh: u64,
+    /// QuotaLow threshold.
+    pub quota_low_mwh: u64,
+    /// Simulated seconds per real second.
+    pub time_scale: f64,
+    /// `[hw.load]` as TOML, e.g. `kind = "toaster"`.
+    pub load_toml: String,
+    /// Outlet timers, on the outlet clock.
+    pub grace_secs: u64,
+    /// Lockout duration, on the outlet clock.
+    pub lockout_secs: u64,
+    /// Payment timeout, on the outlet clock.
+    pub payment_timeout_secs: u64,
+    /// Real ms the link may be gone before it counts as unplugged.
+    pub link_debounce_ms: u64,
+}
+
+impl Default for SocketSetup {
+    /// The paper's experiment: 8 Wh quotas of the toaster at 125 000 msat/Wh (1000 sat each).
+    fn default() -> Self {
+        SocketSetup {
+            price_msat_per_wh: 125_000,
+            quota_mwh: 8_000,
+            quota_low_mwh: 0,
+            time_scale: 20.0,
+            load_toml: "kind = \"toaster\"".into(),
+            grace_secs: 60,
+            lockout_secs: 60,
+            payment_timeout_secs: 120,
+            link_debounce_ms: 1_000,
+        }
+    }
+}
+
+/// A socket-node process.
+pub struct SocketProcess {
+    child: Option<Child>,
+    /// gRPC endpoint.
+    pub endpoint: String,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    config: PathBuf,
+    port: u16,
+    log: PathBuf,
+}
+
+impl SocketProcess {
+    /// Write the config of `setup` under `dir` and start the socket against `bitcoind`; returns
+    /// once it answers `GetOffer`.
+    pub fn start(bitcoind: &Regtest, dir: &Path, setup: &SocketSetup) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let config = dir.join("socket.toml");
+        fs::create_dir_all(dir)?;
+        fs::write(
+            &config,
+            format!(
+                "network = \"regtest\"\nlisten = \"127.0.0.1:{port}\"\n\n\
+                 [chain]\nrpc_url = \"{}\"\ncookie_file = \"{}\"\n\n\
+                 [outlet]\nid = \"{OUTLET}\"\nprice_msat_per_wh = {}\nquota_mwh = {}\n\
+                 quota_low_mwh = {}\ngrace_secs = {}\nlockout_secs = {}\npayment_timeout_secs = {}\n\n\
+                 [hw]\nkind = \"sim\"\ntime_scale = {:?}\nlink_debounce_ms = {}\n\n[hw.load]\n{}\n",
+                bitcoind.rpc_url(),
+                bitcoind.cookie_file().display(),
+                setup.price_msat_per_wh,
+                setup.quota_mwh,
+                setup.quota_low_mwh,
+                setup.grace_secs,
+                setup.lockout_secs,
+                setup.payment_timeout_secs,
+                setup.time_scale,
+                setup.link_debounce_ms,
+                setup.load_toml,
+            ),
+        )?;
+        let mut socket = SocketProcess {
+            child: None,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            data_dir: dir.join("socket-data"),
+            config,
+            port,
+            log: dir.join("socket.log"),
+        };
+        socket.spawn()?;
+        Ok(socket)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(binary("socket-node")?)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting socket-node")?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("socket-node exited ({status}):\n{}", self.log_text());
+            }
+            let endpoint = self.endpoint.clone();
+            let ready = runtime.block_on(async move {
+                let mut client = SocketClient::connect(endpoint).await.ok()?;
+                client
+                    .get_offer(GetOfferRequest { outlet_id: OUTLET.into() })
+                    .await
+                    .ok()
+            });
+            if ready.is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("socket-node did not answer on port {}:\n{}", self.port, self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// What the socket logged.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL the process (a power cut), and wait for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the same port, config and data dir.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// `GetStatus` of the outlet.
+    pub fn status(&self) -> anyhow::Result<GetStatusResponse> {
+        let endpoint = self.endpoint.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            let mut client = SocketClient::connect(endpoint).await?;
+            Ok(client
+                .get_status(GetStatusRequest { outlet_id: OUTLET.into() })
+                .await?
+                .into_inner())
+        })
+    }
+}
+
+impl Drop for SocketProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Settings of a cable in a scenario.
+#[derive(Debug, Clone)]
+pub struct CableSetup {
+    /// Highest price accepted.
+    pub max_price_msat_per_wh: u64,
+    /// Session budget.
+    pub max_session_sat: u64,
+    /// Unplug after this much real idle time.
+    pub unplug_when_idle_secs: f64,
+}
+
+impl Default for CableSetup {
+    fn default() -> Self {
+        CableSetup {
+            max_price_msat_per_wh: 200_000,
+            max_session_sat: 100_000,
+            unplug_when_idle_secs: 1.0,
+        }
+    }
+}
+
+/// A cable's config and data dir.
+pub struct CableFiles {
+    /// The config file.
+    pub config: PathBuf,
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// Where `run` writes its log.
+    pub log: PathBuf,
+    /// Where `run` writes its JSON report.
+    pub report: PathBuf,
+}
+
+impl CableFiles {
+    /// Write a cable config under `dir` pointing at `endpoint`, and fund its wallet with
+    /// `funds` (confirmed).
+    pub fn create(
+        bitcoind: &Regtest,
+        dir: &Path,
+        endpoint: &str,
+        setup: &CableSetup,
+        funds: Amount,
+    ) -> anyhow::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let config = dir.join("cable.toml");
+        fs::write(
+            &config,
+            format!(
+                "network = \"regtest\"\nsocket = \"{endpoint}\"\noutlet_id = \"{OUTLET}\"\n\n\
+                 [chain]\nrpc_url = \"{}\"\ncookie_file = \"{}\"\n\n\
+                 [policy]\nmax_price_msat_per_wh = {}\nmax_session_sat = {}\n\n\
+                 [session]\nunplug_when_idle_secs = {:?}\nreconnect_secs = 60\n",
+                bitcoind.rpc_url(),
+                bitcoind.cookie_file().display(),
+                setup.max_price_msat_per_wh,
+                setup.max_session_sat,
+                setup.unplug_when_idle_secs,
+            ),
+        )?;
+        let data_dir = dir.join("cable-data");
+        fs::create_dir_all(&data_dir)?;
+        let address = funding_address(&data_dir)?;
+        bitcoind.fund(&address, funds)?;
+        Ok(CableFiles {
+            config,
+            data_dir,
+            log: dir.join("cable.log"),
+            report: dir.join("cable-report.json"),
+        })
+    }
+
+    /// Start `cable-node run` in the background.
+    pub fn spawn_run(&self) -> anyhow::Result<Child> {
+        let log = fs::File::create(&self.log)?;
+        Command::new(binary("cable-node")?)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("run")
+            .arg("--report")
+            .arg(&self.report)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting cable-node")
+    }
+
+    /// Run `cable-node run` to its end, with a time limit.
+    pub fn run(&self, limit: Duration) -> anyhow::Result<Output> {
+        let mut child = self.spawn_run()?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                let text = fs::read_to_string(&self.log).unwrap_or_default();
+                return Ok(Output {
+                    status,
+                    stdout: Vec::new(),
+                    stderr: text.into_bytes(),
+                });
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("cable-node ran past {limit:?}:\n{}", fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The address the cable of `data_dir` is funded at (its wallet's receive address 0).
+pub fn funding_address(data_dir: &Path) -> anyhow::Result<Address> {
+    let keys = NodeKeys::load_or_create(data_dir, Network::Regtest)?;
+    let mut wallet = NodeWallet::open(data_dir, &keys)?;
+    Ok(wallet.receive_address(0)?)
+}

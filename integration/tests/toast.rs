@@ -1,0 +1,88 @@
+//! The paper's experiment end to end (seed 000 §V, §VII): a cable toasts one slice (1300 W,
+//! 40 Wh) paying a socket per 8 Wh quota, two processes over gRPC on a real regtest chain.
+
+use std::time::Duration;
+
+use bitcoin::{Amount, ScriptBuf, Txid};
+use integration::{CableFiles, CableSetup, SocketProcess, SocketSetup};
+use proto::v1::OutletState;
+use regtest::Regtest;
+use serde_json::Value;
+
+#[test]
+fn toast_is_paid_with_five_confirmed_transactions() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &SocketSetup::default()).unwrap();
+    let cable = CableFiles::create(
+        &bitcoind,
+        &dir.path().join("cable"),
+        &socket.endpoint,
+        &CableSetup::default(),
+        Amount::from_sat(100_000),
+    )
+    .unwrap();
+
+    let out = cable.run(Duration::from_secs(120)).unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "cable failed:\n{log}\nsocket:\n{}", socket.log_text());
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&cable.report).unwrap()).unwrap();
+    if report["outcome"] != "appliance done" { eprintln!("CABLE:\n{log}\nSOCKET:\n{}", socket.log_text()); }
+    assert_eq!(report["outcome"], "appliance done", "{report}");
+    let payments = report["payments"].as_array().unwrap();
+    assert_eq!(payments.len(), 5, "{report}");
+    assert!(report["energy_used_mwh"].as_u64().unwrap() >= 40_000, "{report}");
+
+    // Every payment confirms and pays the socket's payout script exactly 1000 sat.
+    bitcoind.mine(1).unwrap();
+    let offer_script = payout_script(&socket);
+    for payment in payments {
+        let txid: Txid = payment["txid"].as_str().unwrap().parse().unwrap();
+        let tx: Value = regtest::rpc(
+            bitcoind.client(),
+            "getrawtransaction",
+            &[serde_json::json!(txid.to_string()), serde_json::json!(1)],
+        )
+        .unwrap();
+        assert!(tx["confirmations"].as_u64().unwrap() >= 1, "{tx}");
+        let to_socket: Vec<&Value> = tx["vout"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["scriptPubKey"]["hex"] == offer_script)
+            .collect();
+        assert_eq!(to_socket.len(), 1);
+        assert_eq!(
+            Amount::from_btc(to_socket[0]["value"].as_f64().unwrap()).unwrap(),
+            Amount::from_sat(1_000)
+        );
+    }
+
+    // The cable unplugged: after the link debounce the socket settles back to Standby.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = socket.status().unwrap();
+        if status.state == OutletState::Standby as i32 && status.session_id.is_empty() {
+            assert!(!status.relay_closed);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "socket stays {status:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn payout_script(socket: &SocketProcess) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let offer = runtime.block_on(async {
+        let mut client = proto::v1::socket_client::SocketClient::connect(socket.endpoint.clone())
+            .await
+            .unwrap();
+        client
+            .get_offer(proto::v1::GetOfferRequest { outlet_id: integration::OUTLET.into() })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    ScriptBuf::from_bytes(offer.payout_script).to_hex_string()
+}
