@@ -293,8 +293,7 @@ impl Cable {
                     status.reason
                 )));
             }
-            OutletState::Standby if session.seen_in_status && status.session_id.is_empty() =>
-            {
+            OutletState::Standby if session.seen_in_status && status.session_id.is_empty() => {
                 return Ok(Some("the socket ended the session".into()));
             }
             _ => {}

@@ -35,13 +35,22 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut build = Command::new(cargo);
             build
-                .args(["build", "--quiet", "--bin", "socket-node", "--bin", "cable-node"])
+                .args([
+                    "build",
+                    "--quiet",
+                    "--bin",
+                    "socket-node",
+                    "--bin",
+                    "cable-node",
+                ])
                 .arg("--manifest-path")
                 .arg(manifest);
             if release {
                 build.arg("--release");
             }
-            let status = build.status().map_err(|e| format!("running cargo build: {e}"))?;
+            let status = build
+                .status()
+                .map_err(|e| format!("running cargo build: {e}"))?;
             if !status.success() {
                 return Err(format!("cargo build of the nodes failed: {status}"));
             }
@@ -150,7 +159,10 @@ impl SocketProcess {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let child = Command::new(binary("socket-node")?)
             .arg("run")
             .arg("--config")
@@ -167,16 +179,24 @@ impl SocketProcess {
 
     fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 bail!("socket-node exited ({status}):\n{}", self.log_text());
             }
             let endpoint = self.endpoint.clone();
             let ready = runtime.block_on(async move {
                 let mut client = SocketClient::connect(endpoint).await.ok()?;
                 client
-                    .get_offer(GetOfferRequest { outlet_id: OUTLET.into() })
+                    .get_offer(GetOfferRequest {
+                        outlet_id: OUTLET.into(),
+                    })
                     .await
                     .ok()
             });
@@ -184,7 +204,11 @@ impl SocketProcess {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("socket-node did not answer on port {}:\n{}", self.port, self.log_text());
+                bail!(
+                    "socket-node did not answer on port {}:\n{}",
+                    self.port,
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -212,11 +236,15 @@ impl SocketProcess {
     /// `GetStatus` of the outlet.
     pub fn status(&self) -> anyhow::Result<GetStatusResponse> {
         let endpoint = self.endpoint.clone();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         runtime.block_on(async move {
             let mut client = SocketClient::connect(endpoint).await?;
             Ok(client
-                .get_status(GetStatusRequest { outlet_id: OUTLET.into() })
+                .get_status(GetStatusRequest {
+                    outlet_id: OUTLET.into(),
+                })
                 .await?
                 .into_inner())
         })
@@ -334,7 +362,10 @@ impl CableFiles {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("cable-node ran past {limit:?}:\n{}", fs::read_to_string(&self.log).unwrap_or_default());
+                bail!(
+                    "cable-node ran past {limit:?}:\n{}",
+                    fs::read_to_string(&self.log).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

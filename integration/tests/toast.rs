@@ -13,7 +13,12 @@ use serde_json::Value;
 fn toast_is_paid_with_five_confirmed_transactions() {
     let bitcoind = Regtest::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &SocketSetup::default()).unwrap();
+    let socket = SocketProcess::start(
+        &bitcoind,
+        &dir.path().join("socket"),
+        &SocketSetup::default(),
+    )
+    .unwrap();
     let cable = CableFiles::create(
         &bitcoind,
         &dir.path().join("cable"),
@@ -25,14 +30,24 @@ fn toast_is_paid_with_five_confirmed_transactions() {
 
     let out = cable.run(Duration::from_secs(120)).unwrap();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "cable failed:\n{log}\nsocket:\n{}", socket.log_text());
+    assert!(
+        out.status.success(),
+        "cable failed:\n{log}\nsocket:\n{}",
+        socket.log_text()
+    );
 
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&cable.report).unwrap()).unwrap();
-    if report["outcome"] != "appliance done" { eprintln!("CABLE:\n{log}\nSOCKET:\n{}", socket.log_text()); }
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cable.report).unwrap()).unwrap();
+    if report["outcome"] != "appliance done" {
+        eprintln!("CABLE:\n{log}\nSOCKET:\n{}", socket.log_text());
+    }
     assert_eq!(report["outcome"], "appliance done", "{report}");
     let payments = report["payments"].as_array().unwrap();
     assert_eq!(payments.len(), 5, "{report}");
-    assert!(report["energy_used_mwh"].as_u64().unwrap() >= 40_000, "{report}");
+    assert!(
+        report["energy_used_mwh"].as_u64().unwrap() >= 40_000,
+        "{report}"
+    );
 
     // Every payment confirms and pays the socket's payout script exactly 1000 sat.
     bitcoind.mine(1).unwrap();
@@ -67,19 +82,27 @@ fn toast_is_paid_with_five_confirmed_transactions() {
             assert!(!status.relay_closed);
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "socket stays {status:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "socket stays {status:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 fn payout_script(socket: &SocketProcess) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let offer = runtime.block_on(async {
         let mut client = proto::v1::socket_client::SocketClient::connect(socket.endpoint.clone())
             .await
             .unwrap();
         client
-            .get_offer(proto::v1::GetOfferRequest { outlet_id: integration::OUTLET.into() })
+            .get_offer(proto::v1::GetOfferRequest {
+                outlet_id: integration::OUTLET.into(),
+            })
             .await
             .unwrap()
             .into_inner()

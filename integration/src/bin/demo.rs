@@ -61,7 +61,10 @@ fn load_toml(load: &str) -> anyhow::Result<String> {
     }
     if let Some(path) = load.strip_prefix("trace:") {
         let path = std::fs::canonicalize(path).with_context(|| format!("trace file {path}"))?;
-        return Ok(format!("kind = \"trace\"\npath = {:?}", path.display().to_string()));
+        return Ok(format!(
+            "kind = \"trace\"\npath = {:?}",
+            path.display().to_string()
+        ));
     }
     anyhow::bail!("--load must be toaster, constant:WATTS or trace:FILE.csv, not {load:?}")
 }
@@ -71,7 +74,10 @@ fn main() -> anyhow::Result<()> {
     let SchemeArg::Onchain = args.scheme;
     let setup = SocketSetup {
         price_msat_per_wh: args.price_msat_per_wh,
-        quota_mwh: args.quota_wh.checked_mul(1_000).context("--quota-wh too large")?,
+        quota_mwh: args
+            .quota_wh
+            .checked_mul(1_000)
+            .context("--quota-wh too large")?,
         time_scale: args.time_scale,
         load_toml: load_toml(&args.load)?,
         ..SocketSetup::default()
@@ -81,7 +87,11 @@ fn main() -> anyhow::Result<()> {
     let bitcoind = Regtest::start()?;
     let dir = tempfile::tempdir()?;
     let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup)?;
-    println!("socket-node serving on {} (logs {})", socket.endpoint, dir.path().join("socket/socket.log").display());
+    println!(
+        "socket-node serving on {} (logs {})",
+        socket.endpoint,
+        dir.path().join("socket/socket.log").display()
+    );
     let cable = CableFiles::create(
         &bitcoind,
         &dir.path().join("cable"),
@@ -101,7 +111,8 @@ fn main() -> anyhow::Result<()> {
         let (url, cookie) = (bitcoind.rpc_url(), bitcoind.cookie_file().to_owned());
         let address = bitcoind.faucet().address().to_string();
         std::thread::spawn(move || {
-            let client = regtest::Client::new_with_auth(&url, regtest::Auth::CookieFile(cookie)).ok();
+            let client =
+                regtest::Client::new_with_auth(&url, regtest::Auth::CookieFile(cookie)).ok();
             while mining.load(Ordering::SeqCst) {
                 std::thread::sleep(interval);
                 if let Some(client) = &client {
@@ -147,7 +158,11 @@ fn main() -> anyhow::Result<()> {
 
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&cable.report)?)?;
     let payments = report["payments"].as_array().cloned().unwrap_or_default();
-    println!("scheme onchain: {} ({})", report["outcome"].as_str().unwrap_or("?"), args.load);
+    println!(
+        "scheme onchain: {} ({})",
+        report["outcome"].as_str().unwrap_or("?"),
+        args.load
+    );
     println!(
         " {:>3} | {:<64} | {:>5} | {:>9} | {:>7} | {:>6}",
         "#", "txid", "block", "to socket", "fee", "vbytes"
@@ -155,10 +170,15 @@ fn main() -> anyhow::Result<()> {
     let (mut paid, mut fees, mut vbytes) = (0u64, 0u64, 0u64);
     for p in &payments {
         let txid = p["txid"].as_str().unwrap_or_default();
-        let tx: Value = regtest::rpc(bitcoind.client(), "getrawtransaction", &[json!(txid), json!(1)])?;
+        let tx: Value = regtest::rpc(
+            bitcoind.client(),
+            "getrawtransaction",
+            &[json!(txid), json!(1)],
+        )?;
         let height = match tx["blockhash"].as_str() {
             Some(hash) => {
-                let header: Value = regtest::rpc(bitcoind.client(), "getblockheader", &[json!(hash)])?;
+                let header: Value =
+                    regtest::rpc(bitcoind.client(), "getblockheader", &[json!(hash)])?;
                 header["height"].to_string()
             }
             None => "-".into(),
@@ -173,7 +193,9 @@ fn main() -> anyhow::Result<()> {
         vbytes += size;
         println!(
             " {:>3} | {txid:<64} | {height:>5} | {:>5} sat | {:>3} sat | {size:>6}",
-            p["payment_id"], amount, fee
+            p["payment_id"].as_u64().unwrap_or(0),
+            amount,
+            fee
         );
     }
     println!(

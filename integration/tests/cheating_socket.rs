@@ -1,0 +1,193 @@
+//! A cheating socket: a hand-made `t2t.v1.Socket` server that breaks one rule at a time, against
+//! the real `cable-node` binary on a real regtest chain. The cable must refuse with the reason
+//! and pay nothing (design.md "Trust"; paper §VII.B).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitcoin::hashes::Hash;
+use bitcoin::{Amount, ScriptBuf, WPubkeyHash};
+use integration::{free_port, CableFiles, CableSetup, OUTLET};
+use proto::v1::socket_server::{Socket, SocketServer};
+use proto::v1::{self, OutletState};
+use regtest::Regtest;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+#[derive(Clone, Copy, Debug)]
+enum Cheat {
+    /// Terms pay a script other than the offer's.
+    PayoutScript,
+    /// The offer's price is above the cable's policy.
+    Price,
+    /// Terms ask for more than price × quota.
+    Amount,
+    /// The offer is for mainnet.
+    Network,
+}
+
+struct FakeSocket {
+    cheat: Cheat,
+    pay_calls: Arc<AtomicUsize>,
+}
+
+fn payout() -> ScriptBuf {
+    ScriptBuf::new_p2wpkh(&WPubkeyHash::from_byte_array([9; 20]))
+}
+
+impl FakeSocket {
+    fn offer(&self) -> v1::GetOfferResponse {
+        v1::GetOfferResponse {
+            socket_identity_key: vec![2; 33],
+            outlet_id: OUTLET.into(),
+            network: match self.cheat {
+                Cheat::Network => v1::Network::Bitcoin as i32,
+                _ => v1::Network::Regtest as i32,
+            },
+            price_msat_per_wh: match self.cheat {
+                Cheat::Price => 250_000,
+                _ => 125_000,
+            },
+            quota_mwh: 8_000,
+            schemes: vec![v1::SchemeTerms {
+                scheme: v1::Scheme::Onchain as i32,
+                min_payment_sat: 546,
+            }],
+            payout_script: payout().to_bytes(),
+            lightning_node_id: vec![],
+            lightning_address: String::new(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Socket for FakeSocket {
+    async fn get_offer(
+        &self,
+        _: Request<v1::GetOfferRequest>,
+    ) -> Result<Response<v1::GetOfferResponse>, Status> {
+        Ok(Response::new(self.offer()))
+    }
+
+    async fn get_status(
+        &self,
+        _: Request<v1::GetStatusRequest>,
+    ) -> Result<Response<v1::GetStatusResponse>, Status> {
+        Ok(Response::new(v1::GetStatusResponse {
+            outlet_id: OUTLET.into(),
+            state: OutletState::Standby as i32,
+            ..Default::default()
+        }))
+    }
+
+    type WatchStatusStream = ReceiverStream<Result<v1::WatchStatusResponse, Status>>;
+
+    async fn watch_status(
+        &self,
+        _: Request<v1::WatchStatusRequest>,
+    ) -> Result<Response<Self::WatchStatusStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let _ = tx
+                .send(Ok(v1::WatchStatusResponse {
+                    event: Some(v1::watch_status_response::Event::Status(
+                        v1::GetStatusResponse {
+                            outlet_id: OUTLET.into(),
+                            state: OutletState::Standby as i32,
+                            ..Default::default()
+                        },
+                    )),
+                }))
+                .await;
+            tx.closed().await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn power_request(
+        &self,
+        _: Request<v1::PowerRequestRequest>,
+    ) -> Result<Response<v1::PowerRequestResponse>, Status> {
+        let mut terms = v1::PowerRequestResponse {
+            session_id: "fake-session".into(),
+            payment_id: 1,
+            scheme: v1::Scheme::Onchain as i32,
+            amount_msat: 1_000_000,
+            quota_mwh: 8_000,
+            payout_script: payout().to_bytes(),
+        };
+        match self.cheat {
+            Cheat::PayoutScript => {
+                terms.payout_script =
+                    ScriptBuf::new_p2wpkh(&WPubkeyHash::from_byte_array([6; 20])).to_bytes()
+            }
+            Cheat::Amount => terms.amount_msat = 2_000_000,
+            Cheat::Price | Cheat::Network => {}
+        }
+        Ok(Response::new(terms))
+    }
+
+    async fn pay_transaction(
+        &self,
+        _: Request<v1::PayTransactionRequest>,
+    ) -> Result<Response<v1::PayTransactionResponse>, Status> {
+        self.pay_calls.fetch_add(1, Ordering::SeqCst);
+        Err(Status::internal("a fake socket takes no money"))
+    }
+}
+
+#[test]
+fn the_cable_pays_a_cheating_socket_nothing() {
+    let bitcoind = Regtest::start().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for (cheat, reason) in [
+        (Cheat::PayoutScript, "is not the offer's"),
+        (Cheat::Price, "above the policy's maximum"),
+        (Cheat::Amount, "is not price x quota"),
+        (Cheat::Network, "wrong network"),
+    ] {
+        let pay_calls = Arc::new(AtomicUsize::new(0));
+        let port = free_port().unwrap();
+        let fake = FakeSocket {
+            cheat,
+            pay_calls: Arc::clone(&pay_calls),
+        };
+        let server = runtime.spawn(
+            tonic::transport::Server::builder()
+                .add_service(SocketServer::new(fake))
+                .serve(format!("127.0.0.1:{port}").parse().unwrap()),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let cable = CableFiles::create(
+            &bitcoind,
+            dir.path(),
+            &format!("http://127.0.0.1:{port}"),
+            &CableSetup::default(),
+            Amount::from_sat(50_000),
+        )
+        .unwrap();
+        let out = cable.run(Duration::from_secs(60)).unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "{cheat:?}: the cable should refuse:\n{log}"
+        );
+        assert!(log.contains("refused the socket"), "{cheat:?}:\n{log}");
+        assert!(
+            log.contains(reason),
+            "{cheat:?}: expected {reason:?} in:\n{log}"
+        );
+        assert_eq!(
+            pay_calls.load(Ordering::SeqCst),
+            0,
+            "{cheat:?}: the cable sent a payment"
+        );
+        let mempool: Vec<String> = regtest::rpc(bitcoind.client(), "getrawmempool", &[]).unwrap();
+        assert!(
+            mempool.is_empty(),
+            "{cheat:?}: something was broadcast: {mempool:?}"
+        );
+        server.abort();
+    }
+}
