@@ -172,32 +172,36 @@ impl SocketNode {
         .expect("checked when the config was loaded")
     }
 
-    /// Subscribe to status changes and QuotaLow; counts as a plugged-in cable on the simulator.
+    /// Subscribe to status changes and QuotaLow; counts as a plugged-in cable on the simulator
+    /// while the guard lives.
     pub(crate) fn watch(
-        &self,
-    ) -> (
-        broadcast::Receiver<v1::WatchStatusResponse>,
-        WatcherGuard<'_>,
-    ) {
+        self: &Arc<Self>,
+    ) -> (broadcast::Receiver<v1::WatchStatusResponse>, WatcherGuard) {
         self.watchers.fetch_add(1, Ordering::SeqCst);
-        (self.events.subscribe(), WatcherGuard(self))
+        (self.events.subscribe(), WatcherGuard(Arc::clone(self)))
     }
 
     /// Drive the outlet once: meter, plug, timers; apply the relay; store and announce events.
     pub fn tick(&self) {
         let mut inner = self.inner();
+        self.tick_locked(&mut inner);
+    }
+
+    /// [`SocketNode::tick`] with the lock already held (handlers bring the outlet up to date
+    /// before acting on it).
+    pub(crate) fn tick_locked(&self, inner: &mut Inner) {
         let now = self.clock.now_ms();
         let reading = match inner.hw.meter.read() {
             Ok(reading) => reading,
             Err(e) => {
                 tracing::error!("meter: {e}");
                 let events = inner.outlet.lock_out(&format!("meter failure: {e}"), now);
-                self.apply(&mut inner, events);
+                self.apply(inner, events);
                 return;
             }
         };
         inner.last_reading = reading;
-        let plugged = self.plugged(&mut inner);
+        let plugged = self.plugged(inner);
         let events = inner.outlet.tick(now, reading.energy, plugged);
         inner.ticks = inner.ticks.wrapping_add(1);
         if inner.ticks % SAVE_EVERY_TICKS == 0 {
@@ -208,9 +212,9 @@ impl SocketNode {
             }
         }
         let announce = !events.is_empty() || inner.ticks % STATUS_EVERY_TICKS == 0;
-        self.apply(&mut inner, events);
+        self.apply(inner, events);
         if announce {
-            let status = self.status_of(&inner);
+            let status = self.status_of(inner);
             let _ = self.events.send(v1::WatchStatusResponse {
                 event: Some(v1::watch_status_response::Event::Status(status)),
             });
@@ -333,9 +337,9 @@ impl SocketNode {
 }
 
 /// Counts a watcher while it lives.
-pub(crate) struct WatcherGuard<'a>(&'a SocketNode);
+pub(crate) struct WatcherGuard(Arc<SocketNode>);
 
-impl Drop for WatcherGuard<'_> {
+impl Drop for WatcherGuard {
     fn drop(&mut self) {
         self.0.watchers.fetch_sub(1, Ordering::SeqCst);
     }

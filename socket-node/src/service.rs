@@ -122,8 +122,11 @@ impl Socket for SocketService {
         self.check_outlet(&request.get_ref().outlet_id)?;
         let node = Arc::clone(&self.0);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
+        // Counted as plugged in from now on, before the reply, so a PowerRequest that follows
+        // finds the cable plugged in.
+        let (mut events, plugged) = node.watch();
         tokio::spawn(async move {
-            let (mut events, _plugged) = node.watch();
+            let _plugged = plugged;
             let (status, low) = node.snapshot();
             let mut first = vec![v1::watch_status_response::Event::Status(status)];
             first.extend(low.map(v1::watch_status_response::Event::QuotaLow));
@@ -166,6 +169,7 @@ impl Socket for SocketService {
         let amount = node.quota_amount();
         let quota = proto::units::EnergyMwh(node.config.outlet.quota_mwh);
         let mut inner = node.inner();
+        node.tick_locked(&mut inner);
         let now = node.clock.now_ms();
         let meter = inner.last_reading.energy;
         let session_id = if request.session_id.is_empty() {
