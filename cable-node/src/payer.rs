@@ -227,7 +227,11 @@ impl Cable {
                         }
                     }
                     Some(Event::QuotaLow(low)) => {
-                        if low.power_mw == 0 {
+                        if low.power_mw == 0 && low.quota_remaining_mwh == 0 && session.drew_power {
+                            // Paid energy all used and the appliance is off: done, before the
+                            // socket's grace period runs out.
+                            return Ok("appliance done".to_owned());
+                        } else if low.power_mw == 0 {
                             tracing::info!("quota low, but the appliance draws nothing: not topping up");
                         } else if !self.config.policy.allows(session.paid, accepted.quota_amount) {
                             tracing::warn!(paid = %session.paid, "quota low, but the session budget is spent");

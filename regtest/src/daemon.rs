@@ -130,8 +130,16 @@ impl Daemon {
             Some(state) => Faucet::from_wif(&state.faucet_wif)?,
             None => Faucet::generate(),
         };
-        let rpc_port = corepc_node::get_available_port()
-            .map_err(|e| RegtestError::Node(format!("no free port: {e}")))?;
+        // The same RPC port as last time when it is free, so configs written for it still work.
+        let previous_port = previous
+            .as_ref()
+            .map(|state| state.rpc_port)
+            .filter(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        let rpc_port = match previous_port {
+            Some(port) => port,
+            None => corepc_node::get_available_port()
+                .map_err(|e| RegtestError::Node(format!("no free port: {e}")))?,
+        };
         let exe = bitcoind_exe()?;
         let out_path = data_dir.join("bitcoind.out");
         let out = fs::File::create(&out_path).map_err(|e| io_error(&out_path, e))?;

@@ -79,9 +79,16 @@ fn up_status_mine_fund_down() {
     ok(data_dir, &["down"]);
     assert!(fails(data_dir, &["status"]).contains("no regtest node is up"));
 
-    // The chain and the faucet survive a restart.
+    // The chain, the faucet and the RPC port survive a restart.
     let again = ok(data_dir, &["up"]);
     assert!(again.contains("height:  105"), "{again}");
+    let rpc_line = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("rpc:"))
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(rpc_line(&again), rpc_line(&up));
     let funded = ok(data_dir, &["fund", &address, "100000sat"]);
     assert!(funded.contains("confirmed"), "{funded}");
     ok(data_dir, &["down"]);

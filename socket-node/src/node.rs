@@ -117,15 +117,7 @@ impl SocketNode {
                 "resumed",
                 "after restart",
             )?;
-            outlet.resume(
-                session.id,
-                session.credited,
-                session.energy_used,
-                session.payments,
-                session.last_payment_id,
-                clock.now_ms(),
-                reading.energy,
-            );
+            outlet.resume(&session, clock.now_ms(), reading.energy);
         }
         let (events, _) = broadcast::channel(256);
         tracing::info!(
@@ -204,14 +196,14 @@ impl SocketNode {
         let plugged = self.plugged(inner);
         let events = inner.outlet.tick(now, reading.energy, plugged);
         inner.ticks = inner.ticks.wrapping_add(1);
-        if inner.ticks % SAVE_EVERY_TICKS == 0 {
+        if inner.ticks.is_multiple_of(SAVE_EVERY_TICKS) {
             if let Some(session) = inner.outlet.session() {
                 if let Err(e) = self.store().save_energy(&session.id, session.used) {
                     tracing::error!("saving energy: {e}");
                 }
             }
         }
-        let announce = !events.is_empty() || inner.ticks % STATUS_EVERY_TICKS == 0;
+        let announce = !events.is_empty() || inner.ticks.is_multiple_of(STATUS_EVERY_TICKS);
         self.apply(inner, events);
         if announce {
             let status = self.status_of(inner);

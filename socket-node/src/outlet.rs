@@ -6,8 +6,9 @@
 //!    │                           │  quota used up: grace period, relay still closed
 //!    ├──── unplug: settle ◄──────┤
 //!    │                           ▼
-//!    └── lockout_secs ◄── Lockout (relay open) ◄── bad payment, no payment within the
-//!                                                   grace period or the payment timeout
+//!    ├── quota used up, nothing drawn unpaid after the grace period: settle
+//!    └── lockout_secs ◄── Lockout (relay open) ◄── bad payment; energy drawn unpaid past the
+//!                                                   grace period; no payment within the timeout
 //! ```
 //!
 //! Pure logic: no clock, no hardware, no store. The node feeds it the outlet clock's time, the
@@ -16,6 +17,8 @@
 
 use proto::units::EnergyMwh;
 use proto::v1::OutletState;
+
+use crate::store::StoredSession;
 
 /// Settings of one outlet's state machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,28 +128,20 @@ impl Outlet {
         self.state == OutletState::Paid && self.plugged
     }
 
-    /// Resume a session stored before a restart: Paid if it has credit, else Standby.
-    pub fn resume(
-        &mut self,
-        id: String,
-        credited: EnergyMwh,
-        used: EnergyMwh,
-        payments: u64,
-        last_payment_id: u64,
-        now_ms: u64,
-        meter: EnergyMwh,
-    ) {
-        self.state = if payments > 0 {
+    /// Resume a session stored before a restart: Paid if it has credit, else Standby. Energy
+    /// counts on from `meter`, the new meter's reading.
+    pub fn resume(&mut self, stored: &StoredSession, now_ms: u64, meter: EnergyMwh) {
+        self.state = if stored.payments > 0 {
             OutletState::Paid
         } else {
             OutletState::Standby
         };
         self.session = Some(Session {
-            id,
-            credited,
-            used,
-            payments,
-            last_payment_id,
+            id: stored.id.clone(),
+            credited: stored.credited,
+            used: stored.energy_used,
+            payments: stored.payments,
+            last_payment_id: stored.last_payment_id,
             meter_base: meter,
             opened_at_ms: now_ms,
             exhausted_since_ms: None,
@@ -280,10 +275,22 @@ impl Outlet {
                 if remaining == EnergyMwh::ZERO {
                     let since = *session.exhausted_since_ms.get_or_insert(now_ms);
                     if now_ms.saturating_sub(since) >= params.grace_ms {
-                        events.extend(self.lock_out(
-                            "quota used up and no payment within the grace period",
-                            now_ms,
-                        ));
+                        if session.used > session.credited {
+                            // Energy drawn in the grace period was never paid for.
+                            events.extend(self.lock_out(
+                                "quota used up, energy drawn and no payment within the grace period",
+                                now_ms,
+                            ));
+                        } else {
+                            // Nothing drawn unpaid: the cable simply needs no more. Settle.
+                            let session = self.session.take().expect("checked");
+                            events.push(Event::SessionEnded {
+                                id: session.id,
+                                used: session.used,
+                                reason: "quota used up, no further payment".into(),
+                            });
+                            events.extend(self.enter(OutletState::Standby));
+                        }
                     }
                 }
             }
@@ -362,6 +369,20 @@ mod tests {
     }
 
     #[test]
+    fn quota_used_up_with_nothing_drawn_settles_without_lockout() {
+        let mut o = paid_outlet();
+        o.tick(1_000, EnergyMwh(8_000), true);
+        let events = o.tick(6_000, EnergyMwh(8_000), true);
+        assert_eq!(o.state(), OutletState::Standby);
+        assert!(!o.relay_closed());
+        assert!(events.contains(&Event::SessionEnded {
+            id: "s".into(),
+            used: EnergyMwh(8_000),
+            reason: "quota used up, no further payment".into()
+        }));
+    }
+
+    #[test]
     fn unplug_settles_back_to_standby() {
         let mut o = paid_outlet();
         let events = o.tick(1_000, EnergyMwh(3_000), false);
@@ -403,11 +424,13 @@ mod tests {
         o.tick(0, EnergyMwh(0), true);
         // Before the restart: 8 Wh credited, 3 Wh used. The new meter starts at 0.
         o.resume(
-            "s".into(),
-            EnergyMwh(8_000),
-            EnergyMwh(3_000),
-            1,
-            1,
+            &StoredSession {
+                id: "s".into(),
+                energy_used: EnergyMwh(3_000),
+                credited: EnergyMwh(8_000),
+                payments: 1,
+                last_payment_id: 1,
+            },
             0,
             EnergyMwh(0),
         );
