@@ -244,6 +244,17 @@ impl Cable {
             }
         }
         .await;
+        // The socket's final count of the session's energy, before unplugging.
+        if let Ok(status) = client
+            .get_status(v1::GetStatusRequest {
+                outlet_id: self.config.outlet_id.clone(),
+            })
+            .await
+        {
+            if status.get_ref().session_id == session.id {
+                session.energy_used_mwh = status.get_ref().energy_used_mwh;
+            }
+        }
         // Unplug: open the appliance relay, drop the link.
         drop(stream);
         let _ = self.relay.open();
