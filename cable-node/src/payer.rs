@@ -20,6 +20,7 @@ use hw::load::LoadProfile;
 use hw::sim::SimOutlet;
 use hw::{PowerMw, Relay};
 use proto::rules::{check_onchain_payment, check_terms, OnchainTerms};
+use proto::single_fee::{value_paid, BuyerSet, SetTerms};
 use proto::v1::socket_client::SocketClient;
 use proto::v1::{self, watch_status_response::Event, OutletState};
 use serde::Serialize;
@@ -31,7 +32,7 @@ use wallet::onchain::NodeWallet;
 
 use crate::config::CableConfig;
 use crate::policy::AcceptedOffer;
-use crate::store::{CableStore, SignedRecord};
+use crate::store::{CableSet, CableStore, SignedRecord};
 
 /// Why a session failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,9 @@ pub struct SessionReport {
     pub outcome: String,
     /// Each payment the socket accepted.
     pub payments: Vec<PaymentReport>,
+    /// The transactions that went on chain: each payment for `onchain`, one per input set
+    /// for `single-fee` (its highest value, with the fee paid once).
+    pub onchain_txs: Vec<PaymentReport>,
     /// Real time from plug-in to the appliance relay closing.
     pub plug_in_to_paid_ms: Option<u64>,
     /// Energy the socket metered in the session.
@@ -96,6 +100,27 @@ struct Session {
     energy_used_mwh: u64,
     /// Whether a status has shown this session (older statuses may predate it).
     seen_in_status: bool,
+    /// Transactions that went on chain for the session.
+    onchain_txs: Vec<PaymentReport>,
+    /// Whether the session was resumed from the store after a restart.
+    resumed: bool,
+}
+
+impl Session {
+    fn new() -> Self {
+        Session {
+            id: String::new(),
+            paid: Amount::ZERO,
+            payments: Vec::new(),
+            plug_in_to_paid: None,
+            drew_power: false,
+            idle_since: None,
+            energy_used_mwh: 0,
+            seen_in_status: false,
+            onchain_txs: Vec::new(),
+            resumed: false,
+        }
+    }
 }
 
 fn retryable(status: &tonic::Status) -> bool {
@@ -198,16 +223,18 @@ impl Cable {
             .into_inner();
         let plugged_at = Instant::now();
         tracing::info!("plugged in");
-        let mut session = Session {
-            id: String::new(),
-            paid: Amount::ZERO,
-            payments: Vec::new(),
-            plug_in_to_paid: None,
-            drew_power: false,
-            idle_since: None,
-            energy_used_mwh: 0,
-            seen_in_status: false,
-        };
+        let mut session = Session::new();
+        let socket_key = offer.socket_identity_key.to_lower_hex_string();
+        if let Some((id, paid)) = self
+            .store
+            .unfinished_session(&self.config.outlet_id, &socket_key)
+            .context("reading the store")?
+        {
+            tracing::info!(session = %id, %paid, "resuming the session the cable stopped in");
+            session.id = id;
+            session.paid = paid;
+            session.resumed = true;
+        }
         let idle = Duration::from_secs_f64(self.config.session.unplug_when_idle_secs);
         let result = async {
             self.pay_quota(&mut client, &accepted, &mut session).await?;
@@ -262,14 +289,13 @@ impl Cable {
             Ok(outcome) => outcome.clone(),
             Err(e) => format!("failed: {e}"),
         };
-        if !session.id.is_empty() {
-            let _ = self.store.end_session(&session.id, &outcome);
-        }
+        self.finish_session(&mut session, &outcome);
         tracing::info!(%outcome, payments = session.payments.len(), paid = %session.paid, "unplugged");
         result.map(|outcome| SessionReport {
             session_id: session.id,
             outcome,
             payments: session.payments,
+            onchain_txs: session.onchain_txs,
             plug_in_to_paid_ms: session.plug_in_to_paid.map(|d| d.as_millis() as u64),
             energy_used_mwh: session.energy_used_mwh,
         })
@@ -334,23 +360,33 @@ impl Cable {
         Ok(None)
     }
 
-    /// Ask for one quota, check the terms, and pay them (or resend what was signed for them).
-    async fn pay_quota(
+    /// `PowerRequest`, reconnecting while the socket is unreachable. A resumed session the
+    /// socket no longer knows is ended here and a new one asked for.
+    async fn request_terms(
         &mut self,
         client: &mut SocketClient<Channel>,
         accepted: &AcceptedOffer,
         session: &mut Session,
-    ) -> Result<(), CableError> {
-        let terms = loop {
+    ) -> Result<v1::PowerRequestResponse, CableError> {
+        loop {
             let request = v1::PowerRequestRequest {
                 outlet_id: self.config.outlet_id.clone(),
-                scheme: v1::Scheme::Onchain as i32,
+                scheme: accepted.scheme as i32,
                 session_id: session.id.clone(),
+                max_amount_sat: match accepted.scheme {
+                    v1::Scheme::SingleFee => accepted.single_fee_max.to_sat(),
+                    _ => 0,
+                },
             };
             match client.power_request(request).await {
-                Ok(reply) => break reply.into_inner(),
+                Ok(reply) => return Ok(reply.into_inner()),
                 Err(status) if retryable(&status) => {
                     *client = self.reconnect().await?.0;
+                }
+                Err(status) if session.resumed && status.code() == Code::FailedPrecondition => {
+                    tracing::warn!(session = %session.id, "the socket ended the session while the cable was away: {}", status.message());
+                    self.finish_session(session, "ended while the cable was away");
+                    *session = Session::new();
                 }
                 Err(status) => {
                     return Err(CableError::SocketRefused(format!(
@@ -359,9 +395,17 @@ impl Cable {
                     )))
                 }
             }
-        };
-        let checked = check_terms(&accepted.offer, &terms)
-            .map_err(|e| CableError::RefusedSocket(format!("terms: {e}")))?;
+        }
+    }
+
+    /// Ask for one quota, check the terms, and pay them (or resend what was signed for them).
+    async fn pay_quota(
+        &mut self,
+        client: &mut SocketClient<Channel>,
+        accepted: &AcceptedOffer,
+        session: &mut Session,
+    ) -> Result<(), CableError> {
+        let terms = self.request_terms(client, accepted, session).await?;
         if session.id.is_empty() {
             session.id = terms.session_id.clone();
             self.store
@@ -377,10 +421,14 @@ impl Cable {
                 terms.session_id, session.id
             )));
         }
-        if !self.config.policy.allows(session.paid, checked.amount) {
+        if !self
+            .config
+            .policy
+            .allows(session.paid, accepted.quota_amount)
+        {
             return Err(CableError::RefusedSocket(format!(
                 "paying {} more would pass the session budget of {} sat",
-                checked.amount, self.config.policy.max_session_sat
+                accepted.quota_amount, self.config.policy.max_session_sat
             )));
         }
         let record = match self
@@ -395,7 +443,14 @@ impl Cable {
                 );
                 record
             }
-            None => self.sign(&session.id, terms.payment_id, &checked)?,
+            None => match accepted.scheme {
+                v1::Scheme::SingleFee => self.sign_single_fee(session, &terms, accepted)?,
+                _ => {
+                    let checked = check_terms(&accepted.offer, &terms)
+                        .map_err(|e| CableError::RefusedSocket(format!("terms: {e}")))?;
+                    self.sign(&session.id, terms.payment_id, &checked)?
+                }
+            },
         };
         let reply = loop {
             let request = v1::PayTransactionRequest {
@@ -426,22 +481,209 @@ impl Cable {
         self.store
             .set_status(&session.id, terms.payment_id, "accepted")
             .context("storing the acceptance")?;
-        let psbt = bitcoin::psbt::Psbt::deserialize(&record.psbt).context("our own PSBT")?;
-        tokio::task::block_in_place(|| {
-            self.wallet
-                .record_sent(&psbt.extract_tx_unchecked_fee_rate())
-        })
-        .map_err(anyhow::Error::from)?;
-        session.paid += record.amount;
-        session.payments.push(PaymentReport {
+        let report = PaymentReport {
             payment_id: record.payment_id,
             txid: record.txid.to_string(),
             amount_sat: record.amount.to_sat(),
             fee_sat: record.fee.to_sat(),
             vsize: record.vsize,
-        });
+        };
+        if accepted.scheme == v1::Scheme::Onchain {
+            // The socket broadcast it: its change is ours to spend now.
+            let psbt = bitcoin::psbt::Psbt::deserialize(&record.psbt).context("our own PSBT")?;
+            tokio::task::block_in_place(|| {
+                self.wallet
+                    .record_sent(&psbt.extract_tx_unchecked_fee_rate())
+            })
+            .map_err(anyhow::Error::from)?;
+            session.onchain_txs.push(report.clone());
+        }
+        session.paid += record.amount;
+        session.payments.push(report);
         tracing::info!(txid = %record.txid, amount = %record.amount, fee = %record.fee, "payment accepted");
         Ok(())
+    }
+
+    /// Check single-fee terms and sign them (paper seed 000 §VI, Table II): a new input set when
+    /// the socket starts one, else one increment more over the set's inputs and fee. The
+    /// signature is stored with the raised value before it leaves the cable.
+    fn sign_single_fee(
+        &mut self,
+        session: &mut Session,
+        terms: &v1::PowerRequestResponse,
+        accepted: &AcceptedOffer,
+    ) -> Result<SignedRecord, CableError> {
+        let refuse = |e: proto::rules::RuleError| CableError::RefusedSocket(format!("terms: {e}"));
+        if terms.scheme != v1::Scheme::SingleFee as i32 {
+            return Err(refuse(proto::rules::RuleError::Scheme(terms.scheme)));
+        }
+        let increment = accepted.quota_amount;
+        let current = self
+            .store
+            .current_set(&session.id)
+            .context("reading the store")?;
+        if terms.inputs.is_empty() {
+            // The socket starts a new input set: exactly one increment, no fee fixed yet, a
+            // maximum within the policy.
+            let checked = check_terms(
+                &accepted.offer,
+                &v1::PowerRequestResponse {
+                    scheme: v1::Scheme::Onchain as i32,
+                    ..terms.clone()
+                },
+            )
+            .map_err(refuse)?;
+            let value = Amount::from_sat(terms.value_sat);
+            if value != increment || terms.fee_sat != 0 {
+                return Err(refuse(proto::rules::RuleError::Value {
+                    expected: increment,
+                    got: value,
+                }));
+            }
+            let max = Amount::from_sat(terms.max_amount_sat);
+            if max > accepted.single_fee_max || max < increment {
+                return Err(refuse(proto::rules::RuleError::AboveMax {
+                    value: max,
+                    max: accepted.single_fee_max,
+                }));
+            }
+            if let Some(old) = &current {
+                self.settle_set(session, old)?;
+            }
+            let policy = &self.config.policy;
+            let payout = checked.payout_script;
+            let signed = tokio::task::block_in_place(|| {
+                self.wallet.sync(&self.chain)?;
+                let (inputs, fee) = self.wallet.plan_input_set(
+                    &payout,
+                    max,
+                    policy.fee_rate(),
+                    policy.max_fee(),
+                )?;
+                let signed = self.wallet.pay_from(&inputs, &payout, value, fee)?;
+                Ok::<_, wallet::WalletError>((inputs, signed))
+            })
+            .map_err(anyhow::Error::from)?;
+            let (mut inputs, signed) = signed;
+            inputs.sort();
+            Self::check_pays(&signed.tx, &payout, value)?;
+            let set = CableSet {
+                session_id: session.id.clone(),
+                index: current.map_or(1, |s| s.index + 1),
+                inputs,
+                fee: signed.fee,
+                max,
+                increment,
+                payout_script: payout,
+                highest: value,
+                highest_payment_id: terms.payment_id,
+            };
+            let record = Self::record_of(terms.payment_id, increment, &signed);
+            self.store
+                .open_set(&set, &record)
+                .context("storing the input set")?;
+            tracing::info!(set = set.index, %max, inputs = set.inputs.len(), fee = %set.fee, "input set opened");
+            return Ok(record);
+        }
+        let set = current.ok_or_else(|| {
+            CableError::RefusedSocket(
+                "terms: the socket continues an input set this cable never opened".into(),
+            )
+        })?;
+        let buyer = BuyerSet {
+            terms: SetTerms {
+                payout_script: set.payout_script.clone(),
+                increment: set.increment,
+                max: set.max,
+            },
+            inputs: set.inputs.clone(),
+            fee: set.fee,
+            highest: set.highest,
+        };
+        let value = buyer.check_next(terms).map_err(refuse)?;
+        let signed = tokio::task::block_in_place(|| {
+            self.wallet
+                .pay_from(&set.inputs, &set.payout_script, value, set.fee)
+        })
+        .map_err(anyhow::Error::from)?;
+        Self::check_pays(&signed.tx, &set.payout_script, value)?;
+        let record = Self::record_of(terms.payment_id, increment, &signed);
+        self.store
+            .raise_set(&set, value, &record)
+            .context("storing the raised value")?;
+        Ok(record)
+    }
+
+    fn check_pays(
+        tx: &bitcoin::Transaction,
+        payout: &bitcoin::ScriptBuf,
+        value: Amount,
+    ) -> Result<(), CableError> {
+        let paid =
+            value_paid(tx, payout).map_err(|e| anyhow::anyhow!("built a wrong payment: {e}"))?;
+        if paid != value {
+            return Err(anyhow::anyhow!("built a payment of {paid} instead of {value}").into());
+        }
+        Ok(())
+    }
+
+    fn record_of(
+        payment_id: u64,
+        amount: Amount,
+        signed: &wallet::onchain::SignedPayment,
+    ) -> SignedRecord {
+        SignedRecord {
+            payment_id,
+            txid: signed.tx.compute_txid(),
+            amount,
+            fee: signed.fee,
+            vsize: signed.tx.vsize() as u64,
+            status: "signed".into(),
+            psbt: signed.psbt.serialize(),
+        }
+    }
+
+    /// Close an input set by broadcasting its highest accepted transaction ourselves (the
+    /// socket should have; this pays nothing more than was signed, and frees our change).
+    fn settle_set(&mut self, session: &mut Session, set: &CableSet) -> Result<(), CableError> {
+        let record = self
+            .store
+            .payment(&set.session_id, set.highest_payment_id)
+            .context("reading the store")?;
+        if let Some(record) = record.filter(|r| r.status == "accepted") {
+            let psbt = bitcoin::psbt::Psbt::deserialize(&record.psbt).context("our own PSBT")?;
+            let tx = psbt.extract_tx_unchecked_fee_rate();
+            tokio::task::block_in_place(|| {
+                self.chain.broadcast(&tx)?;
+                self.wallet.record_sent(&tx)
+            })
+            .map_err(anyhow::Error::from)?;
+            tracing::info!(set = set.index, txid = %record.txid, value = %set.highest, "input set settled");
+            session.onchain_txs.push(PaymentReport {
+                payment_id: record.payment_id,
+                txid: record.txid.to_string(),
+                amount_sat: set.highest.to_sat(),
+                fee_sat: set.fee.to_sat(),
+                vsize: record.vsize,
+            });
+        }
+        self.store
+            .close_set(&set.session_id, set.index)
+            .context("closing the input set")?;
+        Ok(())
+    }
+
+    /// End a session in the store, settling its open input set.
+    fn finish_session(&mut self, session: &mut Session, outcome: &str) {
+        if session.id.is_empty() {
+            return;
+        }
+        if let Ok(Some(set)) = self.store.current_set(&session.id) {
+            if let Err(e) = self.settle_set(session, &set) {
+                tracing::warn!("settling the input set: {e}");
+            }
+        }
+        let _ = self.store.end_session(&session.id, outcome);
     }
 
     /// Build, check, sign and store a payment of the checked terms.

@@ -2,7 +2,7 @@
 //! payment before anything is signed (paper seed 000 §VII.B; design.md "Trust").
 
 use bitcoin::{Amount, FeeRate, Network, ScriptBuf};
-use proto::rules::{check_network, onchain_min_payment, quota_amount};
+use proto::rules::{check_network, quota_amount};
 use proto::units::{EnergyMwh, PriceMsatPerWh};
 use proto::v1;
 use serde::Deserialize;
@@ -15,9 +15,12 @@ pub struct Policy {
     pub max_price_msat_per_wh: u64,
     /// Most the cable pays in one session, fees not included.
     pub max_session_sat: u64,
-    /// Schemes the cable may use, by preference (only `onchain` so far).
+    /// Schemes the cable may use, by preference: `single-fee`, `onchain`.
     #[serde(default = "default_schemes")]
     pub schemes: Vec<String>,
+    /// single-fee: the most one input set may pay (the socket's maximum when that is lower).
+    #[serde(default = "default_single_fee_max")]
+    pub single_fee_max_sat: u64,
     /// Fee rate of on-chain payments.
     #[serde(default = "default_fee_rate")]
     pub fee_rate_sat_per_vb: u64,
@@ -27,7 +30,10 @@ pub struct Policy {
 }
 
 fn default_schemes() -> Vec<String> {
-    vec!["onchain".into()]
+    vec!["single-fee".into(), "onchain".into()]
+}
+fn default_single_fee_max() -> u64 {
+    10_000
 }
 fn default_fee_rate() -> u64 {
     2
@@ -45,6 +51,18 @@ pub struct AcceptedOffer {
     pub quota_amount: Amount,
     /// Energy of one quota.
     pub quota: EnergyMwh,
+    /// The scheme chosen: the policy's first that the socket offers.
+    pub scheme: v1::Scheme,
+    /// single-fee: the maximum per input set the cable asks for.
+    pub single_fee_max: Amount,
+}
+
+fn scheme_of(name: &str) -> Option<v1::Scheme> {
+    match name {
+        "onchain" => Some(v1::Scheme::Onchain),
+        "single-fee" => Some(v1::Scheme::SingleFee),
+        _ => None,
+    }
 }
 
 impl Policy {
@@ -62,16 +80,18 @@ impl Policy {
                 offer.price_msat_per_wh, self.max_price_msat_per_wh
             ));
         }
-        if !self.schemes.iter().any(|s| s == "onchain") {
-            return Err("the policy allows no scheme this cable can pay with".into());
-        }
-        if !offer
+        let offered = |scheme: v1::Scheme| offer.schemes.iter().find(|s| s.scheme == scheme as i32);
+        let Some((scheme, terms)) = self
             .schemes
             .iter()
-            .any(|s| s.scheme == v1::Scheme::Onchain as i32)
-        {
-            return Err("the socket does not offer the onchain scheme".into());
-        }
+            .filter_map(|name| scheme_of(name))
+            .find_map(|scheme| offered(scheme).map(|terms| (scheme, terms)))
+        else {
+            return Err(format!(
+                "the socket offers none of the policy's schemes ({})",
+                self.schemes.join(", ")
+            ));
+        };
         let script = ScriptBuf::from_bytes(offer.payout_script.clone());
         if !(script.is_p2wpkh()
             || script.is_p2tr()
@@ -87,7 +107,7 @@ impl Policy {
         }
         let amount = quota_amount(PriceMsatPerWh(offer.price_msat_per_wh), quota)
             .map_err(|e| e.to_string())?;
-        if amount < onchain_min_payment(offer) {
+        if amount < Amount::from_sat(terms.min_payment_sat) {
             return Err(format!(
                 "one quota costs {amount}, below the socket's own minimum"
             ));
@@ -98,10 +118,18 @@ impl Policy {
                 self.max_session_sat
             ));
         }
+        let single_fee_max = Amount::from_sat(self.single_fee_max_sat.min(terms.max_amount_sat));
+        if scheme == v1::Scheme::SingleFee && single_fee_max < amount {
+            return Err(format!(
+                "a single-fee input set of at most {single_fee_max} cannot pay one quota of {amount}"
+            ));
+        }
         Ok(AcceptedOffer {
             offer: offer.clone(),
             quota_amount: amount,
             quota,
+            scheme,
+            single_fee_max,
         })
     }
 
@@ -130,7 +158,8 @@ mod tests {
         Policy {
             max_price_msat_per_wh: 200_000,
             max_session_sat: 5_000,
-            schemes: default_schemes(),
+            schemes: vec!["onchain".into()],
+            single_fee_max_sat: 10_000,
             fee_rate_sat_per_vb: 2,
             max_fee_sat: 2_000,
         }
@@ -148,6 +177,7 @@ mod tests {
             schemes: vec![v1::SchemeTerms {
                 scheme: v1::Scheme::Onchain as i32,
                 min_payment_sat: 546,
+                max_amount_sat: 0,
             }],
             ..Default::default()
         }

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bitcoin::{Amount, Txid};
+use bitcoin::{Amount, OutPoint, ScriptBuf, Txid};
 use rusqlite::{params, Connection, OptionalExtension};
 
 const SCHEMA: &str = "
@@ -30,6 +30,19 @@ CREATE TABLE IF NOT EXISTS payments (
     status TEXT NOT NULL CHECK (status IN ('signed', 'accepted', 'refused')),
     signed_at_unix_ms INTEGER NOT NULL,
     PRIMARY KEY (session_id, payment_id)
+);
+CREATE TABLE IF NOT EXISTS single_fee_sets (
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    set_index INTEGER NOT NULL,
+    inputs TEXT NOT NULL,
+    fee_sat INTEGER NOT NULL,
+    max_sat INTEGER NOT NULL,
+    increment_sat INTEGER NOT NULL,
+    payout_script_hex TEXT NOT NULL,
+    highest_value_sat INTEGER NOT NULL,
+    highest_payment_id INTEGER NOT NULL,
+    closed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (session_id, set_index)
 );
 ";
 
@@ -56,6 +69,30 @@ pub struct SignedRecord {
     pub status: String,
     /// The finalized PSBT as sent.
     pub psbt: Vec<u8>,
+}
+
+/// A single-fee input set of the cable (paper seed 000 §VI: "the cable must remember the inputs
+/// used and the highest signed value").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CableSet {
+    /// Session id.
+    pub session_id: String,
+    /// Index of the set within the session, from 1.
+    pub index: u32,
+    /// The inputs every transaction of the set spends (sorted).
+    pub inputs: Vec<OutPoint>,
+    /// The fee every transaction of the set pays.
+    pub fee: Amount,
+    /// The set's maximum value.
+    pub max: Amount,
+    /// Each payment's increment.
+    pub increment: Amount,
+    /// The socket's payout script.
+    pub payout_script: ScriptBuf,
+    /// The highest value signed.
+    pub highest: Amount,
+    /// The payment id of that signature.
+    pub highest_payment_id: u64,
 }
 
 /// The store.
@@ -97,22 +134,132 @@ impl CableStore {
 
     /// Store a signed payment before it is sent.
     pub fn record_signed(&self, session_id: &str, record: &SignedRecord) -> Result<()> {
-        self.db.execute(
-            "INSERT INTO payments (session_id, payment_id, txid, psbt, amount_sat, fee_sat, vsize,
-                                   status, signed_at_unix_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'signed', ?8)",
+        insert_payment(&self.db, session_id, record)
+    }
+
+    /// Store the first signature of a new input set together with the set (one SQLite
+    /// transaction), before it is sent.
+    pub fn open_set(&mut self, set: &CableSet, record: &SignedRecord) -> Result<()> {
+        let db = self.db.transaction()?;
+        let inputs: Vec<String> = set.inputs.iter().map(ToString::to_string).collect();
+        db.execute(
+            "INSERT INTO single_fee_sets (session_id, set_index, inputs, fee_sat, max_sat,
+                 increment_sat, payout_script_hex, highest_value_sat, highest_payment_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
-                session_id,
-                record.payment_id as i64,
-                record.txid.to_string(),
-                record.psbt,
-                record.amount.to_sat() as i64,
-                record.fee.to_sat() as i64,
-                record.vsize as i64,
-                unix_ms()
+                set.session_id,
+                set.index as i64,
+                inputs.join(","),
+                set.fee.to_sat() as i64,
+                set.max.to_sat() as i64,
+                set.increment.to_sat() as i64,
+                set.payout_script.to_hex_string(),
+                set.highest.to_sat() as i64,
+                set.highest_payment_id as i64
             ],
         )?;
+        insert_payment(&db, &set.session_id, record)?;
+        db.commit()
+    }
+
+    /// Store a higher signature of an open set (one SQLite transaction), before it is sent.
+    /// Refuses (no row changes) unless `value` is above the highest stored.
+    pub fn raise_set(
+        &mut self,
+        set: &CableSet,
+        value: Amount,
+        record: &SignedRecord,
+    ) -> Result<()> {
+        let db = self.db.transaction()?;
+        let raised = db.execute(
+            "UPDATE single_fee_sets SET highest_value_sat = ?3, highest_payment_id = ?4
+             WHERE session_id = ?1 AND set_index = ?2 AND highest_value_sat < ?3 AND closed = 0",
+            params![
+                set.session_id,
+                set.index as i64,
+                value.to_sat() as i64,
+                record.payment_id as i64
+            ],
+        )?;
+        if raised != 1 {
+            return Err(rusqlite::Error::StatementChangedRows(raised));
+        }
+        insert_payment(&db, &set.session_id, record)?;
+        db.commit()
+    }
+
+    /// The open input set of a session, if any.
+    pub fn current_set(&self, session_id: &str) -> Result<Option<CableSet>> {
+        self.db
+            .query_row(
+                "SELECT session_id, set_index, inputs, fee_sat, max_sat, increment_sat,
+                        payout_script_hex, highest_value_sat, highest_payment_id
+                 FROM single_fee_sets WHERE session_id = ?1 AND closed = 0
+                 ORDER BY set_index DESC LIMIT 1",
+                params![session_id],
+                |r| {
+                    let conversion = |i, e: Box<dyn std::error::Error + Send + Sync>| {
+                        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e)
+                    };
+                    let inputs: String = r.get(2)?;
+                    let mut inputs = inputs
+                        .split(',')
+                        .map(|o| {
+                            o.parse::<OutPoint>()
+                                .map_err(|e| conversion(2, Box::new(e)))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    inputs.sort();
+                    let script: String = r.get(6)?;
+                    Ok(CableSet {
+                        session_id: r.get(0)?,
+                        index: r.get::<_, i64>(1)? as u32,
+                        inputs,
+                        fee: Amount::from_sat(r.get::<_, i64>(3)? as u64),
+                        max: Amount::from_sat(r.get::<_, i64>(4)? as u64),
+                        increment: Amount::from_sat(r.get::<_, i64>(5)? as u64),
+                        payout_script: ScriptBuf::from_hex(&script)
+                            .map_err(|e| conversion(6, Box::new(e)))?,
+                        highest: Amount::from_sat(r.get::<_, i64>(7)? as u64),
+                        highest_payment_id: r.get::<_, i64>(8)? as u64,
+                    })
+                },
+            )
+            .optional()
+    }
+
+    /// Close an input set (its highest transaction was broadcast).
+    pub fn close_set(&self, session_id: &str, index: u32) -> Result<()> {
+        self.db.execute(
+            "UPDATE single_fee_sets SET closed = 1 WHERE session_id = ?1 AND set_index = ?2",
+            params![session_id, index as i64],
+        )?;
         Ok(())
+    }
+
+    /// The last session with `outlet_id` of the socket `socket_identity_key` that has not
+    /// ended (the cable stopped in it), with what was paid in it.
+    pub fn unfinished_session(
+        &self,
+        outlet_id: &str,
+        socket_identity_key: &str,
+    ) -> Result<Option<(String, Amount)>> {
+        let id: Option<String> = self
+            .db
+            .query_row(
+                "SELECT id FROM sessions WHERE outlet_id = ?1 AND socket_identity_key = ?2
+                 AND ended_at_unix_ms IS NULL ORDER BY started_at_unix_ms DESC LIMIT 1",
+                params![outlet_id, socket_identity_key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(id) = id else { return Ok(None) };
+        let paid: i64 = self.db.query_row(
+            "SELECT COALESCE(SUM(amount_sat), 0) FROM payments WHERE session_id = ?1 AND status = 'accepted'",
+            params![id],
+            |r| r.get(0),
+        )?;
+        Ok(Some((id, Amount::from_sat(paid as u64))))
     }
 
     /// Set a payment's status to `accepted` or `refused`.
@@ -145,6 +292,25 @@ impl CableStore {
         let rows = statement.query_map(params![session_id], record_row)?;
         rows.collect()
     }
+}
+
+fn insert_payment(db: &Connection, session_id: &str, record: &SignedRecord) -> Result<()> {
+    db.execute(
+        "INSERT INTO payments (session_id, payment_id, txid, psbt, amount_sat, fee_sat, vsize,
+                               status, signed_at_unix_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'signed', ?8)",
+        params![
+            session_id,
+            record.payment_id as i64,
+            record.txid.to_string(),
+            record.psbt,
+            record.amount.to_sat() as i64,
+            record.fee.to_sat() as i64,
+            record.vsize as i64,
+            unix_ms()
+        ],
+    )?;
+    Ok(())
 }
 
 fn record_row(r: &rusqlite::Row<'_>) -> Result<SignedRecord> {

@@ -87,6 +87,8 @@ pub struct SocketSetup {
     pub payment_timeout_secs: u64,
     /// Real ms the link may be gone before it counts as unplugged.
     pub link_debounce_ms: u64,
+    /// single-fee: the socket's maximum per input set.
+    pub single_fee_max_sat: u64,
 }
 
 impl Default for SocketSetup {
@@ -102,6 +104,7 @@ impl Default for SocketSetup {
             lockout_secs: 60,
             payment_timeout_secs: 120,
             link_debounce_ms: 1_000,
+            single_fee_max_sat: 10_000,
         }
     }
 }
@@ -131,7 +134,8 @@ impl SocketProcess {
                 "network = \"regtest\"\nlisten = \"127.0.0.1:{port}\"\n\n\
                  [chain]\nrpc_url = \"{}\"\ncookie_file = \"{}\"\n\n\
                  [outlet]\nid = \"{OUTLET}\"\nprice_msat_per_wh = {}\nquota_mwh = {}\n\
-                 quota_low_mwh = {}\ngrace_secs = {}\nlockout_secs = {}\npayment_timeout_secs = {}\n\n\
+                 quota_low_mwh = {}\ngrace_secs = {}\nlockout_secs = {}\npayment_timeout_secs = {}\n\
+                 single_fee_max_sat = {}\n\n\
                  [hw]\nkind = \"sim\"\ntime_scale = {:?}\nlink_debounce_ms = {}\n\n[hw.load]\n{}\n",
                 bitcoind.rpc_url(),
                 bitcoind.cookie_file().display(),
@@ -141,6 +145,7 @@ impl SocketProcess {
                 setup.grace_secs,
                 setup.lockout_secs,
                 setup.payment_timeout_secs,
+                setup.single_fee_max_sat,
                 setup.time_scale,
                 setup.link_debounce_ms,
                 setup.load_toml,
@@ -266,6 +271,8 @@ pub struct CableSetup {
     pub max_session_sat: u64,
     /// Unplug after this much real idle time.
     pub unplug_when_idle_secs: f64,
+    /// Schemes by preference.
+    pub schemes: Vec<String>,
 }
 
 impl Default for CableSetup {
@@ -274,6 +281,7 @@ impl Default for CableSetup {
             max_price_msat_per_wh: 200_000,
             max_session_sat: 100_000,
             unplug_when_idle_secs: 1.0,
+            schemes: vec!["onchain".into()],
         }
     }
 }
@@ -307,12 +315,13 @@ impl CableFiles {
             format!(
                 "network = \"regtest\"\nsocket = \"{endpoint}\"\noutlet_id = \"{OUTLET}\"\n\n\
                  [chain]\nrpc_url = \"{}\"\ncookie_file = \"{}\"\n\n\
-                 [policy]\nmax_price_msat_per_wh = {}\nmax_session_sat = {}\n\n\
+                 [policy]\nmax_price_msat_per_wh = {}\nmax_session_sat = {}\nschemes = {:?}\n\n\
                  [session]\nunplug_when_idle_secs = {:?}\nreconnect_secs = 60\n",
                 bitcoind.rpc_url(),
                 bitcoind.cookie_file().display(),
                 setup.max_price_msat_per_wh,
                 setup.max_session_sat,
+                setup.schemes,
                 setup.unplug_when_idle_secs,
             ),
         )?;

@@ -199,6 +199,7 @@ fn the_socket_refuses_a_cheating_cable_and_locks_out() {
                     outlet_id: OUTLET.into(),
                     scheme: v1::Scheme::Onchain as i32,
                     session_id: String::new(),
+                    max_amount_sat: 0,
                 })
                 .await
                 .unwrap()

@@ -53,6 +53,7 @@ impl FakeSocket {
             schemes: vec![v1::SchemeTerms {
                 scheme: v1::Scheme::Onchain as i32,
                 min_payment_sat: 546,
+                max_amount_sat: 0,
             }],
             payout_script: payout().to_bytes(),
             lightning_node_id: vec![],
@@ -116,6 +117,7 @@ impl Socket for FakeSocket {
             amount_msat: 1_000_000,
             quota_mwh: 8_000,
             payout_script: payout().to_bytes(),
+            ..Default::default()
         };
         match self.cheat {
             Cheat::PayoutScript => {

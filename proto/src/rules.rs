@@ -70,6 +70,33 @@ pub enum RuleError {
         /// How many outputs pay the payout script.
         outputs: usize,
     },
+    /// single-fee: the value is not exactly one increment above the last.
+    #[error("value {got} is not {expected}, one increment above the last")]
+    Value {
+        /// One increment above the last value.
+        expected: Amount,
+        /// The value asked for or paid.
+        got: Amount,
+    },
+    /// single-fee: the value passes the set's maximum.
+    #[error("value {value} is above the maximum of {max}")]
+    AboveMax {
+        /// The value.
+        value: Amount,
+        /// The maximum of the input set.
+        max: Amount,
+    },
+    /// single-fee: the inputs are not the set's.
+    #[error("inputs: {0}")]
+    Inputs(String),
+    /// single-fee: the fee changed (the outputs of a set always sum to the same).
+    #[error("the fee changed: outputs sum to {got}, the set's sum to {expected}")]
+    Fee {
+        /// What the set's transactions pay out (or its fee, for terms).
+        expected: Amount,
+        /// What this one pays out (or asks as fee).
+        got: Amount,
+    },
     /// The PSBT bytes do not decode, or the PSBT is not finalized.
     #[error("bad PSBT: {0}")]
     Psbt(String),
@@ -231,6 +258,7 @@ mod tests {
             schemes: vec![v1::SchemeTerms {
                 scheme: v1::Scheme::Onchain as i32,
                 min_payment_sat: 546,
+                max_amount_sat: 0,
             }],
             ..Default::default()
         }
@@ -244,6 +272,7 @@ mod tests {
             amount_msat: 1_000_000,
             quota_mwh: offer.quota_mwh,
             payout_script: offer.payout_script.clone(),
+            ..Default::default()
         }
     }
 

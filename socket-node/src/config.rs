@@ -63,6 +63,54 @@ pub struct OutletConfig {
     /// Smallest on-chain payment accepted (the dust limit of a P2WPKH output is 294 sat).
     #[serde(default = "default_min_payment")]
     pub min_payment_sat: u64,
+    /// Schemes offered: `onchain`, `single-fee`.
+    #[serde(default = "default_schemes")]
+    pub schemes: Vec<SchemeName>,
+    /// single-fee: the most one input set may pay before it is broadcast; the socket's
+    /// exposure to a cable that double-spends its inputs (paper §VI).
+    #[serde(default = "default_single_fee_max")]
+    pub single_fee_max_sat: u64,
+    /// single-fee: an input set older than this is broadcast and a new one started.
+    #[serde(default = "default_single_fee_age")]
+    pub single_fee_max_age_secs: u64,
+}
+
+/// A payment scheme by its config name.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchemeName {
+    /// One transaction per quota (paper §V).
+    Onchain,
+    /// Rising payments over the same inputs, one broadcast (paper §VI).
+    SingleFee,
+}
+
+impl SchemeName {
+    /// The name in configs and the store.
+    pub fn name(self) -> &'static str {
+        match self {
+            SchemeName::Onchain => "onchain",
+            SchemeName::SingleFee => "single-fee",
+        }
+    }
+
+    /// The scheme on the wire.
+    pub fn to_proto(self) -> proto::v1::Scheme {
+        match self {
+            SchemeName::Onchain => proto::v1::Scheme::Onchain,
+            SchemeName::SingleFee => proto::v1::Scheme::SingleFee,
+        }
+    }
+}
+
+fn default_schemes() -> Vec<SchemeName> {
+    vec![SchemeName::Onchain, SchemeName::SingleFee]
+}
+fn default_single_fee_max() -> u64 {
+    10_000
+}
+fn default_single_fee_age() -> u64 {
+    3_600
 }
 
 fn default_outlet_id() -> String {
@@ -157,6 +205,14 @@ impl SocketConfig {
             "one quota costs {amount}, below outlet.min_payment_sat = {} sat: raise the price or the quota",
             self.outlet.min_payment_sat
         );
+        if self.outlet.schemes.contains(&SchemeName::SingleFee) {
+            anyhow::ensure!(
+                self.outlet.single_fee_max_sat >= amount.to_sat(),
+                "outlet.single_fee_max_sat = {} is below one quota ({amount})",
+                self.outlet.single_fee_max_sat
+            );
+        }
+        anyhow::ensure!(!self.outlet.schemes.is_empty(), "outlet.schemes is empty");
         Ok(())
     }
 }

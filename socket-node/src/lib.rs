@@ -4,10 +4,12 @@
 //! - [`outlet`]: the outlet state machine, `Standby` / `Paid` / `Lockout` (paper §III).
 //! - [`store`]: sessions, terms, payments and the audit log in SQLite.
 //! - [`node`]: a running socket: hardware, store, chain, watchers, the tick loop, recovery.
-//! - [`service`]: the gRPC service `t2t.v1.Socket`, seller side of the `onchain` scheme.
+//! - [`seller`]: the seller side of each scheme, `onchain` and `single-fee`.
+//! - [`service`]: the gRPC service `t2t.v1.Socket`.
 
 pub mod config;
 pub mod node;
 pub mod outlet;
+pub mod seller;
 pub mod service;
 pub mod store;

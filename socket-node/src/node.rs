@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -19,8 +19,9 @@ use wallet::chain::Chain;
 use wallet::keys::NodeKeys;
 use wallet::onchain::NodeWallet;
 
-use crate::config::{HwConfig, SocketConfig};
+use crate::config::{HwConfig, SchemeName, SocketConfig};
 use crate::outlet::{Event, Outlet, OutletParams};
+use crate::seller::single_fee::OpenSet;
 use crate::store::Store;
 
 /// How often the outlet is driven, in real time.
@@ -30,6 +31,15 @@ const STATUS_EVERY_TICKS: u32 = 5;
 /// How often the energy of a session is saved, in ticks (a crash loses at most this much
 /// metering, to the socket's cost).
 const SAVE_EVERY_TICKS: u32 = 10;
+/// How often a held single-fee set is checked for spent inputs and age, in ticks.
+const WATCH_SET_EVERY_TICKS: u32 = 10;
+
+/// A held single-fee set to broadcast.
+struct Settle {
+    session_id: String,
+    index: u32,
+    tx: Option<bitcoin::Transaction>,
+}
 
 struct Hardware {
     relay: Box<dyn Relay>,
@@ -42,6 +52,8 @@ pub(crate) struct Inner {
     pub(crate) outlet: Outlet,
     hw: Hardware,
     pub(crate) last_reading: MeterReading,
+    /// The single-fee input set of the session, while open.
+    pub(crate) set: Option<OpenSet>,
     link_lost_at: Option<Instant>,
     ticks: u32,
 }
@@ -61,6 +73,7 @@ pub struct SocketNode {
     /// Serialises payments, so that checks, persistence and credit of one payment are not
     /// interleaved with another's.
     pub(crate) pay_lock: tokio::sync::Mutex<()>,
+    settler: Mutex<mpsc::Sender<Settle>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -90,10 +103,18 @@ impl SocketNode {
             network: network_to_proto(config.network) as i32,
             price_msat_per_wh: outlet_cfg.price_msat_per_wh,
             quota_mwh: outlet_cfg.quota_mwh,
-            schemes: vec![v1::SchemeTerms {
-                scheme: v1::Scheme::Onchain as i32,
-                min_payment_sat: outlet_cfg.min_payment_sat,
-            }],
+            schemes: outlet_cfg
+                .schemes
+                .iter()
+                .map(|scheme| v1::SchemeTerms {
+                    scheme: scheme.to_proto() as i32,
+                    min_payment_sat: outlet_cfg.min_payment_sat,
+                    max_amount_sat: match scheme {
+                        SchemeName::SingleFee => outlet_cfg.single_fee_max_sat,
+                        SchemeName::Onchain => 0,
+                    },
+                })
+                .collect(),
             payout_script: payout.script_pubkey().to_bytes(),
             lightning_node_id: Vec::new(),
             lightning_address: String::new(),
@@ -120,13 +141,15 @@ impl SocketNode {
             outlet.resume(&session, clock.now_ms(), reading.energy);
         }
         let (events, _) = broadcast::channel(256);
+        let (settle_tx, settle_rx) = mpsc::channel();
+        let held_sets = store.open_sets()?;
         tracing::info!(
             payout = %payout,
             identity = %keys.identity_key(),
             outlet = %outlet_cfg.id,
             "socket ready"
         );
-        Ok(Arc::new(SocketNode {
+        let node = Arc::new(SocketNode {
             offer,
             payout_script: payout.script_pubkey(),
             inner: Mutex::new(Inner {
@@ -135,6 +158,7 @@ impl SocketNode {
                 last_reading: reading,
                 link_lost_at: Some(Instant::now()),
                 ticks: 0,
+                set: None,
             }),
             store: Mutex::new(store),
             chain,
@@ -143,8 +167,156 @@ impl SocketNode {
             watchers: AtomicUsize::new(0),
             link_debounce,
             pay_lock: tokio::sync::Mutex::new(()),
+            settler: Mutex::new(settle_tx),
             config,
-        }))
+        });
+        {
+            let node = Arc::clone(&node);
+            std::thread::Builder::new()
+                .name("settler".into())
+                .spawn(move || node.run_settler(settle_rx))
+                .context("starting the settler")?;
+        }
+        // Sets held when the socket stopped are broadcast now (paper §VI: the socket must not
+        // sit on them); the session's next payment starts a new set.
+        for set in held_sets {
+            tracing::info!(session = %set.session_id, set = set.index, "broadcasting a set held before the restart");
+            node.send_settle(Settle {
+                session_id: set.session_id,
+                index: set.index,
+                tx: set.latest,
+            });
+        }
+        Ok(node)
+    }
+
+    fn send_settle(&self, settle: Settle) {
+        let _ = lock(&self.settler).send(settle);
+    }
+
+    /// Broadcast the transaction held for `set` (on the settler thread) and forget the set.
+    pub(crate) fn settle(&self, set: OpenSet) {
+        self.send_settle(Settle {
+            session_id: set.session_id,
+            index: set.index,
+            tx: set.seller.latest().cloned(),
+        });
+    }
+
+    /// Credit `quota` to the session in progress: Paid, relay closed.
+    pub(crate) fn credit(
+        &self,
+        session_id: &str,
+        quota: EnergyMwh,
+        detail: &str,
+    ) -> Result<(), tonic::Status> {
+        let mut inner = self.inner();
+        let events = inner
+            .outlet
+            .credit(session_id, quota)
+            .map_err(tonic::Status::failed_precondition)?;
+        self.apply(&mut inner, events);
+        tracing::info!(session = %session_id, %quota, %detail, "payment credited");
+        let _ = self.store().audit(
+            &self.config.outlet.id,
+            Some(session_id),
+            "payment-credited",
+            detail,
+        );
+        Ok(())
+    }
+
+    /// Broadcast held sets as they are settled, and watch broadcast sets until they confirm
+    /// (paper §VII.B).
+    fn run_settler(&self, requests: mpsc::Receiver<Settle>) {
+        let outlet_id = &self.config.outlet.id;
+        loop {
+            match requests.recv_timeout(Duration::from_secs(1)) {
+                Ok(Settle {
+                    session_id,
+                    index,
+                    tx: None,
+                }) => {
+                    let _ = self.store().close_set(&session_id, index, "empty", None);
+                }
+                Ok(Settle {
+                    session_id,
+                    index,
+                    tx: Some(tx),
+                }) => {
+                    let (status, txid, detail) = match self.chain.broadcast(&tx) {
+                        Ok(txid) => {
+                            tracing::info!(session = %session_id, set = index, %txid, "input set broadcast");
+                            ("broadcast", Some(txid), txid.to_string())
+                        }
+                        Err(e) => {
+                            tracing::warn!(session = %session_id, set = index, "input set failed: {e}");
+                            ("failed", None, e.to_string())
+                        }
+                    };
+                    let store = self.store();
+                    let _ = store.close_set(&session_id, index, status, txid);
+                    let _ = store.audit(
+                        outlet_id,
+                        Some(&session_id),
+                        &format!("set-{status}"),
+                        &detail,
+                    );
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => self.watch_confirmations(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn watch_confirmations(&self) {
+        let Ok(unconfirmed) = self.store().unconfirmed_sets() else {
+            return;
+        };
+        for (session_id, index, txid) in unconfirmed {
+            if let Ok(Some(height)) = self.chain.confirmation_height(&txid) {
+                tracing::info!(session = %session_id, set = index, %txid, height, "input set confirmed");
+                let store = self.store();
+                let _ = store.set_confirmed(&session_id, index, height);
+                let _ = store.audit(
+                    &self.config.outlet.id,
+                    Some(&session_id),
+                    "set-confirmed",
+                    &format!("{txid} at {height}"),
+                );
+            }
+        }
+    }
+
+    /// Check the held single-fee set: broadcast it when it passed its age limit; when its inputs
+    /// are spent elsewhere (the cable double-spent them), try to broadcast it and lock out.
+    fn watch_set(&self, inner: &mut Inner) {
+        let Some(set) = inner.set.as_ref().filter(|s| s.seller.latest().is_some()) else {
+            return;
+        };
+        let age_limit_ms = self.config.outlet.single_fee_max_age_secs as i64 * 1_000;
+        if crate::store::unix_ms() - set.opened_at_unix_ms >= age_limit_ms {
+            tracing::info!(session = %set.session_id, set = set.index, "input set reached its age limit");
+            let set = inner.set.take().expect("checked");
+            self.settle(set);
+            return;
+        }
+        let spent = set
+            .seller
+            .inputs()
+            .into_iter()
+            .find(|input| matches!(self.chain.unspent_value(*input), Ok(None)));
+        if let Some(input) = spent {
+            let set = inner.set.take().expect("checked");
+            let reason = format!(
+                "double spend: input {input} of the held payments was spent elsewhere; {} held unpaid",
+                set.seller.value()
+            );
+            tracing::warn!(session = %set.session_id, "{reason}");
+            self.settle(set);
+            let events = inner.outlet.lock_out(&reason, self.clock.now_ms());
+            self.apply(inner, events);
+        }
     }
 
     pub(crate) fn inner(&self) -> MutexGuard<'_, Inner> {
@@ -203,6 +375,9 @@ impl SocketNode {
                 }
             }
         }
+        if inner.ticks.is_multiple_of(WATCH_SET_EVERY_TICKS) {
+            self.watch_set(inner);
+        }
         let announce = !events.is_empty() || inner.ticks.is_multiple_of(STATUS_EVERY_TICKS);
         self.apply(inner, events);
         if announce {
@@ -260,6 +435,10 @@ impl SocketNode {
                 }
                 Event::SessionEnded { id, used, reason } => {
                     tracing::info!(session = %id, %used, %reason, "session ended");
+                    if inner.set.as_ref().is_some_and(|s| s.session_id == id) {
+                        let set = inner.set.take().expect("checked");
+                        self.settle(set);
+                    }
                     let store = self.store();
                     if let Err(e) = store.end_session(&id, used, &reason) {
                         tracing::error!("ending session {id}: {e}");

@@ -1,35 +1,22 @@
-//! The gRPC service `t2t.v1.Socket`: the seller side of the `onchain` scheme (paper seed 000
-//! §V, Table I; design.md "Payment schemes" and "Trust").
-//!
-//! Every message from the cable is hostile until checked. A payment that breaks a rule is
-//! refused with the reason and locks the outlet out; one that passes is persisted, then
-//! broadcast, then credited, in that order, so no crash can credit energy that was not paid or
-//! lose a payment that was.
+//! The gRPC service `t2t.v1.Socket` (paper seed 000 Table I; design.md "Payment schemes"):
+//! offers, status, the plug-in link, and requests and payments dispatched to the seller side of
+//! their scheme ([`crate::seller`]).
 
 use std::sync::Arc;
 
 use bitcoin::hex::DisplayHex;
 use bitcoin::secp256k1::rand;
-use bitcoin::{Amount, Transaction};
-use proto::rules::{check_onchain_payment, decode_payment, OnchainTerms};
 use proto::v1::socket_server::Socket;
-use proto::v1::{self, OutletState};
+use proto::v1::{self};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::config::SchemeName;
 use crate::node::SocketNode;
-use crate::store::StoredTerms;
+use crate::seller::{internal, onchain, single_fee};
 
 /// The tonic service over a running [`SocketNode`].
 pub struct SocketService(pub Arc<SocketNode>);
-
-/// Why a payment was refused: the cable's fault (lock out) or ours (do not).
-enum Refusal {
-    /// The payment breaks a rule: refuse and lock out.
-    Cheat(String),
-    /// We could not check it (bitcoind down, store error): refuse without blame.
-    Unavailable(String),
-}
 
 impl SocketService {
     fn check_outlet(&self, outlet_id: &str) -> Result<(), Status> {
@@ -39,60 +26,21 @@ impl SocketService {
         Ok(())
     }
 
-    /// Lock the outlet out for a refused payment, record why, and build the error reply.
-    fn lock_out(&self, session_id: &str, reason: &str) -> Status {
-        let node = &self.0;
-        tracing::warn!(session = %session_id, %reason, "payment refused: lockout");
-        let mut inner = node.inner();
-        let events = inner.outlet.lock_out(reason, node.clock.now_ms());
-        let _ = node.store().audit(
-            &node.config.outlet.id,
-            Some(session_id),
-            "payment-refused",
-            reason,
-        );
-        node.apply(&mut inner, events);
-        Status::permission_denied(format!("payment refused, outlet locked out: {reason}"))
+    /// The scheme of a request, if the outlet offers it.
+    fn offered_scheme(&self, scheme: i32) -> Result<SchemeName, Status> {
+        self.0
+            .config
+            .outlet
+            .schemes
+            .iter()
+            .copied()
+            .find(|s| s.to_proto() as i32 == scheme)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "scheme {scheme} is not offered here; see GetOffer"
+                ))
+            })
     }
-
-    /// Checks against the chain: every input unspent on this chain, bitcoind would accept the
-    /// transaction, the fee rate is at least the minimum. Returns the fee and vsize.
-    fn check_on_chain(node: &SocketNode, tx: &Transaction) -> Result<(Amount, u64), Refusal> {
-        let unavailable = |e: wallet::WalletError| Refusal::Unavailable(e.to_string());
-        for input in &tx.input {
-            if node
-                .chain
-                .unspent_value(input.previous_output)
-                .map_err(unavailable)?
-                .is_none()
-            {
-                return Err(Refusal::Cheat(format!(
-                    "input {} is not an unspent output on this {} chain (wrong network, never \
-                     broadcast, or already spent)",
-                    input.previous_output, node.config.network
-                )));
-            }
-        }
-        let verdict = node.chain.test_mempool_accept(tx).map_err(unavailable)?;
-        if !verdict.allowed {
-            return Err(Refusal::Cheat(format!(
-                "bitcoind refuses the transaction: {}",
-                verdict.reject_reason
-            )));
-        }
-        let min_rate = node.config.outlet.min_fee_rate_sat_per_vb;
-        if verdict.fee.to_sat() < min_rate * verdict.vsize {
-            return Err(Refusal::Cheat(format!(
-                "fee {} for {} vB is below {min_rate} sat/vB",
-                verdict.fee, verdict.vsize
-            )));
-        }
-        Ok((verdict.fee, verdict.vsize))
-    }
-}
-
-fn internal(e: impl std::fmt::Display) -> Status {
-    Status::internal(e.to_string())
 }
 
 #[tonic::async_trait]
@@ -159,15 +107,8 @@ impl Socket for SocketService {
     ) -> Result<Response<v1::PowerRequestResponse>, Status> {
         let request = request.into_inner();
         self.check_outlet(&request.outlet_id)?;
-        if request.scheme != v1::Scheme::Onchain as i32 {
-            return Err(Status::invalid_argument(format!(
-                "scheme {} is not offered here; the offer lists SCHEME_ONCHAIN",
-                request.scheme
-            )));
-        }
+        let scheme = self.offered_scheme(request.scheme)?;
         let node = &self.0;
-        let amount = node.quota_amount();
-        let quota = proto::units::EnergyMwh(node.config.outlet.quota_mwh);
         let mut inner = node.inner();
         node.tick_locked(&mut inner);
         let now = node.clock.now_ms();
@@ -179,45 +120,73 @@ impl Socket for SocketService {
                 .open_session(id.clone(), now, meter)
                 .map_err(Status::failed_precondition)?;
             node.store()
-                .open_session(&id, &node.config.outlet.id, "onchain")
+                .open_session(&id, &node.config.outlet.id, scheme.name())
                 .map_err(internal)?;
-            tracing::info!(session = %id, "session opened");
+            tracing::info!(session = %id, scheme = scheme.name(), "session opened");
             id
         } else {
+            let stored = node
+                .store()
+                .session_scheme(&request.session_id)
+                .map_err(internal)?;
+            if stored.as_deref() != Some(scheme.name()) {
+                return Err(Status::failed_precondition(format!(
+                    "session {} does not pay with {}",
+                    request.session_id,
+                    scheme.name()
+                )));
+            }
             request.session_id.clone()
         };
-        let session = inner
+        let last_payment_id = inner
             .outlet
             .active_session(&session_id)
-            .map_err(Status::failed_precondition)?;
-        let store = node.store();
+            .map_err(Status::failed_precondition)?
+            .last_payment_id;
         // Terms issued but not paid yet are issued again, not doubled.
-        let unpaid = session.last_payment_id > 0
-            && store
-                .payment(&session_id, session.last_payment_id)
+        let unpaid = {
+            let store = node.store();
+            match store
+                .payment(&session_id, last_payment_id)
                 .map_err(internal)?
-                .is_none_or(|p| p.status == "failed");
-        let payment_id = if unpaid {
-            session.last_payment_id
-        } else {
-            session.last_payment_id += 1;
-            store
-                .issue_terms(
-                    &session_id,
-                    session.last_payment_id,
-                    StoredTerms { amount, quota },
-                )
-                .map_err(internal)?;
-            session.last_payment_id
+            {
+                Some(payment) if payment.status != "failed" => None,
+                _ => store
+                    .terms(&session_id, last_payment_id)
+                    .map_err(internal)?,
+            }
         };
-        Ok(Response::new(v1::PowerRequestResponse {
-            session_id,
-            payment_id,
-            scheme: v1::Scheme::Onchain as i32,
-            amount_msat: amount.to_sat() * 1_000,
-            quota_mwh: quota.0,
-            payout_script: node.payout_script.to_bytes(),
-        }))
+        let (payment_id, terms) = match unpaid {
+            Some(terms) if last_payment_id > 0 => (last_payment_id, terms),
+            _ => {
+                let terms = match scheme {
+                    SchemeName::Onchain => onchain::new_terms(node),
+                    SchemeName::SingleFee => single_fee::new_terms(
+                        node,
+                        &mut inner,
+                        &session_id,
+                        request.max_amount_sat,
+                    )?,
+                };
+                let payment_id = last_payment_id + 1;
+                node.store()
+                    .issue_terms(&session_id, payment_id, terms)
+                    .map_err(internal)?;
+                inner
+                    .outlet
+                    .active_session(&session_id)
+                    .map_err(Status::failed_precondition)?
+                    .last_payment_id = payment_id;
+                (payment_id, terms)
+            }
+        };
+        let reply = match scheme {
+            SchemeName::Onchain => onchain::reply(node, session_id, payment_id, terms),
+            SchemeName::SingleFee => {
+                single_fee::reply(node, &inner, session_id, payment_id, terms)?
+            }
+        };
+        Ok(Response::new(reply))
     }
 
     async fn pay_transaction(
@@ -227,12 +196,12 @@ impl Socket for SocketService {
         let request = request.into_inner();
         let node = Arc::clone(&self.0);
         let _serial = node.pay_lock.lock().await;
-        let (session_id, payment_id) = (request.session_id.clone(), request.payment_id);
+        let (session_id, payment_id) = (request.session_id.as_str(), request.payment_id);
 
         // A payment already recorded is answered again, never credited again.
         let recorded = node
             .store()
-            .payment(&session_id, payment_id)
+            .payment(session_id, payment_id)
             .map_err(internal)?;
         if let Some(payment) = recorded.filter(|p| p.status != "failed") {
             let state = node.inner().outlet.state();
@@ -244,7 +213,7 @@ impl Socket for SocketService {
         }
         let terms = node
             .store()
-            .terms(&session_id, payment_id)
+            .terms(session_id, payment_id)
             .map_err(internal)?
             .ok_or_else(|| {
                 Status::failed_precondition(format!(
@@ -253,78 +222,12 @@ impl Socket for SocketService {
             })?;
         node.inner()
             .outlet
-            .active_session(&session_id)
+            .active_session(session_id)
             .map_err(Status::failed_precondition)?;
-
-        let tx = match decode_payment(&request.psbt) {
-            Ok(tx) => tx,
-            Err(e) => return Err(self.lock_out(&session_id, &e.to_string())),
+        let reply = match terms.single_fee {
+            None => onchain::pay(&node, session_id, payment_id, &request.psbt, terms).await?,
+            Some(_) => single_fee::pay(&node, session_id, payment_id, &request.psbt, terms).await?,
         };
-        let onchain_terms = OnchainTerms {
-            payout_script: node.payout_script.clone(),
-            amount: terms.amount,
-            quota: terms.quota,
-        };
-        if let Err(e) = check_onchain_payment(&tx, &onchain_terms) {
-            return Err(self.lock_out(&session_id, &e.to_string()));
-        }
-        let checked = {
-            let node = Arc::clone(&node);
-            let tx = tx.clone();
-            tokio::task::spawn_blocking(move || Self::check_on_chain(&node, &tx))
-                .await
-                .map_err(internal)?
-        };
-        let (fee, vsize) = match checked {
-            Ok(checked) => checked,
-            Err(Refusal::Cheat(reason)) => return Err(self.lock_out(&session_id, &reason)),
-            Err(Refusal::Unavailable(reason)) => {
-                return Err(Status::unavailable(format!(
-                    "cannot check the payment now: {reason}"
-                )))
-            }
-        };
-
-        // Persist, then broadcast, then credit.
-        node.store()
-            .accept_payment(&session_id, payment_id, &tx, terms, fee, vsize)
-            .map_err(internal)?;
-        let broadcast = {
-            let node = Arc::clone(&node);
-            let tx = tx.clone();
-            tokio::task::spawn_blocking(move || node.chain.broadcast(&tx))
-                .await
-                .map_err(internal)?
-        };
-        let txid = match broadcast {
-            Ok(txid) => txid,
-            Err(e) => {
-                node.store()
-                    .set_payment_status(&session_id, payment_id, "failed")
-                    .map_err(internal)?;
-                return Err(self.lock_out(&session_id, &format!("broadcast failed: {e}")));
-            }
-        };
-        node.store()
-            .set_payment_status(&session_id, payment_id, "broadcast")
-            .map_err(internal)?;
-        let mut inner = node.inner();
-        let events = inner
-            .outlet
-            .credit(&session_id, terms.quota)
-            .map_err(Status::failed_precondition)?;
-        node.apply(&mut inner, events);
-        tracing::info!(%txid, session = %session_id, payment_id, quota = %terms.quota, "payment credited");
-        let _ = node.store().audit(
-            &node.config.outlet.id,
-            Some(&session_id),
-            "payment-credited",
-            &txid.to_string(),
-        );
-        Ok(Response::new(v1::PayTransactionResponse {
-            txid: txid.to_string(),
-            quota_credited_mwh: terms.quota.0,
-            state: OutletState::Paid as i32,
-        }))
+        Ok(Response::new(reply))
     }
 }

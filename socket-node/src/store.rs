@@ -29,7 +29,25 @@ CREATE TABLE IF NOT EXISTS terms (
     amount_sat INTEGER NOT NULL,
     quota_mwh INTEGER NOT NULL,
     issued_at_unix_ms INTEGER NOT NULL,
+    -- single-fee: the input set and the whole value the transaction must pay.
+    set_index INTEGER,
+    value_sat INTEGER,
     PRIMARY KEY (session_id, payment_id)
+);
+CREATE TABLE IF NOT EXISTS single_fee_sets (
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    set_index INTEGER NOT NULL,
+    increment_sat INTEGER NOT NULL,
+    max_sat INTEGER NOT NULL,
+    fee_sat INTEGER,
+    latest_tx_hex TEXT,
+    latest_value_sat INTEGER NOT NULL DEFAULT 0,
+    -- 'empty': closed before any payment, nothing to broadcast.
+    status TEXT NOT NULL CHECK (status IN ('open', 'broadcast', 'failed', 'empty')),
+    txid TEXT,
+    confirmed_height INTEGER,
+    opened_at_unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (session_id, set_index)
 );
 CREATE TABLE IF NOT EXISTS payments (
     session_id TEXT NOT NULL REFERENCES sessions(id),
@@ -40,7 +58,8 @@ CREATE TABLE IF NOT EXISTS payments (
     quota_mwh INTEGER NOT NULL,
     fee_sat INTEGER NOT NULL,
     vsize INTEGER NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('accepted', 'broadcast', 'failed')),
+    -- 'held': a single-fee payment kept, not broadcast (its set is).
+    status TEXT NOT NULL CHECK (status IN ('accepted', 'broadcast', 'failed', 'held')),
     accepted_at_unix_ms INTEGER NOT NULL,
     PRIMARY KEY (session_id, payment_id),
     FOREIGN KEY (session_id, payment_id) REFERENCES terms(session_id, payment_id)
@@ -79,10 +98,33 @@ pub struct StoredSession {
 /// Terms issued for one payment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredTerms {
-    /// Exact amount to pay.
+    /// Exact amount to pay (`onchain`), or the increment (`single-fee`).
     pub amount: Amount,
     /// Energy it buys.
     pub quota: EnergyMwh,
+    /// `single-fee`: the input set and the whole value to pay.
+    pub single_fee: Option<(u32, Amount)>,
+}
+
+/// A single-fee input set as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSet {
+    /// Session id.
+    pub session_id: String,
+    /// Index of the set within the session, from 1.
+    pub index: u32,
+    /// Increment of each payment.
+    pub increment: Amount,
+    /// Maximum value of the set.
+    pub max: Amount,
+    /// Fee of the set, once its first transaction is held.
+    pub fee: Option<Amount>,
+    /// The latest transaction held.
+    pub latest: Option<Transaction>,
+    /// `open`, `broadcast` or `failed`.
+    pub status: String,
+    /// When it was opened.
+    pub opened_at_unix_ms: i64,
 }
 
 /// A payment as stored.
@@ -125,6 +167,17 @@ impl Store {
             params![id, outlet_id, scheme, unix_ms()],
         )?;
         Ok(())
+    }
+
+    /// The scheme a session pays with, if the session exists.
+    pub fn session_scheme(&self, session_id: &str) -> Result<Option<String>> {
+        self.db
+            .query_row(
+                "SELECT scheme FROM sessions WHERE id = ?1",
+                params![session_id],
+                |r| r.get(0),
+            )
+            .optional()
     }
 
     /// Save the energy delivered so far in a session.
@@ -194,14 +247,17 @@ impl Store {
     /// Record the terms issued for a payment.
     pub fn issue_terms(&self, session_id: &str, payment_id: u64, terms: StoredTerms) -> Result<()> {
         self.db.execute(
-            "INSERT INTO terms (session_id, payment_id, amount_sat, quota_mwh, issued_at_unix_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO terms (session_id, payment_id, amount_sat, quota_mwh, issued_at_unix_ms,
+                                set_index, value_sat)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 session_id,
                 payment_id as i64,
                 terms.amount.to_sat() as i64,
                 terms.quota.0 as i64,
-                unix_ms()
+                unix_ms(),
+                terms.single_fee.map(|(set, _)| set as i64),
+                terms.single_fee.map(|(_, value)| value.to_sat() as i64),
             ],
         )?;
         Ok(())
@@ -211,12 +267,18 @@ impl Store {
     pub fn terms(&self, session_id: &str, payment_id: u64) -> Result<Option<StoredTerms>> {
         self.db
             .query_row(
-                "SELECT amount_sat, quota_mwh FROM terms WHERE session_id = ?1 AND payment_id = ?2",
+                "SELECT amount_sat, quota_mwh, set_index, value_sat FROM terms
+                 WHERE session_id = ?1 AND payment_id = ?2",
                 params![session_id, payment_id as i64],
                 |r| {
+                    let set: Option<i64> = r.get(2)?;
+                    let value: Option<i64> = r.get(3)?;
                     Ok(StoredTerms {
                         amount: Amount::from_sat(r.get::<_, i64>(0)? as u64),
                         quota: EnergyMwh(r.get::<_, i64>(1)? as u64),
+                        single_fee: set
+                            .zip(value)
+                            .map(|(set, value)| (set as u32, Amount::from_sat(value as u64))),
                     })
                 },
             )
@@ -250,6 +312,175 @@ impl Store {
             ],
         )?;
         Ok(())
+    }
+
+    /// Open a single-fee input set.
+    pub fn open_set(
+        &self,
+        session_id: &str,
+        index: u32,
+        increment: Amount,
+        max: Amount,
+    ) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO single_fee_sets (session_id, set_index, increment_sat, max_sat, status,
+                                          opened_at_unix_ms)
+             VALUES (?1, ?2, ?3, ?4, 'open', ?5)",
+            params![
+                session_id,
+                index as i64,
+                increment.to_sat() as i64,
+                max.to_sat() as i64,
+                unix_ms()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Hold a single-fee payment: in one SQLite transaction, record the payment (status `held`,
+    /// credited) and make `tx` the set's latest, replacing the one before.
+    #[allow(clippy::too_many_arguments)]
+    pub fn hold_single_fee(
+        &mut self,
+        session_id: &str,
+        payment_id: u64,
+        set_index: u32,
+        tx: &Transaction,
+        terms: StoredTerms,
+        value: Amount,
+        fee: Amount,
+        vsize: u64,
+    ) -> Result<()> {
+        let db = self.db.transaction()?;
+        db.execute(
+            "INSERT INTO payments (session_id, payment_id, txid, tx_hex, amount_sat, quota_mwh,
+                                   fee_sat, vsize, status, accepted_at_unix_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'held', ?9)",
+            params![
+                session_id,
+                payment_id as i64,
+                tx.compute_txid().to_string(),
+                encode::serialize_hex(tx),
+                terms.amount.to_sat() as i64,
+                terms.quota.0 as i64,
+                fee.to_sat() as i64,
+                vsize as i64,
+                unix_ms()
+            ],
+        )?;
+        db.execute(
+            "UPDATE single_fee_sets SET latest_tx_hex = ?3, latest_value_sat = ?4, fee_sat = ?5
+             WHERE session_id = ?1 AND set_index = ?2 AND status = 'open'",
+            params![
+                session_id,
+                set_index as i64,
+                encode::serialize_hex(tx),
+                value.to_sat() as i64,
+                fee.to_sat() as i64
+            ],
+        )?;
+        db.commit()
+    }
+
+    /// Record how a set ended: `broadcast` with the txid sent, or `failed`.
+    pub fn close_set(
+        &self,
+        session_id: &str,
+        index: u32,
+        status: &str,
+        txid: Option<Txid>,
+    ) -> Result<()> {
+        self.db.execute(
+            "UPDATE single_fee_sets SET status = ?3, txid = ?4 WHERE session_id = ?1 AND set_index = ?2",
+            params![session_id, index as i64, status, txid.map(|t| t.to_string())],
+        )?;
+        Ok(())
+    }
+
+    /// Record the height at which a set's transaction confirmed.
+    pub fn set_confirmed(&self, session_id: &str, index: u32, height: u32) -> Result<()> {
+        self.db.execute(
+            "UPDATE single_fee_sets SET confirmed_height = ?3 WHERE session_id = ?1 AND set_index = ?2",
+            params![session_id, index as i64, height as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Sets still open (held, not broadcast), oldest first.
+    pub fn open_sets(&self) -> Result<Vec<StoredSet>> {
+        self.sets_where("status = 'open' ORDER BY opened_at_unix_ms", &[])
+    }
+
+    /// Sets broadcast whose transaction has not been seen confirmed.
+    pub fn unconfirmed_sets(&self) -> Result<Vec<(String, u32, Txid)>> {
+        let mut statement = self.db.prepare(
+            "SELECT session_id, set_index, txid FROM single_fee_sets
+             WHERE status = 'broadcast' AND confirmed_height IS NULL AND txid IS NOT NULL",
+        )?;
+        let rows = statement.query_map([], |r| {
+            let txid: String = r.get(2)?;
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u32, txid))
+        })?;
+        rows.map(|row| {
+            row.and_then(|(session, index, txid)| {
+                let txid = txid.parse().map_err(|e: bitcoin::hex::HexToArrayError| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        2,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?;
+                Ok((session, index, txid))
+            })
+        })
+        .collect()
+    }
+
+    /// The latest set of a session, if any.
+    pub fn last_set(&self, session_id: &str) -> Result<Option<StoredSet>> {
+        let mut sets = self.sets_where(
+            "session_id = ?1 ORDER BY set_index DESC LIMIT 1",
+            &[&session_id],
+        )?;
+        Ok(sets.pop())
+    }
+
+    fn sets_where(
+        &self,
+        condition: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<StoredSet>> {
+        let mut statement = self.db.prepare(&format!(
+            "SELECT session_id, set_index, increment_sat, max_sat, fee_sat, latest_tx_hex, status,
+                    opened_at_unix_ms
+             FROM single_fee_sets WHERE {condition}"
+        ))?;
+        let rows = statement.query_map(params, |r| {
+            let latest: Option<String> = r.get(5)?;
+            let latest = latest
+                .map(|hex| encode::deserialize_hex(&hex))
+                .transpose()
+                .map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        5,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?;
+            Ok(StoredSet {
+                session_id: r.get(0)?,
+                index: r.get::<_, i64>(1)? as u32,
+                increment: Amount::from_sat(r.get::<_, i64>(2)? as u64),
+                max: Amount::from_sat(r.get::<_, i64>(3)? as u64),
+                fee: r
+                    .get::<_, Option<i64>>(4)?
+                    .map(|f| Amount::from_sat(f as u64)),
+                latest,
+                status: r.get(6)?,
+                opened_at_unix_ms: r.get(7)?,
+            })
+        })?;
+        rows.collect()
     }
 
     /// Mark a payment `broadcast` or `failed`.

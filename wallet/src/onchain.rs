@@ -8,7 +8,7 @@ use bdk_bitcoind_rpc::Emitter;
 use bdk_wallet::rusqlite::Connection;
 use bdk_wallet::{Balance, KeychainKind, PersistedWallet, SignOptions, Wallet};
 use bitcoin::psbt::Psbt;
-use bitcoin::{Address, Amount, FeeRate, ScriptBuf, Transaction};
+use bitcoin::{Address, Amount, FeeRate, OutPoint, ScriptBuf, Transaction};
 
 use crate::chain::Chain;
 use crate::keys::NodeKeys;
@@ -133,9 +133,83 @@ impl NodeWallet {
         builder
             .add_recipient(payee.clone(), amount)
             .fee_rate(fee_rate);
-        let mut psbt = builder
+        let psbt = builder
             .finish()
             .map_err(|e| WalletError::CannotPay(e.to_string()))?;
+        self.sign_and_check(psbt, payee, max_fee)
+    }
+
+    /// Plan an input set for the single-fee scheme (paper seed 000 §VI): select inputs covering
+    /// `max` to `payee` plus the fee at `fee_rate`, as if paying `max`. Returns the inputs and
+    /// that fee, which every transaction of the set will pay. Nothing is signed.
+    pub fn plan_input_set(
+        &mut self,
+        payee: &ScriptBuf,
+        max: Amount,
+        fee_rate: FeeRate,
+        max_fee: Amount,
+    ) -> Result<(Vec<OutPoint>, Amount), WalletError> {
+        let mut builder = self.wallet.build_tx();
+        builder.add_recipient(payee.clone(), max).fee_rate(fee_rate);
+        let psbt = builder
+            .finish()
+            .map_err(|e| WalletError::CannotPay(e.to_string()))?;
+        let fee = psbt.fee().map_err(wallet_error)?;
+        if fee > max_fee {
+            return Err(WalletError::CannotPay(format!(
+                "fee {fee} is above the cap of {max_fee}"
+            )));
+        }
+        let inputs = psbt
+            .unsigned_tx
+            .input
+            .iter()
+            .map(|i| i.previous_output)
+            .collect();
+        Ok((inputs, fee))
+    }
+
+    /// Sign a transaction spending exactly `inputs`, paying `value` to `payee`, exactly `fee` to
+    /// miners and the rest back to ourselves; then check what was built, as [`NodeWallet::pay`]
+    /// does. Errors: [`WalletError::CannotPay`] when the inputs are gone or do not cover it.
+    pub fn pay_from(
+        &mut self,
+        inputs: &[OutPoint],
+        payee: &ScriptBuf,
+        value: Amount,
+        fee: Amount,
+    ) -> Result<SignedPayment, WalletError> {
+        let change = self
+            .wallet
+            .peek_address(KeychainKind::Internal, 0)
+            .script_pubkey();
+        let mut builder = self.wallet.build_tx();
+        builder
+            .add_utxos(inputs)
+            .map_err(|e| WalletError::CannotPay(e.to_string()))?
+            .manually_selected_only()
+            .add_recipient(payee.clone(), value)
+            .drain_to(change)
+            .fee_absolute(fee);
+        let psbt = builder
+            .finish()
+            .map_err(|e| WalletError::CannotPay(e.to_string()))?;
+        let signed = self.sign_and_check(psbt, payee, fee)?;
+        if signed.fee != fee {
+            return Err(WalletError::Wallet(format!(
+                "built a transaction with fee {} instead of {fee}",
+                signed.fee
+            )));
+        }
+        Ok(signed)
+    }
+
+    fn sign_and_check(
+        &mut self,
+        mut psbt: Psbt,
+        payee: &ScriptBuf,
+        max_fee: Amount,
+    ) -> Result<SignedPayment, WalletError> {
         let finalized = self
             .wallet
             .sign(&mut psbt, SignOptions::default())
@@ -152,15 +226,14 @@ impl NodeWallet {
             )));
         }
         let tx = psbt.clone().extract_tx().map_err(wallet_error)?;
-        let strangers: Vec<_> = tx
+        let strangers = tx
             .output
             .iter()
             .filter(|o| &o.script_pubkey != payee && !self.is_mine(&o.script_pubkey))
-            .collect();
-        if !strangers.is_empty() {
+            .count();
+        if strangers > 0 {
             return Err(WalletError::Wallet(format!(
-                "built transaction pays {} output(s) that are neither the payee nor ours",
-                strangers.len()
+                "built transaction pays {strangers} output(s) that are neither the payee nor ours"
             )));
         }
         Ok(SignedPayment { psbt, tx, fee })

@@ -92,3 +92,51 @@ fn a_node_refuses_bitcoind_of_another_network() {
         Err(WalletError::WrongChain { .. })
     ));
 }
+
+#[test]
+fn an_input_set_signs_rising_values_over_the_same_inputs_and_fee() {
+    let node = Regtest::start().unwrap();
+    let chain = chain_of(&node);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = NodeKeys::load_or_create(dir.path(), Network::Regtest).unwrap();
+    let mut wallet = NodeWallet::open(dir.path(), &keys).unwrap();
+    node.fund(
+        &wallet.receive_address(0).unwrap(),
+        Amount::from_sat(30_000),
+    )
+    .unwrap();
+    node.fund(
+        &wallet.receive_address(1).unwrap(),
+        Amount::from_sat(30_000),
+    )
+    .unwrap();
+    wallet.sync(&chain).unwrap();
+
+    let payee = ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array([7; 20]));
+    let rate = FeeRate::from_sat_per_vb(2).unwrap();
+    let (inputs, fee) = wallet
+        .plan_input_set(
+            &payee,
+            Amount::from_sat(40_000),
+            rate,
+            Amount::from_sat(5_000),
+        )
+        .unwrap();
+    assert_eq!(inputs.len(), 2, "40 000 sat needs both coins");
+    let mut last = None;
+    for k in 1..=5u64 {
+        let payment = wallet
+            .pay_from(&inputs, &payee, Amount::from_sat(k * 8_000), fee)
+            .unwrap();
+        assert_eq!(payment.fee, fee);
+        let mut spent: Vec<_> = payment.tx.input.iter().map(|i| i.previous_output).collect();
+        let mut planned = inputs.clone();
+        spent.sort();
+        planned.sort();
+        assert_eq!(spent, planned);
+        let verdict = chain.test_mempool_accept(&payment.tx).unwrap();
+        assert!(verdict.allowed, "{}", verdict.reject_reason);
+        last = Some(payment.tx);
+    }
+    chain.broadcast(&last.unwrap()).unwrap();
+}
