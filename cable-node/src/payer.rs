@@ -405,6 +405,26 @@ impl Cable {
         accepted: &AcceptedOffer,
         session: &mut Session,
     ) -> Result<(), CableError> {
+        if self.pay_quota_once(client, accepted, session).await? {
+            return Ok(());
+        }
+        // The input set of those terms closed meanwhile (the socket restarted or aged it):
+        // the signature is void; ask again, which starts a new set.
+        match self.pay_quota_once(client, accepted, session).await? {
+            true => Ok(()),
+            false => Err(CableError::SocketRefused(
+                "the socket keeps closing input sets".into(),
+            )),
+        }
+    }
+
+    /// One attempt of [`Cable::pay_quota`]; `Ok(false)` when the terms' input set closed.
+    async fn pay_quota_once(
+        &mut self,
+        client: &mut SocketClient<Channel>,
+        accepted: &AcceptedOffer,
+        session: &mut Session,
+    ) -> Result<bool, CableError> {
         let terms = self.request_terms(client, accepted, session).await?;
         if session.id.is_empty() {
             session.id = terms.session_id.clone();
@@ -464,6 +484,16 @@ impl Cable {
                     tracing::warn!("PayTransaction: {}; resending", status.message());
                     *client = self.reconnect().await?.0;
                 }
+                Err(status)
+                    if status.code() == Code::FailedPrecondition
+                        && status.message().contains("input set") =>
+                {
+                    tracing::warn!(payment_id = terms.payment_id, "{}", status.message());
+                    let _ = self
+                        .store
+                        .set_status(&session.id, terms.payment_id, "refused");
+                    return Ok(false);
+                }
                 Err(status) => {
                     let _ = self
                         .store
@@ -501,7 +531,7 @@ impl Cable {
         session.paid += record.amount;
         session.payments.push(report);
         tracing::info!(txid = %record.txid, amount = %record.amount, fee = %record.fee, "payment accepted");
-        Ok(())
+        Ok(true)
     }
 
     /// Check single-fee terms and sign them (paper seed 000 §VI, Table II): a new input set when
@@ -644,25 +674,37 @@ impl Cable {
     }
 
     /// Close an input set by broadcasting its highest accepted transaction ourselves (the
-    /// socket should have; this pays nothing more than was signed, and frees our change).
+    /// socket should have; this pays nothing more than the socket accepted, and frees our
+    /// change).
     fn settle_set(&mut self, session: &mut Session, set: &CableSet) -> Result<(), CableError> {
-        let record = self
+        let payments = self
             .store
-            .payment(&set.session_id, set.highest_payment_id)
+            .payments(&set.session_id)
             .context("reading the store")?;
-        if let Some(record) = record.filter(|r| r.status == "accepted") {
-            let psbt = bitcoin::psbt::Psbt::deserialize(&record.psbt).context("our own PSBT")?;
-            let tx = psbt.extract_tx_unchecked_fee_rate();
+        let highest = payments
+            .iter()
+            .filter(|p| p.status == "accepted")
+            .filter_map(|p| {
+                let tx = bitcoin::psbt::Psbt::deserialize(&p.psbt)
+                    .ok()?
+                    .extract_tx_unchecked_fee_rate();
+                let mut inputs: Vec<_> = tx.input.iter().map(|i| i.previous_output).collect();
+                inputs.sort();
+                let value = value_paid(&tx, &set.payout_script).ok()?;
+                (inputs == set.inputs).then_some((value, tx, p))
+            })
+            .max_by_key(|(value, _, _)| *value);
+        if let Some((value, tx, record)) = highest {
             tokio::task::block_in_place(|| {
                 self.chain.broadcast(&tx)?;
                 self.wallet.record_sent(&tx)
             })
             .map_err(anyhow::Error::from)?;
-            tracing::info!(set = set.index, txid = %record.txid, value = %set.highest, "input set settled");
+            tracing::info!(set = set.index, txid = %record.txid, %value, "input set settled");
             session.onchain_txs.push(PaymentReport {
                 payment_id: record.payment_id,
                 txid: record.txid.to_string(),
-                amount_sat: set.highest.to_sat(),
+                amount_sat: value.to_sat(),
                 fee_sat: set.fee.to_sat(),
                 vsize: record.vsize,
             });

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::config::SchemeName;
 use crate::node::SocketNode;
 use crate::seller::{internal, onchain, single_fee};
+use crate::store::StoredTerms;
 
 /// The tonic service over a running [`SocketNode`].
 pub struct SocketService(pub Arc<SocketNode>);
@@ -156,8 +157,17 @@ impl Socket for SocketService {
                     .map_err(internal)?,
             }
         };
+        // Single-fee terms of a set that closed meanwhile (full, aged, or broadcast at a
+        // restart) are not issued again: the next payment starts a new set.
+        let reusable = |terms: &StoredTerms| match terms.single_fee {
+            None => true,
+            Some((index, _)) => inner
+                .set
+                .as_ref()
+                .is_some_and(|set| set.session_id == session_id && set.index == index),
+        };
         let (payment_id, terms) = match unpaid {
-            Some(terms) if last_payment_id > 0 => (last_payment_id, terms),
+            Some(terms) if last_payment_id > 0 && reusable(&terms) => (last_payment_id, terms),
             _ => {
                 let terms = match scheme {
                     SchemeName::Onchain => onchain::new_terms(node),
