@@ -441,10 +441,18 @@ impl Cable {
                 terms.session_id, session.id
             )));
         }
-        if !self
-            .config
-            .policy
-            .allows(session.paid, accepted.quota_amount)
+        // A payment signed before (and maybe taken) is already counted: sending it again
+        // spends nothing new.
+        let resend = self
+            .store
+            .payment(&session.id, terms.payment_id)
+            .context("reading the store")?
+            .is_some();
+        if !resend
+            && !self
+                .config
+                .policy
+                .allows(session.paid, accepted.quota_amount)
         {
             return Err(CableError::RefusedSocket(format!(
                 "paying {} more would pass the session budget of {} sat",
@@ -528,7 +536,10 @@ impl Cable {
             .map_err(anyhow::Error::from)?;
             session.onchain_txs.push(report.clone());
         }
-        session.paid += record.amount;
+        session.paid = self
+            .store
+            .committed(&session.id)
+            .context("reading the store")?;
         session.payments.push(report);
         tracing::info!(txid = %record.txid, amount = %record.amount, fee = %record.fee, "payment accepted");
         Ok(true)

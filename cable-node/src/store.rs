@@ -254,12 +254,19 @@ impl CableStore {
             )
             .optional()?;
         let Some(id) = id else { return Ok(None) };
-        let paid: i64 = self.db.query_row(
-            "SELECT COALESCE(SUM(amount_sat), 0) FROM payments WHERE session_id = ?1 AND status = 'accepted'",
-            params![id],
+        Ok(Some((id.clone(), self.committed(&id)?)))
+    }
+
+    /// What a session has committed to pay: every payment signed and not refused, since a
+    /// signature sent may have been taken even when its reply was lost. Budgets count this.
+    pub fn committed(&self, session_id: &str) -> Result<Amount> {
+        let sat: i64 = self.db.query_row(
+            "SELECT COALESCE(SUM(amount_sat), 0) FROM payments
+             WHERE session_id = ?1 AND status IN ('signed', 'accepted')",
+            params![session_id],
             |r| r.get(0),
         )?;
-        Ok(Some((id, Amount::from_sat(paid as u64))))
+        Ok(Amount::from_sat(sat as u64))
     }
 
     /// Set a payment's status to `accepted` or `refused`.
