@@ -342,10 +342,18 @@ impl Cable {
         if status.power_mw > 0 {
             session.drew_power = true;
             session.idle_since = None;
-        } else if session.drew_power {
+        } else if session.drew_power || self.relay.is_closed() {
+            // Idle after drawing power: done. Idle from the start, once paid: nothing to power.
             let since = *session.idle_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= idle {
-                return Ok(Some("appliance done".into()));
+                return Ok(Some(
+                    if session.drew_power {
+                        "appliance done"
+                    } else {
+                        "appliance idle"
+                    }
+                    .into(),
+                ));
             }
         }
         if state == OutletState::Paid

@@ -121,6 +121,27 @@ fn the_toast_is_one_transaction_with_one_fee() {
         sets,
         vec![(1, "broadcast".into(), Some(txid.to_owned()), 5_000)]
     );
+
+    // The socket watches what it broadcast until it confirms, and records where (§VII.B).
+    let header: Value = regtest::rpc(
+        bitcoind.client(),
+        "getblockheader",
+        &[verbose["blockhash"].clone()],
+    )
+    .unwrap();
+    let height = header["height"].as_i64();
+    let db = rusqlite::Connection::open(socket.data_dir.join("socket.sqlite")).unwrap();
+    wait_until(
+        "the socket to see the confirmation",
+        Duration::from_secs(15),
+        || {
+            db.query_row("SELECT confirmed_height FROM single_fee_sets", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .unwrap()
+                == height
+        },
+    );
 }
 
 #[test]

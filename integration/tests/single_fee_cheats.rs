@@ -376,11 +376,14 @@ enum SocketCheat {
     HigherFee,
 }
 
+/// The inputs and fee of the set the fake socket learned from the first payment.
+type LearnedSet = Arc<Mutex<Option<(Vec<OutPoint>, Amount)>>>;
+
 /// A socket that takes one honest single-fee payment, then asks for a cheating second one.
 struct FakeSocket {
     cheat: SocketCheat,
     pay_calls: Arc<AtomicUsize>,
-    set: Arc<Mutex<Option<(Vec<OutPoint>, Amount)>>>,
+    set: LearnedSet,
     events: tokio::sync::broadcast::Sender<v1::WatchStatusResponse>,
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bitcoin::ScriptBuf;
 use hw::clock::{Clock, ScaledClock};
+use hw::load::LoadProfile;
 use hw::sim::SimOutlet;
 use hw::{Meter, MeterReading, PlugSense, Relay};
 use proto::rules::{network_to_proto, quota_amount};
@@ -45,6 +46,8 @@ struct Hardware {
     relay: Box<dyn Relay>,
     meter: Box<dyn Meter>,
     plug: Option<Box<dyn PlugSense>>,
+    /// The simulator's outlet and appliance: each plug-in brings a fresh appliance.
+    sim: Option<(SimOutlet, LoadProfile)>,
 }
 
 /// What the tick loop and the handlers share under one lock.
@@ -366,6 +369,11 @@ impl SocketNode {
         };
         inner.last_reading = reading;
         let plugged = self.plugged(inner);
+        if plugged && !inner.outlet.plugged() {
+            if let Some((outlet, load)) = &inner.hw.sim {
+                outlet.set_load(load.clone());
+            }
+        }
         let events = inner.outlet.tick(now, reading.energy, plugged);
         inner.ticks = inner.ticks.wrapping_add(1);
         if inner.ticks.is_multiple_of(SAVE_EVERY_TICKS) {
@@ -526,7 +534,8 @@ fn open_hardware(config: &HwConfig) -> anyhow::Result<HardwareParts> {
             link_debounce_ms,
         } => {
             let clock = ScaledClock::new(*time_scale)?;
-            let outlet = SimOutlet::new(load.to_profile()?, Arc::new(clock.clone()));
+            let load = load.to_profile()?;
+            let outlet = SimOutlet::new(load.clone(), Arc::new(clock.clone()));
             // The appliance is behind the cable: plugged whenever the outlet asks.
             outlet.set_plugged(true);
             Ok((
@@ -534,6 +543,7 @@ fn open_hardware(config: &HwConfig) -> anyhow::Result<HardwareParts> {
                     relay: Box::new(outlet.relay()),
                     meter: Box::new(outlet.meter()),
                     plug: None,
+                    sim: Some((outlet, load)),
                 },
                 Arc::new(clock),
                 Duration::from_millis(*link_debounce_ms),
@@ -553,6 +563,7 @@ fn open_hardware(config: &HwConfig) -> anyhow::Result<HardwareParts> {
                     relay: Box::new(relay),
                     meter: Box::new(meter),
                     plug,
+                    sim: None,
                 },
                 Arc::new(ScaledClock::real()),
                 Duration::ZERO,

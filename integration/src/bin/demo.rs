@@ -1,8 +1,11 @@
-//! `demo`: the README's main command. The paper's experiment (seed 000 §V, §VII) on a real
+//! `demo`: the README's main command. The paper's experiment (seed 000 §V–VII) on a real
 //! regtest chain: a cable toasts one slice of bread (1300 W, 40 Wh) and pays a socket per 8 Wh
-//! quota, the two as separate processes talking gRPC over TCP on 127.0.0.1.
+//! quota, the two as separate processes talking gRPC over TCP on 127.0.0.1; once with one
+//! transaction per quota (`onchain`, §V) and once with the paper's single-fee protocol (§VI),
+//! then the two side by side.
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +25,7 @@ use serde_json::{json, Value};
 #[command(version)]
 struct Args {
     /// How the cable pays.
-    #[arg(long, value_enum, default_value_t = SchemeArg::Onchain)]
+    #[arg(long, value_enum, default_value_t = SchemeArg::Both)]
     scheme: SchemeArg,
     /// The appliance: `toaster` (1300 W, 40 Wh a batch), `constant:WATTS`, or `trace:FILE.csv`
     /// (rows `t_s,power_w`).
@@ -37,18 +40,25 @@ struct Args {
     /// Simulated seconds per real second.
     #[arg(long, default_value_t = 20.0)]
     time_scale: f64,
-    /// Coins the cable starts with, in sat.
+    /// single-fee: the most one input set may pay, in sat.
+    #[arg(long, default_value_t = 10_000)]
+    single_fee_max_sat: u64,
+    /// Coins each cable starts with, in sat.
     #[arg(long, default_value_t = 100_000)]
     cable_funds_sat: u64,
-    /// Mine a block every this many real seconds while the session runs.
+    /// Mine a block every this many real seconds while a session runs.
     #[arg(long, default_value_t = 2.0)]
     block_interval_secs: f64,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum SchemeArg {
     /// One transaction per quota (paper §V).
     Onchain,
+    /// Rising payments over the same inputs, one transaction per input set (paper §VI).
+    SingleFee,
+    /// Both, one after the other, compared.
+    Both,
 }
 
 fn load_toml(load: &str) -> anyhow::Result<String> {
@@ -69,9 +79,18 @@ fn load_toml(load: &str) -> anyhow::Result<String> {
     anyhow::bail!("--load must be toaster, constant:WATTS or trace:FILE.csv, not {load:?}")
 }
 
+/// What one session cost on chain.
+struct Summary {
+    scheme: &'static str,
+    payments: usize,
+    transactions: usize,
+    paid_sat: u64,
+    fees_sat: u64,
+    vbytes: u64,
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let SchemeArg::Onchain = args.scheme;
     let setup = SocketSetup {
         price_msat_per_wh: args.price_msat_per_wh,
         quota_mwh: args
@@ -80,7 +99,13 @@ fn main() -> anyhow::Result<()> {
             .context("--quota-wh too large")?,
         time_scale: args.time_scale,
         load_toml: load_toml(&args.load)?,
+        single_fee_max_sat: args.single_fee_max_sat,
         ..SocketSetup::default()
+    };
+    let schemes: &[&'static str] = match args.scheme {
+        SchemeArg::Onchain => &["onchain"],
+        SchemeArg::SingleFee => &["single-fee"],
+        SchemeArg::Both => &["onchain", "single-fee"],
     };
 
     println!("starting a regtest bitcoind...");
@@ -88,20 +113,73 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup)?;
     println!(
-        "socket-node serving on {} (logs {})",
+        "socket-node serving on {} ({} msat/Wh, {} Wh quota, time x{}); logs under {}",
         socket.endpoint,
-        dir.path().join("socket/socket.log").display()
+        args.price_msat_per_wh,
+        args.quota_wh,
+        args.time_scale,
+        dir.path().display()
     );
+    let mut summaries = Vec::new();
+    for scheme in schemes {
+        summaries.push(session(
+            &args,
+            &bitcoind,
+            &socket,
+            &dir.path().join(scheme),
+            scheme,
+        )?);
+    }
+    if summaries.len() > 1 {
+        println!("\nper session       | payments | on-chain txs | to socket |     fees | vbytes | fees / paid");
+        for s in &summaries {
+            println!(
+                " {:<16} | {:>8} | {:>12} | {:>5} sat | {:>4} sat | {:>6} | {:>10.1}%",
+                s.scheme,
+                s.payments,
+                s.transactions,
+                s.paid_sat,
+                s.fees_sat,
+                s.vbytes,
+                if s.paid_sat > 0 {
+                    s.fees_sat as f64 * 100.0 / s.paid_sat as f64
+                } else {
+                    0.0
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Fund a cable for `scheme`, plug it in, show the live line, then the table of what went on
+/// chain.
+fn session(
+    args: &Args,
+    bitcoind: &Regtest,
+    socket: &SocketProcess,
+    dir: &Path,
+    scheme: &'static str,
+) -> anyhow::Result<Summary> {
+    // Wait for the outlet to be free (the previous cable's unplug is debounced).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while socket.status().map_or(true, |s| !s.session_id.is_empty()) {
+        anyhow::ensure!(Instant::now() < deadline, "the outlet stayed busy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let cable = CableFiles::create(
-        &bitcoind,
-        &dir.path().join("cable"),
+        bitcoind,
+        dir,
         &socket.endpoint,
-        &CableSetup::default(),
+        &CableSetup {
+            schemes: vec![scheme.into()],
+            ..CableSetup::default()
+        },
         Amount::from_sat(args.cable_funds_sat),
     )?;
     println!(
-        "cable funded with {} sat; plugging in (time x{}, {} msat/Wh, {} Wh quota)\n",
-        args.cable_funds_sat, args.time_scale, args.price_msat_per_wh, args.quota_wh
+        "\n== {scheme}: cable funded with {} sat, plugging in",
+        args.cable_funds_sat
     );
 
     let mining = Arc::new(AtomicBool::new(true));
@@ -121,7 +199,6 @@ fn main() -> anyhow::Result<()> {
             }
         })
     };
-
     let started = Instant::now();
     let mut child = cable.spawn_run()?;
     let exit = loop {
@@ -157,19 +234,31 @@ fn main() -> anyhow::Result<()> {
     bitcoind.mine(1)?;
 
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&cable.report)?)?;
-    let payments = report["payments"].as_array().cloned().unwrap_or_default();
+    let payments = report["payments"].as_array().map_or(0, Vec::len);
+    let transactions = report["onchain_txs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     println!(
-        "scheme onchain: {} ({})",
+        "{scheme}: {} ({payments} payments of {} Wh, {} on-chain transaction(s))",
         report["outcome"].as_str().unwrap_or("?"),
-        args.load
+        args.quota_wh,
+        transactions.len()
     );
     println!(
-        " {:>3} | {:<64} | {:>5} | {:>9} | {:>7} | {:>6}",
+        " {:>3} | {:<64} | {:>5} | {:>9} | {:>8} | {:>6}",
         "#", "txid", "block", "to socket", "fee", "vbytes"
     );
-    let (mut paid, mut fees, mut vbytes) = (0u64, 0u64, 0u64);
-    for p in &payments {
-        let txid = p["txid"].as_str().unwrap_or_default();
+    let mut summary = Summary {
+        scheme,
+        payments,
+        transactions: transactions.len(),
+        paid_sat: 0,
+        fees_sat: 0,
+        vbytes: 0,
+    };
+    for (i, t) in transactions.iter().enumerate() {
+        let txid = t["txid"].as_str().unwrap_or_default();
         let tx: Value = regtest::rpc(
             bitcoind.client(),
             "getrawtransaction",
@@ -184,32 +273,30 @@ fn main() -> anyhow::Result<()> {
             None => "-".into(),
         };
         let (amount, fee, size) = (
-            p["amount_sat"].as_u64().unwrap_or(0),
-            p["fee_sat"].as_u64().unwrap_or(0),
-            p["vsize"].as_u64().unwrap_or(0),
+            t["amount_sat"].as_u64().unwrap_or(0),
+            t["fee_sat"].as_u64().unwrap_or(0),
+            t["vsize"].as_u64().unwrap_or(0),
         );
-        paid += amount;
-        fees += fee;
-        vbytes += size;
+        summary.paid_sat += amount;
+        summary.fees_sat += fee;
+        summary.vbytes += size;
         println!(
-            " {:>3} | {txid:<64} | {height:>5} | {:>5} sat | {:>3} sat | {size:>6}",
-            p["payment_id"].as_u64().unwrap_or(0),
-            amount,
-            fee
+            " {:>3} | {txid:<64} | {height:>5} | {amount:>5} sat | {fee:>3} sat | {size:>6}",
+            i + 1
         );
     }
     println!(
-        " sum | {:<64} | {:>5} | {:>5} sat | {:>3} sat | {vbytes:>6}",
-        format!("{} transactions", payments.len()),
+        " sum | {:<64} | {:>5} | {:>5} sat | {:>4} sat | {:>6}",
+        format!("{} transaction(s)", summary.transactions),
         "",
-        paid,
-        fees
+        summary.paid_sat,
+        summary.fees_sat,
+        summary.vbytes
     );
     println!(
-        "\nenergy metered {:.3} Wh; plug-in to relay closed {} ms; fees are {:.0}% of what the socket got",
+        "energy metered {:.3} Wh; plug-in to relay closed {} ms",
         report["energy_used_mwh"].as_u64().unwrap_or(0) as f64 / 1000.0,
-        report["plug_in_to_paid_ms"],
-        if paid > 0 { fees as f64 * 100.0 / paid as f64 } else { 0.0 }
+        report["plug_in_to_paid_ms"]
     );
-    Ok(())
+    Ok(summary)
 }
