@@ -89,6 +89,8 @@ pub struct SocketSetup {
     pub link_debounce_ms: u64,
     /// single-fee: the socket's maximum per input set.
     pub single_fee_max_sat: u64,
+    /// single-fee: real seconds after which an input set is broadcast.
+    pub single_fee_max_age_secs: u64,
 }
 
 impl Default for SocketSetup {
@@ -105,6 +107,7 @@ impl Default for SocketSetup {
             payment_timeout_secs: 120,
             link_debounce_ms: 1_000,
             single_fee_max_sat: 10_000,
+            single_fee_max_age_secs: 3_600,
         }
     }
 }
@@ -135,7 +138,7 @@ impl SocketProcess {
                  [chain]\nrpc_url = \"{}\"\ncookie_file = \"{}\"\n\n\
                  [outlet]\nid = \"{OUTLET}\"\nprice_msat_per_wh = {}\nquota_mwh = {}\n\
                  quota_low_mwh = {}\ngrace_secs = {}\nlockout_secs = {}\npayment_timeout_secs = {}\n\
-                 single_fee_max_sat = {}\n\n\
+                 single_fee_max_sat = {}\nsingle_fee_max_age_secs = {}\n\n\
                  [hw]\nkind = \"sim\"\ntime_scale = {:?}\nlink_debounce_ms = {}\n\n[hw.load]\n{}\n",
                 bitcoind.rpc_url(),
                 bitcoind.cookie_file().display(),
@@ -146,6 +149,7 @@ impl SocketProcess {
                 setup.lockout_secs,
                 setup.payment_timeout_secs,
                 setup.single_fee_max_sat,
+                setup.single_fee_max_age_secs,
                 setup.time_scale,
                 setup.link_debounce_ms,
                 setup.load_toml,

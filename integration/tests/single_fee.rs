@@ -363,3 +363,45 @@ fn a_cable_killed_and_restarted_resumes_its_inputs_and_never_signs_lower() {
         .unwrap();
     assert_eq!(signatures, 6, "one signature per increment, none twice");
 }
+
+#[test]
+fn an_input_set_past_its_age_limit_is_broadcast_and_the_session_goes_on() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let setup = SocketSetup {
+        load_toml: "kind = \"constant\"\npower_w = 1300.0".into(),
+        single_fee_max_age_secs: 1,
+        time_scale: 10.0,
+        ..SocketSetup::default()
+    };
+    let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
+    let cable = CableFiles::create(
+        &bitcoind,
+        &dir.path().join("cable"),
+        &socket.endpoint,
+        &CableSetup {
+            max_session_sat: 4_000,
+            ..single_fee_cable()
+        },
+        Amount::from_sat(100_000),
+    )
+    .unwrap();
+    let out = cable.run(Duration::from_secs(120)).unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        socket.log_text()
+    );
+    wait_until("the socket to settle", Duration::from_secs(15), || {
+        socket_sets(&socket).iter().all(|s| s.1 != "open")
+    });
+    // 8 Wh at 1300 W is 2.2 s of outlet time, 0.22 s real: sets of about a second each.
+    let sets = socket_sets(&socket);
+    assert!(sets.len() >= 2, "no set aged out: {sets:?}");
+    assert!(
+        sets.iter().all(|(_, status, _, _)| status == "broadcast"),
+        "{sets:?}"
+    );
+    assert_eq!(sets.iter().map(|s| s.3).sum::<i64>(), 4_000, "{sets:?}");
+}

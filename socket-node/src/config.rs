@@ -70,7 +70,8 @@ pub struct OutletConfig {
     /// exposure to a cable that double-spends its inputs (paper §VI).
     #[serde(default = "default_single_fee_max")]
     pub single_fee_max_sat: u64,
-    /// single-fee: an input set older than this is broadcast and a new one started.
+    /// single-fee: an input set older than this (real seconds: the exposure to a double spend
+    /// grows with wall-clock time, not with the simulator's) is broadcast and a new one started.
     #[serde(default = "default_single_fee_age")]
     pub single_fee_max_age_secs: u64,
 }
