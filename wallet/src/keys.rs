@@ -25,6 +25,7 @@ pub const IDENTITY_PATH: &str = "m/1017'/0'";
 
 /// The keys of one node.
 pub struct NodeKeys {
+    mnemonic: Mnemonic,
     master: Xpriv,
     network: Network,
 }
@@ -50,7 +51,16 @@ impl NodeKeys {
                     reason: e.to_string(),
                 }
             })?;
-        Ok(NodeKeys { master, network })
+        Ok(NodeKeys {
+            mnemonic,
+            master,
+            network,
+        })
+    }
+
+    /// The node's BIP39 mnemonic, the one backup of everything it holds.
+    pub fn mnemonic(&self) -> &Mnemonic {
+        &self.mnemonic
     }
 
     /// The network the keys are for.
