@@ -27,6 +27,9 @@ pub struct CableConfig {
     /// How a session runs.
     #[serde(default)]
     pub session: SessionConfig,
+    /// The cable's Lightning node, for the `lightning` scheme.
+    #[serde(default)]
+    pub lightning: crate::lightning::CableLightning,
 }
 
 fn default_socket() -> String {

@@ -4,9 +4,11 @@
 //! - [`config`]: the TOML config.
 //! - [`policy`]: what the cable accepts to pay.
 //! - [`store`]: sessions and signed payments in SQLite.
-//! - [`payer`]: the plug-in flow, payer side of the `onchain` scheme.
+//! - [`payer`]: the plug-in flow, payer side of each scheme.
+//! - [`lightning`]: the channel to the socket and invoice payments.
 
 pub mod config;
+pub mod lightning;
 pub mod payer;
 pub mod policy;
 pub mod store;

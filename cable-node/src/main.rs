@@ -43,7 +43,11 @@ enum Command {
         json_logs: bool,
     },
     /// Print the address to fund the cable with, and its QR code.
-    Address,
+    Address {
+        /// The address of the Lightning node's wallet, which funds channels.
+        #[arg(long)]
+        lightning: bool,
+    },
     /// Print the wallet's balance (syncs with bitcoind first).
     Balance,
 }
@@ -85,14 +89,36 @@ async fn run(cli: Cli) -> Result<(), CableError> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
         }
-        Command::Address => {
+        Command::Address { lightning } => {
             std::fs::create_dir_all(&cli.data_dir)
                 .with_context(|| format!("creating {}", cli.data_dir.display()))?;
             let keys = NodeKeys::load_or_create(&cli.data_dir, config.network)
                 .map_err(anyhow::Error::from)?;
-            let mut wallet = NodeWallet::open(&cli.data_dir, &keys).map_err(anyhow::Error::from)?;
-            let address = wallet.receive_address(0).map_err(anyhow::Error::from)?;
-            let qr = QrCode::new(address.to_qr_uri().as_bytes()).context("QR code")?;
+            let address = if lightning {
+                let node = tokio::task::block_in_place(|| {
+                    ln::start_node(
+                        &cli.data_dir,
+                        &keys,
+                        &config.chain,
+                        &ln::LnSettings::default(),
+                    )
+                })
+                .map_err(anyhow::Error::from)?;
+                let address = node
+                    .onchain_payment()
+                    .new_address()
+                    .context("Lightning address")?;
+                let _ = tokio::task::block_in_place(|| node.stop());
+                address.to_string()
+            } else {
+                let mut wallet =
+                    NodeWallet::open(&cli.data_dir, &keys).map_err(anyhow::Error::from)?;
+                wallet
+                    .receive_address(0)
+                    .map_err(anyhow::Error::from)?
+                    .to_string()
+            };
+            let qr = QrCode::new(format!("bitcoin:{address}").as_bytes()).context("QR code")?;
             println!("{}", qr.render::<Dense1x2>().quiet_zone(true).build());
             println!("{address}");
         }

@@ -21,6 +21,7 @@ use hw::sim::SimOutlet;
 use hw::{PowerMw, Relay};
 use proto::rules::{check_onchain_payment, check_terms, OnchainTerms};
 use proto::single_fee::{value_paid, BuyerSet, SetTerms};
+use proto::units::PriceMsatPerWh;
 use proto::v1::socket_client::SocketClient;
 use proto::v1::{self, watch_status_response::Event, OutletState};
 use serde::Serialize;
@@ -79,11 +80,17 @@ pub struct PaymentReport {
     pub fee_sat: u64,
     /// Virtual size.
     pub vsize: u64,
+    /// Lightning: time from sending to success.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
 }
 
 /// A cable: wallet, chain, store, policy and the relay to its appliance.
 pub struct Cable {
     config: CableConfig,
+    data_dir: std::path::PathBuf,
+    keys: NodeKeys,
+    ln: Option<Arc<ln::ldk_node::Node>>,
     wallet: NodeWallet,
     chain: Chain,
     store: CableStore,
@@ -147,6 +154,9 @@ impl Cable {
         );
         Ok(Cable {
             config,
+            data_dir: data_dir.to_owned(),
+            keys,
+            ln: None,
             wallet,
             chain,
             store,
@@ -213,6 +223,21 @@ impl Cable {
         );
         tokio::task::block_in_place(|| self.wallet.sync(&self.chain))
             .map_err(anyhow::Error::from)?;
+        let mut channel_opened = None;
+        if accepted.scheme == v1::Scheme::Lightning {
+            // The channel is ready before plugging in: no session waits for confirmations.
+            let ln = self.lightning()?;
+            let (peer, address) =
+                crate::lightning::peer_of(&offer.lightning_node_id, &offer.lightning_address)?;
+            let amount_msat = PriceMsatPerWh(offer.price_msat_per_wh)
+                .cost_of(accepted.quota)
+                .map_err(anyhow::Error::from)?
+                .0;
+            let settings = self.config.lightning.clone();
+            channel_opened = tokio::task::block_in_place(|| {
+                crate::lightning::ensure_channel(&ln, peer, address, amount_msat, &settings)
+            })?;
+        }
 
         let mut stream = client
             .watch_status(v1::WatchStatusRequest {
@@ -224,6 +249,16 @@ impl Cable {
         let plugged_at = Instant::now();
         tracing::info!("plugged in");
         let mut session = Session::new();
+        if let Some(txid) = channel_opened {
+            session.onchain_txs.push(PaymentReport {
+                payment_id: 0,
+                txid,
+                amount_sat: self.config.lightning.channel_sat,
+                fee_sat: 0,
+                vsize: 0,
+                latency_ms: None,
+            });
+        }
         let socket_key = offer.socket_identity_key.to_lower_hex_string();
         if let Some((id, paid)) = self
             .store
@@ -281,6 +316,9 @@ impl Cable {
             if status.get_ref().session_id == session.id {
                 session.energy_used_mwh = status.get_ref().energy_used_mwh;
             }
+        }
+        if let Some(ln) = self.ln.take() {
+            let _ = tokio::task::block_in_place(|| ln.stop());
         }
         // Unplug: open the appliance relay, drop the link.
         drop(stream);
@@ -449,6 +487,10 @@ impl Cable {
                 terms.session_id, session.id
             )));
         }
+        if accepted.scheme == v1::Scheme::Lightning {
+            self.pay_lightning(accepted, session, &terms)?;
+            return Ok(true);
+        }
         // A payment signed before (and maybe taken) is already counted: sending it again
         // spends nothing new.
         let resend = self
@@ -533,6 +575,7 @@ impl Cable {
             amount_sat: record.amount.to_sat(),
             fee_sat: record.fee.to_sat(),
             vsize: record.vsize,
+            latency_ms: None,
         };
         if accepted.scheme == v1::Scheme::Onchain {
             // The socket broadcast it: its change is ours to spend now.
@@ -551,6 +594,115 @@ impl Cable {
         session.payments.push(report);
         tracing::info!(txid = %record.txid, amount = %record.amount, fee = %record.fee, "payment accepted");
         Ok(true)
+    }
+
+    /// The Lightning node, started on first use (with a thread that takes its events).
+    fn lightning(&mut self) -> anyhow::Result<Arc<ln::ldk_node::Node>> {
+        if let Some(ln) = &self.ln {
+            return Ok(Arc::clone(ln));
+        }
+        let settings = ln::LnSettings::default();
+        let ln = ln::start_node(&self.data_dir, &self.keys, &self.config.chain, &settings)?;
+        let events = Arc::clone(&ln);
+        std::thread::spawn(move || loop {
+            let event = events.wait_next_event();
+            tracing::debug!(?event, "Lightning event");
+            if events.event_handled().is_err() {
+                return;
+            }
+        });
+        self.ln = Some(Arc::clone(&ln));
+        Ok(ln)
+    }
+
+    /// Check a Lightning payment request and pay its invoice: exactly price × quota msat, payee
+    /// the offer's node, a payment hash never paid before (unless it is this very payment, asked
+    /// again: then its outcome is awaited, not paid twice). Recorded before it is sent.
+    fn pay_lightning(
+        &mut self,
+        accepted: &AcceptedOffer,
+        session: &mut Session,
+        terms: &v1::PowerRequestResponse,
+    ) -> Result<(), CableError> {
+        let refuse = |reason: String| CableError::RefusedSocket(format!("terms: {reason}"));
+        let offer = &accepted.offer;
+        let expected_msat = PriceMsatPerWh(offer.price_msat_per_wh)
+            .cost_of(accepted.quota)
+            .map_err(|e| refuse(e.to_string()))?
+            .0;
+        if terms.scheme != v1::Scheme::Lightning as i32 {
+            return Err(refuse(format!("scheme {} is not lightning", terms.scheme)));
+        }
+        if terms.quota_mwh != offer.quota_mwh || terms.amount_msat != expected_msat {
+            return Err(refuse(format!(
+                "{} msat for {} mWh is not price x quota = {expected_msat} msat for {} mWh",
+                terms.amount_msat, terms.quota_mwh, offer.quota_mwh
+            )));
+        }
+        let recorded = self
+            .store
+            .ln_payment_of(&session.id, terms.payment_id)
+            .context("reading the store")?;
+        if let Some((hash, status)) = &recorded {
+            if status == "paid" {
+                return Err(refuse(format!(
+                    "payment {} was already paid (payment hash {hash})",
+                    terms.payment_id
+                )));
+            }
+        }
+        // A payment being sent when the cable stopped is awaited, not paid again.
+        let recorded = recorded
+            .filter(|(_, status)| status == "sending")
+            .map(|(hash, _)| hash);
+        let store = &self.store;
+        let invoice = ln::check_invoice(
+            &terms.bolt11_invoice,
+            &offer.lightning_node_id,
+            expected_msat,
+            |hash| recorded.as_deref() != Some(hash) && store.ln_hash_used(hash).unwrap_or(true),
+        )
+        .map_err(|e| refuse(e.to_string()))?;
+        let hash = ln::payment_hash_hex(&invoice);
+        if recorded.as_deref().is_some_and(|r| r != hash) {
+            return Err(refuse(format!(
+                "payment {} was already paid with another invoice",
+                terms.payment_id
+            )));
+        }
+        self.store
+            .sending_ln(&session.id, terms.payment_id, &hash, expected_msat)
+            .context("recording the payment")?;
+        let ln = self.lightning()?;
+        let started = Instant::now();
+        let paid = tokio::task::block_in_place(|| {
+            crate::lightning::pay(&ln, &invoice, Duration::from_secs(60))
+        });
+        let fee_msat = match paid {
+            Ok(fee) => fee,
+            Err(e) => {
+                let _ = self.store.ln_done(&hash, "failed", None);
+                return Err(e.into());
+            }
+        };
+        let latency = started.elapsed().as_millis() as u64;
+        self.store
+            .ln_done(&hash, "paid", Some(latency))
+            .context("recording the payment")?;
+        session.paid = self
+            .store
+            .committed(&session.id)
+            .context("reading the store")?;
+        session.payments.push(PaymentReport {
+            payment_id: terms.payment_id,
+            txid: hash.clone(),
+            amount_sat: expected_msat.div_ceil(1_000),
+            fee_sat: fee_msat.div_ceil(1_000),
+            vsize: 0,
+            latency_ms: Some(latency),
+        });
+        tracing::info!(payment_hash = %hash, amount_msat = expected_msat, latency_ms = latency, "Lightning payment sent");
+        Ok(())
     }
 
     /// Check single-fee terms and sign them (paper seed 000 §VI, Table II): a new input set when
@@ -726,6 +878,7 @@ impl Cable {
                 amount_sat: value.to_sat(),
                 fee_sat: set.fee.to_sat(),
                 vsize: record.vsize,
+                latency_ms: None,
             });
         }
         self.store

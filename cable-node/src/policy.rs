@@ -61,6 +61,7 @@ fn scheme_of(name: &str) -> Option<v1::Scheme> {
     match name {
         "onchain" => Some(v1::Scheme::Onchain),
         "single-fee" => Some(v1::Scheme::SingleFee),
+        "lightning" => Some(v1::Scheme::Lightning),
         _ => None,
     }
 }
@@ -92,13 +93,18 @@ impl Policy {
                 self.schemes.join(", ")
             ));
         };
+        if scheme == v1::Scheme::Lightning
+            && (offer.lightning_node_id.len() != 33 || offer.lightning_address.is_empty())
+        {
+            return Err("the socket offers lightning without a node id and address".into());
+        }
         let script = ScriptBuf::from_bytes(offer.payout_script.clone());
-        if !(script.is_p2wpkh()
+        let standard = script.is_p2wpkh()
             || script.is_p2tr()
             || script.is_p2wsh()
             || script.is_p2pkh()
-            || script.is_p2sh())
-        {
+            || script.is_p2sh();
+        if scheme != v1::Scheme::Lightning && !standard {
             return Err("the payout script is not a standard output script".into());
         }
         let quota = EnergyMwh(offer.quota_mwh);

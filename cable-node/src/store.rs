@@ -31,6 +31,15 @@ CREATE TABLE IF NOT EXISTS payments (
     signed_at_unix_ms INTEGER NOT NULL,
     PRIMARY KEY (session_id, payment_id)
 );
+CREATE TABLE IF NOT EXISTS ln_payments (
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    payment_id INTEGER NOT NULL,
+    payment_hash TEXT NOT NULL UNIQUE,
+    amount_msat INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('sending', 'paid', 'failed')),
+    latency_ms INTEGER,
+    PRIMARY KEY (session_id, payment_id)
+);
 CREATE TABLE IF NOT EXISTS single_fee_sets (
     session_id TEXT NOT NULL REFERENCES sessions(id),
     set_index INTEGER NOT NULL,
@@ -266,7 +275,64 @@ impl CableStore {
             params![session_id],
             |r| r.get(0),
         )?;
-        Ok(Amount::from_sat(sat as u64))
+        let msat: i64 = self.db.query_row(
+            "SELECT COALESCE(SUM(amount_msat), 0) FROM ln_payments
+             WHERE session_id = ?1 AND status != 'failed'",
+            params![session_id],
+            |r| r.get(0),
+        )?;
+        Ok(Amount::from_sat(sat as u64 + (msat as u64).div_ceil(1_000)))
+    }
+
+    /// Record a Lightning payment about to be sent (status `sending`), before it is sent.
+    pub fn sending_ln(
+        &self,
+        session_id: &str,
+        payment_id: u64,
+        payment_hash: &str,
+        amount_msat: u64,
+    ) -> Result<()> {
+        self.db.execute(
+            "INSERT OR IGNORE INTO ln_payments (session_id, payment_id, payment_hash, amount_msat, status)
+             VALUES (?1, ?2, ?3, ?4, 'sending')",
+            params![session_id, payment_id as i64, payment_hash, amount_msat as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Record how a Lightning payment ended.
+    pub fn ln_done(&self, payment_hash: &str, status: &str, latency_ms: Option<u64>) -> Result<()> {
+        self.db.execute(
+            "UPDATE ln_payments SET status = ?2, latency_ms = ?3 WHERE payment_hash = ?1",
+            params![payment_hash, status, latency_ms.map(|l| l as i64)],
+        )?;
+        Ok(())
+    }
+
+    /// The payment hash and status (`sending`, `paid`, `failed`) recorded for a Lightning
+    /// payment of a session, if any.
+    pub fn ln_payment_of(
+        &self,
+        session_id: &str,
+        payment_id: u64,
+    ) -> Result<Option<(String, String)>> {
+        self.db
+            .query_row(
+                "SELECT payment_hash, status FROM ln_payments WHERE session_id = ?1 AND payment_id = ?2",
+                params![session_id, payment_id as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+    }
+
+    /// Whether a payment hash was paid (or is being paid) in any session.
+    pub fn ln_hash_used(&self, payment_hash: &str) -> Result<bool> {
+        let n: i64 = self.db.query_row(
+            "SELECT COUNT(*) FROM ln_payments WHERE payment_hash = ?1 AND status != 'failed'",
+            params![payment_hash],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
     }
 
     /// Set a payment's status to `accepted` or `refused`.

@@ -91,6 +91,8 @@ pub struct SocketSetup {
     pub single_fee_max_sat: u64,
     /// single-fee: real seconds after which an input set is broadcast.
     pub single_fee_max_age_secs: u64,
+    /// Run a Lightning node and offer the `lightning` scheme.
+    pub lightning: bool,
 }
 
 impl Default for SocketSetup {
@@ -108,6 +110,7 @@ impl Default for SocketSetup {
             link_debounce_ms: 1_000,
             single_fee_max_sat: 10_000,
             single_fee_max_age_secs: 3_600,
+            lightning: false,
         }
     }
 }
@@ -155,6 +158,18 @@ impl SocketProcess {
                 setup.load_toml,
             ),
         )?;
+        if setup.lightning {
+            let mut config_text = fs::read_to_string(&config)?;
+            config_text = config_text.replace(
+                "[hw]",
+                "schemes = [\"onchain\", \"single-fee\", \"lightning\"]\n\n[hw]",
+            );
+            config_text.push_str(&format!(
+                "\n[lightning]\nlisten = \"127.0.0.1:{}\"\n",
+                free_port()?
+            ));
+            fs::write(&config, config_text)?;
+        }
         let mut socket = SocketProcess {
             child: None,
             endpoint: format!("http://127.0.0.1:{port}"),
@@ -382,6 +397,30 @@ impl CableFiles {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl CableFiles {
+    /// Fund the cable's Lightning wallet with `amount` (confirmed), through
+    /// `cable-node address --lightning`.
+    pub fn fund_lightning(&self, bitcoind: &Regtest, amount: Amount) -> anyhow::Result<()> {
+        let out = Command::new(binary("cable-node")?)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["address", "--lightning"])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        anyhow::ensure!(
+            out.status.success(),
+            "cable-node address --lightning: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let address: Address<bitcoin::address::NetworkUnchecked> =
+            text.lines().last().unwrap_or_default().trim().parse()?;
+        bitcoind.fund(&address.require_network(Network::Regtest)?, amount)?;
+        Ok(())
     }
 }
 

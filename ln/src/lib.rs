@@ -91,3 +91,78 @@ pub fn start_node(
     node.start().map_err(|e| LnError::Node(e.to_string()))?;
     Ok(Arc::new(node))
 }
+
+use ldk_node::bitcoin::hex::DisplayHex;
+use ldk_node::lightning_invoice::Bolt11Invoice;
+
+/// Why the cable refuses an invoice.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvoiceError {
+    /// Not a BOLT11 invoice.
+    #[error("not a BOLT11 invoice: {0}")]
+    Malformed(String),
+    /// The invoice pays another node than the offer's.
+    #[error("the invoice pays node {got}, not the offer's {expected}")]
+    Payee {
+        /// The offer's node id.
+        expected: String,
+        /// The invoice's payee.
+        got: String,
+    },
+    /// The invoice asks for another amount than price × quota.
+    #[error("the invoice asks {got_msat:?} msat, not price x quota = {expected_msat} msat")]
+    Amount {
+        /// price × quota.
+        expected_msat: u64,
+        /// The invoice's amount (`None`: open amount).
+        got_msat: Option<u64>,
+    },
+    /// The invoice's payment hash was paid before: paying it again pays twice for one quota.
+    #[error("the invoice's payment hash {0} was already paid")]
+    AlreadyPaid(String),
+    /// The invoice expired.
+    #[error("the invoice has expired")]
+    Expired,
+}
+
+/// The cable's checks of a socket's invoice (BOLT 11): payee = the offer's node id, amount =
+/// exactly `expected_msat`, a payment hash not in `paid_hashes`, not expired.
+pub fn check_invoice(
+    invoice: &str,
+    offer_node_id: &[u8],
+    expected_msat: u64,
+    already_paid: impl Fn(&str) -> bool,
+) -> Result<Bolt11Invoice, InvoiceError> {
+    let invoice: Bolt11Invoice =
+        invoice
+            .parse()
+            .map_err(|e: ldk_node::lightning_invoice::ParseOrSemanticError| {
+                InvoiceError::Malformed(e.to_string())
+            })?;
+    let payee = invoice.recover_payee_pub_key();
+    if payee.serialize().as_slice() != offer_node_id {
+        return Err(InvoiceError::Payee {
+            expected: offer_node_id.to_lower_hex_string(),
+            got: payee.to_string(),
+        });
+    }
+    if invoice.amount_milli_satoshis() != Some(expected_msat) {
+        return Err(InvoiceError::Amount {
+            expected_msat,
+            got_msat: invoice.amount_milli_satoshis(),
+        });
+    }
+    let hash = payment_hash_hex(&invoice);
+    if already_paid(&hash) {
+        return Err(InvoiceError::AlreadyPaid(hash));
+    }
+    if invoice.is_expired() {
+        return Err(InvoiceError::Expired);
+    }
+    Ok(invoice)
+}
+
+/// The payment hash of an invoice, hex, as stored by both nodes.
+pub fn payment_hash_hex(invoice: &Bolt11Invoice) -> String {
+    invoice.payment_hash().to_string()
+}

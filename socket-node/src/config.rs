@@ -27,6 +27,26 @@ pub struct SocketConfig {
     /// Its hardware.
     #[serde(default)]
     pub hw: HwConfig,
+    /// Its Lightning node, for the `lightning` scheme.
+    pub lightning: Option<LightningConfig>,
+}
+
+/// The socket's Lightning node (ldk-node), `[lightning]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LightningConfig {
+    /// Address Lightning peers (cables, hubs) connect to.
+    pub listen: SocketAddr,
+    /// Cable node ids (hex) whose channels the socket uses before they confirm (zero-conf).
+    #[serde(default)]
+    pub trusted_peers_0conf: Vec<String>,
+    /// How long an invoice stays payable.
+    #[serde(default = "default_invoice_expiry")]
+    pub invoice_expiry_secs: u32,
+}
+
+fn default_invoice_expiry() -> u32 {
+    600
 }
 
 fn default_listen() -> SocketAddr {
@@ -84,6 +104,8 @@ pub enum SchemeName {
     Onchain,
     /// Rising payments over the same inputs, one broadcast (paper §VI).
     SingleFee,
+    /// BOLT11 invoices paid over Lightning channels.
+    Lightning,
 }
 
 impl SchemeName {
@@ -92,6 +114,7 @@ impl SchemeName {
         match self {
             SchemeName::Onchain => "onchain",
             SchemeName::SingleFee => "single-fee",
+            SchemeName::Lightning => "lightning",
         }
     }
 
@@ -100,6 +123,7 @@ impl SchemeName {
         match self {
             SchemeName::Onchain => proto::v1::Scheme::Onchain,
             SchemeName::SingleFee => proto::v1::Scheme::SingleFee,
+            SchemeName::Lightning => proto::v1::Scheme::Lightning,
         }
     }
 }
@@ -214,6 +238,10 @@ impl SocketConfig {
             );
         }
         anyhow::ensure!(!self.outlet.schemes.is_empty(), "outlet.schemes is empty");
+        anyhow::ensure!(
+            !self.outlet.schemes.contains(&SchemeName::Lightning) || self.lightning.is_some(),
+            "outlet.schemes has lightning but there is no [lightning] section"
+        );
         Ok(())
     }
 }

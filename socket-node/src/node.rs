@@ -77,6 +77,8 @@ pub struct SocketNode {
     /// interleaved with another's.
     pub(crate) pay_lock: tokio::sync::Mutex<()>,
     settler: Mutex<mpsc::Sender<Settle>>,
+    /// The Lightning node, when `[lightning]` is configured.
+    pub(crate) ln: Option<Arc<ln::ldk_node::Node>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -99,6 +101,24 @@ impl SocketNode {
         let store = Store::open(data_dir).context("opening the store")?;
 
         let (hardware, clock, link_debounce) = open_hardware(&config.hw)?;
+        let ln = match &config.lightning {
+            Some(lightning) => {
+                let trusted = lightning
+                    .trusted_peers_0conf
+                    .iter()
+                    .map(|id| {
+                        id.parse()
+                            .with_context(|| format!("lightning.trusted_peers_0conf: {id}"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let settings = ln::LnSettings {
+                    listen: Some(lightning.listen),
+                    trusted_peers_0conf: trusted,
+                };
+                Some(ln::start_node(data_dir, &keys, &config.chain, &settings)?)
+            }
+            None => None,
+        };
         let outlet_cfg = &config.outlet;
         let offer = v1::GetOfferResponse {
             socket_identity_key: keys.identity_key().to_bytes(),
@@ -114,13 +134,20 @@ impl SocketNode {
                     min_payment_sat: outlet_cfg.min_payment_sat,
                     max_amount_sat: match scheme {
                         SchemeName::SingleFee => outlet_cfg.single_fee_max_sat,
-                        SchemeName::Onchain => 0,
+                        SchemeName::Onchain | SchemeName::Lightning => 0,
                     },
                 })
                 .collect(),
             payout_script: payout.script_pubkey().to_bytes(),
-            lightning_node_id: Vec::new(),
-            lightning_address: String::new(),
+            lightning_node_id: ln
+                .as_ref()
+                .map(|n| n.node_id().serialize().to_vec())
+                .unwrap_or_default(),
+            lightning_address: config
+                .lightning
+                .as_ref()
+                .map(|l| l.listen.to_string())
+                .unwrap_or_default(),
         };
         let mut outlet = Outlet::new(OutletParams {
             quota_low: EnergyMwh(outlet_cfg.quota_low_mwh),
@@ -171,8 +198,22 @@ impl SocketNode {
             link_debounce,
             pay_lock: tokio::sync::Mutex::new(()),
             settler: Mutex::new(settle_tx),
+            ln,
             config,
         });
+        if let Some(ln) = node.ln.clone() {
+            let node = Arc::clone(&node);
+            std::thread::Builder::new()
+                .name("lightning-events".into())
+                .spawn(move || loop {
+                    let event = ln.wait_next_event();
+                    node.on_ln_event(&event);
+                    if let Err(e) = ln.event_handled() {
+                        tracing::error!("Lightning event not marked handled: {e}");
+                    }
+                })
+                .context("starting the Lightning event thread")?;
+        }
         {
             let node = Arc::clone(&node);
             std::thread::Builder::new()
@@ -204,6 +245,57 @@ impl SocketNode {
             index: set.index,
             tx: set.seller.latest().cloned(),
         });
+    }
+
+    /// Handle a Lightning event: a payment received for one of our invoices is recorded, then
+    /// credited. ldk-node hands an event again after a crash until it is marked handled; the
+    /// record keyed by payment hash keeps that from crediting twice.
+    fn on_ln_event(&self, event: &ln::ldk_node::Event) {
+        use ln::ldk_node::Event;
+        match event {
+            Event::PaymentReceived {
+                payment_hash,
+                amount_msat,
+                ..
+            } => {
+                let hash = payment_hash.to_string();
+                // Bound first: a store guard in the match scrutinee would live through
+                // `credit`, which takes the store again.
+                let received = self.store().receive_ln_payment(&hash, *amount_msat);
+                match received {
+                    Ok(Some((session_id, quota))) => {
+                        if let Err(e) = self.credit(&session_id, quota, &hash) {
+                            tracing::warn!(%hash, "payment received for a session no longer in progress: {}", e.message());
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::warn!(%hash, amount_msat, "Lightning payment not for an open invoice of ours, or short")
+                    }
+                    Err(e) => tracing::error!(%hash, "recording a Lightning payment: {e}"),
+                }
+            }
+            Event::ChannelPending {
+                counterparty_node_id,
+                funding_txo,
+                ..
+            } => {
+                tracing::info!(peer = %counterparty_node_id, %funding_txo, "Lightning channel pending");
+            }
+            Event::ChannelReady {
+                counterparty_node_id,
+                ..
+            } => {
+                tracing::info!(peer = ?counterparty_node_id, "Lightning channel ready");
+            }
+            Event::ChannelClosed {
+                counterparty_node_id,
+                reason,
+                ..
+            } => {
+                tracing::info!(peer = ?counterparty_node_id, ?reason, "Lightning channel closed");
+            }
+            _ => {}
+        }
     }
 
     /// Credit `quota` to the session in progress: Paid, relay closed.

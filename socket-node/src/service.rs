@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::SchemeName;
 use crate::node::SocketNode;
-use crate::seller::{internal, onchain, single_fee};
+use crate::seller::{internal, lightning, onchain, single_fee};
 use crate::store::StoredTerms;
 
 /// The tonic service over a running [`SocketNode`].
@@ -147,14 +147,19 @@ impl Socket for SocketService {
         // Terms issued but not paid yet are issued again, not doubled.
         let unpaid = {
             let store = node.store();
-            match store
+            let paid_on_chain = store
                 .payment(&session_id, last_payment_id)
                 .map_err(internal)?
-            {
-                Some(payment) if payment.status != "failed" => None,
-                _ => store
+                .is_some_and(|p| p.status != "failed");
+            let paid_over_ln = store
+                .ln_payment_received(&session_id, last_payment_id)
+                .map_err(internal)?;
+            if paid_on_chain || paid_over_ln {
+                None
+            } else {
+                store
                     .terms(&session_id, last_payment_id)
-                    .map_err(internal)?,
+                    .map_err(internal)?
             }
         };
         // Single-fee terms of a set that closed meanwhile (full, aged, or broadcast at a
@@ -171,6 +176,7 @@ impl Socket for SocketService {
             _ => {
                 let terms = match scheme {
                     SchemeName::Onchain => onchain::new_terms(node),
+                    SchemeName::Lightning => lightning::new_terms(node),
                     SchemeName::SingleFee => single_fee::new_terms(
                         node,
                         &mut inner,
@@ -192,6 +198,7 @@ impl Socket for SocketService {
         };
         let reply = match scheme {
             SchemeName::Onchain => onchain::reply(node, session_id, payment_id, terms),
+            SchemeName::Lightning => lightning::reply(node, session_id, payment_id, terms)?,
             SchemeName::SingleFee => {
                 single_fee::reply(node, &inner, session_id, payment_id, terms)?
             }
@@ -234,6 +241,16 @@ impl Socket for SocketService {
             .outlet
             .active_session(session_id)
             .map_err(Status::failed_precondition)?;
+        if node
+            .store()
+            .invoice_of(session_id, payment_id)
+            .map_err(internal)?
+            .is_some()
+        {
+            return Err(Status::invalid_argument(
+                "this payment is a Lightning invoice: pay it over Lightning",
+            ));
+        }
         let reply = match terms.single_fee {
             None => onchain::pay(&node, session_id, payment_id, &request.psbt, terms).await?,
             Some(_) => single_fee::pay(&node, session_id, payment_id, &request.psbt, terms).await?,

@@ -64,6 +64,24 @@ CREATE TABLE IF NOT EXISTS payments (
     PRIMARY KEY (session_id, payment_id),
     FOREIGN KEY (session_id, payment_id) REFERENCES terms(session_id, payment_id)
 );
+CREATE TABLE IF NOT EXISTS ln_invoices (
+    payment_hash TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    payment_id INTEGER NOT NULL,
+    bolt11 TEXT NOT NULL,
+    amount_msat INTEGER NOT NULL,
+    quota_mwh INTEGER NOT NULL,
+    issued_at_unix_ms INTEGER NOT NULL,
+    UNIQUE (session_id, payment_id)
+);
+CREATE TABLE IF NOT EXISTS ln_payments (
+    payment_hash TEXT PRIMARY KEY REFERENCES ln_invoices(payment_hash),
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    payment_id INTEGER NOT NULL,
+    amount_msat INTEGER NOT NULL,
+    quota_mwh INTEGER NOT NULL,
+    received_at_unix_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     at_unix_ms INTEGER NOT NULL,
     outlet_id TEXT NOT NULL,
@@ -229,11 +247,14 @@ impl Store {
         }))
     }
 
-    /// Energy credited to a session and the number of payments behind it.
+    /// Energy credited to a session and the number of payments behind it (on chain and over
+    /// Lightning).
     pub fn credit_of(&self, session_id: &str) -> Result<(EnergyMwh, u64)> {
         self.db.query_row(
-            "SELECT COALESCE(SUM(quota_mwh), 0), COUNT(*) FROM payments
-             WHERE session_id = ?1 AND status != 'failed'",
+            "SELECT COALESCE(SUM(quota_mwh), 0), COUNT(*) FROM (
+                 SELECT quota_mwh FROM payments WHERE session_id = ?1 AND status != 'failed'
+                 UNION ALL
+                 SELECT quota_mwh FROM ln_payments WHERE session_id = ?1)",
             params![session_id],
             |r| {
                 Ok((
@@ -242,6 +263,92 @@ impl Store {
                 ))
             },
         )
+    }
+
+    /// Record a BOLT11 invoice issued for a payment, before it is handed out.
+    pub fn issue_invoice(
+        &self,
+        session_id: &str,
+        payment_id: u64,
+        payment_hash: &str,
+        bolt11: &str,
+        amount_msat: u64,
+        quota: EnergyMwh,
+    ) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO ln_invoices (payment_hash, session_id, payment_id, bolt11, amount_msat,
+                                      quota_mwh, issued_at_unix_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                payment_hash,
+                session_id,
+                payment_id as i64,
+                bolt11,
+                amount_msat as i64,
+                quota.0 as i64,
+                unix_ms()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The invoice issued for a payment, if any.
+    pub fn invoice_of(&self, session_id: &str, payment_id: u64) -> Result<Option<String>> {
+        self.db
+            .query_row(
+                "SELECT bolt11 FROM ln_invoices WHERE session_id = ?1 AND payment_id = ?2",
+                params![session_id, payment_id as i64],
+                |r| r.get(0),
+            )
+            .optional()
+    }
+
+    /// Record a Lightning payment received for an invoice of ours. Returns the session and
+    /// quota to credit, or `None` when the hash is not ours, the amount is short, or it was
+    /// recorded before (so it is never credited twice).
+    pub fn receive_ln_payment(
+        &self,
+        payment_hash: &str,
+        amount_msat: u64,
+    ) -> Result<Option<(String, EnergyMwh)>> {
+        let invoice = self
+            .db
+            .query_row(
+                "SELECT session_id, payment_id, amount_msat, quota_mwh FROM ln_invoices WHERE payment_hash = ?1",
+                params![payment_hash],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)?)),
+            )
+            .optional()?;
+        let Some((session_id, payment_id, expected_msat, quota)) = invoice else {
+            return Ok(None);
+        };
+        if amount_msat < expected_msat {
+            return Ok(None);
+        }
+        let inserted = self.db.execute(
+            "INSERT OR IGNORE INTO ln_payments (payment_hash, session_id, payment_id, amount_msat,
+                                                quota_mwh, received_at_unix_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                payment_hash,
+                session_id,
+                payment_id,
+                amount_msat as i64,
+                quota,
+                unix_ms()
+            ],
+        )?;
+        Ok((inserted == 1).then_some((session_id, EnergyMwh(quota as u64))))
+    }
+
+    /// Whether a payment of a session was received over Lightning.
+    pub fn ln_payment_received(&self, session_id: &str, payment_id: u64) -> Result<bool> {
+        let n: i64 = self.db.query_row(
+            "SELECT COUNT(*) FROM ln_payments WHERE session_id = ?1 AND payment_id = ?2",
+            params![session_id, payment_id as i64],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
     }
 
     /// Record the terms issued for a payment.

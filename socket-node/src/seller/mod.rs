@@ -4,6 +4,7 @@
 //! Every payment is hostile until checked. One that breaks a rule is refused with the reason and
 //! locks the outlet out; one that passes is persisted before it is credited.
 
+pub mod lightning;
 pub mod onchain;
 pub mod single_fee;
 

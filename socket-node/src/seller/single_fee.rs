@@ -112,6 +112,7 @@ pub(crate) fn reply(
         max_amount_sat: set.seller.terms().max.to_sat(),
         inputs: outpoints_to_proto(&set.seller.inputs()),
         fee_sat: set.fee.map_or(0, |f| f.to_sat()),
+        bolt11_invoice: String::new(),
     })
 }
 

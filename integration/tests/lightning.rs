@@ -1,0 +1,222 @@
+//! Lightning (design.md `lightning`; BOLT 2/11 via ldk-node) end to end on a real regtest chain:
+//! the first visit opens a channel and pays each quota as an invoice; the next session reuses
+//! the channel with no on-chain transaction at all; a cable that never pays gets nothing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitcoin::Amount;
+use integration::{CableFiles, CableSetup, SocketProcess, SocketSetup, OUTLET};
+use proto::v1::socket_client::SocketClient;
+use proto::v1::{self, OutletState};
+use regtest::Regtest;
+use serde_json::{json, Value};
+
+/// Mines a block every `every` until dropped, like a real chain would.
+struct Miner(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
+
+impl Miner {
+    fn start(bitcoind: &Regtest, every: Duration) -> Self {
+        let running = Arc::new(AtomicBool::new(true));
+        let (url, cookie) = (bitcoind.rpc_url(), bitcoind.cookie_file().to_owned());
+        let address = bitcoind.faucet().address().to_string();
+        let flag = Arc::clone(&running);
+        let handle = std::thread::spawn(move || {
+            let client =
+                regtest::Client::new_with_auth(&url, regtest::Auth::CookieFile(cookie)).unwrap();
+            while flag.load(Ordering::SeqCst) {
+                std::thread::sleep(every);
+                let _ = client.call::<Value>("generatetoaddress", &[json!(1), json!(address)]);
+            }
+        });
+        Miner(running, Some(handle))
+    }
+}
+
+impl Drop for Miner {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+        if let Some(handle) = self.1.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn lightning_setup() -> SocketSetup {
+    SocketSetup {
+        lightning: true,
+        ..SocketSetup::default()
+    }
+}
+
+fn lightning_cable() -> CableSetup {
+    CableSetup {
+        schemes: vec!["lightning".into()],
+        ..CableSetup::default()
+    }
+}
+
+fn wait_for_standby(socket: &SocketProcess) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while socket.status().map_or(true, |s| !s.session_id.is_empty()) {
+        assert!(Instant::now() < deadline, "the outlet stayed busy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn report(cable: &CableFiles) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(&cable.report).unwrap()).unwrap()
+}
+
+#[test]
+fn the_first_visit_opens_a_channel_and_the_next_session_needs_no_chain() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket =
+        SocketProcess::start(&bitcoind, &dir.path().join("socket"), &lightning_setup()).unwrap();
+    let cable = CableFiles::create(
+        &bitcoind,
+        &dir.path().join("cable"),
+        &socket.endpoint,
+        &lightning_cable(),
+        Amount::from_sat(10_000),
+    )
+    .unwrap();
+    cable
+        .fund_lightning(&bitcoind, Amount::from_sat(300_000))
+        .unwrap();
+
+    // First visit: the channel is opened and confirmed, then the toast is paid over it.
+    let miner = Miner::start(&bitcoind, Duration::from_millis(500));
+    let out = cable.run(Duration::from_secs(180)).unwrap();
+    drop(miner);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        socket.log_text()
+    );
+    let first = report(&cable);
+    assert_eq!(first["outcome"], "appliance done", "{first}");
+    let payments = first["payments"].as_array().unwrap();
+    assert_eq!(payments.len(), 5, "{first}");
+    assert!(
+        payments
+            .iter()
+            .all(|p| p["amount_sat"] == 1_000 && p["latency_ms"].is_u64()),
+        "{first}"
+    );
+    let onchain = first["onchain_txs"].as_array().unwrap();
+    assert_eq!(onchain.len(), 1, "the channel open: {first}");
+    let funding: Value = regtest::rpc(
+        bitcoind.client(),
+        "getrawtransaction",
+        &[onchain[0]["txid"].clone(), json!(1)],
+    )
+    .unwrap();
+    assert!(funding["confirmations"].as_u64().unwrap() >= 1);
+
+    // The socket credited exactly the five invoices it issued, each once.
+    let db = rusqlite::Connection::open(socket.data_dir.join("socket.sqlite")).unwrap();
+    let (received, msat): (i64, i64) = db
+        .query_row(
+            "SELECT COUNT(*), SUM(amount_msat) FROM ln_payments",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((received, msat), (5, 5_000_000));
+
+    // Second session on the same channel: nothing touches the chain.
+    wait_for_standby(&socket);
+    let height: u64 = regtest::rpc(bitcoind.client(), "getblockcount", &[]).unwrap();
+    let out = cable.run(Duration::from_secs(120)).unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        socket.log_text()
+    );
+    let second = report(&cable);
+    assert_eq!(second["payments"].as_array().unwrap().len(), 5, "{second}");
+    assert_eq!(
+        second["onchain_txs"].as_array().unwrap().len(),
+        0,
+        "{second}"
+    );
+    let mempool: Vec<String> = regtest::rpc(bitcoind.client(), "getrawmempool", &[]).unwrap();
+    assert!(mempool.is_empty(), "{mempool:?}");
+    let after: u64 = regtest::rpc(bitcoind.client(), "getblockcount", &[]).unwrap();
+    assert_eq!(after, height);
+    let received: i64 = db
+        .query_row("SELECT COUNT(*) FROM ln_payments", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(received, 10);
+}
+
+#[test]
+fn a_cable_that_never_pays_its_invoice_gets_nothing_and_is_locked_out() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let setup = SocketSetup {
+        time_scale: 1.0,
+        payment_timeout_secs: 2,
+        ..lightning_setup()
+    };
+    let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut client = SocketClient::connect(socket.endpoint.clone())
+            .await
+            .unwrap();
+        let _link = client
+            .watch_status(v1::WatchStatusRequest {
+                outlet_id: OUTLET.into(),
+            })
+            .await
+            .unwrap();
+        let terms = client
+            .power_request(v1::PowerRequestRequest {
+                outlet_id: OUTLET.into(),
+                scheme: v1::Scheme::Lightning as i32,
+                session_id: String::new(),
+                max_amount_sat: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(terms.bolt11_invoice.starts_with("lnbcrt"), "{terms:?}");
+        assert_eq!(terms.amount_msat, 1_000_000);
+        // An on-chain "payment" of a Lightning quota is refused without credit.
+        let refused = client
+            .pay_transaction(v1::PayTransactionRequest {
+                session_id: terms.session_id.clone(),
+                payment_id: terms.payment_id,
+                psbt: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            let status = client
+                .get_status(v1::GetStatusRequest {
+                    outlet_id: OUTLET.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(
+                !status.relay_closed,
+                "the relay closed for an unpaid invoice"
+            );
+            if status.state == OutletState::Lockout as i32 || Instant::now() > deadline {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(status.state, OutletState::Lockout as i32, "{status:?}");
+        assert!(status.reason.contains("no payment"), "{}", status.reason);
+    });
+}
