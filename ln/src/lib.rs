@@ -75,10 +75,12 @@ pub fn start_node(
     settings: &LnSettings,
 ) -> Result<Arc<Node>, LnError> {
     let (host, port, user, password) = rpc_credentials(chain)?;
-    let mut config = Config::default();
-    config.network = keys.network();
-    config.storage_dir_path = data_dir.join("ln").display().to_string();
-    config.trusted_peers_0conf = settings.trusted_peers_0conf.clone();
+    let config = Config {
+        network: keys.network(),
+        storage_dir_path: data_dir.join("ln").display().to_string(),
+        trusted_peers_0conf: settings.trusted_peers_0conf.clone(),
+        ..Config::default()
+    };
     let mut builder = Builder::from_config(config);
     builder.set_entropy_bip39_mnemonic(keys.mnemonic().clone(), Some(LN_PASSPHRASE.to_owned()));
     builder.set_chain_source_bitcoind_rpc(host, port, user, password);

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 #[command(version)]
 struct Args {
     /// How the cable pays.
-    #[arg(long, value_enum, default_value_t = SchemeArg::Both)]
+    #[arg(long, value_enum, default_value_t = SchemeArg::All)]
     scheme: SchemeArg,
     /// The appliance: `toaster` (1300 W, 40 Wh a batch), `constant:WATTS`, or `trace:FILE.csv`
     /// (rows `t_s,power_w`).
@@ -57,8 +57,10 @@ enum SchemeArg {
     Onchain,
     /// Rising payments over the same inputs, one transaction per input set (paper §VI).
     SingleFee,
-    /// Both, one after the other, compared.
-    Both,
+    /// BOLT11 invoices over a Lightning channel: a first visit, then a second on the same channel.
+    Lightning,
+    /// All of them, one after the other, compared.
+    All,
 }
 
 fn load_toml(load: &str) -> anyhow::Result<String> {
@@ -87,6 +89,35 @@ struct Summary {
     paid_sat: u64,
     fees_sat: u64,
     vbytes: u64,
+    latency: Option<String>,
+}
+
+/// Fee, vsize and block height of a transaction, as the chain has it.
+fn on_chain(bitcoind: &Regtest, txid: &str) -> anyhow::Result<(u64, u64, String)> {
+    let tx: Value = regtest::rpc(
+        bitcoind.client(),
+        "getrawtransaction",
+        &[json!(txid), json!(2)],
+    )?;
+    let fee = Amount::from_btc(tx["fee"].as_f64().unwrap_or(0.0)).map_or(0, |a| a.to_sat());
+    let height = match tx["blockhash"].as_str() {
+        Some(hash) => {
+            let header: Value = regtest::rpc(bitcoind.client(), "getblockheader", &[json!(hash)])?;
+            header["height"].to_string()
+        }
+        None => "-".into(),
+    };
+    Ok((fee, tx["vsize"].as_u64().unwrap_or(0), height))
+}
+
+/// "p50 / p90" of latencies in ms.
+fn percentiles(mut latencies: Vec<u64>) -> Option<String> {
+    if latencies.is_empty() {
+        return None;
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    Some(format!("{} ms / {} ms", at(0.5), at(0.9)))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,7 +136,12 @@ fn main() -> anyhow::Result<()> {
     let schemes: &[&'static str] = match args.scheme {
         SchemeArg::Onchain => &["onchain"],
         SchemeArg::SingleFee => &["single-fee"],
-        SchemeArg::Both => &["onchain", "single-fee"],
+        SchemeArg::Lightning => &["lightning", "lightning again"],
+        SchemeArg::All => &["onchain", "single-fee", "lightning", "lightning again"],
+    };
+    let setup = SocketSetup {
+        lightning: schemes.iter().any(|s| s.starts_with("lightning")),
+        ..setup
     };
 
     println!("starting a regtest bitcoind...");
@@ -121,20 +157,25 @@ fn main() -> anyhow::Result<()> {
         dir.path().display()
     );
     let mut summaries = Vec::new();
+    let mut lightning_cable = None;
     for scheme in schemes {
+        let dir = dir.path().join(scheme.replace(' ', "-"));
         summaries.push(session(
             &args,
             &bitcoind,
             &socket,
-            &dir.path().join(scheme),
+            &dir,
             scheme,
+            &mut lightning_cable,
         )?);
     }
     if summaries.len() > 1 {
-        println!("\nper session       | payments | on-chain txs | to socket |     fees | vbytes | fees / paid");
+        println!(
+            "\nper session       | payments | on-chain txs | to socket | on-chain fees | vbytes | fees / paid | payment latency p50 / p90"
+        );
         for s in &summaries {
             println!(
-                " {:<16} | {:>8} | {:>12} | {:>5} sat | {:>4} sat | {:>6} | {:>10.1}%",
+                " {:<16} | {:>8} | {:>12} | {:>5} sat | {:>9} sat | {:>6} | {:>10.1}% | {}",
                 s.scheme,
                 s.payments,
                 s.transactions,
@@ -145,7 +186,8 @@ fn main() -> anyhow::Result<()> {
                     s.fees_sat as f64 * 100.0 / s.paid_sat as f64
                 } else {
                     0.0
-                }
+                },
+                s.latency.clone().unwrap_or_else(|| "-".into())
             );
         }
     }
@@ -160,6 +202,7 @@ fn session(
     socket: &SocketProcess,
     dir: &Path,
     scheme: &'static str,
+    lightning_cable: &mut Option<CableFiles>,
 ) -> anyhow::Result<Summary> {
     // Wait for the outlet to be free (the previous cable's unplug is debounced).
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -167,20 +210,35 @@ fn session(
         anyhow::ensure!(Instant::now() < deadline, "the outlet stayed busy");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let cable = CableFiles::create(
-        bitcoind,
-        dir,
-        &socket.endpoint,
-        &CableSetup {
-            schemes: vec![scheme.into()],
-            ..CableSetup::default()
-        },
-        Amount::from_sat(args.cable_funds_sat),
-    )?;
-    println!(
-        "\n== {scheme}: cable funded with {} sat, plugging in",
-        args.cable_funds_sat
-    );
+    let cable = match (scheme, lightning_cable.take()) {
+        // The second Lightning visit is the same cable, on the channel it opened.
+        ("lightning again", Some(cable)) => cable,
+        _ => {
+            let wire_scheme = scheme.trim_end_matches(" again");
+            let cable = CableFiles::create(
+                bitcoind,
+                dir,
+                &socket.endpoint,
+                &CableSetup {
+                    schemes: vec![wire_scheme.into()],
+                    ..CableSetup::default()
+                },
+                Amount::from_sat(args.cable_funds_sat),
+            )?;
+            if wire_scheme == "lightning" {
+                cable.fund_lightning(bitcoind, Amount::from_sat(300_000))?;
+            }
+            cable
+        }
+    };
+    if scheme == "lightning again" {
+        println!("\n== {scheme}: the same cable plugs in again, on the channel it opened");
+    } else {
+        println!(
+            "\n== {scheme}: cable funded with {} sat, plugging in",
+            args.cable_funds_sat
+        );
+    }
 
     let mining = Arc::new(AtomicBool::new(true));
     let miner = {
@@ -249,39 +307,39 @@ fn session(
         " {:>3} | {:<64} | {:>5} | {:>9} | {:>8} | {:>6}",
         "#", "txid", "block", "to socket", "fee", "vbytes"
     );
+    let latencies: Vec<u64> = report["payments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["latency_ms"].as_u64())
+        .collect();
     let mut summary = Summary {
         scheme,
         payments,
         transactions: transactions.len(),
-        paid_sat: 0,
+        paid_sat: report["payments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["amount_sat"].as_u64())
+            .sum(),
         fees_sat: 0,
         vbytes: 0,
+        latency: percentiles(latencies),
     };
     for (i, t) in transactions.iter().enumerate() {
         let txid = t["txid"].as_str().unwrap_or_default();
-        let tx: Value = regtest::rpc(
-            bitcoind.client(),
-            "getrawtransaction",
-            &[json!(txid), json!(1)],
-        )?;
-        let height = match tx["blockhash"].as_str() {
-            Some(hash) => {
-                let header: Value =
-                    regtest::rpc(bitcoind.client(), "getblockheader", &[json!(hash)])?;
-                header["height"].to_string()
-            }
-            None => "-".into(),
-        };
-        let (amount, fee, size) = (
-            t["amount_sat"].as_u64().unwrap_or(0),
-            t["fee_sat"].as_u64().unwrap_or(0),
-            t["vsize"].as_u64().unwrap_or(0),
-        );
-        summary.paid_sat += amount;
+        let (fee, size, height) = on_chain(bitcoind, txid)?;
+        let amount = t["amount_sat"].as_u64().unwrap_or(0);
         summary.fees_sat += fee;
         summary.vbytes += size;
+        let what = if scheme.starts_with("lightning") {
+            "channel open"
+        } else {
+            ""
+        };
         println!(
-            " {:>3} | {txid:<64} | {height:>5} | {amount:>5} sat | {fee:>3} sat | {size:>6}",
+            " {:>3} | {txid:<64} | {height:>5} | {amount:>6} sat | {fee:>4} sat | {size:>6} {what}",
             i + 1
         );
     }
@@ -294,9 +352,17 @@ fn session(
         summary.vbytes
     );
     println!(
-        "energy metered {:.3} Wh; plug-in to relay closed {} ms",
+        "energy metered {:.3} Wh; plug-in to relay closed {} ms{}",
         report["energy_used_mwh"].as_u64().unwrap_or(0) as f64 / 1000.0,
-        report["plug_in_to_paid_ms"]
+        report["plug_in_to_paid_ms"],
+        summary
+            .latency
+            .as_ref()
+            .map(|l| format!("; payment latency p50 / p90: {l}"))
+            .unwrap_or_default()
     );
+    if scheme == "lightning" {
+        *lightning_cable = Some(cable);
+    }
     Ok(summary)
 }
