@@ -1,0 +1,287 @@
+//! A cheating Lightning socket: a hand-made `t2t.v1.Socket` with a real ldk-node of its own,
+//! against the real `cable-node`. Each invoice that breaks a rule is refused before anything is
+//! paid (design.md "Trust"; BOLT 11).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bitcoin::{Amount, Network};
+use integration::{free_port, CableFiles, CableSetup, OUTLET};
+use ln::ldk_node::lightning_invoice::{Bolt11InvoiceDescription, Description};
+use ln::ldk_node::payment::PaymentDirection;
+use ln::ldk_node::Node;
+use proto::v1::socket_server::{Socket, SocketServer};
+use proto::v1::{self, OutletState};
+use regtest::Regtest;
+use serde_json::{json, Value};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use wallet::chain::ChainConfig;
+use wallet::keys::NodeKeys;
+
+#[derive(Clone, Copy, Debug)]
+enum Cheat {
+    /// The invoice asks more than price × quota.
+    MoreThanPrice,
+    /// The invoice pays another node than the offer's.
+    OtherPayee,
+    /// After one honest payment, the same invoice again for the next quota.
+    AlreadyPaid,
+}
+
+struct FakeSocket {
+    cheat: Cheat,
+    ln: Arc<Node>,
+    address: String,
+    stranger: Arc<Node>,
+    issued: Mutex<Vec<String>>,
+    events: tokio::sync::broadcast::Sender<v1::WatchStatusResponse>,
+}
+
+fn invoice(node: &Node, msat: u64) -> String {
+    let description = Bolt11InvoiceDescription::Direct(Description::new("quota".into()).unwrap());
+    node.bolt11_payment()
+        .receive(msat, &description, 600)
+        .unwrap()
+        .to_string()
+}
+
+#[tonic::async_trait]
+impl Socket for FakeSocket {
+    async fn get_offer(
+        &self,
+        _: Request<v1::GetOfferRequest>,
+    ) -> Result<Response<v1::GetOfferResponse>, Status> {
+        Ok(Response::new(v1::GetOfferResponse {
+            socket_identity_key: vec![2; 33],
+            outlet_id: OUTLET.into(),
+            network: v1::Network::Regtest as i32,
+            price_msat_per_wh: 125_000,
+            quota_mwh: 8_000,
+            schemes: vec![v1::SchemeTerms {
+                scheme: v1::Scheme::Lightning as i32,
+                min_payment_sat: 1,
+                max_amount_sat: 0,
+            }],
+            lightning_node_id: self.ln.node_id().serialize().to_vec(),
+            lightning_address: self.address.clone(),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_status(
+        &self,
+        _: Request<v1::GetStatusRequest>,
+    ) -> Result<Response<v1::GetStatusResponse>, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
+
+    type WatchStatusStream = ReceiverStream<Result<v1::WatchStatusResponse, Status>>;
+
+    async fn watch_status(
+        &self,
+        _: Request<v1::WatchStatusRequest>,
+    ) -> Result<Response<Self::WatchStatusStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let mut events = self.events.subscribe();
+        tokio::spawn(async move {
+            while let Ok(event) = events.recv().await {
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn power_request(
+        &self,
+        _: Request<v1::PowerRequestRequest>,
+    ) -> Result<Response<v1::PowerRequestResponse>, Status> {
+        let mut issued = self.issued.lock().unwrap();
+        let bolt11 = match (self.cheat, issued.first()) {
+            (Cheat::MoreThanPrice, _) => invoice(&self.ln, 2_000_000),
+            (Cheat::OtherPayee, _) => invoice(&self.stranger, 1_000_000),
+            (Cheat::AlreadyPaid, Some(paid)) => paid.clone(),
+            (Cheat::AlreadyPaid, None) => invoice(&self.ln, 1_000_000),
+        };
+        issued.push(bolt11.clone());
+        let payment_id = issued.len() as u64;
+        if payment_id == 1 {
+            // Once the first invoice is paid, say so and ask for the next quota.
+            let events = self.events.clone();
+            let ln = Arc::clone(&self.ln);
+            tokio::spawn(async move {
+                for _ in 0..600 {
+                    if ln.list_payments().iter().any(|p| {
+                        p.direction == PaymentDirection::Inbound
+                            && p.status == ln::ldk_node::payment::PaymentStatus::Succeeded
+                    }) {
+                        let status = v1::GetStatusResponse {
+                            outlet_id: OUTLET.into(),
+                            state: OutletState::Paid as i32,
+                            session_id: "fake".into(),
+                            power_mw: 1_300_000,
+                            relay_closed: true,
+                            payments: 1,
+                            ..Default::default()
+                        };
+                        let _ = events.send(v1::WatchStatusResponse {
+                            event: Some(v1::watch_status_response::Event::Status(status)),
+                        });
+                        let _ = events.send(v1::WatchStatusResponse {
+                            event: Some(v1::watch_status_response::Event::QuotaLow(v1::QuotaLow {
+                                quota_remaining_mwh: 500,
+                                power_mw: 1_300_000,
+                            })),
+                        });
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
+        Ok(Response::new(v1::PowerRequestResponse {
+            session_id: "fake".into(),
+            payment_id,
+            scheme: v1::Scheme::Lightning as i32,
+            amount_msat: 1_000_000,
+            quota_mwh: 8_000,
+            bolt11_invoice: bolt11,
+            ..Default::default()
+        }))
+    }
+
+    async fn pay_transaction(
+        &self,
+        _: Request<v1::PayTransactionRequest>,
+    ) -> Result<Response<v1::PayTransactionResponse>, Status> {
+        Err(Status::unimplemented("invoices are paid over Lightning"))
+    }
+}
+
+fn ln_node(
+    bitcoind: &Regtest,
+    dir: &std::path::Path,
+    listen: Option<std::net::SocketAddr>,
+) -> Arc<Node> {
+    let keys = NodeKeys::load_or_create(dir, Network::Regtest).unwrap();
+    let chain = ChainConfig {
+        rpc_url: bitcoind.rpc_url(),
+        cookie_file: bitcoind.cookie_file().to_owned(),
+    };
+    ln::start_node(
+        dir,
+        &keys,
+        &chain,
+        &ln::LnSettings {
+            listen,
+            ..ln::LnSettings::default()
+        },
+    )
+    .unwrap()
+}
+
+fn inbound_succeeded(node: &Node) -> usize {
+    node.list_payments()
+        .iter()
+        .filter(|p| {
+            p.direction == PaymentDirection::Inbound
+                && p.status == ln::ldk_node::payment::PaymentStatus::Succeeded
+        })
+        .count()
+}
+
+#[test]
+fn the_cable_refuses_cheating_invoices() {
+    let bitcoind = Regtest::start().unwrap();
+    let mining = Arc::new(AtomicBool::new(true));
+    let miner = {
+        let (url, cookie, address) = (
+            bitcoind.rpc_url(),
+            bitcoind.cookie_file().to_owned(),
+            bitcoind.faucet().address().to_string(),
+        );
+        let mining = Arc::clone(&mining);
+        std::thread::spawn(move || {
+            let client =
+                regtest::Client::new_with_auth(&url, regtest::Auth::CookieFile(cookie)).unwrap();
+            while mining.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(500));
+                let _ = client.call::<Value>("generatetoaddress", &[json!(1), json!(address)]);
+            }
+        })
+    };
+    let (fake_dir, stranger_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
+        .parse()
+        .unwrap();
+    let fake_ln = ln_node(&bitcoind, fake_dir.path(), Some(listen));
+    let stranger = ln_node(&bitcoind, stranger_dir.path(), None);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    for (cheat, reason, paid) in [
+        (Cheat::MoreThanPrice, "not price x quota", 0),
+        (Cheat::OtherPayee, "not the offer's", 0),
+        (Cheat::AlreadyPaid, "already paid", 1),
+    ] {
+        let before = inbound_succeeded(&fake_ln);
+        let port = free_port().unwrap();
+        let (events, _) = tokio::sync::broadcast::channel(16);
+        let fake = FakeSocket {
+            cheat,
+            ln: Arc::clone(&fake_ln),
+            address: listen.to_string(),
+            stranger: Arc::clone(&stranger),
+            issued: Mutex::default(),
+            events,
+        };
+        let server = runtime.spawn(
+            tonic::transport::Server::builder()
+                .add_service(SocketServer::new(fake))
+                .serve(format!("127.0.0.1:{port}").parse().unwrap()),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let cable = CableFiles::create(
+            &bitcoind,
+            dir.path(),
+            &format!("http://127.0.0.1:{port}"),
+            &CableSetup {
+                schemes: vec!["lightning".into()],
+                ..CableSetup::default()
+            },
+            Amount::from_sat(10_000),
+        )
+        .unwrap();
+        cable
+            .fund_lightning(&bitcoind, Amount::from_sat(300_000))
+            .unwrap();
+        let out = cable.run(Duration::from_secs(120)).unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "{cheat:?}: the cable should refuse:\n{log}"
+        );
+        assert!(log.contains("refused the socket"), "{cheat:?}:\n{log}");
+        assert!(
+            log.contains(reason),
+            "{cheat:?}: expected {reason:?} in:\n{log}"
+        );
+        assert_eq!(
+            inbound_succeeded(&fake_ln) - before,
+            paid,
+            "{cheat:?}: paid what it should not"
+        );
+        assert_eq!(
+            inbound_succeeded(&stranger),
+            0,
+            "{cheat:?}: the stranger was paid"
+        );
+        server.abort();
+    }
+    mining.store(false, Ordering::SeqCst);
+    miner.join().unwrap();
+    fake_ln.stop().unwrap();
+    stranger.stop().unwrap();
+}
