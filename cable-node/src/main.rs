@@ -50,6 +50,43 @@ enum Command {
     },
     /// Print the wallet's balance (syncs with bitcoind first).
     Balance,
+    /// List the Lightning channels: peer, capacity, what the cable can still send, state.
+    Channels,
+    /// Open a Lightning channel to the configured socket (if it has none usable) and wait
+    /// until it can be used.
+    OpenChannel,
+    /// Close the Lightning channels: cooperatively, or with --force when the peer is gone (the
+    /// cable's funds return on chain after the channel's to_self_delay).
+    CloseChannel {
+        /// Broadcast our latest commitment instead of negotiating a close.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Run `f` with the cable's Lightning node, stopped afterwards.
+fn with_lightning<T>(
+    cli: &Cli,
+    config: &CableConfig,
+    f: impl FnOnce(&std::sync::Arc<ln::ldk_node::Node>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    std::fs::create_dir_all(&cli.data_dir)
+        .with_context(|| format!("creating {}", cli.data_dir.display()))?;
+    let keys = NodeKeys::load_or_create(&cli.data_dir, config.network)?;
+    let node = tokio::task::block_in_place(|| {
+        ln::start_node(
+            &cli.data_dir,
+            &keys,
+            &config.chain,
+            &ln::LnSettings::default(),
+        )
+    })?;
+    let result = tokio::task::block_in_place(|| {
+        let _ = node.sync_wallets();
+        f(&node)
+    });
+    let _ = tokio::task::block_in_place(|| node.stop());
+    result
 }
 
 fn init_logs(json: bool) {
@@ -121,6 +158,85 @@ async fn run(cli: Cli) -> Result<(), CableError> {
             let qr = QrCode::new(format!("bitcoin:{address}").as_bytes()).context("QR code")?;
             println!("{}", qr.render::<Dense1x2>().quiet_zone(true).build());
             println!("{address}");
+        }
+        Command::Channels => {
+            with_lightning(&cli, &config, |node| {
+                let channels = node.list_channels();
+                if channels.is_empty() {
+                    println!("no channels");
+                }
+                for c in channels {
+                    println!(
+                        "{} peer {} capacity {} sat, can send {} msat, {}",
+                        c.channel_id,
+                        c.counterparty_node_id,
+                        c.channel_value_sats,
+                        c.outbound_capacity_msat,
+                        if c.is_usable {
+                            "usable"
+                        } else if c.is_channel_ready {
+                            "ready, peer offline"
+                        } else {
+                            "pending"
+                        }
+                    );
+                }
+                let balances = node.list_balances();
+                println!(
+                    "Lightning wallet on chain: {} sat spendable",
+                    balances.spendable_onchain_balance_sats
+                );
+                Ok(())
+            })?;
+        }
+        Command::OpenChannel => {
+            let mut client = proto::v1::socket_client::SocketClient::connect(config.socket.clone())
+                .await
+                .with_context(|| format!("no socket answers at {}", config.socket))?;
+            let offer = client
+                .get_offer(proto::v1::GetOfferRequest {
+                    outlet_id: config.outlet_id.clone(),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("GetOffer: {}", s.message()))?
+                .into_inner();
+            let (peer, address) =
+                cable_node::lightning::peer_of(&offer.lightning_node_id, &offer.lightning_address)?;
+            let settings = config.lightning.clone();
+            with_lightning(&cli, &config, |node| {
+                match cable_node::lightning::ensure_channel(node, peer, address, 0, &settings)? {
+                    Some(txid) => println!("channel opened in {txid} and usable"),
+                    None => println!("a usable channel to {peer} exists"),
+                }
+                Ok(())
+            })?;
+        }
+        Command::CloseChannel { force } => {
+            with_lightning(&cli, &config, |node| {
+                let channels = node.list_channels();
+                if channels.is_empty() {
+                    println!("no channels to close");
+                }
+                for c in channels {
+                    if force {
+                        node.force_close_channel(
+                            &c.user_channel_id,
+                            c.counterparty_node_id,
+                            Some("closed by its owner".into()),
+                        )
+                        .with_context(|| format!("force-closing {}", c.channel_id))?;
+                        println!(
+                            "{} force-closed; the funds return after the to_self_delay",
+                            c.channel_id
+                        );
+                    } else {
+                        node.close_channel(&c.user_channel_id, c.counterparty_node_id)
+                            .with_context(|| format!("closing {}", c.channel_id))?;
+                        println!("{} closing", c.channel_id);
+                    }
+                }
+                Ok(())
+            })?;
         }
         Command::Balance => {
             let data_dir = cli.data_dir.clone();

@@ -220,3 +220,73 @@ fn a_cable_that_never_pays_its_invoice_gets_nothing_and_is_locked_out() {
         assert!(status.reason.contains("no payment"), "{}", status.reason);
     });
 }
+
+#[test]
+fn a_cable_whose_socket_is_gone_force_closes_and_gets_its_funds_back_on_chain() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut socket =
+        SocketProcess::start(&bitcoind, &dir.path().join("socket"), &lightning_setup()).unwrap();
+    let cable = CableFiles::create(
+        &bitcoind,
+        &dir.path().join("cable"),
+        &socket.endpoint,
+        &lightning_cable(),
+        Amount::from_sat(10_000),
+    )
+    .unwrap();
+    cable
+        .fund_lightning(&bitcoind, Amount::from_sat(300_000))
+        .unwrap();
+    let miner = Miner::start(&bitcoind, Duration::from_millis(500));
+    let out = cable.run(Duration::from_secs(180)).unwrap();
+    drop(miner);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The socket is gone for good; the cable closes on its own.
+    socket.kill();
+    let close = std::process::Command::new(integration::binary("cable-node").unwrap())
+        .arg("--config")
+        .arg(&cable.config)
+        .arg("--data-dir")
+        .arg(&cable.data_dir)
+        .args(["close-channel", "--force"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&close.stdout);
+    assert!(
+        close.status.success() && said.contains("force-closed"),
+        "{said}{}",
+        String::from_utf8_lossy(&close.stderr)
+    );
+
+    // Its own funds are locked for the to_self_delay (144 blocks), then swept to its wallet.
+    let keys =
+        wallet::keys::NodeKeys::load_or_create(&cable.data_dir, bitcoin::Network::Regtest).unwrap();
+    let chain = wallet::chain::ChainConfig {
+        rpc_url: bitcoind.rpc_url(),
+        cookie_file: bitcoind.cookie_file().to_owned(),
+    };
+    let node = ln::start_node(&cable.data_dir, &keys, &chain, &ln::LnSettings::default()).unwrap();
+    node.sync_wallets().unwrap();
+    let before = node.list_balances().spendable_onchain_balance_sats;
+    bitcoind.mine(150).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let after = loop {
+        node.sync_wallets().unwrap();
+        let balance = node.list_balances().spendable_onchain_balance_sats;
+        if balance > before + 90_000 || Instant::now() > deadline {
+            break balance;
+        }
+        bitcoind.mine(1).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // 100 000 sat in the channel, 5 000 paid to the socket, the rest (less fees) back.
+    assert!(after > before + 90_000, "before {before}, after {after}");
+    assert!(node.list_channels().is_empty());
+    node.stop().unwrap();
+}
