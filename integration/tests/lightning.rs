@@ -290,3 +290,91 @@ fn a_cable_whose_socket_is_gone_force_closes_and_gets_its_funds_back_on_chain() 
     assert!(node.list_channels().is_empty());
     node.stop().unwrap();
 }
+
+#[test]
+fn both_nodes_killed_mid_session_carry_on_and_nothing_is_paid_twice() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let setup = SocketSetup {
+        load_toml: "kind = \"constant\"\npower_w = 1300.0".into(),
+        link_debounce_ms: 10_000,
+        ..lightning_setup()
+    };
+    let mut socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
+    let cable = CableFiles::create(
+        &bitcoind,
+        &dir.path().join("cable"),
+        &socket.endpoint,
+        &CableSetup {
+            max_session_sat: 6_000,
+            ..lightning_cable()
+        },
+        Amount::from_sat(10_000),
+    )
+    .unwrap();
+    cable
+        .fund_lightning(&bitcoind, Amount::from_sat(300_000))
+        .unwrap();
+    let miner = Miner::start(&bitcoind, Duration::from_millis(500));
+    let mut child = cable.spawn_run().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let session = loop {
+        let status = socket.status().unwrap();
+        if status.payments >= 2 {
+            break status.session_id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no second payment:\n{}",
+            socket.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(miner);
+
+    // A power cut takes both down at once.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    socket.kill();
+    socket.restart().unwrap();
+    let mut child = cable.spawn_run().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the cable never finished");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(&cable.log).unwrap();
+    assert!(status.success(), "{log}\n{}", socket.log_text());
+    assert!(log.contains("resuming the session"), "{log}");
+    let report = report(&cable);
+    assert_eq!(report["session_id"], json!(session));
+    assert_eq!(report["outcome"], "session budget spent", "{report}");
+
+    // Six quotas, six invoices, each paid and credited once; both sides agree on the sum.
+    let socket_db = rusqlite::Connection::open(socket.data_dir.join("socket.sqlite")).unwrap();
+    let (received, msat, hashes): (i64, i64, i64) = socket_db
+        .query_row(
+            "SELECT COUNT(*), SUM(amount_msat), COUNT(DISTINCT payment_hash) FROM ln_payments WHERE session_id = ?1",
+            [&session],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((received, msat, hashes), (6, 6_000_000, 6));
+    let cable_db = rusqlite::Connection::open(cable.data_dir.join("cable.sqlite")).unwrap();
+    let (paid, paid_msat): (i64, i64) = cable_db
+        .query_row(
+            "SELECT COUNT(*), SUM(amount_msat) FROM ln_payments WHERE session_id = ?1 AND status = 'paid'",
+            [&session],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((paid, paid_msat), (6, 6_000_000));
+    let mempool: Vec<String> = regtest::rpc(bitcoind.client(), "getrawmempool", &[]).unwrap();
+    assert!(
+        mempool.is_empty(),
+        "the restart touched the chain: {mempool:?}"
+    );
+}
