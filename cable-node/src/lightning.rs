@@ -78,6 +78,9 @@ pub fn ensure_channel(
         .iter()
         .any(|c| c.counterparty_node_id == peer)
     {
+        // A node just started has not synced its on-chain wallet yet: a confirmed deposit
+        // would read as nothing.
+        ln.sync_wallets().context("syncing the Lightning wallet")?;
         let spendable = ln.list_balances().spendable_onchain_balance_sats;
         if spendable < settings.channel_sat {
             bail!(
