@@ -430,3 +430,89 @@ pub fn funding_address(data_dir: &Path) -> anyhow::Result<Address> {
     let mut wallet = NodeWallet::open(data_dir, &keys)?;
     Ok(wallet.receive_address(0)?)
 }
+
+/// Mines a block every `every` on a thread until dropped, as a live chain would.
+pub struct Miner(
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    Option<std::thread::JoinHandle<()>>,
+);
+
+impl Miner {
+    /// Start mining on `bitcoind` every `every`.
+    pub fn start(bitcoind: &Regtest, every: Duration) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let running = std::sync::Arc::new(AtomicBool::new(true));
+        let (url, cookie) = (bitcoind.rpc_url(), bitcoind.cookie_file().to_owned());
+        let address = bitcoind.faucet().address().to_string();
+        let flag = std::sync::Arc::clone(&running);
+        let handle = std::thread::spawn(move || {
+            let Ok(client) =
+                regtest::Client::new_with_auth(&url, regtest::Auth::CookieFile(cookie))
+            else {
+                return;
+            };
+            while flag.load(Ordering::SeqCst) {
+                std::thread::sleep(every);
+                let _ = client.call::<serde_json::Value>(
+                    "generatetoaddress",
+                    &[serde_json::json!(1), serde_json::json!(address)],
+                );
+            }
+        });
+        Miner(running, Some(handle))
+    }
+}
+
+impl Drop for Miner {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Some(handle) = self.1.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Wait until `done`, failing after `limit` with what was awaited.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A wallet a test pays from by hand, as a cheating cable would.
+pub struct Payer {
+    /// The wallet.
+    pub wallet: NodeWallet,
+    /// Its bitcoind.
+    pub chain: wallet::chain::Chain,
+    _dir: tempfile::TempDir,
+}
+
+/// A fresh wallet funded with `coins` confirmed coins of `sats` each, synced.
+pub fn funded_payer(bitcoind: &Regtest, coins: u32, sats: u64) -> Payer {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = NodeKeys::load_or_create(dir.path(), Network::Regtest).expect("keys");
+    let mut wallet = NodeWallet::open(dir.path(), &keys).expect("wallet");
+    for index in 0..coins {
+        let address = wallet.receive_address(index).expect("address");
+        bitcoind
+            .fund(&address, Amount::from_sat(sats))
+            .expect("funding");
+    }
+    let chain = wallet::chain::Chain::connect(
+        &wallet::chain::ChainConfig {
+            rpc_url: bitcoind.rpc_url(),
+            cookie_file: bitcoind.cookie_file().to_owned(),
+        },
+        Network::Regtest,
+    )
+    .expect("bitcoind");
+    wallet.sync(&chain).expect("sync");
+    Payer {
+        wallet,
+        chain,
+        _dir: dir,
+    }
+}

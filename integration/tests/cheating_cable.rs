@@ -8,15 +8,12 @@ use std::time::{Duration, Instant};
 
 use bitcoin::hashes::Hash;
 use bitcoin::psbt::Psbt;
-use bitcoin::{Amount, FeeRate, Network, ScriptBuf, Txid};
-use integration::{SocketProcess, SocketSetup, OUTLET};
+use bitcoin::{Amount, FeeRate, ScriptBuf, Txid};
+use integration::{funded_payer, Payer, SocketProcess, SocketSetup, OUTLET};
 use proto::v1::socket_client::SocketClient;
 use proto::v1::{self, OutletState};
 use regtest::Regtest;
 use tonic::transport::Channel;
-use wallet::chain::{Chain, ChainConfig};
-use wallet::keys::NodeKeys;
-use wallet::onchain::NodeWallet;
 
 #[derive(Clone, Copy, Debug)]
 enum Cheat {
@@ -28,46 +25,18 @@ enum Cheat {
     WrongNetwork,
 }
 
-struct Payer {
-    wallet: NodeWallet,
-    chain: Chain,
-    _dir: tempfile::TempDir,
-}
-
-fn funded_payer(bitcoind: &Regtest, sats: u64) -> Payer {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = NodeKeys::load_or_create(dir.path(), Network::Regtest).unwrap();
-    let mut wallet = NodeWallet::open(dir.path(), &keys).unwrap();
-    let address = wallet.receive_address(0).unwrap();
-    bitcoind.fund(&address, Amount::from_sat(sats)).unwrap();
-    let chain = Chain::connect(
-        &ChainConfig {
-            rpc_url: bitcoind.rpc_url(),
-            cookie_file: bitcoind.cookie_file().to_owned(),
-        },
-        Network::Regtest,
-    )
-    .unwrap();
-    wallet.sync(&chain).unwrap();
-    Payer {
-        wallet,
-        chain,
-        _dir: dir,
-    }
-}
-
-impl Payer {
-    fn psbt(&mut self, to: &ScriptBuf, amount: Amount) -> Psbt {
-        self.wallet
-            .pay(
-                to,
-                amount,
-                FeeRate::from_sat_per_vb(2).unwrap(),
-                Amount::from_sat(5_000),
-            )
-            .unwrap()
-            .psbt
-    }
+/// A signed payment of `amount` to `to` from `payer`'s wallet.
+fn signed(payer: &mut Payer, to: &ScriptBuf, amount: Amount) -> Psbt {
+    payer
+        .wallet
+        .pay(
+            to,
+            amount,
+            FeeRate::from_sat_per_vb(2).unwrap(),
+            Amount::from_sat(5_000),
+        )
+        .unwrap()
+        .psbt
 }
 
 /// The PSBT a cheating cable sends for `terms`.
@@ -80,23 +49,21 @@ fn crafted(
     let payout = ScriptBuf::from_bytes(terms.payout_script.clone());
     let amount = Amount::from_sat(terms.amount_msat / 1_000);
     match cheat {
-        Cheat::PaysLess => payer
-            .psbt(&payout, amount - Amount::from_sat(1))
-            .serialize(),
+        Cheat::PaysLess => signed(payer, &payout, amount - Amount::from_sat(1)).serialize(),
         Cheat::PaysItself => {
             let own = payer.wallet.receive_address(1).unwrap().script_pubkey();
-            payer.psbt(&own, amount).serialize()
+            signed(payer, &own, amount).serialize()
         }
         Cheat::SpendsForeignInput => {
             // A correct payment whose first input is swapped for another wallet's coin: the
             // signature no longer matches what it spends.
-            let mut psbt = payer.psbt(&payout, amount);
-            let foreign = other.psbt(&payout, amount).unsigned_tx.input[0].previous_output;
+            let mut psbt = signed(payer, &payout, amount);
+            let foreign = signed(other, &payout, amount).unsigned_tx.input[0].previous_output;
             psbt.unsigned_tx.input[0].previous_output = foreign;
             psbt.serialize()
         }
         Cheat::BadSignature => {
-            let mut psbt = payer.psbt(&payout, amount);
+            let mut psbt = signed(payer, &payout, amount);
             let witness = psbt.inputs[0].final_script_witness.as_mut().unwrap();
             let mut items: Vec<Vec<u8>> = witness.iter().map(<[u8]>::to_vec).collect();
             items[0][10] ^= 0x01;
@@ -106,7 +73,7 @@ fn crafted(
         Cheat::GarbagePsbt => b"psbt\xff but not really".to_vec(),
         Cheat::WrongNetwork => {
             // Coins of another chain: the inputs do not exist on this regtest chain.
-            let mut psbt = payer.psbt(&payout, amount);
+            let mut psbt = signed(payer, &payout, amount);
             psbt.unsigned_tx.input[0].previous_output.txid = Txid::from_byte_array([0x42; 32]);
             psbt.serialize()
         }
@@ -145,8 +112,8 @@ fn the_socket_refuses_a_cheating_cable_and_locks_out() {
         ..SocketSetup::default()
     };
     let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
-    let mut payer = funded_payer(&bitcoind, 50_000);
-    let mut other = funded_payer(&bitcoind, 50_000);
+    let mut payer = funded_payer(&bitcoind, 1, 50_000);
+    let mut other = funded_payer(&bitcoind, 1, 50_000);
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
     for (cheat, reason) in [

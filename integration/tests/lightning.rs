@@ -2,46 +2,14 @@
 //! the first visit opens a channel and pays each quota as an invoice; the next session reuses
 //! the channel with no on-chain transaction at all; a cable that never pays gets nothing.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bitcoin::Amount;
-use integration::{CableFiles, CableSetup, SocketProcess, SocketSetup, OUTLET};
+use integration::{CableFiles, CableSetup, Miner, SocketProcess, SocketSetup, OUTLET};
 use proto::v1::socket_client::SocketClient;
 use proto::v1::{self, OutletState};
 use regtest::Regtest;
 use serde_json::{json, Value};
-
-/// Mines a block every `every` until dropped, like a real chain would.
-struct Miner(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
-
-impl Miner {
-    fn start(bitcoind: &Regtest, every: Duration) -> Self {
-        let running = Arc::new(AtomicBool::new(true));
-        let (url, cookie) = (bitcoind.rpc_url(), bitcoind.cookie_file().to_owned());
-        let address = bitcoind.faucet().address().to_string();
-        let flag = Arc::clone(&running);
-        let handle = std::thread::spawn(move || {
-            let client =
-                regtest::Client::new_with_auth(&url, regtest::Auth::CookieFile(cookie)).unwrap();
-            while flag.load(Ordering::SeqCst) {
-                std::thread::sleep(every);
-                let _ = client.call::<Value>("generatetoaddress", &[json!(1), json!(address)]);
-            }
-        });
-        Miner(running, Some(handle))
-    }
-}
-
-impl Drop for Miner {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
-        if let Some(handle) = self.1.take() {
-            let _ = handle.join();
-        }
-    }
-}
 
 fn lightning_setup() -> SocketSetup {
     SocketSetup {

@@ -2,7 +2,6 @@
 //! against the real `cable-node`. Each invoice that breaks a rule is refused before anything is
 //! paid (design.md "Trust"; BOLT 11).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +13,6 @@ use ln::ldk_node::Node;
 use proto::v1::socket_server::{Socket, SocketServer};
 use proto::v1::{self, OutletState};
 use regtest::Regtest;
-use serde_json::{json, Value};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use wallet::chain::ChainConfig;
@@ -196,23 +194,7 @@ fn inbound_succeeded(node: &Node) -> usize {
 #[test]
 fn the_cable_refuses_cheating_invoices() {
     let bitcoind = Regtest::start().unwrap();
-    let mining = Arc::new(AtomicBool::new(true));
-    let miner = {
-        let (url, cookie, address) = (
-            bitcoind.rpc_url(),
-            bitcoind.cookie_file().to_owned(),
-            bitcoind.faucet().address().to_string(),
-        );
-        let mining = Arc::clone(&mining);
-        std::thread::spawn(move || {
-            let client =
-                regtest::Client::new_with_auth(&url, regtest::Auth::CookieFile(cookie)).unwrap();
-            while mining.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(500));
-                let _ = client.call::<Value>("generatetoaddress", &[json!(1), json!(address)]);
-            }
-        })
-    };
+    let miner = integration::Miner::start(&bitcoind, Duration::from_millis(500));
     let (fake_dir, stranger_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
         .parse()
@@ -280,8 +262,7 @@ fn the_cable_refuses_cheating_invoices() {
         );
         server.abort();
     }
-    mining.store(false, Ordering::SeqCst);
-    miner.join().unwrap();
+    drop(miner);
     fake_ln.stop().unwrap();
     stranger.stop().unwrap();
 }

@@ -1,10 +1,10 @@
 //! The paper's single-fee protocol (seed 000 §VI, Table II) end to end: rising payments over
 //! the same inputs, one transaction and one fee per input set, across crashes of either node.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bitcoin::{Amount, OutPoint, Transaction};
-use integration::{CableFiles, CableSetup, SocketProcess, SocketSetup};
+use integration::{wait_until, CableFiles, CableSetup, SocketProcess, SocketSetup};
 use regtest::Regtest;
 use serde_json::{json, Value};
 
@@ -47,14 +47,6 @@ fn socket_sets(socket: &SocketProcess) -> Vec<(i64, String, Option<String>, i64)
         .unwrap()
         .map(Result::unwrap)
         .collect()
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use bitcoin::hashes::Hash;
 use bitcoin::psbt::Psbt;
-use bitcoin::{Amount, FeeRate, Network, OutPoint, ScriptBuf, Txid, WPubkeyHash};
-use integration::{free_port, CableFiles, CableSetup, SocketProcess, SocketSetup, OUTLET};
+use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Txid, WPubkeyHash};
+use integration::{
+    free_port, funded_payer, CableFiles, CableSetup, SocketProcess, SocketSetup, OUTLET,
+};
 use proto::single_fee::outpoints_to_proto;
 use proto::v1::socket_client::SocketClient;
 use proto::v1::socket_server::{Socket, SocketServer};
@@ -21,39 +23,6 @@ use regtest::Regtest;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
-use wallet::chain::{Chain, ChainConfig};
-use wallet::keys::NodeKeys;
-use wallet::onchain::NodeWallet;
-
-struct Payer {
-    wallet: NodeWallet,
-    chain: Chain,
-    _dir: tempfile::TempDir,
-}
-
-fn funded_payer(bitcoind: &Regtest) -> Payer {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = NodeKeys::load_or_create(dir.path(), Network::Regtest).unwrap();
-    let mut wallet = NodeWallet::open(dir.path(), &keys).unwrap();
-    for index in 0..3 {
-        let address = wallet.receive_address(index).unwrap();
-        bitcoind.fund(&address, Amount::from_sat(40_000)).unwrap();
-    }
-    let chain = Chain::connect(
-        &ChainConfig {
-            rpc_url: bitcoind.rpc_url(),
-            cookie_file: bitcoind.cookie_file().to_owned(),
-        },
-        Network::Regtest,
-    )
-    .unwrap();
-    wallet.sync(&chain).unwrap();
-    Payer {
-        wallet,
-        chain,
-        _dir: dir,
-    }
-}
 
 const RATE: u64 = 2;
 
@@ -138,8 +107,8 @@ fn the_socket_refuses_cheating_single_fee_payments() {
         ..SocketSetup::default()
     };
     let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
-    let mut payer = funded_payer(&bitcoind);
-    let mut other = funded_payer(&bitcoind);
+    let mut payer = funded_payer(&bitcoind, 3, 40_000);
+    let mut other = funded_payer(&bitcoind, 3, 40_000);
     let rate = FeeRate::from_sat_per_vb(RATE).unwrap();
     let cap = Amount::from_sat(5_000);
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -277,7 +246,7 @@ fn a_double_spend_of_the_held_inputs_is_locked_out_at_bounded_loss() {
         ..SocketSetup::default()
     };
     let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
-    let mut payer = funded_payer(&bitcoind);
+    let mut payer = funded_payer(&bitcoind, 3, 40_000);
     let rate = FeeRate::from_sat_per_vb(RATE).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {

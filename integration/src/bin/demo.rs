@@ -6,14 +6,12 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bitcoin::Amount;
 use clap::{Parser, ValueEnum};
-use integration::{CableFiles, CableSetup, SocketProcess, SocketSetup};
+use integration::{CableFiles, CableSetup, Miner, SocketProcess, SocketSetup};
 use proto::v1::OutletState;
 use regtest::Regtest;
 use serde_json::{json, Value};
@@ -240,23 +238,10 @@ fn session(
         );
     }
 
-    let mining = Arc::new(AtomicBool::new(true));
-    let miner = {
-        let mining = Arc::clone(&mining);
-        let interval = Duration::from_secs_f64(args.block_interval_secs.max(0.1));
-        let (url, cookie) = (bitcoind.rpc_url(), bitcoind.cookie_file().to_owned());
-        let address = bitcoind.faucet().address().to_string();
-        std::thread::spawn(move || {
-            let client =
-                regtest::Client::new_with_auth(&url, regtest::Auth::CookieFile(cookie)).ok();
-            while mining.load(Ordering::SeqCst) {
-                std::thread::sleep(interval);
-                if let Some(client) = &client {
-                    let _ = client.call::<Value>("generatetoaddress", &[json!(1), json!(address)]);
-                }
-            }
-        })
-    };
+    let miner = Miner::start(
+        bitcoind,
+        Duration::from_secs_f64(args.block_interval_secs.max(0.1)),
+    );
     let started = Instant::now();
     let mut child = cable.spawn_run()?;
     let exit = loop {
@@ -279,8 +264,7 @@ fn session(
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    mining.store(false, Ordering::SeqCst);
-    let _ = miner.join();
+    drop(miner);
     println!("\n");
     if !exit.success() {
         anyhow::bail!(
