@@ -516,3 +516,20 @@ pub fn funded_payer(bitcoind: &Regtest, coins: u32, sats: u64) -> Payer {
         _dir: dir,
     }
 }
+
+/// A `WatchStatus` stream for a hand-made socket: every event sent on `events` from now on,
+/// until the cable hangs up.
+pub fn watch_stream(
+    events: &tokio::sync::broadcast::Sender<proto::v1::WatchStatusResponse>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<proto::v1::WatchStatusResponse, tonic::Status>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut events = events.subscribe();
+    tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            if tx.send(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

@@ -81,16 +81,7 @@ impl Socket for FakeSocket {
         &self,
         _: Request<v1::WatchStatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let mut events = self.events.subscribe();
-        tokio::spawn(async move {
-            while let Ok(event) = events.recv().await {
-                if tx.send(Ok(event)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(integration::watch_stream(&self.events)))
     }
 
     async fn power_request(
