@@ -1,13 +1,16 @@
-//! The cable's Lightning side (design.md `lightning`; BOLT 2/11 via ldk-node): a channel to the
-//! socket, opened on first visit at the policy's size and reused after; each quota paid as a
-//! checked BOLT11 invoice.
+//! The cable's Lightning side (design.md `lightning`; BOLT 2/7/11 via ldk-node): a channel to the
+//! socket, or to a hub with an announced channel to the socket, opened on first visit at the
+//! policy's size and reused after; each quota paid as a checked BOLT11 invoice.
 
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ln::ldk_node::bitcoin::secp256k1::PublicKey;
 use ln::ldk_node::lightning::ln::msgs::SocketAddress;
+use ln::ldk_node::lightning::routing::gossip::NodeId;
 use ln::ldk_node::payment::PaymentStatus;
 use ln::ldk_node::{Node, NodeError};
 use serde::Deserialize;
@@ -16,13 +19,18 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CableLightning {
-    /// Size of a channel the cable opens to a socket it has none with, in sat.
+    /// Size of a channel the cable opens (to a socket it has none with, or to the hub), in sat.
     #[serde(default = "default_channel")]
     pub channel_sat: u64,
     /// How long to wait for a new channel to become usable (its confirmations are mined by
-    /// others), real seconds.
+    /// others), and for the hub's channel to the socket to be known, real seconds.
     #[serde(default = "default_channel_wait")]
     pub channel_wait_secs: u64,
+    /// A hub, `<node id>@<host:port>`: sockets the cable has no channel with are paid through
+    /// it (one channel to the hub serves every socket the hub has an announced channel to).
+    /// Unset: the cable opens a channel to each socket it visits.
+    #[serde(default)]
+    pub hub: Option<LnPeer>,
 }
 
 fn default_channel() -> u64 {
@@ -37,33 +45,132 @@ impl Default for CableLightning {
         CableLightning {
             channel_sat: default_channel(),
             channel_wait_secs: default_channel_wait(),
+            hub: None,
         }
+    }
+}
+
+/// A Lightning node and where to reach it, written `<node id hex>@<host:port>` (the usual
+/// notation of Lightning peers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LnPeer {
+    /// The node's public key (BOLT 8 checks it on connecting).
+    pub node_id: PublicKey,
+    /// Its listening address.
+    pub address: SocketAddress,
+}
+
+impl FromStr for LnPeer {
+    type Err = anyhow::Error;
+
+    /// Parse `<node id hex>@<host:port>`; errors say which half is wrong.
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let (id, address) = s
+            .split_once('@')
+            .ok_or_else(|| anyhow::anyhow!("{s:?} is not <node id>@<host:port>"))?;
+        let node_id = PublicKey::from_str(id).map_err(|e| {
+            anyhow::anyhow!("{id:?} is not a node id (33-byte public key in hex): {e}")
+        })?;
+        let address = SocketAddress::from_str(address)
+            .map_err(|_| anyhow::anyhow!("{address:?} is not host:port"))?;
+        Ok(LnPeer { node_id, address })
+    }
+}
+
+impl fmt::Display for LnPeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.node_id, self.address)
+    }
+}
+
+impl<'de> Deserialize<'de> for LnPeer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(|e: anyhow::Error| serde::de::Error::custom(e))
     }
 }
 
 /// The socket's node id and address, from its offer. The offer's id is checked by the BOLT 8
 /// handshake when connecting: a socket cannot claim another node's id.
-pub fn peer_of(node_id: &[u8], address: &str) -> anyhow::Result<(PublicKey, SocketAddress)> {
+pub fn peer_of(node_id: &[u8], address: &str) -> anyhow::Result<LnPeer> {
     let node_id = PublicKey::from_slice(node_id).context("the offer's Lightning node id")?;
     let address: SocketAddress = address.parse().map_err(|_| {
         anyhow::anyhow!("the offer's Lightning address {address:?} is not host:port")
     })?;
-    Ok((node_id, address))
+    Ok(LnPeer { node_id, address })
 }
 
-/// Make sure a usable channel to `peer` can send `amount_msat`: connect, reuse a channel, wait
-/// for one pending, or open one of `settings.channel_sat`. Returns the funding txid of a channel
-/// opened now.
-pub fn ensure_channel(
+/// Make sure the cable can pay `amount_msat` to `socket`: over its own channel to the socket
+/// if it has one; else, with a hub configured, over a channel to the hub once the hub's
+/// announced channel to the socket is in the cable's graph (BOLT 7 gossip); else over a new
+/// channel to the socket. Returns the funding txid of a channel opened now.
+///
+/// Errors: no funds for a channel, no usable channel or no route through the hub after
+/// `settings.channel_wait_secs`.
+pub fn ensure_route(
     ln: &Arc<Node>,
-    peer: PublicKey,
-    address: SocketAddress,
+    socket: &LnPeer,
     amount_msat: u64,
     settings: &CableLightning,
 ) -> anyhow::Result<Option<String>> {
-    ln.connect(peer, address.clone(), true).with_context(|| {
-        format!("connecting to the socket's Lightning node {peer} at {address}")
-    })?;
+    let direct = ln
+        .list_channels()
+        .iter()
+        .any(|c| c.counterparty_node_id == socket.node_id);
+    let Some(hub) = settings.hub.as_ref().filter(|_| !direct) else {
+        return ensure_channel(ln, socket, amount_msat, settings);
+    };
+    let opened = ensure_channel(ln, hub, amount_msat, settings)?;
+    let deadline = Instant::now() + Duration::from_secs(settings.channel_wait_secs);
+    let socket_id = NodeId::from_pubkey(&socket.node_id);
+    let hub_id = NodeId::from_pubkey(&hub.node_id);
+    loop {
+        let graph = ln.network_graph();
+        // A channel the router can use: announced, with the hub's enabled channel_update for
+        // the direction hub -> socket (BOLT 7).
+        let through_hub = graph.node(&socket_id).is_some_and(|info| {
+            info.channels.iter().any(|scid| {
+                graph.channel(*scid).is_some_and(|c| {
+                    let hub_side = if c.node_one == hub_id && c.node_two == socket_id {
+                        &c.one_to_two
+                    } else if c.node_two == hub_id && c.node_one == socket_id {
+                        &c.two_to_one
+                    } else {
+                        return false;
+                    };
+                    hub_side.as_ref().is_some_and(|update| update.enabled)
+                })
+            })
+        });
+        if through_hub {
+            tracing::info!(hub = %hub.node_id, socket = %socket.node_id, "paying through the hub");
+            return Ok(opened);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the hub {} has no announced channel to the socket {} (none gossiped in {} s): the socket must get one, or remove `hub` from [lightning] to open a channel to the socket",
+                hub.node_id,
+                socket.node_id,
+                settings.channel_wait_secs
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Make sure a usable channel to `to` can send `amount_msat`: connect, reuse a channel, wait
+/// for one pending, or open one of `settings.channel_sat`. Returns the funding txid of a channel
+/// opened now.
+fn ensure_channel(
+    ln: &Arc<Node>,
+    to: &LnPeer,
+    amount_msat: u64,
+    settings: &CableLightning,
+) -> anyhow::Result<Option<String>> {
+    let (peer, address) = (to.node_id, to.address.clone());
+    ln.connect(peer, address.clone(), true)
+        .with_context(|| format!("connecting to the Lightning node {to}"))?;
     let usable = |ln: &Node| {
         ln.list_channels().iter().any(|c| {
             c.counterparty_node_id == peer && c.is_usable && c.outbound_capacity_msat >= amount_msat
@@ -89,7 +196,7 @@ pub fn ensure_channel(
             );
         }
         ln.open_channel(peer, address, settings.channel_sat, None, None)
-            .context("opening a channel to the socket")?;
+            .with_context(|| format!("opening a channel to {peer}"))?;
         tracing::info!(%peer, sat = settings.channel_sat, "Lightning channel opening");
     }
     let deadline = Instant::now() + Duration::from_secs(settings.channel_wait_secs);
@@ -108,7 +215,7 @@ pub fn ensure_channel(
         }
         if Instant::now() > deadline {
             bail!(
-                "no usable channel to the socket after {} s",
+                "no usable channel to {peer} after {} s",
                 settings.channel_wait_secs
             );
         }

@@ -52,8 +52,8 @@ enum Command {
     Balance,
     /// List the Lightning channels: peer, capacity, what the cable can still send, state.
     Channels,
-    /// Open a Lightning channel to the configured socket (if it has none usable) and wait
-    /// until it can be used.
+    /// Open a Lightning channel to the configured socket, or to the configured hub, if the cable
+    /// cannot pay the socket yet; wait until it can.
     OpenChannel,
     /// Close the Lightning channels: cooperatively, or with --force when the peer is gone (the
     /// cable's funds return on chain after the channel's to_self_delay).
@@ -200,13 +200,13 @@ async fn run(cli: Cli) -> Result<(), CableError> {
                 .await
                 .map_err(|s| anyhow::anyhow!("GetOffer: {}", s.message()))?
                 .into_inner();
-            let (peer, address) =
+            let socket =
                 cable_node::lightning::peer_of(&offer.lightning_node_id, &offer.lightning_address)?;
             let settings = config.lightning.clone();
             with_lightning(&cli, &config, |node| {
-                match cable_node::lightning::ensure_channel(node, peer, address, 0, &settings)? {
+                match cable_node::lightning::ensure_route(node, &socket, 0, &settings)? {
                     Some(txid) => println!("channel opened in {txid} and usable"),
-                    None => println!("a usable channel to {peer} exists"),
+                    None => println!("the cable can pay {} already", socket.node_id),
                 }
                 Ok(())
             })?;

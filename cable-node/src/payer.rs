@@ -227,7 +227,7 @@ impl Cable {
         if accepted.scheme == v1::Scheme::Lightning {
             // The channel is ready before plugging in: no session waits for confirmations.
             let ln = self.lightning()?;
-            let (peer, address) =
+            let socket =
                 crate::lightning::peer_of(&offer.lightning_node_id, &offer.lightning_address)?;
             let amount_msat = PriceMsatPerWh(offer.price_msat_per_wh)
                 .cost_of(accepted.quota)
@@ -235,7 +235,7 @@ impl Cable {
                 .0;
             let settings = self.config.lightning.clone();
             channel_opened = tokio::task::block_in_place(|| {
-                crate::lightning::ensure_channel(&ln, peer, address, amount_msat, &settings)
+                crate::lightning::ensure_route(&ln, &socket, amount_msat, &settings)
             })?;
         }
 

@@ -93,6 +93,8 @@ pub struct SocketSetup {
     pub single_fee_max_age_secs: u64,
     /// Run a Lightning node and offer the `lightning` scheme.
     pub lightning: bool,
+    /// `[lightning] alias`: a public node a hub can open an announced channel to.
+    pub lightning_alias: Option<String>,
 }
 
 impl Default for SocketSetup {
@@ -111,6 +113,7 @@ impl Default for SocketSetup {
             single_fee_max_sat: 10_000,
             single_fee_max_age_secs: 3_600,
             lightning: false,
+            lightning_alias: None,
         }
     }
 }
@@ -168,6 +171,9 @@ impl SocketProcess {
                 "\n[lightning]\nlisten = \"127.0.0.1:{}\"\n",
                 free_port()?
             ));
+            if let Some(alias) = &setup.lightning_alias {
+                config_text.push_str(&format!("alias = {alias:?}\n"));
+            }
             fs::write(&config, config_text)?;
         }
         let mut socket = SocketProcess {
@@ -259,12 +265,7 @@ impl SocketProcess {
 
     /// `GetStatus` of the outlet.
     pub fn status(&self) -> anyhow::Result<GetStatusResponse> {
-        let endpoint = self.endpoint.clone();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async move {
-            let mut client = SocketClient::connect(endpoint).await?;
+        self.call(|mut client| async move {
             Ok(client
                 .get_status(GetStatusRequest {
                     outlet_id: OUTLET.into(),
@@ -272,6 +273,33 @@ impl SocketProcess {
                 .await?
                 .into_inner())
         })
+    }
+
+    /// `GetOffer` of the outlet.
+    pub fn offer(&self) -> anyhow::Result<proto::v1::GetOfferResponse> {
+        self.call(|mut client| async move {
+            Ok(client
+                .get_offer(proto::v1::GetOfferRequest {
+                    outlet_id: OUTLET.into(),
+                })
+                .await?
+                .into_inner())
+        })
+    }
+
+    /// Run one gRPC exchange with the socket on a runtime of its own.
+    fn call<T, F>(
+        &self,
+        exchange: impl FnOnce(SocketClient<tonic::transport::Channel>) -> F,
+    ) -> anyhow::Result<T>
+    where
+        F: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let endpoint = self.endpoint.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move { exchange(SocketClient::connect(endpoint).await?).await })
     }
 }
 
@@ -292,6 +320,8 @@ pub struct CableSetup {
     pub unplug_when_idle_secs: f64,
     /// Schemes by preference.
     pub schemes: Vec<String>,
+    /// `[lightning] hub`: `<node id>@<host:port>` of a hub to pay through.
+    pub lightning_hub: Option<String>,
 }
 
 impl Default for CableSetup {
@@ -301,6 +331,7 @@ impl Default for CableSetup {
             max_session_sat: 100_000,
             unplug_when_idle_secs: 1.0,
             schemes: vec!["onchain".into()],
+            lightning_hub: None,
         }
     }
 }
@@ -344,6 +375,11 @@ impl CableFiles {
                 setup.unplug_when_idle_secs,
             ),
         )?;
+        if let Some(hub) = &setup.lightning_hub {
+            let mut text = fs::read_to_string(&config)?;
+            text.push_str(&format!("\n[lightning]\nhub = {hub:?}\n"));
+            fs::write(&config, text)?;
+        }
         let data_dir = dir.join("cable-data");
         fs::create_dir_all(&data_dir)?;
         let address = funding_address(&data_dir)?;

@@ -346,3 +346,154 @@ fn both_nodes_killed_mid_session_carry_on_and_nothing_is_paid_twice() {
         "the restart touched the chain: {mempool:?}"
     );
 }
+
+/// A plain ldk-node with a public alias, as a Lightning hub is: it forwards to announced
+/// channels (BOLT 7), the only ones LDK forwards to.
+fn start_hub(bitcoind: &Regtest, dir: &std::path::Path) -> std::sync::Arc<ln::ldk_node::Node> {
+    std::fs::create_dir_all(dir).unwrap();
+    let keys = wallet::keys::NodeKeys::load_or_create(dir, bitcoin::Network::Regtest).unwrap();
+    let chain = wallet::chain::ChainConfig {
+        rpc_url: bitcoind.rpc_url(),
+        cookie_file: bitcoind.cookie_file().to_owned(),
+    };
+    let listen = format!("127.0.0.1:{}", integration::free_port().unwrap());
+    let hub = ln::start_node(
+        dir,
+        &keys,
+        &chain,
+        &ln::LnSettings {
+            listen: Some(listen.parse().unwrap()),
+            alias: Some("t2t-test-hub".into()),
+            ..ln::LnSettings::default()
+        },
+    )
+    .unwrap();
+    let address = hub.onchain_payment().new_address().unwrap();
+    let address =
+        bitcoin::Address::from_script(&address.script_pubkey(), bitcoin::Network::Regtest).unwrap();
+    bitcoind
+        .fund(&address, Amount::from_sat(1_000_000))
+        .unwrap();
+    hub.sync_wallets().unwrap();
+    hub
+}
+
+#[test]
+fn through_a_hub_a_cable_pays_a_socket_it_has_no_channel_with() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let setup = SocketSetup {
+        lightning_alias: Some("t2t-test-socket".into()),
+        ..lightning_setup()
+    };
+    let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
+    let offer = socket.offer().unwrap();
+    let socket_id =
+        ln::ldk_node::bitcoin::secp256k1::PublicKey::from_slice(&offer.lightning_node_id).unwrap();
+    let hub = start_hub(&bitcoind, &dir.path().join("hub"));
+    let hub_peer = format!(
+        "{}@{}",
+        hub.node_id(),
+        hub.listening_addresses().unwrap()[0]
+    );
+
+    // The hub's announced channel to the socket (the socket's operator arranged it).
+    hub.open_announced_channel(
+        socket_id,
+        offer.lightning_address.parse().unwrap(),
+        500_000,
+        None,
+        None,
+    )
+    .unwrap();
+    let cable = CableFiles::create(
+        &bitcoind,
+        &dir.path().join("cable"),
+        &socket.endpoint,
+        &CableSetup {
+            lightning_hub: Some(hub_peer),
+            ..lightning_cable()
+        },
+        Amount::from_sat(10_000),
+    )
+    .unwrap();
+    cable
+        .fund_lightning(&bitcoind, Amount::from_sat(300_000))
+        .unwrap();
+
+    // The cable's one channel goes to the hub, opened before it is plugged in; it is ready once
+    // the hub's channel to the socket has been gossiped to it.
+    let miner = Miner::start(&bitcoind, Duration::from_millis(500));
+    let open = cable_cli(&cable, &["open-channel"]);
+    drop(miner);
+    assert!(open.contains("channel opened"), "{open}");
+    let hub_to_socket = |hub: &ln::ldk_node::Node| {
+        hub.list_channels()
+            .into_iter()
+            .find(|c| c.counterparty_node_id == socket_id && c.is_usable)
+            .map(|c| c.outbound_capacity_msat)
+    };
+    let hub_before = hub_to_socket(&hub).expect("the hub's channel to the socket is usable");
+
+    // The session: five quotas through the hub, nothing on chain.
+    let height: u64 = regtest::rpc(bitcoind.client(), "getblockcount", &[]).unwrap();
+    let out = cable.run(Duration::from_secs(120)).unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        socket.log_text()
+    );
+    let session = report(&cable);
+    assert_eq!(session["outcome"], "appliance done", "{session}");
+    assert_eq!(
+        session["payments"].as_array().unwrap().len(),
+        5,
+        "{session}"
+    );
+    assert_eq!(
+        session["onchain_txs"].as_array().unwrap().len(),
+        0,
+        "{session}"
+    );
+    let mempool: Vec<String> = regtest::rpc(bitcoind.client(), "getrawmempool", &[]).unwrap();
+    assert!(mempool.is_empty(), "{mempool:?}");
+    let after: u64 = regtest::rpc(bitcoind.client(), "getblockcount", &[]).unwrap();
+    assert_eq!(after, height);
+
+    // The socket was paid exactly the five quotas, forwarded by the hub; the cable has no
+    // channel with the socket.
+    let db = rusqlite::Connection::open(socket.data_dir.join("socket.sqlite")).unwrap();
+    let (received, msat): (i64, i64) = db
+        .query_row(
+            "SELECT COUNT(*), SUM(amount_msat) FROM ln_payments",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((received, msat), (5, 5_000_000));
+    let hub_after = hub_to_socket(&hub).unwrap();
+    assert_eq!(hub_before - hub_after, 5_000_000);
+    let channels = cable_cli(&cable, &["channels"]);
+    assert!(channels.contains(&hub.node_id().to_string()), "{channels}");
+    assert!(!channels.contains(&socket_id.to_string()), "{channels}");
+    hub.stop().unwrap();
+}
+
+/// Run a `cable-node` command to its end; its stdout. Panics with its stderr if it fails.
+fn cable_cli(cable: &CableFiles, args: &[&str]) -> String {
+    let out = std::process::Command::new(integration::binary("cable-node").unwrap())
+        .arg("--config")
+        .arg(&cable.config)
+        .arg("--data-dir")
+        .arg(&cable.data_dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cable-node {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -41,6 +41,11 @@ pub struct LnSettings {
     pub listen: Option<SocketAddr>,
     /// Peers whose channels are usable before they confirm (BOLT 2 zero-conf).
     pub trusted_peers_0conf: Vec<PublicKey>,
+    /// Public name of the node (BOLT 7 `node_announcement` alias, at most 32 bytes). With a
+    /// listening address it makes the node announceable: it may then accept and open announced
+    /// channels, which is what a hub needs to forward to it (LDK forwards to announced channels
+    /// only). `None`: private node, unannounced channels only.
+    pub alias: Option<String>,
 }
 
 /// RPC host, port, user and password of bitcoind, from its URL and cookie file.
@@ -84,6 +89,11 @@ pub fn start_node(
     let mut builder = Builder::from_config(config);
     builder.set_entropy_bip39_mnemonic(keys.mnemonic().clone(), Some(LN_PASSPHRASE.to_owned()));
     builder.set_chain_source_bitcoind_rpc(host, port, user, password);
+    if let Some(alias) = &settings.alias {
+        builder
+            .set_node_alias(alias.clone())
+            .map_err(|e| LnError::Node(format!("alias {alias:?}: {e}")))?;
+    }
     if let Some(listen) = settings.listen {
         builder
             .set_listening_addresses(vec![SocketAddress::from(listen)])

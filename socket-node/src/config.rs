@@ -43,6 +43,12 @@ pub struct LightningConfig {
     /// How long an invoice stays payable.
     #[serde(default = "default_invoice_expiry")]
     pub invoice_expiry_secs: u32,
+    /// Public name of the socket's Lightning node (at most 32 bytes). Set it to let a hub open
+    /// an announced channel to the socket, so that cables with a channel to the hub pay without
+    /// one of their own (LDK hubs forward to announced channels only). Unset: private node,
+    /// each cable opens its own channel.
+    #[serde(default)]
+    pub alias: Option<String>,
 }
 
 fn default_invoice_expiry() -> u32 {

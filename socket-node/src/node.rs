@@ -114,6 +114,7 @@ impl SocketNode {
                 let settings = ln::LnSettings {
                     listen: Some(lightning.listen),
                     trusted_peers_0conf: trusted,
+                    alias: lightning.alias.clone(),
                 };
                 Some(ln::start_node(data_dir, &keys, &config.chain, &settings)?)
             }
