@@ -31,6 +31,14 @@ pub struct CableLightning {
     /// Unset: the cable opens a channel to each socket it visits.
     #[serde(default)]
     pub hub: Option<LnPeer>,
+    /// Pay a session's quotas after the first by keysend when the socket offers it: one round
+    /// trip fewer per quota.
+    #[serde(default = "default_keysend")]
+    pub keysend: bool,
+}
+
+fn default_keysend() -> bool {
+    true
 }
 
 fn default_channel() -> u64 {
@@ -46,6 +54,7 @@ impl Default for CableLightning {
             channel_sat: default_channel(),
             channel_wait_secs: default_channel_wait(),
             hub: None,
+            keysend: default_keysend(),
         }
     }
 }
@@ -232,13 +241,66 @@ pub fn pay(
     invoice: &ln::ldk_node::lightning_invoice::Bolt11Invoice,
     limit: Duration,
 ) -> anyhow::Result<u64> {
-    let payment_id = match ln.bolt11_payment().send(invoice, None) {
+    let payment_id = match send_when_routable(|| ln.bolt11_payment().send(invoice, None)) {
         Ok(id) => id,
-        Err(NodeError::DuplicatePayment) => ln::ldk_node::lightning::ln::channelmanager::PaymentId(
-            invoice.payment_hash().to_byte_array(),
-        ),
+        Err(NodeError::DuplicatePayment) => PaymentId(invoice.payment_hash().to_byte_array()),
         Err(e) => bail!("paying the invoice: {e}"),
     };
+    await_payment(ln, payment_id, limit)
+}
+
+/// Keysend `amount_msat` to `payee` with the t2t session record as a custom TLV (the fast
+/// path of design.md `lightning`), using `preimage`: a keysend sent again after a crash has the
+/// same payment hash, so it is awaited, never paid twice. Returns the fee paid in msat.
+pub fn keysend(
+    ln: &Arc<Node>,
+    payee: PublicKey,
+    amount_msat: u64,
+    record: &ln::SessionRecord,
+    preimage: [u8; 32],
+    limit: Duration,
+) -> anyhow::Result<u64> {
+    let preimage = PaymentPreimage(preimage);
+    let payment_id = match send_when_routable(|| {
+        ln.spontaneous_payment().send_with_preimage_and_custom_tlvs(
+            amount_msat,
+            payee,
+            vec![record.to_tlv()],
+            preimage,
+            None,
+        )
+    }) {
+        Ok(id) => id,
+        Err(NodeError::DuplicatePayment) => PaymentId(PaymentHash::from(preimage).0),
+        Err(e) => bail!("keysend: {e}"),
+    };
+    await_payment(ln, payment_id, limit)
+}
+
+/// How long a payment is tried again while the node finds no route: just after a start the
+/// channels are being re-established and gossip is still arriving.
+const ROUTE_WAIT: Duration = Duration::from_secs(10);
+
+/// Run `send` again while it fails to start the payment (ldk-node's `PaymentSendingFailed`,
+/// e.g. no route yet), for up to [`ROUTE_WAIT`]. A payment that failed to start was stored as
+/// failed by ldk-node, so sending it again is not a second payment.
+fn send_when_routable(
+    send: impl Fn() -> Result<PaymentId, NodeError>,
+) -> Result<PaymentId, NodeError> {
+    let deadline = Instant::now() + ROUTE_WAIT;
+    loop {
+        match send() {
+            Err(NodeError::PaymentSendingFailed) if Instant::now() < deadline => {
+                tracing::debug!("no route yet; trying again");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Wait for a payment's outcome; the fee paid in msat.
+fn await_payment(ln: &Node, payment_id: PaymentId, limit: Duration) -> anyhow::Result<u64> {
     let deadline = Instant::now() + limit;
     loop {
         match ln.payment(&payment_id).map(|p| (p.status, p.fee_paid_msat)) {
@@ -253,3 +315,5 @@ pub fn pay(
 }
 
 use ln::ldk_node::bitcoin::hashes::Hash;
+use ln::ldk_node::lightning::ln::channelmanager::PaymentId;
+use ln::ldk_node::lightning_types::payment::{PaymentHash, PaymentPreimage};

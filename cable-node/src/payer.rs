@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bitcoin::hex::DisplayHex;
+use bitcoin::hex::{DisplayHex, FromHex};
 use bitcoin::Amount;
 use hw::clock::ScaledClock;
 use hw::load::LoadProfile;
@@ -34,6 +34,7 @@ use wallet::onchain::NodeWallet;
 use crate::config::CableConfig;
 use crate::policy::AcceptedOffer;
 use crate::store::{CableSet, CableStore, SignedRecord};
+use ln::ldk_node::lightning_types::payment::{PaymentHash, PaymentPreimage};
 
 /// Why a session failed.
 #[derive(Debug, thiserror::Error)]
@@ -471,6 +472,9 @@ impl Cable {
         accepted: &AcceptedOffer,
         session: &mut Session,
     ) -> Result<bool, CableError> {
+        if self.pay_keysend(accepted, session)? {
+            return Ok(true);
+        }
         let terms = self.request_terms(client, accepted, session).await?;
         if session.id.is_empty() {
             session.id = terms.session_id.clone();
@@ -678,30 +682,130 @@ impl Cable {
         let paid = tokio::task::block_in_place(|| {
             crate::lightning::pay(&ln, &invoice, Duration::from_secs(60))
         });
+        self.ln_outcome(
+            session,
+            terms.payment_id,
+            &hash,
+            expected_msat,
+            started,
+            paid,
+        )
+    }
+
+    /// Pay the next quota by keysend (the fast path of design.md `lightning`) when the socket
+    /// offers it, the policy allows it, and the session's last Lightning payment was paid (the
+    /// first quota goes by invoice: it opens the session). A keysend cut short by a crash is
+    /// sent again with its stored preimage. `Ok(false)`: not a keysend case, ask for terms.
+    fn pay_keysend(
+        &mut self,
+        accepted: &AcceptedOffer,
+        session: &mut Session,
+    ) -> Result<bool, CableError> {
+        if accepted.scheme != v1::Scheme::Lightning
+            || !accepted.offer.lightning_keysend
+            || !self.config.lightning.keysend
+            || session.id.is_empty()
+        {
+            return Ok(false);
+        }
+        let last = self
+            .store
+            .last_ln_payment(&session.id)
+            .context("reading the store")?;
+        let offer = &accepted.offer;
+        let amount_msat = PriceMsatPerWh(offer.price_msat_per_wh)
+            .cost_of(accepted.quota)
+            .map_err(|e| CableError::RefusedSocket(e.to_string()))?
+            .0;
+        let (payment_id, preimage) = match last {
+            // A keysend cut short: the same one again.
+            Some(last) if last.status == "sending" && last.keysend_preimage_hex.is_some() => {
+                let hex = last.keysend_preimage_hex.unwrap_or_default();
+                let preimage = <[u8; 32]>::from_hex(&hex).context("a stored preimage")?;
+                (last.payment_id, preimage)
+            }
+            Some(last) if last.status == "paid" => {
+                if !self
+                    .config
+                    .policy
+                    .allows(session.paid, accepted.quota_amount)
+                {
+                    return Err(CableError::RefusedSocket(format!(
+                        "paying {} more would pass the session budget of {} sat",
+                        accepted.quota_amount, self.config.policy.max_session_sat
+                    )));
+                }
+                let preimage: [u8; 32] = bitcoin::secp256k1::rand::random();
+                let hash = PaymentHash::from(PaymentPreimage(preimage)).to_string();
+                self.store
+                    .sending_keysend(
+                        &session.id,
+                        last.payment_id + 1,
+                        &hash,
+                        &preimage.to_lower_hex_string(),
+                        amount_msat,
+                    )
+                    .context("recording the keysend")?;
+                (last.payment_id + 1, preimage)
+            }
+            _ => return Ok(false),
+        };
+        let hash = PaymentHash::from(PaymentPreimage(preimage)).to_string();
+        let socket = crate::lightning::peer_of(&offer.lightning_node_id, &offer.lightning_address)?;
+        let record = ln::SessionRecord {
+            session_id: session.id.clone(),
+            payment_id,
+        };
+        let ln = self.lightning()?;
+        let started = Instant::now();
+        let paid = tokio::task::block_in_place(|| {
+            crate::lightning::keysend(
+                &ln,
+                socket.node_id,
+                amount_msat,
+                &record,
+                preimage,
+                Duration::from_secs(60),
+            )
+        });
+        self.ln_outcome(session, payment_id, &hash, amount_msat, started, paid)?;
+        Ok(true)
+    }
+
+    /// Record how a Lightning payment ended and report it.
+    fn ln_outcome(
+        &mut self,
+        session: &mut Session,
+        payment_id: u64,
+        hash: &str,
+        amount_msat: u64,
+        started: Instant,
+        paid: anyhow::Result<u64>,
+    ) -> Result<(), CableError> {
         let fee_msat = match paid {
             Ok(fee) => fee,
             Err(e) => {
-                let _ = self.store.ln_done(&hash, "failed", None);
+                let _ = self.store.ln_done(hash, "failed", None);
                 return Err(e.into());
             }
         };
         let latency = started.elapsed().as_millis() as u64;
         self.store
-            .ln_done(&hash, "paid", Some(latency))
+            .ln_done(hash, "paid", Some(latency))
             .context("recording the payment")?;
         session.paid = self
             .store
             .committed(&session.id)
             .context("reading the store")?;
         session.payments.push(PaymentReport {
-            payment_id: terms.payment_id,
-            txid: hash.clone(),
-            amount_sat: expected_msat.div_ceil(1_000),
+            payment_id,
+            txid: hash.to_owned(),
+            amount_sat: amount_msat.div_ceil(1_000),
             fee_sat: fee_msat.div_ceil(1_000),
             vsize: 0,
             latency_ms: Some(latency),
         });
-        tracing::info!(payment_hash = %hash, amount_msat = expected_msat, latency_ms = latency, "Lightning payment sent");
+        tracing::info!(payment_hash = %hash, amount_msat, latency_ms = latency, "Lightning payment sent");
         Ok(())
     }
 

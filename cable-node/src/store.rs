@@ -38,6 +38,9 @@ CREATE TABLE IF NOT EXISTS ln_payments (
     amount_msat INTEGER NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('sending', 'paid', 'failed')),
     latency_ms INTEGER,
+    -- keysend: the preimage the cable chose, kept so that a keysend cut short is sent again
+    -- with the same payment hash (never a second payment for one quota).
+    keysend_preimage_hex TEXT,
     PRIMARY KEY (session_id, payment_id)
 );
 CREATE TABLE IF NOT EXISTS single_fee_sets (
@@ -54,6 +57,19 @@ CREATE TABLE IF NOT EXISTS single_fee_sets (
     PRIMARY KEY (session_id, set_index)
 );
 ";
+
+/// A Lightning payment as the cable recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LnRecord {
+    /// Its id in the session.
+    pub payment_id: u64,
+    /// Payment hash, hex.
+    pub payment_hash: String,
+    /// `sending`, `paid` or `failed`.
+    pub status: String,
+    /// A keysend's preimage, hex; `None` for an invoice.
+    pub keysend_preimage_hex: Option<String>,
+}
 
 fn unix_ms() -> i64 {
     SystemTime::now()
@@ -298,6 +314,50 @@ impl CableStore {
             params![session_id, payment_id as i64, payment_hash, amount_msat as i64],
         )?;
         Ok(())
+    }
+
+    /// Record a keysend about to be sent (status `sending`) with its preimage, before it is
+    /// sent.
+    pub fn sending_keysend(
+        &self,
+        session_id: &str,
+        payment_id: u64,
+        payment_hash: &str,
+        preimage_hex: &str,
+        amount_msat: u64,
+    ) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO ln_payments (session_id, payment_id, payment_hash, amount_msat, status,
+                                      keysend_preimage_hex)
+             VALUES (?1, ?2, ?3, ?4, 'sending', ?5)",
+            params![
+                session_id,
+                payment_id as i64,
+                payment_hash,
+                amount_msat as i64,
+                preimage_hex
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The session's Lightning payment with the highest payment id, if any.
+    pub fn last_ln_payment(&self, session_id: &str) -> Result<Option<LnRecord>> {
+        self.db
+            .query_row(
+                "SELECT payment_id, payment_hash, status, keysend_preimage_hex FROM ln_payments
+                 WHERE session_id = ?1 ORDER BY payment_id DESC LIMIT 1",
+                params![session_id],
+                |r| {
+                    Ok(LnRecord {
+                        payment_id: r.get::<_, i64>(0)? as u64,
+                        payment_hash: r.get(1)?,
+                        status: r.get(2)?,
+                        keysend_preimage_hex: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
     }
 
     /// Record how a Lightning payment ended.

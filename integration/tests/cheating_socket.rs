@@ -58,6 +58,7 @@ impl FakeSocket {
             payout_script: payout().to_bytes(),
             lightning_node_id: vec![],
             lightning_address: String::new(),
+            lightning_keysend: false,
         }
     }
 }

@@ -95,6 +95,15 @@ fn the_first_visit_opens_a_channel_and_the_next_session_needs_no_chain() {
         )
         .unwrap();
     assert_eq!((received, msat), (5, 5_000_000));
+    // The first quota by invoice (it opens the session), the others by keysend.
+    let keysends: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM ln_payments WHERE kind = 'keysend'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(keysends, 4);
 
     // Second session on the same channel: nothing touches the chain.
     wait_for_standby(&socket);
@@ -350,31 +359,17 @@ fn both_nodes_killed_mid_session_carry_on_and_nothing_is_paid_twice() {
 /// A plain ldk-node with a public alias, as a Lightning hub is: it forwards to announced
 /// channels (BOLT 7), the only ones LDK forwards to.
 fn start_hub(bitcoind: &Regtest, dir: &std::path::Path) -> std::sync::Arc<ln::ldk_node::Node> {
-    std::fs::create_dir_all(dir).unwrap();
-    let keys = wallet::keys::NodeKeys::load_or_create(dir, bitcoin::Network::Regtest).unwrap();
-    let chain = wallet::chain::ChainConfig {
-        rpc_url: bitcoind.rpc_url(),
-        cookie_file: bitcoind.cookie_file().to_owned(),
-    };
     let listen = format!("127.0.0.1:{}", integration::free_port().unwrap());
-    let hub = ln::start_node(
+    let hub = integration::ln_node(
+        bitcoind,
         dir,
-        &keys,
-        &chain,
         &ln::LnSettings {
             listen: Some(listen.parse().unwrap()),
             alias: Some("t2t-test-hub".into()),
             ..ln::LnSettings::default()
         },
-    )
-    .unwrap();
-    let address = hub.onchain_payment().new_address().unwrap();
-    let address =
-        bitcoin::Address::from_script(&address.script_pubkey(), bitcoin::Network::Regtest).unwrap();
-    bitcoind
-        .fund(&address, Amount::from_sat(1_000_000))
-        .unwrap();
-    hub.sync_wallets().unwrap();
+    );
+    integration::fund_ln_node(bitcoind, &hub, Amount::from_sat(1_000_000));
     hub
 }
 

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bitcoin::{Amount, Network};
+use bitcoin::Amount;
 use integration::{free_port, CableFiles, CableSetup, OUTLET};
 use ln::ldk_node::lightning_invoice::{Bolt11InvoiceDescription, Description};
 use ln::ldk_node::payment::PaymentDirection;
@@ -15,8 +15,6 @@ use proto::v1::{self, OutletState};
 use regtest::Regtest;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use wallet::chain::ChainConfig;
-use wallet::keys::NodeKeys;
 
 #[derive(Clone, Copy, Debug)]
 enum Cheat {
@@ -64,6 +62,7 @@ impl Socket for FakeSocket {
             }],
             lightning_node_id: self.ln.node_id().serialize().to_vec(),
             lightning_address: self.address.clone(),
+            lightning_keysend: false,
             ..Default::default()
         }))
     }
@@ -155,21 +154,14 @@ fn ln_node(
     dir: &std::path::Path,
     listen: Option<std::net::SocketAddr>,
 ) -> Arc<Node> {
-    let keys = NodeKeys::load_or_create(dir, Network::Regtest).unwrap();
-    let chain = ChainConfig {
-        rpc_url: bitcoind.rpc_url(),
-        cookie_file: bitcoind.cookie_file().to_owned(),
-    };
-    ln::start_node(
+    integration::ln_node(
+        bitcoind,
         dir,
-        &keys,
-        &chain,
         &ln::LnSettings {
             listen,
             ..ln::LnSettings::default()
         },
     )
-    .unwrap()
 }
 
 fn inbound_succeeded(node: &Node) -> usize {

@@ -13,10 +13,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use ldk_node;
+use ldk_node::bitcoin::hex::DisplayHex;
 use ldk_node::bitcoin::secp256k1::PublicKey;
 use ldk_node::config::Config;
 use ldk_node::lightning::ln::msgs::SocketAddress;
-use ldk_node::{Builder, Node};
+use ldk_node::lightning_invoice::Bolt11Invoice;
+use ldk_node::{Builder, CustomTlvRecord, Node};
 use wallet::chain::ChainConfig;
 use wallet::keys::NodeKeys;
 
@@ -104,9 +106,6 @@ pub fn start_node(
     Ok(Arc::new(node))
 }
 
-use ldk_node::bitcoin::hex::DisplayHex;
-use ldk_node::lightning_invoice::Bolt11Invoice;
-
 /// Why the cable refuses an invoice.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvoiceError {
@@ -177,4 +176,109 @@ pub fn check_invoice(
 /// The payment hash of an invoice, hex, as stored by both nodes.
 pub fn payment_hash_hex(invoice: &Bolt11Invoice) -> String {
     invoice.payment_hash().to_string()
+}
+
+/// Custom TLV type of [`SessionRecord`] in a keysend's onion payload (BOLT 4 `payload`; custom
+/// records live at types ≥ 2^16, and an odd type lets a node that does not know it still
+/// accept the payment). "t2t" in ASCII, then 01.
+pub const SESSION_TLV_TYPE: u64 = 0x7432_7401;
+
+/// Longest session id a [`SessionRecord`] carries, bytes.
+const MAX_SESSION_ID_LEN: usize = 64;
+
+/// What a keysend pays for (design.md `lightning`, the fast path): a session and the payment
+/// id within it. Encoded as the payment id (8 bytes, big-endian) then the session id (UTF-8,
+/// 1–64 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The session id the socket gave.
+    pub session_id: String,
+    /// The payment's id in the session, one above the last one paid.
+    pub payment_id: u64,
+}
+
+/// Why a keysend's session record is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionRecordError {
+    /// No record of type [`SESSION_TLV_TYPE`]: a keysend that names no session.
+    #[error("the keysend carries no t2t session record")]
+    Missing,
+    /// A record of that type that does not decode.
+    #[error("malformed t2t session record: {0}")]
+    Malformed(&'static str),
+}
+
+impl SessionRecord {
+    /// The record as a custom TLV of a keysend.
+    pub fn to_tlv(&self) -> CustomTlvRecord {
+        let mut value = self.payment_id.to_be_bytes().to_vec();
+        value.extend_from_slice(self.session_id.as_bytes());
+        CustomTlvRecord {
+            type_num: SESSION_TLV_TYPE,
+            value,
+        }
+    }
+
+    /// Find and decode the record among a payment's custom TLVs.
+    pub fn from_tlvs(records: &[CustomTlvRecord]) -> Result<Self, SessionRecordError> {
+        let record = records
+            .iter()
+            .find(|r| r.type_num == SESSION_TLV_TYPE)
+            .ok_or(SessionRecordError::Missing)?;
+        if record.value.len() <= 8 || record.value.len() > 8 + MAX_SESSION_ID_LEN {
+            return Err(SessionRecordError::Malformed("length"));
+        }
+        let (id, session) = record.value.split_at(8);
+        let payment_id = u64::from_be_bytes(id.try_into().expect("split at 8"));
+        let session_id = std::str::from_utf8(session)
+            .map_err(|_| SessionRecordError::Malformed("session id is not UTF-8"))?
+            .to_owned();
+        Ok(SessionRecord {
+            session_id,
+            payment_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_record_survives_the_trip_and_bad_ones_are_named() {
+        let record = SessionRecord {
+            session_id: "ef79697fb77c442607bfb2e178df4938".into(),
+            payment_id: 7,
+        };
+        let other = CustomTlvRecord {
+            type_num: 65_537,
+            value: vec![1, 2],
+        };
+        assert_eq!(
+            SessionRecord::from_tlvs(&[other.clone(), record.to_tlv()]),
+            Ok(record)
+        );
+        assert_eq!(
+            SessionRecord::from_tlvs(&[other]),
+            Err(SessionRecordError::Missing)
+        );
+        let short = CustomTlvRecord {
+            type_num: SESSION_TLV_TYPE,
+            value: vec![0; 8],
+        };
+        assert_eq!(
+            SessionRecord::from_tlvs(&[short]),
+            Err(SessionRecordError::Malformed("length"))
+        );
+        let mut bad_utf8 = vec![0; 8];
+        bad_utf8.push(0xff);
+        let bad = CustomTlvRecord {
+            type_num: SESSION_TLV_TYPE,
+            value: bad_utf8,
+        };
+        assert!(matches!(
+            SessionRecord::from_tlvs(&[bad]),
+            Err(SessionRecordError::Malformed(_))
+        ));
+    }
 }

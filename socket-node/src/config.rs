@@ -49,6 +49,15 @@ pub struct LightningConfig {
     /// each cable opens its own channel.
     #[serde(default)]
     pub alias: Option<String>,
+    /// Credit keysends that carry the session record (the fast path, after a session's first
+    /// quota is paid by invoice). A keysend is claimed by the Lightning node before it can be
+    /// checked: one that does not fit a session is kept and not credited.
+    #[serde(default = "default_true")]
+    pub keysend: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_invoice_expiry() -> u32 {

@@ -149,6 +149,7 @@ impl SocketNode {
                 .as_ref()
                 .map(|l| l.listen.to_string())
                 .unwrap_or_default(),
+            lightning_keysend: config.lightning.as_ref().is_some_and(|l| l.keysend),
         };
         let mut outlet = Outlet::new(OutletParams {
             quota_low: EnergyMwh(outlet_cfg.quota_low_mwh),
@@ -257,6 +258,33 @@ impl SocketNode {
             Event::PaymentReceived {
                 payment_hash,
                 amount_msat,
+                custom_records,
+                ..
+            } if custom_records
+                .iter()
+                .any(|r| r.type_num == ln::SESSION_TLV_TYPE) =>
+            {
+                let hash = payment_hash.to_string();
+                use crate::seller::lightning::{receive_keysend, KeysendRefusal};
+                match receive_keysend(self, &hash, *amount_msat, custom_records) {
+                    Ok(()) => {}
+                    Err(KeysendRefusal::Stray(reason)) => {
+                        tracing::warn!(%hash, amount_msat, %reason, "keysend kept, not credited");
+                        let _ = self.store().audit(
+                            &self.config.outlet.id,
+                            None,
+                            "keysend-not-credited",
+                            &format!("{hash}: {reason}"),
+                        );
+                    }
+                    Err(KeysendRefusal::Cheat { session_id, reason }) => {
+                        crate::seller::lock_out(self, &session_id, &reason);
+                    }
+                }
+            }
+            Event::PaymentReceived {
+                payment_hash,
+                amount_msat,
                 ..
             } => {
                 let hash = payment_hash.to_string();
@@ -307,11 +335,22 @@ impl SocketNode {
         detail: &str,
     ) -> Result<(), tonic::Status> {
         let mut inner = self.inner();
+        self.credit_locked(&mut inner, session_id, quota, detail)
+    }
+
+    /// [`SocketNode::credit`] with the outlet already locked.
+    pub(crate) fn credit_locked(
+        &self,
+        inner: &mut Inner,
+        session_id: &str,
+        quota: EnergyMwh,
+        detail: &str,
+    ) -> Result<(), tonic::Status> {
         let events = inner
             .outlet
             .credit(session_id, quota)
             .map_err(tonic::Status::failed_precondition)?;
-        self.apply(&mut inner, events);
+        self.apply(inner, events);
         tracing::info!(session = %session_id, %quota, %detail, "payment credited");
         let _ = self.store().audit(
             &self.config.outlet.id,

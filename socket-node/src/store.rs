@@ -74,13 +74,16 @@ CREATE TABLE IF NOT EXISTS ln_invoices (
     issued_at_unix_ms INTEGER NOT NULL,
     UNIQUE (session_id, payment_id)
 );
+-- Lightning payments received: for an invoice of ln_invoices, or a keysend naming the session.
 CREATE TABLE IF NOT EXISTS ln_payments (
-    payment_hash TEXT PRIMARY KEY REFERENCES ln_invoices(payment_hash),
+    payment_hash TEXT PRIMARY KEY,
     session_id TEXT NOT NULL REFERENCES sessions(id),
     payment_id INTEGER NOT NULL,
     amount_msat INTEGER NOT NULL,
     quota_mwh INTEGER NOT NULL,
-    received_at_unix_ms INTEGER NOT NULL
+    received_at_unix_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'invoice' CHECK (kind IN ('invoice', 'keysend')),
+    UNIQUE (session_id, payment_id)
 );
 CREATE TABLE IF NOT EXISTS audit (
     at_unix_ms INTEGER NOT NULL,
@@ -339,6 +342,61 @@ impl Store {
             ],
         )?;
         Ok((inserted == 1).then_some((session_id, EnergyMwh(quota as u64))))
+    }
+
+    /// Record a keysend received for payment `payment_id` of a session, with the terms it
+    /// fills (written when the keysend is the next payment, not one issued before), in one
+    /// SQLite transaction. Returns whether it is new: a payment id paid before (by invoice or
+    /// keysend) is not recorded again.
+    pub fn receive_keysend(
+        &mut self,
+        payment_hash: &str,
+        session_id: &str,
+        payment_id: u64,
+        amount_msat: u64,
+        new_terms: Option<StoredTerms>,
+        quota: EnergyMwh,
+    ) -> Result<bool> {
+        let tx = self.db.transaction()?;
+        if let Some(terms) = new_terms {
+            tx.execute(
+                "INSERT OR IGNORE INTO terms (session_id, payment_id, amount_sat, quota_mwh,
+                                              issued_at_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    session_id,
+                    payment_id as i64,
+                    terms.amount.to_sat() as i64,
+                    terms.quota.0 as i64,
+                    unix_ms()
+                ],
+            )?;
+        }
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO ln_payments (payment_hash, session_id, payment_id, amount_msat,
+                                                quota_mwh, received_at_unix_ms, kind)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'keysend')",
+            params![
+                payment_hash,
+                session_id,
+                payment_id as i64,
+                amount_msat as i64,
+                quota.0 as i64,
+                unix_ms()
+            ],
+        )?;
+        tx.commit()?;
+        Ok(inserted == 1)
+    }
+
+    /// Whether a Lightning payment with this payment hash was recorded.
+    pub fn ln_hash_received(&self, payment_hash: &str) -> Result<bool> {
+        let n: i64 = self.db.query_row(
+            "SELECT COUNT(*) FROM ln_payments WHERE payment_hash = ?1",
+            params![payment_hash],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
     }
 
     /// Whether a payment of a session was received over Lightning.

@@ -8,6 +8,7 @@ use proto::v1;
 use tonic::Status;
 
 use super::internal;
+use crate::config::SchemeName;
 use crate::node::SocketNode;
 use crate::store::StoredTerms;
 
@@ -82,4 +83,102 @@ pub(crate) fn reply(
         bolt11_invoice: bolt11,
         ..Default::default()
     })
+}
+
+/// Why a keysend was not credited.
+pub(crate) enum KeysendRefusal {
+    /// It names no session in progress here, or keysend is off: kept, audited, nothing else.
+    Stray(String),
+    /// It names the session in progress but breaks a rule: the cable cheats, lock out.
+    Cheat { session_id: String, reason: String },
+}
+
+/// A keysend received (design.md `lightning`, the fast path): credit one quota when its
+/// session record names the `lightning` session in progress, its payment id is the next one
+/// (or the last one issued and still unpaid), and it pays exactly price × quota msat. The
+/// payment is recorded (with its terms) before the quota is credited; a payment hash recorded
+/// before (an event delivered again after a restart) credits nothing; a second payment for a
+/// payment id paid before credits nothing and locks out.
+///
+/// ldk-node claims a keysend before the socket sees it, so a refused one stays with the socket.
+pub(crate) fn receive_keysend(
+    node: &SocketNode,
+    payment_hash: &str,
+    amount_msat: u64,
+    records: &[ln::ldk_node::CustomTlvRecord],
+) -> Result<(), KeysendRefusal> {
+    let stray = |reason: String| KeysendRefusal::Stray(reason);
+    if !node.config.lightning.as_ref().is_some_and(|l| l.keysend) {
+        return Err(stray("this socket does not take keysends".into()));
+    }
+    let record = ln::SessionRecord::from_tlvs(records).map_err(|e| stray(e.to_string()))?;
+    // ldk-node delivers an event again when the socket stopped before handling it: a keysend
+    // recorded before was credited then.
+    let known = node.store().ln_hash_received(payment_hash);
+    if known.map_err(|e| stray(e.to_string()))? {
+        tracing::debug!(%payment_hash, "keysend recorded before");
+        return Ok(());
+    }
+    let cheat = |reason: String| KeysendRefusal::Cheat {
+        session_id: record.session_id.clone(),
+        reason,
+    };
+    let mut inner = node.inner();
+    let last = match inner.outlet.active_session(&record.session_id) {
+        Ok(session) => session.last_payment_id,
+        Err(e) => return Err(stray(format!("session {}: {e}", record.session_id))),
+    };
+    let scheme = node
+        .store()
+        .session_scheme(&record.session_id)
+        .map_err(|e| stray(e.to_string()))?;
+    if scheme.as_deref() != Some(SchemeName::Lightning.name()) {
+        return Err(cheat(format!(
+            "a keysend for session {}, which pays with {scheme:?}",
+            record.session_id
+        )));
+    }
+    let terms = new_terms(node);
+    let expected_msat = PriceMsatPerWh(node.config.outlet.price_msat_per_wh)
+        .cost_of(terms.quota)
+        .map_err(|e| stray(e.to_string()))?
+        .0;
+    if amount_msat != expected_msat {
+        return Err(cheat(format!(
+            "a keysend of {amount_msat} msat is not price x quota = {expected_msat} msat"
+        )));
+    }
+    let new_terms = if record.payment_id == last + 1 {
+        Some(terms)
+    } else if record.payment_id == last && last > 0 {
+        None
+    } else {
+        return Err(cheat(format!(
+            "keysend payment id {} is not the next one (last issued {last})",
+            record.payment_id
+        )));
+    };
+    let recorded = node.store().receive_keysend(
+        payment_hash,
+        &record.session_id,
+        record.payment_id,
+        amount_msat,
+        new_terms,
+        terms.quota,
+    );
+    match recorded {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(cheat(format!(
+                "payment {} was paid before",
+                record.payment_id
+            )))
+        }
+        Err(e) => return Err(stray(format!("recording the keysend: {e}"))),
+    }
+    if let Ok(session) = inner.outlet.active_session(&record.session_id) {
+        session.last_payment_id = session.last_payment_id.max(record.payment_id);
+    }
+    node.credit_locked(&mut inner, &record.session_id, terms.quota, payment_hash)
+        .map_err(|e| stray(e.message().to_owned()))
 }
