@@ -188,12 +188,12 @@ fn ensure_channel(
     if usable(ln) {
         return Ok(None);
     }
-    let mut opened = None;
-    if !ln
-        .list_channels()
-        .iter()
-        .any(|c| c.counterparty_node_id == peer)
-    {
+    let channels = ln.list_channels();
+    let mut channels = channels.iter().filter(|c| c.counterparty_node_id == peer);
+    // A channel is reported as opened now when it is, or when a run that stopped opened it
+    // and it never became ready.
+    let mut report_funding = channels.clone().any(|c| !c.is_channel_ready);
+    if channels.next().is_none() {
         // A node just started has not synced its on-chain wallet yet: a confirmed deposit
         // would read as nothing.
         ln.sync_wallets().context("syncing the Lightning wallet")?;
@@ -207,20 +207,13 @@ fn ensure_channel(
         ln.open_channel(peer, address, settings.channel_sat, None, None)
             .with_context(|| format!("opening a channel to {peer}"))?;
         tracing::info!(%peer, sat = settings.channel_sat, "Lightning channel opening");
+        report_funding = true;
     }
     let deadline = Instant::now() + Duration::from_secs(settings.channel_wait_secs);
     loop {
         let _ = ln.sync_wallets();
         if usable(ln) {
             break;
-        }
-        if opened.is_none() {
-            opened = ln
-                .list_channels()
-                .iter()
-                .find(|c| c.counterparty_node_id == peer)
-                .and_then(|c| c.funding_txo)
-                .map(|o| o.txid.to_string());
         }
         if Instant::now() > deadline {
             bail!(
@@ -231,6 +224,15 @@ fn ensure_channel(
         std::thread::sleep(Duration::from_millis(250));
     }
     tracing::info!(%peer, "Lightning channel usable");
+    let opened = report_funding
+        .then(|| {
+            ln.list_channels()
+                .iter()
+                .find(|c| c.counterparty_node_id == peer && c.is_usable)
+                .and_then(|c| c.funding_txo)
+                .map(|o| o.txid.to_string())
+        })
+        .flatten();
     Ok(opened)
 }
 

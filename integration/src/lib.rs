@@ -263,6 +263,15 @@ impl SocketProcess {
         self.spawn()
     }
 
+    /// Append `text` to the socket's config file (read again on [`SocketProcess::restart`]);
+    /// its last section is `[lightning]` when the socket has Lightning.
+    pub fn append_config(&self, text: &str) -> anyhow::Result<()> {
+        let mut config = fs::read_to_string(&self.config)?;
+        config.push_str(text);
+        fs::write(&self.config, config)?;
+        Ok(())
+    }
+
     /// `GetStatus` of the outlet.
     pub fn status(&self) -> anyhow::Result<GetStatusResponse> {
         self.call(|mut client| async move {

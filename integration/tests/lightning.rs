@@ -492,3 +492,56 @@ fn cable_cli(cable: &CableFiles, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+#[test]
+fn a_socket_that_trusts_the_cable_takes_its_channel_before_it_confirms() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut socket =
+        SocketProcess::start(&bitcoind, &dir.path().join("socket"), &lightning_setup()).unwrap();
+    let cable = CableFiles::create(
+        &bitcoind,
+        &dir.path().join("cable"),
+        &socket.endpoint,
+        &lightning_cable(),
+        Amount::from_sat(10_000),
+    )
+    .unwrap();
+    cable
+        .fund_lightning(&bitcoind, Amount::from_sat(300_000))
+        .unwrap();
+
+    // The socket's operator trusts this cable (its Lightning node id, from its seed).
+    let cable_ln = integration::ln_node(&bitcoind, &cable.data_dir, &ln::LnSettings::default());
+    let cable_id = cable_ln.node_id();
+    cable_ln.stop().unwrap();
+    drop(cable_ln);
+    socket
+        .append_config(&format!("trusted_peers_0conf = [\"{cable_id}\"]\n"))
+        .unwrap();
+    socket.restart().unwrap();
+
+    // No block is mined: the channel is used while its funding transaction is in the mempool.
+    let height: u64 = regtest::rpc(bitcoind.client(), "getblockcount", &[]).unwrap();
+    let out = cable.run(Duration::from_secs(120)).unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        socket.log_text()
+    );
+    let session = report(&cable);
+    assert_eq!(
+        session["payments"].as_array().unwrap().len(),
+        5,
+        "{session}"
+    );
+    let funding = session["onchain_txs"][0]["txid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mempool: Vec<String> = regtest::rpc(bitcoind.client(), "getrawmempool", &[]).unwrap();
+    assert!(mempool.contains(&funding), "{mempool:?}");
+    let after: u64 = regtest::rpc(bitcoind.client(), "getblockcount", &[]).unwrap();
+    assert_eq!(after, height);
+}
