@@ -4,6 +4,9 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
     println!("cargo:rerun-if-changed=proto");
-    tonic_prost_build::configure().compile_protos(&["proto/t2t/v1/socket.proto"], &["proto"])?;
+    tonic_prost_build::configure().compile_protos(
+        &["proto/t2t/v1/socket.proto", "proto/t2t/v1/operator.proto"],
+        &["proto"],
+    )?;
     Ok(())
 }

@@ -279,6 +279,45 @@ pub fn keysend(
     await_payment(ln, payment_id, limit)
 }
 
+/// How long a cooperative close waits for the peer to come online, and then to agree.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
+
+/// Close `channel` cooperatively (BOLT 2 `shutdown` / `closing_signed`): wait for the peer to
+/// be connected and the channel re-established, start the close, and wait until the node has
+/// dropped the channel (the closing transaction is broadcast). Errors when the peer stays
+/// offline (then `--force` is the way) or does not agree in time.
+pub fn close_cooperatively(
+    ln: &Node,
+    channel: &ln::ldk_node::ChannelDetails,
+) -> anyhow::Result<()> {
+    let id = channel.channel_id;
+    let live = |ln: &Node| {
+        ln.list_channels()
+            .iter()
+            .find(|c| c.channel_id == id)
+            .map(|c| c.is_usable)
+    };
+    let deadline = Instant::now() + CLOSE_WAIT;
+    while live(ln) == Some(false) {
+        if Instant::now() > deadline {
+            bail!(
+                "the peer {} of {id} stayed offline: close with --force",
+                channel.counterparty_node_id
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    ln.close_channel(&channel.user_channel_id, channel.counterparty_node_id)
+        .with_context(|| format!("closing {id}"))?;
+    while live(ln).is_some() {
+        if Instant::now() > deadline {
+            bail!("{id}: the peer did not complete the close in {CLOSE_WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Ok(())
+}
+
 /// How long a payment is tried again while the node finds no route: just after a start the
 /// channels are being re-established and gossip is still arriving.
 const ROUTE_WAIT: Duration = Duration::from_secs(10);

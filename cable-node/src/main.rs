@@ -230,9 +230,8 @@ async fn run(cli: Cli) -> Result<(), CableError> {
                             c.channel_id
                         );
                     } else {
-                        node.close_channel(&c.user_channel_id, c.counterparty_node_id)
-                            .with_context(|| format!("closing {}", c.channel_id))?;
-                        println!("{} closing", c.channel_id);
+                        cable_node::lightning::close_cooperatively(node, &c)?;
+                        println!("{} closed cooperatively", c.channel_id);
                     }
                 }
                 Ok(())

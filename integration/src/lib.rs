@@ -123,6 +123,8 @@ pub struct SocketProcess {
     child: Option<Child>,
     /// gRPC endpoint.
     pub endpoint: String,
+    /// gRPC endpoint of its operator API.
+    pub operator: String,
     /// Its data dir.
     pub data_dir: PathBuf,
     config: PathBuf,
@@ -135,12 +137,14 @@ impl SocketProcess {
     /// once it answers `GetOffer`.
     pub fn start(bitcoind: &Regtest, dir: &Path, setup: &SocketSetup) -> anyhow::Result<Self> {
         let port = free_port()?;
+        let operator_port = free_port()?;
         let config = dir.join("socket.toml");
         fs::create_dir_all(dir)?;
         fs::write(
             &config,
             format!(
-                "network = \"regtest\"\nlisten = \"127.0.0.1:{port}\"\n\n\
+                "network = \"regtest\"\nlisten = \"127.0.0.1:{port}\"\n\
+                 operator_listen = \"127.0.0.1:{operator_port}\"\n\n\
                  [chain]\nrpc_url = \"{}\"\ncookie_file = \"{}\"\n\n\
                  [outlet]\nid = \"{OUTLET}\"\nprice_msat_per_wh = {}\nquota_mwh = {}\n\
                  quota_low_mwh = {}\ngrace_secs = {}\nlockout_secs = {}\npayment_timeout_secs = {}\n\
@@ -179,6 +183,7 @@ impl SocketProcess {
         let mut socket = SocketProcess {
             child: None,
             endpoint: format!("http://127.0.0.1:{port}"),
+            operator: format!("http://127.0.0.1:{operator_port}"),
             data_dir: dir.join("socket-data"),
             config,
             port,
@@ -261,6 +266,22 @@ impl SocketProcess {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         self.spawn()
+    }
+
+    /// Run `socket-node <command> --operator <its operator API> <args>`; its stdout, or an
+    /// error with its stderr.
+    pub fn operator_cli(&self, command: &str, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(binary("socket-node")?)
+            .arg(command)
+            .args(["--operator", &self.operator])
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "socket-node {command} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Append `text` to the socket's config file (read again on [`SocketProcess::restart`]);

@@ -130,6 +130,32 @@ fn the_first_visit_opens_a_channel_and_the_next_session_needs_no_chain() {
         .query_row("SELECT COUNT(*) FROM ln_payments", [], |r| r.get(0))
         .unwrap();
     assert_eq!(received, 10);
+
+    // The owners: the socket lists the channel through its operator API, holding the ten
+    // quotas (10 000 sat, of which it can send all but the 1 % channel reserve, BOLT 2); the
+    // cable closes it cooperatively and gets the rest back on chain.
+    let listed = socket.operator_cli("channels", &[]).unwrap();
+    assert!(
+        listed.contains("capacity 100000 sat") && listed.contains("can send 9000000 msat"),
+        "{listed}"
+    );
+    let closed = cable_cli(&cable, &["close-channel"]);
+    assert!(closed.contains("closed cooperatively"), "{closed}");
+    bitcoind.mine(1).unwrap();
+    integration::wait_until("the socket sees the close", Duration::from_secs(30), || {
+        socket
+            .operator_cli("channels", &[])
+            .is_ok_and(|l| l.contains("no channels"))
+    });
+    let wallet = cable_cli(&cable, &["channels"]);
+    let spendable: u64 = wallet
+        .lines()
+        .find_map(|l| l.strip_prefix("Lightning wallet on chain: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{wallet}"));
+    // 300 000 funded, 10 000 paid to the socket, the rest less two transactions' fees.
+    assert!((285_000..290_000).contains(&spendable), "{wallet}");
 }
 
 #[test]

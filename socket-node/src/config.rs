@@ -20,6 +20,10 @@ pub struct SocketConfig {
     /// Address of the gRPC server (the power-line link). Loopback by default.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Address of the operator's gRPC server (`socket-node channels`, `close-channel`). Must be
+    /// a loopback address: whoever reaches it can close the socket's channels.
+    #[serde(default = "default_operator_listen")]
+    pub operator_listen: SocketAddr,
     /// Where bitcoind is.
     pub chain: ChainConfig,
     /// The outlet and its prices.
@@ -62,6 +66,10 @@ fn default_true() -> bool {
 
 fn default_invoice_expiry() -> u32 {
     600
+}
+
+fn default_operator_listen() -> SocketAddr {
+    "127.0.0.1:50052".parse().expect("constant")
 }
 
 fn default_listen() -> SocketAddr {
@@ -227,6 +235,11 @@ impl SocketConfig {
 
     /// Reject settings no outlet can work with.
     pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.operator_listen.ip().is_loopback(),
+            "operator_listen = {} is not a loopback address: whoever reaches it can close the socket's channels (reach it from afar through an SSH tunnel)",
+            self.operator_listen
+        );
         anyhow::ensure!(self.outlet.quota_mwh > 0, "outlet.quota_mwh must be > 0");
         anyhow::ensure!(
             self.outlet.price_msat_per_wh > 0,
@@ -258,5 +271,31 @@ impl SocketConfig {
             "outlet.schemes has lightning but there is no [lightning] section"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+network = "regtest"
+[chain]
+rpc_url = "http://127.0.0.1:18443"
+cookie_file = "/nonexistent/.cookie"
+[outlet]
+price_msat_per_wh = 125000
+quota_mwh = 8000
+"#;
+
+    #[test]
+    fn the_operator_api_stays_on_loopback() {
+        let config: SocketConfig = toml::from_str(CONFIG).unwrap();
+        assert_eq!(config.operator_listen, default_operator_listen());
+        config.check().unwrap();
+        let exposed: SocketConfig =
+            toml::from_str(&format!("operator_listen = \"0.0.0.0:50052\"\n{CONFIG}")).unwrap();
+        let error = exposed.check().unwrap_err().to_string();
+        assert!(error.contains("not a loopback address"), "{error}");
     }
 }

@@ -6,11 +6,15 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use proto::v1::operator_client::OperatorClient;
+use proto::v1::operator_server::OperatorServer;
 use proto::v1::socket_client::SocketClient;
 use proto::v1::socket_server::SocketServer;
+use proto::v1::{CloseChannelRequest, ListChannelsRequest};
 use proto::v1::{GetStatusRequest, OutletState};
 use socket_node::config::SocketConfig;
 use socket_node::node::SocketNode;
+use socket_node::operator::OperatorService;
 use socket_node::service::SocketService;
 
 /// A smart socket that sells electricity for bitcoin: it offers a price per Wh, takes a
@@ -39,6 +43,26 @@ enum Command {
         #[arg(long)]
         json_logs: bool,
     },
+    /// List the Lightning channels of a running socket: peer, capacity, what it can send and
+    /// receive, state.
+    Channels {
+        /// gRPC endpoint of the socket's operator API (`operator_listen`).
+        #[arg(long, default_value = OPERATOR)]
+        operator: String,
+    },
+    /// Close a running socket's Lightning channels: cooperatively (the cable must be online),
+    /// or with --force when it is gone (the socket's funds return after the to_self_delay).
+    CloseChannel {
+        /// gRPC endpoint of the socket's operator API (`operator_listen`).
+        #[arg(long, default_value = OPERATOR)]
+        operator: String,
+        /// The channel to close (hex id from `channels`); all of them when absent.
+        #[arg(long)]
+        channel_id: Option<String>,
+        /// Broadcast our latest commitment instead of negotiating a close.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show an outlet's state, session and energy, asking a running socket.
     Status {
         /// gRPC endpoint of the socket.
@@ -49,6 +73,9 @@ enum Command {
         outlet: String,
     },
 }
+
+/// Default endpoint of the operator API.
+const OPERATOR: &str = "http://127.0.0.1:50052";
 
 fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -73,21 +100,98 @@ async fn run(
         config.listen = listen;
     }
     let address = config.listen;
+    let operator_address = config.operator_listen;
     let node = tokio::task::spawn_blocking(move || SocketNode::start(config, &data_dir)).await??;
     tokio::spawn(Arc::clone(&node).drive());
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
-    tracing::info!(%address, "serving t2t.v1.Socket");
-    tonic::transport::Server::builder()
+    let operator_listener = tokio::net::TcpListener::bind(operator_address)
+        .await
+        .with_context(|| format!("cannot listen on {operator_address} (operator_listen)"))?;
+    tracing::info!(%address, operator = %operator_address, "serving t2t.v1.Socket and t2t.v1.Operator");
+    let operator = tonic::transport::Server::builder()
+        .add_service(OperatorServer::new(OperatorService(Arc::clone(&node))))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(operator_listener),
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        );
+    let cables = tonic::transport::Server::builder()
         .add_service(SocketServer::new(SocketService(node)))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             async {
                 let _ = tokio::signal::ctrl_c().await;
             },
-        )
-        .await?;
+        );
+    tokio::try_join!(cables, operator)?;
+    Ok(())
+}
+
+async fn operator_client(
+    endpoint: &str,
+) -> anyhow::Result<OperatorClient<tonic::transport::Channel>> {
+    OperatorClient::connect(endpoint.to_owned())
+        .await
+        .with_context(|| {
+            format!(
+                "no socket-node operator API answers at {endpoint} (is `socket-node run` running?)"
+            )
+        })
+}
+
+async fn channels(endpoint: String) -> anyhow::Result<()> {
+    let list = operator_client(&endpoint)
+        .await?
+        .list_channels(ListChannelsRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    if list.channels.is_empty() {
+        println!("no channels");
+    }
+    for c in &list.channels {
+        println!(
+            "{} peer {} capacity {} sat, can send {} msat, can receive {} msat, {}",
+            c.channel_id,
+            c.counterparty_node_id,
+            c.capacity_sat,
+            c.outbound_msat,
+            c.inbound_msat,
+            c.state
+        );
+    }
+    println!(
+        "Lightning wallet on chain: {} sat spendable",
+        list.onchain_spendable_sat
+    );
+    Ok(())
+}
+
+async fn close_channel(
+    endpoint: String,
+    channel_id: Option<String>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let closing = operator_client(&endpoint)
+        .await?
+        .close_channel(CloseChannelRequest {
+            channel_id: channel_id.unwrap_or_default(),
+            force,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner()
+        .closing;
+    for id in closing {
+        if force {
+            println!("{id} force-closed; the socket's funds return after the to_self_delay");
+        } else {
+            println!("{id} closing");
+        }
+    }
     Ok(())
 }
 
@@ -140,6 +244,18 @@ async fn main() -> ExitCode {
         } => {
             init_logs(json_logs);
             run(config, data_dir, listen).await
+        }
+        Command::Channels { operator } => {
+            init_logs(false);
+            channels(operator).await
+        }
+        Command::CloseChannel {
+            operator,
+            channel_id,
+            force,
+        } => {
+            init_logs(false);
+            close_channel(operator, channel_id, force).await
         }
         Command::Status { endpoint, outlet } => {
             init_logs(false);
