@@ -317,13 +317,14 @@ fn session(
         let amount = t["amount_sat"].as_u64().unwrap_or(0);
         summary.fees_sat += fee;
         summary.vbytes += size;
-        let what = if scheme.starts_with("lightning") {
-            "channel open"
+        // A channel open pays nothing to the socket: its amount goes to the 2-of-2 output.
+        let (to_socket, what) = if scheme.starts_with("lightning") {
+            (0, format!("channel open, {amount} sat into the channel"))
         } else {
-            ""
+            (amount, String::new())
         };
         println!(
-            " {:>3} | {txid:<64} | {height:>5} | {amount:>6} sat | {fee:>4} sat | {size:>6} {what}",
+            " {:>3} | {txid:<64} | {height:>5} | {to_socket:>6} sat | {fee:>4} sat | {size:>6} {what}",
             i + 1
         );
     }
