@@ -198,7 +198,11 @@ impl Socket for SocketService {
         };
         let reply = match scheme {
             SchemeName::Onchain => onchain::reply(node, session_id, payment_id, terms),
-            SchemeName::Lightning => lightning::reply(node, session_id, payment_id, terms)?,
+            // ldk-node's calls are synchronous: let the runtime move other tasks off this
+            // worker meanwhile.
+            SchemeName::Lightning => tokio::task::block_in_place(|| {
+                lightning::reply(node, session_id, payment_id, terms)
+            })?,
             SchemeName::SingleFee => {
                 single_fee::reply(node, &inner, session_id, payment_id, terms)?
             }
