@@ -117,6 +117,38 @@ pub struct OutletConfig {
     /// grows with wall-clock time, not with the simulator's) is broadcast and a new one started.
     #[serde(default = "default_single_fee_age")]
     pub single_fee_max_age_secs: u64,
+    /// spillman: the channel terms the socket offers (seed 003).
+    #[serde(default)]
+    pub spillman: SpillmanConfig,
+}
+
+/// `[outlet.spillman]`: the channels the socket accepts (seed 003 "Protocol Peculiarities").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpillmanConfig {
+    /// Smallest deposit.
+    pub min_deposit_sat: u64,
+    /// The refund's lock height must be at least this many blocks above the tip.
+    pub min_lock_blocks: u32,
+    /// And at most this many: how long the cable may hold the socket's money hostage.
+    pub max_lock_blocks: u32,
+    /// The socket closes a channel at the latest this many blocks before its refund unlocks.
+    pub close_margin_blocks: u32,
+    /// Confirmations the deposit needs before payments from it are credited (0: at once,
+    /// with the deposit at risk of a double spend until it confirms).
+    pub min_confirmations: u32,
+}
+
+impl Default for SpillmanConfig {
+    fn default() -> Self {
+        SpillmanConfig {
+            min_deposit_sat: 2_000,
+            min_lock_blocks: 12,
+            max_lock_blocks: 1_008,
+            close_margin_blocks: 6,
+            min_confirmations: 0,
+        }
+    }
 }
 
 /// A payment scheme by its config name.
@@ -129,6 +161,8 @@ pub enum SchemeName {
     SingleFee,
     /// BOLT11 invoices paid over Lightning channels.
     Lightning,
+    /// A 2-of-2 deposit with a pre-signed timelocked refund, rising payments (seed 003).
+    Spillman,
 }
 
 impl SchemeName {
@@ -138,6 +172,7 @@ impl SchemeName {
             SchemeName::Onchain => "onchain",
             SchemeName::SingleFee => "single-fee",
             SchemeName::Lightning => "lightning",
+            SchemeName::Spillman => "spillman",
         }
     }
 
@@ -147,6 +182,7 @@ impl SchemeName {
             SchemeName::Onchain => proto::v1::Scheme::Onchain,
             SchemeName::SingleFee => proto::v1::Scheme::SingleFee,
             SchemeName::Lightning => proto::v1::Scheme::Lightning,
+            SchemeName::Spillman => proto::v1::Scheme::Spillman,
         }
     }
 }

@@ -79,6 +79,8 @@ pub struct SocketNode {
     settler: Mutex<mpsc::Sender<Settle>>,
     /// The Lightning node, when `[lightning]` is configured.
     pub(crate) ln: Option<Arc<ln::ldk_node::Node>>,
+    /// The socket's spillman channel key.
+    pub(crate) channel_secret: bitcoin::secp256k1::SecretKey,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -135,7 +137,7 @@ impl SocketNode {
                     min_payment_sat: outlet_cfg.min_payment_sat,
                     max_amount_sat: match scheme {
                         SchemeName::SingleFee => outlet_cfg.single_fee_max_sat,
-                        SchemeName::Onchain | SchemeName::Lightning => 0,
+                        SchemeName::Onchain | SchemeName::Lightning | SchemeName::Spillman => 0,
                     },
                 })
                 .collect(),
@@ -150,6 +152,20 @@ impl SocketNode {
                 .map(|l| l.listen.to_string())
                 .unwrap_or_default(),
             lightning_keysend: config.lightning.as_ref().is_some_and(|l| l.keysend),
+            spillman: outlet_cfg.schemes.contains(&SchemeName::Spillman).then(|| {
+                let terms = &outlet_cfg.spillman;
+                v1::SpillmanTerms {
+                    socket_channel_key: bitcoin::PublicKey::new(
+                        keys.channel_secret()
+                            .public_key(&bitcoin::secp256k1::Secp256k1::signing_only()),
+                    )
+                    .to_bytes(),
+                    min_deposit_sat: terms.min_deposit_sat,
+                    min_lock_blocks: terms.min_lock_blocks,
+                    max_lock_blocks: terms.max_lock_blocks,
+                    close_margin_blocks: terms.close_margin_blocks,
+                }
+            }),
         };
         let mut outlet = Outlet::new(OutletParams {
             quota_low: EnergyMwh(outlet_cfg.quota_low_mwh),
@@ -201,6 +217,7 @@ impl SocketNode {
             pay_lock: tokio::sync::Mutex::new(()),
             settler: Mutex::new(settle_tx),
             ln,
+            channel_secret: keys.channel_secret(),
             config,
         });
         if let Some(ln) = node.ln.clone() {
@@ -398,7 +415,10 @@ impl SocketNode {
                         &detail,
                     );
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => self.watch_confirmations(),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.watch_confirmations();
+                    crate::seller::spillman::close_due(self);
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
         }

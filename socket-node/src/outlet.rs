@@ -192,6 +192,26 @@ impl Outlet {
         }
     }
 
+    /// End session `id` before anything was paid, with no blame (it could not open, e.g. a
+    /// spillman channel the socket would not sign): back to Standby.
+    pub fn abandon(&mut self, id: &str, reason: &str) -> Vec<Event> {
+        match self.session.take() {
+            Some(session) if session.id == id && session.payments == 0 => {
+                let mut events = vec![Event::SessionEnded {
+                    id: session.id,
+                    used: session.used,
+                    reason: reason.to_owned(),
+                }];
+                events.extend(self.enter(OutletState::Standby));
+                events
+            }
+            other => {
+                self.session = other;
+                Vec::new()
+            }
+        }
+    }
+
     /// Credit a payment of `quota` to the session in progress: Paid, relay closed.
     pub fn credit(&mut self, session_id: &str, quota: EnergyMwh) -> Result<Vec<Event>, String> {
         let session = self.active_session(session_id)?;

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::SchemeName;
 use crate::node::SocketNode;
-use crate::seller::{internal, lightning, onchain, single_fee};
+use crate::seller::{internal, lightning, onchain, single_fee, spillman};
 use crate::store::StoredTerms;
 
 /// The tonic service over a running [`SocketNode`].
@@ -115,16 +115,12 @@ impl Socket for SocketService {
         let now = node.clock.now_ms();
         let meter = inner.last_reading.energy;
         let session_id = if request.session_id.is_empty() {
-            let id = rand::random::<[u8; 16]>().to_lower_hex_string();
-            inner
-                .outlet
-                .open_session(id.clone(), now, meter)
-                .map_err(Status::failed_precondition)?;
-            node.store()
-                .open_session(&id, &node.config.outlet.id, scheme.name())
-                .map_err(internal)?;
-            tracing::info!(session = %id, scheme = scheme.name(), "session opened");
-            id
+            if scheme == SchemeName::Spillman {
+                return Err(Status::failed_precondition(
+                    "a spillman session opens with OpenChannel",
+                ));
+            }
+            open_session(node, &mut inner, scheme, now, meter)?
         } else {
             let stored = node
                 .store()
@@ -177,6 +173,7 @@ impl Socket for SocketService {
                 let terms = match scheme {
                     SchemeName::Onchain => onchain::new_terms(node),
                     SchemeName::Lightning => lightning::new_terms(node),
+                    SchemeName::Spillman => spillman::new_terms(node),
                     SchemeName::SingleFee => single_fee::new_terms(
                         node,
                         &mut inner,
@@ -198,6 +195,7 @@ impl Socket for SocketService {
         };
         let reply = match scheme {
             SchemeName::Onchain => onchain::reply(node, session_id, payment_id, terms),
+            SchemeName::Spillman => spillman::reply(node, session_id, payment_id, terms)?,
             // ldk-node's calls are synchronous: let the runtime move other tasks off this
             // worker meanwhile.
             SchemeName::Lightning => tokio::task::block_in_place(|| {
@@ -255,10 +253,84 @@ impl Socket for SocketService {
                 "this payment is a Lightning invoice: pay it over Lightning",
             ));
         }
+        let spillman = node
+            .store()
+            .session_scheme(session_id)
+            .map_err(internal)?
+            .as_deref()
+            == Some(SchemeName::Spillman.name());
         let reply = match terms.single_fee {
+            None if spillman => {
+                spillman::pay(&node, session_id, payment_id, &request.psbt, terms).await?
+            }
             None => onchain::pay(&node, session_id, payment_id, &request.psbt, terms).await?,
             Some(_) => single_fee::pay(&node, session_id, payment_id, &request.psbt, terms).await?,
         };
         Ok(Response::new(reply))
     }
+
+    async fn open_channel(
+        &self,
+        request: Request<v1::OpenChannelRequest>,
+    ) -> Result<Response<v1::OpenChannelResponse>, Status> {
+        let request = request.into_inner();
+        self.check_outlet(&request.outlet_id)?;
+        let scheme = self.offered_scheme(v1::Scheme::Spillman as i32)?;
+        let node = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || {
+            let mut inner = node.inner();
+            node.tick_locked(&mut inner);
+            let (now, meter) = (node.clock.now_ms(), inner.last_reading.energy);
+            let session_id = open_session(&node, &mut inner, scheme, now, meter)?;
+            drop(inner);
+            spillman::open(&node, &session_id, &request).map_err(|reason| {
+                // Nothing was signed: end the session it opened, without blame.
+                let mut inner = node.inner();
+                let events = inner
+                    .outlet
+                    .abandon(&session_id, &format!("channel refused: {reason}"));
+                node.apply(&mut inner, events);
+                Status::invalid_argument(format!("channel refused: {reason}"))
+            })
+        })
+        .await
+        .map_err(internal)?
+        .map(Response::new)
+    }
+
+    async fn fund_channel(
+        &self,
+        request: Request<v1::FundChannelRequest>,
+    ) -> Result<Response<v1::FundChannelResponse>, Status> {
+        let request = request.into_inner();
+        let node = Arc::clone(&self.0);
+        let session_id = request.session_id.clone();
+        let funded = tokio::task::spawn_blocking(move || spillman::fund(&node, &request))
+            .await
+            .map_err(internal)?;
+        match funded {
+            Ok(deposit_txid) => Ok(Response::new(v1::FundChannelResponse { deposit_txid })),
+            Err(reason) => Err(crate::seller::lock_out(&self.0, &session_id, &reason)),
+        }
+    }
+}
+
+/// Open a session of `scheme` on the outlet and in the store.
+fn open_session(
+    node: &SocketNode,
+    inner: &mut crate::node::Inner,
+    scheme: SchemeName,
+    now: u64,
+    meter: proto::units::EnergyMwh,
+) -> Result<String, Status> {
+    let id = rand::random::<[u8; 16]>().to_lower_hex_string();
+    inner
+        .outlet
+        .open_session(id.clone(), now, meter)
+        .map_err(Status::failed_precondition)?;
+    node.store()
+        .open_session(&id, &node.config.outlet.id, scheme.name())
+        .map_err(internal)?;
+    tracing::info!(session = %id, scheme = scheme.name(), "session opened");
+    Ok(id)
 }

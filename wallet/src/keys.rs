@@ -22,6 +22,8 @@ use crate::WalletError;
 pub const SEED_FILE: &str = "seed.txt";
 /// Derivation path of the identity key.
 pub const IDENTITY_PATH: &str = "m/1017'/0'";
+/// Derivation path of the socket's spillman channel key.
+pub const CHANNEL_PATH: &str = "m/1017'/1'";
 
 /// The keys of one node.
 pub struct NodeKeys {
@@ -79,6 +81,16 @@ impl NodeKeys {
             format!("wpkh({}/84'/{coin}'/0'/0/*)", self.master),
             format!("wpkh({}/84'/{coin}'/0'/1/*)", self.master),
         )
+    }
+
+    /// The socket's spillman channel key at [`CHANNEL_PATH`] (its half of every deposit's
+    /// `wsh(multi(2,cable,socket))`, seed 003).
+    pub fn channel_secret(&self) -> bitcoin::secp256k1::SecretKey {
+        let path: DerivationPath = CHANNEL_PATH.parse().expect("constant path");
+        self.master
+            .derive_priv(&Secp256k1::new(), &path)
+            .expect("hardened derivation of a valid key")
+            .private_key
     }
 
     /// The identity key at [`IDENTITY_PATH`].

@@ -7,6 +7,7 @@
 pub mod lightning;
 pub mod onchain;
 pub mod single_fee;
+pub mod spillman;
 
 use bitcoin::{Amount, Transaction};
 use tonic::Status;

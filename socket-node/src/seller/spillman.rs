@@ -1,0 +1,331 @@
+//! Seller side of the `spillman` scheme (seed 003 "Micropayment Channel Protocol" steps 4–17,
+//! "Protocol Peculiarities"; design.md): the socket signs the refund of a channel before it sees
+//! the deposit, checks and broadcasts the deposit, holds the highest payment (persisted before
+//! the quota is credited), and closes the channel by co-signing and broadcasting it when the
+//! session ends, and at the latest `close_margin_blocks` before the refund unlocks — also when
+//! the cable is gone and after a restart ([`close_due`], run by the settler thread).
+
+use std::sync::Arc;
+
+use bitcoin::consensus::encode;
+use bitcoin::hex::DisplayHex;
+use bitcoin::psbt::Psbt;
+use bitcoin::{Amount, OutPoint, PublicKey, ScriptBuf, Transaction};
+use proto::spillman::Channel;
+use proto::v1::{self, OutletState};
+use tonic::Status;
+
+use super::{internal, lock_out};
+use crate::node::SocketNode;
+use crate::store::StoredTerms;
+
+/// The terms of one quota: price × quota more to the socket.
+pub(crate) fn new_terms(node: &SocketNode) -> StoredTerms {
+    super::onchain::new_terms(node)
+}
+
+/// Step 7: check the channel the cable proposes and sign its refund. The session is opened by
+/// the caller; the channel is stored before the signature leaves.
+pub(crate) fn open(
+    node: &SocketNode,
+    session_id: &str,
+    request: &v1::OpenChannelRequest,
+) -> Result<v1::OpenChannelResponse, String> {
+    let terms = &node.config.outlet.spillman;
+    let cable_key = PublicKey::from_slice(&request.cable_channel_key)
+        .map_err(|e| format!("cable channel key: {e}"))?;
+    let channel = Channel {
+        cable_key,
+        socket_key: socket_key(node),
+        deposit: OutPoint::new(
+            request
+                .deposit_txid
+                .parse()
+                .map_err(|e| format!("deposit txid: {e}"))?,
+            request.deposit_vout,
+        ),
+        deposit_value: Amount::from_sat(request.deposit_sat),
+        refund_lock_height: request.refund_lock_height,
+        fee: Amount::from_sat(request.fee_sat),
+        cable_script: ScriptBuf::from_bytes(request.cable_script.clone()),
+        socket_script: node.payout_script.clone(),
+    };
+    if channel.deposit_value < Amount::from_sat(terms.min_deposit_sat) {
+        return Err(format!(
+            "deposit {} is below the minimum of {} sat",
+            channel.deposit_value, terms.min_deposit_sat
+        ));
+    }
+    if !channel.cable_script.is_witness_program() {
+        return Err("the cable's script is not a segwit output".into());
+    }
+    let tip = node.chain.height().map_err(|e| e.to_string())?;
+    channel
+        .check_lock_height(tip + terms.min_lock_blocks, tip + terms.max_lock_blocks)
+        .map_err(|e| e.to_string())?;
+    let refund: Transaction =
+        encode::deserialize(&request.refund_tx).map_err(|e| format!("refund transaction: {e}"))?;
+    channel.check_refund(&refund).map_err(|e| e.to_string())?;
+    // The fee must get the refund and every payment relayed.
+    let min_fee = Amount::from_sat(
+        node.config.outlet.min_fee_rate_sat_per_vb * refund_vsize(&channel, &refund)?,
+    );
+    if channel.fee < min_fee {
+        return Err(format!(
+            "fee {} is below {} sat/vB",
+            channel.fee, node.config.outlet.min_fee_rate_sat_per_vb
+        ));
+    }
+    node.store()
+        .propose_channel(session_id, &channel)
+        .map_err(|e| e.to_string())?;
+    let signature = channel
+        .sign(&refund, &node.channel_secret)
+        .map_err(|e| e.to_string())?;
+    tracing::info!(session = %session_id, deposit = %channel.deposit, lock_height = channel.refund_lock_height, "spillman refund signed");
+    Ok(v1::OpenChannelResponse {
+        session_id: session_id.to_owned(),
+        refund_signature: signature.to_vec(),
+    })
+}
+
+/// The virtual size of the refund once signed (the witness of a 2-of-2 at its largest).
+fn refund_vsize(channel: &Channel, refund: &Transaction) -> Result<u64, String> {
+    let witness = channel
+        .descriptor()
+        .map_err(|e| e.to_string())?
+        .max_weight_to_satisfy()
+        .map_err(|e| e.to_string())?;
+    Ok((refund.weight() + witness).to_vbytes_ceil())
+}
+
+/// The socket's channel key.
+fn socket_key(node: &SocketNode) -> PublicKey {
+    PublicKey::new(
+        node.channel_secret
+            .public_key(&bitcoin::secp256k1::Secp256k1::signing_only()),
+    )
+}
+
+/// Steps 9–11: the deposit must be exactly the channel's (its txid, the 2-of-2 output of the
+/// agreed value) and acceptable to bitcoind; it is stored, then broadcast.
+pub(crate) fn fund(node: &SocketNode, request: &v1::FundChannelRequest) -> Result<String, String> {
+    let stored = node
+        .store()
+        .channel_of(&request.session_id)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no channel for session {}", request.session_id))?;
+    let channel = &stored.channel;
+    let deposit: Transaction = encode::deserialize(&request.deposit_tx)
+        .map_err(|e| format!("deposit transaction: {e}"))?;
+    let txid = deposit.compute_txid();
+    if stored.status != "refund-signed" {
+        // Handed over again after a lost reply: the same deposit is acknowledged again.
+        return if stored.status == "funded" && txid == channel.deposit.txid {
+            Ok(txid.to_string())
+        } else {
+            Err(format!("the channel is {}", stored.status))
+        };
+    }
+    let output = deposit.output.get(channel.deposit.vout as usize);
+    let script = channel.deposit_script_pubkey().map_err(|e| e.to_string())?;
+    if txid != channel.deposit.txid
+        || output.map(|o| (&o.script_pubkey, o.value)) != Some((&script, channel.deposit_value))
+    {
+        return Err(format!(
+            "deposit {txid} is not the agreed {} of {} to the 2-of-2",
+            channel.deposit, channel.deposit_value
+        ));
+    }
+    match super::check_on_chain(node, &deposit) {
+        Ok(_) => {}
+        Err(super::Refusal::Cheat(reason)) | Err(super::Refusal::Unavailable(reason)) => {
+            return Err(format!("deposit: {reason}"))
+        }
+    }
+    node.store()
+        .fund_channel(&request.session_id, &deposit)
+        .map_err(|e| e.to_string())?;
+    node.chain
+        .broadcast(&deposit)
+        .map_err(|e| format!("broadcasting the deposit: {e}"))?;
+    tracing::info!(session = %request.session_id, %txid, "spillman deposit broadcast");
+    Ok(txid.to_string())
+}
+
+/// The `PowerRequest` reply: the next total, one quota above the highest payment held.
+pub(crate) fn reply(
+    node: &SocketNode,
+    session_id: String,
+    payment_id: u64,
+    terms: StoredTerms,
+) -> Result<v1::PowerRequestResponse, Status> {
+    let stored = node
+        .store()
+        .channel_of(&session_id)
+        .map_err(internal)?
+        .ok_or_else(|| Status::failed_precondition("this session has no channel"))?;
+    if stored.status != "funded" {
+        return Err(Status::failed_precondition(format!(
+            "the channel is {}",
+            stored.status
+        )));
+    }
+    let total = stored.highest_total + terms.amount;
+    let (_, max) = stored.channel.total_range();
+    if total > max {
+        return Err(Status::failed_precondition(format!(
+            "the deposit is used up: {total} would pass {max}"
+        )));
+    }
+    Ok(v1::PowerRequestResponse {
+        session_id,
+        payment_id,
+        scheme: v1::Scheme::Spillman as i32,
+        amount_msat: terms.amount.to_sat() * 1_000,
+        quota_mwh: terms.quota.0,
+        payout_script: node.payout_script.to_bytes(),
+        value_sat: total.to_sat(),
+        ..Default::default()
+    })
+}
+
+/// Steps 12–14: the payment must be exactly the channel's payment of one quota more, signed by
+/// the cable; it is held as the highest (persisted), then credited. A bad one locks out.
+pub(crate) async fn pay(
+    node: &Arc<SocketNode>,
+    session_id: &str,
+    payment_id: u64,
+    psbt: &[u8],
+    terms: StoredTerms,
+) -> Result<v1::PayTransactionResponse, Status> {
+    let stored = node
+        .store()
+        .channel_of(session_id)
+        .map_err(internal)?
+        .ok_or_else(|| Status::failed_precondition("this session has no channel"))?;
+    if stored.status != "funded" {
+        return Err(Status::failed_precondition(format!(
+            "the channel is {}",
+            stored.status
+        )));
+    }
+    let channel = &stored.channel;
+    let min_confirmations = node.config.outlet.spillman.min_confirmations;
+    if min_confirmations > 0 {
+        let confirmations = node
+            .chain
+            .confirmation_height(&channel.deposit.txid)
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .map_or(0, |h| node.chain.height().unwrap_or(h) + 1 - h);
+        if confirmations < min_confirmations {
+            return Err(Status::unavailable(format!(
+                "the deposit has {confirmations} of {min_confirmations} confirmations"
+            )));
+        }
+    }
+    let psbt = Psbt::deserialize(psbt)
+        .map_err(|e| lock_out(node, session_id, &format!("not a PSBT: {e}")))?;
+    let signature = psbt
+        .inputs
+        .first()
+        .and_then(|i| i.partial_sigs.get(&channel.cable_key))
+        .copied()
+        .ok_or_else(|| {
+            lock_out(
+                node,
+                session_id,
+                "the payment carries no signature by the cable's channel key",
+            )
+        })?;
+    let tx = psbt.unsigned_tx;
+    let total = stored.highest_total + terms.amount;
+    channel
+        .check_payment(&tx, total, &signature)
+        .map_err(|e| lock_out(node, session_id, &e.to_string()))?;
+    node.store()
+        .hold_channel_payment(
+            session_id,
+            payment_id,
+            &tx,
+            &signature,
+            total,
+            terms,
+            channel.fee,
+        )
+        .map_err(internal)?;
+    let txid = tx.compute_txid().to_string();
+    node.credit(session_id, terms.quota, &txid)?;
+    Ok(v1::PayTransactionResponse {
+        txid,
+        quota_credited_mwh: terms.quota.0,
+        state: OutletState::Paid as i32,
+    })
+}
+
+/// Step 16 and the peculiarity that makes it safe: close every open channel whose session
+/// ended or whose refund unlocks within `close_margin_blocks`, by co-signing its highest
+/// payment and broadcasting it. A channel with no payment is left to the cable's refund.
+/// Errors are logged; the next call tries again.
+pub(crate) fn close_due(node: &SocketNode) {
+    let open = match node.store().open_channels() {
+        Ok(open) => open,
+        Err(e) => return tracing::error!("reading the channels: {e}"),
+    };
+    if open.is_empty() {
+        return;
+    }
+    let tip = match node.chain.height() {
+        Ok(tip) => tip,
+        Err(e) => return tracing::warn!("cannot see the chain to close channels: {e}"),
+    };
+    let margin = node.config.outlet.spillman.close_margin_blocks;
+    for (stored, session_ended) in open {
+        let expiring = tip + margin >= stored.channel.refund_lock_height;
+        if !session_ended && !expiring {
+            continue;
+        }
+        let outlet_id = &node.config.outlet.id;
+        let session_id = &stored.session_id;
+        let Some((tx, cable_signature)) = &stored.highest else {
+            let _ = node.store().close_channel(session_id, "unpaid", None);
+            let _ = node.store().audit(
+                outlet_id,
+                Some(session_id),
+                "channel-unpaid",
+                "no payment to close with",
+            );
+            continue;
+        };
+        let closed = stored
+            .channel
+            .sign(tx, &node.channel_secret)
+            .and_then(|ours| stored.channel.finalize(tx, *cable_signature, ours))
+            .map_err(|e| e.to_string())
+            .and_then(|signed| node.chain.broadcast(&signed).map_err(|e| e.to_string()));
+        match closed {
+            Ok(txid) => {
+                tracing::info!(session = %session_id, %txid, total = %stored.highest_total, expiring, "spillman channel closed");
+                let _ = node.store().close_channel(session_id, "closed", Some(txid));
+                let _ = node.store().audit(
+                    outlet_id,
+                    Some(session_id),
+                    "channel-closed",
+                    &format!("{txid} pays {}", stored.highest_total),
+                );
+            }
+            Err(e) => {
+                tracing::error!(session = %session_id, "closing the channel: {e}");
+                let _ = node.store().audit(
+                    outlet_id,
+                    Some(session_id),
+                    "channel-close-failed",
+                    &format!(
+                        "{e}; signature {}",
+                        cable_signature.to_vec().to_lower_hex_string()
+                    ),
+                );
+            }
+        }
+    }
+}
