@@ -6,9 +6,11 @@
 //! - [`store`]: sessions and signed payments in SQLite.
 //! - [`payer`]: the plug-in flow, payer side of each scheme.
 //! - [`lightning`]: the channel to the socket and invoice payments.
+//! - [`spillman`]: the deposit, refund and payments of a seed-003 payment channel.
 
 pub mod config;
 pub mod lightning;
 pub mod payer;
 pub mod policy;
+pub mod spillman;
 pub mod store;

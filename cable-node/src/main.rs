@@ -50,6 +50,9 @@ enum Command {
     },
     /// Print the wallet's balance (syncs with bitcoind first).
     Balance,
+    /// Broadcast the refund of every spillman channel the socket never closed whose lock
+    /// height is reached (`run` does this too before each session).
+    Refund,
     /// List the Lightning channels: peer, capacity, what the cable can still send, state.
     Channels,
     /// Open a Lightning channel to the configured socket, or to the configured hub, if the cable
@@ -236,6 +239,17 @@ async fn run(cli: Cli) -> Result<(), CableError> {
                 }
                 Ok(())
             })?;
+        }
+        Command::Refund => {
+            let data_dir = cli.data_dir.clone();
+            let mut cable = tokio::task::block_in_place(|| Cable::open(config, &data_dir))?;
+            let refunded = cable.refund_due()?;
+            if refunded.is_empty() {
+                println!("no refund due");
+            }
+            for txid in refunded {
+                println!("refund broadcast: {txid}");
+            }
         }
         Command::Balance => {
             let data_dir = cli.data_dir.clone();

@@ -224,6 +224,7 @@ impl Cable {
         );
         tokio::task::block_in_place(|| self.wallet.sync(&self.chain))
             .map_err(anyhow::Error::from)?;
+        self.refund_due()?;
         let mut channel_opened = None;
         if accepted.scheme == v1::Scheme::Lightning {
             // The channel is ready before plugging in: no session waits for confirmations.
@@ -270,6 +271,31 @@ impl Cable {
             session.id = id;
             session.paid = paid;
             session.resumed = true;
+        }
+        if accepted.scheme == v1::Scheme::Spillman && session.id.is_empty() {
+            // The channel opens the session (seed 003 steps 4–11), once plugged in.
+            let (id, deposit) = crate::spillman::open(
+                &mut client,
+                &self.config.outlet_id,
+                &accepted,
+                &self.config.policy,
+                &mut self.wallet,
+                &self.chain,
+                &self.store,
+            )
+            .await?;
+            self.store
+                .open_session(&id, &socket_key, &self.config.outlet_id)
+                .context("storing the session")?;
+            session.id = id;
+            session.onchain_txs.push(PaymentReport {
+                payment_id: 0,
+                txid: deposit.compute_txid().to_string(),
+                amount_sat: 0,
+                fee_sat: 0,
+                vsize: deposit.vsize() as u64,
+                latency_ms: None,
+            });
         }
         let idle = Duration::from_secs_f64(self.config.session.unplug_when_idle_secs);
         let result = async {
@@ -329,6 +355,16 @@ impl Cable {
             Err(e) => format!("failed: {e}"),
         };
         self.finish_session(&mut session, &outcome);
+        if accepted.scheme == v1::Scheme::Spillman {
+            // The socket closes the channel with the highest payment, whose txid the cable
+            // knows: a segwit txid does not cover the witness the socket adds.
+            if let Some(last) = session.payments.last() {
+                session.onchain_txs.push(PaymentReport {
+                    amount_sat: session.paid.to_sat(),
+                    ..last.clone()
+                });
+            }
+        }
         tracing::info!(%outcome, payments = session.payments.len(), paid = %session.paid, "unplugged");
         result.map(|outcome| SessionReport {
             session_id: session.id,
@@ -527,6 +563,9 @@ impl Cable {
             }
             None => match accepted.scheme {
                 v1::Scheme::SingleFee => self.sign_single_fee(session, &terms, accepted)?,
+                v1::Scheme::Spillman => {
+                    crate::spillman::sign_payment(&self.store, &session.id, &terms, accepted)?
+                }
                 _ => {
                     let checked = check_terms(&accepted.offer, &terms)
                         .map_err(|e| CableError::RefusedSocket(format!("terms: {e}")))?;
@@ -1039,6 +1078,17 @@ impl Cable {
             .record_signed(session_id, &record)
             .context("storing the signed payment")?;
         Ok(record)
+    }
+
+    /// Take back the deposit of every spillman channel the socket left open past its refund's
+    /// lock height (seed 003 "Protocol Peculiarities"). Returns the refunds broadcast.
+    pub fn refund_due(&mut self) -> anyhow::Result<Vec<bitcoin::Txid>> {
+        let refunded =
+            tokio::task::block_in_place(|| crate::spillman::refund_due(&self.store, &self.chain))?;
+        for txid in &refunded {
+            tracing::info!(%txid, "deposit refunded");
+        }
+        Ok(refunded)
     }
 
     /// The wallet, for `address` and `balance`.

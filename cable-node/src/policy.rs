@@ -27,6 +27,14 @@ pub struct Policy {
     /// Highest fee of one on-chain payment.
     #[serde(default = "default_max_fee")]
     pub max_fee_sat: u64,
+    /// spillman: the refund unlocks this many blocks after the channel opens (seed 003: how
+    /// long the deposit may be held if the socket vanishes).
+    #[serde(default = "default_lock_blocks")]
+    pub spillman_lock_blocks: u32,
+}
+
+fn default_lock_blocks() -> u32 {
+    144
 }
 
 fn default_schemes() -> Vec<String> {
@@ -62,6 +70,7 @@ fn scheme_of(name: &str) -> Option<v1::Scheme> {
         "onchain" => Some(v1::Scheme::Onchain),
         "single-fee" => Some(v1::Scheme::SingleFee),
         "lightning" => Some(v1::Scheme::Lightning),
+        "spillman" => Some(v1::Scheme::Spillman),
         _ => None,
     }
 }
@@ -97,6 +106,27 @@ impl Policy {
             && (offer.lightning_node_id.len() != 33 || offer.lightning_address.is_empty())
         {
             return Err("the socket offers lightning without a node id and address".into());
+        }
+        if scheme == v1::Scheme::Spillman {
+            let terms = offer
+                .spillman
+                .as_ref()
+                .ok_or("the socket offers spillman without channel terms")?;
+            bitcoin::PublicKey::from_slice(&terms.socket_channel_key)
+                .map_err(|e| format!("the socket's channel key: {e}"))?;
+            if !(terms.min_lock_blocks..=terms.max_lock_blocks).contains(&self.spillman_lock_blocks)
+            {
+                return Err(format!(
+                    "the socket takes refunds locked {}..={} blocks, the policy locks {}",
+                    terms.min_lock_blocks, terms.max_lock_blocks, self.spillman_lock_blocks
+                ));
+            }
+            if self.max_session_sat < terms.min_deposit_sat {
+                return Err(format!(
+                    "the socket wants a deposit of at least {} sat, above the session budget of {} sat",
+                    terms.min_deposit_sat, self.max_session_sat
+                ));
+            }
         }
         let script = ScriptBuf::from_bytes(offer.payout_script.clone());
         let standard = script.is_p2wpkh()

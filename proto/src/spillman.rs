@@ -208,6 +208,28 @@ impl Channel {
         }
     }
 
+    /// The virtual size of `tx` once its deposit input carries the 2-of-2 witness (at its
+    /// largest), for fees.
+    pub fn signed_vsize(&self, tx: &Transaction) -> Result<u64, SpillmanError> {
+        let witness = self
+            .descriptor()?
+            .max_weight_to_satisfy()
+            .map_err(|e| SpillmanError::Descriptor(e.to_string()))?;
+        Ok((tx.weight() + witness).to_vbytes_ceil())
+    }
+
+    /// The fee the channel's transactions need at `sat_per_vb`: the payment with change, the
+    /// largest of them, signed.
+    pub fn fee_at(&self, sat_per_vb: u64) -> Result<Amount, SpillmanError> {
+        let probe = Channel {
+            fee: Amount::ZERO,
+            ..self.clone()
+        };
+        let (min, _) = probe.total_range();
+        let vsize = self.signed_vsize(&probe.payment(min)?)?;
+        Ok(Amount::from_sat(sat_per_vb * vsize))
+    }
+
     /// The BIP 143 sighash (`SIGHASH_ALL`) of the deposit's input of `tx`.
     pub fn sighash(&self, tx: &Transaction) -> Result<Message, SpillmanError> {
         let script = self

@@ -67,9 +67,9 @@ pub(crate) fn open(
         encode::deserialize(&request.refund_tx).map_err(|e| format!("refund transaction: {e}"))?;
     channel.check_refund(&refund).map_err(|e| e.to_string())?;
     // The fee must get the refund and every payment relayed.
-    let min_fee = Amount::from_sat(
-        node.config.outlet.min_fee_rate_sat_per_vb * refund_vsize(&channel, &refund)?,
-    );
+    let min_fee = channel
+        .fee_at(node.config.outlet.min_fee_rate_sat_per_vb)
+        .map_err(|e| e.to_string())?;
     if channel.fee < min_fee {
         return Err(format!(
             "fee {} is below {} sat/vB",
@@ -87,16 +87,6 @@ pub(crate) fn open(
         session_id: session_id.to_owned(),
         refund_signature: signature.to_vec(),
     })
-}
-
-/// The virtual size of the refund once signed (the witness of a 2-of-2 at its largest).
-fn refund_vsize(channel: &Channel, refund: &Transaction) -> Result<u64, String> {
-    let witness = channel
-        .descriptor()
-        .map_err(|e| e.to_string())?
-        .max_weight_to_satisfy()
-        .map_err(|e| e.to_string())?;
-    Ok((refund.weight() + witness).to_vbytes_ceil())
 }
 
 /// The socket's channel key.

@@ -1,0 +1,253 @@
+//! The cable's side of the `spillman` payment channel (seed 003 "Micropayment Channel
+//! Protocol" steps 4–17; design.md): build the deposit and the refund, get the refund signed
+//! **before** handing over the deposit (and store it signed first), sign each payment one
+//! quota higher, and take the refund alone once its lock height is reached if the socket never
+//! closed. Transactions come from [`proto::spillman`], the same rules the socket applies.
+
+use anyhow::Context;
+use bitcoin::consensus::encode;
+use bitcoin::psbt::Psbt;
+use bitcoin::secp256k1::{rand, Secp256k1, SecretKey};
+use bitcoin::{Amount, OutPoint, PublicKey, Txid};
+use proto::spillman::{Channel, Signer};
+use proto::v1;
+use proto::v1::socket_client::SocketClient;
+use tonic::transport;
+use wallet::chain::Chain;
+use wallet::onchain::NodeWallet;
+
+use crate::payer::CableError;
+use crate::policy::{AcceptedOffer, Policy};
+use crate::store::{CableStore, SignedRecord};
+
+/// Open a channel with the socket (steps 4–11): the deposit covers the session budget and the
+/// channel's fee; the refund unlocks `policy.spillman_lock_blocks` from now. Returns the session
+/// id the socket opened and the deposit transaction.
+///
+/// Errors: the socket refuses the channel or signs a wrong refund (then the deposit never
+/// leaves the cable), or refuses the deposit.
+#[allow(clippy::too_many_arguments)]
+pub async fn open(
+    client: &mut SocketClient<transport::Channel>,
+    outlet_id: &str,
+    accepted: &AcceptedOffer,
+    policy: &Policy,
+    wallet: &mut NodeWallet,
+    chain: &Chain,
+    store: &CableStore,
+) -> Result<(String, bitcoin::Transaction), CableError> {
+    let refuse = |reason: String| CableError::RefusedSocket(format!("channel: {reason}"));
+    let terms = accepted
+        .offer
+        .spillman
+        .as_ref()
+        .ok_or_else(|| refuse("no channel terms".into()))?;
+    let socket_key =
+        PublicKey::from_slice(&terms.socket_channel_key).map_err(|e| refuse(e.to_string()))?;
+    let secret = SecretKey::new(&mut rand::thread_rng());
+    let cable_key = PublicKey::new(secret.public_key(&Secp256k1::signing_only()));
+    let (tip, cable_script) = tokio::task::block_in_place(|| {
+        wallet.sync(chain)?;
+        anyhow::Ok((chain.height()?, wallet.receive_address(1)?.script_pubkey()))
+    })?;
+    let mut channel = Channel {
+        cable_key,
+        socket_key,
+        deposit: OutPoint::null(),
+        deposit_value: Amount::ZERO,
+        refund_lock_height: tip + policy.spillman_lock_blocks,
+        fee: Amount::ZERO,
+        cable_script,
+        socket_script: bitcoin::ScriptBuf::from_bytes(accepted.offer.payout_script.clone()),
+    };
+    channel.fee = channel
+        .fee_at(policy.fee_rate_sat_per_vb)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    channel.deposit_value = Amount::from_sat(policy.max_session_sat) + channel.fee;
+    let script = channel
+        .deposit_script_pubkey()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let deposit = tokio::task::block_in_place(|| {
+        wallet.pay(
+            &script,
+            channel.deposit_value,
+            policy.fee_rate(),
+            policy.max_fee(),
+        )
+    })
+    .map_err(anyhow::Error::from)?
+    .tx;
+    let vout = deposit
+        .output
+        .iter()
+        .position(|o| o.script_pubkey == script)
+        .context("the deposit pays no 2-of-2 output")?;
+    channel.deposit = OutPoint::new(deposit.compute_txid(), vout as u32);
+    let refund = channel.refund().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let deposit_txid = channel.deposit.txid.to_string();
+    store
+        .propose_channel(&secret, &channel, &deposit)
+        .context("storing the channel")?;
+
+    // Steps 6–8: the socket signs the refund without having seen the signed deposit.
+    let reply = client
+        .open_channel(v1::OpenChannelRequest {
+            outlet_id: outlet_id.to_owned(),
+            cable_channel_key: cable_key.to_bytes(),
+            deposit_txid: deposit_txid.clone(),
+            deposit_vout: channel.deposit.vout,
+            deposit_sat: channel.deposit_value.to_sat(),
+            refund_lock_height: channel.refund_lock_height,
+            fee_sat: channel.fee.to_sat(),
+            cable_script: channel.cable_script.to_bytes(),
+            refund_tx: encode::serialize(&refund),
+        })
+        .await;
+    let reply = match reply {
+        Ok(reply) => reply.into_inner(),
+        Err(status) => {
+            let _ = store.set_channel_status(&deposit_txid, "abandoned");
+            return Err(CableError::SocketRefused(status.message().to_owned()));
+        }
+    };
+    let socket_signature = bitcoin::ecdsa::Signature::from_slice(&reply.refund_signature)
+        .map_err(|e| e.to_string())
+        .and_then(|signature| {
+            channel
+                .verify(&refund, Signer::Socket, &signature)
+                .map(|()| signature)
+                .map_err(|e| e.to_string())
+        });
+    let socket_signature = match socket_signature {
+        Ok(signature) => signature,
+        Err(reason) => {
+            // The deposit never leaves the cable.
+            let _ = store.set_channel_status(&deposit_txid, "abandoned");
+            return Err(refuse(format!("the socket's refund signature: {reason}")));
+        }
+    };
+    let cable_signature = channel
+        .sign(&refund, &secret)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let refund = channel
+        .finalize(&refund, cable_signature, socket_signature)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Durable before the deposit leaves (step 9).
+    store
+        .refund_signed(&deposit_txid, &reply.session_id, &refund)
+        .context("storing the signed refund")?;
+    let funded = client
+        .fund_channel(v1::FundChannelRequest {
+            session_id: reply.session_id.clone(),
+            deposit_tx: encode::serialize(&deposit),
+        })
+        .await
+        .map_err(|s| CableError::SocketRefused(s.message().to_owned()))?
+        .into_inner();
+    if funded.deposit_txid != deposit_txid {
+        return Err(refuse(format!(
+            "the socket reports deposit {} for ours {deposit_txid}",
+            funded.deposit_txid
+        )));
+    }
+    store
+        .set_channel_status(&deposit_txid, "funded")
+        .context("storing the channel")?;
+    tokio::task::block_in_place(|| wallet.record_sent(&deposit)).map_err(anyhow::Error::from)?;
+    tracing::info!(deposit = %deposit_txid, value = %channel.deposit_value, lock_height = channel.refund_lock_height, "spillman channel open");
+    Ok((reply.session_id, deposit))
+}
+
+/// Check the terms of the next payment and sign it (steps 12–13): exactly one quota above what
+/// the session committed, from the session's channel. Stored before it leaves.
+pub fn sign_payment(
+    store: &CableStore,
+    session_id: &str,
+    terms: &v1::PowerRequestResponse,
+    accepted: &AcceptedOffer,
+) -> Result<SignedRecord, CableError> {
+    let refuse = |reason: String| CableError::RefusedSocket(format!("terms: {reason}"));
+    if terms.scheme != v1::Scheme::Spillman as i32 {
+        return Err(refuse(format!("scheme {} is not spillman", terms.scheme)));
+    }
+    if terms.quota_mwh != accepted.quota.0
+        || terms.amount_msat != accepted.quota_amount.to_sat() * 1_000
+    {
+        return Err(refuse(format!(
+            "{} msat for {} mWh is not the offer's quota",
+            terms.amount_msat, terms.quota_mwh
+        )));
+    }
+    let stored = store
+        .channel_of_session(session_id)
+        .context("reading the store")?
+        .ok_or_else(|| anyhow::anyhow!("session {session_id} has no channel"))?;
+    let committed = store.committed(session_id).context("reading the store")?;
+    let total = committed + accepted.quota_amount;
+    if terms.value_sat != total.to_sat() {
+        return Err(refuse(format!(
+            "total {} sat is not one quota above the {committed} paid",
+            terms.value_sat
+        )));
+    }
+    let channel = &stored.channel;
+    let tx = channel.payment(total).map_err(|e| refuse(e.to_string()))?;
+    let signature = channel
+        .sign(&tx, &stored.secret)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut psbt = Psbt::from_unsigned_tx(tx.clone()).context("a payment PSBT")?;
+    psbt.inputs[0].witness_utxo = Some(bitcoin::TxOut {
+        value: channel.deposit_value,
+        script_pubkey: channel
+            .deposit_script_pubkey()
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    });
+    psbt.inputs[0].witness_script = channel
+        .descriptor()
+        .ok()
+        .and_then(|d| d.explicit_script().ok());
+    psbt.inputs[0]
+        .partial_sigs
+        .insert(channel.cable_key, signature);
+    let record = SignedRecord {
+        payment_id: terms.payment_id,
+        txid: tx.compute_txid(),
+        amount: accepted.quota_amount,
+        fee: Amount::ZERO,
+        vsize: 0,
+        status: "signed".into(),
+        psbt: psbt.serialize(),
+    };
+    store
+        .record_signed(session_id, &record)
+        .context("storing the signed payment")?;
+    Ok(record)
+}
+
+/// Broadcast the refund of every channel whose lock height is reached and whose deposit is
+/// still unspent (the socket never closed it). Returns the refunds broadcast.
+pub fn refund_due(store: &CableStore, chain: &Chain) -> anyhow::Result<Vec<Txid>> {
+    let tip = chain.height()?;
+    let mut refunded = Vec::new();
+    for stored in store.refundable_channels()? {
+        let Some(refund) = &stored.refund else {
+            continue;
+        };
+        let deposit = stored.channel.deposit;
+        if tip < stored.channel.refund_lock_height {
+            continue;
+        }
+        if chain.unspent_value(deposit)?.is_none() {
+            // Closed by the socket, or never broadcast: nothing to take back.
+            if chain.confirmation_height(&deposit.txid)?.is_some() {
+                store.set_channel_status(&deposit.txid.to_string(), "closed")?;
+            }
+            continue;
+        }
+        let txid = chain.broadcast(refund)?;
+        store.set_channel_status(&deposit.txid.to_string(), "refunded")?;
+        tracing::info!(%txid, deposit = %deposit, "spillman refund broadcast");
+        refunded.push(txid);
+    }
+    Ok(refunded)
+}
