@@ -95,6 +95,8 @@ pub struct SocketSetup {
     pub lightning: bool,
     /// `[lightning] alias`: a public node a hub can open an announced channel to.
     pub lightning_alias: Option<String>,
+    /// Offer the `spillman` scheme too.
+    pub spillman: bool,
 }
 
 impl Default for SocketSetup {
@@ -114,6 +116,7 @@ impl Default for SocketSetup {
             single_fee_max_age_secs: 3_600,
             lightning: false,
             lightning_alias: None,
+            spillman: false,
         }
     }
 }
@@ -165,12 +168,18 @@ impl SocketProcess {
                 setup.load_toml,
             ),
         )?;
+        let mut schemes = vec!["onchain", "single-fee"];
+        if setup.lightning {
+            schemes.push("lightning");
+        }
+        if setup.spillman {
+            schemes.push("spillman");
+        }
+        let text =
+            fs::read_to_string(&config)?.replace("[hw]", &format!("schemes = {schemes:?}\n\n[hw]"));
+        fs::write(&config, text)?;
         if setup.lightning {
             let mut config_text = fs::read_to_string(&config)?;
-            config_text = config_text.replace(
-                "[hw]",
-                "schemes = [\"onchain\", \"single-fee\", \"lightning\"]\n\n[hw]",
-            );
             config_text.push_str(&format!(
                 "\n[lightning]\nlisten = \"127.0.0.1:{}\"\n",
                 free_port()?
@@ -352,6 +361,8 @@ pub struct CableSetup {
     pub schemes: Vec<String>,
     /// `[lightning] hub`: `<node id>@<host:port>` of a hub to pay through.
     pub lightning_hub: Option<String>,
+    /// `policy.spillman_lock_blocks`.
+    pub spillman_lock_blocks: u32,
 }
 
 impl Default for CableSetup {
@@ -362,6 +373,7 @@ impl Default for CableSetup {
             unplug_when_idle_secs: 1.0,
             schemes: vec!["onchain".into()],
             lightning_hub: None,
+            spillman_lock_blocks: 144,
         }
     }
 }
@@ -395,13 +407,15 @@ impl CableFiles {
             format!(
                 "network = \"regtest\"\nsocket = \"{endpoint}\"\noutlet_id = \"{OUTLET}\"\n\n\
                  [chain]\nrpc_url = \"{}\"\ncookie_file = \"{}\"\n\n\
-                 [policy]\nmax_price_msat_per_wh = {}\nmax_session_sat = {}\nschemes = {:?}\n\n\
+                 [policy]\nmax_price_msat_per_wh = {}\nmax_session_sat = {}\nschemes = {:?}\n\
+                 spillman_lock_blocks = {}\n\n\
                  [session]\nunplug_when_idle_secs = {:?}\nreconnect_secs = 60\n",
                 bitcoind.rpc_url(),
                 bitcoind.cookie_file().display(),
                 setup.max_price_msat_per_wh,
                 setup.max_session_sat,
                 setup.schemes,
+                setup.spillman_lock_blocks,
                 setup.unplug_when_idle_secs,
             ),
         )?;

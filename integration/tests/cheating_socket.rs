@@ -59,6 +59,7 @@ impl FakeSocket {
             lightning_node_id: vec![],
             lightning_address: String::new(),
             lightning_keysend: false,
+            spillman: None,
         }
     }
 }
@@ -129,6 +130,24 @@ impl Socket for FakeSocket {
             Cheat::Price | Cheat::Network => {}
         }
         Ok(Response::new(terms))
+    }
+
+    async fn open_channel(
+        &self,
+        _: Request<v1::OpenChannelRequest>,
+    ) -> Result<Response<v1::OpenChannelResponse>, Status> {
+        Err(Status::unimplemented(
+            "this fake socket has no spillman channels",
+        ))
+    }
+
+    async fn fund_channel(
+        &self,
+        _: Request<v1::FundChannelRequest>,
+    ) -> Result<Response<v1::FundChannelResponse>, Status> {
+        Err(Status::unimplemented(
+            "this fake socket has no spillman channels",
+        ))
     }
 
     async fn pay_transaction(

@@ -63,6 +63,7 @@ impl Socket for FakeSocket {
             lightning_node_id: self.ln.node_id().serialize().to_vec(),
             lightning_address: self.address.clone(),
             lightning_keysend: false,
+            spillman: None,
             ..Default::default()
         }))
     }
@@ -139,6 +140,24 @@ impl Socket for FakeSocket {
             bolt11_invoice: bolt11,
             ..Default::default()
         }))
+    }
+
+    async fn open_channel(
+        &self,
+        _: Request<v1::OpenChannelRequest>,
+    ) -> Result<Response<v1::OpenChannelResponse>, Status> {
+        Err(Status::unimplemented(
+            "this fake socket has no spillman channels",
+        ))
+    }
+
+    async fn fund_channel(
+        &self,
+        _: Request<v1::FundChannelRequest>,
+    ) -> Result<Response<v1::FundChannelResponse>, Status> {
+        Err(Status::unimplemented(
+            "this fake socket has no spillman channels",
+        ))
     }
 
     async fn pay_transaction(

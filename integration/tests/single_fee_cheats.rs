@@ -432,6 +432,24 @@ impl Socket for FakeSocket {
         Ok(Response::new(terms))
     }
 
+    async fn open_channel(
+        &self,
+        _: Request<v1::OpenChannelRequest>,
+    ) -> Result<Response<v1::OpenChannelResponse>, Status> {
+        Err(Status::unimplemented(
+            "this fake socket has no spillman channels",
+        ))
+    }
+
+    async fn fund_channel(
+        &self,
+        _: Request<v1::FundChannelRequest>,
+    ) -> Result<Response<v1::FundChannelResponse>, Status> {
+        Err(Status::unimplemented(
+            "this fake socket has no spillman channels",
+        ))
+    }
+
     async fn pay_transaction(
         &self,
         request: Request<v1::PayTransactionRequest>,

@@ -221,8 +221,10 @@ impl Channel {
     /// The fee the channel's transactions need at `sat_per_vb`: the payment with change, the
     /// largest of them, signed.
     pub fn fee_at(&self, sat_per_vb: u64) -> Result<Amount, SpillmanError> {
+        // Sizes do not depend on amounts: probe with a deposit large enough for change.
         let probe = Channel {
             fee: Amount::ZERO,
+            deposit_value: Amount::MAX_MONEY,
             ..self.clone()
         };
         let (min, _) = probe.total_range();
@@ -388,6 +390,19 @@ mod tests {
             socket_script: ScriptBuf::new_p2wpkh(&WPubkeyHash::from_byte_array([2; 20])),
         };
         (channel, cable_secret, socket_secret)
+    }
+
+    #[test]
+    fn the_fee_covers_a_signed_payment_with_change() {
+        let (channel, ..) = channel();
+        // One P2WSH 2-of-2 input with its witness, two P2WPKH outputs: about 170 vB.
+        let fee = channel.fee_at(2).unwrap();
+        assert!((320..=380).contains(&fee.to_sat()), "{fee}");
+        let unset = Channel {
+            deposit_value: Amount::ZERO,
+            ..channel
+        };
+        assert_eq!(unset.fee_at(2).unwrap(), fee);
     }
 
     #[test]
