@@ -1,8 +1,9 @@
 //! `demo`: the README's main command. The paper's experiment (seed 000 §V–VII) on a real
 //! regtest chain: a cable toasts one slice of bread (1300 W, 40 Wh) and pays a socket per 8 Wh
 //! quota, the two as separate processes talking gRPC over TCP on 127.0.0.1; once with one
-//! transaction per quota (`onchain`, §V) and once with the paper's single-fee protocol (§VI),
-//! then the two side by side.
+//! transaction per quota (`onchain`, §V), with the paper's single-fee protocol (§VI), over a
+//! seed-003 payment channel (`spillman`), and over Lightning (twice: the channel is reused),
+//! then all side by side.
 
 use std::io::Write;
 use std::path::Path;
@@ -55,6 +56,8 @@ enum SchemeArg {
     Onchain,
     /// Rising payments over the same inputs, one transaction per input set (paper §VI).
     SingleFee,
+    /// A 2-of-2 deposit, a payment per quota held by the socket, one close (seed 003).
+    Spillman,
     /// BOLT11 invoices over a Lightning channel: a first visit, then a second on the same channel.
     Lightning,
     /// All of them, one after the other, compared.
@@ -134,11 +137,19 @@ fn main() -> anyhow::Result<()> {
     let schemes: &[&'static str] = match args.scheme {
         SchemeArg::Onchain => &["onchain"],
         SchemeArg::SingleFee => &["single-fee"],
+        SchemeArg::Spillman => &["spillman"],
         SchemeArg::Lightning => &["lightning", "lightning again"],
-        SchemeArg::All => &["onchain", "single-fee", "lightning", "lightning again"],
+        SchemeArg::All => &[
+            "onchain",
+            "single-fee",
+            "spillman",
+            "lightning",
+            "lightning again",
+        ],
     };
     let setup = SocketSetup {
         lightning: schemes.iter().any(|s| s.starts_with("lightning")),
+        spillman: schemes.contains(&"spillman"),
         ..setup
     };
 
@@ -219,6 +230,10 @@ fn session(
                 &socket.endpoint,
                 &CableSetup {
                     schemes: vec![wire_scheme.into()],
+                    // spillman deposits the whole budget: leave coins for its fees.
+                    max_session_sat: CableSetup::default()
+                        .max_session_sat
+                        .min(args.cable_funds_sat / 2),
                     ..CableSetup::default()
                 },
                 Amount::from_sat(args.cable_funds_sat),
@@ -273,9 +288,20 @@ fn session(
             socket.log_text()
         );
     }
-    bitcoind.mine(1)?;
-
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&cable.report)?)?;
+    // The socket broadcasts a spillman close just after the unplug: wait for it, then mine.
+    for txid in report["onchain_txs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["txid"].as_str())
+    {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while on_chain(bitcoind, txid).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    bitcoind.mine(1)?;
     let payments = report["payments"].as_array().map_or(0, Vec::len);
     let transactions = report["onchain_txs"]
         .as_array()
@@ -320,6 +346,10 @@ fn session(
         // A channel open pays nothing to the socket: its amount goes to the 2-of-2 output.
         let (to_socket, what) = if scheme.starts_with("lightning") {
             (0, format!("channel open, {amount} sat into the channel"))
+        } else if scheme == "spillman" && i == 0 {
+            (0, "deposit into the 2-of-2".to_owned())
+        } else if scheme == "spillman" {
+            (amount, "close: the highest payment".to_owned())
         } else {
             (amount, String::new())
         };
