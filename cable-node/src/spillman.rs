@@ -106,8 +106,12 @@ pub async fn open(
     let reply = match reply {
         Ok(reply) => reply.into_inner(),
         Err(status) => {
+            // Without a signed refund the deposit never leaves the cable.
             let _ = store.set_channel_status(&deposit_txid, "abandoned");
-            return Err(CableError::SocketRefused(status.message().to_owned()));
+            return Err(refuse(format!(
+                "the socket would not sign the refund: {}",
+                status.message()
+            )));
         }
     };
     let socket_signature = bitcoin::ecdsa::Signature::from_slice(&reply.refund_signature)

@@ -1,6 +1,7 @@
 //! A cheating socket: a hand-made `t2t.v1.Socket` server that breaks one rule at a time, against
 //! the real `cable-node` binary on a real regtest chain. The cable must refuse with the reason
-//! and pay nothing (design.md "Trust"; paper §VII.B).
+//! and pay nothing (design.md "Trust"; paper §VII.B). A spillman socket that will not sign the
+//! refund, or signs another one, never gets the deposit (seed 003 step 9).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,11 +26,44 @@ enum Cheat {
     Amount,
     /// The offer is for mainnet.
     Network,
+    /// spillman: the socket will not sign the refund.
+    RefundRefused,
+    /// spillman: the socket signs another refund than the one asked (a later lock time).
+    RefundWrongSignature,
+}
+
+impl Cheat {
+    fn spillman(self) -> bool {
+        matches!(self, Cheat::RefundRefused | Cheat::RefundWrongSignature)
+    }
+}
+
+/// The fake socket's spillman channel key.
+fn channel_secret() -> bitcoin::secp256k1::SecretKey {
+    bitcoin::secp256k1::SecretKey::from_slice(&[7; 32]).unwrap()
 }
 
 struct FakeSocket {
     cheat: Cheat,
     pay_calls: Arc<AtomicUsize>,
+}
+
+/// The channel a cable's `OpenChannel` describes, with the fake socket's key.
+fn channel_of(request: &v1::OpenChannelRequest) -> proto::spillman::Channel {
+    let secp = bitcoin::secp256k1::Secp256k1::signing_only();
+    proto::spillman::Channel {
+        cable_key: bitcoin::PublicKey::from_slice(&request.cable_channel_key).unwrap(),
+        socket_key: bitcoin::PublicKey::new(channel_secret().public_key(&secp)),
+        deposit: bitcoin::OutPoint::new(
+            request.deposit_txid.parse().unwrap(),
+            request.deposit_vout,
+        ),
+        deposit_value: Amount::from_sat(request.deposit_sat),
+        refund_lock_height: request.refund_lock_height,
+        fee: Amount::from_sat(request.fee_sat),
+        cable_script: ScriptBuf::from_bytes(request.cable_script.clone()),
+        socket_script: payout(),
+    }
 }
 
 fn payout() -> ScriptBuf {
@@ -38,7 +72,7 @@ fn payout() -> ScriptBuf {
 
 impl FakeSocket {
     fn offer(&self) -> v1::GetOfferResponse {
-        v1::GetOfferResponse {
+        let mut offer = v1::GetOfferResponse {
             socket_identity_key: vec![2; 33],
             outlet_id: OUTLET.into(),
             network: match self.cheat {
@@ -60,7 +94,25 @@ impl FakeSocket {
             lightning_address: String::new(),
             lightning_keysend: false,
             spillman: None,
+        };
+        if self.cheat.spillman() {
+            offer.schemes = vec![v1::SchemeTerms {
+                scheme: v1::Scheme::Spillman as i32,
+                min_payment_sat: 546,
+                max_amount_sat: 0,
+            }];
+            offer.spillman = Some(v1::SpillmanTerms {
+                socket_channel_key: bitcoin::PublicKey::new(
+                    channel_secret().public_key(&bitcoin::secp256k1::Secp256k1::signing_only()),
+                )
+                .to_bytes(),
+                min_deposit_sat: 2_000,
+                min_lock_blocks: 12,
+                max_lock_blocks: 1_008,
+                close_margin_blocks: 6,
+            });
         }
+        offer
     }
 }
 
@@ -127,27 +179,36 @@ impl Socket for FakeSocket {
                     ScriptBuf::new_p2wpkh(&WPubkeyHash::from_byte_array([6; 20])).to_bytes()
             }
             Cheat::Amount => terms.amount_msat = 2_000_000,
-            Cheat::Price | Cheat::Network => {}
+            Cheat::Price | Cheat::Network | Cheat::RefundRefused | Cheat::RefundWrongSignature => {}
         }
         Ok(Response::new(terms))
     }
 
     async fn open_channel(
         &self,
-        _: Request<v1::OpenChannelRequest>,
+        request: Request<v1::OpenChannelRequest>,
     ) -> Result<Response<v1::OpenChannelResponse>, Status> {
-        Err(Status::unimplemented(
-            "this fake socket has no spillman channels",
-        ))
+        let request = request.into_inner();
+        if !matches!(self.cheat, Cheat::RefundWrongSignature) {
+            return Err(Status::permission_denied("no refund for you"));
+        }
+        let mut channel = channel_of(&request);
+        channel.refund_lock_height += 1_000;
+        let later = channel.refund().unwrap();
+        let signature = channel.sign(&later, &channel_secret()).unwrap();
+        Ok(Response::new(v1::OpenChannelResponse {
+            session_id: "fake-session".into(),
+            refund_signature: signature.to_vec(),
+        }))
     }
 
     async fn fund_channel(
         &self,
         _: Request<v1::FundChannelRequest>,
     ) -> Result<Response<v1::FundChannelResponse>, Status> {
-        Err(Status::unimplemented(
-            "this fake socket has no spillman channels",
-        ))
+        // Handing over the deposit is a payment.
+        self.pay_calls.fetch_add(1, Ordering::SeqCst);
+        Err(Status::internal("the cable should never get here"))
     }
 
     async fn pay_transaction(
@@ -168,6 +229,8 @@ fn the_cable_pays_a_cheating_socket_nothing() {
         (Cheat::Price, "above the policy's maximum"),
         (Cheat::Amount, "is not price x quota"),
         (Cheat::Network, "wrong network"),
+        (Cheat::RefundRefused, "no refund for you"),
+        (Cheat::RefundWrongSignature, "refund signature"),
     ] {
         let pay_calls = Arc::new(AtomicUsize::new(0));
         let port = free_port().unwrap();
@@ -185,7 +248,15 @@ fn the_cable_pays_a_cheating_socket_nothing() {
             &bitcoind,
             dir.path(),
             &format!("http://127.0.0.1:{port}"),
-            &CableSetup::default(),
+            &CableSetup {
+                schemes: if cheat.spillman() {
+                    vec!["spillman".into()]
+                } else {
+                    CableSetup::default().schemes
+                },
+                max_session_sat: 10_000,
+                ..CableSetup::default()
+            },
             Amount::from_sat(50_000),
         )
         .unwrap();
