@@ -103,8 +103,9 @@ CREATE TABLE IF NOT EXISTS spillman_channels (
     highest_tx_hex TEXT,
     highest_cable_signature_hex TEXT,
     -- 'refund-signed': waiting for the deposit; 'funded': open; 'closed': highest payment
-    -- broadcast; 'unpaid': ended with no payment (the cable takes its refund).
-    status TEXT NOT NULL CHECK (status IN ('refund-signed', 'funded', 'closed', 'unpaid')),
+    -- broadcast; 'unpaid': ended with no payment (the cable takes its refund); 'lost': the
+    -- deposit was spent elsewhere (a double spend before it confirmed).
+    status TEXT NOT NULL CHECK (status IN ('refund-signed', 'funded', 'closed', 'unpaid', 'lost')),
     close_txid TEXT
 );
 CREATE TABLE IF NOT EXISTS audit (

@@ -214,6 +214,26 @@ pub(crate) async fn pay(
             )));
         }
     }
+    // A deposit double-spent before it confirmed pays nothing: stop crediting (the loss is
+    // what was credited since the deposit was last seen, bounded by min_confirmations).
+    let deposit_unspent = {
+        let node = Arc::clone(node);
+        let outpoint = channel.deposit;
+        tokio::task::spawn_blocking(move || node.chain.unspent_value(outpoint))
+            .await
+            .map_err(internal)?
+            .map_err(|e| Status::unavailable(e.to_string()))?
+    };
+    if deposit_unspent.is_none() {
+        return Err(lock_out(
+            node,
+            session_id,
+            &format!(
+                "the deposit {} is spent or gone: double-spent?",
+                channel.deposit
+            ),
+        ));
+    }
     let psbt = Psbt::deserialize(psbt)
         .map_err(|e| lock_out(node, session_id, &format!("not a PSBT: {e}")))?;
     let signature = psbt
@@ -302,6 +322,21 @@ pub(crate) fn close_due(node: &SocketNode) {
                     Some(session_id),
                     "channel-closed",
                     &format!("{txid} pays {}", stored.highest_total),
+                );
+            }
+            Err(e)
+                if node
+                    .chain
+                    .unspent_value(stored.channel.deposit)
+                    .is_ok_and(|v| v.is_none()) =>
+            {
+                tracing::error!(session = %session_id, "the deposit is gone, nothing to close with: {e}");
+                let _ = node.store().close_channel(session_id, "lost", None);
+                let _ = node.store().audit(
+                    outlet_id,
+                    Some(session_id),
+                    "channel-lost",
+                    &format!("deposit {} spent elsewhere: {e}", stored.channel.deposit),
                 );
             }
             Err(e) => {
