@@ -272,6 +272,10 @@ impl Cable {
             session.paid = paid;
             session.resumed = true;
         }
+        if accepted.scheme == v1::Scheme::Spillman && !session.id.is_empty() {
+            crate::spillman::resume(&mut client, &session.id, &self.store, &mut self.wallet)
+                .await?;
+        }
         if accepted.scheme == v1::Scheme::Spillman && session.id.is_empty() {
             // The channel opens the session (seed 003 steps 4–11), once plugged in.
             let (id, deposit) = crate::spillman::open(
@@ -284,9 +288,6 @@ impl Cable {
                 &self.store,
             )
             .await?;
-            self.store
-                .open_session(&id, &socket_key, &self.config.outlet_id)
-                .context("storing the session")?;
             session.id = id;
             session.onchain_txs.push(PaymentReport {
                 payment_id: 0,

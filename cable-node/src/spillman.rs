@@ -6,6 +6,7 @@
 
 use anyhow::Context;
 use bitcoin::consensus::encode;
+use bitcoin::hex::DisplayHex;
 use bitcoin::psbt::Psbt;
 use bitcoin::secp256k1::{rand, Secp256k1, SecretKey};
 use bitcoin::{Amount, OutPoint, PublicKey, Txid};
@@ -136,30 +137,70 @@ pub async fn open(
     let refund = channel
         .finalize(&refund, cable_signature, socket_signature)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    // Durable before the deposit leaves (step 9).
+    // Durable before the deposit leaves (step 9): the refund, and the session, which a cable
+    // restarted from here on resumes.
     store
         .refund_signed(&deposit_txid, &reply.session_id, &refund)
         .context("storing the signed refund")?;
+    store
+        .open_session(
+            &reply.session_id,
+            &accepted.offer.socket_identity_key.to_lower_hex_string(),
+            outlet_id,
+        )
+        .context("storing the session")?;
+    fund(client, &reply.session_id, &deposit, store, wallet).await?;
+    tracing::info!(deposit = %deposit_txid, value = %channel.deposit_value, lock_height = channel.refund_lock_height, "spillman channel open");
+    Ok((reply.session_id, deposit))
+}
+
+/// Steps 9–11: hand the deposit over (again, after a restart: the socket acknowledges the same
+/// deposit twice) and mark the channel funded.
+async fn fund(
+    client: &mut SocketClient<transport::Channel>,
+    session_id: &str,
+    deposit: &bitcoin::Transaction,
+    store: &CableStore,
+    wallet: &mut NodeWallet,
+) -> Result<(), CableError> {
+    let deposit_txid = deposit.compute_txid().to_string();
     let funded = client
         .fund_channel(v1::FundChannelRequest {
-            session_id: reply.session_id.clone(),
-            deposit_tx: encode::serialize(&deposit),
+            session_id: session_id.to_owned(),
+            deposit_tx: encode::serialize(deposit),
         })
         .await
         .map_err(|s| CableError::SocketRefused(s.message().to_owned()))?
         .into_inner();
     if funded.deposit_txid != deposit_txid {
-        return Err(refuse(format!(
-            "the socket reports deposit {} for ours {deposit_txid}",
+        return Err(CableError::RefusedSocket(format!(
+            "channel: the socket reports deposit {} for ours {deposit_txid}",
             funded.deposit_txid
         )));
     }
     store
         .set_channel_status(&deposit_txid, "funded")
         .context("storing the channel")?;
-    tokio::task::block_in_place(|| wallet.record_sent(&deposit)).map_err(anyhow::Error::from)?;
-    tracing::info!(deposit = %deposit_txid, value = %channel.deposit_value, lock_height = channel.refund_lock_height, "spillman channel open");
-    Ok((reply.session_id, deposit))
+    tokio::task::block_in_place(|| wallet.record_sent(deposit)).map_err(anyhow::Error::from)?;
+    Ok(())
+}
+
+/// Resume the channel of a session the cable stopped in: a deposit whose hand-over was cut
+/// short is handed over again.
+pub async fn resume(
+    client: &mut SocketClient<transport::Channel>,
+    session_id: &str,
+    store: &CableStore,
+    wallet: &mut NodeWallet,
+) -> Result<(), CableError> {
+    let stored = store
+        .channel_of_session(session_id)
+        .context("reading the store")?;
+    if let Some(stored) = stored.filter(|c| c.status == "refund-signed") {
+        tracing::info!(deposit = %stored.channel.deposit.txid, "handing the deposit over again");
+        fund(client, session_id, &stored.deposit, store, wallet).await?;
+    }
+    Ok(())
 }
 
 /// Check the terms of the next payment and sign it (steps 12–13): exactly one quota above what
