@@ -269,6 +269,8 @@ async fn run(cli: Cli) -> Result<(), CableError> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Crash points from FAILPOINTS, in builds with the `failpoints` feature (tests only).
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     init_logs(matches!(
         cli.command,

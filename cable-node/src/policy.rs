@@ -198,6 +198,7 @@ mod tests {
             single_fee_max_sat: 10_000,
             fee_rate_sat_per_vb: 2,
             max_fee_sat: 2_000,
+            spillman_lock_blocks: 144,
         }
     }
 
@@ -217,6 +218,53 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_spillman_offer_must_fit_the_lock_time_and_the_budget() {
+        let p = Policy {
+            schemes: vec!["spillman".into()],
+            ..policy()
+        };
+        let key = bitcoin::PublicKey::new(
+            bitcoin::secp256k1::SecretKey::from_slice(&[3; 32])
+                .unwrap()
+                .public_key(&bitcoin::secp256k1::Secp256k1::signing_only()),
+        );
+        let mut o = offer();
+        o.schemes[0].scheme = v1::Scheme::Spillman as i32;
+        assert!(p
+            .check_offer(&o, Network::Regtest)
+            .unwrap_err()
+            .contains("without channel terms"));
+        let terms = v1::SpillmanTerms {
+            socket_channel_key: key.to_bytes(),
+            min_deposit_sat: 2_000,
+            min_lock_blocks: 12,
+            max_lock_blocks: 1_008,
+            close_margin_blocks: 6,
+        };
+        o.spillman = Some(terms.clone());
+        assert_eq!(
+            p.check_offer(&o, Network::Regtest).unwrap().scheme,
+            v1::Scheme::Spillman
+        );
+        o.spillman = Some(v1::SpillmanTerms {
+            max_lock_blocks: 100,
+            ..terms.clone()
+        });
+        assert!(p
+            .check_offer(&o, Network::Regtest)
+            .unwrap_err()
+            .contains("the policy locks 144"));
+        o.spillman = Some(v1::SpillmanTerms {
+            min_deposit_sat: 6_000,
+            ..terms
+        });
+        assert!(p
+            .check_offer(&o, Network::Regtest)
+            .unwrap_err()
+            .contains("deposit of at least 6000 sat"));
     }
 
     #[test]

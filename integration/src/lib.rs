@@ -19,7 +19,8 @@ use wallet::onchain::NodeWallet;
 /// The outlet every scenario uses.
 pub const OUTLET: &str = "outlet-1";
 
-/// Path of a workspace binary, built (once per process) with the profile of the running one.
+/// Path of a workspace binary, built (once per process) with the profile of the running one
+/// and the nodes' crash points (inactive unless `FAILPOINTS` names one).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let dir = BUILT
@@ -42,6 +43,8 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
                     "socket-node",
                     "--bin",
                     "cable-node",
+                    "--features",
+                    "socket-node/failpoints,cable-node/failpoints",
                 ])
                 .arg("--manifest-path")
                 .arg(manifest);
@@ -128,6 +131,8 @@ pub struct SocketProcess {
     pub endpoint: String,
     /// gRPC endpoint of its operator API.
     pub operator: String,
+    /// Environment of the process, e.g. `FAILPOINTS` (read at each start).
+    pub env: Vec<(String, String)>,
     /// Its data dir.
     pub data_dir: PathBuf,
     config: PathBuf,
@@ -193,6 +198,7 @@ impl SocketProcess {
             child: None,
             endpoint: format!("http://127.0.0.1:{port}"),
             operator: format!("http://127.0.0.1:{operator_port}"),
+            env: Vec::new(),
             data_dir: dir.join("socket-data"),
             config,
             port,
@@ -208,6 +214,7 @@ impl SocketProcess {
             .append(true)
             .open(&self.log)?;
         let child = Command::new(binary("socket-node")?)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("run")
             .arg("--config")
             .arg(&self.config)
@@ -291,6 +298,13 @@ impl SocketProcess {
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Whether the process is still running (not crashed or killed).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().is_ok_and(|status| status.is_none()))
     }
 
     /// Append `text` to the socket's config file (read again on [`SocketProcess::restart`]);
@@ -388,6 +402,8 @@ pub struct CableFiles {
     pub log: PathBuf,
     /// Where `run` writes its JSON report.
     pub report: PathBuf,
+    /// Environment of `run`, e.g. `FAILPOINTS`.
+    pub env: Vec<(String, String)>,
 }
 
 impl CableFiles {
@@ -433,6 +449,7 @@ impl CableFiles {
             data_dir,
             log: dir.join("cable.log"),
             report: dir.join("cable-report.json"),
+            env: Vec::new(),
         })
     }
 
@@ -440,6 +457,7 @@ impl CableFiles {
     pub fn spawn_run(&self) -> anyhow::Result<Child> {
         let log = fs::File::create(&self.log)?;
         Command::new(binary("cable-node")?)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("--config")
             .arg(&self.config)
             .arg("--data-dir")

@@ -234,6 +234,8 @@ async fn status(endpoint: String, outlet: String) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Crash points from FAILPOINTS, in builds with the `failpoints` feature (tests only).
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run {

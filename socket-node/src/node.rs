@@ -220,6 +220,7 @@ impl SocketNode {
             channel_secret: keys.channel_secret(),
             config,
         });
+        crate::seller::spillman::rebroadcast_deposits(&node);
         if let Some(ln) = node.ln.clone() {
             let node = Arc::clone(&node);
             std::thread::Builder::new()

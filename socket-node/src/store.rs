@@ -130,6 +130,8 @@ pub struct StoredChannel {
     pub highest_total: Amount,
     /// The highest payment and the cable's signature of it, if any.
     pub highest: Option<(Transaction, bitcoin::ecdsa::Signature)>,
+    /// The deposit, once handed over.
+    pub deposit: Option<Transaction>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -634,7 +636,8 @@ impl Store {
         let mut statement = self.db.prepare(&format!(
             "SELECT session_id, cable_key_hex, deposit_txid, deposit_vout, deposit_sat,
                     refund_lock_height, fee_sat, cable_script_hex, socket_script_hex, status,
-                    highest_total_sat, highest_tx_hex, highest_cable_signature_hex, socket_key_hex
+                    highest_total_sat, highest_tx_hex, highest_cable_signature_hex, socket_key_hex,
+                    deposit_tx_hex
              FROM spillman_channels {filter}"
         ))?;
         let rows = statement.query_map(args, |r| {
@@ -681,6 +684,11 @@ impl Store {
                 status: r.get(9)?,
                 highest_total: Amount::from_sat(r.get::<_, i64>(10)? as u64),
                 highest,
+                deposit: r
+                    .get::<_, Option<String>>(14)?
+                    .map(|hex| encode::deserialize_hex(&hex))
+                    .transpose()
+                    .map_err(|e| bad(14, e.to_string()))?,
             })
         })?;
         rows.collect()

@@ -136,6 +136,7 @@ pub(crate) fn fund(node: &SocketNode, request: &v1::FundChannelRequest) -> Resul
     node.store()
         .fund_channel(&request.session_id, &deposit)
         .map_err(|e| e.to_string())?;
+    fail::fail_point!("socket-deposit-stored", |_| std::process::abort());
     node.chain
         .broadcast(&deposit)
         .map_err(|e| format!("broadcasting the deposit: {e}"))?;
@@ -264,6 +265,7 @@ pub(crate) async fn pay(
             channel.fee,
         )
         .map_err(internal)?;
+    fail::fail_point!("socket-payment-held", |_| std::process::abort());
     let txid = tx.compute_txid().to_string();
     node.credit(session_id, terms.quota, &txid)?;
     Ok(v1::PayTransactionResponse {
@@ -271,6 +273,24 @@ pub(crate) async fn pay(
         quota_credited_mwh: terms.quota.0,
         state: OutletState::Paid as i32,
     })
+}
+
+/// At start-up: broadcast the deposit of every open channel again (a socket stopped between
+/// storing a deposit and broadcasting it; bitcoind ignores one it has).
+pub(crate) fn rebroadcast_deposits(node: &SocketNode) {
+    let open = node.store().open_channels().unwrap_or_default();
+    for (stored, _) in open {
+        if let Some(deposit) = &stored.deposit {
+            match node.chain.broadcast(deposit) {
+                Ok(txid) => {
+                    tracing::info!(session = %stored.session_id, %txid, "deposit broadcast again")
+                }
+                Err(e) => {
+                    tracing::warn!(session = %stored.session_id, "deposit not broadcast again: {e}")
+                }
+            }
+        }
+    }
 }
 
 /// Step 16 and the peculiarity that makes it safe: close every open channel whose session
