@@ -308,9 +308,15 @@ impl Socket for SocketService {
         let funded = tokio::task::spawn_blocking(move || spillman::fund(&node, &request))
             .await
             .map_err(internal)?;
+        let in_progress = self.0.inner().outlet.active_session(&session_id).is_ok();
         match funded {
             Ok(deposit_txid) => Ok(Response::new(v1::FundChannelResponse { deposit_txid })),
-            Err(reason) => Err(crate::seller::lock_out(&self.0, &session_id, &reason)),
+            // A bad deposit for the session in progress locks out; one naming another session
+            // is only refused (it must not lock out someone else's session).
+            Err(reason) if in_progress => {
+                Err(crate::seller::lock_out(&self.0, &session_id, &reason))
+            }
+            Err(reason) => Err(Status::failed_precondition(reason)),
         }
     }
 }

@@ -117,6 +117,10 @@ pub(crate) fn fund(node: &SocketNode, request: &v1::FundChannelRequest) -> Resul
             Err(format!("the channel is {}", stored.status))
         };
     }
+    node.inner()
+        .outlet
+        .active_session(&request.session_id)
+        .map_err(|e| format!("no deposit for a session not in progress: {e}"))?;
     let output = deposit.output.get(channel.deposit.vout as usize);
     let script = channel.deposit_script_pubkey().map_err(|e| e.to_string())?;
     if txid != channel.deposit.txid
