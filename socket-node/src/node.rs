@@ -463,6 +463,19 @@ impl SocketNode {
             .into_iter()
             .find(|input| matches!(self.chain.unspent_value(*input), Ok(None)));
         if let Some(input) = spent {
+            // Spent by the very transaction held (the cable may broadcast it at its session
+            // end): the set is paid, not cheated.
+            let latest = set.seller.latest().map(|tx| tx.compute_txid());
+            let ours = latest.is_some_and(|txid| {
+                self.chain.in_mempool(&txid).unwrap_or(false)
+                    || matches!(self.chain.confirmation_height(&txid), Ok(Some(_)))
+            });
+            if ours {
+                tracing::info!(session = %set.session_id, set = set.index, "input set broadcast by the cable");
+                let set = inner.set.take().expect("checked");
+                self.settle(set);
+                return;
+            }
             let set = inner.set.take().expect("checked");
             let reason = format!(
                 "double spend: input {input} of the held payments was spent elsewhere; {} held unpaid",
