@@ -499,6 +499,24 @@ impl CableFiles {
 }
 
 impl CableFiles {
+    /// Run `cable-node <args>` on this cable to its end; its stdout, or an error with its
+    /// stderr.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(binary("cable-node")?)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "cable-node {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Fund the cable's Lightning wallet with `amount` (confirmed), through
     /// `cable-node address --lightning`.
     pub fn fund_lightning(&self, bitcoind: &Regtest, amount: Amount) -> anyhow::Result<()> {

@@ -139,7 +139,7 @@ fn the_first_visit_opens_a_channel_and_the_next_session_needs_no_chain() {
         listed.contains("capacity 100000 sat") && listed.contains("can send 9000000 msat"),
         "{listed}"
     );
-    let closed = cable_cli(&cable, &["close-channel"]);
+    let closed = cable.cli(&["close-channel"]).unwrap();
     assert!(closed.contains("closed cooperatively"), "{closed}");
     bitcoind.mine(1).unwrap();
     integration::wait_until("the socket sees the close", Duration::from_secs(30), || {
@@ -147,7 +147,7 @@ fn the_first_visit_opens_a_channel_and_the_next_session_needs_no_chain() {
             .operator_cli("channels", &[])
             .is_ok_and(|l| l.contains("no channels"))
     });
-    let wallet = cable_cli(&cable, &["channels"]);
+    let wallet = cable.cli(&["channels"]).unwrap();
     let spendable: u64 = wallet
         .lines()
         .find_map(|l| l.strip_prefix("Lightning wallet on chain: "))
@@ -252,20 +252,8 @@ fn a_cable_whose_socket_is_gone_force_closes_and_gets_its_funds_back_on_chain() 
 
     // The socket is gone for good; the cable closes on its own.
     socket.kill();
-    let close = std::process::Command::new(integration::binary("cable-node").unwrap())
-        .arg("--config")
-        .arg(&cable.config)
-        .arg("--data-dir")
-        .arg(&cable.data_dir)
-        .args(["close-channel", "--force"])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&close.stdout);
-    assert!(
-        close.status.success() && said.contains("force-closed"),
-        "{said}{}",
-        String::from_utf8_lossy(&close.stderr)
-    );
+    let said = cable.cli(&["close-channel", "--force"]).unwrap();
+    assert!(said.contains("force-closed"), "{said}");
 
     // Its own funds are locked for the to_self_delay (144 blocks), then swept to its wallet.
     let keys =
@@ -445,7 +433,7 @@ fn through_a_hub_a_cable_pays_a_socket_it_has_no_channel_with() {
     // The cable's one channel goes to the hub, opened before it is plugged in; it is ready once
     // the hub's channel to the socket has been gossiped to it.
     let miner = Miner::start(&bitcoind, Duration::from_millis(500));
-    let open = cable_cli(&cable, &["open-channel"]);
+    let open = cable.cli(&["open-channel"]).unwrap();
     drop(miner);
     assert!(open.contains("channel opened"), "{open}");
     let hub_to_socket = |hub: &ln::ldk_node::Node| {
@@ -495,28 +483,10 @@ fn through_a_hub_a_cable_pays_a_socket_it_has_no_channel_with() {
     assert_eq!((received, msat), (5, 5_000_000));
     let hub_after = hub_to_socket(&hub).unwrap();
     assert_eq!(hub_before - hub_after, 5_000_000);
-    let channels = cable_cli(&cable, &["channels"]);
+    let channels = cable.cli(&["channels"]).unwrap();
     assert!(channels.contains(&hub.node_id().to_string()), "{channels}");
     assert!(!channels.contains(&socket_id.to_string()), "{channels}");
     hub.stop().unwrap();
-}
-
-/// Run a `cable-node` command to its end; its stdout. Panics with its stderr if it fails.
-fn cable_cli(cable: &CableFiles, args: &[&str]) -> String {
-    let out = std::process::Command::new(integration::binary("cable-node").unwrap())
-        .arg("--config")
-        .arg(&cable.config)
-        .arg("--data-dir")
-        .arg(&cable.data_dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cable-node {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

@@ -168,22 +168,7 @@ fn a_socket_that_never_closes_leaves_the_cable_its_refund_at_the_lock_height() {
     let (deposit, lock_height) = deposit_outpoint(&cable);
     bitcoind.mine(1).unwrap();
 
-    let refund = |cable: &CableFiles| {
-        let out = std::process::Command::new(integration::binary("cable-node").unwrap())
-            .arg("--config")
-            .arg(&cable.config)
-            .arg("--data-dir")
-            .arg(&cable.data_dir)
-            .arg("refund")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let refund = |cable: &CableFiles| cable.cli(&["refund"]).unwrap();
     // Before the lock height the refund is not due; from it on, it is.
     assert!(refund(&cable).contains("no refund due"));
     let tip = bitcoind.height().unwrap();

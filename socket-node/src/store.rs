@@ -117,6 +117,40 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 ";
 
+/// Insert a payment row with `status`: `accepted` (broadcast by the socket) or `held` (kept
+/// unbroadcast: a single-fee set's latest, a spillman channel's highest). Either counts as
+/// credited.
+#[allow(clippy::too_many_arguments)]
+fn insert_payment(
+    db: &Connection,
+    status: &str,
+    session_id: &str,
+    payment_id: u64,
+    tx: &Transaction,
+    terms: StoredTerms,
+    fee: Amount,
+    vsize: u64,
+) -> Result<()> {
+    db.execute(
+        "INSERT INTO payments (session_id, payment_id, txid, tx_hex, amount_sat, quota_mwh,
+                               fee_sat, vsize, status, accepted_at_unix_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?9)",
+        params![
+            session_id,
+            payment_id as i64,
+            tx.compute_txid().to_string(),
+            encode::serialize_hex(tx),
+            terms.amount.to_sat() as i64,
+            terms.quota.0 as i64,
+            fee.to_sat() as i64,
+            vsize as i64,
+            unix_ms(),
+            status
+        ],
+    )?;
+    Ok(())
+}
+
 /// A spillman channel as the socket stored it.
 #[derive(Debug, Clone)]
 pub struct StoredChannel {
@@ -500,23 +534,9 @@ impl Store {
         fee: Amount,
         vsize: u64,
     ) -> Result<()> {
-        self.db.execute(
-            "INSERT INTO payments (session_id, payment_id, txid, tx_hex, amount_sat, quota_mwh,
-                                   fee_sat, vsize, status, accepted_at_unix_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'accepted', ?9)",
-            params![
-                session_id,
-                payment_id as i64,
-                tx.compute_txid().to_string(),
-                encode::serialize_hex(tx),
-                terms.amount.to_sat() as i64,
-                terms.quota.0 as i64,
-                fee.to_sat() as i64,
-                vsize as i64,
-                unix_ms()
-            ],
-        )?;
-        Ok(())
+        insert_payment(
+            &self.db, "accepted", session_id, payment_id, tx, terms, fee, vsize,
+        )
     }
 
     /// Record a spillman channel whose refund the socket signs (seed 003 step 7).
@@ -566,21 +586,15 @@ impl Store {
         fee: Amount,
     ) -> Result<()> {
         let db = self.db.transaction()?;
-        db.execute(
-            "INSERT INTO payments (session_id, payment_id, txid, tx_hex, amount_sat, quota_mwh,
-                                   fee_sat, vsize, status, accepted_at_unix_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'held', ?9)",
-            params![
-                session_id,
-                payment_id as i64,
-                tx.compute_txid().to_string(),
-                encode::serialize_hex(tx),
-                terms.amount.to_sat() as i64,
-                terms.quota.0 as i64,
-                fee.to_sat() as i64,
-                tx.vsize() as i64,
-                unix_ms()
-            ],
+        insert_payment(
+            &db,
+            "held",
+            session_id,
+            payment_id,
+            tx,
+            terms,
+            fee,
+            tx.vsize() as u64,
         )?;
         db.execute(
             "UPDATE spillman_channels SET highest_total_sat = ?2, highest_tx_hex = ?3,
@@ -732,22 +746,7 @@ impl Store {
         vsize: u64,
     ) -> Result<()> {
         let db = self.db.transaction()?;
-        db.execute(
-            "INSERT INTO payments (session_id, payment_id, txid, tx_hex, amount_sat, quota_mwh,
-                                   fee_sat, vsize, status, accepted_at_unix_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'held', ?9)",
-            params![
-                session_id,
-                payment_id as i64,
-                tx.compute_txid().to_string(),
-                encode::serialize_hex(tx),
-                terms.amount.to_sat() as i64,
-                terms.quota.0 as i64,
-                fee.to_sat() as i64,
-                vsize as i64,
-                unix_ms()
-            ],
-        )?;
+        insert_payment(&db, "held", session_id, payment_id, tx, terms, fee, vsize)?;
         db.execute(
             "UPDATE single_fee_sets SET latest_tx_hex = ?3, latest_value_sat = ?4, fee_sat = ?5
              WHERE session_id = ?1 AND set_index = ?2 AND status = 'open'",
