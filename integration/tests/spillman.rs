@@ -40,6 +40,24 @@ fn wait_for_tx(bitcoind: &Regtest, txid: &str) {
     );
 }
 
+/// A regtest chain, a spillman socket, and a cable funded with 50 000 sat whose refunds unlock
+/// `lock_blocks` after opening.
+fn start(lock_blocks: u32) -> (Regtest, tempfile::TempDir, SocketProcess, CableFiles) {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket =
+        SocketProcess::start(&bitcoind, &dir.path().join("socket"), &spillman_socket()).unwrap();
+    let cable = CableFiles::create(
+        &bitcoind,
+        &dir.path().join("cable"),
+        &socket.endpoint,
+        &spillman_cable(lock_blocks),
+        Amount::from_sat(50_000),
+    )
+    .unwrap();
+    (bitcoind, dir, socket, cable)
+}
+
 /// The output of the socket's store: (status, highest total) of the session's channel.
 fn socket_channel(socket: &SocketProcess) -> (String, i64) {
     let db = rusqlite::Connection::open(socket.data_dir.join("socket.sqlite")).unwrap();
@@ -53,19 +71,8 @@ fn socket_channel(socket: &SocketProcess) -> (String, i64) {
 
 #[test]
 fn the_toast_is_one_deposit_five_payments_and_one_close() {
-    let bitcoind = Regtest::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let socket =
-        SocketProcess::start(&bitcoind, &dir.path().join("socket"), &spillman_socket()).unwrap();
+    let (bitcoind, _dir, socket, cable) = start(144);
     let offer = socket.offer().unwrap();
-    let cable = CableFiles::create(
-        &bitcoind,
-        &dir.path().join("cable"),
-        &socket.endpoint,
-        &spillman_cable(144),
-        Amount::from_sat(50_000),
-    )
-    .unwrap();
     let out = cable.run(Duration::from_secs(120)).unwrap();
     assert!(
         out.status.success(),
@@ -152,18 +159,7 @@ fn deposit_outpoint(cable: &CableFiles) -> (OutPoint, u32) {
 
 #[test]
 fn a_socket_that_never_closes_leaves_the_cable_its_refund_at_the_lock_height() {
-    let bitcoind = Regtest::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut socket =
-        SocketProcess::start(&bitcoind, &dir.path().join("socket"), &spillman_socket()).unwrap();
-    let cable = CableFiles::create(
-        &bitcoind,
-        &dir.path().join("cable"),
-        &socket.endpoint,
-        &spillman_cable(20),
-        Amount::from_sat(50_000),
-    )
-    .unwrap();
+    let (bitcoind, _dir, mut socket, cable) = start(20);
     two_payments_then_power_cut(&mut socket, &cable);
     let (deposit, lock_height) = deposit_outpoint(&cable);
     bitcoind.mine(1).unwrap();
@@ -188,18 +184,7 @@ fn a_socket_that_never_closes_leaves_the_cable_its_refund_at_the_lock_height() {
 
 #[test]
 fn a_socket_restarted_near_the_lock_height_closes_in_time() {
-    let bitcoind = Regtest::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut socket =
-        SocketProcess::start(&bitcoind, &dir.path().join("socket"), &spillman_socket()).unwrap();
-    let cable = CableFiles::create(
-        &bitcoind,
-        &dir.path().join("cable"),
-        &socket.endpoint,
-        &spillman_cable(30),
-        Amount::from_sat(50_000),
-    )
-    .unwrap();
+    let (bitcoind, _dir, mut socket, cable) = start(30);
     two_payments_then_power_cut(&mut socket, &cable);
     let (deposit, lock_height) = deposit_outpoint(&cable);
 

@@ -206,30 +206,30 @@ pub(crate) async fn pay(
         )));
     }
     let channel = &stored.channel;
-    let min_confirmations = node.config.outlet.spillman.min_confirmations;
-    if min_confirmations > 0 {
-        let confirmations = node
-            .chain
-            .confirmation_height(&channel.deposit.txid)
-            .map_err(|e| Status::unavailable(e.to_string()))?
-            .map_or(0, |h| node.chain.height().unwrap_or(h) + 1 - h);
-        if confirmations < min_confirmations {
-            return Err(Status::unavailable(format!(
-                "the deposit has {confirmations} of {min_confirmations} confirmations"
-            )));
-        }
-    }
-    // A deposit double-spent before it confirmed pays nothing: stop crediting (the loss is
-    // what was credited since the deposit was last seen, bounded by min_confirmations).
-    let deposit_unspent = {
+    // Chain checks off the async workers. A deposit double-spent before it confirmed pays
+    // nothing: stop crediting (the loss is what was credited since the deposit was last seen,
+    // bounded by min_confirmations).
+    let deposit = {
         let node = Arc::clone(node);
+        let txid = channel.deposit.txid;
         let outpoint = channel.deposit;
-        tokio::task::spawn_blocking(move || node.chain.unspent_value(outpoint))
-            .await
-            .map_err(internal)?
-            .map_err(|e| Status::unavailable(e.to_string()))?
+        let wanted = node.config.outlet.spillman.min_confirmations;
+        tokio::task::spawn_blocking(move || {
+            let confirmations = match wanted {
+                0 => 0,
+                _ => match node.chain.confirmation_height(&txid)? {
+                    Some(height) => node.chain.height()? + 1 - height,
+                    None => 0,
+                },
+            };
+            Ok::<_, wallet::WalletError>((confirmations, node.chain.unspent_value(outpoint)?))
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| Status::unavailable(e.to_string()))?
     };
-    if deposit_unspent.is_none() {
+    let (confirmations, unspent) = deposit;
+    if unspent.is_none() {
         return Err(lock_out(
             node,
             session_id,
@@ -238,6 +238,12 @@ pub(crate) async fn pay(
                 channel.deposit
             ),
         ));
+    }
+    let min_confirmations = node.config.outlet.spillman.min_confirmations;
+    if confirmations < min_confirmations {
+        return Err(Status::unavailable(format!(
+            "the deposit has {confirmations} of {min_confirmations} confirmations"
+        )));
     }
     let psbt = Psbt::deserialize(psbt)
         .map_err(|e| lock_out(node, session_id, &format!("not a PSBT: {e}")))?;
