@@ -5,6 +5,7 @@ use bitcoin::{Amount, FeeRate, Network, ScriptBuf};
 use proto::rules::{check_network, quota_amount};
 use proto::units::{EnergyMwh, PriceMsatPerWh};
 use proto::v1;
+use proto::Scheme;
 use serde::Deserialize;
 
 /// Limits of what the cable pays.
@@ -15,9 +16,10 @@ pub struct Policy {
     pub max_price_msat_per_wh: u64,
     /// Most the cable pays in one session, fees not included.
     pub max_session_sat: u64,
-    /// Schemes the cable may use, by preference: `single-fee`, `onchain`.
+    /// Schemes the cable may use, by preference: `single-fee`, `onchain`, `spillman`,
+    /// `lightning` ([`Scheme`]).
     #[serde(default = "default_schemes")]
-    pub schemes: Vec<String>,
+    pub schemes: Vec<Scheme>,
     /// single-fee: the most one input set may pay (the socket's maximum when that is lower).
     #[serde(default = "default_single_fee_max")]
     pub single_fee_max_sat: u64,
@@ -37,8 +39,8 @@ fn default_lock_blocks() -> u32 {
     144
 }
 
-fn default_schemes() -> Vec<String> {
-    vec!["single-fee".into(), "onchain".into()]
+fn default_schemes() -> Vec<Scheme> {
+    vec![Scheme::SingleFee, Scheme::Onchain]
 }
 fn default_single_fee_max() -> u64 {
     10_000
@@ -65,16 +67,6 @@ pub struct AcceptedOffer {
     pub single_fee_max: Amount,
 }
 
-fn scheme_of(name: &str) -> Option<v1::Scheme> {
-    match name {
-        "onchain" => Some(v1::Scheme::Onchain),
-        "single-fee" => Some(v1::Scheme::SingleFee),
-        "lightning" => Some(v1::Scheme::Lightning),
-        "spillman" => Some(v1::Scheme::Spillman),
-        _ => None,
-    }
-}
-
 impl Policy {
     /// Check an offer: same network, price at most the maximum, `onchain` offered and allowed,
     /// a standard payout script, one quota within the session budget. The error says why not.
@@ -94,12 +86,16 @@ impl Policy {
         let Some((scheme, terms)) = self
             .schemes
             .iter()
-            .filter_map(|name| scheme_of(name))
+            .map(|scheme| scheme.to_proto())
             .find_map(|scheme| offered(scheme).map(|terms| (scheme, terms)))
         else {
             return Err(format!(
                 "the socket offers none of the policy's schemes ({})",
-                self.schemes.join(", ")
+                self.schemes
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         };
         if scheme == v1::Scheme::Lightning
@@ -194,7 +190,7 @@ mod tests {
         Policy {
             max_price_msat_per_wh: 200_000,
             max_session_sat: 5_000,
-            schemes: vec!["onchain".into()],
+            schemes: vec![Scheme::Onchain],
             single_fee_max_sat: 10_000,
             fee_rate_sat_per_vb: 2,
             max_fee_sat: 2_000,
@@ -223,7 +219,7 @@ mod tests {
     #[test]
     fn a_spillman_offer_must_fit_the_lock_time_and_the_budget() {
         let p = Policy {
-            schemes: vec!["spillman".into()],
+            schemes: vec![Scheme::Spillman],
             ..policy()
         };
         let key = bitcoin::PublicKey::new(

@@ -10,7 +10,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bitcoin::{Amount, OutPoint, ScriptBuf, Txid};
 use rusqlite::{params, Connection, OptionalExtension};
 
-const SCHEMA: &str = "
+/// The schema, one migration per version, oldest first; append, never edit (SQLite's
+/// `user_version` holds the version: an older data dir is upgraded in place when the store
+/// opens, a newer one is refused). Version 1 is the schema before versions existed; its
+/// `IF NOT EXISTS` lets such a data dir take it as is.
+pub const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
     socket_identity_key TEXT NOT NULL,
@@ -165,13 +171,20 @@ pub struct CableStore {
 type Result<T> = std::result::Result<T, rusqlite::Error>;
 
 impl CableStore {
-    /// Open (and create) the store of `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<Self> {
-        let db = Connection::open(data_dir.join("cable.sqlite"))?;
+    /// Open (and create, or upgrade to the current schema version) the store of `data_dir`.
+    /// Errors: SQLite's, or a schema of a newer cable-node.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        let mut db = Connection::open(data_dir.join("cable.sqlite"))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
         db.pragma_update(None, "foreign_keys", "ON")?;
-        db.execute_batch(SCHEMA)?;
+        rusqlite_migration::Migrations::new(
+            MIGRATIONS
+                .iter()
+                .map(|sql| rusqlite_migration::M::up(sql))
+                .collect(),
+        )
+        .to_latest(&mut db)?;
         Ok(CableStore { db })
     }
 

@@ -100,6 +100,9 @@ pub struct SocketSetup {
     pub lightning_alias: Option<String>,
     /// Offer the `spillman` scheme too.
     pub spillman: bool,
+    /// How many outlets the socket has: `outlet-1`, `outlet-2`, ... all with these settings,
+    /// each with its own simulated hardware.
+    pub outlets: usize,
 }
 
 impl Default for SocketSetup {
@@ -120,6 +123,7 @@ impl Default for SocketSetup {
             lightning: false,
             lightning_alias: None,
             spillman: false,
+            outlets: 1,
         }
     }
 }
@@ -148,18 +152,27 @@ impl SocketProcess {
         let operator_port = free_port()?;
         let config = dir.join("socket.toml");
         fs::create_dir_all(dir)?;
-        fs::write(
-            &config,
-            format!(
-                "network = \"regtest\"\nlisten = \"127.0.0.1:{port}\"\n\
-                 operator_listen = \"127.0.0.1:{operator_port}\"\n\n\
-                 [chain]\nrpc_url = \"{}\"\ncookie_file = \"{}\"\n\n\
-                 [outlet]\nid = \"{OUTLET}\"\nprice_msat_per_wh = {}\nquota_mwh = {}\n\
+        let mut schemes = vec!["onchain", "single-fee"];
+        if setup.lightning {
+            schemes.push("lightning");
+        }
+        if setup.spillman {
+            schemes.push("spillman");
+        }
+        let mut text = format!(
+            "network = \"regtest\"\nlisten = \"127.0.0.1:{port}\"\n\
+             operator_listen = \"127.0.0.1:{operator_port}\"\n\n\
+             [chain]\nrpc_url = \"{}\"\ncookie_file = \"{}\"\n",
+            bitcoind.rpc_url(),
+            bitcoind.cookie_file().display(),
+        );
+        for number in 1..=setup.outlets.max(1) {
+            text.push_str(&format!(
+                "\n[[outlets]]\nid = \"outlet-{number}\"\nprice_msat_per_wh = {}\nquota_mwh = {}\n\
                  quota_low_mwh = {}\ngrace_secs = {}\nlockout_secs = {}\npayment_timeout_secs = {}\n\
-                 single_fee_max_sat = {}\nsingle_fee_max_age_secs = {}\n\n\
-                 [hw]\nkind = \"sim\"\ntime_scale = {:?}\nlink_debounce_ms = {}\n\n[hw.load]\n{}\n",
-                bitcoind.rpc_url(),
-                bitcoind.cookie_file().display(),
+                 single_fee_max_sat = {}\nsingle_fee_max_age_secs = {}\nschemes = {schemes:?}\n\n\
+                 [outlets.hw]\nkind = \"sim\"\ntime_scale = {:?}\nlink_debounce_ms = {}\n\n\
+                 [outlets.hw.load]\n{}\n",
                 setup.price_msat_per_wh,
                 setup.quota_mwh,
                 setup.quota_low_mwh,
@@ -171,17 +184,8 @@ impl SocketProcess {
                 setup.time_scale,
                 setup.link_debounce_ms,
                 setup.load_toml,
-            ),
-        )?;
-        let mut schemes = vec!["onchain", "single-fee"];
-        if setup.lightning {
-            schemes.push("lightning");
+            ));
         }
-        if setup.spillman {
-            schemes.push("spillman");
-        }
-        let text =
-            fs::read_to_string(&config)?.replace("[hw]", &format!("schemes = {schemes:?}\n\n[hw]"));
         fs::write(&config, text)?;
         if setup.lightning {
             let mut config_text = fs::read_to_string(&config)?;
@@ -318,11 +322,15 @@ impl SocketProcess {
 
     /// `GetStatus` of the outlet.
     pub fn status(&self) -> anyhow::Result<GetStatusResponse> {
+        self.status_of(OUTLET)
+    }
+
+    /// `GetStatus` of outlet `outlet_id`.
+    pub fn status_of(&self, outlet_id: &str) -> anyhow::Result<GetStatusResponse> {
+        let outlet_id = outlet_id.to_owned();
         self.call(|mut client| async move {
             Ok(client
-                .get_status(GetStatusRequest {
-                    outlet_id: OUTLET.into(),
-                })
+                .get_status(GetStatusRequest { outlet_id })
                 .await?
                 .into_inner())
         })
@@ -377,6 +385,8 @@ pub struct CableSetup {
     pub lightning_hub: Option<String>,
     /// `policy.spillman_lock_blocks`.
     pub spillman_lock_blocks: u32,
+    /// The outlet the cable is plugged into.
+    pub outlet_id: String,
 }
 
 impl Default for CableSetup {
@@ -388,6 +398,7 @@ impl Default for CableSetup {
             schemes: vec!["onchain".into()],
             lightning_hub: None,
             spillman_lock_blocks: 144,
+            outlet_id: OUTLET.into(),
         }
     }
 }
@@ -421,11 +432,12 @@ impl CableFiles {
         fs::write(
             &config,
             format!(
-                "network = \"regtest\"\nsocket = \"{endpoint}\"\noutlet_id = \"{OUTLET}\"\n\n\
+                "network = \"regtest\"\nsocket = \"{endpoint}\"\noutlet_id = {:?}\n\n\
                  [chain]\nrpc_url = \"{}\"\ncookie_file = \"{}\"\n\n\
                  [policy]\nmax_price_msat_per_wh = {}\nmax_session_sat = {}\nschemes = {:?}\n\
                  spillman_lock_blocks = {}\n\n\
                  [session]\nunplug_when_idle_secs = {:?}\nreconnect_secs = 60\n",
+                setup.outlet_id,
                 bitcoind.rpc_url(),
                 bitcoind.cookie_file().display(),
                 setup.max_price_msat_per_wh,

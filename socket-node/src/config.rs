@@ -8,6 +8,7 @@ use std::path::Path;
 
 use bitcoin::Network;
 use hw::load::LoadConfig;
+use proto::Scheme;
 use serde::Deserialize;
 use wallet::chain::ChainConfig;
 
@@ -26,13 +27,18 @@ pub struct SocketConfig {
     pub operator_listen: SocketAddr,
     /// Where bitcoind is.
     pub chain: ChainConfig,
-    /// The outlet and its prices.
-    pub outlet: OutletConfig,
-    /// Its hardware.
-    #[serde(default)]
-    pub hw: HwConfig,
-    /// Its Lightning node, for the `lightning` scheme.
+    /// The outlets, `[[outlets]]`: each with its own id, prices, timers, schemes and hardware.
+    /// One socket-node serves them all at once (a power strip, a row of pedestals).
+    pub outlets: Vec<OutletConfig>,
+    /// At most this many bitcoind RPC calls run at once for payment checks, across outlets.
+    #[serde(default = "default_max_chain_calls")]
+    pub max_chain_calls: usize,
+    /// Its Lightning node, for the `lightning` scheme (shared by every outlet).
     pub lightning: Option<LightningConfig>,
+}
+
+fn default_max_chain_calls() -> usize {
+    8
 }
 
 /// The socket's Lightning node (ldk-node), `[lightning]`.
@@ -76,12 +82,11 @@ fn default_listen() -> SocketAddr {
     "127.0.0.1:50051".parse().expect("constant")
 }
 
-/// One outlet: identity, price, quota, timers.
+/// One outlet, `[[outlets]]`: identity, price, quota, timers, schemes, hardware.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutletConfig {
-    /// Name of the outlet in the protocol.
-    #[serde(default = "default_outlet_id")]
+    /// Name of the outlet in the protocol (`outlet_id` of every request); unique per socket.
     pub id: String,
     /// Price of energy.
     pub price_msat_per_wh: u64,
@@ -106,9 +111,9 @@ pub struct OutletConfig {
     /// Smallest on-chain payment accepted (the dust limit of a P2WPKH output is 294 sat).
     #[serde(default = "default_min_payment")]
     pub min_payment_sat: u64,
-    /// Schemes offered: `onchain`, `single-fee`.
+    /// Schemes offered: `onchain`, `single-fee`, `spillman`, `lightning` ([`Scheme`]).
     #[serde(default = "default_schemes")]
-    pub schemes: Vec<SchemeName>,
+    pub schemes: Vec<Scheme>,
     /// single-fee: the most one input set may pay before it is broadcast; the socket's
     /// exposure to a cable that double-spends its inputs (paper §VI).
     #[serde(default = "default_single_fee_max")]
@@ -117,12 +122,15 @@ pub struct OutletConfig {
     /// grows with wall-clock time, not with the simulator's) is broadcast and a new one started.
     #[serde(default = "default_single_fee_age")]
     pub single_fee_max_age_secs: u64,
-    /// spillman: the channel terms the socket offers (seed 003).
+    /// spillman: the channel terms the socket offers (seed 003), `[outlets.spillman]`.
     #[serde(default)]
     pub spillman: SpillmanConfig,
+    /// The outlet's relay, meter and plug sensor, `[outlets.hw]`.
+    #[serde(default)]
+    pub hw: HwConfig,
 }
 
-/// `[outlet.spillman]`: the channels the socket accepts (seed 003 "Protocol Peculiarities").
+/// `[outlets.spillman]`: the channels the socket accepts (seed 003 "Protocol Peculiarities").
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpillmanConfig {
@@ -151,44 +159,8 @@ impl Default for SpillmanConfig {
     }
 }
 
-/// A payment scheme by its config name.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum SchemeName {
-    /// One transaction per quota (paper §V).
-    Onchain,
-    /// Rising payments over the same inputs, one broadcast (paper §VI).
-    SingleFee,
-    /// BOLT11 invoices paid over Lightning channels.
-    Lightning,
-    /// A 2-of-2 deposit with a pre-signed timelocked refund, rising payments (seed 003).
-    Spillman,
-}
-
-impl SchemeName {
-    /// The name in configs and the store.
-    pub fn name(self) -> &'static str {
-        match self {
-            SchemeName::Onchain => "onchain",
-            SchemeName::SingleFee => "single-fee",
-            SchemeName::Lightning => "lightning",
-            SchemeName::Spillman => "spillman",
-        }
-    }
-
-    /// The scheme on the wire.
-    pub fn to_proto(self) -> proto::v1::Scheme {
-        match self {
-            SchemeName::Onchain => proto::v1::Scheme::Onchain,
-            SchemeName::SingleFee => proto::v1::Scheme::SingleFee,
-            SchemeName::Lightning => proto::v1::Scheme::Lightning,
-            SchemeName::Spillman => proto::v1::Scheme::Spillman,
-        }
-    }
-}
-
-fn default_schemes() -> Vec<SchemeName> {
-    vec![SchemeName::Onchain, SchemeName::SingleFee]
+fn default_schemes() -> Vec<Scheme> {
+    vec![Scheme::Onchain, Scheme::SingleFee]
 }
 fn default_single_fee_max() -> u64 {
     10_000
@@ -197,9 +169,6 @@ fn default_single_fee_age() -> u64 {
     3_600
 }
 
-fn default_outlet_id() -> String {
-    "outlet-1".into()
-}
 fn default_grace() -> u64 {
     30
 }
@@ -263,48 +232,85 @@ impl SocketConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let config: SocketConfig =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let config = Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         config.check()?;
         Ok(config)
     }
 
-    /// Reject settings no outlet can work with.
+    /// Parse a config's text (not checked: see [`SocketConfig::check`]). A config of the
+    /// one-outlet format (`[outlet]` and `[hw]`) is refused with how to convert it.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let value: toml::Table = toml::from_str(text)?;
+        anyhow::ensure!(
+            !value.contains_key("outlet") && !value.contains_key("hw"),
+            "[outlet] and [hw] are now per outlet: rename [outlet] to [[outlets]] (with an `id`), \
+             [outlet.spillman] to [outlets.spillman], and move [hw] and [hw.load] under it as \
+             [outlets.hw] and [outlets.hw.load]"
+        );
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Reject settings no outlet can work with. Errors name the outlet and the field.
     pub fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.operator_listen.ip().is_loopback(),
             "operator_listen = {} is not a loopback address: whoever reaches it can close the socket's channels (reach it from afar through an SSH tunnel)",
             self.operator_listen
         );
-        anyhow::ensure!(self.outlet.quota_mwh > 0, "outlet.quota_mwh must be > 0");
         anyhow::ensure!(
-            self.outlet.price_msat_per_wh > 0,
-            "outlet.price_msat_per_wh must be > 0"
+            !self.outlets.is_empty(),
+            "no [[outlets]]: a socket needs at least one outlet"
         );
-        anyhow::ensure!(
-            self.outlet.quota_low_mwh < self.outlet.quota_mwh,
-            "outlet.quota_low_mwh must be below outlet.quota_mwh"
-        );
-        let amount = proto::rules::quota_amount(
-            proto::units::PriceMsatPerWh(self.outlet.price_msat_per_wh),
-            proto::units::EnergyMwh(self.outlet.quota_mwh),
-        )?;
-        anyhow::ensure!(
-            amount.to_sat() >= self.outlet.min_payment_sat,
-            "one quota costs {amount}, below outlet.min_payment_sat = {} sat: raise the price or the quota",
-            self.outlet.min_payment_sat
-        );
-        if self.outlet.schemes.contains(&SchemeName::SingleFee) {
+        anyhow::ensure!(self.max_chain_calls > 0, "max_chain_calls must be > 0");
+        let mut ids = std::collections::HashSet::new();
+        for outlet in &self.outlets {
+            anyhow::ensure!(!outlet.id.is_empty(), "an outlet has an empty id");
             anyhow::ensure!(
-                self.outlet.single_fee_max_sat >= amount.to_sat(),
-                "outlet.single_fee_max_sat = {} is below one quota ({amount})",
-                self.outlet.single_fee_max_sat
+                ids.insert(outlet.id.as_str()),
+                "outlet id {:?} is used twice",
+                outlet.id
+            );
+            outlet
+                .check(self.lightning.is_some())
+                .map_err(|e| anyhow::anyhow!("outlet {:?}: {e}", outlet.id))?;
+        }
+        Ok(())
+    }
+}
+
+impl OutletConfig {
+    /// The price of one quota on chain (price × quota, rounded up to whole sat).
+    pub fn quota_amount(&self) -> anyhow::Result<bitcoin::Amount> {
+        Ok(proto::rules::quota_amount(
+            proto::units::PriceMsatPerWh(self.price_msat_per_wh),
+            proto::units::EnergyMwh(self.quota_mwh),
+        )?)
+    }
+
+    fn check(&self, has_lightning: bool) -> anyhow::Result<()> {
+        anyhow::ensure!(self.quota_mwh > 0, "quota_mwh must be > 0");
+        anyhow::ensure!(self.price_msat_per_wh > 0, "price_msat_per_wh must be > 0");
+        anyhow::ensure!(
+            self.quota_low_mwh < self.quota_mwh,
+            "quota_low_mwh must be below quota_mwh"
+        );
+        let amount = self.quota_amount()?;
+        anyhow::ensure!(
+            amount.to_sat() >= self.min_payment_sat,
+            "one quota costs {amount}, below min_payment_sat = {} sat: raise the price or the quota",
+            self.min_payment_sat
+        );
+        if self.schemes.contains(&Scheme::SingleFee) {
+            anyhow::ensure!(
+                self.single_fee_max_sat >= amount.to_sat(),
+                "single_fee_max_sat = {} is below one quota ({amount})",
+                self.single_fee_max_sat
             );
         }
-        anyhow::ensure!(!self.outlet.schemes.is_empty(), "outlet.schemes is empty");
+        anyhow::ensure!(!self.schemes.is_empty(), "schemes is empty");
         anyhow::ensure!(
-            !self.outlet.schemes.contains(&SchemeName::Lightning) || self.lightning.is_some(),
-            "outlet.schemes has lightning but there is no [lightning] section"
+            !self.schemes.contains(&Scheme::Lightning) || has_lightning,
+            "schemes has lightning but there is no [lightning] section"
         );
         Ok(())
     }
@@ -319,19 +325,62 @@ network = "regtest"
 [chain]
 rpc_url = "http://127.0.0.1:18443"
 cookie_file = "/nonexistent/.cookie"
-[outlet]
+[[outlets]]
+id = "outlet-1"
 price_msat_per_wh = 125000
 quota_mwh = 8000
 "#;
 
     #[test]
     fn the_operator_api_stays_on_loopback() {
-        let config: SocketConfig = toml::from_str(CONFIG).unwrap();
+        let config = SocketConfig::parse(CONFIG).unwrap();
         assert_eq!(config.operator_listen, default_operator_listen());
         config.check().unwrap();
-        let exposed: SocketConfig =
-            toml::from_str(&format!("operator_listen = \"0.0.0.0:50052\"\n{CONFIG}")).unwrap();
+        let exposed =
+            SocketConfig::parse(&format!("operator_listen = \"0.0.0.0:50052\"\n{CONFIG}")).unwrap();
         let error = exposed.check().unwrap_err().to_string();
         assert!(error.contains("not a loopback address"), "{error}");
+    }
+
+    #[test]
+    fn outlets_have_their_own_hardware_and_unique_ids() {
+        let two = format!(
+            "{CONFIG}[outlets.hw]\nkind = \"sim\"\ntime_scale = 5.0\n\n\
+             [[outlets]]\nid = \"outlet-2\"\nprice_msat_per_wh = 200000\nquota_mwh = 4000\n\
+             schemes = [\"spillman\"]\n"
+        );
+        let config = SocketConfig::parse(&two).unwrap();
+        config.check().unwrap();
+        assert_eq!(config.outlets.len(), 2);
+        assert!(
+            matches!(config.outlets[0].hw, HwConfig::Sim { time_scale, .. } if time_scale == 5.0)
+        );
+        assert_eq!(config.outlets[1].schemes, vec![Scheme::Spillman]);
+        let twice = SocketConfig::parse(&format!(
+            "{CONFIG}[[outlets]]\nid = \"outlet-1\"\nprice_msat_per_wh = 1000\nquota_mwh = 1000\n"
+        ))
+        .unwrap();
+        let error = twice.check().unwrap_err().to_string();
+        assert!(error.contains("used twice"), "{error}");
+    }
+
+    #[test]
+    fn the_one_outlet_format_is_refused_with_how_to_convert_it() {
+        let old = CONFIG.replace("[[outlets]]\nid = \"outlet-1\"", "[outlet]");
+        let error = SocketConfig::parse(&old).unwrap_err().to_string();
+        assert!(error.contains("[[outlets]]"), "{error}");
+    }
+
+    #[test]
+    fn the_readme_socket_config_loads() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let start = readme
+            .find("```toml\nnetwork = ")
+            .expect("the README shows a socket config");
+        let text = &readme[start + "```toml\n".len()..];
+        let text = &text[..text.find("```").expect("closed")];
+        let config = SocketConfig::parse(text).unwrap();
+        config.check().unwrap();
+        assert_eq!(config.outlets.len(), 2);
     }
 }

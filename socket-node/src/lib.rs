@@ -1,17 +1,22 @@
-//! The smart socket: sells electricity on its outlet (design.md, workspace table; paper seed 000).
+//! The smart socket: sells electricity on its outlets (design.md, "Architecture v2"; paper
+//! seed 000).
 //!
-//! - [`config`]: the TOML config.
-//! - [`outlet`]: the outlet state machine, `Standby` / `Paid` / `Lockout` (paper §III).
+//! - [`config`]: the TOML config, one `[[outlets]]` table per outlet.
+//! - [`station`]: a running socket: its outlets, and what they share (store, chain, Lightning
+//!   node, keys, the settler that broadcasts and watches).
+//! - [`outlet`]: one outlet as an actor: its task owns the state machine (`Standby` / `Paid` /
+//!   `Lockout`, paper §III), hardware and timers; the rest sends it commands.
+//! - [`seller`]: the seller side of each scheme, `onchain`, `single-fee`, `spillman` and
+//!   `lightning`, each seeing only its store, chain and outlet.
 //! - [`store`]: sessions, terms, payments and the audit log in SQLite.
-//! - [`node`]: a running socket: hardware, store, chain, watchers, the tick loop, recovery.
-//! - [`seller`]: the seller side of each scheme, `onchain`, `single-fee` and `lightning`.
-//! - [`service`]: the gRPC service `t2t.v1.Socket`, for cables.
+//! - [`service`]: the gRPC service `t2t.v1.Socket`, for cables: routes each request to its
+//!   outlet.
 //! - [`operator`]: the gRPC service `t2t.v1.Operator`, for the socket's owner (loopback only).
 
 pub mod config;
-pub mod node;
 pub mod operator;
 pub mod outlet;
 pub mod seller;
 pub mod service;
+pub mod station;
 pub mod store;

@@ -13,9 +13,9 @@ use proto::v1::socket_server::SocketServer;
 use proto::v1::{CloseChannelRequest, ListChannelsRequest};
 use proto::v1::{GetStatusRequest, OutletState};
 use socket_node::config::SocketConfig;
-use socket_node::node::SocketNode;
 use socket_node::operator::OperatorService;
 use socket_node::service::SocketService;
+use socket_node::station::Station;
 
 /// A smart socket that sells electricity for bitcoin: it offers a price per Wh, takes a
 /// payment per quota over gRPC, closes its relay while paid, and locks out cheaters.
@@ -28,7 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the socket: serve gRPC on `listen`, drive the outlet, take payments.
+    /// Run the socket: serve gRPC on `listen`, drive every outlet, take payments. SIGINT or
+    /// SIGTERM opens every relay and stops.
     Run {
         /// TOML config (see README.md for an example).
         #[arg(long)]
@@ -101,8 +102,7 @@ async fn run(
     }
     let address = config.listen;
     let operator_address = config.operator_listen;
-    let node = tokio::task::spawn_blocking(move || SocketNode::start(config, &data_dir)).await??;
-    tokio::spawn(Arc::clone(&node).drive());
+    let station = tokio::task::spawn_blocking(move || Station::start(config, &data_dir)).await??;
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
@@ -110,24 +110,39 @@ async fn run(
         .await
         .with_context(|| format!("cannot listen on {operator_address} (operator_listen)"))?;
     tracing::info!(%address, operator = %operator_address, "serving t2t.v1.Socket and t2t.v1.Operator");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
     let operator = tonic::transport::Server::builder()
-        .add_service(OperatorServer::new(OperatorService(Arc::clone(&node))))
+        .add_service(OperatorServer::new(OperatorService(Arc::clone(&station))))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(operator_listener),
-            async {
-                let _ = tokio::signal::ctrl_c().await;
-            },
+            stopped(stop_rx.clone()),
         );
     let cables = tonic::transport::Server::builder()
-        .add_service(SocketServer::new(SocketService(node)))
+        .add_service(SocketServer::new(SocketService(Arc::clone(&station))))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async {
-                let _ = tokio::signal::ctrl_c().await;
-            },
+            stopped(stop_rx),
         );
-    tokio::try_join!(cables, operator)?;
+    let servers = tokio::spawn(async move { tokio::try_join!(cables, operator) });
+    shutdown_signal().await;
+    tracing::info!("stopping: opening every relay");
+    let _ = stop_tx.send(true);
+    station.stop().await;
+    servers.await??;
     Ok(())
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 async fn operator_client(

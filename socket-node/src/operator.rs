@@ -9,15 +9,16 @@ use proto::v1::operator_server::Operator;
 use proto::v1::{self};
 use tonic::{Request, Response, Status};
 
-use crate::node::SocketNode;
 use crate::seller::internal;
+use crate::station::Station;
 
-/// The tonic service over a running [`SocketNode`].
-pub struct OperatorService(pub Arc<SocketNode>);
+/// The tonic service over a running [`Station`].
+pub struct OperatorService(pub Arc<Station>);
 
 impl OperatorService {
     fn ln(&self) -> Result<Arc<Node>, Status> {
         self.0
+            .shared
             .ln
             .clone()
             .ok_or_else(|| Status::failed_precondition("this socket has no Lightning node"))

@@ -1,6 +1,6 @@
 //! The gRPC service `t2t.v1.Socket` (paper seed 000 Table I; design.md "Payment schemes"):
-//! offers, status, the plug-in link, and requests and payments dispatched to the seller side of
-//! their scheme ([`crate::seller`]).
+//! offers, status, the plug-in link, and requests and payments routed to their outlet and
+//! dispatched to the seller side of their scheme ([`crate::seller`]).
 
 use std::sync::Arc;
 
@@ -11,37 +11,48 @@ use proto::v1::{self};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::config::SchemeName;
-use crate::node::SocketNode;
-use crate::seller::{internal, lightning, onchain, single_fee, spillman};
+use crate::outlet::{OutletHandle, OutletTask};
+use crate::seller::single_fee::OpenSet;
+use crate::seller::{internal, lightning, onchain, single_fee, spillman, SellerContext};
+use crate::station::{Shared, Station};
 use crate::store::StoredTerms;
+use proto::Scheme;
 
-/// The tonic service over a running [`SocketNode`].
-pub struct SocketService(pub Arc<SocketNode>);
+/// The tonic service over a running [`Station`].
+pub struct SocketService(pub Arc<Station>);
 
 impl SocketService {
-    fn check_outlet(&self, outlet_id: &str) -> Result<(), Status> {
-        if outlet_id != self.0.config.outlet.id {
-            return Err(Status::not_found(format!("no outlet {outlet_id:?} here")));
+    fn context<'a>(&'a self, outlet: &'a OutletHandle) -> SellerContext<'a> {
+        SellerContext {
+            shared: &self.0.shared,
+            outlet,
         }
-        Ok(())
     }
+}
 
-    /// The scheme of a request, if the outlet offers it.
-    fn offered_scheme(&self, scheme: i32) -> Result<SchemeName, Status> {
-        self.0
-            .config
-            .outlet
-            .schemes
-            .iter()
-            .copied()
-            .find(|s| s.to_proto() as i32 == scheme)
-            .ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "scheme {scheme} is not offered here; see GetOffer"
-                ))
-            })
-    }
+/// The scheme of a request, if `outlet` offers it.
+fn offered_scheme(outlet: &OutletHandle, scheme: i32) -> Result<Scheme, Status> {
+    outlet
+        .config
+        .schemes
+        .iter()
+        .copied()
+        .find(|s| s.to_proto() as i32 == scheme)
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "scheme {scheme} is not offered on outlet {}; see GetOffer",
+                outlet.id()
+            ))
+        })
+}
+
+/// Terms issued by the outlet's task for a `PowerRequest`.
+struct Issued {
+    session_id: String,
+    payment_id: u64,
+    terms: StoredTerms,
+    /// single-fee: the set in progress as the terms were issued.
+    set: Option<OpenSet>,
 }
 
 #[tonic::async_trait]
@@ -50,16 +61,16 @@ impl Socket for SocketService {
         &self,
         request: Request<v1::GetOfferRequest>,
     ) -> Result<Response<v1::GetOfferResponse>, Status> {
-        self.check_outlet(&request.get_ref().outlet_id)?;
-        Ok(Response::new(self.0.offer.clone()))
+        let outlet = self.0.outlet(&request.get_ref().outlet_id)?;
+        Ok(Response::new(outlet.offer.clone()))
     }
 
     async fn get_status(
         &self,
         request: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::GetStatusResponse>, Status> {
-        self.check_outlet(&request.get_ref().outlet_id)?;
-        Ok(Response::new(self.0.snapshot().0))
+        let outlet = self.0.outlet(&request.get_ref().outlet_id)?;
+        Ok(Response::new(outlet.snapshot().await?.0))
     }
 
     type WatchStatusStream = ReceiverStream<Result<v1::WatchStatusResponse, Status>>;
@@ -68,15 +79,21 @@ impl Socket for SocketService {
         &self,
         request: Request<v1::WatchStatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
-        self.check_outlet(&request.get_ref().outlet_id)?;
-        let node = Arc::clone(&self.0);
+        let station = Arc::clone(&self.0);
+        let outlet_id = request.into_inner().outlet_id;
+        let outlet = station.outlet(&outlet_id)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         // Counted as plugged in from now on, before the reply, so a PowerRequest that follows
         // finds the cable plugged in.
-        let (mut events, plugged) = node.watch();
+        let (mut events, plugged) = outlet.watch();
         tokio::spawn(async move {
             let _plugged = plugged;
-            let (status, low) = node.snapshot();
+            let Ok(outlet) = station.outlet(&outlet_id) else {
+                return;
+            };
+            let Ok((status, low)) = outlet.snapshot().await else {
+                return;
+            };
             let mut first = vec![v1::watch_status_response::Event::Status(status)];
             first.extend(low.map(v1::watch_status_response::Event::QuotaLow));
             for event in first {
@@ -107,103 +124,29 @@ impl Socket for SocketService {
         request: Request<v1::PowerRequestRequest>,
     ) -> Result<Response<v1::PowerRequestResponse>, Status> {
         let request = request.into_inner();
-        self.check_outlet(&request.outlet_id)?;
-        let scheme = self.offered_scheme(request.scheme)?;
-        let node = &self.0;
-        let mut inner = node.inner();
-        node.tick_locked(&mut inner);
-        let now = node.clock.now_ms();
-        let meter = inner.last_reading.energy;
-        let session_id = if request.session_id.is_empty() {
-            if scheme == SchemeName::Spillman {
-                return Err(Status::failed_precondition(
-                    "a spillman session opens with OpenChannel",
-                ));
-            }
-            open_session(node, &mut inner, scheme, now, meter)?
-        } else {
-            let stored = node
-                .store()
-                .session_scheme(&request.session_id)
-                .map_err(internal)?;
-            if stored.as_deref() != Some(scheme.name()) {
-                return Err(Status::failed_precondition(format!(
-                    "session {} does not pay with {}",
-                    request.session_id,
-                    scheme.name()
-                )));
-            }
-            request.session_id.clone()
-        };
-        let last_payment_id = inner
-            .outlet
-            .active_session(&session_id)
-            .map_err(Status::failed_precondition)?
-            .last_payment_id;
-        // Terms issued but not paid yet are issued again, not doubled.
-        let unpaid = {
-            let store = node.store();
-            let paid_on_chain = store
-                .payment(&session_id, last_payment_id)
-                .map_err(internal)?
-                .is_some_and(|p| p.status != "failed");
-            let paid_over_ln = store
-                .ln_payment_received(&session_id, last_payment_id)
-                .map_err(internal)?;
-            if paid_on_chain || paid_over_ln {
-                None
-            } else {
-                store
-                    .terms(&session_id, last_payment_id)
-                    .map_err(internal)?
-            }
-        };
-        // Single-fee terms of a set that closed meanwhile (full, aged, or broadcast at a
-        // restart) are not issued again: the next payment starts a new set.
-        let reusable = |terms: &StoredTerms| match terms.single_fee {
-            None => true,
-            Some((index, _)) => inner
-                .set
-                .as_ref()
-                .is_some_and(|set| set.session_id == session_id && set.index == index),
-        };
-        let (payment_id, terms) = match unpaid {
-            Some(terms) if last_payment_id > 0 && reusable(&terms) => (last_payment_id, terms),
-            _ => {
-                let terms = match scheme {
-                    SchemeName::Onchain => onchain::new_terms(node),
-                    SchemeName::Lightning => lightning::new_terms(node),
-                    SchemeName::Spillman => spillman::new_terms(node),
-                    SchemeName::SingleFee => single_fee::new_terms(
-                        node,
-                        &mut inner,
-                        &session_id,
-                        request.max_amount_sat,
-                    )?,
-                };
-                let payment_id = last_payment_id + 1;
-                node.store()
-                    .issue_terms(&session_id, payment_id, terms)
-                    .map_err(internal)?;
-                inner
-                    .outlet
-                    .active_session(&session_id)
-                    .map_err(Status::failed_precondition)?
-                    .last_payment_id = payment_id;
-                (payment_id, terms)
-            }
-        };
+        let outlet = self.0.outlet(&request.outlet_id)?;
+        let scheme = offered_scheme(outlet, request.scheme)?;
+        let shared = Arc::clone(&self.0.shared);
+        let payout = outlet.payout_script.clone();
+        let issued = outlet
+            .call(move |task| issue_terms(task, &shared, &payout, scheme, &request))
+            .await??;
+        let cx = self.context(outlet);
+        let Issued {
+            session_id,
+            payment_id,
+            terms,
+            set,
+        } = issued;
         let reply = match scheme {
-            SchemeName::Onchain => onchain::reply(node, session_id, payment_id, terms),
-            SchemeName::Spillman => spillman::reply(node, session_id, payment_id, terms)?,
+            Scheme::Onchain => onchain::reply(&cx, session_id, payment_id, terms),
+            Scheme::Spillman => spillman::reply(&cx, session_id, payment_id, terms)?,
             // ldk-node's calls are synchronous: let the runtime move other tasks off this
             // worker meanwhile.
-            SchemeName::Lightning => tokio::task::block_in_place(|| {
-                lightning::reply(node, session_id, payment_id, terms)
+            Scheme::Lightning => tokio::task::block_in_place(|| {
+                lightning::reply(&cx, session_id, payment_id, terms)
             })?,
-            SchemeName::SingleFee => {
-                single_fee::reply(node, &inner, session_id, payment_id, terms)?
-            }
+            Scheme::SingleFee => single_fee::reply(&cx, set, session_id, payment_id, terms)?,
         };
         Ok(Response::new(reply))
     }
@@ -213,24 +156,24 @@ impl Socket for SocketService {
         request: Request<v1::PayTransactionRequest>,
     ) -> Result<Response<v1::PayTransactionResponse>, Status> {
         let request = request.into_inner();
-        let node = Arc::clone(&self.0);
-        let _serial = node.pay_lock.lock().await;
         let (session_id, payment_id) = (request.session_id.as_str(), request.payment_id);
+        let outlet = self.0.outlet_of_session(session_id)?;
+        let shared = &self.0.shared;
 
         // A payment already recorded is answered again, never credited again.
-        let recorded = node
+        let recorded = shared
             .store()
             .payment(session_id, payment_id)
             .map_err(internal)?;
         if let Some(payment) = recorded.filter(|p| p.status != "failed") {
-            let state = node.inner().outlet.state();
+            let state = outlet.snapshot().await?.0.state;
             return Ok(Response::new(v1::PayTransactionResponse {
                 txid: payment.tx.compute_txid().to_string(),
                 quota_credited_mwh: payment.quota.0,
-                state: state as i32,
+                state,
             }));
         }
-        let terms = node
+        let terms = shared
             .store()
             .terms(session_id, payment_id)
             .map_err(internal)?
@@ -239,11 +182,7 @@ impl Socket for SocketService {
                     "no terms were issued for payment {payment_id} of session {session_id}"
                 ))
             })?;
-        node.inner()
-            .outlet
-            .active_session(session_id)
-            .map_err(Status::failed_precondition)?;
-        if node
+        if shared
             .store()
             .invoice_of(session_id, payment_id)
             .map_err(internal)?
@@ -253,18 +192,20 @@ impl Socket for SocketService {
                 "this payment is a Lightning invoice: pay it over Lightning",
             ));
         }
-        let spillman = node
+        let scheme = shared
             .store()
             .session_scheme(session_id)
-            .map_err(internal)?
-            .as_deref()
-            == Some(SchemeName::Spillman.name());
+            .map_err(internal)?;
+        // One payment of a session at a time: each builds on the one before. No lock is held
+        // while it is checked: the outlet only marks it in flight.
+        let _in_flight = PaymentInFlight::begin(outlet, session_id).await?;
+        let cx = self.context(outlet);
         let reply = match terms.single_fee {
-            None if spillman => {
-                spillman::pay(&node, session_id, payment_id, &request.psbt, terms).await?
+            None if scheme.as_deref() == Some(Scheme::Spillman.name()) => {
+                spillman::pay(&cx, session_id, payment_id, &request.psbt, terms).await?
             }
-            None => onchain::pay(&node, session_id, payment_id, &request.psbt, terms).await?,
-            Some(_) => single_fee::pay(&node, session_id, payment_id, &request.psbt, terms).await?,
+            None => onchain::pay(&cx, session_id, payment_id, &request.psbt, terms).await?,
+            Some(_) => single_fee::pay(&cx, session_id, payment_id, &request.psbt, terms).await?,
         };
         Ok(Response::new(reply))
     }
@@ -274,28 +215,29 @@ impl Socket for SocketService {
         request: Request<v1::OpenChannelRequest>,
     ) -> Result<Response<v1::OpenChannelResponse>, Status> {
         let request = request.into_inner();
-        self.check_outlet(&request.outlet_id)?;
-        let scheme = self.offered_scheme(v1::Scheme::Spillman as i32)?;
-        let node = Arc::clone(&self.0);
-        tokio::task::spawn_blocking(move || {
-            let mut inner = node.inner();
-            node.tick_locked(&mut inner);
-            let (now, meter) = (node.clock.now_ms(), inner.last_reading.energy);
-            let session_id = open_session(&node, &mut inner, scheme, now, meter)?;
-            drop(inner);
-            spillman::open(&node, &session_id, &request).map_err(|reason| {
+        let outlet = self.0.outlet(&request.outlet_id)?;
+        let scheme = offered_scheme(outlet, v1::Scheme::Spillman as i32)?;
+        let session_id = new_session_id();
+        {
+            let id = session_id.clone();
+            outlet
+                .call(move |task| task.open_session(&id, scheme))
+                .await??;
+        }
+        let cx = self.context(outlet);
+        match spillman::open(&cx, &session_id, &request).await {
+            Ok(reply) => Ok(Response::new(reply)),
+            Err(reason) => {
                 // Nothing was signed: end the session it opened, without blame.
-                let mut inner = node.inner();
-                let events = inner
-                    .outlet
-                    .abandon(&session_id, &format!("channel refused: {reason}"));
-                node.apply(&mut inner, events);
-                Status::invalid_argument(format!("channel refused: {reason}"))
-            })
-        })
-        .await
-        .map_err(internal)?
-        .map(Response::new)
+                let why = format!("channel refused: {reason}");
+                let _ = outlet
+                    .call(move |task| task.abandon(&session_id, &why))
+                    .await;
+                Err(Status::invalid_argument(format!(
+                    "channel refused: {reason}"
+                )))
+            }
+        }
     }
 
     async fn fund_channel(
@@ -303,40 +245,155 @@ impl Socket for SocketService {
         request: Request<v1::FundChannelRequest>,
     ) -> Result<Response<v1::FundChannelResponse>, Status> {
         let request = request.into_inner();
-        let node = Arc::clone(&self.0);
-        let session_id = request.session_id.clone();
-        let funded = tokio::task::spawn_blocking(move || spillman::fund(&node, &request))
-            .await
-            .map_err(internal)?;
-        let in_progress = self.0.inner().outlet.active_session(&session_id).is_ok();
+        let outlet = self.0.outlet_of_session(&request.session_id)?;
+        let cx = self.context(outlet);
+        let funded = spillman::fund(&cx, &request).await;
+        let session = request.session_id.clone();
+        let in_progress = outlet
+            .call(move |task| task.machine.active_session(&session).is_ok())
+            .await?;
         match funded {
             Ok(deposit_txid) => Ok(Response::new(v1::FundChannelResponse { deposit_txid })),
             // A bad deposit for the session in progress locks out; one naming another session
             // is only refused (it must not lock out someone else's session).
-            Err(reason) if in_progress => {
-                Err(crate::seller::lock_out(&self.0, &session_id, &reason))
-            }
+            Err(reason) if in_progress => Err(cx.lock_out(&request.session_id, &reason).await),
             Err(reason) => Err(Status::failed_precondition(reason)),
         }
     }
 }
 
-/// Open a session of `scheme` on the outlet and in the store.
-fn open_session(
-    node: &SocketNode,
-    inner: &mut crate::node::Inner,
-    scheme: SchemeName,
-    now: u64,
-    meter: proto::units::EnergyMwh,
-) -> Result<String, Status> {
-    let id = rand::random::<[u8; 16]>().to_lower_hex_string();
-    inner
-        .outlet
-        .open_session(id.clone(), now, meter)
-        .map_err(Status::failed_precondition)?;
-    node.store()
-        .open_session(&id, &node.config.outlet.id, scheme.name())
-        .map_err(internal)?;
-    tracing::info!(session = %id, scheme = scheme.name(), "session opened");
-    Ok(id)
+/// Marks a payment of the outlet's session as being checked, and clears the mark when dropped.
+struct PaymentInFlight<'a>(&'a OutletHandle);
+
+impl<'a> PaymentInFlight<'a> {
+    /// Refused with `FAILED_PRECONDITION` when `session_id` is not in progress on the outlet,
+    /// and `UNAVAILABLE` (retry) while another payment of it is being checked.
+    async fn begin(outlet: &'a OutletHandle, session_id: &str) -> Result<Self, Status> {
+        let session = session_id.to_owned();
+        outlet
+            .call(move |task| {
+                task.machine
+                    .active_session(&session)
+                    .map_err(Status::failed_precondition)?;
+                if task.paying {
+                    return Err(Status::unavailable(
+                        "another payment of this session is being checked; retry",
+                    ));
+                }
+                task.paying = true;
+                Ok(())
+            })
+            .await??;
+        Ok(PaymentInFlight(outlet))
+    }
+}
+
+impl Drop for PaymentInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.post(|task| task.paying = false);
+    }
+}
+
+fn new_session_id() -> String {
+    rand::random::<[u8; 16]>().to_lower_hex_string()
+}
+
+/// In the outlet's task: open the session on a first request, check a later one belongs to a
+/// session of this scheme in progress, and issue the terms of its next payment (terms issued
+/// and not paid yet are issued again, not doubled), stored before they leave.
+fn issue_terms(
+    task: &mut OutletTask,
+    shared: &Shared,
+    payout: &bitcoin::ScriptBuf,
+    scheme: Scheme,
+    request: &v1::PowerRequestRequest,
+) -> Result<Issued, Status> {
+    let session_id = if request.session_id.is_empty() {
+        if scheme == Scheme::Spillman {
+            return Err(Status::failed_precondition(
+                "a spillman session opens with OpenChannel",
+            ));
+        }
+        let id = new_session_id();
+        task.open_session(&id, scheme)?;
+        id
+    } else {
+        let stored = shared
+            .store()
+            .session_scheme(&request.session_id)
+            .map_err(internal)?;
+        if stored.as_deref() != Some(scheme.name()) {
+            return Err(Status::failed_precondition(format!(
+                "session {} does not pay with {}",
+                request.session_id,
+                scheme.name()
+            )));
+        }
+        request.session_id.clone()
+    };
+    let last_payment_id = task
+        .machine
+        .active_session(&session_id)
+        .map_err(Status::failed_precondition)?
+        .last_payment_id;
+    let store = shared.store();
+    let unpaid = {
+        let paid_on_chain = store
+            .payment(&session_id, last_payment_id)
+            .map_err(internal)?
+            .is_some_and(|p| p.status != "failed");
+        let paid_over_ln = store
+            .ln_payment_received(&session_id, last_payment_id)
+            .map_err(internal)?;
+        if paid_on_chain || paid_over_ln {
+            None
+        } else {
+            store
+                .terms(&session_id, last_payment_id)
+                .map_err(internal)?
+        }
+    };
+    // Single-fee terms of a set that closed meanwhile (full, aged, or broadcast at a restart)
+    // are not issued again: the next payment starts a new set.
+    let reusable = |terms: &StoredTerms| match terms.single_fee {
+        None => true,
+        Some((index, _)) => task
+            .set
+            .as_ref()
+            .is_some_and(|set| set.session_id == session_id && set.index == index),
+    };
+    let (payment_id, terms) = match unpaid {
+        Some(terms) if last_payment_id > 0 && reusable(&terms) => (last_payment_id, terms),
+        _ => {
+            let terms = match scheme {
+                Scheme::Onchain | Scheme::Lightning | Scheme::Spillman => StoredTerms {
+                    amount: task.config.quota_amount().map_err(internal)?,
+                    quota: proto::units::EnergyMwh(task.config.quota_mwh),
+                    single_fee: None,
+                },
+                Scheme::SingleFee => single_fee::new_terms(
+                    task,
+                    &store,
+                    payout,
+                    &session_id,
+                    request.max_amount_sat,
+                )?,
+            };
+            let payment_id = last_payment_id + 1;
+            store
+                .issue_terms(&session_id, payment_id, terms)
+                .map_err(internal)?;
+            task.machine
+                .active_session(&session_id)
+                .map_err(Status::failed_precondition)?
+                .last_payment_id = payment_id;
+            (payment_id, terms)
+        }
+    };
+    Ok(Issued {
+        session_id,
+        payment_id,
+        terms,
+        set: task.set.clone(),
+    })
 }

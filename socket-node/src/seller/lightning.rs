@@ -1,43 +1,39 @@
 //! Seller side of the `lightning` scheme (design.md; BOLT 11 via ldk-node): per quota a BOLT11
 //! invoice of exactly price × quota msat; the quota is credited when ldk-node reports the
 //! payment received, after the payment is recorded ([`crate::store::Store::receive_ln_payment`]).
+//! Keysends carrying the session record ([`ln::SessionRecord`]) are the fast path.
 
 use ln::ldk_node::lightning_invoice::{Bolt11InvoiceDescription, Description};
-use proto::units::{EnergyMwh, PriceMsatPerWh};
+use proto::units::PriceMsatPerWh;
 use proto::v1;
 use tonic::Status;
 
-use super::internal;
-use crate::config::SchemeName;
-use crate::node::SocketNode;
+use super::{internal, SellerContext};
+use crate::outlet::OutletTask;
+use crate::station::Station;
 use crate::store::StoredTerms;
-
-/// The terms of one quota (the invoice is made in [`reply`]).
-pub(crate) fn new_terms(node: &SocketNode) -> StoredTerms {
-    StoredTerms {
-        amount: node.quota_amount(),
-        quota: EnergyMwh(node.config.outlet.quota_mwh),
-        single_fee: None,
-    }
-}
+use proto::Scheme;
 
 /// The `PowerRequest` reply: the invoice of this payment, made and stored on first ask.
+/// Blocking (ldk-node's calls are synchronous).
 pub(crate) fn reply(
-    node: &SocketNode,
+    cx: &SellerContext<'_>,
     session_id: String,
     payment_id: u64,
     terms: StoredTerms,
 ) -> Result<v1::PowerRequestResponse, Status> {
-    let ln = node
+    let ln = cx
+        .shared
         .ln
         .as_ref()
         .ok_or_else(|| Status::failed_precondition("this socket has no Lightning node"))?;
-    let amount_msat = PriceMsatPerWh(node.config.outlet.price_msat_per_wh)
+    let amount_msat = PriceMsatPerWh(cx.outlet.config.price_msat_per_wh)
         .cost_of(terms.quota)
         .map_err(internal)?
         .0;
     // Bound first: a store guard in the match scrutinee would live through the arms.
-    let issued = node
+    let issued = cx
+        .shared
         .store()
         .invoice_of(&session_id, payment_id)
         .map_err(internal)?;
@@ -46,11 +42,12 @@ pub(crate) fn reply(
         None => {
             let text = format!(
                 "t2t {} session {session_id} payment {payment_id}",
-                node.config.outlet.id
+                cx.outlet.id()
             );
             let description =
                 Bolt11InvoiceDescription::Direct(Description::new(text).map_err(internal)?);
-            let expiry = node
+            let expiry = cx
+                .shared
                 .config
                 .lightning
                 .as_ref()
@@ -60,7 +57,8 @@ pub(crate) fn reply(
                 .receive(amount_msat, &description, expiry)
                 .map_err(internal)?;
             let bolt11 = invoice.to_string();
-            node.store()
+            cx.shared
+                .store()
                 .issue_invoice(
                     &session_id,
                     payment_id,
@@ -85,6 +83,94 @@ pub(crate) fn reply(
     })
 }
 
+/// Handle a Lightning event (on the Lightning event thread): a payment received for one of our
+/// invoices is recorded, then credited to its session's outlet; a keysend goes to
+/// [`receive_keysend`]. ldk-node hands an event again after a crash until it is marked handled;
+/// the record keyed by payment hash keeps that from crediting twice.
+pub(crate) fn on_event(station: &Station, event: &ln::ldk_node::Event) {
+    use ln::ldk_node::Event;
+    match event {
+        Event::PaymentReceived {
+            payment_hash,
+            amount_msat,
+            custom_records,
+            ..
+        } if custom_records
+            .iter()
+            .any(|r| r.type_num == ln::SESSION_TLV_TYPE) =>
+        {
+            let hash = payment_hash.to_string();
+            match receive_keysend(station, &hash, *amount_msat, custom_records) {
+                Ok(()) => {}
+                Err(KeysendRefusal::Stray(reason)) => {
+                    tracing::warn!(%hash, amount_msat, %reason, "keysend kept, not credited");
+                    let _ = station.shared.store().audit(
+                        "",
+                        None,
+                        "keysend-not-credited",
+                        &format!("{hash}: {reason}"),
+                    );
+                }
+                Err(KeysendRefusal::Cheat { session_id, reason }) => {
+                    if let Ok(outlet) = station.outlet_of_session(&session_id) {
+                        let _ =
+                            outlet.call_blocking(move |task| task.lock_out(&session_id, &reason));
+                    }
+                }
+            }
+        }
+        Event::PaymentReceived {
+            payment_hash,
+            amount_msat,
+            ..
+        } => {
+            let hash = payment_hash.to_string();
+            // Bound first: a store guard in the match scrutinee would live through the arms.
+            let received = station
+                .shared
+                .store()
+                .receive_ln_payment(&hash, *amount_msat);
+            match received {
+                Ok(Some((session_id, quota))) => {
+                    let credited = station.outlet_of_session(&session_id).and_then(|outlet| {
+                        let detail = hash.clone();
+                        outlet
+                            .call_blocking(move |task| task.credit(&session_id, quota, &detail))?
+                    });
+                    if let Err(e) = credited {
+                        tracing::warn!(%hash, "payment received for a session no longer in progress: {}", e.message());
+                    }
+                }
+                Ok(None) => {
+                    tracing::warn!(%hash, amount_msat, "Lightning payment not for an open invoice of ours, or short")
+                }
+                Err(e) => tracing::error!(%hash, "recording a Lightning payment: {e}"),
+            }
+        }
+        Event::ChannelPending {
+            counterparty_node_id,
+            funding_txo,
+            ..
+        } => {
+            tracing::info!(peer = %counterparty_node_id, %funding_txo, "Lightning channel pending");
+        }
+        Event::ChannelReady {
+            counterparty_node_id,
+            ..
+        } => {
+            tracing::info!(peer = ?counterparty_node_id, "Lightning channel ready");
+        }
+        Event::ChannelClosed {
+            counterparty_node_id,
+            reason,
+            ..
+        } => {
+            tracing::info!(peer = ?counterparty_node_id, ?reason, "Lightning channel closed");
+        }
+        _ => {}
+    }
+}
+
 /// Why a keysend was not credited.
 pub(crate) enum KeysendRefusal {
     /// It names no session in progress here, or keysend is off: kept, audited, nothing else.
@@ -94,52 +180,77 @@ pub(crate) enum KeysendRefusal {
 }
 
 /// A keysend received (design.md `lightning`, the fast path): credit one quota when its
-/// session record names the `lightning` session in progress, its payment id is the next one
-/// (or the last one issued and still unpaid), and it pays exactly price × quota msat. The
-/// payment is recorded (with its terms) before the quota is credited; a payment hash recorded
-/// before (an event delivered again after a restart) credits nothing; a second payment for a
-/// payment id paid before credits nothing and locks out.
+/// session record names the `lightning` session in progress on its outlet, its payment id is
+/// the next one (or the last one issued and still unpaid), and it pays exactly price × quota
+/// msat. The payment is recorded (with its terms) before the quota is credited; a payment hash
+/// recorded before (an event delivered again after a restart) credits nothing; a second
+/// payment for a payment id paid before credits nothing and locks out.
 ///
 /// ldk-node claims a keysend before the socket sees it, so a refused one stays with the socket.
 pub(crate) fn receive_keysend(
-    node: &SocketNode,
+    station: &Station,
     payment_hash: &str,
     amount_msat: u64,
     records: &[ln::ldk_node::CustomTlvRecord],
 ) -> Result<(), KeysendRefusal> {
     let stray = |reason: String| KeysendRefusal::Stray(reason);
-    if !node.config.lightning.as_ref().is_some_and(|l| l.keysend) {
+    let shared = &station.shared;
+    if !shared.config.lightning.as_ref().is_some_and(|l| l.keysend) {
         return Err(stray("this socket does not take keysends".into()));
     }
     let record = ln::SessionRecord::from_tlvs(records).map_err(|e| stray(e.to_string()))?;
     // ldk-node delivers an event again when the socket stopped before handling it: a keysend
     // recorded before was credited then.
-    let known = node.store().ln_hash_received(payment_hash);
+    let known = shared.store().ln_hash_received(payment_hash);
     if known.map_err(|e| stray(e.to_string()))? {
         tracing::debug!(%payment_hash, "keysend recorded before");
         return Ok(());
     }
+    let outlet = station
+        .outlet_of_session(&record.session_id)
+        .map_err(|e| stray(e.message().to_owned()))?;
+    let hash = payment_hash.to_owned();
+    outlet
+        .call_blocking(move |task| credit_keysend(task, &hash, amount_msat, record))
+        .map_err(|e| stray(e.message().to_owned()))?
+}
+
+/// [`receive_keysend`] in the outlet's task.
+fn credit_keysend(
+    task: &mut OutletTask,
+    payment_hash: &str,
+    amount_msat: u64,
+    record: ln::SessionRecord,
+) -> Result<(), KeysendRefusal> {
+    let stray = |reason: String| KeysendRefusal::Stray(reason);
     let cheat = |reason: String| KeysendRefusal::Cheat {
         session_id: record.session_id.clone(),
         reason,
     };
-    let mut inner = node.inner();
-    let last = match inner.outlet.active_session(&record.session_id) {
+    let last = match task.machine.active_session(&record.session_id) {
         Ok(session) => session.last_payment_id,
         Err(e) => return Err(stray(format!("session {}: {e}", record.session_id))),
     };
-    let scheme = node
+    let scheme = task
+        .shared()
         .store()
         .session_scheme(&record.session_id)
         .map_err(|e| stray(e.to_string()))?;
-    if scheme.as_deref() != Some(SchemeName::Lightning.name()) {
+    if scheme.as_deref() != Some(Scheme::Lightning.name()) {
         return Err(cheat(format!(
             "a keysend for session {}, which pays with {scheme:?}",
             record.session_id
         )));
     }
-    let terms = new_terms(node);
-    let expected_msat = PriceMsatPerWh(node.config.outlet.price_msat_per_wh)
+    let terms = StoredTerms {
+        amount: task
+            .config
+            .quota_amount()
+            .map_err(|e| stray(e.to_string()))?,
+        quota: proto::units::EnergyMwh(task.config.quota_mwh),
+        single_fee: None,
+    };
+    let expected_msat = PriceMsatPerWh(task.config.price_msat_per_wh)
         .cost_of(terms.quota)
         .map_err(|e| stray(e.to_string()))?
         .0;
@@ -158,7 +269,7 @@ pub(crate) fn receive_keysend(
             record.payment_id
         )));
     };
-    let recorded = node.store().receive_keysend(
+    let recorded = task.shared().store().receive_keysend(
         payment_hash,
         &record.session_id,
         record.payment_id,
@@ -176,9 +287,9 @@ pub(crate) fn receive_keysend(
         }
         Err(e) => return Err(stray(format!("recording the keysend: {e}"))),
     }
-    if let Ok(session) = inner.outlet.active_session(&record.session_id) {
+    if let Ok(session) = task.machine.active_session(&record.session_id) {
         session.last_payment_id = session.last_payment_id.max(record.payment_id);
     }
-    node.credit_locked(&mut inner, &record.session_id, terms.quota, payment_hash)
+    task.credit(&record.session_id, terms.quota, payment_hash)
         .map_err(|e| stray(e.message().to_owned()))
 }

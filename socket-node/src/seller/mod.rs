@@ -2,17 +2,104 @@
 //! §VI), and what they share: the checks against the chain and the lockout of a cheater.
 //!
 //! Every payment is hostile until checked. One that breaks a rule is refused with the reason and
-//! locks the outlet out; one that passes is persisted before it is credited.
+//! locks the outlet out; one that passes is persisted before it is credited. A seller sees only
+//! its [`SellerContext`]: the shared store and chain, and the one outlet it sells on.
 
 pub mod lightning;
 pub mod onchain;
 pub mod single_fee;
 pub mod spillman;
 
+use std::sync::Arc;
+
 use bitcoin::{Amount, Transaction};
+use proto::units::EnergyMwh;
 use tonic::Status;
 
-use crate::node::SocketNode;
+use crate::outlet::OutletHandle;
+use crate::station::Shared;
+
+/// What a seller may use while it handles one request: the store, bitcoind and the Lightning
+/// node ([`Shared`]), and the outlet it sells on (its config, clock and task: credit, lockout).
+pub(crate) struct SellerContext<'a> {
+    /// Store, chain, Lightning node, keys.
+    pub(crate) shared: &'a Arc<Shared>,
+    /// The outlet of the session.
+    pub(crate) outlet: &'a OutletHandle,
+}
+
+impl SellerContext<'_> {
+    /// Lock the outlet out for a refused payment of `session_id` (only when it is the session
+    /// in progress), record why, and build the error reply.
+    pub(crate) async fn lock_out(&self, session_id: &str, reason: &str) -> Status {
+        let (session, why) = (session_id.to_owned(), reason.to_owned());
+        let _ = self
+            .outlet
+            .call(move |task| task.lock_out(&session, &why))
+            .await;
+        Status::permission_denied(format!("payment refused, outlet locked out: {reason}"))
+    }
+
+    /// Credit `quota` to the session in progress.
+    pub(crate) async fn credit(
+        &self,
+        session_id: &str,
+        quota: EnergyMwh,
+        detail: String,
+    ) -> Result<(), Status> {
+        let session = session_id.to_owned();
+        self.outlet
+            .call(move |task| task.credit(&session, quota, &detail))
+            .await?
+    }
+
+    /// Run the chain checks of `tx` ([`check_on_chain`]) off the async workers, at most
+    /// `max_chain_calls` at once; map a refusal to lockout or unavailability.
+    pub(crate) async fn checked_on_chain(
+        &self,
+        session_id: &str,
+        tx: &Transaction,
+    ) -> Result<(Amount, u64), Status> {
+        let checked = {
+            let shared = Arc::clone(self.shared);
+            let tx = tx.clone();
+            let min_rate = self.outlet.config.min_fee_rate_sat_per_vb;
+            let _permit = self
+                .shared
+                .chain_permits
+                .acquire()
+                .await
+                .map_err(internal)?;
+            tokio::task::spawn_blocking(move || check_on_chain(&shared, &tx, min_rate))
+                .await
+                .map_err(internal)?
+        };
+        match checked {
+            Ok(checked) => Ok(checked),
+            Err(Refusal::Cheat(reason)) => Err(self.lock_out(session_id, &reason).await),
+            Err(Refusal::Unavailable(reason)) => Err(Status::unavailable(format!(
+                "cannot check the payment now: {reason}"
+            ))),
+        }
+    }
+
+    /// Run `f` with bitcoind off the async workers, within the `max_chain_calls` bound.
+    pub(crate) async fn with_chain<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared) -> R + Send + 'static,
+    ) -> Result<R, Status> {
+        let shared = Arc::clone(self.shared);
+        let _permit = self
+            .shared
+            .chain_permits
+            .acquire()
+            .await
+            .map_err(internal)?;
+        tokio::task::spawn_blocking(move || f(&shared))
+            .await
+            .map_err(internal)
+    }
+}
 
 /// Why a payment was refused: the cable's fault (lock out) or ours (do not).
 pub(crate) enum Refusal {
@@ -22,30 +109,17 @@ pub(crate) enum Refusal {
     Unavailable(String),
 }
 
-/// Lock the outlet out for a refused payment, record why, and build the error reply.
-pub(crate) fn lock_out(node: &SocketNode, session_id: &str, reason: &str) -> Status {
-    tracing::warn!(session = %session_id, %reason, "payment refused: lockout");
-    let mut inner = node.inner();
-    let events = inner.outlet.lock_out(reason, node.clock.now_ms());
-    let _ = node.store().audit(
-        &node.config.outlet.id,
-        Some(session_id),
-        "payment-refused",
-        reason,
-    );
-    node.apply(&mut inner, events);
-    Status::permission_denied(format!("payment refused, outlet locked out: {reason}"))
-}
-
 /// Checks against the chain: every input unspent on this chain, bitcoind would accept the
-/// transaction, the fee rate is at least the minimum. Returns the fee and vsize.
+/// transaction, the fee rate is at least `min_rate_sat_per_vb`. Returns the fee and vsize.
+/// Blocking (bitcoind RPC).
 pub(crate) fn check_on_chain(
-    node: &SocketNode,
+    shared: &Shared,
     tx: &Transaction,
+    min_rate_sat_per_vb: u64,
 ) -> Result<(Amount, u64), Refusal> {
     let unavailable = |e: wallet::WalletError| Refusal::Unavailable(e.to_string());
     for input in &tx.input {
-        if node
+        if shared
             .chain
             .unspent_value(input.previous_output)
             .map_err(unavailable)?
@@ -54,47 +128,24 @@ pub(crate) fn check_on_chain(
             return Err(Refusal::Cheat(format!(
                 "input {} is not an unspent output on this {} chain (wrong network, never \
                  broadcast, or already spent)",
-                input.previous_output, node.config.network
+                input.previous_output, shared.config.network
             )));
         }
     }
-    let verdict = node.chain.test_mempool_accept(tx).map_err(unavailable)?;
+    let verdict = shared.chain.test_mempool_accept(tx).map_err(unavailable)?;
     if !verdict.allowed {
         return Err(Refusal::Cheat(format!(
             "bitcoind refuses the transaction: {}",
             verdict.reject_reason
         )));
     }
-    let min_rate = node.config.outlet.min_fee_rate_sat_per_vb;
-    if verdict.fee.to_sat() < min_rate * verdict.vsize {
+    if verdict.fee.to_sat() < min_rate_sat_per_vb * verdict.vsize {
         return Err(Refusal::Cheat(format!(
-            "fee {} for {} vB is below {min_rate} sat/vB",
+            "fee {} for {} vB is below {min_rate_sat_per_vb} sat/vB",
             verdict.fee, verdict.vsize
         )));
     }
     Ok((verdict.fee, verdict.vsize))
-}
-
-/// Run the chain checks off the async threads; map a refusal to lockout or unavailability.
-pub(crate) async fn checked_on_chain(
-    node: &std::sync::Arc<SocketNode>,
-    session_id: &str,
-    tx: &Transaction,
-) -> Result<(Amount, u64), Status> {
-    let checked = {
-        let node = std::sync::Arc::clone(node);
-        let tx = tx.clone();
-        tokio::task::spawn_blocking(move || check_on_chain(&node, &tx))
-            .await
-            .map_err(internal)?
-    };
-    match checked {
-        Ok(checked) => Ok(checked),
-        Err(Refusal::Cheat(reason)) => Err(lock_out(node, session_id, &reason)),
-        Err(Refusal::Unavailable(reason)) => Err(Status::unavailable(format!(
-            "cannot check the payment now: {reason}"
-        ))),
-    }
 }
 
 /// An error of ours, as a gRPC status.

@@ -1,28 +1,16 @@
 //! Seller side of the `onchain` scheme (paper seed 000 §V, Table I): one transaction per quota.
 //! Checked, persisted, broadcast, then credited, in that order.
 
-use std::sync::Arc;
-
 use proto::rules::{check_onchain_payment, decode_payment, OnchainTerms};
 use proto::v1::{self, OutletState};
 use tonic::Status;
 
-use super::{checked_on_chain, internal, lock_out};
-use crate::node::SocketNode;
+use super::{internal, SellerContext};
 use crate::store::StoredTerms;
-
-/// The terms of one quota: price × quota to the payout script.
-pub(crate) fn new_terms(node: &SocketNode) -> StoredTerms {
-    StoredTerms {
-        amount: node.quota_amount(),
-        quota: proto::units::EnergyMwh(node.config.outlet.quota_mwh),
-        single_fee: None,
-    }
-}
 
 /// The `PowerRequest` reply for `terms`.
 pub(crate) fn reply(
-    node: &SocketNode,
+    cx: &SellerContext<'_>,
     session_id: String,
     payment_id: u64,
     terms: StoredTerms,
@@ -33,57 +21,60 @@ pub(crate) fn reply(
         scheme: v1::Scheme::Onchain as i32,
         amount_msat: terms.amount.to_sat() * 1_000,
         quota_mwh: terms.quota.0,
-        payout_script: node.payout_script.to_bytes(),
+        payout_script: cx.outlet.payout_script.to_bytes(),
         ..Default::default()
     }
 }
 
 /// Check, persist, broadcast and credit one `onchain` payment.
 pub(crate) async fn pay(
-    node: &Arc<SocketNode>,
+    cx: &SellerContext<'_>,
     session_id: &str,
     payment_id: u64,
     psbt: &[u8],
     terms: StoredTerms,
 ) -> Result<v1::PayTransactionResponse, Status> {
-    let tx = decode_payment(psbt).map_err(|e| lock_out(node, session_id, &e.to_string()))?;
+    let tx = match decode_payment(psbt) {
+        Ok(tx) => tx,
+        Err(e) => return Err(cx.lock_out(session_id, &e.to_string()).await),
+    };
     let onchain_terms = OnchainTerms {
-        payout_script: node.payout_script.clone(),
+        payout_script: cx.outlet.payout_script.clone(),
         amount: terms.amount,
         quota: terms.quota,
     };
-    check_onchain_payment(&tx, &onchain_terms)
-        .map_err(|e| lock_out(node, session_id, &e.to_string()))?;
-    let (fee, vsize) = checked_on_chain(node, session_id, &tx).await?;
+    if let Err(e) = check_onchain_payment(&tx, &onchain_terms) {
+        return Err(cx.lock_out(session_id, &e.to_string()).await);
+    }
+    let (fee, vsize) = cx.checked_on_chain(session_id, &tx).await?;
 
     // Persist, then broadcast, then credit.
-    node.store()
+    cx.shared
+        .store()
         .accept_payment(session_id, payment_id, &tx, terms, fee, vsize)
         .map_err(internal)?;
     let broadcast = {
-        let node = Arc::clone(node);
         let tx = tx.clone();
-        tokio::task::spawn_blocking(move || node.chain.broadcast(&tx))
-            .await
-            .map_err(internal)?
+        cx.with_chain(move |shared| shared.chain.broadcast(&tx))
+            .await?
     };
     let txid = match broadcast {
         Ok(txid) => txid,
         Err(e) => {
-            node.store()
+            cx.shared
+                .store()
                 .set_payment_status(session_id, payment_id, "failed")
                 .map_err(internal)?;
-            return Err(lock_out(
-                node,
-                session_id,
-                &format!("broadcast failed: {e}"),
-            ));
+            return Err(cx
+                .lock_out(session_id, &format!("broadcast failed: {e}"))
+                .await);
         }
     };
-    node.store()
+    cx.shared
+        .store()
         .set_payment_status(session_id, payment_id, "broadcast")
         .map_err(internal)?;
-    node.credit(session_id, terms.quota, &txid.to_string())?;
+    cx.credit(session_id, terms.quota, txid.to_string()).await?;
     Ok(v1::PayTransactionResponse {
         txid: txid.to_string(),
         quota_credited_mwh: terms.quota.0,

@@ -4,20 +4,17 @@
 //! only one per set: when the set is full, when the session ends, when the set is older than
 //! its age limit, at start-up for any set held when it stopped, and at once (then Lockout) when
 //! it sees the set's inputs spent elsewhere. Its exposure to a cheating cable is the held value,
-//! at most the set's maximum.
+//! at most the set's maximum. The set in progress lives in its outlet's task.
 
-use std::sync::Arc;
-
-use bitcoin::Amount;
+use bitcoin::{Amount, ScriptBuf};
 use proto::rules::decode_payment;
 use proto::single_fee::{outpoints_to_proto, SellerSet, SetTerms};
-use proto::units::EnergyMwh;
 use proto::v1::{self, OutletState};
 use tonic::Status;
 
-use super::{checked_on_chain, internal, lock_out};
-use crate::node::{Inner, SocketNode};
-use crate::store::{unix_ms, StoredTerms};
+use super::{internal, SellerContext};
+use crate::outlet::OutletTask;
+use crate::store::{unix_ms, Store, StoredTerms};
 
 /// The input set the outlet's session is paying into.
 #[derive(Debug, Clone)]
@@ -35,25 +32,26 @@ pub(crate) struct OpenSet {
 }
 
 /// The terms of the next payment of `session_id`, opening a new input set when none is open:
-/// its maximum is the socket's, or the cable's `cable_max_sat` when lower.
+/// its maximum is the outlet's, or the cable's `cable_max_sat` when lower. Runs in the outlet's
+/// task.
 pub(crate) fn new_terms(
-    node: &SocketNode,
-    inner: &mut Inner,
+    task: &mut OutletTask,
+    store: &Store,
+    payout_script: &ScriptBuf,
     session_id: &str,
     cable_max_sat: u64,
 ) -> Result<StoredTerms, Status> {
-    let increment = node.quota_amount();
-    let open = inner
+    let increment = task.config.quota_amount().map_err(internal)?;
+    let open = task
         .set
         .as_ref()
         .is_some_and(|s| s.session_id == session_id && !s.seller.is_full());
     if !open {
-        let store = node.store();
         let index = store
             .last_set(session_id)
             .map_err(internal)?
             .map_or(1, |s| s.index + 1);
-        let socket_max = node.config.outlet.single_fee_max_sat;
+        let socket_max = task.config.single_fee_max_sat;
         let max = Amount::from_sat(match cable_max_sat {
             0 => socket_max,
             cable => cable.min(socket_max),
@@ -66,39 +64,38 @@ pub(crate) fn new_terms(
         store
             .open_set(session_id, index, increment, max)
             .map_err(internal)?;
-        inner.set = Some(OpenSet {
+        task.set = Some(OpenSet {
             session_id: session_id.to_owned(),
             index,
             seller: SellerSet::new(SetTerms {
-                payout_script: node.payout_script.clone(),
+                payout_script: payout_script.clone(),
                 increment,
                 max,
             }),
             fee: None,
             opened_at_unix_ms: unix_ms(),
         });
-        tracing::info!(session = %session_id, set = index, %max, "input set opened");
+        tracing::info!(outlet = %task.config.id, session = %session_id, set = index, %max, "input set opened");
     }
-    let set = inner.set.as_ref().expect("opened above");
+    let set = task.set.as_ref().expect("opened above");
     Ok(StoredTerms {
         amount: increment,
-        quota: EnergyMwh(node.config.outlet.quota_mwh),
+        quota: proto::units::EnergyMwh(task.config.quota_mwh),
         single_fee: Some((set.index, set.seller.next_value())),
     })
 }
 
-/// The `PowerRequest` reply for `terms`, with the set's maximum, inputs and fee.
+/// The `PowerRequest` reply for `terms`, with the set's maximum, inputs and fee; `set` is the
+/// outlet's set in progress when the terms were issued.
 pub(crate) fn reply(
-    node: &SocketNode,
-    inner: &Inner,
+    cx: &SellerContext<'_>,
+    set: Option<OpenSet>,
     session_id: String,
     payment_id: u64,
     terms: StoredTerms,
 ) -> Result<v1::PowerRequestResponse, Status> {
     let (index, value) = terms.single_fee.expect("single-fee terms");
-    let set = inner
-        .set
-        .as_ref()
+    let set = set
         .filter(|s| s.session_id == session_id && s.index == index)
         .ok_or_else(|| Status::failed_precondition("the input set of these terms is closed"))?;
     Ok(v1::PowerRequestResponse {
@@ -107,7 +104,7 @@ pub(crate) fn reply(
         scheme: v1::Scheme::SingleFee as i32,
         amount_msat: terms.amount.to_sat() * 1_000,
         quota_mwh: terms.quota.0,
-        payout_script: node.payout_script.to_bytes(),
+        payout_script: cx.outlet.payout_script.to_bytes(),
         value_sat: value.to_sat(),
         max_amount_sat: set.seller.terms().max.to_sat(),
         inputs: outpoints_to_proto(&set.seller.inputs()),
@@ -119,53 +116,71 @@ pub(crate) fn reply(
 /// Check one payment against the set, check it against the chain, hold it (persisted,
 /// replacing the one before) and credit it; broadcast the set when it is full.
 pub(crate) async fn pay(
-    node: &Arc<SocketNode>,
+    cx: &SellerContext<'_>,
     session_id: &str,
     payment_id: u64,
     psbt: &[u8],
     terms: StoredTerms,
 ) -> Result<v1::PayTransactionResponse, Status> {
     let (index, value) = terms.single_fee.expect("single-fee terms");
-    let tx = decode_payment(psbt).map_err(|e| lock_out(node, session_id, &e.to_string()))?;
-    let mut seller = node
-        .inner()
-        .set
-        .as_ref()
-        .filter(|s| s.session_id == session_id && s.index == index)
-        .map(|s| s.seller.clone())
-        .ok_or_else(|| {
-            Status::failed_precondition("the input set of these terms is closed; ask for new terms")
-        })?;
-    let paid = seller
-        .accept(tx.clone())
-        .map_err(|e| lock_out(node, session_id, &e.to_string()))?;
+    let tx = match decode_payment(psbt) {
+        Ok(tx) => tx,
+        Err(e) => return Err(cx.lock_out(session_id, &e.to_string()).await),
+    };
+    let this_set = {
+        let session = session_id.to_owned();
+        move |s: &OpenSet| s.session_id == session && s.index == index
+    };
+    let mut seller = {
+        let this_set = this_set.clone();
+        cx.outlet
+            .call(move |task| {
+                task.set
+                    .as_ref()
+                    .filter(|s| this_set(s))
+                    .map(|s| s.seller.clone())
+            })
+            .await?
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "the input set of these terms is closed; ask for new terms",
+                )
+            })?
+    };
+    let paid = match seller.accept(tx.clone()) {
+        Ok(paid) => paid,
+        Err(e) => return Err(cx.lock_out(session_id, &e.to_string()).await),
+    };
     debug_assert_eq!(paid, value);
-    let (fee, vsize) = checked_on_chain(node, session_id, &tx).await?;
+    let (fee, vsize) = cx.checked_on_chain(session_id, &tx).await?;
 
     // Persist the new latest (one SQLite transaction) before crediting.
-    node.store()
+    cx.shared
+        .store()
         .hold_single_fee(session_id, payment_id, index, &tx, terms, value, fee, vsize)
         .map_err(internal)?;
-    let full = {
-        let mut inner = node.inner();
-        let set = inner
-            .set
-            .as_mut()
-            .filter(|s| s.session_id == session_id && s.index == index)
-            .ok_or_else(|| Status::failed_precondition("the input set closed meanwhile"))?;
-        set.seller = seller;
-        set.fee.get_or_insert(fee);
-        set.seller.is_full()
-    };
     let txid = tx.compute_txid();
-    node.credit(session_id, terms.quota, &txid.to_string())?;
-    if full {
-        // The set reached its maximum: broadcast it; the next payment starts a new set.
-        let mut inner = node.inner();
-        if let Some(set) = inner.set.take() {
-            node.settle(set);
-        }
-    }
+    let session = session_id.to_owned();
+    cx.outlet
+        .call(move |task| {
+            let set = task
+                .set
+                .as_mut()
+                .filter(|s| this_set(s))
+                .ok_or_else(|| Status::failed_precondition("the input set closed meanwhile"))?;
+            set.seller = seller;
+            set.fee.get_or_insert(fee);
+            let full = set.seller.is_full();
+            task.credit(&session, terms.quota, &txid.to_string())?;
+            if full {
+                // The set reached its maximum: broadcast it; the next payment starts a new set.
+                if let Some(set) = task.set.take() {
+                    task.settle(set);
+                }
+            }
+            Ok::<_, Status>(())
+        })
+        .await??;
     Ok(v1::PayTransactionResponse {
         txid: txid.to_string(),
         quota_credited_mwh: terms.quota.0,

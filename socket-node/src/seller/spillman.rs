@@ -5,8 +5,6 @@
 //! session ends, and at the latest `close_margin_blocks` before the refund unlocks — also when
 //! the cable is gone and after a restart ([`close_due`], run by the settler thread).
 
-use std::sync::Arc;
-
 use bitcoin::consensus::encode;
 use bitcoin::hex::DisplayHex;
 use bitcoin::psbt::Psbt;
@@ -15,28 +13,23 @@ use proto::spillman::Channel;
 use proto::v1::{self, OutletState};
 use tonic::Status;
 
-use super::{internal, lock_out};
-use crate::node::SocketNode;
+use super::{internal, Refusal, SellerContext};
+use crate::station::{Shared, Station};
 use crate::store::StoredTerms;
-
-/// The terms of one quota: price × quota more to the socket.
-pub(crate) fn new_terms(node: &SocketNode) -> StoredTerms {
-    super::onchain::new_terms(node)
-}
 
 /// Step 7: check the channel the cable proposes and sign its refund. The session is opened by
 /// the caller; the channel is stored before the signature leaves.
-pub(crate) fn open(
-    node: &SocketNode,
+pub(crate) async fn open(
+    cx: &SellerContext<'_>,
     session_id: &str,
     request: &v1::OpenChannelRequest,
 ) -> Result<v1::OpenChannelResponse, String> {
-    let terms = &node.config.outlet.spillman;
+    let terms = &cx.outlet.config.spillman;
     let cable_key = PublicKey::from_slice(&request.cable_channel_key)
         .map_err(|e| format!("cable channel key: {e}"))?;
     let channel = Channel {
         cable_key,
-        socket_key: socket_key(node),
+        socket_key: socket_key(cx.shared),
         deposit: OutPoint::new(
             request
                 .deposit_txid
@@ -48,7 +41,7 @@ pub(crate) fn open(
         refund_lock_height: request.refund_lock_height,
         fee: Amount::from_sat(request.fee_sat),
         cable_script: ScriptBuf::from_bytes(request.cable_script.clone()),
-        socket_script: node.payout_script.clone(),
+        socket_script: cx.outlet.payout_script.clone(),
     };
     if channel.deposit_value < Amount::from_sat(terms.min_deposit_sat) {
         return Err(format!(
@@ -59,7 +52,11 @@ pub(crate) fn open(
     if !channel.cable_script.is_witness_program() {
         return Err("the cable's script is not a segwit output".into());
     }
-    let tip = node.chain.height().map_err(|e| e.to_string())?;
+    let tip = cx
+        .with_chain(|shared| shared.chain.height())
+        .await
+        .map_err(|e| e.message().to_owned())?
+        .map_err(|e| e.to_string())?;
     channel
         .check_lock_height(tip + terms.min_lock_blocks, tip + terms.max_lock_blocks)
         .map_err(|e| e.to_string())?;
@@ -67,22 +64,19 @@ pub(crate) fn open(
         encode::deserialize(&request.refund_tx).map_err(|e| format!("refund transaction: {e}"))?;
     channel.check_refund(&refund).map_err(|e| e.to_string())?;
     // The fee must get the refund and every payment relayed.
-    let min_fee = channel
-        .fee_at(node.config.outlet.min_fee_rate_sat_per_vb)
-        .map_err(|e| e.to_string())?;
+    let min_rate = cx.outlet.config.min_fee_rate_sat_per_vb;
+    let min_fee = channel.fee_at(min_rate).map_err(|e| e.to_string())?;
     if channel.fee < min_fee {
-        return Err(format!(
-            "fee {} is below {} sat/vB",
-            channel.fee, node.config.outlet.min_fee_rate_sat_per_vb
-        ));
+        return Err(format!("fee {} is below {min_rate} sat/vB", channel.fee));
     }
-    node.store()
+    cx.shared
+        .store()
         .propose_channel(session_id, &channel)
         .map_err(|e| e.to_string())?;
     let signature = channel
-        .sign(&refund, &node.channel_secret)
+        .sign(&refund, &cx.shared.channel_secret)
         .map_err(|e| e.to_string())?;
-    tracing::info!(session = %session_id, deposit = %channel.deposit, lock_height = channel.refund_lock_height, "spillman refund signed");
+    tracing::info!(outlet = %cx.outlet.id(), session = %session_id, deposit = %channel.deposit, lock_height = channel.refund_lock_height, "spillman refund signed");
     Ok(v1::OpenChannelResponse {
         session_id: session_id.to_owned(),
         refund_signature: signature.to_vec(),
@@ -90,17 +84,22 @@ pub(crate) fn open(
 }
 
 /// The socket's channel key.
-fn socket_key(node: &SocketNode) -> PublicKey {
+pub(crate) fn socket_key(shared: &Shared) -> PublicKey {
     PublicKey::new(
-        node.channel_secret
+        shared
+            .channel_secret
             .public_key(&bitcoin::secp256k1::Secp256k1::signing_only()),
     )
 }
 
 /// Steps 9–11: the deposit must be exactly the channel's (its txid, the 2-of-2 output of the
 /// agreed value) and acceptable to bitcoind; it is stored, then broadcast.
-pub(crate) fn fund(node: &SocketNode, request: &v1::FundChannelRequest) -> Result<String, String> {
-    let stored = node
+pub(crate) async fn fund(
+    cx: &SellerContext<'_>,
+    request: &v1::FundChannelRequest,
+) -> Result<String, String> {
+    let stored = cx
+        .shared
         .store()
         .channel_of(&request.session_id)
         .map_err(|e| e.to_string())?
@@ -117,9 +116,11 @@ pub(crate) fn fund(node: &SocketNode, request: &v1::FundChannelRequest) -> Resul
             Err(format!("the channel is {}", stored.status))
         };
     }
-    node.inner()
-        .outlet
-        .active_session(&request.session_id)
+    let session = request.session_id.clone();
+    cx.outlet
+        .call(move |task| task.machine.active_session(&session).map(|_| ()))
+        .await
+        .map_err(|e| e.message().to_owned())?
         .map_err(|e| format!("no deposit for a session not in progress: {e}"))?;
     let output = deposit.output.get(channel.deposit.vout as usize);
     let script = channel.deposit_script_pubkey().map_err(|e| e.to_string())?;
@@ -131,31 +132,41 @@ pub(crate) fn fund(node: &SocketNode, request: &v1::FundChannelRequest) -> Resul
             channel.deposit, channel.deposit_value
         ));
     }
-    match super::check_on_chain(node, &deposit) {
+    let min_rate = cx.outlet.config.min_fee_rate_sat_per_vb;
+    let checked = {
+        let deposit = deposit.clone();
+        cx.with_chain(move |shared| super::check_on_chain(shared, &deposit, min_rate))
+            .await
+            .map_err(|e| e.message().to_owned())?
+    };
+    match checked {
         Ok(_) => {}
-        Err(super::Refusal::Cheat(reason)) | Err(super::Refusal::Unavailable(reason)) => {
+        Err(Refusal::Cheat(reason)) | Err(Refusal::Unavailable(reason)) => {
             return Err(format!("deposit: {reason}"))
         }
     }
-    node.store()
+    cx.shared
+        .store()
         .fund_channel(&request.session_id, &deposit)
         .map_err(|e| e.to_string())?;
     fail::fail_point!("socket-deposit-stored", |_| std::process::abort());
-    node.chain
-        .broadcast(&deposit)
+    cx.with_chain(move |shared| shared.chain.broadcast(&deposit))
+        .await
+        .map_err(|e| e.message().to_owned())?
         .map_err(|e| format!("broadcasting the deposit: {e}"))?;
-    tracing::info!(session = %request.session_id, %txid, "spillman deposit broadcast");
+    tracing::info!(outlet = %cx.outlet.id(), session = %request.session_id, %txid, "spillman deposit broadcast");
     Ok(txid.to_string())
 }
 
 /// The `PowerRequest` reply: the next total, one quota above the highest payment held.
 pub(crate) fn reply(
-    node: &SocketNode,
+    cx: &SellerContext<'_>,
     session_id: String,
     payment_id: u64,
     terms: StoredTerms,
 ) -> Result<v1::PowerRequestResponse, Status> {
-    let stored = node
+    let stored = cx
+        .shared
         .store()
         .channel_of(&session_id)
         .map_err(internal)?
@@ -179,7 +190,7 @@ pub(crate) fn reply(
         scheme: v1::Scheme::Spillman as i32,
         amount_msat: terms.amount.to_sat() * 1_000,
         quota_mwh: terms.quota.0,
-        payout_script: node.payout_script.to_bytes(),
+        payout_script: cx.outlet.payout_script.to_bytes(),
         value_sat: total.to_sat(),
         ..Default::default()
     })
@@ -188,13 +199,14 @@ pub(crate) fn reply(
 /// Steps 12–14: the payment must be exactly the channel's payment of one quota more, signed by
 /// the cable; it is held as the highest (persisted), then credited. A bad one locks out.
 pub(crate) async fn pay(
-    node: &Arc<SocketNode>,
+    cx: &SellerContext<'_>,
     session_id: &str,
     payment_id: u64,
     psbt: &[u8],
     terms: StoredTerms,
 ) -> Result<v1::PayTransactionResponse, Status> {
-    let stored = node
+    let stored = cx
+        .shared
         .store()
         .channel_of(session_id)
         .map_err(internal)?
@@ -209,62 +221,55 @@ pub(crate) async fn pay(
     // Chain checks off the async workers. A deposit double-spent before it confirmed pays
     // nothing: stop crediting (the loss is what was credited since the deposit was last seen,
     // bounded by min_confirmations).
-    let deposit = {
-        let node = Arc::clone(node);
+    let min_confirmations = cx.outlet.config.spillman.min_confirmations;
+    let (confirmations, unspent) = {
         let txid = channel.deposit.txid;
         let outpoint = channel.deposit;
-        let wanted = node.config.outlet.spillman.min_confirmations;
-        tokio::task::spawn_blocking(move || {
-            let confirmations = match wanted {
+        cx.with_chain(move |shared| {
+            let confirmations = match min_confirmations {
                 0 => 0,
-                _ => match node.chain.confirmation_height(&txid)? {
-                    Some(height) => node.chain.height()? + 1 - height,
+                _ => match shared.chain.confirmation_height(&txid)? {
+                    Some(height) => shared.chain.height()? + 1 - height,
                     None => 0,
                 },
             };
-            Ok::<_, wallet::WalletError>((confirmations, node.chain.unspent_value(outpoint)?))
+            Ok::<_, wallet::WalletError>((confirmations, shared.chain.unspent_value(outpoint)?))
         })
-        .await
-        .map_err(internal)?
+        .await?
         .map_err(|e| Status::unavailable(e.to_string()))?
     };
-    let (confirmations, unspent) = deposit;
     if unspent.is_none() {
-        return Err(lock_out(
-            node,
-            session_id,
-            &format!(
-                "the deposit {} is spent or gone: double-spent?",
-                channel.deposit
-            ),
-        ));
+        let reason = format!(
+            "the deposit {} is spent or gone: double-spent?",
+            channel.deposit
+        );
+        return Err(cx.lock_out(session_id, &reason).await);
     }
-    let min_confirmations = node.config.outlet.spillman.min_confirmations;
     if confirmations < min_confirmations {
         return Err(Status::unavailable(format!(
             "the deposit has {confirmations} of {min_confirmations} confirmations"
         )));
     }
-    let psbt = Psbt::deserialize(psbt)
-        .map_err(|e| lock_out(node, session_id, &format!("not a PSBT: {e}")))?;
-    let signature = psbt
+    let psbt = match Psbt::deserialize(psbt) {
+        Ok(psbt) => psbt,
+        Err(e) => return Err(cx.lock_out(session_id, &format!("not a PSBT: {e}")).await),
+    };
+    let Some(signature) = psbt
         .inputs
         .first()
         .and_then(|i| i.partial_sigs.get(&channel.cable_key))
         .copied()
-        .ok_or_else(|| {
-            lock_out(
-                node,
-                session_id,
-                "the payment carries no signature by the cable's channel key",
-            )
-        })?;
+    else {
+        let reason = "the payment carries no signature by the cable's channel key";
+        return Err(cx.lock_out(session_id, reason).await);
+    };
     let tx = psbt.unsigned_tx;
     let total = stored.highest_total + terms.amount;
-    channel
-        .check_payment(&tx, total, &signature)
-        .map_err(|e| lock_out(node, session_id, &e.to_string()))?;
-    node.store()
+    if let Err(e) = channel.check_payment(&tx, total, &signature) {
+        return Err(cx.lock_out(session_id, &e.to_string()).await);
+    }
+    cx.shared
+        .store()
         .hold_channel_payment(
             session_id,
             payment_id,
@@ -277,7 +282,7 @@ pub(crate) async fn pay(
         .map_err(internal)?;
     fail::fail_point!("socket-payment-held", |_| std::process::abort());
     let txid = tx.compute_txid().to_string();
-    node.credit(session_id, terms.quota, &txid)?;
+    cx.credit(session_id, terms.quota, txid.clone()).await?;
     Ok(v1::PayTransactionResponse {
         txid,
         quota_credited_mwh: terms.quota.0,
@@ -287,11 +292,11 @@ pub(crate) async fn pay(
 
 /// At start-up: broadcast the deposit of every open channel again (a socket stopped between
 /// storing a deposit and broadcasting it; bitcoind ignores one it has).
-pub(crate) fn rebroadcast_deposits(node: &SocketNode) {
-    let open = node.store().open_channels().unwrap_or_default();
+pub(crate) fn rebroadcast_deposits(shared: &Shared) {
+    let open = shared.store().open_channels().unwrap_or_default();
     for (stored, _) in open {
         if let Some(deposit) = &stored.deposit {
-            match node.chain.broadcast(deposit) {
+            match shared.chain.broadcast(deposit) {
                 Ok(txid) => {
                     tracing::info!(session = %stored.session_id, %txid, "deposit broadcast again")
                 }
@@ -306,8 +311,10 @@ pub(crate) fn rebroadcast_deposits(node: &SocketNode) {
 /// Step 16 and the peculiarity that makes it safe: close every open channel whose session
 /// ended or whose refund unlocks within `close_margin_blocks`, by co-signing its highest
 /// payment and broadcasting it. A channel with no payment is left to the cable's refund.
-/// Errors are logged; the next call tries again.
-pub(crate) fn close_due(node: &SocketNode) {
+/// The margin is that of the channel's outlet. Errors are logged; the next call tries again.
+/// Blocking (bitcoind RPC): run on the settler thread.
+pub(crate) fn close_due(station: &Station) {
+    let node = &station.shared;
     let open = match node.store().open_channels() {
         Ok(open) => open,
         Err(e) => return tracing::error!("reading the channels: {e}"),
@@ -319,14 +326,23 @@ pub(crate) fn close_due(node: &SocketNode) {
         Ok(tip) => tip,
         Err(e) => return tracing::warn!("cannot see the chain to close channels: {e}"),
     };
-    let margin = node.config.outlet.spillman.close_margin_blocks;
     for (stored, session_ended) in open {
-        let expiring = tip + margin >= stored.channel.refund_lock_height;
+        let session_id = &stored.session_id;
+        let outlet_id = &node
+            .store()
+            .session_outlet(session_id)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        // An outlet removed from the config: close with the strictest margin it could have had.
+        let margin = station
+            .outlets
+            .get(outlet_id)
+            .map_or(u32::MAX, |o| o.config.spillman.close_margin_blocks);
+        let expiring = tip.saturating_add(margin) >= stored.channel.refund_lock_height;
         if !session_ended && !expiring {
             continue;
         }
-        let outlet_id = &node.config.outlet.id;
-        let session_id = &stored.session_id;
         let Some((tx, cable_signature)) = &stored.highest else {
             let _ = node.store().close_channel(session_id, "unpaid", None);
             let _ = node.store().audit(

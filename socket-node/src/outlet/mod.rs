@@ -1,0 +1,508 @@
+//! One outlet of the socket as an actor (design.md, "Architecture v2").
+//!
+//! - [`machine`]: the pure state machine, `Standby` / `Paid` / `Lockout` (paper §III).
+//! - [`hardware`]: its relay, meter, plug sensor and clock.
+//! - [`OutletHandle`]: how the rest of the node talks to it. One tokio task per outlet owns
+//!   the state machine, the hardware, the timers and the single-fee set in progress; every
+//!   other task sends it commands ([`OutletHandle::call`]) and never holds its state across I/O.
+//!   Chain checks run before a command, outside the outlet; a slow bitcoind call for one outlet
+//!   stalls no other.
+
+pub(crate) mod hardware;
+pub mod machine;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitcoin::ScriptBuf;
+use hw::MeterReading;
+use proto::units::{EnergyMwh, PowerMw};
+use proto::v1;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tonic::Status;
+
+use crate::config::OutletConfig;
+use crate::seller::single_fee::OpenSet;
+use crate::station::Shared;
+use hardware::Hardware;
+pub use machine::{Event, Outlet, OutletParams};
+use proto::Scheme;
+
+/// How often an outlet is driven, in real time.
+pub const TICK: Duration = Duration::from_millis(50);
+/// How often watchers get a status while nothing changes state, in ticks.
+const STATUS_EVERY_TICKS: u32 = 5;
+/// How often the energy of a session is saved, in ticks (a crash loses at most this much
+/// metering, to the socket's cost).
+const SAVE_EVERY_TICKS: u32 = 10;
+
+/// A command: a closure run by the outlet's task on its state.
+type Command = Box<dyn FnOnce(&mut OutletTask) + Send>;
+
+/// The state one outlet's task owns. Only the task touches it: through the closures sent with
+/// [`OutletHandle::call`].
+pub(crate) struct OutletTask {
+    /// The outlet's config.
+    pub(crate) config: OutletConfig,
+    /// The state machine.
+    pub(crate) machine: Outlet,
+    hw: Hardware,
+    /// The meter as last read.
+    pub(crate) last_reading: MeterReading,
+    /// The single-fee input set of the session, while open.
+    pub(crate) set: Option<OpenSet>,
+    /// A payment of the session is being checked (at most one at a time: each builds on the
+    /// one before).
+    pub(crate) paying: bool,
+    link_lost_at: Option<Instant>,
+    ticks: u32,
+    shared: Arc<Shared>,
+    events: broadcast::Sender<v1::WatchStatusResponse>,
+    watchers: Arc<AtomicUsize>,
+    stopped: bool,
+}
+
+/// A running outlet: its config and offer, and the channel to its task.
+pub struct OutletHandle {
+    /// The outlet's config.
+    pub config: OutletConfig,
+    /// What `GetOffer` answers for it.
+    pub(crate) offer: v1::GetOfferResponse,
+    /// Where its on-chain payments go (its own BIP84 receive address).
+    pub(crate) payout_script: ScriptBuf,
+    events: broadcast::Sender<v1::WatchStatusResponse>,
+    watchers: Arc<AtomicUsize>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl OutletHandle {
+    /// Start the task of one outlet (on the current tokio runtime) with its hardware: relay
+    /// opened, meter read, the stored open session resumed.
+    pub(crate) fn spawn(
+        config: OutletConfig,
+        offer: v1::GetOfferResponse,
+        payout_script: ScriptBuf,
+        shared: Arc<Shared>,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let mut hw = Hardware::open(&config.hw)
+            .with_context(|| format!("outlet {}: opening its hardware", config.id))?;
+        hw.relay
+            .open()
+            .with_context(|| format!("outlet {}: opening the relay", config.id))?;
+        let reading = hw
+            .meter
+            .read()
+            .with_context(|| format!("outlet {}: reading the meter", config.id))?;
+        let clock = Arc::clone(&hw.clock);
+        let mut machine = Outlet::new(OutletParams {
+            quota_low: EnergyMwh(config.quota_low_mwh),
+            grace_ms: config.grace_secs * 1_000,
+            lockout_ms: config.lockout_secs * 1_000,
+            payment_timeout_ms: config.payment_timeout_secs * 1_000,
+        });
+        {
+            let store = shared.store();
+            if let Some(session) = store.open_session_of(&config.id)? {
+                tracing::info!(outlet = %config.id, session = %session.id, credited = %session.credited, used = %session.energy_used, "resuming session");
+                store.audit(&config.id, Some(&session.id), "resumed", "after restart")?;
+                machine.resume(&session, clock.now_ms(), reading.energy);
+            }
+        }
+        let (events, _) = broadcast::channel(256);
+        let watchers = Arc::new(AtomicUsize::new(0));
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let task = OutletTask {
+            config: config.clone(),
+            machine,
+            hw,
+            last_reading: reading,
+            set: None,
+            paying: false,
+            link_lost_at: Some(Instant::now()),
+            ticks: 0,
+            shared,
+            events: events.clone(),
+            watchers: Arc::clone(&watchers),
+            stopped: false,
+        };
+        tokio::spawn(task.run(receiver));
+        Ok(OutletHandle {
+            config,
+            offer,
+            payout_script,
+            events,
+            watchers,
+            commands,
+        })
+    }
+
+    /// The outlet's id.
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// Run `f` on the outlet's state, in its task, brought up to date first (meter, plug,
+    /// timers). Errors: `UNAVAILABLE` when the outlet has stopped.
+    pub(crate) async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut OutletTask) -> R + Send + 'static,
+    ) -> Result<R, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.send(f, reply)?;
+        answer.await.map_err(|_| stopped())
+    }
+
+    /// [`OutletHandle::call`] from a thread outside the runtime (the settler, Lightning events).
+    pub(crate) fn call_blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut OutletTask) -> R + Send + 'static,
+    ) -> Result<R, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.send(f, reply)?;
+        answer.blocking_recv().map_err(|_| stopped())
+    }
+
+    fn send<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut OutletTask) -> R + Send + 'static,
+        reply: oneshot::Sender<R>,
+    ) -> Result<(), Status> {
+        self.commands
+            .send(Box::new(move |task: &mut OutletTask| {
+                task.tick();
+                let _ = reply.send(f(task));
+            }))
+            .map_err(|_| stopped())
+    }
+
+    /// Subscribe to status changes and QuotaLow; counts as a plugged-in cable on the simulator
+    /// while the guard lives.
+    pub(crate) fn watch(&self) -> (broadcast::Receiver<v1::WatchStatusResponse>, WatcherGuard) {
+        self.watchers.fetch_add(1, Ordering::SeqCst);
+        (
+            self.events.subscribe(),
+            WatcherGuard(Arc::clone(&self.watchers)),
+        )
+    }
+
+    /// Status now and whether QuotaLow holds, for a new watcher or `GetStatus`.
+    pub(crate) async fn snapshot(
+        &self,
+    ) -> Result<(v1::GetStatusResponse, Option<v1::QuotaLow>), Status> {
+        self.call(|task| {
+            let low = task.machine.quota_is_low().then(|| v1::QuotaLow {
+                quota_remaining_mwh: task.machine.session().map_or(0, |s| s.remaining().0),
+                power_mw: task.power().0,
+            });
+            (task.status(), low)
+        })
+        .await
+    }
+
+    /// Run `f` on the outlet's state without waiting for it (for guards that cannot await).
+    pub(crate) fn post(&self, f: impl FnOnce(&mut OutletTask) + Send + 'static) {
+        let _ = self.commands.send(Box::new(f));
+    }
+
+    /// Open the relay and stop the task (shutdown). Waits until the relay is open.
+    pub(crate) async fn stop(&self) {
+        let _ = self.call(|task| task.stop()).await;
+    }
+}
+
+fn stopped() -> Status {
+    Status::unavailable("the outlet has stopped")
+}
+
+/// Counts a watcher while it lives.
+pub(crate) struct WatcherGuard(Arc<AtomicUsize>);
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl OutletTask {
+    /// The task: tick every [`TICK`], run commands as they come, until stopped or every handle
+    /// is gone; the relay is open when it ends.
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut interval = tokio::time::interval(TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        while !self.stopped {
+            tokio::select! {
+                _ = interval.tick() => self.tick(),
+                command = commands.recv() => match command {
+                    Some(command) => command(&mut self),
+                    None => self.stop(),
+                },
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(session) = self.machine.session() {
+            let _ = self.shared.store().save_energy(&session.id, session.used);
+        }
+        if let Err(e) = self.hw.relay.open() {
+            tracing::error!(outlet = %self.config.id, "opening the relay at stop: {e}");
+        }
+        self.stopped = true;
+    }
+
+    /// Drive the outlet once: meter, plug, timers; apply the relay; store and announce events.
+    pub(crate) fn tick(&mut self) {
+        if self.stopped {
+            return;
+        }
+        let now = self.hw.clock.now_ms();
+        let reading = match self.hw.meter.read() {
+            Ok(reading) => reading,
+            Err(e) => {
+                tracing::error!(outlet = %self.config.id, "meter: {e}");
+                let events = self.machine.lock_out(&format!("meter failure: {e}"), now);
+                self.apply(events);
+                return;
+            }
+        };
+        self.last_reading = reading;
+        let plugged = self.plugged();
+        if plugged && !self.machine.plugged() {
+            if let Some((outlet, load)) = &self.hw.sim {
+                outlet.set_load(load.clone());
+            }
+        }
+        let events = self.machine.tick(now, reading.energy, plugged);
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks.is_multiple_of(SAVE_EVERY_TICKS) {
+            if let Some(session) = self.machine.session() {
+                if let Err(e) = self.shared.store().save_energy(&session.id, session.used) {
+                    tracing::error!(outlet = %self.config.id, "saving energy: {e}");
+                }
+            }
+            self.age_set();
+        }
+        // State changes are announced as they are applied; watchers also get a status now
+        // and then while nothing changes.
+        self.apply(events);
+        if self.ticks.is_multiple_of(STATUS_EVERY_TICKS) && self.watchers.load(Ordering::SeqCst) > 0
+        {
+            let status = self.status();
+            let _ = self.events.send(v1::WatchStatusResponse {
+                event: Some(v1::watch_status_response::Event::Status(status)),
+            });
+        }
+    }
+
+    fn plugged(&mut self) -> bool {
+        if let Some(plug) = &mut self.hw.plug {
+            return plug.is_plugged().unwrap_or(false);
+        }
+        // Simulator: plugged while a cable holds the link, debounced against reconnects.
+        if self.watchers.load(Ordering::SeqCst) > 0 {
+            self.link_lost_at = None;
+            return true;
+        }
+        let lost = *self.link_lost_at.get_or_insert_with(Instant::now);
+        lost.elapsed() < self.hw.link_debounce
+    }
+
+    /// What the outlets share (store, chain).
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The outlet clock's time now, ms.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.hw.clock.now_ms()
+    }
+
+    /// Open a session of `scheme` for `id` on the state machine and in the store.
+    pub(crate) fn open_session(&mut self, id: &str, scheme: Scheme) -> Result<(), Status> {
+        let (now, meter) = (self.now_ms(), self.last_reading.energy);
+        self.machine
+            .open_session(id.to_owned(), now, meter)
+            .map_err(Status::failed_precondition)?;
+        if let Err(e) = self
+            .shared
+            .store()
+            .open_session(id, &self.config.id, scheme.name())
+        {
+            // Not stored: not opened.
+            self.machine.abandon(id, "not stored");
+            return Err(Status::internal(format!("storing the session: {e}")));
+        }
+        tracing::info!(outlet = %self.config.id, session = %id, scheme = scheme.name(), "session opened");
+        Ok(())
+    }
+
+    /// Credit `quota` to the session in progress: Paid, relay closed. Refused when `session_id`
+    /// is not the session in progress.
+    pub(crate) fn credit(
+        &mut self,
+        session_id: &str,
+        quota: EnergyMwh,
+        detail: &str,
+    ) -> Result<(), Status> {
+        let events = self
+            .machine
+            .credit(session_id, quota)
+            .map_err(Status::failed_precondition)?;
+        self.apply(events);
+        tracing::info!(outlet = %self.config.id, session = %session_id, %quota, %detail, "payment credited");
+        let _ = self.shared.store().audit(
+            &self.config.id,
+            Some(session_id),
+            "payment-credited",
+            detail,
+        );
+        Ok(())
+    }
+
+    /// Lock the outlet out for a refused payment of `session_id` and record why; only when
+    /// that session is the one in progress (a request about another session locks nothing).
+    pub(crate) fn lock_out(&mut self, session_id: &str, reason: &str) {
+        if self.machine.session().is_none_or(|s| s.id != session_id) {
+            tracing::warn!(outlet = %self.config.id, session = %session_id, %reason, "refused; not the session in progress, no lockout");
+            return;
+        }
+        tracing::warn!(outlet = %self.config.id, session = %session_id, %reason, "payment refused: lockout");
+        let _ =
+            self.shared
+                .store()
+                .audit(&self.config.id, Some(session_id), "payment-refused", reason);
+        let events = self.machine.lock_out(reason, self.now_ms());
+        self.apply(events);
+    }
+
+    /// End session `id` before anything was paid, with no blame.
+    pub(crate) fn abandon(&mut self, id: &str, reason: &str) {
+        let events = self.machine.abandon(id, reason);
+        self.apply(events);
+    }
+
+    /// Hand a closed single-fee set to the settler, which broadcasts what it holds.
+    pub(crate) fn settle(&self, set: OpenSet) {
+        self.shared.settle(set);
+    }
+
+    /// A held single-fee set past its age limit is broadcast (paper §VI: the socket must not
+    /// sit on it); the next payment starts a new set.
+    fn age_set(&mut self) {
+        let limit_ms = self.config.single_fee_max_age_secs as i64 * 1_000;
+        let aged = self.set.as_ref().is_some_and(|set| {
+            set.seller.latest().is_some()
+                && crate::store::unix_ms() - set.opened_at_unix_ms >= limit_ms
+        });
+        if aged {
+            let set = self.set.take().expect("checked");
+            tracing::info!(outlet = %self.config.id, session = %set.session_id, set = set.index, "input set reached its age limit");
+            self.shared.settle(set);
+        }
+    }
+
+    /// The held set of `session_id`, `index` had an input spent: by its own latest
+    /// transaction (`ours`: the cable broadcast it), settle it; by another, settle what we
+    /// hold and lock out (the cable double-spent).
+    pub(crate) fn set_spent(&mut self, session_id: &str, index: u32, ours: bool, reason: String) {
+        let Some(set) = self
+            .set
+            .take_if(|s| s.session_id == session_id && s.index == index)
+        else {
+            return;
+        };
+        self.shared.settle(set);
+        if ours {
+            tracing::info!(outlet = %self.config.id, session = %session_id, set = index, "input set broadcast by the cable");
+        } else {
+            self.lock_out(session_id, &reason);
+        }
+    }
+
+    /// Apply the state machine's events: relay, store, watchers.
+    pub(crate) fn apply(&mut self, events: Vec<Event>) {
+        let outlet_id = self.config.id.clone();
+        let want_closed = self.machine.relay_closed();
+        if self.hw.relay.is_closed() != want_closed {
+            match self.hw.relay.set_closed(want_closed) {
+                Ok(()) => tracing::info!(outlet = %outlet_id, closed = want_closed, "relay"),
+                Err(e) => tracing::error!(outlet = %outlet_id, "relay: {e}"),
+            }
+        }
+        for event in events {
+            match event {
+                Event::StateChanged(state) => {
+                    tracing::info!(outlet = %outlet_id, state = state.as_str_name(), "outlet state");
+                    let reason = self
+                        .machine
+                        .lockout()
+                        .map(|(r, _)| r.to_owned())
+                        .unwrap_or_default();
+                    let _ =
+                        self.shared
+                            .store()
+                            .audit(&outlet_id, None, state.as_str_name(), &reason);
+                    let status = self.status();
+                    let _ = self.events.send(v1::WatchStatusResponse {
+                        event: Some(v1::watch_status_response::Event::Status(status)),
+                    });
+                }
+                Event::QuotaLow(remaining) => {
+                    tracing::info!(outlet = %outlet_id, %remaining, "quota low");
+                    let _ = self.events.send(v1::WatchStatusResponse {
+                        event: Some(v1::watch_status_response::Event::QuotaLow(v1::QuotaLow {
+                            quota_remaining_mwh: remaining.0,
+                            power_mw: self.power().0,
+                        })),
+                    });
+                }
+                Event::SessionEnded { id, used, reason } => {
+                    tracing::info!(outlet = %outlet_id, session = %id, %used, %reason, "session ended");
+                    if let Some(set) = self.set.take_if(|s| s.session_id == id) {
+                        self.shared.settle(set);
+                    }
+                    let store = self.shared.store();
+                    if let Err(e) = store.end_session(&id, used, &reason) {
+                        tracing::error!(outlet = %outlet_id, "ending session {id}: {e}");
+                    }
+                    let _ = store.audit(&outlet_id, Some(&id), "session-ended", &reason);
+                }
+            }
+        }
+    }
+
+    /// Power through the outlet as last metered (nothing while the relay is open).
+    fn power(&self) -> PowerMw {
+        if self.hw.relay.is_closed() {
+            self.last_reading.power
+        } else {
+            PowerMw(0)
+        }
+    }
+
+    /// The outlet's status now.
+    pub(crate) fn status(&self) -> v1::GetStatusResponse {
+        let session = self.machine.session();
+        let (reason, lockout_remaining_secs) = match self.machine.lockout() {
+            Some((reason, until)) => (
+                reason.to_owned(),
+                until.saturating_sub(self.now_ms()).div_ceil(1_000),
+            ),
+            None => (String::new(), 0),
+        };
+        v1::GetStatusResponse {
+            outlet_id: self.config.id.clone(),
+            state: self.machine.state() as i32,
+            session_id: session.map(|s| s.id.clone()).unwrap_or_default(),
+            energy_used_mwh: session.map_or(0, |s| s.used.0),
+            quota_remaining_mwh: session.map_or(0, |s| s.remaining().0),
+            power_mw: self.power().0,
+            lockout_remaining_secs,
+            reason,
+            relay_closed: self.hw.relay.is_closed(),
+            payments: session.map_or(0, |s| s.payments),
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! The running socket (design.md, "Architecture v2"): its outlets, each an actor
+//! ([`crate::outlet`]), and what they share ([`Shared`]): store, bitcoind, the Lightning node,
+//! keys, and the settler thread that broadcasts held transactions and watches them confirm.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::Context;
+use bitcoin::{ScriptBuf, Transaction};
+use proto::rules::network_to_proto;
+use proto::v1;
+use tonic::Status;
+use wallet::chain::Chain;
+use wallet::keys::NodeKeys;
+use wallet::onchain::NodeWallet;
+
+use crate::config::{OutletConfig, SocketConfig};
+use crate::outlet::OutletHandle;
+use crate::seller::single_fee::OpenSet;
+use crate::store::Store;
+use proto::Scheme;
+
+/// How often the settler looks at held sets, broadcast transactions and channels when it has
+/// nothing to broadcast.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// A held single-fee set to broadcast.
+struct Settle {
+    session_id: String,
+    index: u32,
+    tx: Option<Transaction>,
+}
+
+/// What every outlet and seller shares.
+pub struct Shared {
+    /// The socket's config.
+    pub config: SocketConfig,
+    store: Mutex<Store>,
+    /// bitcoind.
+    pub(crate) chain: Arc<Chain>,
+    /// Bounds the bitcoind calls that payment checks make at once (`max_chain_calls`).
+    pub(crate) chain_permits: tokio::sync::Semaphore,
+    /// The Lightning node, when `[lightning]` is configured.
+    pub(crate) ln: Option<Arc<ln::ldk_node::Node>>,
+    /// The socket's spillman channel key.
+    pub(crate) channel_secret: bitcoin::secp256k1::SecretKey,
+    settler: Mutex<mpsc::Sender<Settle>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    /// The store. Held only for one store call at a time, never across I/O.
+    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
+    }
+
+    /// Broadcast the transaction held for `set` (on the settler thread) and forget the set.
+    pub(crate) fn settle(&self, set: OpenSet) {
+        self.send_settle(Settle {
+            session_id: set.session_id,
+            index: set.index,
+            tx: set.seller.latest().cloned(),
+        });
+    }
+
+    fn send_settle(&self, settle: Settle) {
+        let _ = lock(&self.settler).send(settle);
+    }
+}
+
+/// A running socket node: its outlets by id and what they share.
+pub struct Station {
+    /// What the outlets and sellers share.
+    pub shared: Arc<Shared>,
+    /// The outlets, by id.
+    pub outlets: BTreeMap<String, OutletHandle>,
+}
+
+impl Station {
+    /// Start the socket of `config` with its state in `data_dir` (call on a tokio runtime):
+    /// keys and wallet (created on first start), bitcoind (network checked), store, the
+    /// Lightning node; broadcast what was persisted but not yet broadcast; then every outlet's
+    /// task with its hardware, resuming its open session.
+    pub fn start(config: SocketConfig, data_dir: &Path) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let keys = NodeKeys::load_or_create(data_dir, config.network)?;
+        let mut wallet = NodeWallet::open(data_dir, &keys)?;
+        let chain = Arc::new(Chain::connect(&config.chain, config.network)?);
+        let store = Store::open(data_dir).context("opening the store")?;
+        let ln = match &config.lightning {
+            Some(lightning) => {
+                let trusted = lightning
+                    .trusted_peers_0conf
+                    .iter()
+                    .map(|id| {
+                        id.parse()
+                            .with_context(|| format!("lightning.trusted_peers_0conf: {id}"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let settings = ln::LnSettings {
+                    listen: Some(lightning.listen),
+                    trusted_peers_0conf: trusted,
+                    alias: lightning.alias.clone(),
+                };
+                Some(ln::start_node(data_dir, &keys, &config.chain, &settings)?)
+            }
+            None => None,
+        };
+        rebroadcast(&store, &chain)?;
+        let held_sets = store.open_sets()?;
+        let (settle_tx, settle_rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            chain_permits: tokio::sync::Semaphore::new(config.max_chain_calls),
+            config,
+            store: Mutex::new(store),
+            chain,
+            ln,
+            channel_secret: keys.channel_secret(),
+            settler: Mutex::new(settle_tx),
+        });
+        let mut outlets = BTreeMap::new();
+        for (index, outlet) in shared.config.outlets.iter().enumerate() {
+            // Each outlet is paid to its own receive address (BIP84 index = its place in the
+            // config), so the chain tells the outlets' revenue apart.
+            let address = wallet.receive_address(index as u32)?;
+            let payout = address.script_pubkey();
+            let offer = offer_of(&shared, outlet, &keys, &payout);
+            let handle = OutletHandle::spawn(outlet.clone(), offer, payout, Arc::clone(&shared))?;
+            tracing::info!(outlet = %outlet.id, payout = %address, "outlet ready");
+            outlets.insert(outlet.id.clone(), handle);
+        }
+        let station = Arc::new(Station { shared, outlets });
+        crate::seller::spillman::rebroadcast_deposits(&station.shared);
+        if let Some(ln) = station.shared.ln.clone() {
+            let station = Arc::clone(&station);
+            std::thread::Builder::new()
+                .name("lightning-events".into())
+                .spawn(move || loop {
+                    let event = ln.wait_next_event();
+                    crate::seller::lightning::on_event(&station, &event);
+                    if let Err(e) = ln.event_handled() {
+                        tracing::error!("Lightning event not marked handled: {e}");
+                    }
+                })
+                .context("starting the Lightning event thread")?;
+        }
+        {
+            let station = Arc::clone(&station);
+            std::thread::Builder::new()
+                .name("settler".into())
+                .spawn(move || station.run_settler(settle_rx))
+                .context("starting the settler")?;
+        }
+        // Sets held when the socket stopped are broadcast now (paper §VI: the socket must not
+        // sit on them); the session's next payment starts a new set.
+        for set in held_sets {
+            tracing::info!(session = %set.session_id, set = set.index, "broadcasting a set held before the restart");
+            station.shared.send_settle(Settle {
+                session_id: set.session_id,
+                index: set.index,
+                tx: set.latest,
+            });
+        }
+        tracing::info!(
+            identity = %keys.identity_key(),
+            outlets = station.outlets.len(),
+            "socket ready"
+        );
+        Ok(station)
+    }
+
+    /// The outlet `id`. Errors: `NOT_FOUND`.
+    pub fn outlet(&self, id: &str) -> Result<&OutletHandle, Status> {
+        self.outlets
+            .get(id)
+            .ok_or_else(|| Status::not_found(format!("no outlet {id:?} here")))
+    }
+
+    /// The outlet a stored session belongs to. Errors: `NOT_FOUND` for an unknown session.
+    pub fn outlet_of_session(&self, session_id: &str) -> Result<&OutletHandle, Status> {
+        let outlet_id = self
+            .shared
+            .store()
+            .session_outlet(session_id)
+            .map_err(crate::seller::internal)?
+            .ok_or_else(|| Status::not_found(format!("no session {session_id:?} here")))?;
+        self.outlet(&outlet_id)
+    }
+
+    /// Shut down: open every relay (saving each session's energy), then stop the Lightning
+    /// node. The store's writes are synchronous, so nothing is in flight after this.
+    pub async fn stop(&self) {
+        for outlet in self.outlets.values() {
+            outlet.stop().await;
+        }
+        if let Some(ln) = self.shared.ln.clone() {
+            let _ = tokio::task::spawn_blocking(move || ln.stop()).await;
+        }
+        tracing::info!("socket stopped: every relay open");
+    }
+
+    /// Broadcast held sets as they are settled; otherwise, every [`WATCH_EVERY`], watch held
+    /// sets for spent inputs, broadcast sets until they confirm, and spillman channels due to
+    /// close (paper §VI, §VII.B; seed 003).
+    fn run_settler(&self, requests: mpsc::Receiver<Settle>) {
+        loop {
+            match requests.recv_timeout(WATCH_EVERY) {
+                Ok(settle) => self.broadcast_set(settle),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.watch_held_sets();
+                    self.watch_confirmations();
+                    crate::seller::spillman::close_due(self);
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn broadcast_set(&self, settle: Settle) {
+        let Settle {
+            session_id,
+            index,
+            tx,
+        } = settle;
+        let store = || self.shared.store();
+        let outlet_id = store()
+            .session_outlet(&session_id)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let Some(tx) = tx else {
+            let _ = store().close_set(&session_id, index, "empty", None);
+            return;
+        };
+        let (status, txid, detail) = match self.shared.chain.broadcast(&tx) {
+            Ok(txid) => {
+                tracing::info!(session = %session_id, set = index, %txid, "input set broadcast");
+                ("broadcast", Some(txid), txid.to_string())
+            }
+            Err(e) => {
+                tracing::warn!(session = %session_id, set = index, "input set failed: {e}");
+                ("failed", None, e.to_string())
+            }
+        };
+        let store = store();
+        let _ = store.close_set(&session_id, index, status, txid);
+        let _ = store.audit(
+            &outlet_id,
+            Some(&session_id),
+            &format!("set-{status}"),
+            &detail,
+        );
+    }
+
+    fn watch_confirmations(&self) {
+        let Ok(unconfirmed) = self.shared.store().unconfirmed_sets() else {
+            return;
+        };
+        for (session_id, index, txid) in unconfirmed {
+            if let Ok(Some(height)) = self.shared.chain.confirmation_height(&txid) {
+                tracing::info!(session = %session_id, set = index, %txid, height, "input set confirmed");
+                let store = self.shared.store();
+                let outlet_id = store
+                    .session_outlet(&session_id)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                let _ = store.set_confirmed(&session_id, index, height);
+                let _ = store.audit(
+                    &outlet_id,
+                    Some(&session_id),
+                    "set-confirmed",
+                    &format!("{txid} at {height}"),
+                );
+            }
+        }
+    }
+
+    /// Check each outlet's held single-fee set against the chain, outside the outlet: inputs
+    /// spent by the very transaction held (the cable broadcast it at its session end) settle
+    /// the set; spent elsewhere, the cable double-spent them: broadcast what we hold (it
+    /// fails) and lock out.
+    fn watch_held_sets(&self) {
+        for outlet in self.outlets.values() {
+            let held = outlet
+                .call_blocking(|task| {
+                    task.set
+                        .as_ref()
+                        .filter(|s| s.seller.latest().is_some())
+                        .cloned()
+                })
+                .ok()
+                .flatten();
+            let Some(set) = held else { continue };
+            let chain = &self.shared.chain;
+            let spent = set
+                .seller
+                .inputs()
+                .into_iter()
+                .find(|input| matches!(chain.unspent_value(*input), Ok(None)));
+            let Some(input) = spent else { continue };
+            let latest = set.seller.latest().map(|tx| tx.compute_txid());
+            let ours = latest.is_some_and(|txid| {
+                chain.in_mempool(&txid).unwrap_or(false)
+                    || matches!(chain.confirmation_height(&txid), Ok(Some(_)))
+            });
+            let reason = format!(
+                "double spend: input {input} of the held payments was spent elsewhere; {} held unpaid",
+                set.seller.value()
+            );
+            let (session_id, index) = (set.session_id.clone(), set.index);
+            let _ =
+                outlet.call_blocking(move |task| task.set_spent(&session_id, index, ours, reason));
+        }
+    }
+}
+
+/// What `GetOffer` answers for `outlet`.
+fn offer_of(
+    shared: &Shared,
+    outlet: &OutletConfig,
+    keys: &NodeKeys,
+    payout: &ScriptBuf,
+) -> v1::GetOfferResponse {
+    let config = &shared.config;
+    v1::GetOfferResponse {
+        socket_identity_key: keys.identity_key().to_bytes(),
+        outlet_id: outlet.id.clone(),
+        network: network_to_proto(config.network) as i32,
+        price_msat_per_wh: outlet.price_msat_per_wh,
+        quota_mwh: outlet.quota_mwh,
+        schemes: outlet
+            .schemes
+            .iter()
+            .map(|scheme| v1::SchemeTerms {
+                scheme: scheme.to_proto() as i32,
+                min_payment_sat: outlet.min_payment_sat,
+                max_amount_sat: match scheme {
+                    Scheme::SingleFee => outlet.single_fee_max_sat,
+                    Scheme::Onchain | Scheme::Lightning | Scheme::Spillman => 0,
+                },
+            })
+            .collect(),
+        payout_script: payout.to_bytes(),
+        lightning_node_id: shared
+            .ln
+            .as_ref()
+            .map(|n| n.node_id().serialize().to_vec())
+            .unwrap_or_default(),
+        lightning_address: config
+            .lightning
+            .as_ref()
+            .map(|l| l.listen.to_string())
+            .unwrap_or_default(),
+        lightning_keysend: config.lightning.as_ref().is_some_and(|l| l.keysend),
+        spillman: outlet.schemes.contains(&Scheme::Spillman).then(|| {
+            let terms = &outlet.spillman;
+            v1::SpillmanTerms {
+                socket_channel_key: crate::seller::spillman::socket_key(shared).to_bytes(),
+                min_deposit_sat: terms.min_deposit_sat,
+                min_lock_blocks: terms.min_lock_blocks,
+                max_lock_blocks: terms.max_lock_blocks,
+                close_margin_blocks: terms.close_margin_blocks,
+            }
+        }),
+    }
+}
+
+/// Broadcast payments persisted before a crash but not yet broadcast; a payment bitcoind now
+/// refuses (its inputs were spent meanwhile) is marked failed and not credited.
+fn rebroadcast(store: &Store, chain: &Chain) -> anyhow::Result<()> {
+    for payment in store.unbroadcast_payments()? {
+        let txid = payment.tx.compute_txid();
+        match chain.broadcast(&payment.tx) {
+            Ok(_) => {
+                tracing::info!(%txid, session = %payment.session_id, "broadcast after restart");
+                store.set_payment_status(&payment.session_id, payment.payment_id, "broadcast")?;
+            }
+            Err(e) => {
+                tracing::warn!(%txid, "payment failed on rebroadcast: {e}");
+                store.set_payment_status(&payment.session_id, payment.payment_id, "failed")?;
+                let outlet_id = store
+                    .session_outlet(&payment.session_id)?
+                    .unwrap_or_default();
+                store.audit(
+                    &outlet_id,
+                    Some(&payment.session_id),
+                    "payment-failed",
+                    &e.to_string(),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! The socket's SQLite store, `<data dir>/socket.sqlite` (design.md, "Storage").
+//!
+//! A session's credited energy is never stored as a counter: it is the sum of the quotas of its
+//! payments that did not fail, and a payment's key is `(session_id, payment_id)`. A replayed or
+//! resent payment therefore cannot be credited twice, also across crashes. Every row that grants
+//! energy is committed before the reply that grants it.
+
+//!
+//! One module per concern: [`sessions`], [`payments`] (terms and on-chain payments),
+//! [`single_fee`], [`spillman`], [`lightning`], [`audit`]. The schema is versioned
+//! ([`MIGRATIONS`], SQLite's `user_version`): a data dir of an older version is upgraded in
+//! place when the store opens, and a newer one is refused.
+
+mod audit;
+mod lightning;
+mod payments;
+mod sessions;
+mod single_fee;
+mod spillman;
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bitcoin::{Amount, Transaction};
+use proto::units::EnergyMwh;
+use rusqlite::Connection;
+use rusqlite_migration::{Migrations, M};
+
+pub use single_fee::StoredSet;
+pub use spillman::StoredChannel;
+
+/// The schema, one migration per version, oldest first; append, never edit. Version 1 is the
+/// schema of the one-outlet socket (its `IF NOT EXISTS` lets a data dir made before versions
+/// existed take it as is).
+pub const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    outlet_id TEXT NOT NULL,
+    scheme TEXT NOT NULL,
+    started_at_unix_ms INTEGER NOT NULL,
+    ended_at_unix_ms INTEGER,
+    end_reason TEXT,
+    energy_used_mwh INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS terms (
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    payment_id INTEGER NOT NULL,
+    amount_sat INTEGER NOT NULL,
+    quota_mwh INTEGER NOT NULL,
+    issued_at_unix_ms INTEGER NOT NULL,
+    -- single-fee: the input set and the whole value the transaction must pay.
+    set_index INTEGER,
+    value_sat INTEGER,
+    PRIMARY KEY (session_id, payment_id)
+);
+CREATE TABLE IF NOT EXISTS single_fee_sets (
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    set_index INTEGER NOT NULL,
+    increment_sat INTEGER NOT NULL,
+    max_sat INTEGER NOT NULL,
+    fee_sat INTEGER,
+    latest_tx_hex TEXT,
+    latest_value_sat INTEGER NOT NULL DEFAULT 0,
+    -- 'empty': closed before any payment, nothing to broadcast.
+    status TEXT NOT NULL CHECK (status IN ('open', 'broadcast', 'failed', 'empty')),
+    txid TEXT,
+    confirmed_height INTEGER,
+    opened_at_unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (session_id, set_index)
+);
+CREATE TABLE IF NOT EXISTS payments (
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    payment_id INTEGER NOT NULL,
+    txid TEXT NOT NULL,
+    tx_hex TEXT NOT NULL,
+    amount_sat INTEGER NOT NULL,
+    quota_mwh INTEGER NOT NULL,
+    fee_sat INTEGER NOT NULL,
+    vsize INTEGER NOT NULL,
+    -- 'held': a single-fee payment kept, not broadcast (its set is).
+    status TEXT NOT NULL CHECK (status IN ('accepted', 'broadcast', 'failed', 'held')),
+    accepted_at_unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (session_id, payment_id),
+    FOREIGN KEY (session_id, payment_id) REFERENCES terms(session_id, payment_id)
+);
+CREATE TABLE IF NOT EXISTS ln_invoices (
+    payment_hash TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    payment_id INTEGER NOT NULL,
+    bolt11 TEXT NOT NULL,
+    amount_msat INTEGER NOT NULL,
+    quota_mwh INTEGER NOT NULL,
+    issued_at_unix_ms INTEGER NOT NULL,
+    UNIQUE (session_id, payment_id)
+);
+-- Lightning payments received: for an invoice of ln_invoices, or a keysend naming the session.
+CREATE TABLE IF NOT EXISTS ln_payments (
+    payment_hash TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    payment_id INTEGER NOT NULL,
+    amount_msat INTEGER NOT NULL,
+    quota_mwh INTEGER NOT NULL,
+    received_at_unix_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'invoice' CHECK (kind IN ('invoice', 'keysend')),
+    UNIQUE (session_id, payment_id)
+);
+-- spillman channels (seed 003): the terms, the deposit once handed over, the highest payment.
+CREATE TABLE IF NOT EXISTS spillman_channels (
+    session_id TEXT PRIMARY KEY REFERENCES sessions(id),
+    cable_key_hex TEXT NOT NULL,
+    socket_key_hex TEXT NOT NULL,
+    deposit_txid TEXT NOT NULL,
+    deposit_vout INTEGER NOT NULL,
+    deposit_sat INTEGER NOT NULL,
+    refund_lock_height INTEGER NOT NULL,
+    fee_sat INTEGER NOT NULL,
+    cable_script_hex TEXT NOT NULL,
+    socket_script_hex TEXT NOT NULL,
+    deposit_tx_hex TEXT,
+    highest_total_sat INTEGER NOT NULL DEFAULT 0,
+    highest_tx_hex TEXT,
+    highest_cable_signature_hex TEXT,
+    -- 'refund-signed': waiting for the deposit; 'funded': open; 'closed': highest payment
+    -- broadcast; 'unpaid': ended with no payment (the cable takes its refund); 'lost': the
+    -- deposit was spent elsewhere (a double spend before it confirmed).
+    status TEXT NOT NULL CHECK (status IN ('refund-signed', 'funded', 'closed', 'unpaid', 'lost')),
+    close_txid TEXT
+);
+CREATE TABLE IF NOT EXISTS audit (
+    at_unix_ms INTEGER NOT NULL,
+    outlet_id TEXT NOT NULL,
+    session_id TEXT,
+    event TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+";
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// An open session as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    /// Session id.
+    pub id: String,
+    /// Energy delivered so far (as last saved).
+    pub energy_used: EnergyMwh,
+    /// Sum of the quotas of its payments that did not fail.
+    pub credited: EnergyMwh,
+    /// Number of such payments.
+    pub payments: u64,
+    /// The highest payment id issued in terms.
+    pub last_payment_id: u64,
+}
+
+/// Terms issued for one payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredTerms {
+    /// Exact amount to pay (`onchain`), or the increment (`single-fee`).
+    pub amount: Amount,
+    /// Energy it buys.
+    pub quota: EnergyMwh,
+    /// `single-fee`: the input set and the whole value to pay.
+    pub single_fee: Option<(u32, Amount)>,
+}
+
+/// A payment as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPayment {
+    /// Session id.
+    pub session_id: String,
+    /// Payment id within the session.
+    pub payment_id: u64,
+    /// The transaction.
+    pub tx: Transaction,
+    /// `accepted` (persisted, not yet broadcast), `broadcast` or `failed`.
+    pub status: String,
+    /// Energy credited for it.
+    pub quota: EnergyMwh,
+}
+
+/// The store.
+pub struct Store {
+    db: Connection,
+}
+
+type Result<T> = std::result::Result<T, rusqlite::Error>;
+
+/// Errors of the store: SQLite's, or a schema migration that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused a statement.
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The schema could not be brought to the current version (e.g. the data dir was written
+    /// by a newer socket-node).
+    #[error("store schema: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+}
+
+impl Store {
+    /// Open (and create, or upgrade to the current schema version) the store of `data_dir`.
+    pub fn open(data_dir: &Path) -> std::result::Result<Self, StoreError> {
+        let mut db = Connection::open(data_dir.join("socket.sqlite"))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.pragma_update(None, "foreign_keys", "ON")?;
+        Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect()).to_latest(&mut db)?;
+        Ok(Store { db })
+    }
+
+    /// The schema version of the open store.
+    pub fn schema_version(&self) -> Result<usize> {
+        self.db
+            .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+            .map(|v| v as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bitcoin::absolute::LockTime;
+    use bitcoin::transaction::Version;
+    use bitcoin::{Amount, ScriptBuf, Transaction, TxOut};
+
+    use super::*;
+
+    fn tx(value_sat: u64) -> Transaction {
+        Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: Vec::new(),
+            output: vec![TxOut {
+                value: Amount::from_sat(value_sat),
+                script_pubkey: ScriptBuf::new(),
+            }],
+        }
+    }
+
+    fn terms() -> StoredTerms {
+        StoredTerms {
+            amount: Amount::from_sat(1_000),
+            quota: EnergyMwh(8_000),
+            single_fee: None,
+        }
+    }
+
+    #[test]
+    fn a_new_store_is_at_the_latest_version_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len());
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len());
+    }
+
+    #[test]
+    fn a_store_made_before_versions_upgrades_in_place_keeping_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Connection::open(dir.path().join("socket.sqlite")).unwrap();
+            db.execute_batch(SCHEMA_V1).unwrap();
+            db.execute(
+                "INSERT INTO sessions (id, outlet_id, scheme, started_at_unix_ms)
+                 VALUES ('s', 'outlet-1', 'onchain', 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len());
+        assert_eq!(
+            store.session_outlet("s").unwrap().as_deref(),
+            Some("outlet-1")
+        );
+    }
+
+    #[test]
+    fn a_store_of_a_newer_socket_node_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let db = Connection::open(dir.path().join("socket.sqlite")).unwrap();
+        db.pragma_update(None, "user_version", MIGRATIONS.len() as i64 + 1)
+            .unwrap();
+        drop(db);
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Migration(_))
+        ));
+    }
+
+    #[test]
+    fn sessions_belong_to_their_outlet_and_credit_only_what_did_not_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.open_session("a", "outlet-1", "onchain").unwrap();
+        store.open_session("b", "outlet-2", "onchain").unwrap();
+        for (session, payment_id, value) in [("a", 1, 1_000), ("a", 2, 1_001), ("b", 1, 1_002)] {
+            store.issue_terms(session, payment_id, terms()).unwrap();
+            store
+                .accept_payment(
+                    session,
+                    payment_id,
+                    &tx(value),
+                    terms(),
+                    Amount::ONE_SAT,
+                    100,
+                )
+                .unwrap();
+        }
+        store.set_payment_status("a", 2, "failed").unwrap();
+        assert_eq!(store.credit_of("a").unwrap(), (EnergyMwh(8_000), 1));
+        assert_eq!(store.credit_of("b").unwrap(), (EnergyMwh(8_000), 1));
+        assert_eq!(store.open_session_of("outlet-2").unwrap().unwrap().id, "b");
+        // A payment id is recorded once: a replay cannot be credited twice.
+        assert!(store
+            .accept_payment("b", 1, &tx(1_002), terms(), Amount::ONE_SAT, 100)
+            .is_err());
+        store
+            .end_session("a", EnergyMwh(7_000), "unplugged")
+            .unwrap();
+        assert!(store.open_session_of("outlet-1").unwrap().is_none());
+        // a1 and b1 accepted, not yet broadcast; a2 failed.
+        assert_eq!(store.unbroadcast_payments().unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,106 @@
+//! Sessions: opened per outlet, their energy, how they ended, what was credited.
+
+use proto::units::EnergyMwh;
+use rusqlite::{params, OptionalExtension};
+
+use super::{unix_ms, Result, Store, StoredSession};
+
+impl Store {
+    /// Record a new session.
+    pub fn open_session(&self, id: &str, outlet_id: &str, scheme: &str) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO sessions (id, outlet_id, scheme, started_at_unix_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![id, outlet_id, scheme, unix_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// The outlet a session is on, if the session exists.
+    pub fn session_outlet(&self, session_id: &str) -> Result<Option<String>> {
+        self.db
+            .query_row(
+                "SELECT outlet_id FROM sessions WHERE id = ?1",
+                params![session_id],
+                |r| r.get(0),
+            )
+            .optional()
+    }
+
+    /// The scheme a session pays with, if the session exists.
+    pub fn session_scheme(&self, session_id: &str) -> Result<Option<String>> {
+        self.db
+            .query_row(
+                "SELECT scheme FROM sessions WHERE id = ?1",
+                params![session_id],
+                |r| r.get(0),
+            )
+            .optional()
+    }
+
+    /// Save the energy delivered so far in a session.
+    pub fn save_energy(&self, session_id: &str, used: EnergyMwh) -> Result<()> {
+        self.db.execute(
+            "UPDATE sessions SET energy_used_mwh = ?2 WHERE id = ?1",
+            params![session_id, used.0 as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Close a session with its final energy and why it ended.
+    pub fn end_session(&self, session_id: &str, used: EnergyMwh, reason: &str) -> Result<()> {
+        self.db.execute(
+            "UPDATE sessions SET ended_at_unix_ms = ?2, end_reason = ?3, energy_used_mwh = ?4
+             WHERE id = ?1 AND ended_at_unix_ms IS NULL",
+            params![session_id, unix_ms(), reason, used.0 as i64],
+        )?;
+        Ok(())
+    }
+
+    /// The session of `outlet_id` that has not ended, if any.
+    pub fn open_session_of(&self, outlet_id: &str) -> Result<Option<StoredSession>> {
+        let row = self
+            .db
+            .query_row(
+                "SELECT id, energy_used_mwh FROM sessions
+                 WHERE outlet_id = ?1 AND ended_at_unix_ms IS NULL
+                 ORDER BY started_at_unix_ms DESC LIMIT 1",
+                params![outlet_id],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()?;
+        let Some((id, used)) = row else {
+            return Ok(None);
+        };
+        let (credited, payments) = self.credit_of(&id)?;
+        let last_payment_id: i64 = self.db.query_row(
+            "SELECT COALESCE(MAX(payment_id), 0) FROM terms WHERE session_id = ?1",
+            params![id],
+            |r| r.get(0),
+        )?;
+        Ok(Some(StoredSession {
+            id,
+            energy_used: EnergyMwh(used as u64),
+            credited,
+            payments,
+            last_payment_id: last_payment_id as u64,
+        }))
+    }
+
+    /// Energy credited to a session and the number of payments behind it (on chain and over
+    /// Lightning).
+    pub fn credit_of(&self, session_id: &str) -> Result<(EnergyMwh, u64)> {
+        self.db.query_row(
+            "SELECT COALESCE(SUM(quota_mwh), 0), COUNT(*) FROM (
+                 SELECT quota_mwh FROM payments WHERE session_id = ?1 AND status != 'failed'
+                 UNION ALL
+                 SELECT quota_mwh FROM ln_payments WHERE session_id = ?1)",
+            params![session_id],
+            |r| {
+                Ok((
+                    EnergyMwh(r.get::<_, i64>(0)? as u64),
+                    r.get::<_, i64>(1)? as u64,
+                ))
+            },
+        )
+    }
+}

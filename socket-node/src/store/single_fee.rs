@@ -1,0 +1,185 @@
+//! single-fee input sets (paper §VI): opened, the latest held, broadcast, confirmed.
+
+use bitcoin::consensus::encode;
+use bitcoin::{Amount, Transaction, Txid};
+use rusqlite::params;
+
+use super::payments::insert_payment;
+use super::{unix_ms, Result, Store, StoredTerms};
+
+/// A single-fee input set as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSet {
+    /// Session id.
+    pub session_id: String,
+    /// Index of the set within the session, from 1.
+    pub index: u32,
+    /// Increment of each payment.
+    pub increment: Amount,
+    /// Maximum value of the set.
+    pub max: Amount,
+    /// Fee of the set, once its first transaction is held.
+    pub fee: Option<Amount>,
+    /// The latest transaction held.
+    pub latest: Option<Transaction>,
+    /// `open`, `broadcast` or `failed`.
+    pub status: String,
+    /// When it was opened.
+    pub opened_at_unix_ms: i64,
+}
+
+impl Store {
+    /// Open a single-fee input set.
+    pub fn open_set(
+        &self,
+        session_id: &str,
+        index: u32,
+        increment: Amount,
+        max: Amount,
+    ) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO single_fee_sets (session_id, set_index, increment_sat, max_sat, status,
+                                          opened_at_unix_ms)
+             VALUES (?1, ?2, ?3, ?4, 'open', ?5)",
+            params![
+                session_id,
+                index as i64,
+                increment.to_sat() as i64,
+                max.to_sat() as i64,
+                unix_ms()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Hold a single-fee payment: in one SQLite transaction, record the payment (status `held`,
+    /// credited) and make `tx` the set's latest, replacing the one before.
+    #[allow(clippy::too_many_arguments)]
+    pub fn hold_single_fee(
+        &mut self,
+        session_id: &str,
+        payment_id: u64,
+        set_index: u32,
+        tx: &Transaction,
+        terms: StoredTerms,
+        value: Amount,
+        fee: Amount,
+        vsize: u64,
+    ) -> Result<()> {
+        let db = self.db.transaction()?;
+        insert_payment(&db, "held", session_id, payment_id, tx, terms, fee, vsize)?;
+        db.execute(
+            "UPDATE single_fee_sets SET latest_tx_hex = ?3, latest_value_sat = ?4, fee_sat = ?5
+             WHERE session_id = ?1 AND set_index = ?2 AND status = 'open'",
+            params![
+                session_id,
+                set_index as i64,
+                encode::serialize_hex(tx),
+                value.to_sat() as i64,
+                fee.to_sat() as i64
+            ],
+        )?;
+        db.commit()
+    }
+
+    /// Record how a set ended: `broadcast` with the txid sent, or `failed`.
+    pub fn close_set(
+        &self,
+        session_id: &str,
+        index: u32,
+        status: &str,
+        txid: Option<Txid>,
+    ) -> Result<()> {
+        self.db.execute(
+            "UPDATE single_fee_sets SET status = ?3, txid = ?4 WHERE session_id = ?1 AND set_index = ?2",
+            params![session_id, index as i64, status, txid.map(|t| t.to_string())],
+        )?;
+        Ok(())
+    }
+
+    /// Record the height at which a set's transaction confirmed.
+    pub fn set_confirmed(&self, session_id: &str, index: u32, height: u32) -> Result<()> {
+        self.db.execute(
+            "UPDATE single_fee_sets SET confirmed_height = ?3 WHERE session_id = ?1 AND set_index = ?2",
+            params![session_id, index as i64, height as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Sets still open (held, not broadcast), oldest first.
+    pub fn open_sets(&self) -> Result<Vec<StoredSet>> {
+        self.sets_where("status = 'open' ORDER BY opened_at_unix_ms", &[])
+    }
+
+    /// Sets broadcast whose transaction has not been seen confirmed.
+    pub fn unconfirmed_sets(&self) -> Result<Vec<(String, u32, Txid)>> {
+        let mut statement = self.db.prepare(
+            "SELECT session_id, set_index, txid FROM single_fee_sets
+             WHERE status = 'broadcast' AND confirmed_height IS NULL AND txid IS NOT NULL",
+        )?;
+        let rows = statement.query_map([], |r| {
+            let txid: String = r.get(2)?;
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u32, txid))
+        })?;
+        rows.map(|row| {
+            row.and_then(|(session, index, txid)| {
+                let txid = txid.parse().map_err(|e: bitcoin::hex::HexToArrayError| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        2,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?;
+                Ok((session, index, txid))
+            })
+        })
+        .collect()
+    }
+
+    /// The latest set of a session, if any.
+    pub fn last_set(&self, session_id: &str) -> Result<Option<StoredSet>> {
+        let mut sets = self.sets_where(
+            "session_id = ?1 ORDER BY set_index DESC LIMIT 1",
+            &[&session_id],
+        )?;
+        Ok(sets.pop())
+    }
+
+    fn sets_where(
+        &self,
+        condition: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<StoredSet>> {
+        let mut statement = self.db.prepare(&format!(
+            "SELECT session_id, set_index, increment_sat, max_sat, fee_sat, latest_tx_hex, status,
+                    opened_at_unix_ms
+             FROM single_fee_sets WHERE {condition}"
+        ))?;
+        let rows = statement.query_map(params, |r| {
+            let latest: Option<String> = r.get(5)?;
+            let latest = latest
+                .map(|hex| encode::deserialize_hex(&hex))
+                .transpose()
+                .map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        5,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?;
+            Ok(StoredSet {
+                session_id: r.get(0)?,
+                index: r.get::<_, i64>(1)? as u32,
+                increment: Amount::from_sat(r.get::<_, i64>(2)? as u64),
+                max: Amount::from_sat(r.get::<_, i64>(3)? as u64),
+                fee: r
+                    .get::<_, Option<i64>>(4)?
+                    .map(|f| Amount::from_sat(f as u64)),
+                latest,
+                status: r.get(6)?,
+                opened_at_unix_ms: r.get(7)?,
+            })
+        })?;
+        rows.collect()
+    }
+}

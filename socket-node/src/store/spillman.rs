@@ -1,0 +1,197 @@
+//! spillman channels (seed 003): proposed, funded, the highest payment held, closed.
+
+use bitcoin::consensus::encode;
+use bitcoin::{Amount, ScriptBuf, Transaction, Txid};
+use proto::spillman::Channel;
+use rusqlite::params;
+
+use super::payments::insert_payment;
+use super::{Result, Store, StoredTerms};
+
+/// A spillman channel as the socket stored it.
+#[derive(Debug, Clone)]
+pub struct StoredChannel {
+    /// The session it pays for.
+    pub session_id: String,
+    /// Its terms.
+    pub channel: Channel,
+    /// `refund-signed`, `funded`, `closed` or `unpaid`.
+    pub status: String,
+    /// What the highest payment pays the socket.
+    pub highest_total: Amount,
+    /// The highest payment and the cable's signature of it, if any.
+    pub highest: Option<(Transaction, bitcoin::ecdsa::Signature)>,
+    /// The deposit, once handed over.
+    pub deposit: Option<Transaction>,
+}
+
+impl Store {
+    /// Record a spillman channel whose refund the socket signs (seed 003 step 7).
+    pub fn propose_channel(&self, session_id: &str, channel: &Channel) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO spillman_channels (session_id, cable_key_hex, socket_key_hex,
+                 deposit_txid, deposit_vout, deposit_sat, refund_lock_height, fee_sat,
+                 cable_script_hex, socket_script_hex, status)
+             VALUES (?1, ?2, ?10, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'refund-signed')",
+            params![
+                session_id,
+                channel.cable_key.to_string(),
+                channel.deposit.txid.to_string(),
+                channel.deposit.vout,
+                channel.deposit_value.to_sat() as i64,
+                channel.refund_lock_height,
+                channel.fee.to_sat() as i64,
+                channel.cable_script.to_hex_string(),
+                channel.socket_script.to_hex_string(),
+                channel.socket_key.to_string(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Record the deposit of a channel, before it is broadcast (step 10).
+    pub fn fund_channel(&self, session_id: &str, deposit: &Transaction) -> Result<()> {
+        self.db.execute(
+            "UPDATE spillman_channels SET deposit_tx_hex = ?2, status = 'funded'
+             WHERE session_id = ?1 AND status = 'refund-signed'",
+            params![session_id, encode::serialize_hex(deposit)],
+        )?;
+        Ok(())
+    }
+
+    /// Hold a spillman payment as the channel's highest, with its payment row, in one SQLite
+    /// transaction (steps 13–14): what is credited is what a close can broadcast.
+    #[allow(clippy::too_many_arguments)]
+    pub fn hold_channel_payment(
+        &mut self,
+        session_id: &str,
+        payment_id: u64,
+        tx: &Transaction,
+        cable_signature: &bitcoin::ecdsa::Signature,
+        total: Amount,
+        terms: StoredTerms,
+        fee: Amount,
+    ) -> Result<()> {
+        let db = self.db.transaction()?;
+        insert_payment(
+            &db,
+            "held",
+            session_id,
+            payment_id,
+            tx,
+            terms,
+            fee,
+            tx.vsize() as u64,
+        )?;
+        db.execute(
+            "UPDATE spillman_channels SET highest_total_sat = ?2, highest_tx_hex = ?3,
+                 highest_cable_signature_hex = ?4
+             WHERE session_id = ?1 AND status = 'funded'",
+            params![
+                session_id,
+                total.to_sat() as i64,
+                encode::serialize_hex(tx),
+                cable_signature.to_string()
+            ],
+        )?;
+        db.commit()
+    }
+
+    /// Mark a channel closed (its highest payment broadcast in `close_txid`) or unpaid.
+    pub fn close_channel(
+        &self,
+        session_id: &str,
+        status: &str,
+        close_txid: Option<Txid>,
+    ) -> Result<()> {
+        self.db.execute(
+            "UPDATE spillman_channels SET status = ?2, close_txid = ?3 WHERE session_id = ?1",
+            params![session_id, status, close_txid.map(|t| t.to_string())],
+        )?;
+        Ok(())
+    }
+
+    /// The spillman channel of a session, if any.
+    pub fn channel_of(&self, session_id: &str) -> Result<Option<StoredChannel>> {
+        self.channels("WHERE session_id = ?1", params![session_id])
+            .map(|mut all| all.pop())
+    }
+
+    /// The channels still open (funded, not closed), with whether their session ended.
+    pub fn open_channels(&self) -> Result<Vec<(StoredChannel, bool)>> {
+        let channels = self.channels("WHERE status = 'funded'", params![])?;
+        channels
+            .into_iter()
+            .map(|c| {
+                let ended: bool = self.db.query_row(
+                    "SELECT ended_at_unix_ms IS NOT NULL FROM sessions WHERE id = ?1",
+                    params![c.session_id],
+                    |r| r.get(0),
+                )?;
+                Ok((c, ended))
+            })
+            .collect()
+    }
+
+    fn channels(&self, filter: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<StoredChannel>> {
+        let mut statement = self.db.prepare(&format!(
+            "SELECT session_id, cable_key_hex, deposit_txid, deposit_vout, deposit_sat,
+                    refund_lock_height, fee_sat, cable_script_hex, socket_script_hex, status,
+                    highest_total_sat, highest_tx_hex, highest_cable_signature_hex, socket_key_hex,
+                    deposit_tx_hex
+             FROM spillman_channels {filter}"
+        ))?;
+        let rows = statement.query_map(args, |r| {
+            let bad = |i: usize, e: String| {
+                rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+            };
+            let cable_key: String = r.get(1)?;
+            let txid: String = r.get(2)?;
+            let cable_script: String = r.get(7)?;
+            let socket_script: String = r.get(8)?;
+            let highest_tx: Option<String> = r.get(11)?;
+            let highest_sig: Option<String> = r.get(12)?;
+            let highest = match (highest_tx, highest_sig) {
+                (Some(tx), Some(sig)) => Some((
+                    encode::deserialize_hex(&tx).map_err(|e| bad(11, e.to_string()))?,
+                    sig.parse()
+                        .map_err(|e: bitcoin::ecdsa::Error| bad(12, e.to_string()))?,
+                )),
+                _ => None,
+            };
+            Ok(StoredChannel {
+                session_id: r.get(0)?,
+                channel: Channel {
+                    cable_key: cable_key
+                        .parse()
+                        .map_err(|e: bitcoin::key::ParsePublicKeyError| bad(1, e.to_string()))?,
+                    socket_key: r
+                        .get::<_, String>(13)?
+                        .parse()
+                        .map_err(|e: bitcoin::key::ParsePublicKeyError| bad(13, e.to_string()))?,
+                    deposit: bitcoin::OutPoint::new(
+                        txid.parse()
+                            .map_err(|e: bitcoin::hex::HexToArrayError| bad(2, e.to_string()))?,
+                        r.get(3)?,
+                    ),
+                    deposit_value: Amount::from_sat(r.get::<_, i64>(4)? as u64),
+                    refund_lock_height: r.get(5)?,
+                    fee: Amount::from_sat(r.get::<_, i64>(6)? as u64),
+                    cable_script: ScriptBuf::from_hex(&cable_script)
+                        .map_err(|e| bad(7, e.to_string()))?,
+                    socket_script: ScriptBuf::from_hex(&socket_script)
+                        .map_err(|e| bad(8, e.to_string()))?,
+                },
+                status: r.get(9)?,
+                highest_total: Amount::from_sat(r.get::<_, i64>(10)? as u64),
+                highest,
+                deposit: r
+                    .get::<_, Option<String>>(14)?
+                    .map(|hex| encode::deserialize_hex(&hex))
+                    .transpose()
+                    .map_err(|e| bad(14, e.to_string()))?,
+            })
+        })?;
+        rows.collect()
+    }
+}
