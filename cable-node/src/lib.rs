@@ -8,6 +8,8 @@
 //! - [`lightning`]: the channel to the socket and invoice payments.
 //! - [`spillman`]: the deposit, refund and payments of a seed-003 payment channel.
 
+#![deny(missing_docs)]
+
 pub mod config;
 pub mod lightning;
 pub mod payer;

@@ -11,6 +11,8 @@
 //! Energy is integrated by [`integrator::EnergyIntegrator`] in exact integer mW·ms, so long runs
 //! do not drift.
 
+#![deny(missing_docs)]
+
 pub mod clock;
 pub mod ina219;
 pub mod integrator;

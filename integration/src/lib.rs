@@ -1,6 +1,8 @@
 //! Harness for cross-process scenarios: a regtest bitcoind, `socket-node` and `cable-node` as
 //! real processes on 127.0.0.1, their configs, logs and stores. Used by the demo and the tests.
 
+#![deny(missing_docs)]
+
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -8,6 +8,8 @@
 //! wallet would derive exactly the BIP 84 keys of the node's own BDK wallet and the two would race
 //! for the same coins. The twelve words stay the one backup; the passphrase is fixed and public.
 
+#![deny(missing_docs)]
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;

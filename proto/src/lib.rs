@@ -13,6 +13,8 @@
 //! One implementation of each protocol rule lives here and is called by both the cable and the
 //! socket, so the two sides cannot disagree (design.md, workspace table).
 
+#![deny(missing_docs)]
+
 pub mod rules;
 pub mod scheme;
 pub mod single_fee;

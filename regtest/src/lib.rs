@@ -8,6 +8,8 @@
 //! - [`daemon`]: a persistent node under a data dir, behind the `regtest` binary's
 //!   `up` / `status` / `mine` / `fund` / `down`.
 
+#![deny(missing_docs)]
+
 pub mod daemon;
 pub mod exe;
 pub mod faucet;

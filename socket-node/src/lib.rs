@@ -13,6 +13,8 @@
 //!   outlet.
 //! - [`operator`]: the gRPC service `t2t.v1.Operator`, for the socket's owner (loopback only).
 
+#![deny(missing_docs)]
+
 pub mod config;
 pub mod operator;
 pub mod outlet;

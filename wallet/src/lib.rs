@@ -7,6 +7,8 @@
 //! - [`chain`]: the bitcoind RPC calls a node relies on: network check, `testmempoolaccept`,
 //!   `sendrawtransaction`, `gettxout`, confirmations.
 
+#![deny(missing_docs)]
+
 pub mod chain;
 pub mod keys;
 pub mod onchain;
