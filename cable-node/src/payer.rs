@@ -587,8 +587,8 @@ impl Cable {
                     *client = self.reconnect().await?.0;
                 }
                 Err(status)
-                    if status.code() == Code::FailedPrecondition
-                        && status.message().contains("input set") =>
+                    if proto::errors::reason_of(&status)
+                        == Some(v1::ErrorReason::InputSetClosed) =>
                 {
                     tracing::warn!(payment_id = terms.payment_id, "{}", status.message());
                     let _ = self

@@ -49,6 +49,22 @@ fn cheat_on_outlet_3(socket: &SocketProcess) -> String {
             .await
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert_eq!(
+            proto::errors::reason_of(&refused),
+            Some(v1::ErrorReason::RefusedLockout)
+        );
+        // An outlet the socket does not have: not found, with its reason code.
+        let unknown = client
+            .get_offer(v1::GetOfferRequest {
+                outlet_id: "outlet-9".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::NotFound);
+        assert_eq!(
+            proto::errors::reason_of(&unknown),
+            Some(v1::ErrorReason::NotFound)
+        );
         refused.message().to_owned()
     })
 }

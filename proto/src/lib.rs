@@ -6,6 +6,7 @@
 //!   `proto/t2t/v1/*.proto`.
 //! - [`Scheme`]: the payment schemes by name, parsed and printed in one place.
 //! - [`units`]: energy, power, price and amount newtypes with checked arithmetic.
+//! - [`errors`]: error statuses with a reason code (`ErrorReason`) clients act on.
 //! - [`rules`]: the checks of the `onchain` scheme's terms and payments.
 //! - [`single_fee`]: the input sets of the `single-fee` scheme, seller and buyer side.
 //! - [`spillman`]: the deposit, refund and payments of the `spillman` payment channel.
@@ -15,6 +16,7 @@
 
 #![deny(missing_docs)]
 
+pub mod errors;
 pub mod rules;
 pub mod scheme;
 pub mod single_fee;

@@ -2,6 +2,8 @@
 //! seed 000).
 //!
 //! - [`config`]: the TOML config, one `[[outlets]]` table per outlet.
+//! - [`error`]: [`error::SocketError`], mapped to a gRPC status with a reason code only at the
+//!   edge.
 //! - [`station`]: a running socket: its outlets, and what they share (store, chain, Lightning
 //!   node, keys, the settler that broadcasts and watches).
 //! - [`outlet`]: one outlet as an actor: its task owns the state machine (`Standby` / `Paid` /
@@ -16,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod error;
 pub mod operator;
 pub mod outlet;
 pub mod seller;

@@ -11,6 +11,7 @@ use proto::v1::{self};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::error::SocketError;
 use crate::outlet::{OutletHandle, OutletTask};
 use crate::seller::single_fee::OpenSet;
 use crate::seller::{internal, lightning, onchain, single_fee, spillman, SellerContext};
@@ -31,7 +32,7 @@ impl SocketService {
 }
 
 /// The scheme of a request, if `outlet` offers it.
-fn offered_scheme(outlet: &OutletHandle, scheme: i32) -> Result<Scheme, Status> {
+fn offered_scheme(outlet: &OutletHandle, scheme: i32) -> Result<Scheme, SocketError> {
     outlet
         .config
         .schemes
@@ -39,7 +40,7 @@ fn offered_scheme(outlet: &OutletHandle, scheme: i32) -> Result<Scheme, Status> 
         .copied()
         .find(|s| s.to_proto() as i32 == scheme)
         .ok_or_else(|| {
-            Status::invalid_argument(format!(
+            SocketError::invalid(format!(
                 "scheme {scheme} is not offered on outlet {}; see GetOffer",
                 outlet.id()
             ))
@@ -178,7 +179,7 @@ impl Socket for SocketService {
             .terms(session_id, payment_id)
             .map_err(internal)?
             .ok_or_else(|| {
-                Status::failed_precondition(format!(
+                SocketError::wrong_state(format!(
                     "no terms were issued for payment {payment_id} of session {session_id}"
                 ))
             })?;
@@ -188,9 +189,10 @@ impl Socket for SocketService {
             .map_err(internal)?
             .is_some()
         {
-            return Err(Status::invalid_argument(
+            return Err(SocketError::invalid(
                 "this payment is a Lightning invoice: pay it over Lightning",
-            ));
+            )
+            .into());
         }
         let scheme = shared
             .store()
@@ -233,9 +235,7 @@ impl Socket for SocketService {
                 let _ = outlet
                     .call(move |task| task.abandon(&session_id, &why))
                     .await;
-                Err(Status::invalid_argument(format!(
-                    "channel refused: {reason}"
-                )))
+                Err(SocketError::ChannelRefused(reason).into())
             }
         }
     }
@@ -256,8 +256,10 @@ impl Socket for SocketService {
             Ok(deposit_txid) => Ok(Response::new(v1::FundChannelResponse { deposit_txid })),
             // A bad deposit for the session in progress locks out; one naming another session
             // is only refused (it must not lock out someone else's session).
-            Err(reason) if in_progress => Err(cx.lock_out(&request.session_id, &reason).await),
-            Err(reason) => Err(Status::failed_precondition(reason)),
+            Err(reason) if in_progress => {
+                Err(cx.lock_out(&request.session_id, &reason).await.into())
+            }
+            Err(reason) => Err(SocketError::wrong_state(reason).into()),
         }
     }
 }
@@ -268,16 +270,16 @@ struct PaymentInFlight<'a>(&'a OutletHandle);
 impl<'a> PaymentInFlight<'a> {
     /// Refused with `FAILED_PRECONDITION` when `session_id` is not in progress on the outlet,
     /// and `UNAVAILABLE` (retry) while another payment of it is being checked.
-    async fn begin(outlet: &'a OutletHandle, session_id: &str) -> Result<Self, Status> {
+    async fn begin(outlet: &'a OutletHandle, session_id: &str) -> Result<Self, SocketError> {
         let session = session_id.to_owned();
         outlet
             .call(move |task| {
                 task.machine
                     .active_session(&session)
-                    .map_err(Status::failed_precondition)?;
+                    .map_err(SocketError::wrong_state)?;
                 if task.paying {
-                    return Err(Status::unavailable(
-                        "another payment of this session is being checked; retry",
+                    return Err(SocketError::PaymentInFlight(
+                        "another payment of this session is being checked; retry".into(),
                     ));
                 }
                 task.paying = true;
@@ -307,10 +309,10 @@ fn issue_terms(
     payout: &bitcoin::ScriptBuf,
     scheme: Scheme,
     request: &v1::PowerRequestRequest,
-) -> Result<Issued, Status> {
+) -> Result<Issued, SocketError> {
     let session_id = if request.session_id.is_empty() {
         if scheme == Scheme::Spillman {
-            return Err(Status::failed_precondition(
+            return Err(SocketError::wrong_state(
                 "a spillman session opens with OpenChannel",
             ));
         }
@@ -323,7 +325,7 @@ fn issue_terms(
             .session_scheme(&request.session_id)
             .map_err(internal)?;
         if stored.as_deref() != Some(scheme.name()) {
-            return Err(Status::failed_precondition(format!(
+            return Err(SocketError::wrong_state(format!(
                 "session {} does not pay with {}",
                 request.session_id,
                 scheme.name()
@@ -334,7 +336,7 @@ fn issue_terms(
     let last_payment_id = task
         .machine
         .active_session(&session_id)
-        .map_err(Status::failed_precondition)?
+        .map_err(SocketError::wrong_state)?
         .last_payment_id;
     let store = shared.store();
     let unpaid = {
@@ -385,7 +387,7 @@ fn issue_terms(
                 .map_err(internal)?;
             task.machine
                 .active_session(&session_id)
-                .map_err(Status::failed_precondition)?
+                .map_err(SocketError::wrong_state)?
                 .last_payment_id = payment_id;
             (payment_id, terms)
         }

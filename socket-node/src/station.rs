@@ -7,11 +7,11 @@ use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::error::SocketError;
 use anyhow::Context;
 use bitcoin::{ScriptBuf, Transaction};
 use proto::rules::network_to_proto;
 use proto::v1;
-use tonic::Status;
 use wallet::chain::Chain;
 use wallet::keys::NodeKeys;
 use wallet::onchain::NodeWallet;
@@ -178,20 +178,20 @@ impl Station {
     }
 
     /// The outlet `id`. Errors: `NOT_FOUND`.
-    pub fn outlet(&self, id: &str) -> Result<&OutletHandle, Status> {
+    pub fn outlet(&self, id: &str) -> Result<&OutletHandle, SocketError> {
         self.outlets
             .get(id)
-            .ok_or_else(|| Status::not_found(format!("no outlet {id:?} here")))
+            .ok_or_else(|| SocketError::not_found(format!("no outlet {id:?} here")))
     }
 
     /// The outlet a stored session belongs to. Errors: `NOT_FOUND` for an unknown session.
-    pub fn outlet_of_session(&self, session_id: &str) -> Result<&OutletHandle, Status> {
+    pub fn outlet_of_session(&self, session_id: &str) -> Result<&OutletHandle, SocketError> {
         let outlet_id = self
             .shared
             .store()
             .session_outlet(session_id)
             .map_err(crate::seller::internal)?
-            .ok_or_else(|| Status::not_found(format!("no session {session_id:?} here")))?;
+            .ok_or_else(|| SocketError::not_found(format!("no session {session_id:?} here")))?;
         self.outlet(&outlet_id)
     }
 

@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::error::SocketError;
 use bitcoin::ScriptBuf;
 use hw::MeterReading;
 use proto::units::{EnergyMwh, PowerMw};
 use proto::v1;
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tonic::Status;
 
 use crate::config::OutletConfig;
 use crate::seller::single_fee::OpenSet;
@@ -148,7 +148,7 @@ impl OutletHandle {
     pub(crate) async fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut OutletTask) -> R + Send + 'static,
-    ) -> Result<R, Status> {
+    ) -> Result<R, SocketError> {
         let (reply, answer) = oneshot::channel();
         self.send(f, reply)?;
         answer.await.map_err(|_| stopped())
@@ -158,7 +158,7 @@ impl OutletHandle {
     pub(crate) fn call_blocking<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut OutletTask) -> R + Send + 'static,
-    ) -> Result<R, Status> {
+    ) -> Result<R, SocketError> {
         let (reply, answer) = oneshot::channel();
         self.send(f, reply)?;
         answer.blocking_recv().map_err(|_| stopped())
@@ -168,7 +168,7 @@ impl OutletHandle {
         &self,
         f: impl FnOnce(&mut OutletTask) -> R + Send + 'static,
         reply: oneshot::Sender<R>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), SocketError> {
         self.commands
             .send(Box::new(move |task: &mut OutletTask| {
                 task.tick();
@@ -190,7 +190,7 @@ impl OutletHandle {
     /// Status now and whether QuotaLow holds, for a new watcher or `GetStatus`.
     pub(crate) async fn snapshot(
         &self,
-    ) -> Result<(v1::GetStatusResponse, Option<v1::QuotaLow>), Status> {
+    ) -> Result<(v1::GetStatusResponse, Option<v1::QuotaLow>), SocketError> {
         self.call(|task| {
             let low = task.machine.quota_is_low().then(|| v1::QuotaLow {
                 quota_remaining_mwh: task.machine.session().map_or(0, |s| s.remaining().0),
@@ -212,8 +212,8 @@ impl OutletHandle {
     }
 }
 
-fn stopped() -> Status {
-    Status::unavailable("the outlet has stopped")
+fn stopped() -> SocketError {
+    SocketError::unavailable("the outlet has stopped")
 }
 
 /// Counts a watcher while it lives.
@@ -320,11 +320,11 @@ impl OutletTask {
     }
 
     /// Open a session of `scheme` for `id` on the state machine and in the store.
-    pub(crate) fn open_session(&mut self, id: &str, scheme: Scheme) -> Result<(), Status> {
+    pub(crate) fn open_session(&mut self, id: &str, scheme: Scheme) -> Result<(), SocketError> {
         let (now, meter) = (self.now_ms(), self.last_reading.energy);
         self.machine
             .open_session(id.to_owned(), now, meter)
-            .map_err(Status::failed_precondition)?;
+            .map_err(SocketError::wrong_state)?;
         if let Err(e) = self
             .shared
             .store()
@@ -332,7 +332,7 @@ impl OutletTask {
         {
             // Not stored: not opened.
             self.machine.abandon(id, "not stored");
-            return Err(Status::internal(format!("storing the session: {e}")));
+            return Err(SocketError::internal(format!("storing the session: {e}")));
         }
         tracing::info!(outlet = %self.config.id, session = %id, scheme = scheme.name(), "session opened");
         Ok(())
@@ -345,11 +345,11 @@ impl OutletTask {
         session_id: &str,
         quota: EnergyMwh,
         detail: &str,
-    ) -> Result<(), Status> {
+    ) -> Result<(), SocketError> {
         let events = self
             .machine
             .credit(session_id, quota)
-            .map_err(Status::failed_precondition)?;
+            .map_err(SocketError::wrong_state)?;
         self.apply(events);
         tracing::info!(outlet = %self.config.id, session = %session_id, %quota, %detail, "payment credited");
         let _ = self.shared.store().audit(

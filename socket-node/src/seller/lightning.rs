@@ -3,10 +3,10 @@
 //! payment received, after the payment is recorded ([`crate::store::Store::receive_ln_payment`]).
 //! Keysends carrying the session record ([`ln::SessionRecord`]) are the fast path.
 
+use crate::error::SocketError;
 use ln::ldk_node::lightning_invoice::{Bolt11InvoiceDescription, Description};
 use proto::units::PriceMsatPerWh;
 use proto::v1;
-use tonic::Status;
 
 use super::{internal, SellerContext};
 use crate::outlet::OutletTask;
@@ -21,12 +21,12 @@ pub(crate) fn reply(
     session_id: String,
     payment_id: u64,
     terms: StoredTerms,
-) -> Result<v1::PowerRequestResponse, Status> {
+) -> Result<v1::PowerRequestResponse, SocketError> {
     let ln = cx
         .shared
         .ln
         .as_ref()
-        .ok_or_else(|| Status::failed_precondition("this socket has no Lightning node"))?;
+        .ok_or_else(|| SocketError::wrong_state("this socket has no Lightning node"))?;
     let amount_msat = PriceMsatPerWh(cx.outlet.config.price_msat_per_wh)
         .cost_of(terms.quota)
         .map_err(internal)?
@@ -138,7 +138,7 @@ pub(crate) fn on_event(station: &Station, event: &ln::ldk_node::Event) {
                             .call_blocking(move |task| task.credit(&session_id, quota, &detail))?
                     });
                     if let Err(e) = credited {
-                        tracing::warn!(%hash, "payment received for a session no longer in progress: {}", e.message());
+                        tracing::warn!(%hash, "payment received for a session no longer in progress: {}", e);
                     }
                 }
                 Ok(None) => {
@@ -208,11 +208,11 @@ pub(crate) fn receive_keysend(
     }
     let outlet = station
         .outlet_of_session(&record.session_id)
-        .map_err(|e| stray(e.message().to_owned()))?;
+        .map_err(|e| stray(e.to_string()))?;
     let hash = payment_hash.to_owned();
     outlet
         .call_blocking(move |task| credit_keysend(task, &hash, amount_msat, record))
-        .map_err(|e| stray(e.message().to_owned()))?
+        .map_err(|e| stray(e.to_string()))?
 }
 
 /// [`receive_keysend`] in the outlet's task.
@@ -291,5 +291,5 @@ fn credit_keysend(
         session.last_payment_id = session.last_payment_id.max(record.payment_id);
     }
     task.credit(&record.session_id, terms.quota, payment_hash)
-        .map_err(|e| stray(e.message().to_owned()))
+        .map_err(|e| stray(e.to_string()))
 }

@@ -12,9 +12,9 @@ pub mod spillman;
 
 use std::sync::Arc;
 
+use crate::error::SocketError;
 use bitcoin::{Amount, Transaction};
 use proto::units::EnergyMwh;
-use tonic::Status;
 
 use crate::outlet::OutletHandle;
 use crate::station::Shared;
@@ -31,13 +31,13 @@ pub(crate) struct SellerContext<'a> {
 impl SellerContext<'_> {
     /// Lock the outlet out for a refused payment of `session_id` (only when it is the session
     /// in progress), record why, and build the error reply.
-    pub(crate) async fn lock_out(&self, session_id: &str, reason: &str) -> Status {
+    pub(crate) async fn lock_out(&self, session_id: &str, reason: &str) -> SocketError {
         let (session, why) = (session_id.to_owned(), reason.to_owned());
         let _ = self
             .outlet
             .call(move |task| task.lock_out(&session, &why))
             .await;
-        Status::permission_denied(format!("payment refused, outlet locked out: {reason}"))
+        SocketError::Cheat(reason.to_owned())
     }
 
     /// Credit `quota` to the session in progress.
@@ -46,7 +46,7 @@ impl SellerContext<'_> {
         session_id: &str,
         quota: EnergyMwh,
         detail: String,
-    ) -> Result<(), Status> {
+    ) -> Result<(), SocketError> {
         let session = session_id.to_owned();
         self.outlet
             .call(move |task| task.credit(&session, quota, &detail))
@@ -59,7 +59,7 @@ impl SellerContext<'_> {
         &self,
         session_id: &str,
         tx: &Transaction,
-    ) -> Result<(Amount, u64), Status> {
+    ) -> Result<(Amount, u64), SocketError> {
         let checked = {
             let shared = Arc::clone(self.shared);
             let tx = tx.clone();
@@ -77,7 +77,7 @@ impl SellerContext<'_> {
         match checked {
             Ok(checked) => Ok(checked),
             Err(Refusal::Cheat(reason)) => Err(self.lock_out(session_id, &reason).await),
-            Err(Refusal::Unavailable(reason)) => Err(Status::unavailable(format!(
+            Err(Refusal::Unavailable(reason)) => Err(SocketError::unavailable(format!(
                 "cannot check the payment now: {reason}"
             ))),
         }
@@ -87,7 +87,7 @@ impl SellerContext<'_> {
     pub(crate) async fn with_chain<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Shared) -> R + Send + 'static,
-    ) -> Result<R, Status> {
+    ) -> Result<R, SocketError> {
         let shared = Arc::clone(self.shared);
         let _permit = self
             .shared
@@ -148,7 +148,7 @@ pub(crate) fn check_on_chain(
     Ok((verdict.fee, verdict.vsize))
 }
 
-/// An error of ours, as a gRPC status.
-pub(crate) fn internal(e: impl std::fmt::Display) -> Status {
-    Status::internal(e.to_string())
+/// An error of ours.
+pub(crate) fn internal(e: impl std::fmt::Display) -> SocketError {
+    SocketError::internal(e)
 }

@@ -1,9 +1,9 @@
 //! Seller side of the `onchain` scheme (paper seed 000 §V, Table I): one transaction per quota.
 //! Checked, persisted, broadcast, then credited, in that order.
 
+use crate::error::SocketError;
 use proto::rules::{check_onchain_payment, decode_payment, OnchainTerms};
 use proto::v1::{self, OutletState};
-use tonic::Status;
 
 use super::{internal, SellerContext};
 use crate::store::StoredTerms;
@@ -33,7 +33,7 @@ pub(crate) async fn pay(
     payment_id: u64,
     psbt: &[u8],
     terms: StoredTerms,
-) -> Result<v1::PayTransactionResponse, Status> {
+) -> Result<v1::PayTransactionResponse, SocketError> {
     let tx = match decode_payment(psbt) {
         Ok(tx) => tx,
         Err(e) => return Err(cx.lock_out(session_id, &e.to_string()).await),

@@ -6,11 +6,11 @@
 //! it sees the set's inputs spent elsewhere. Its exposure to a cheating cable is the held value,
 //! at most the set's maximum. The set in progress lives in its outlet's task.
 
+use crate::error::SocketError;
 use bitcoin::{Amount, ScriptBuf};
 use proto::rules::decode_payment;
 use proto::single_fee::{outpoints_to_proto, SellerSet, SetTerms};
 use proto::v1::{self, OutletState};
-use tonic::Status;
 
 use super::{internal, SellerContext};
 use crate::outlet::OutletTask;
@@ -40,7 +40,7 @@ pub(crate) fn new_terms(
     payout_script: &ScriptBuf,
     session_id: &str,
     cable_max_sat: u64,
-) -> Result<StoredTerms, Status> {
+) -> Result<StoredTerms, SocketError> {
     let increment = task.config.quota_amount().map_err(internal)?;
     let open = task
         .set
@@ -57,7 +57,7 @@ pub(crate) fn new_terms(
             cable => cable.min(socket_max),
         });
         if max < increment {
-            return Err(Status::invalid_argument(format!(
+            return Err(SocketError::invalid(format!(
                 "a maximum of {max} is below one payment of {increment}"
             )));
         }
@@ -93,11 +93,13 @@ pub(crate) fn reply(
     session_id: String,
     payment_id: u64,
     terms: StoredTerms,
-) -> Result<v1::PowerRequestResponse, Status> {
+) -> Result<v1::PowerRequestResponse, SocketError> {
     let (index, value) = terms.single_fee.expect("single-fee terms");
     let set = set
         .filter(|s| s.session_id == session_id && s.index == index)
-        .ok_or_else(|| Status::failed_precondition("the input set of these terms is closed"))?;
+        .ok_or_else(|| {
+            SocketError::InputSetClosed("the input set of these terms is closed".into())
+        })?;
     Ok(v1::PowerRequestResponse {
         session_id,
         payment_id,
@@ -121,7 +123,7 @@ pub(crate) async fn pay(
     payment_id: u64,
     psbt: &[u8],
     terms: StoredTerms,
-) -> Result<v1::PayTransactionResponse, Status> {
+) -> Result<v1::PayTransactionResponse, SocketError> {
     let (index, value) = terms.single_fee.expect("single-fee terms");
     let tx = match decode_payment(psbt) {
         Ok(tx) => tx,
@@ -142,8 +144,8 @@ pub(crate) async fn pay(
             })
             .await?
             .ok_or_else(|| {
-                Status::failed_precondition(
-                    "the input set of these terms is closed; ask for new terms",
+                SocketError::InputSetClosed(
+                    "the input set of these terms is closed; ask for new terms".into(),
                 )
             })?
     };
@@ -163,11 +165,9 @@ pub(crate) async fn pay(
     let session = session_id.to_owned();
     cx.outlet
         .call(move |task| {
-            let set = task
-                .set
-                .as_mut()
-                .filter(|s| this_set(s))
-                .ok_or_else(|| Status::failed_precondition("the input set closed meanwhile"))?;
+            let set = task.set.as_mut().filter(|s| this_set(s)).ok_or_else(|| {
+                SocketError::InputSetClosed("the input set closed meanwhile".into())
+            })?;
             set.seller = seller;
             set.fee.get_or_insert(fee);
             let full = set.seller.is_full();
@@ -178,7 +178,7 @@ pub(crate) async fn pay(
                     task.settle(set);
                 }
             }
-            Ok::<_, Status>(())
+            Ok::<_, SocketError>(())
         })
         .await??;
     Ok(v1::PayTransactionResponse {

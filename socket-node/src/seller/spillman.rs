@@ -5,13 +5,13 @@
 //! session ends, and at the latest `close_margin_blocks` before the refund unlocks — also when
 //! the cable is gone and after a restart ([`close_due`], run by the settler thread).
 
+use crate::error::SocketError;
 use bitcoin::consensus::encode;
 use bitcoin::hex::DisplayHex;
 use bitcoin::psbt::Psbt;
 use bitcoin::{Amount, OutPoint, PublicKey, ScriptBuf, Transaction};
 use proto::spillman::Channel;
 use proto::v1::{self, OutletState};
-use tonic::Status;
 
 use super::{internal, Refusal, SellerContext};
 use crate::station::{Shared, Station};
@@ -55,7 +55,7 @@ pub(crate) async fn open(
     let tip = cx
         .with_chain(|shared| shared.chain.height())
         .await
-        .map_err(|e| e.message().to_owned())?
+        .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     channel
         .check_lock_height(tip + terms.min_lock_blocks, tip + terms.max_lock_blocks)
@@ -120,7 +120,7 @@ pub(crate) async fn fund(
     cx.outlet
         .call(move |task| task.machine.active_session(&session).map(|_| ()))
         .await
-        .map_err(|e| e.message().to_owned())?
+        .map_err(|e| e.to_string())?
         .map_err(|e| format!("no deposit for a session not in progress: {e}"))?;
     let output = deposit.output.get(channel.deposit.vout as usize);
     let script = channel.deposit_script_pubkey().map_err(|e| e.to_string())?;
@@ -137,7 +137,7 @@ pub(crate) async fn fund(
         let deposit = deposit.clone();
         cx.with_chain(move |shared| super::check_on_chain(shared, &deposit, min_rate))
             .await
-            .map_err(|e| e.message().to_owned())?
+            .map_err(|e| e.to_string())?
     };
     match checked {
         Ok(_) => {}
@@ -152,7 +152,7 @@ pub(crate) async fn fund(
     fail::fail_point!("socket-deposit-stored", |_| std::process::abort());
     cx.with_chain(move |shared| shared.chain.broadcast(&deposit))
         .await
-        .map_err(|e| e.message().to_owned())?
+        .map_err(|e| e.to_string())?
         .map_err(|e| format!("broadcasting the deposit: {e}"))?;
     tracing::info!(outlet = %cx.outlet.id(), session = %request.session_id, %txid, "spillman deposit broadcast");
     Ok(txid.to_string())
@@ -164,15 +164,15 @@ pub(crate) fn reply(
     session_id: String,
     payment_id: u64,
     terms: StoredTerms,
-) -> Result<v1::PowerRequestResponse, Status> {
+) -> Result<v1::PowerRequestResponse, SocketError> {
     let stored = cx
         .shared
         .store()
         .channel_of(&session_id)
         .map_err(internal)?
-        .ok_or_else(|| Status::failed_precondition("this session has no channel"))?;
+        .ok_or_else(|| SocketError::wrong_state("this session has no channel"))?;
     if stored.status != "funded" {
-        return Err(Status::failed_precondition(format!(
+        return Err(SocketError::wrong_state(format!(
             "the channel is {}",
             stored.status
         )));
@@ -180,7 +180,7 @@ pub(crate) fn reply(
     let total = stored.highest_total + terms.amount;
     let (_, max) = stored.channel.total_range();
     if total > max {
-        return Err(Status::failed_precondition(format!(
+        return Err(SocketError::wrong_state(format!(
             "the deposit is used up: {total} would pass {max}"
         )));
     }
@@ -204,15 +204,15 @@ pub(crate) async fn pay(
     payment_id: u64,
     psbt: &[u8],
     terms: StoredTerms,
-) -> Result<v1::PayTransactionResponse, Status> {
+) -> Result<v1::PayTransactionResponse, SocketError> {
     let stored = cx
         .shared
         .store()
         .channel_of(session_id)
         .map_err(internal)?
-        .ok_or_else(|| Status::failed_precondition("this session has no channel"))?;
+        .ok_or_else(|| SocketError::wrong_state("this session has no channel"))?;
     if stored.status != "funded" {
-        return Err(Status::failed_precondition(format!(
+        return Err(SocketError::wrong_state(format!(
             "the channel is {}",
             stored.status
         )));
@@ -236,7 +236,7 @@ pub(crate) async fn pay(
             Ok::<_, wallet::WalletError>((confirmations, shared.chain.unspent_value(outpoint)?))
         })
         .await?
-        .map_err(|e| Status::unavailable(e.to_string()))?
+        .map_err(|e| SocketError::unavailable(e.to_string()))?
     };
     if unspent.is_none() {
         let reason = format!(
@@ -246,7 +246,7 @@ pub(crate) async fn pay(
         return Err(cx.lock_out(session_id, &reason).await);
     }
     if confirmations < min_confirmations {
-        return Err(Status::unavailable(format!(
+        return Err(SocketError::unavailable(format!(
             "the deposit has {confirmations} of {min_confirmations} confirmations"
         )));
     }

@@ -1,0 +1,97 @@
+//! The socket's errors (design.md "Architecture v2"): what a request can fail with, inside the
+//! node. They become a `tonic::Status` only at the gRPC edge, with the reason code of
+//! `socket.proto`'s `ErrorReason` in the status details ([`proto::errors`]).
+
+use proto::v1::ErrorReason;
+use tonic::{Code, Status};
+
+/// Why a request to the socket failed. Each message is for people; the variant is the reason
+/// a client acts on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SocketError {
+    /// The session's own payment or deposit broke a protocol rule: the outlet locked out.
+    /// `PERMISSION_DENIED`, `ERROR_REASON_REFUSED_LOCKOUT`.
+    #[error("payment refused, outlet locked out: {0}")]
+    Cheat(String),
+    /// Malformed, or asks for what the outlet does not offer; nothing changed.
+    /// `INVALID_ARGUMENT`, `ERROR_REASON_INVALID_REQUEST`.
+    #[error("{0}")]
+    Invalid(String),
+    /// spillman: the proposed channel breaks the terms; nothing was signed.
+    /// `INVALID_ARGUMENT`, `ERROR_REASON_CHANNEL_REFUSED`.
+    #[error("channel refused: {0}")]
+    ChannelRefused(String),
+    /// No such outlet or session. `NOT_FOUND`, `ERROR_REASON_NOT_FOUND`.
+    #[error("{0}")]
+    NotFound(String),
+    /// The outlet or session is not in a state to take the request; nothing changed.
+    /// `FAILED_PRECONDITION`, `ERROR_REASON_WRONG_STATE`.
+    #[error("{0}")]
+    WrongState(String),
+    /// single-fee: the input set of these terms closed; ask for new terms.
+    /// `FAILED_PRECONDITION`, `ERROR_REASON_INPUT_SET_CLOSED`.
+    #[error("{0}")]
+    InputSetClosed(String),
+    /// Cannot check now (bitcoind, confirmations, the outlet stopping); retry.
+    /// `UNAVAILABLE`, `ERROR_REASON_UNAVAILABLE`.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Another payment of the session is being checked; retry.
+    /// `UNAVAILABLE`, `ERROR_REASON_PAYMENT_IN_FLIGHT`.
+    #[error("{0}")]
+    PaymentInFlight(String),
+    /// Our own fault (the store). `INTERNAL`, `ERROR_REASON_INTERNAL`.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl SocketError {
+    /// A [`SocketError::WrongState`].
+    pub fn wrong_state(message: impl Into<String>) -> Self {
+        SocketError::WrongState(message.into())
+    }
+
+    /// A [`SocketError::Invalid`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        SocketError::Invalid(message.into())
+    }
+
+    /// A [`SocketError::NotFound`].
+    pub fn not_found(message: impl Into<String>) -> Self {
+        SocketError::NotFound(message.into())
+    }
+
+    /// A [`SocketError::Unavailable`].
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        SocketError::Unavailable(message.into())
+    }
+
+    /// A [`SocketError::Internal`] from any error of ours.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        SocketError::Internal(e.to_string())
+    }
+
+    /// The gRPC code and the reason code of `socket.proto`.
+    pub fn code_and_reason(&self) -> (Code, ErrorReason) {
+        match self {
+            SocketError::Cheat(_) => (Code::PermissionDenied, ErrorReason::RefusedLockout),
+            SocketError::Invalid(_) => (Code::InvalidArgument, ErrorReason::InvalidRequest),
+            SocketError::ChannelRefused(_) => (Code::InvalidArgument, ErrorReason::ChannelRefused),
+            SocketError::NotFound(_) => (Code::NotFound, ErrorReason::NotFound),
+            SocketError::WrongState(_) => (Code::FailedPrecondition, ErrorReason::WrongState),
+            SocketError::InputSetClosed(_) => {
+                (Code::FailedPrecondition, ErrorReason::InputSetClosed)
+            }
+            SocketError::Unavailable(_) => (Code::Unavailable, ErrorReason::Unavailable),
+            SocketError::PaymentInFlight(_) => (Code::Unavailable, ErrorReason::PaymentInFlight),
+            SocketError::Internal(_) => (Code::Internal, ErrorReason::Internal),
+        }
+    }
+}
+
+impl From<SocketError> for Status {
+    fn from(error: SocketError) -> Self {
+        let (code, reason) = error.code_and_reason();
+        proto::errors::status(code, reason, error.to_string())
+    }
+}
