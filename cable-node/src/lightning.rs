@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -240,6 +240,7 @@ fn ensure_channel(
 /// is not paid again: its outcome is awaited. Returns the fee paid in msat.
 pub fn pay(
     ln: &Arc<Node>,
+    events: &PaymentEvents,
     invoice: &ln::ldk_node::lightning_invoice::Bolt11Invoice,
     limit: Duration,
 ) -> anyhow::Result<u64> {
@@ -248,7 +249,7 @@ pub fn pay(
         Err(NodeError::DuplicatePayment) => PaymentId(invoice.payment_hash().to_byte_array()),
         Err(e) => bail!("paying the invoice: {e}"),
     };
-    await_payment(ln, payment_id, limit)
+    await_payment(ln, events, payment_id, limit)
 }
 
 /// Keysend `amount_msat` to `payee` with the t2t session record as a custom TLV (the fast
@@ -256,6 +257,7 @@ pub fn pay(
 /// same payment hash, so it is awaited, never paid twice. Returns the fee paid in msat.
 pub fn keysend(
     ln: &Arc<Node>,
+    events: &PaymentEvents,
     payee: PublicKey,
     amount_msat: u64,
     record: &ln::SessionRecord,
@@ -276,7 +278,7 @@ pub fn keysend(
         Err(NodeError::DuplicatePayment) => PaymentId(PaymentHash::from(preimage).0),
         Err(e) => bail!("keysend: {e}"),
     };
-    await_payment(ln, payment_id, limit)
+    await_payment(ln, events, payment_id, limit)
 }
 
 /// How long a cooperative close waits for the peer to come online, and then to agree.
@@ -340,18 +342,67 @@ fn send_when_routable(
     }
 }
 
-/// Wait for a payment's outcome; the fee paid in msat.
-fn await_payment(ln: &Node, payment_id: PaymentId, limit: Duration) -> anyhow::Result<u64> {
+/// Wakes whoever waits for a payment's outcome when the node reports one: the thread that
+/// takes the node's events calls [`PaymentEvents::notify`] on `PaymentSuccessful` and
+/// `PaymentFailed`, and [`await_payment`] sleeps until then instead of polling.
+#[derive(Debug, Default)]
+pub struct PaymentEvents {
+    /// How many payment outcomes were reported so far.
+    reported: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl PaymentEvents {
+    /// A payment's outcome was reported: wake the waiters.
+    pub fn notify(&self) {
+        *self
+            .reported
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) += 1;
+        self.changed.notify_all();
+    }
+
+    /// The count of outcomes reported so far.
+    fn count(&self) -> u64 {
+        *self
+            .reported
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sleep until an outcome after the `seen`-th is reported, or `timeout` passes.
+    fn wait_after(&self, seen: u64, timeout: Duration) {
+        let guard = self
+            .reported
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _ = self
+            .changed
+            .wait_timeout_while(guard, timeout, |reported| *reported == seen);
+    }
+}
+
+/// Wait for a payment's outcome, woken by the node's payment events (checked once a second
+/// as well, should an event have been taken elsewhere); the fee paid in msat.
+fn await_payment(
+    ln: &Node,
+    events: &PaymentEvents,
+    payment_id: PaymentId,
+    limit: Duration,
+) -> anyhow::Result<u64> {
     let deadline = Instant::now() + limit;
     loop {
+        let seen = events.count();
         match ln.payment(&payment_id).map(|p| (p.status, p.fee_paid_msat)) {
             Some((PaymentStatus::Succeeded, fee)) => return Ok(fee.unwrap_or(0)),
             Some((PaymentStatus::Failed, _)) => bail!("the Lightning payment failed"),
-            _ if Instant::now() > deadline => {
-                bail!("the Lightning payment did not complete in {limit:?}")
-            }
-            _ => std::thread::sleep(Duration::from_millis(20)),
+            _ => {}
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("the Lightning payment did not complete in {limit:?}")
+        }
+        events.wait_after(seen, left.min(Duration::from_secs(1)));
     }
 }
 

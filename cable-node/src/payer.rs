@@ -81,7 +81,8 @@ pub struct PaymentReport {
     pub fee_sat: u64,
     /// Virtual size.
     pub vsize: u64,
-    /// Lightning: time from sending to success.
+    /// Time from the cable's request of the quota (`PowerRequest`, or the keysend) to the
+    /// socket's credit (its `PayTransaction` reply, or the Lightning payment's success).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
 }
@@ -92,6 +93,8 @@ pub struct Cable {
     data_dir: std::path::PathBuf,
     keys: NodeKeys,
     ln: Option<Arc<ln::ldk_node::Node>>,
+    /// Payment outcomes reported by the Lightning node, for those who wait on them.
+    ln_events: Arc<crate::lightning::PaymentEvents>,
     wallet: NodeWallet,
     chain: Chain,
     store: CableStore,
@@ -158,6 +161,7 @@ impl Cable {
             data_dir: data_dir.to_owned(),
             keys,
             ln: None,
+            ln_events: Arc::default(),
             wallet,
             chain,
             store,
@@ -509,6 +513,8 @@ impl Cable {
         accepted: &AcceptedOffer,
         session: &mut Session,
     ) -> Result<bool, CableError> {
+        // Latency of a quota: from the cable's request to the socket's credit.
+        let quota_started = Instant::now();
         if self.pay_keysend(accepted, session)? {
             return Ok(true);
         }
@@ -529,7 +535,7 @@ impl Cable {
             )));
         }
         if accepted.scheme == v1::Scheme::Lightning {
-            self.pay_lightning(accepted, session, &terms)?;
+            self.pay_lightning(accepted, session, &terms, quota_started)?;
             return Ok(true);
         }
         // A payment signed before (and maybe taken) is already counted: sending it again
@@ -619,7 +625,7 @@ impl Cable {
             amount_sat: record.amount.to_sat(),
             fee_sat: record.fee.to_sat(),
             vsize: record.vsize,
-            latency_ms: None,
+            latency_ms: Some(quota_started.elapsed().as_millis() as u64),
         };
         if accepted.scheme == v1::Scheme::Onchain {
             // The socket broadcast it: its change is ours to spend now.
@@ -647,12 +653,20 @@ impl Cable {
         }
         let settings = ln::LnSettings::default();
         let ln = ln::start_node(&self.data_dir, &self.keys, &self.config.chain, &settings)?;
-        let events = Arc::clone(&ln);
+        let (node, outcomes) = (Arc::clone(&ln), Arc::clone(&self.ln_events));
         std::thread::spawn(move || loop {
-            let event = events.wait_next_event();
+            let event = node.wait_next_event();
             tracing::debug!(?event, "Lightning event");
-            if events.event_handled().is_err() {
+            let outcome = matches!(
+                event,
+                ln::ldk_node::Event::PaymentSuccessful { .. }
+                    | ln::ldk_node::Event::PaymentFailed { .. }
+            );
+            if node.event_handled().is_err() {
                 return;
+            }
+            if outcome {
+                outcomes.notify();
             }
         });
         self.ln = Some(Arc::clone(&ln));
@@ -667,6 +681,7 @@ impl Cable {
         accepted: &AcceptedOffer,
         session: &mut Session,
         terms: &v1::PowerRequestResponse,
+        started: Instant,
     ) -> Result<(), CableError> {
         let refuse = |reason: String| CableError::RefusedSocket(format!("terms: {reason}"));
         let offer = &accepted.offer;
@@ -718,9 +733,8 @@ impl Cable {
             .sending_ln(&session.id, terms.payment_id, &hash, expected_msat)
             .context("recording the payment")?;
         let ln = self.lightning()?;
-        let started = Instant::now();
         let paid = tokio::task::block_in_place(|| {
-            crate::lightning::pay(&ln, &invoice, Duration::from_secs(60))
+            crate::lightning::pay(&ln, &self.ln_events, &invoice, Duration::from_secs(60))
         });
         self.ln_outcome(
             session,
@@ -801,6 +815,7 @@ impl Cable {
         let paid = tokio::task::block_in_place(|| {
             crate::lightning::keysend(
                 &ln,
+                &self.ln_events,
                 socket.node_id,
                 amount_msat,
                 &record,

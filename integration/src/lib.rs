@@ -271,6 +271,11 @@ impl SocketProcess {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// What the socket logged.
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
@@ -389,6 +394,9 @@ pub struct CableSetup {
     pub spillman_lock_blocks: u32,
     /// The outlet the cable is plugged into.
     pub outlet_id: String,
+    /// `[lightning] channel_sat`: the channel opened on the first visit (the config's default
+    /// when `None`).
+    pub lightning_channel_sat: Option<u64>,
 }
 
 impl Default for CableSetup {
@@ -401,6 +409,7 @@ impl Default for CableSetup {
             lightning_hub: None,
             spillman_lock_blocks: 144,
             outlet_id: OUTLET.into(),
+            lightning_channel_sat: None,
         }
     }
 }
@@ -429,6 +438,20 @@ impl CableFiles {
         setup: &CableSetup,
         funds: Amount,
     ) -> anyhow::Result<Self> {
+        let files = Self::create_unfunded(dir, bitcoind, endpoint, setup)?;
+        let address = funding_address(&files.data_dir)?;
+        bitcoind.fund(&address, funds)?;
+        Ok(files)
+    }
+
+    /// [`CableFiles::create`] without funding the wallet (fund many at once with
+    /// [`Regtest::fund_many`] and [`funding_address`]).
+    pub fn create_unfunded(
+        dir: &Path,
+        bitcoind: &Regtest,
+        endpoint: &str,
+        setup: &CableSetup,
+    ) -> anyhow::Result<Self> {
         fs::create_dir_all(dir)?;
         let config = dir.join("cable.toml");
         fs::write(
@@ -449,15 +472,19 @@ impl CableFiles {
                 setup.unplug_when_idle_secs,
             ),
         )?;
-        if let Some(hub) = &setup.lightning_hub {
+        if setup.lightning_hub.is_some() || setup.lightning_channel_sat.is_some() {
             let mut text = fs::read_to_string(&config)?;
-            text.push_str(&format!("\n[lightning]\nhub = {hub:?}\n"));
+            text.push_str("\n[lightning]\n");
+            if let Some(hub) = &setup.lightning_hub {
+                text.push_str(&format!("hub = {hub:?}\n"));
+            }
+            if let Some(sat) = setup.lightning_channel_sat {
+                text.push_str(&format!("channel_sat = {sat}\n"));
+            }
             fs::write(&config, text)?;
         }
         let data_dir = dir.join("cable-data");
         fs::create_dir_all(&data_dir)?;
-        let address = funding_address(&data_dir)?;
-        bitcoind.fund(&address, funds)?;
         Ok(CableFiles {
             config,
             data_dir,

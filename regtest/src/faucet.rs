@@ -158,22 +158,43 @@ impl Faucet {
         to: &Address,
         amount: Amount,
     ) -> Result<OutPoint, RegtestError> {
-        if amount < DUST_LIMIT {
-            return Err(RegtestError::BadAmount(format!(
-                "{amount} is below the dust limit of {DUST_LIMIT}"
-            )));
+        Ok(self.fund_many(client, &[(to.clone(), amount)])?[0])
+    }
+
+    /// [`Faucet::fund`] for many payees at once: one transaction with an output per payee (in
+    /// order), one block. Returns the outpoints, in the payees' order.
+    ///
+    /// Errors: as [`Faucet::fund`], for any amount or their sum.
+    pub fn fund_many(
+        &self,
+        client: &Client,
+        payees: &[(Address, Amount)],
+    ) -> Result<Vec<OutPoint>, RegtestError> {
+        let mut amount = Amount::ZERO;
+        for (_, each) in payees {
+            if *each < DUST_LIMIT {
+                return Err(RegtestError::BadAmount(format!(
+                    "{each} is below the dust limit of {DUST_LIMIT}"
+                )));
+            }
+            amount += *each;
         }
         if amount > Amount::from_btc(10_000.0).expect("constant") {
             return Err(RegtestError::BadAmount(format!(
                 "{amount} is more than the faucet pays at once (10000 BTC)"
             )));
         }
-        let (inputs, total) = self.select_coins(client, amount)?;
-        let fee = BASE_FEE + FEE_PER_INPUT * inputs.len() as u64;
-        let mut outputs = vec![TxOut {
-            value: amount,
-            script_pubkey: to.script_pubkey(),
-        }];
+        // About 31 vB per P2WPKH output at 1 sat/vB, above the fee of one payee.
+        let per_output = Amount::from_sat(31) * payees.len().saturating_sub(1) as u64;
+        let (inputs, total) = self.select_coins(client, amount + per_output)?;
+        let fee = BASE_FEE + FEE_PER_INPUT * inputs.len() as u64 + per_output;
+        let mut outputs: Vec<TxOut> = payees
+            .iter()
+            .map(|(to, value)| TxOut {
+                value: *value,
+                script_pubkey: to.script_pubkey(),
+            })
+            .collect();
         let change = total - amount - fee;
         if change >= DUST_LIMIT {
             outputs.push(TxOut {
@@ -213,7 +234,9 @@ impl Faucet {
             message: format!("bad txid {txid}: {e}"),
         })?;
         self.mine_to(client, 1, &self.address)?;
-        Ok(OutPoint { txid, vout: 0 })
+        Ok((0..payees.len() as u32)
+            .map(|vout| OutPoint { txid, vout })
+            .collect())
     }
 
     /// Matured faucet coins covering `amount` plus the fee, largest first; mines 101 blocks to

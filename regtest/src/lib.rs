@@ -159,6 +159,11 @@ impl Regtest {
         self.faucet.fund(self.client(), to, amount)
     }
 
+    /// Pay each payee its amount in one confirmed transaction (see [`Faucet::fund_many`]).
+    pub fn fund_many(&self, payees: &[(Address, Amount)]) -> Result<Vec<OutPoint>, RegtestError> {
+        self.faucet.fund_many(self.client(), payees)
+    }
+
     /// The unspent outputs paying `address` ([`scan_utxos`]).
     pub fn utxos(&self, address: &Address) -> Result<Vec<Utxo>, RegtestError> {
         scan_utxos(self.client(), address)

@@ -4,8 +4,9 @@
 //! - [`config`]: the TOML config, one `[[outlets]]` table per outlet.
 //! - [`error`]: [`error::SocketError`], mapped to a gRPC status with a reason code only at the
 //!   edge.
-//! - [`station`]: a running socket: its outlets, and what they share (store, chain, Lightning
-//!   node, keys, the settler that broadcasts and watches).
+//! - [`shared`]: what every outlet and seller shares: store, chain, Lightning node, keys.
+//! - [`station`]: a running socket: its outlets and what they share; recovery at start, and
+//!   the settler that broadcasts and watches.
 //! - [`outlet`]: one outlet as an actor: its task owns the state machine (`Standby` / `Paid` /
 //!   `Lockout`, paper §III), hardware and timers; the rest sends it commands.
 //! - [`seller`]: the seller side of each scheme, `onchain`, `single-fee`, `spillman` and
@@ -23,5 +24,6 @@ pub mod operator;
 pub mod outlet;
 pub mod seller;
 pub mod service;
+pub mod shared;
 pub mod station;
 pub mod store;

@@ -13,10 +13,9 @@ use tonic::{Request, Response, Status};
 
 use crate::error::SocketError;
 use crate::outlet::{OutletHandle, OutletTask};
-use crate::seller::single_fee::OpenSet;
-use crate::seller::{internal, lightning, onchain, single_fee, spillman, SellerContext};
-use crate::station::{Shared, Station};
-use crate::store::StoredTerms;
+use crate::seller::{internal, seller_of, spillman, Issued, SellerContext};
+use crate::shared::Shared;
+use crate::station::Station;
 use proto::Scheme;
 
 /// The tonic service over a running [`Station`].
@@ -45,15 +44,6 @@ fn offered_scheme(outlet: &OutletHandle, scheme: i32) -> Result<Scheme, SocketEr
                 outlet.id()
             ))
         })
-}
-
-/// Terms issued by the outlet's task for a `PowerRequest`.
-struct Issued {
-    session_id: String,
-    payment_id: u64,
-    terms: StoredTerms,
-    /// single-fee: the set in progress as the terms were issued.
-    set: Option<OpenSet>,
 }
 
 #[tonic::async_trait]
@@ -132,23 +122,9 @@ impl Socket for SocketService {
         let issued = outlet
             .call(move |task| issue_terms(task, &shared, &payout, scheme, &request))
             .await??;
-        let cx = self.context(outlet);
-        let Issued {
-            session_id,
-            payment_id,
-            terms,
-            set,
-        } = issued;
-        let reply = match scheme {
-            Scheme::Onchain => onchain::reply(&cx, session_id, payment_id, terms),
-            Scheme::Spillman => spillman::reply(&cx, session_id, payment_id, terms)?,
-            // ldk-node's calls are synchronous: let the runtime move other tasks off this
-            // worker meanwhile.
-            Scheme::Lightning => tokio::task::block_in_place(|| {
-                lightning::reply(&cx, session_id, payment_id, terms)
-            })?,
-            Scheme::SingleFee => single_fee::reply(&cx, set, session_id, payment_id, terms)?,
-        };
+        let reply = seller_of(scheme)
+            .reply(&self.context(outlet), issued)
+            .await?;
         Ok(Response::new(reply))
     }
 
@@ -183,32 +159,25 @@ impl Socket for SocketService {
                     "no terms were issued for payment {payment_id} of session {session_id}"
                 ))
             })?;
-        if shared
-            .store()
-            .invoice_of(session_id, payment_id)
-            .map_err(internal)?
-            .is_some()
-        {
-            return Err(SocketError::invalid(
-                "this payment is a Lightning invoice: pay it over Lightning",
-            )
-            .into());
-        }
+        // A session's scheme is stored by name; the Lightning seller refuses PayTransaction.
         let scheme = shared
             .store()
             .session_scheme(session_id)
-            .map_err(internal)?;
+            .map_err(internal)?
+            .and_then(|name| name.parse::<Scheme>().ok())
+            .ok_or_else(|| SocketError::internal(format!("session {session_id} has no scheme")))?;
         // One payment of a session at a time: each builds on the one before. No lock is held
         // while it is checked: the outlet only marks it in flight.
         let _in_flight = PaymentInFlight::begin(outlet, session_id).await?;
-        let cx = self.context(outlet);
-        let reply = match terms.single_fee {
-            None if scheme.as_deref() == Some(Scheme::Spillman.name()) => {
-                spillman::pay(&cx, session_id, payment_id, &request.psbt, terms).await?
-            }
-            None => onchain::pay(&cx, session_id, payment_id, &request.psbt, terms).await?,
-            Some(_) => single_fee::pay(&cx, session_id, payment_id, &request.psbt, terms).await?,
-        };
+        let reply = seller_of(scheme)
+            .pay(
+                &self.context(outlet),
+                session_id,
+                payment_id,
+                &request.psbt,
+                terms,
+            )
+            .await?;
         Ok(Response::new(reply))
     }
 
@@ -310,11 +279,12 @@ fn issue_terms(
     scheme: Scheme,
     request: &v1::PowerRequestRequest,
 ) -> Result<Issued, SocketError> {
+    let seller = seller_of(scheme);
     let session_id = if request.session_id.is_empty() {
-        if scheme == Scheme::Spillman {
-            return Err(SocketError::wrong_state(
-                "a spillman session opens with OpenChannel",
-            ));
+        if !seller.opens_with_power_request() {
+            return Err(SocketError::wrong_state(format!(
+                "a {scheme} session opens with OpenChannel"
+            )));
         }
         let id = new_session_id();
         task.open_session(&id, scheme)?;
@@ -355,32 +325,14 @@ fn issue_terms(
                 .map_err(internal)?
         }
     };
-    // Single-fee terms of a set that closed meanwhile (full, aged, or broadcast at a restart)
-    // are not issued again: the next payment starts a new set.
-    let reusable = |terms: &StoredTerms| match terms.single_fee {
-        None => true,
-        Some((index, _)) => task
-            .set
-            .as_ref()
-            .is_some_and(|set| set.session_id == session_id && set.index == index),
-    };
     let (payment_id, terms) = match unpaid {
-        Some(terms) if last_payment_id > 0 && reusable(&terms) => (last_payment_id, terms),
+        Some(terms)
+            if last_payment_id > 0 && seller.terms_still_valid(task, &session_id, &terms) =>
+        {
+            (last_payment_id, terms)
+        }
         _ => {
-            let terms = match scheme {
-                Scheme::Onchain | Scheme::Lightning | Scheme::Spillman => StoredTerms {
-                    amount: task.config.quota_amount().map_err(internal)?,
-                    quota: proto::units::EnergyMwh(task.config.quota_mwh),
-                    single_fee: None,
-                },
-                Scheme::SingleFee => single_fee::new_terms(
-                    task,
-                    &store,
-                    payout,
-                    &session_id,
-                    request.max_amount_sat,
-                )?,
-            };
+            let terms = seller.new_terms(task, &store, payout, &session_id, request)?;
             let payment_id = last_payment_id + 1;
             store
                 .issue_terms(&session_id, payment_id, terms)

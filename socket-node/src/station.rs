@@ -1,15 +1,15 @@
 //! The running socket (design.md, "Architecture v2"): its outlets, each an actor
-//! ([`crate::outlet`]), and what they share ([`Shared`]): store, bitcoind, the Lightning node,
-//! keys, and the settler thread that broadcasts held transactions and watches them confirm.
+//! ([`crate::outlet`]), and what they share ([`Shared`]); the start-up recovery, and the
+//! settler thread that broadcasts held transactions and watches them confirm.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::SocketError;
 use anyhow::Context;
-use bitcoin::{ScriptBuf, Transaction};
+use bitcoin::ScriptBuf;
 use proto::rules::network_to_proto;
 use proto::v1;
 use wallet::chain::Chain;
@@ -17,8 +17,8 @@ use wallet::keys::NodeKeys;
 use wallet::onchain::NodeWallet;
 
 use crate::config::{OutletConfig, SocketConfig};
-use crate::outlet::OutletHandle;
-use crate::seller::single_fee::OpenSet;
+use crate::outlet::{OutletHandle, Outlets};
+use crate::shared::{Settle, Shared};
 use crate::store::Store;
 use proto::Scheme;
 
@@ -26,61 +26,12 @@ use proto::Scheme;
 /// nothing to broadcast.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
-/// A held single-fee set to broadcast.
-struct Settle {
-    session_id: String,
-    index: u32,
-    tx: Option<Transaction>,
-}
-
-/// What every outlet and seller shares.
-pub struct Shared {
-    /// The socket's config.
-    pub config: SocketConfig,
-    store: Mutex<Store>,
-    /// bitcoind.
-    pub(crate) chain: Arc<Chain>,
-    /// Bounds the bitcoind calls that payment checks make at once (`max_chain_calls`).
-    pub(crate) chain_permits: tokio::sync::Semaphore,
-    /// The Lightning node, when `[lightning]` is configured.
-    pub(crate) ln: Option<Arc<ln::ldk_node::Node>>,
-    /// The socket's spillman channel key.
-    pub(crate) channel_secret: bitcoin::secp256k1::SecretKey,
-    settler: Mutex<mpsc::Sender<Settle>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl Shared {
-    /// The store. Held only for one store call at a time, never across I/O.
-    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
-        lock(&self.store)
-    }
-
-    /// Broadcast the transaction held for `set` (on the settler thread) and forget the set.
-    pub(crate) fn settle(&self, set: OpenSet) {
-        self.send_settle(Settle {
-            session_id: set.session_id,
-            index: set.index,
-            tx: set.seller.latest().cloned(),
-        });
-    }
-
-    fn send_settle(&self, settle: Settle) {
-        let _ = lock(&self.settler).send(settle);
-    }
-}
-
 /// A running socket node: its outlets by id and what they share.
 pub struct Station {
     /// What the outlets and sellers share.
     pub shared: Arc<Shared>,
     /// The outlets, by id.
-    pub outlets: BTreeMap<String, OutletHandle>,
+    pub outlets: Arc<Outlets>,
 }
 
 impl Station {
@@ -125,6 +76,7 @@ impl Station {
             ln,
             channel_secret: keys.channel_secret(),
             settler: Mutex::new(settle_tx),
+            energy: Mutex::default(),
         });
         let mut outlets = BTreeMap::new();
         for (index, outlet) in shared.config.outlets.iter().enumerate() {
@@ -137,7 +89,10 @@ impl Station {
             tracing::info!(outlet = %outlet.id, payout = %address, "outlet ready");
             outlets.insert(outlet.id.clone(), handle);
         }
-        let station = Arc::new(Station { shared, outlets });
+        let station = Arc::new(Station {
+            shared,
+            outlets: Arc::new(Outlets::new(outlets)),
+        });
         crate::seller::spillman::rebroadcast_deposits(&station.shared);
         if let Some(ln) = station.shared.ln.clone() {
             let station = Arc::clone(&station);
@@ -145,7 +100,7 @@ impl Station {
                 .name("lightning-events".into())
                 .spawn(move || loop {
                     let event = ln.wait_next_event();
-                    crate::seller::lightning::on_event(&station, &event);
+                    crate::seller::lightning::on_event(&station.shared, &station.outlets, &event);
                     if let Err(e) = ln.event_handled() {
                         tracing::error!("Lightning event not marked handled: {e}");
                     }
@@ -179,26 +134,18 @@ impl Station {
 
     /// The outlet `id`. Errors: `NOT_FOUND`.
     pub fn outlet(&self, id: &str) -> Result<&OutletHandle, SocketError> {
-        self.outlets
-            .get(id)
-            .ok_or_else(|| SocketError::not_found(format!("no outlet {id:?} here")))
+        self.outlets.get(id)
     }
 
     /// The outlet a stored session belongs to. Errors: `NOT_FOUND` for an unknown session.
     pub fn outlet_of_session(&self, session_id: &str) -> Result<&OutletHandle, SocketError> {
-        let outlet_id = self
-            .shared
-            .store()
-            .session_outlet(session_id)
-            .map_err(crate::seller::internal)?
-            .ok_or_else(|| SocketError::not_found(format!("no session {session_id:?} here")))?;
-        self.outlet(&outlet_id)
+        self.outlets.of_session(&self.shared, session_id)
     }
 
     /// Shut down: open every relay (saving each session's energy), then stop the Lightning
     /// node. The store's writes are synchronous, so nothing is in flight after this.
     pub async fn stop(&self) {
-        for outlet in self.outlets.values() {
+        for outlet in self.outlets.iter() {
             outlet.stop().await;
         }
         if let Some(ln) = self.shared.ln.clone() {
@@ -215,9 +162,10 @@ impl Station {
             match requests.recv_timeout(WATCH_EVERY) {
                 Ok(settle) => self.broadcast_set(settle),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.shared.save_energies();
                     self.watch_held_sets();
                     self.watch_confirmations();
-                    crate::seller::spillman::close_due(self);
+                    crate::seller::spillman::close_due(&self.shared, &self.outlets);
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
@@ -289,7 +237,7 @@ impl Station {
     /// the set; spent elsewhere, the cable double-spent them: broadcast what we hold (it
     /// fails) and lock out.
     fn watch_held_sets(&self) {
-        for outlet in self.outlets.values() {
+        for outlet in self.outlets.iter() {
             let held = outlet
                 .call_blocking(|task| {
                     task.set

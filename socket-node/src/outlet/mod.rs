@@ -11,6 +11,7 @@
 pub(crate) mod hardware;
 pub mod machine;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,8 +24,8 @@ use proto::v1;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::OutletConfig;
-use crate::seller::single_fee::OpenSet;
-use crate::station::Shared;
+use crate::shared::{Settle, Shared};
+use crate::store::unix_ms;
 use hardware::Hardware;
 pub use machine::{Event, Outlet, OutletParams};
 use proto::Scheme;
@@ -33,9 +34,71 @@ use proto::Scheme;
 pub const TICK: Duration = Duration::from_millis(50);
 /// How often watchers get a status while nothing changes state, in ticks.
 const STATUS_EVERY_TICKS: u32 = 5;
-/// How often the energy of a session is saved, in ticks (a crash loses at most this much
-/// metering, to the socket's cost).
+/// How often the energy of a session is noted for saving (and a held set checked for its age),
+/// in ticks.
 const SAVE_EVERY_TICKS: u32 = 10;
+
+/// The single-fee input set the outlet's session is paying into (paper §VI), owned by the
+/// outlet's task.
+#[derive(Debug, Clone)]
+pub(crate) struct OpenSet {
+    /// Session id.
+    pub(crate) session_id: String,
+    /// Index of the set within the session, from 1.
+    pub(crate) index: u32,
+    /// What the socket holds.
+    pub(crate) seller: proto::single_fee::SellerSet,
+    /// The set's fee, once its first payment is held.
+    pub(crate) fee: Option<bitcoin::Amount>,
+    /// When it was opened.
+    pub(crate) opened_at_unix_ms: i64,
+}
+
+/// The outlets of a socket, by id.
+pub struct Outlets(BTreeMap<String, OutletHandle>);
+
+impl Outlets {
+    /// The outlets of `handles`, by id.
+    pub(crate) fn new(handles: BTreeMap<String, OutletHandle>) -> Self {
+        Outlets(handles)
+    }
+
+    /// The outlet `id`. Errors: `NOT_FOUND`.
+    pub fn get(&self, id: &str) -> Result<&OutletHandle, SocketError> {
+        self.0
+            .get(id)
+            .ok_or_else(|| SocketError::not_found(format!("no outlet {id:?} here")))
+    }
+
+    /// The outlet a stored session belongs to. Errors: `NOT_FOUND` for an unknown session.
+    pub(crate) fn of_session(
+        &self,
+        shared: &Shared,
+        session_id: &str,
+    ) -> Result<&OutletHandle, SocketError> {
+        let outlet_id = shared
+            .store()
+            .session_outlet(session_id)
+            .map_err(SocketError::internal)?
+            .ok_or_else(|| SocketError::not_found(format!("no session {session_id:?} here")))?;
+        self.get(&outlet_id)
+    }
+
+    /// Every outlet, by id.
+    pub fn iter(&self) -> impl Iterator<Item = &OutletHandle> {
+        self.0.values()
+    }
+
+    /// How many outlets.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// A command: a closure run by the outlet's task on its state.
 type Command = Box<dyn FnOnce(&mut OutletTask) + Send>;
@@ -278,9 +341,7 @@ impl OutletTask {
         self.ticks = self.ticks.wrapping_add(1);
         if self.ticks.is_multiple_of(SAVE_EVERY_TICKS) {
             if let Some(session) = self.machine.session() {
-                if let Err(e) = self.shared.store().save_energy(&session.id, session.used) {
-                    tracing::error!(outlet = %self.config.id, "saving energy: {e}");
-                }
+                self.shared.note_energy(&session.id, session.used);
             }
             self.age_set();
         }
@@ -385,7 +446,11 @@ impl OutletTask {
 
     /// Hand a closed single-fee set to the settler, which broadcasts what it holds.
     pub(crate) fn settle(&self, set: OpenSet) {
-        self.shared.settle(set);
+        self.shared.send_settle(Settle {
+            session_id: set.session_id,
+            index: set.index,
+            tx: set.seller.latest().cloned(),
+        });
     }
 
     /// A held single-fee set past its age limit is broadcast (paper §VI: the socket must not
@@ -393,13 +458,12 @@ impl OutletTask {
     fn age_set(&mut self) {
         let limit_ms = self.config.single_fee_max_age_secs as i64 * 1_000;
         let aged = self.set.as_ref().is_some_and(|set| {
-            set.seller.latest().is_some()
-                && crate::store::unix_ms() - set.opened_at_unix_ms >= limit_ms
+            set.seller.latest().is_some() && unix_ms() - set.opened_at_unix_ms >= limit_ms
         });
         if aged {
             let set = self.set.take().expect("checked");
             tracing::info!(outlet = %self.config.id, session = %set.session_id, set = set.index, "input set reached its age limit");
-            self.shared.settle(set);
+            self.settle(set);
         }
     }
 
@@ -413,7 +477,7 @@ impl OutletTask {
         else {
             return;
         };
-        self.shared.settle(set);
+        self.settle(set);
         if ours {
             tracing::info!(outlet = %self.config.id, session = %session_id, set = index, "input set broadcast by the cable");
         } else {
@@ -461,7 +525,7 @@ impl OutletTask {
                 Event::SessionEnded { id, used, reason } => {
                     tracing::info!(outlet = %outlet_id, session = %id, %used, %reason, "session ended");
                     if let Some(set) = self.set.take_if(|s| s.session_id == id) {
-                        self.shared.settle(set);
+                        self.settle(set);
                     }
                     let store = self.shared.store();
                     if let Err(e) = store.end_session(&id, used, &reason) {

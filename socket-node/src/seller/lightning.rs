@@ -8,15 +8,48 @@ use ln::ldk_node::lightning_invoice::{Bolt11InvoiceDescription, Description};
 use proto::units::PriceMsatPerWh;
 use proto::v1;
 
-use super::{internal, SellerContext};
+use super::{internal, Issued, Seller, SellerContext};
 use crate::outlet::OutletTask;
-use crate::station::Station;
+use crate::outlet::Outlets;
+use crate::shared::Shared;
 use crate::store::StoredTerms;
 use proto::Scheme;
 
+/// The seller of `lightning`.
+pub(crate) struct Lightning;
+
+#[tonic::async_trait]
+impl Seller for Lightning {
+    async fn reply(
+        &self,
+        cx: &SellerContext<'_>,
+        issued: Issued,
+    ) -> Result<v1::PowerRequestResponse, SocketError> {
+        // ldk-node's calls are synchronous: let the runtime move other tasks off this worker
+        // meanwhile.
+        tokio::task::block_in_place(|| {
+            reply(cx, issued.session_id, issued.payment_id, issued.terms)
+        })
+    }
+
+    /// Lightning quotas are paid over Lightning, never with `PayTransaction`.
+    async fn pay(
+        &self,
+        _cx: &SellerContext<'_>,
+        _session_id: &str,
+        _payment_id: u64,
+        _psbt: &[u8],
+        _terms: StoredTerms,
+    ) -> Result<v1::PayTransactionResponse, SocketError> {
+        Err(SocketError::invalid(
+            "this payment is a Lightning invoice: pay it over Lightning",
+        ))
+    }
+}
+
 /// The `PowerRequest` reply: the invoice of this payment, made and stored on first ask.
 /// Blocking (ldk-node's calls are synchronous).
-pub(crate) fn reply(
+fn reply(
     cx: &SellerContext<'_>,
     session_id: String,
     payment_id: u64,
@@ -87,7 +120,7 @@ pub(crate) fn reply(
 /// invoices is recorded, then credited to its session's outlet; a keysend goes to
 /// [`receive_keysend`]. ldk-node hands an event again after a crash until it is marked handled;
 /// the record keyed by payment hash keeps that from crediting twice.
-pub(crate) fn on_event(station: &Station, event: &ln::ldk_node::Event) {
+pub(crate) fn on_event(shared: &Shared, outlets: &Outlets, event: &ln::ldk_node::Event) {
     use ln::ldk_node::Event;
     match event {
         Event::PaymentReceived {
@@ -100,11 +133,11 @@ pub(crate) fn on_event(station: &Station, event: &ln::ldk_node::Event) {
             .any(|r| r.type_num == ln::SESSION_TLV_TYPE) =>
         {
             let hash = payment_hash.to_string();
-            match receive_keysend(station, &hash, *amount_msat, custom_records) {
+            match receive_keysend(shared, outlets, &hash, *amount_msat, custom_records) {
                 Ok(()) => {}
                 Err(KeysendRefusal::Stray(reason)) => {
                     tracing::warn!(%hash, amount_msat, %reason, "keysend kept, not credited");
-                    let _ = station.shared.store().audit(
+                    let _ = shared.store().audit(
                         "",
                         None,
                         "keysend-not-credited",
@@ -112,7 +145,7 @@ pub(crate) fn on_event(station: &Station, event: &ln::ldk_node::Event) {
                     );
                 }
                 Err(KeysendRefusal::Cheat { session_id, reason }) => {
-                    if let Ok(outlet) = station.outlet_of_session(&session_id) {
+                    if let Ok(outlet) = outlets.of_session(shared, &session_id) {
                         let _ =
                             outlet.call_blocking(move |task| task.lock_out(&session_id, &reason));
                     }
@@ -126,13 +159,10 @@ pub(crate) fn on_event(station: &Station, event: &ln::ldk_node::Event) {
         } => {
             let hash = payment_hash.to_string();
             // Bound first: a store guard in the match scrutinee would live through the arms.
-            let received = station
-                .shared
-                .store()
-                .receive_ln_payment(&hash, *amount_msat);
+            let received = shared.store().receive_ln_payment(&hash, *amount_msat);
             match received {
                 Ok(Some((session_id, quota))) => {
-                    let credited = station.outlet_of_session(&session_id).and_then(|outlet| {
+                    let credited = outlets.of_session(shared, &session_id).and_then(|outlet| {
                         let detail = hash.clone();
                         outlet
                             .call_blocking(move |task| task.credit(&session_id, quota, &detail))?
@@ -188,13 +218,13 @@ pub(crate) enum KeysendRefusal {
 ///
 /// ldk-node claims a keysend before the socket sees it, so a refused one stays with the socket.
 pub(crate) fn receive_keysend(
-    station: &Station,
+    shared: &Shared,
+    outlets: &Outlets,
     payment_hash: &str,
     amount_msat: u64,
     records: &[ln::ldk_node::CustomTlvRecord],
 ) -> Result<(), KeysendRefusal> {
     let stray = |reason: String| KeysendRefusal::Stray(reason);
-    let shared = &station.shared;
     if !shared.config.lightning.as_ref().is_some_and(|l| l.keysend) {
         return Err(stray("this socket does not take keysends".into()));
     }
@@ -206,8 +236,8 @@ pub(crate) fn receive_keysend(
         tracing::debug!(%payment_hash, "keysend recorded before");
         return Ok(());
     }
-    let outlet = station
-        .outlet_of_session(&record.session_id)
+    let outlet = outlets
+        .of_session(shared, &record.session_id)
         .map_err(|e| stray(e.to_string()))?;
     let hash = payment_hash.to_owned();
     outlet

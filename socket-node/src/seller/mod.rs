@@ -13,11 +13,92 @@ pub mod spillman;
 use std::sync::Arc;
 
 use crate::error::SocketError;
-use bitcoin::{Amount, Transaction};
+use bitcoin::{Amount, ScriptBuf, Transaction};
 use proto::units::EnergyMwh;
+use proto::v1;
+use proto::Scheme;
 
-use crate::outlet::OutletHandle;
-use crate::station::Shared;
+use crate::outlet::{OpenSet, OutletHandle, OutletTask};
+use crate::shared::Shared;
+use crate::store::{Store, StoredTerms};
+
+/// The seller side of one payment scheme (design.md "Architecture v2"). Adding a scheme is
+/// one implementation of this trait (its rules live in `proto`), named in [`seller_of`].
+#[tonic::async_trait]
+pub(crate) trait Seller: Send + Sync {
+    /// Whether a session of this scheme opens with its first `PowerRequest` (spillman opens
+    /// with `OpenChannel`).
+    fn opens_with_power_request(&self) -> bool {
+        true
+    }
+
+    /// The terms of the next payment of `session_id`, in the outlet's task (stored by the
+    /// caller before they leave): one quota at price × quota unless the scheme says otherwise.
+    fn new_terms(
+        &self,
+        task: &mut OutletTask,
+        _store: &Store,
+        _payout: &ScriptBuf,
+        _session_id: &str,
+        _request: &v1::PowerRequestRequest,
+    ) -> Result<StoredTerms, SocketError> {
+        Ok(StoredTerms {
+            amount: task.config.quota_amount().map_err(internal)?,
+            quota: EnergyMwh(task.config.quota_mwh),
+            single_fee: None,
+        })
+    }
+
+    /// Whether terms issued before and not paid yet may be issued again as they are.
+    fn terms_still_valid(
+        &self,
+        _task: &OutletTask,
+        _session_id: &str,
+        _terms: &StoredTerms,
+    ) -> bool {
+        true
+    }
+
+    /// The `PowerRequest` reply for terms the outlet issued.
+    async fn reply(
+        &self,
+        cx: &SellerContext<'_>,
+        issued: Issued,
+    ) -> Result<v1::PowerRequestResponse, SocketError>;
+
+    /// Check, persist and credit a payment delivered with `PayTransaction` (a rule broken by
+    /// the session's own payment locks the outlet out).
+    async fn pay(
+        &self,
+        cx: &SellerContext<'_>,
+        session_id: &str,
+        payment_id: u64,
+        psbt: &[u8],
+        terms: StoredTerms,
+    ) -> Result<v1::PayTransactionResponse, SocketError>;
+}
+
+/// The seller of `scheme`.
+pub(crate) fn seller_of(scheme: Scheme) -> &'static dyn Seller {
+    match scheme {
+        Scheme::Onchain => &onchain::Onchain,
+        Scheme::SingleFee => &single_fee::SingleFee,
+        Scheme::Spillman => &spillman::Spillman,
+        Scheme::Lightning => &lightning::Lightning,
+    }
+}
+
+/// Terms the outlet's task issued for a `PowerRequest`.
+pub(crate) struct Issued {
+    /// The session (opened by this request when it was its first).
+    pub(crate) session_id: String,
+    /// The payment the terms are for.
+    pub(crate) payment_id: u64,
+    /// The terms.
+    pub(crate) terms: StoredTerms,
+    /// single-fee: the set in progress as the terms were issued.
+    pub(crate) set: Option<OpenSet>,
+}
 
 /// What a seller may use while it handles one request: the store, bitcoind and the Lightning
 /// node ([`Shared`]), and the outlet it sells on (its config, clock and task: credit, lockout).

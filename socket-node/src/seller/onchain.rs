@@ -5,11 +5,41 @@ use crate::error::SocketError;
 use proto::rules::{check_onchain_payment, decode_payment, OnchainTerms};
 use proto::v1::{self, OutletState};
 
-use super::{internal, SellerContext};
+use super::{internal, Issued, Seller, SellerContext};
 use crate::store::StoredTerms;
 
+/// The seller of `onchain`.
+pub(crate) struct Onchain;
+
+#[tonic::async_trait]
+impl Seller for Onchain {
+    async fn reply(
+        &self,
+        cx: &SellerContext<'_>,
+        issued: Issued,
+    ) -> Result<v1::PowerRequestResponse, SocketError> {
+        Ok(reply(
+            cx,
+            issued.session_id,
+            issued.payment_id,
+            issued.terms,
+        ))
+    }
+
+    async fn pay(
+        &self,
+        cx: &SellerContext<'_>,
+        session_id: &str,
+        payment_id: u64,
+        psbt: &[u8],
+        terms: StoredTerms,
+    ) -> Result<v1::PayTransactionResponse, SocketError> {
+        pay(cx, session_id, payment_id, psbt, terms).await
+    }
+}
+
 /// The `PowerRequest` reply for `terms`.
-pub(crate) fn reply(
+fn reply(
     cx: &SellerContext<'_>,
     session_id: String,
     payment_id: u64,
@@ -27,7 +57,7 @@ pub(crate) fn reply(
 }
 
 /// Check, persist, broadcast and credit one `onchain` payment.
-pub(crate) async fn pay(
+async fn pay(
     cx: &SellerContext<'_>,
     session_id: &str,
     payment_id: u64,

@@ -12,29 +12,68 @@ use proto::rules::decode_payment;
 use proto::single_fee::{outpoints_to_proto, SellerSet, SetTerms};
 use proto::v1::{self, OutletState};
 
-use super::{internal, SellerContext};
-use crate::outlet::OutletTask;
+use super::{internal, Issued, Seller, SellerContext};
+use crate::outlet::{OpenSet, OutletTask};
 use crate::store::{unix_ms, Store, StoredTerms};
 
-/// The input set the outlet's session is paying into.
-#[derive(Debug, Clone)]
-pub(crate) struct OpenSet {
-    /// Session id.
-    pub(crate) session_id: String,
-    /// Index of the set within the session, from 1.
-    pub(crate) index: u32,
-    /// What the socket holds.
-    pub(crate) seller: SellerSet,
-    /// The set's fee, once its first payment is held.
-    pub(crate) fee: Option<Amount>,
-    /// When it was opened.
-    pub(crate) opened_at_unix_ms: i64,
+/// The seller of `single-fee`.
+pub(crate) struct SingleFee;
+
+#[tonic::async_trait]
+impl Seller for SingleFee {
+    fn new_terms(
+        &self,
+        task: &mut OutletTask,
+        store: &Store,
+        payout: &ScriptBuf,
+        session_id: &str,
+        request: &v1::PowerRequestRequest,
+    ) -> Result<StoredTerms, SocketError> {
+        new_terms(task, store, payout, session_id, request.max_amount_sat)
+    }
+
+    /// Terms of a set that closed meanwhile (full, aged, or broadcast at a restart) are not
+    /// issued again: the next payment starts a new set.
+    fn terms_still_valid(&self, task: &OutletTask, session_id: &str, terms: &StoredTerms) -> bool {
+        match terms.single_fee {
+            None => true,
+            Some((index, _)) => task
+                .set
+                .as_ref()
+                .is_some_and(|set| set.session_id == session_id && set.index == index),
+        }
+    }
+
+    async fn reply(
+        &self,
+        cx: &SellerContext<'_>,
+        issued: Issued,
+    ) -> Result<v1::PowerRequestResponse, SocketError> {
+        reply(
+            cx,
+            issued.set,
+            issued.session_id,
+            issued.payment_id,
+            issued.terms,
+        )
+    }
+
+    async fn pay(
+        &self,
+        cx: &SellerContext<'_>,
+        session_id: &str,
+        payment_id: u64,
+        psbt: &[u8],
+        terms: StoredTerms,
+    ) -> Result<v1::PayTransactionResponse, SocketError> {
+        pay(cx, session_id, payment_id, psbt, terms).await
+    }
 }
 
 /// The terms of the next payment of `session_id`, opening a new input set when none is open:
 /// its maximum is the outlet's, or the cable's `cable_max_sat` when lower. Runs in the outlet's
 /// task.
-pub(crate) fn new_terms(
+fn new_terms(
     task: &mut OutletTask,
     store: &Store,
     payout_script: &ScriptBuf,
@@ -87,7 +126,7 @@ pub(crate) fn new_terms(
 
 /// The `PowerRequest` reply for `terms`, with the set's maximum, inputs and fee; `set` is the
 /// outlet's set in progress when the terms were issued.
-pub(crate) fn reply(
+fn reply(
     cx: &SellerContext<'_>,
     set: Option<OpenSet>,
     session_id: String,
@@ -117,7 +156,7 @@ pub(crate) fn reply(
 
 /// Check one payment against the set, check it against the chain, hold it (persisted,
 /// replacing the one before) and credit it; broadcast the set when it is full.
-pub(crate) async fn pay(
+async fn pay(
     cx: &SellerContext<'_>,
     session_id: &str,
     payment_id: u64,

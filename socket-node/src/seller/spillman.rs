@@ -13,9 +13,40 @@ use bitcoin::{Amount, OutPoint, PublicKey, ScriptBuf, Transaction};
 use proto::spillman::Channel;
 use proto::v1::{self, OutletState};
 
-use super::{internal, Refusal, SellerContext};
-use crate::station::{Shared, Station};
+use super::{internal, Issued, Refusal, Seller, SellerContext};
+use crate::outlet::Outlets;
+use crate::shared::Shared;
 use crate::store::StoredTerms;
+
+/// The seller of `spillman`.
+pub(crate) struct Spillman;
+
+#[tonic::async_trait]
+impl Seller for Spillman {
+    /// A spillman session opens with `OpenChannel` ([`open`]).
+    fn opens_with_power_request(&self) -> bool {
+        false
+    }
+
+    async fn reply(
+        &self,
+        cx: &SellerContext<'_>,
+        issued: Issued,
+    ) -> Result<v1::PowerRequestResponse, SocketError> {
+        reply(cx, issued.session_id, issued.payment_id, issued.terms)
+    }
+
+    async fn pay(
+        &self,
+        cx: &SellerContext<'_>,
+        session_id: &str,
+        payment_id: u64,
+        psbt: &[u8],
+        terms: StoredTerms,
+    ) -> Result<v1::PayTransactionResponse, SocketError> {
+        pay(cx, session_id, payment_id, psbt, terms).await
+    }
+}
 
 /// Step 7: check the channel the cable proposes and sign its refund. The session is opened by
 /// the caller; the channel is stored before the signature leaves.
@@ -159,7 +190,7 @@ pub(crate) async fn fund(
 }
 
 /// The `PowerRequest` reply: the next total, one quota above the highest payment held.
-pub(crate) fn reply(
+fn reply(
     cx: &SellerContext<'_>,
     session_id: String,
     payment_id: u64,
@@ -198,7 +229,7 @@ pub(crate) fn reply(
 
 /// Steps 12–14: the payment must be exactly the channel's payment of one quota more, signed by
 /// the cable; it is held as the highest (persisted), then credited. A bad one locks out.
-pub(crate) async fn pay(
+async fn pay(
     cx: &SellerContext<'_>,
     session_id: &str,
     payment_id: u64,
@@ -313,8 +344,7 @@ pub(crate) fn rebroadcast_deposits(shared: &Shared) {
 /// payment and broadcasting it. A channel with no payment is left to the cable's refund.
 /// The margin is that of the channel's outlet. Errors are logged; the next call tries again.
 /// Blocking (bitcoind RPC): run on the settler thread.
-pub(crate) fn close_due(station: &Station) {
-    let node = &station.shared;
+pub(crate) fn close_due(node: &Shared, outlets: &Outlets) {
     let open = match node.store().open_channels() {
         Ok(open) => open,
         Err(e) => return tracing::error!("reading the channels: {e}"),
@@ -335,8 +365,7 @@ pub(crate) fn close_due(station: &Station) {
             .flatten()
             .unwrap_or_default();
         // An outlet removed from the config: close with the strictest margin it could have had.
-        let margin = station
-            .outlets
+        let margin = outlets
             .get(outlet_id)
             .map_or(u32::MAX, |o| o.config.spillman.close_margin_blocks);
         let expiring = tip.saturating_add(margin) >= stored.channel.refund_lock_height;

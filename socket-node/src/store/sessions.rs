@@ -37,13 +37,28 @@ impl Store {
             .optional()
     }
 
-    /// Save the energy delivered so far in a session.
+    /// Save the energy delivered so far in a session still open (an ended session keeps its
+    /// final count).
     pub fn save_energy(&self, session_id: &str, used: EnergyMwh) -> Result<()> {
         self.db.execute(
-            "UPDATE sessions SET energy_used_mwh = ?2 WHERE id = ?1",
+            "UPDATE sessions SET energy_used_mwh = ?2 WHERE id = ?1 AND ended_at_unix_ms IS NULL",
             params![session_id, used.0 as i64],
         )?;
         Ok(())
+    }
+
+    /// [`Store::save_energy`] for many sessions in one SQLite transaction.
+    pub fn save_energies(&mut self, energies: &[(String, EnergyMwh)]) -> Result<()> {
+        let tx = self.db.transaction()?;
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE sessions SET energy_used_mwh = ?2 WHERE id = ?1 AND ended_at_unix_ms IS NULL",
+            )?;
+            for (session_id, used) in energies {
+                update.execute(params![session_id, used.0 as i64])?;
+            }
+        }
+        tx.commit()
     }
 
     /// Close a session with its final energy and why it ended.

@@ -1,0 +1,77 @@
+//! What every outlet and seller of a socket shares ([`Shared`]): the config, the store,
+//! bitcoind, the Lightning node, the keys, and the way to the settler thread.
+
+use std::collections::HashMap;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+
+use bitcoin::Transaction;
+use proto::units::EnergyMwh;
+use wallet::chain::Chain;
+
+use crate::config::SocketConfig;
+use crate::store::Store;
+
+/// A closed single-fee input set for the settler: broadcast what it holds (nothing when
+/// `tx` is `None`) and record how the set ended.
+pub(crate) struct Settle {
+    /// Its session.
+    pub(crate) session_id: String,
+    /// Its index within the session.
+    pub(crate) index: u32,
+    /// The latest transaction held for it.
+    pub(crate) tx: Option<Transaction>,
+}
+
+/// What every outlet and seller shares.
+pub struct Shared {
+    /// The socket's config.
+    pub config: SocketConfig,
+    pub(crate) store: Mutex<Store>,
+    /// bitcoind.
+    pub(crate) chain: Arc<Chain>,
+    /// Bounds the bitcoind calls that payment checks make at once (`max_chain_calls`).
+    pub(crate) chain_permits: tokio::sync::Semaphore,
+    /// The Lightning node, when `[lightning]` is configured.
+    pub(crate) ln: Option<Arc<ln::ldk_node::Node>>,
+    /// The socket's spillman channel key.
+    pub(crate) channel_secret: bitcoin::secp256k1::SecretKey,
+    pub(crate) settler: Mutex<mpsc::Sender<Settle>>,
+    /// The latest energy of each session in progress, saved by the settler once a second in
+    /// one SQLite transaction for all outlets.
+    pub(crate) energy: Mutex<HashMap<String, EnergyMwh>>,
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    /// The store. Held only for one store call at a time, never across I/O.
+    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
+    }
+
+    /// Hand a closed input set to the settler thread, which broadcasts it.
+    pub(crate) fn send_settle(&self, settle: Settle) {
+        let _ = lock(&self.settler).send(settle);
+    }
+
+    /// Note the energy delivered so far in a session; saved within a second (a crash loses
+    /// at most that much metering, to the socket's cost).
+    pub(crate) fn note_energy(&self, session_id: &str, used: EnergyMwh) {
+        lock(&self.energy).insert(session_id.to_owned(), used);
+    }
+
+    /// Save the energies noted since the last call.
+    pub(crate) fn save_energies(&self) {
+        let energies: Vec<(String, EnergyMwh)> = lock(&self.energy).drain().collect();
+        if energies.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store().save_energies(&energies) {
+            tracing::error!("saving the energy of {} sessions: {e}", energies.len());
+        }
+    }
+}
