@@ -4,15 +4,16 @@
 //! - [`config`]: the TOML config.
 //! - [`policy`]: what the cable accepts to pay.
 //! - [`store`]: sessions and signed payments in SQLite.
-//! - [`payer`]: the plug-in flow, payer side of each scheme.
-//! - [`lightning`]: the channel to the socket and invoice payments.
-//! - [`spillman`]: the deposit, refund and payments of a seed-003 payment channel.
+//! - [`error`]: [`error::CableError`], why a session failed.
+//! - [`payer`]: the plug-in flow, and the payer side of each scheme (one module each).
+//! - [`lightning`]: the cable's Lightning node: its channel or route to the socket, payments
+//!   awaited on the node's events.
 
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod error;
 pub mod lightning;
 pub mod payer;
 pub mod policy;
-pub mod spillman;
 pub mod store;

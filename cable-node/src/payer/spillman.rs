@@ -17,9 +17,24 @@ use tonic::transport;
 use wallet::chain::Chain;
 use wallet::onchain::NodeWallet;
 
-use crate::payer::CableError;
+use super::{Cable, CableError, Payer, Session};
 use crate::policy::{AcceptedOffer, Policy};
 use crate::store::{CableStore, SignedRecord};
+
+/// The payer of `spillman`.
+pub(super) struct Spillman;
+
+impl Payer for Spillman {
+    fn sign(
+        &self,
+        cable: &mut Cable,
+        session: &mut Session,
+        terms: &v1::PowerRequestResponse,
+        accepted: &AcceptedOffer,
+    ) -> Result<SignedRecord, CableError> {
+        sign_payment(&cable.store, &session.id, terms, accepted)
+    }
+}
 
 /// Open a channel with the socket (steps 4–11): the deposit covers the session budget and the
 /// channel's fee; the refund unlocks `policy.spillman_lock_blocks` from now. Returns the session

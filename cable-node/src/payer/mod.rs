@@ -1,5 +1,7 @@
-//! The plug-in flow of the cable, payer side of the `onchain` scheme (paper seed 000 §V,
-//! Table I; design.md "Payment schemes").
+//! The plug-in flow of the cable (paper seed 000 §V, Table I; design.md "Payment schemes",
+//! "Architecture v2"), and the payer side of each scheme, one module each: [`onchain`],
+//! [`single_fee`], [`spillman`] (each a [`Payer`]: check the terms, sign, store before
+//! sending) and [`lightning`] (invoices and keysends over the cable's Lightning node).
 //!
 //! `GetOffer` → policy check → `WatchStatus` (plugging in opens the link) → `PowerRequest` →
 //! check the terms → build the payment with the wallet → check it → persist → `PayTransaction`;
@@ -8,19 +10,22 @@
 //! when the appliance has gone idle, when the budget is spent and the quota used, or when the
 //! socket locks the cable out.
 
+mod lightning;
+mod onchain;
+mod single_fee;
+pub mod spillman;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bitcoin::hex::{DisplayHex, FromHex};
+use bitcoin::hex::DisplayHex;
 use bitcoin::Amount;
 use hw::clock::ScaledClock;
 use hw::load::LoadProfile;
 use hw::sim::SimOutlet;
 use hw::{PowerMw, Relay};
-use proto::rules::{check_onchain_payment, check_terms, OnchainTerms};
-use proto::single_fee::{value_paid, BuyerSet, SetTerms};
 use proto::units::PriceMsatPerWh;
 use proto::v1::socket_client::SocketClient;
 use proto::v1::{self, watch_status_response::Event, OutletState};
@@ -32,22 +37,33 @@ use wallet::keys::NodeKeys;
 use wallet::onchain::NodeWallet;
 
 use crate::config::CableConfig;
+pub use crate::error::CableError;
 use crate::policy::AcceptedOffer;
-use crate::store::{CableSet, CableStore, SignedRecord};
-use ln::ldk_node::lightning_types::payment::{PaymentHash, PaymentPreimage};
+use crate::store::{CableStore, SignedRecord};
 
-/// Why a session failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CableError {
-    /// The cable refused the socket's offer or terms: nothing was paid for them.
-    #[error("refused the socket: {0}")]
-    RefusedSocket(String),
-    /// The socket refused a payment or locked the cable out.
-    #[error("the socket refused: {0}")]
-    SocketRefused(String),
-    /// Anything else: wallet, chain, store, link.
-    #[error(transparent)]
-    Other(#[from] anyhow::Error),
+/// The payer side of a scheme paid with `PayTransaction` (design.md "Architecture v2"):
+/// check the socket's terms for one quota and sign the payment, stored before it leaves the
+/// cable. Adding such a scheme is one module implementing this trait, named in [`payer_of`].
+trait Payer {
+    /// Check `terms` against the accepted offer and the session, sign the payment, and store
+    /// it. Errors: [`CableError::RefusedSocket`] for terms that break a rule (nothing signed).
+    fn sign(
+        &self,
+        cable: &mut Cable,
+        session: &mut Session,
+        terms: &v1::PowerRequestResponse,
+        accepted: &AcceptedOffer,
+    ) -> Result<SignedRecord, CableError>;
+}
+
+/// The payer of `scheme`, when it is paid with `PayTransaction`.
+fn payer_of(scheme: v1::Scheme) -> Option<&'static dyn Payer> {
+    match scheme {
+        v1::Scheme::Onchain => Some(&onchain::Onchain),
+        v1::Scheme::SingleFee => Some(&single_fee::SingleFee),
+        v1::Scheme::Spillman => Some(&spillman::Spillman),
+        v1::Scheme::Lightning | v1::Scheme::Unspecified => None,
+    }
 }
 
 /// What a session did, for people and for the demo (`--report FILE`, JSON).
@@ -168,13 +184,11 @@ impl Cable {
             relay: Box::new(appliance.relay()),
         })
     }
-
     async fn connect(&self) -> anyhow::Result<SocketClient<Channel>> {
         SocketClient::connect(self.config.socket.clone())
             .await
             .with_context(|| format!("no socket answers at {}", self.config.socket))
     }
-
     /// Reach the socket again and reopen the link, until `reconnect_secs` have passed.
     async fn reconnect(
         &self,
@@ -204,7 +218,6 @@ impl Cable {
             }
         }
     }
-
     /// Plug in and run one session to its end.
     pub async fn run_session(&mut self) -> Result<SessionReport, CableError> {
         let mut client = self.connect().await?;
@@ -277,12 +290,11 @@ impl Cable {
             session.resumed = true;
         }
         if accepted.scheme == v1::Scheme::Spillman && !session.id.is_empty() {
-            crate::spillman::resume(&mut client, &session.id, &self.store, &mut self.wallet)
-                .await?;
+            spillman::resume(&mut client, &session.id, &self.store, &mut self.wallet).await?;
         }
         if accepted.scheme == v1::Scheme::Spillman && session.id.is_empty() {
             // The channel opens the session (seed 003 steps 4–11), once plugged in.
-            let (id, deposit) = crate::spillman::open(
+            let (id, deposit) = spillman::open(
                 &mut client,
                 &self.config.outlet_id,
                 &accepted,
@@ -380,7 +392,6 @@ impl Cable {
             energy_used_mwh: session.energy_used_mwh,
         })
     }
-
     /// React to a status: close the appliance relay once Paid, stop on Lockout, and decide
     /// whether the session is over.
     fn on_status(
@@ -447,7 +458,6 @@ impl Cable {
         }
         Ok(None)
     }
-
     /// `PowerRequest`, reconnecting while the socket is unreachable. A resumed session the
     /// socket no longer knows is ended here and a new one asked for.
     async fn request_terms(
@@ -485,7 +495,6 @@ impl Cable {
             }
         }
     }
-
     /// Ask for one quota, check the terms, and pay them (or resend what was signed for them).
     async fn pay_quota(
         &mut self,
@@ -505,7 +514,6 @@ impl Cable {
             )),
         }
     }
-
     /// One attempt of [`Cable::pay_quota`]; `Ok(false)` when the terms' input set closed.
     async fn pay_quota_once(
         &mut self,
@@ -568,17 +576,14 @@ impl Cable {
                 );
                 record
             }
-            None => match accepted.scheme {
-                v1::Scheme::SingleFee => self.sign_single_fee(session, &terms, accepted)?,
-                v1::Scheme::Spillman => {
-                    crate::spillman::sign_payment(&self.store, &session.id, &terms, accepted)?
-                }
-                _ => {
-                    let checked = check_terms(&accepted.offer, &terms)
-                        .map_err(|e| CableError::RefusedSocket(format!("terms: {e}")))?;
-                    self.sign(&session.id, terms.payment_id, &checked)?
-                }
-            },
+            None => payer_of(accepted.scheme)
+                .ok_or_else(|| {
+                    CableError::RefusedSocket(format!(
+                        "terms: {} is not paid with PayTransaction",
+                        accepted.scheme.as_str_name()
+                    ))
+                })?
+                .sign(self, session, &terms, accepted)?,
         };
         let reply = loop {
             let request = v1::PayTransactionRequest {
@@ -645,407 +650,6 @@ impl Cable {
         tracing::info!(txid = %record.txid, amount = %record.amount, fee = %record.fee, "payment accepted");
         Ok(true)
     }
-
-    /// The Lightning node, started on first use (with a thread that takes its events).
-    fn lightning(&mut self) -> anyhow::Result<Arc<ln::ldk_node::Node>> {
-        if let Some(ln) = &self.ln {
-            return Ok(Arc::clone(ln));
-        }
-        let settings = ln::LnSettings::default();
-        let ln = ln::start_node(&self.data_dir, &self.keys, &self.config.chain, &settings)?;
-        let (node, outcomes) = (Arc::clone(&ln), Arc::clone(&self.ln_events));
-        std::thread::spawn(move || loop {
-            let event = node.wait_next_event();
-            tracing::debug!(?event, "Lightning event");
-            let outcome = matches!(
-                event,
-                ln::ldk_node::Event::PaymentSuccessful { .. }
-                    | ln::ldk_node::Event::PaymentFailed { .. }
-            );
-            if node.event_handled().is_err() {
-                return;
-            }
-            if outcome {
-                outcomes.notify();
-            }
-        });
-        self.ln = Some(Arc::clone(&ln));
-        Ok(ln)
-    }
-
-    /// Check a Lightning payment request and pay its invoice: exactly price × quota msat, payee
-    /// the offer's node, a payment hash never paid before (unless it is this very payment, asked
-    /// again: then its outcome is awaited, not paid twice). Recorded before it is sent.
-    fn pay_lightning(
-        &mut self,
-        accepted: &AcceptedOffer,
-        session: &mut Session,
-        terms: &v1::PowerRequestResponse,
-        started: Instant,
-    ) -> Result<(), CableError> {
-        let refuse = |reason: String| CableError::RefusedSocket(format!("terms: {reason}"));
-        let offer = &accepted.offer;
-        let expected_msat = PriceMsatPerWh(offer.price_msat_per_wh)
-            .cost_of(accepted.quota)
-            .map_err(|e| refuse(e.to_string()))?
-            .0;
-        if terms.scheme != v1::Scheme::Lightning as i32 {
-            return Err(refuse(format!("scheme {} is not lightning", terms.scheme)));
-        }
-        if terms.quota_mwh != offer.quota_mwh || terms.amount_msat != expected_msat {
-            return Err(refuse(format!(
-                "{} msat for {} mWh is not price x quota = {expected_msat} msat for {} mWh",
-                terms.amount_msat, terms.quota_mwh, offer.quota_mwh
-            )));
-        }
-        let recorded = self
-            .store
-            .ln_payment_of(&session.id, terms.payment_id)
-            .context("reading the store")?;
-        if let Some((hash, status)) = &recorded {
-            if status == "paid" {
-                return Err(refuse(format!(
-                    "payment {} was already paid (payment hash {hash})",
-                    terms.payment_id
-                )));
-            }
-        }
-        // A payment being sent when the cable stopped is awaited, not paid again.
-        let recorded = recorded
-            .filter(|(_, status)| status == "sending")
-            .map(|(hash, _)| hash);
-        let store = &self.store;
-        let invoice = ln::check_invoice(
-            &terms.bolt11_invoice,
-            &offer.lightning_node_id,
-            expected_msat,
-            |hash| recorded.as_deref() != Some(hash) && store.ln_hash_used(hash).unwrap_or(true),
-        )
-        .map_err(|e| refuse(e.to_string()))?;
-        let hash = ln::payment_hash_hex(&invoice);
-        if recorded.as_deref().is_some_and(|r| r != hash) {
-            return Err(refuse(format!(
-                "payment {} was already paid with another invoice",
-                terms.payment_id
-            )));
-        }
-        self.store
-            .sending_ln(&session.id, terms.payment_id, &hash, expected_msat)
-            .context("recording the payment")?;
-        let ln = self.lightning()?;
-        let paid = tokio::task::block_in_place(|| {
-            crate::lightning::pay(&ln, &self.ln_events, &invoice, Duration::from_secs(60))
-        });
-        self.ln_outcome(
-            session,
-            terms.payment_id,
-            &hash,
-            expected_msat,
-            started,
-            paid,
-        )
-    }
-
-    /// Pay the next quota by keysend (the fast path of design.md `lightning`) when the socket
-    /// offers it, the policy allows it, and the session's last Lightning payment was paid (the
-    /// first quota goes by invoice: it opens the session). A keysend cut short by a crash is
-    /// sent again with its stored preimage. `Ok(false)`: not a keysend case, ask for terms.
-    fn pay_keysend(
-        &mut self,
-        accepted: &AcceptedOffer,
-        session: &mut Session,
-    ) -> Result<bool, CableError> {
-        if accepted.scheme != v1::Scheme::Lightning
-            || !accepted.offer.lightning_keysend
-            || !self.config.lightning.keysend
-            || session.id.is_empty()
-        {
-            return Ok(false);
-        }
-        let last = self
-            .store
-            .last_ln_payment(&session.id)
-            .context("reading the store")?;
-        let offer = &accepted.offer;
-        let amount_msat = PriceMsatPerWh(offer.price_msat_per_wh)
-            .cost_of(accepted.quota)
-            .map_err(|e| CableError::RefusedSocket(e.to_string()))?
-            .0;
-        let (payment_id, preimage) = match last {
-            // A keysend cut short: the same one again.
-            Some(last) if last.status == "sending" && last.keysend_preimage_hex.is_some() => {
-                let hex = last.keysend_preimage_hex.unwrap_or_default();
-                let preimage = <[u8; 32]>::from_hex(&hex).context("a stored preimage")?;
-                (last.payment_id, preimage)
-            }
-            Some(last) if last.status == "paid" => {
-                if !self
-                    .config
-                    .policy
-                    .allows(session.paid, accepted.quota_amount)
-                {
-                    return Err(CableError::RefusedSocket(format!(
-                        "paying {} more would pass the session budget of {} sat",
-                        accepted.quota_amount, self.config.policy.max_session_sat
-                    )));
-                }
-                let preimage: [u8; 32] = bitcoin::secp256k1::rand::random();
-                let hash = PaymentHash::from(PaymentPreimage(preimage)).to_string();
-                self.store
-                    .sending_keysend(
-                        &session.id,
-                        last.payment_id + 1,
-                        &hash,
-                        &preimage.to_lower_hex_string(),
-                        amount_msat,
-                    )
-                    .context("recording the keysend")?;
-                (last.payment_id + 1, preimage)
-            }
-            _ => return Ok(false),
-        };
-        let hash = PaymentHash::from(PaymentPreimage(preimage)).to_string();
-        let socket = crate::lightning::peer_of(&offer.lightning_node_id, &offer.lightning_address)?;
-        let record = ln::SessionRecord {
-            session_id: session.id.clone(),
-            payment_id,
-        };
-        let ln = self.lightning()?;
-        let started = Instant::now();
-        let paid = tokio::task::block_in_place(|| {
-            crate::lightning::keysend(
-                &ln,
-                &self.ln_events,
-                socket.node_id,
-                amount_msat,
-                &record,
-                preimage,
-                Duration::from_secs(60),
-            )
-        });
-        self.ln_outcome(session, payment_id, &hash, amount_msat, started, paid)?;
-        Ok(true)
-    }
-
-    /// Record how a Lightning payment ended and report it.
-    fn ln_outcome(
-        &mut self,
-        session: &mut Session,
-        payment_id: u64,
-        hash: &str,
-        amount_msat: u64,
-        started: Instant,
-        paid: anyhow::Result<u64>,
-    ) -> Result<(), CableError> {
-        let fee_msat = match paid {
-            Ok(fee) => fee,
-            Err(e) => {
-                let _ = self.store.ln_done(hash, "failed", None);
-                return Err(e.into());
-            }
-        };
-        let latency = started.elapsed().as_millis() as u64;
-        self.store
-            .ln_done(hash, "paid", Some(latency))
-            .context("recording the payment")?;
-        session.paid = self
-            .store
-            .committed(&session.id)
-            .context("reading the store")?;
-        session.payments.push(PaymentReport {
-            payment_id,
-            txid: hash.to_owned(),
-            amount_sat: amount_msat.div_ceil(1_000),
-            fee_sat: fee_msat.div_ceil(1_000),
-            vsize: 0,
-            latency_ms: Some(latency),
-        });
-        tracing::info!(payment_hash = %hash, amount_msat, latency_ms = latency, "Lightning payment sent");
-        Ok(())
-    }
-
-    /// Check single-fee terms and sign them (paper seed 000 §VI, Table II): a new input set when
-    /// the socket starts one, else one increment more over the set's inputs and fee. The
-    /// signature is stored with the raised value before it leaves the cable.
-    fn sign_single_fee(
-        &mut self,
-        session: &mut Session,
-        terms: &v1::PowerRequestResponse,
-        accepted: &AcceptedOffer,
-    ) -> Result<SignedRecord, CableError> {
-        let refuse = |e: proto::rules::RuleError| CableError::RefusedSocket(format!("terms: {e}"));
-        if terms.scheme != v1::Scheme::SingleFee as i32 {
-            return Err(refuse(proto::rules::RuleError::Scheme(terms.scheme)));
-        }
-        let increment = accepted.quota_amount;
-        let current = self
-            .store
-            .current_set(&session.id)
-            .context("reading the store")?;
-        if terms.inputs.is_empty() {
-            // The socket starts a new input set: exactly one increment, no fee fixed yet, a
-            // maximum within the policy.
-            let checked = check_terms(
-                &accepted.offer,
-                &v1::PowerRequestResponse {
-                    scheme: v1::Scheme::Onchain as i32,
-                    ..terms.clone()
-                },
-            )
-            .map_err(refuse)?;
-            let value = Amount::from_sat(terms.value_sat);
-            if value != increment || terms.fee_sat != 0 {
-                return Err(refuse(proto::rules::RuleError::Value {
-                    expected: increment,
-                    got: value,
-                }));
-            }
-            let max = Amount::from_sat(terms.max_amount_sat);
-            if max > accepted.single_fee_max || max < increment {
-                return Err(refuse(proto::rules::RuleError::AboveMax {
-                    value: max,
-                    max: accepted.single_fee_max,
-                }));
-            }
-            if let Some(old) = &current {
-                self.settle_set(session, old)?;
-            }
-            let policy = &self.config.policy;
-            let payout = checked.payout_script;
-            let signed = tokio::task::block_in_place(|| {
-                self.wallet.sync(&self.chain)?;
-                let (inputs, fee) = self.wallet.plan_input_set(
-                    &payout,
-                    max,
-                    policy.fee_rate(),
-                    policy.max_fee(),
-                )?;
-                let signed = self.wallet.pay_from(&inputs, &payout, value, fee)?;
-                Ok::<_, wallet::WalletError>((inputs, signed))
-            })
-            .map_err(anyhow::Error::from)?;
-            let (mut inputs, signed) = signed;
-            inputs.sort();
-            Self::check_pays(&signed.tx, &payout, value)?;
-            let set = CableSet {
-                session_id: session.id.clone(),
-                index: current.map_or(1, |s| s.index + 1),
-                inputs,
-                fee: signed.fee,
-                max,
-                increment,
-                payout_script: payout,
-                highest: value,
-                highest_payment_id: terms.payment_id,
-            };
-            let record = Self::record_of(terms.payment_id, increment, &signed);
-            self.store
-                .open_set(&set, &record)
-                .context("storing the input set")?;
-            tracing::info!(set = set.index, %max, inputs = set.inputs.len(), fee = %set.fee, "input set opened");
-            return Ok(record);
-        }
-        let set = current.ok_or_else(|| {
-            CableError::RefusedSocket(
-                "terms: the socket continues an input set this cable never opened".into(),
-            )
-        })?;
-        let buyer = BuyerSet {
-            terms: SetTerms {
-                payout_script: set.payout_script.clone(),
-                increment: set.increment,
-                max: set.max,
-            },
-            inputs: set.inputs.clone(),
-            fee: set.fee,
-            highest: set.highest,
-        };
-        let value = buyer.check_next(terms).map_err(refuse)?;
-        let signed = tokio::task::block_in_place(|| {
-            self.wallet
-                .pay_from(&set.inputs, &set.payout_script, value, set.fee)
-        })
-        .map_err(anyhow::Error::from)?;
-        Self::check_pays(&signed.tx, &set.payout_script, value)?;
-        let record = Self::record_of(terms.payment_id, increment, &signed);
-        self.store
-            .raise_set(&set, value, &record)
-            .context("storing the raised value")?;
-        Ok(record)
-    }
-
-    fn check_pays(
-        tx: &bitcoin::Transaction,
-        payout: &bitcoin::ScriptBuf,
-        value: Amount,
-    ) -> Result<(), CableError> {
-        let paid =
-            value_paid(tx, payout).map_err(|e| anyhow::anyhow!("built a wrong payment: {e}"))?;
-        if paid != value {
-            return Err(anyhow::anyhow!("built a payment of {paid} instead of {value}").into());
-        }
-        Ok(())
-    }
-
-    fn record_of(
-        payment_id: u64,
-        amount: Amount,
-        signed: &wallet::onchain::SignedPayment,
-    ) -> SignedRecord {
-        SignedRecord {
-            payment_id,
-            txid: signed.tx.compute_txid(),
-            amount,
-            fee: signed.fee,
-            vsize: signed.tx.vsize() as u64,
-            status: "signed".into(),
-            psbt: signed.psbt.serialize(),
-        }
-    }
-
-    /// Close an input set by broadcasting its highest accepted transaction ourselves (the
-    /// socket should have; this pays nothing more than the socket accepted, and frees our
-    /// change).
-    fn settle_set(&mut self, session: &mut Session, set: &CableSet) -> Result<(), CableError> {
-        let payments = self
-            .store
-            .payments(&set.session_id)
-            .context("reading the store")?;
-        let highest = payments
-            .iter()
-            .filter(|p| p.status == "accepted")
-            .filter_map(|p| {
-                let tx = bitcoin::psbt::Psbt::deserialize(&p.psbt)
-                    .ok()?
-                    .extract_tx_unchecked_fee_rate();
-                let mut inputs: Vec<_> = tx.input.iter().map(|i| i.previous_output).collect();
-                inputs.sort();
-                let value = value_paid(&tx, &set.payout_script).ok()?;
-                (inputs == set.inputs).then_some((value, tx, p))
-            })
-            .max_by_key(|(value, _, _)| *value);
-        if let Some((value, tx, record)) = highest {
-            tokio::task::block_in_place(|| {
-                self.chain.broadcast(&tx)?;
-                self.wallet.record_sent(&tx)
-            })
-            .map_err(anyhow::Error::from)?;
-            tracing::info!(set = set.index, txid = %record.txid, %value, "input set settled");
-            session.onchain_txs.push(PaymentReport {
-                payment_id: record.payment_id,
-                txid: record.txid.to_string(),
-                amount_sat: value.to_sat(),
-                fee_sat: set.fee.to_sat(),
-                vsize: record.vsize,
-                latency_ms: None,
-            });
-        }
-        self.store
-            .close_set(&set.session_id, set.index)
-            .context("closing the input set")?;
-        Ok(())
-    }
-
     /// End a session in the store, settling its open input set.
     fn finish_session(&mut self, session: &mut Session, outcome: &str) {
         if session.id.is_empty() {
@@ -1058,60 +662,20 @@ impl Cable {
         }
         let _ = self.store.end_session(&session.id, outcome);
     }
-
-    /// Build, check, sign and store a payment of the checked terms.
-    fn sign(
-        &mut self,
-        session_id: &str,
-        payment_id: u64,
-        terms: &OnchainTerms,
-    ) -> Result<SignedRecord, CableError> {
-        let policy = &self.config.policy;
-        let signed = tokio::task::block_in_place(|| {
-            self.wallet.sync(&self.chain)?;
-            self.wallet.pay(
-                &terms.payout_script,
-                terms.amount,
-                policy.fee_rate(),
-                policy.max_fee(),
-            )
-        })
-        .map_err(anyhow::Error::from)?;
-        // The same rule the socket applies: exactly the terms, in one output.
-        check_onchain_payment(&signed.tx, terms)
-            .map_err(|e| anyhow::anyhow!("built a wrong payment: {e}"))?;
-        let record = SignedRecord {
-            payment_id,
-            txid: signed.tx.compute_txid(),
-            amount: terms.amount,
-            fee: signed.fee,
-            vsize: signed.tx.vsize() as u64,
-            status: "signed".into(),
-            psbt: signed.psbt.serialize(),
-        };
-        // Durable before the signature leaves the cable.
-        self.store
-            .record_signed(session_id, &record)
-            .context("storing the signed payment")?;
-        Ok(record)
-    }
-
     /// Take back the deposit of every spillman channel the socket left open past its refund's
     /// lock height (seed 003 "Protocol Peculiarities"). Returns the refunds broadcast.
     pub fn refund_due(&mut self) -> anyhow::Result<Vec<bitcoin::Txid>> {
         let refunded =
-            tokio::task::block_in_place(|| crate::spillman::refund_due(&self.store, &self.chain))?;
+            tokio::task::block_in_place(|| spillman::refund_due(&self.store, &self.chain))?;
         for txid in &refunded {
             tracing::info!(%txid, "deposit refunded");
         }
         Ok(refunded)
     }
-
     /// The wallet, for `address` and `balance`.
     pub fn wallet(&mut self) -> &mut NodeWallet {
         &mut self.wallet
     }
-
     /// Sync the wallet with bitcoind.
     pub fn sync(&mut self) -> anyhow::Result<()> {
         Ok(self.wallet.sync(&self.chain)?)

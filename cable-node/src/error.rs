@@ -1,0 +1,15 @@
+//! The cable's errors (design.md "Architecture v2"): why a session failed, by whose fault.
+
+/// Why a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CableError {
+    /// The cable refused the socket's offer or terms: nothing was paid for them.
+    #[error("refused the socket: {0}")]
+    RefusedSocket(String),
+    /// The socket refused a payment or locked the cable out.
+    #[error("the socket refused: {0}")]
+    SocketRefused(String),
+    /// Anything else: wallet, chain, store, link.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
