@@ -16,6 +16,7 @@ use socket_node::config::SocketConfig;
 use socket_node::operator::OperatorService;
 use socket_node::service::SocketService;
 use socket_node::station::Station;
+use tonic::transport::server::TcpIncoming;
 
 /// A smart socket that sells electricity for bitcoin: it offers a price per Wh, takes a
 /// payment per quota over gRPC, closes its relay while paid, and locks out cheaters.
@@ -117,13 +118,16 @@ async fn run(
     let operator = tonic::transport::Server::builder()
         .add_service(OperatorServer::new(OperatorService(Arc::clone(&station))))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(operator_listener),
+            TcpIncoming::from(operator_listener).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
         );
     let cables = tonic::transport::Server::builder()
         .add_service(SocketServer::new(SocketService(Arc::clone(&station))))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // No Nagle: a request or reply waiting for the peer's delayed ACK costs ~40 ms.
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(std::time::Duration::from_secs(30))),
             stopped(stop_rx),
         );
     let servers = tokio::spawn(async move { tokio::try_join!(cables, operator) });
