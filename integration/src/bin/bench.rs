@@ -453,6 +453,7 @@ fn swarm(cables: usize, payments: u32, schemes: &[String]) -> anyhow::Result<Row
     println!("starting a regtest bitcoind and a socket-node with {cables} outlets...");
     let bitcoind = Regtest::start()?;
     let dir = tempfile::tempdir()?;
+    integration::binary("socket-node")?; // built before the clock starts
     let started = Instant::now();
     let socket =
         SocketProcess::start(&bitcoind, &dir.path().join("socket"), &socket_setup(cables))?;
@@ -489,32 +490,23 @@ fn swarm(cables: usize, payments: u32, schemes: &[String]) -> anyhow::Result<Row
         .enable_all()
         .build()?;
     let paying = Instant::now();
-    // A cable's session is not Send (its store and relay stay on one thread): all cables run
-    // as local tasks of this thread, their connections on the runtime's workers.
-    let local = tokio::task::LocalSet::new();
-    let outcomes: Vec<(String, anyhow::Result<Value>)> = local.block_on(&runtime, async {
-        let tasks: Vec<_> = files
-            .iter()
-            .map(|(scheme, f)| {
-                let config = cable_node::config::CableConfig::load(&f.config);
-                let data_dir = f.data_dir.clone();
-                let scheme = scheme.clone();
-                tokio::task::spawn_local(async move {
-                    let run = async {
-                        let mut cable = cable_node::payer::Cable::open(config?, &data_dir)?;
-                        let report = cable.run_session().await?;
-                        anyhow::Ok(serde_json::to_value(report)?)
-                    };
-                    (scheme, run.await)
-                })
-            })
-            .collect();
-        let mut outcomes = Vec::new();
-        for task in tasks {
-            outcomes.push(task.await.expect("a cable task panicked"));
+    // A cable's session is not Send (its store and relay stay on one thread): all cables are
+    // polled together by this thread, their connections served by the runtime's workers.
+    let sessions = files.iter().map(|(scheme, f)| {
+        let config = cable_node::config::CableConfig::load(&f.config);
+        let data_dir = f.data_dir.clone();
+        let scheme = scheme.clone();
+        async move {
+            let run = async {
+                let mut cable = cable_node::payer::Cable::open(config?, &data_dir)?;
+                let report = cable.run_session().await?;
+                anyhow::Ok(serde_json::to_value(report)?)
+            };
+            (scheme, run.await)
         }
-        outcomes
     });
+    let outcomes: Vec<(String, anyhow::Result<Value>)> =
+        runtime.block_on(futures_util::future::join_all(sessions));
     let elapsed = paying.elapsed().as_secs_f64();
     let rss = socket.pid().map_or(0.0, peak_rss_mb);
 
