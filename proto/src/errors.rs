@@ -35,6 +35,33 @@ pub fn reason_of(status: &Status) -> Option<ErrorReason> {
 mod tests {
     use super::*;
 
+    /// `proto/testvectors/error_status.json`: the exact `grpc-status-details-bin` bytes (a
+    /// `google.rpc.Status` holding one `google.rpc.ErrorInfo`) of an error status, for
+    /// implementers in other languages.
+    #[test]
+    fn the_error_test_vector_holds() {
+        let vectors: serde_json::Value =
+            serde_json::from_str(include_str!("../testvectors/error_status.json")).unwrap();
+        for vector in vectors["vectors"].as_array().unwrap() {
+            let reason = ErrorReason::from_str_name(vector["reason"].as_str().unwrap()).unwrap();
+            let code = Code::from_i32(vector["code"].as_i64().unwrap() as i32);
+            let message = vector["message"].as_str().unwrap();
+            let sent = status(code, reason, message);
+            let details_hex: String = sent.details().iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(
+                details_hex,
+                vector["details_hex"].as_str().unwrap(),
+                "{vector}"
+            );
+            let bytes: Vec<u8> = (0..details_hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&details_hex[i..i + 2], 16).unwrap())
+                .collect();
+            let received = Status::with_details(code, message, bytes.into());
+            assert_eq!(reason_of(&received), Some(reason));
+        }
+    }
+
     #[test]
     fn a_reason_survives_the_status_details() {
         let sent = status(
