@@ -9,7 +9,7 @@ use proto::v1::operator_server::Operator;
 use proto::v1::{self};
 use tonic::{Request, Response, Status};
 
-use crate::seller::internal;
+use crate::error::SocketError;
 use crate::station::Station;
 
 /// The tonic service over a running [`Station`].
@@ -102,7 +102,7 @@ impl Operator for OperatorService {
                 .collect::<Result<Vec<_>, Status>>()
         })
         .await
-        .map_err(internal)??;
+        .map_err(SocketError::internal)??;
         for id in &closing {
             tracing::info!(channel = %id, force = request.force, "Lightning channel closing");
         }

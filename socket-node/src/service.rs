@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::SocketError;
 use crate::outlet::{OutletHandle, OutletTask};
-use crate::seller::{internal, seller_of, spillman, Issued, SellerContext};
+use crate::seller::{seller_of, spillman, Issued, SellerContext};
 use crate::shared::Shared;
 use crate::station::Station;
 use proto::Scheme;
@@ -141,7 +141,7 @@ impl Socket for SocketService {
         let recorded = shared
             .store()
             .payment(session_id, payment_id)
-            .map_err(internal)?;
+            .map_err(SocketError::internal)?;
         if let Some(payment) = recorded.filter(|p| p.status != "failed") {
             let state = outlet.snapshot().await?.0.state;
             return Ok(Response::new(v1::PayTransactionResponse {
@@ -153,7 +153,7 @@ impl Socket for SocketService {
         let terms = shared
             .store()
             .terms(session_id, payment_id)
-            .map_err(internal)?
+            .map_err(SocketError::internal)?
             .ok_or_else(|| {
                 SocketError::wrong_state(format!(
                     "no terms were issued for payment {payment_id} of session {session_id}"
@@ -163,7 +163,7 @@ impl Socket for SocketService {
         let scheme = shared
             .store()
             .session_scheme(session_id)
-            .map_err(internal)?
+            .map_err(SocketError::internal)?
             .and_then(|name| name.parse::<Scheme>().ok())
             .ok_or_else(|| SocketError::internal(format!("session {session_id} has no scheme")))?;
         // One payment of a session at a time: each builds on the one before. No lock is held
@@ -293,7 +293,7 @@ fn issue_terms(
         let stored = shared
             .store()
             .session_scheme(&request.session_id)
-            .map_err(internal)?;
+            .map_err(SocketError::internal)?;
         if stored.as_deref() != Some(scheme.name()) {
             return Err(SocketError::wrong_state(format!(
                 "session {} does not pay with {}",
@@ -312,17 +312,17 @@ fn issue_terms(
     let unpaid = {
         let paid_on_chain = store
             .payment(&session_id, last_payment_id)
-            .map_err(internal)?
+            .map_err(SocketError::internal)?
             .is_some_and(|p| p.status != "failed");
         let paid_over_ln = store
             .ln_payment_received(&session_id, last_payment_id)
-            .map_err(internal)?;
+            .map_err(SocketError::internal)?;
         if paid_on_chain || paid_over_ln {
             None
         } else {
             store
                 .terms(&session_id, last_payment_id)
-                .map_err(internal)?
+                .map_err(SocketError::internal)?
         }
     };
     let (payment_id, terms) = match unpaid {
@@ -336,7 +336,7 @@ fn issue_terms(
             let payment_id = last_payment_id + 1;
             store
                 .issue_terms(&session_id, payment_id, terms)
-                .map_err(internal)?;
+                .map_err(SocketError::internal)?;
             task.machine
                 .active_session(&session_id)
                 .map_err(SocketError::wrong_state)?

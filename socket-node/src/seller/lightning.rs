@@ -8,7 +8,7 @@ use ln::ldk_node::lightning_invoice::{Bolt11InvoiceDescription, Description};
 use proto::units::PriceMsatPerWh;
 use proto::v1;
 
-use super::{internal, Issued, Seller, SellerContext};
+use super::{Issued, Seller, SellerContext};
 use crate::outlet::OutletTask;
 use crate::outlet::Outlets;
 use crate::shared::Shared;
@@ -62,14 +62,14 @@ fn reply(
         .ok_or_else(|| SocketError::wrong_state("this socket has no Lightning node"))?;
     let amount_msat = PriceMsatPerWh(cx.outlet.config.price_msat_per_wh)
         .cost_of(terms.quota)
-        .map_err(internal)?
+        .map_err(SocketError::internal)?
         .0;
     // Bound first: a store guard in the match scrutinee would live through the arms.
     let issued = cx
         .shared
         .store()
         .invoice_of(&session_id, payment_id)
-        .map_err(internal)?;
+        .map_err(SocketError::internal)?;
     let bolt11 = match issued {
         Some(bolt11) => bolt11,
         None => {
@@ -77,8 +77,9 @@ fn reply(
                 "t2t {} session {session_id} payment {payment_id}",
                 cx.outlet.id()
             );
-            let description =
-                Bolt11InvoiceDescription::Direct(Description::new(text).map_err(internal)?);
+            let description = Bolt11InvoiceDescription::Direct(
+                Description::new(text).map_err(SocketError::internal)?,
+            );
             let expiry = cx
                 .shared
                 .config
@@ -88,7 +89,7 @@ fn reply(
             let invoice = ln
                 .bolt11_payment()
                 .receive(amount_msat, &description, expiry)
-                .map_err(internal)?;
+                .map_err(SocketError::internal)?;
             let bolt11 = invoice.to_string();
             cx.shared
                 .store()
@@ -100,7 +101,7 @@ fn reply(
                     amount_msat,
                     terms.quota,
                 )
-                .map_err(internal)?;
+                .map_err(SocketError::internal)?;
             bolt11
         }
     };

@@ -43,7 +43,7 @@ pub(crate) trait Seller: Send + Sync {
         _request: &v1::PowerRequestRequest,
     ) -> Result<StoredTerms, SocketError> {
         Ok(StoredTerms {
-            amount: task.config.quota_amount().map_err(internal)?,
+            amount: task.config.quota_amount().map_err(SocketError::internal)?,
             quota: EnergyMwh(task.config.quota_mwh),
             single_fee: None,
         })
@@ -150,10 +150,10 @@ impl SellerContext<'_> {
                 .chain_permits
                 .acquire()
                 .await
-                .map_err(internal)?;
+                .map_err(SocketError::internal)?;
             tokio::task::spawn_blocking(move || check_on_chain(&shared, &tx, min_rate))
                 .await
-                .map_err(internal)?
+                .map_err(SocketError::internal)?
         };
         match checked {
             Ok(checked) => Ok(checked),
@@ -175,10 +175,10 @@ impl SellerContext<'_> {
             .chain_permits
             .acquire()
             .await
-            .map_err(internal)?;
+            .map_err(SocketError::internal)?;
         tokio::task::spawn_blocking(move || f(&shared))
             .await
-            .map_err(internal)
+            .map_err(SocketError::internal)
     }
 }
 
@@ -227,9 +227,4 @@ pub(crate) fn check_on_chain(
         )));
     }
     Ok((verdict.fee, verdict.vsize))
-}
-
-/// An error of ours.
-pub(crate) fn internal(e: impl std::fmt::Display) -> SocketError {
-    SocketError::internal(e)
 }

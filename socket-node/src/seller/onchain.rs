@@ -5,7 +5,7 @@ use crate::error::SocketError;
 use proto::rules::{check_onchain_payment, decode_payment, OnchainTerms};
 use proto::v1::{self, OutletState};
 
-use super::{internal, Issued, Seller, SellerContext};
+use super::{Issued, Seller, SellerContext};
 use crate::store::StoredTerms;
 
 /// The seller of `onchain`.
@@ -82,7 +82,7 @@ async fn pay(
     cx.shared
         .store()
         .accept_payment(session_id, payment_id, &tx, terms, fee, vsize)
-        .map_err(internal)?;
+        .map_err(SocketError::internal)?;
     let broadcast = {
         let tx = tx.clone();
         cx.with_chain(move |shared| shared.chain.broadcast(&tx))
@@ -94,7 +94,7 @@ async fn pay(
             cx.shared
                 .store()
                 .set_payment_status(session_id, payment_id, "failed")
-                .map_err(internal)?;
+                .map_err(SocketError::internal)?;
             return Err(cx
                 .lock_out(session_id, &format!("broadcast failed: {e}"))
                 .await);
@@ -103,7 +103,7 @@ async fn pay(
     cx.shared
         .store()
         .set_payment_status(session_id, payment_id, "broadcast")
-        .map_err(internal)?;
+        .map_err(SocketError::internal)?;
     cx.credit(session_id, terms.quota, txid.to_string()).await?;
     Ok(v1::PayTransactionResponse {
         txid: txid.to_string(),

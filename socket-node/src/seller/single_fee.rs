@@ -12,7 +12,7 @@ use proto::rules::decode_payment;
 use proto::single_fee::{outpoints_to_proto, SellerSet, SetTerms};
 use proto::v1::{self, OutletState};
 
-use super::{internal, Issued, Seller, SellerContext};
+use super::{Issued, Seller, SellerContext};
 use crate::outlet::{OpenSet, OutletTask};
 use crate::store::{unix_ms, Store, StoredTerms};
 
@@ -80,7 +80,7 @@ fn new_terms(
     session_id: &str,
     cable_max_sat: u64,
 ) -> Result<StoredTerms, SocketError> {
-    let increment = task.config.quota_amount().map_err(internal)?;
+    let increment = task.config.quota_amount().map_err(SocketError::internal)?;
     let open = task
         .set
         .as_ref()
@@ -88,7 +88,7 @@ fn new_terms(
     if !open {
         let index = store
             .last_set(session_id)
-            .map_err(internal)?
+            .map_err(SocketError::internal)?
             .map_or(1, |s| s.index + 1);
         let socket_max = task.config.single_fee_max_sat;
         let max = Amount::from_sat(match cable_max_sat {
@@ -102,7 +102,7 @@ fn new_terms(
         }
         store
             .open_set(session_id, index, increment, max)
-            .map_err(internal)?;
+            .map_err(SocketError::internal)?;
         task.set = Some(OpenSet {
             session_id: session_id.to_owned(),
             index,
@@ -199,7 +199,7 @@ async fn pay(
     cx.shared
         .store()
         .hold_single_fee(session_id, payment_id, index, &tx, terms, value, fee, vsize)
-        .map_err(internal)?;
+        .map_err(SocketError::internal)?;
     let txid = tx.compute_txid();
     let session = session_id.to_owned();
     cx.outlet

@@ -13,7 +13,7 @@ use bitcoin::{Amount, OutPoint, PublicKey, ScriptBuf, Transaction};
 use proto::spillman::Channel;
 use proto::v1::{self, OutletState};
 
-use super::{internal, Issued, Refusal, Seller, SellerContext};
+use super::{Issued, Refusal, Seller, SellerContext};
 use crate::outlet::Outlets;
 use crate::shared::Shared;
 use crate::store::StoredTerms;
@@ -200,7 +200,7 @@ fn reply(
         .shared
         .store()
         .channel_of(&session_id)
-        .map_err(internal)?
+        .map_err(SocketError::internal)?
         .ok_or_else(|| SocketError::wrong_state("this session has no channel"))?;
     if stored.status != "funded" {
         return Err(SocketError::wrong_state(format!(
@@ -240,7 +240,7 @@ async fn pay(
         .shared
         .store()
         .channel_of(session_id)
-        .map_err(internal)?
+        .map_err(SocketError::internal)?
         .ok_or_else(|| SocketError::wrong_state("this session has no channel"))?;
     if stored.status != "funded" {
         return Err(SocketError::wrong_state(format!(
@@ -310,7 +310,7 @@ async fn pay(
             terms,
             channel.fee,
         )
-        .map_err(internal)?;
+        .map_err(SocketError::internal)?;
     fail::fail_point!("socket-payment-held", |_| std::process::abort());
     let txid = tx.compute_txid().to_string();
     cx.credit(session_id, terms.quota, txid.clone()).await?;
