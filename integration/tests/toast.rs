@@ -28,6 +28,8 @@ fn toast_is_paid_with_five_confirmed_transactions() {
     )
     .unwrap();
 
+    // The payout address offered before the plug-in is the one the session pays.
+    let offer_script = payout_script(&socket);
     let out = cable.run(Duration::from_secs(120)).unwrap();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
@@ -51,7 +53,6 @@ fn toast_is_paid_with_five_confirmed_transactions() {
 
     // Every payment confirms and pays the socket's payout script exactly 1000 sat.
     bitcoind.mine(1).unwrap();
-    let offer_script = payout_script(&socket);
     for payment in payments {
         let txid: Txid = payment["txid"].as_str().unwrap().parse().unwrap();
         let tx: Value = regtest::rpc(
@@ -88,6 +89,8 @@ fn toast_is_paid_with_five_confirmed_transactions() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The next session is offered a fresh address (the next BIP84 index): none is paid twice.
+    assert_ne!(payout_script(&socket), offer_script);
 }
 
 fn payout_script(socket: &SocketProcess) -> String {

@@ -53,7 +53,7 @@ impl Socket for SocketService {
         request: Request<v1::GetOfferRequest>,
     ) -> Result<Response<v1::GetOfferResponse>, Status> {
         let outlet = self.0.outlet(&request.get_ref().outlet_id)?;
-        Ok(Response::new(outlet.offer.clone()))
+        Ok(Response::new(outlet.offer().await?))
     }
 
     async fn get_status(
@@ -118,9 +118,8 @@ impl Socket for SocketService {
         let outlet = self.0.outlet(&request.outlet_id)?;
         let scheme = offered_scheme(outlet, request.scheme)?;
         let shared = Arc::clone(&self.0.shared);
-        let payout = outlet.payout_script.clone();
         let issued = outlet
-            .call(move |task| issue_terms(task, &shared, &payout, scheme, &request))
+            .call(move |task| issue_terms(task, &shared, scheme, &request))
             .await??;
         let reply = seller_of(scheme)
             .reply(&self.context(outlet), issued)
@@ -189,14 +188,14 @@ impl Socket for SocketService {
         let outlet = self.0.outlet(&request.outlet_id)?;
         let scheme = offered_scheme(outlet, v1::Scheme::Spillman as i32)?;
         let session_id = new_session_id();
-        {
+        let payout = {
             let id = session_id.clone();
             outlet
                 .call(move |task| task.open_session(&id, scheme))
-                .await??;
-        }
+                .await??
+        };
         let cx = self.context(outlet);
-        match spillman::open(&cx, &session_id, &request).await {
+        match spillman::open(&cx, &session_id, payout, &request).await {
             Ok(reply) => Ok(Response::new(reply)),
             Err(reason) => {
                 // Nothing was signed: end the session it opened, without blame.
@@ -275,20 +274,19 @@ fn new_session_id() -> String {
 fn issue_terms(
     task: &mut OutletTask,
     shared: &Shared,
-    payout: &bitcoin::ScriptBuf,
     scheme: Scheme,
     request: &v1::PowerRequestRequest,
 ) -> Result<Issued, SocketError> {
     let seller = seller_of(scheme);
-    let session_id = if request.session_id.is_empty() {
+    let (session_id, payout) = if request.session_id.is_empty() {
         if !seller.opens_with_power_request() {
             return Err(SocketError::wrong_state(format!(
                 "a {scheme} session opens with OpenChannel"
             )));
         }
         let id = new_session_id();
-        task.open_session(&id, scheme)?;
-        id
+        let payout = task.open_session(&id, scheme)?;
+        (id, payout)
     } else {
         let stored = shared
             .store()
@@ -301,7 +299,16 @@ fn issue_terms(
                 scheme.name()
             )));
         }
-        request.session_id.clone()
+        let payout = shared
+            .store()
+            .session_payout(&request.session_id)
+            .map_err(SocketError::internal)?;
+        let payout = match payout {
+            Some(payout) => payout,
+            // A session stored before payout addresses were per session.
+            None => task.offered_payout()?.script.clone(),
+        };
+        (request.session_id.clone(), payout)
     };
     let last_payment_id = task
         .machine
@@ -332,7 +339,7 @@ fn issue_terms(
             (last_payment_id, terms)
         }
         _ => {
-            let terms = seller.new_terms(task, &store, payout, &session_id, request)?;
+            let terms = seller.new_terms(task, &store, &payout, &session_id, request)?;
             let payment_id = last_payment_id + 1;
             store
                 .issue_terms(&session_id, payment_id, terms)
@@ -347,6 +354,7 @@ fn issue_terms(
     Ok(Issued {
         session_id,
         payment_id,
+        payout_script: payout,
         terms,
         set: task.set.clone(),
     })

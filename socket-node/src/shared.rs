@@ -9,7 +9,9 @@ use proto::units::EnergyMwh;
 use wallet::chain::Chain;
 
 use crate::config::SocketConfig;
-use crate::store::Store;
+use crate::error::SocketError;
+use crate::store::{Payout, Store};
+use wallet::onchain::NodeWallet;
 
 /// A closed single-fee input set for the settler: broadcast what it holds (nothing when
 /// `tx` is `None`) and record how the set ended.
@@ -27,6 +29,8 @@ pub struct Shared {
     /// The socket's config.
     pub config: SocketConfig,
     pub(crate) store: Mutex<Store>,
+    /// The socket's on-chain wallet: where payout addresses come from.
+    pub(crate) wallet: Mutex<NodeWallet>,
     /// bitcoind.
     pub(crate) chain: Arc<Chain>,
     /// Bounds the bitcoind calls that payment checks make at once (`max_chain_calls`).
@@ -51,6 +55,27 @@ impl Shared {
     /// The store. Held only for one store call at a time, never across I/O.
     pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
         lock(&self.store)
+    }
+
+    /// A fresh payout address for `outlet_id`: the next BIP84 receive index of the wallet
+    /// (revealed and persisted there), recorded in the store as the one the outlet offers.
+    /// Errors: `INTERNAL` when the wallet or the store cannot persist it.
+    pub(crate) fn fresh_payout(&self, outlet_id: &str) -> Result<Payout, SocketError> {
+        let mut wallet = lock(&self.wallet);
+        let store = self.store();
+        let index = store.next_payout_index().map_err(SocketError::internal)?;
+        let address = wallet
+            .receive_address(index)
+            .map_err(SocketError::internal)?;
+        let payout = Payout {
+            index,
+            script: address.script_pubkey(),
+        };
+        store
+            .add_payout(outlet_id, &payout)
+            .map_err(SocketError::internal)?;
+        tracing::info!(outlet = %outlet_id, index, %address, "new payout address");
+        Ok(payout)
     }
 
     /// Hand a closed input set to the settler thread, which broadcasts it.

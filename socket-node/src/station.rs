@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use crate::error::SocketError;
 use anyhow::Context;
-use bitcoin::ScriptBuf;
 use proto::rules::network_to_proto;
 use proto::v1;
 use wallet::chain::Chain;
@@ -43,7 +42,7 @@ impl Station {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
         let keys = NodeKeys::load_or_create(data_dir, config.network)?;
-        let mut wallet = NodeWallet::open(data_dir, &keys)?;
+        let wallet = NodeWallet::open(data_dir, &keys)?;
         let chain = Arc::new(Chain::connect(&config.chain, config.network)?);
         let store = Store::open(data_dir).context("opening the store")?;
         let ln = match &config.lightning {
@@ -72,6 +71,7 @@ impl Station {
             chain_permits: tokio::sync::Semaphore::new(config.max_chain_calls),
             config,
             store: Mutex::new(store),
+            wallet: Mutex::new(wallet),
             chain,
             ln,
             channel_secret: keys.channel_secret(),
@@ -79,14 +79,10 @@ impl Station {
             energy: Mutex::default(),
         });
         let mut outlets = BTreeMap::new();
-        for (index, outlet) in shared.config.outlets.iter().enumerate() {
-            // Each outlet is paid to its own receive address (BIP84 index = its place in the
-            // config), so the chain tells the outlets' revenue apart.
-            let address = wallet.receive_address(index as u32)?;
-            let payout = address.script_pubkey();
-            let offer = offer_of(&shared, outlet, &keys, &payout);
-            let handle = OutletHandle::spawn(outlet.clone(), offer, payout, Arc::clone(&shared))?;
-            tracing::info!(outlet = %outlet.id, payout = %address, "outlet ready");
+        for outlet in &shared.config.outlets {
+            let offer = offer_of(&shared, outlet, &keys);
+            let handle = OutletHandle::spawn(outlet.clone(), offer, Arc::clone(&shared))?;
+            tracing::info!(outlet = %outlet.id, "outlet ready");
             outlets.insert(outlet.id.clone(), handle);
         }
         let station = Arc::new(Station {
@@ -271,13 +267,9 @@ impl Station {
     }
 }
 
-/// What `GetOffer` answers for `outlet`.
-fn offer_of(
-    shared: &Shared,
-    outlet: &OutletConfig,
-    keys: &NodeKeys,
-    payout: &ScriptBuf,
-) -> v1::GetOfferResponse {
+/// What `GetOffer` answers for `outlet`, but for the payout script (the outlet's current
+/// payout address, filled in per request).
+fn offer_of(shared: &Shared, outlet: &OutletConfig, keys: &NodeKeys) -> v1::GetOfferResponse {
     let config = &shared.config;
     v1::GetOfferResponse {
         socket_identity_key: keys.identity_key().to_bytes(),
@@ -297,7 +289,7 @@ fn offer_of(
                 },
             })
             .collect(),
-        payout_script: payout.to_bytes(),
+        payout_script: Vec::new(),
         lightning_node_id: shared
             .ln
             .as_ref()

@@ -25,7 +25,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::OutletConfig;
 use crate::shared::{Settle, Shared};
-use crate::store::unix_ms;
+use crate::store::{unix_ms, Payout};
 use hardware::Hardware;
 pub use machine::{Event, Outlet, OutletParams};
 use proto::Scheme;
@@ -115,6 +115,9 @@ pub(crate) struct OutletTask {
     pub(crate) last_reading: MeterReading,
     /// The single-fee input set of the session, while open.
     pub(crate) set: Option<OpenSet>,
+    /// The payout address the outlet offers; `None` once a session bound it, until a fresh
+    /// one is taken (lazily, by the next offer or session).
+    payout: Option<Payout>,
     /// A payment of the session is being checked (at most one at a time: each builds on the
     /// one before).
     pub(crate) paying: bool,
@@ -130,10 +133,8 @@ pub(crate) struct OutletTask {
 pub struct OutletHandle {
     /// The outlet's config.
     pub config: OutletConfig,
-    /// What `GetOffer` answers for it.
-    pub(crate) offer: v1::GetOfferResponse,
-    /// Where its on-chain payments go (its own BIP84 receive address).
-    pub(crate) payout_script: ScriptBuf,
+    /// What `GetOffer` answers for it, but for the payout script (filled in per request).
+    offer: v1::GetOfferResponse,
     events: broadcast::Sender<v1::WatchStatusResponse>,
     watchers: Arc<AtomicUsize>,
     commands: mpsc::UnboundedSender<Command>,
@@ -145,7 +146,6 @@ impl OutletHandle {
     pub(crate) fn spawn(
         config: OutletConfig,
         offer: v1::GetOfferResponse,
-        payout_script: ScriptBuf,
         shared: Arc<Shared>,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
@@ -165,6 +165,11 @@ impl OutletHandle {
             lockout_ms: config.lockout_secs * 1_000,
             payment_timeout_ms: config.payment_timeout_secs * 1_000,
         });
+        let offered = shared.store().offered_payout(&config.id)?;
+        let payout = match offered {
+            Some(payout) => payout,
+            None => shared.fresh_payout(&config.id)?,
+        };
         {
             let store = shared.store();
             if let Some(session) = store.open_session_of(&config.id)? {
@@ -182,6 +187,7 @@ impl OutletHandle {
             hw,
             last_reading: reading,
             set: None,
+            payout: Some(payout),
             paying: false,
             link_lost_at: Some(Instant::now()),
             ticks: 0,
@@ -194,7 +200,6 @@ impl OutletHandle {
         Ok(OutletHandle {
             config,
             offer,
-            payout_script,
             events,
             watchers,
             commands,
@@ -238,6 +243,17 @@ impl OutletHandle {
                 let _ = reply.send(f(task));
             }))
             .map_err(|_| stopped())
+    }
+
+    /// What `GetOffer` answers now: the outlet's terms and the payout address it offers.
+    pub(crate) async fn offer(&self) -> Result<v1::GetOfferResponse, SocketError> {
+        let payout = self
+            .call(|task| task.offered_payout().map(|p| p.script.to_bytes()))
+            .await??;
+        Ok(v1::GetOfferResponse {
+            payout_script: payout,
+            ..self.offer.clone()
+        })
     }
 
     /// Subscribe to status changes and QuotaLow; counts as a plugged-in cable on the simulator
@@ -380,23 +396,39 @@ impl OutletTask {
         self.hw.clock.now_ms()
     }
 
-    /// Open a session of `scheme` for `id` on the state machine and in the store.
-    pub(crate) fn open_session(&mut self, id: &str, scheme: Scheme) -> Result<(), SocketError> {
+    /// The payout address the outlet offers, taking a fresh one when the last was bound to a
+    /// session. Errors: `INTERNAL` when no fresh one can be persisted.
+    pub(crate) fn offered_payout(&mut self) -> Result<&Payout, SocketError> {
+        if self.payout.is_none() {
+            self.payout = Some(self.shared.fresh_payout(&self.config.id)?);
+        }
+        Ok(self.payout.as_ref().expect("set above"))
+    }
+
+    /// Open a session of `scheme` for `id` on the state machine and in the store, bound to the
+    /// payout address the outlet offers; returns that address's script.
+    pub(crate) fn open_session(
+        &mut self,
+        id: &str,
+        scheme: Scheme,
+    ) -> Result<ScriptBuf, SocketError> {
+        let payout = self.offered_payout()?.clone();
         let (now, meter) = (self.now_ms(), self.last_reading.energy);
         self.machine
             .open_session(id.to_owned(), now, meter)
             .map_err(SocketError::wrong_state)?;
-        if let Err(e) = self
-            .shared
-            .store()
-            .open_session(id, &self.config.id, scheme.name())
+        if let Err(e) =
+            self.shared
+                .store()
+                .open_session(id, &self.config.id, scheme.name(), &payout)
         {
             // Not stored: not opened.
             self.machine.abandon(id, "not stored");
             return Err(SocketError::internal(format!("storing the session: {e}")));
         }
-        tracing::info!(outlet = %self.config.id, session = %id, scheme = scheme.name(), "session opened");
-        Ok(())
+        self.payout = None;
+        tracing::info!(outlet = %self.config.id, session = %id, scheme = scheme.name(), payout_index = payout.index, "session opened");
+        Ok(payout.script)
     }
 
     /// Credit `quota` to the session in progress: Paid, relay closed. Refused when `session_id`

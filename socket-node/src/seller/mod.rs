@@ -94,6 +94,8 @@ pub(crate) struct Issued {
     pub(crate) session_id: String,
     /// The payment the terms are for.
     pub(crate) payment_id: u64,
+    /// Where the session is paid (its payout address).
+    pub(crate) payout_script: ScriptBuf,
     /// The terms.
     pub(crate) terms: StoredTerms,
     /// single-fee: the set in progress as the terms were issued.
@@ -132,6 +134,15 @@ impl SellerContext<'_> {
         self.outlet
             .call(move |task| task.credit(&session, quota, &detail))
             .await?
+    }
+
+    /// Where `session_id` is paid. Errors: `NOT_FOUND` for a session without a payout address.
+    pub(crate) fn session_payout(&self, session_id: &str) -> Result<ScriptBuf, SocketError> {
+        self.shared
+            .store()
+            .session_payout(session_id)
+            .map_err(SocketError::internal)?
+            .ok_or_else(|| SocketError::not_found(format!("session {session_id} has no payout")))
     }
 
     /// Run the chain checks of `tx` ([`check_on_chain`]) off the async workers, at most

@@ -15,15 +15,10 @@ pub(crate) struct Onchain;
 impl Seller for Onchain {
     async fn reply(
         &self,
-        cx: &SellerContext<'_>,
+        _cx: &SellerContext<'_>,
         issued: Issued,
     ) -> Result<v1::PowerRequestResponse, SocketError> {
-        Ok(reply(
-            cx,
-            issued.session_id,
-            issued.payment_id,
-            issued.terms,
-        ))
+        Ok(reply(issued))
     }
 
     async fn pay(
@@ -38,20 +33,16 @@ impl Seller for Onchain {
     }
 }
 
-/// The `PowerRequest` reply for `terms`.
-fn reply(
-    cx: &SellerContext<'_>,
-    session_id: String,
-    payment_id: u64,
-    terms: StoredTerms,
-) -> v1::PowerRequestResponse {
+/// The `PowerRequest` reply for the issued terms.
+fn reply(issued: Issued) -> v1::PowerRequestResponse {
+    let terms = issued.terms;
     v1::PowerRequestResponse {
-        session_id,
-        payment_id,
+        session_id: issued.session_id,
+        payment_id: issued.payment_id,
         scheme: v1::Scheme::Onchain as i32,
         amount_msat: terms.amount.to_sat() * 1_000,
         quota_mwh: terms.quota.0,
-        payout_script: cx.outlet.payout_script.to_bytes(),
+        payout_script: issued.payout_script.to_bytes(),
         ..Default::default()
     }
 }
@@ -69,7 +60,7 @@ async fn pay(
         Err(e) => return Err(cx.lock_out(session_id, &e.to_string()).await),
     };
     let onchain_terms = OnchainTerms {
-        payout_script: cx.outlet.payout_script.clone(),
+        payout_script: cx.session_payout(session_id)?,
         amount: terms.amount,
         quota: terms.quota,
     };

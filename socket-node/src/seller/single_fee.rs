@@ -46,11 +46,10 @@ impl Seller for SingleFee {
 
     async fn reply(
         &self,
-        cx: &SellerContext<'_>,
+        _cx: &SellerContext<'_>,
         issued: Issued,
     ) -> Result<v1::PowerRequestResponse, SocketError> {
         reply(
-            cx,
             issued.set,
             issued.session_id,
             issued.payment_id,
@@ -127,7 +126,6 @@ fn new_terms(
 /// The `PowerRequest` reply for `terms`, with the set's maximum, inputs and fee; `set` is the
 /// outlet's set in progress when the terms were issued.
 fn reply(
-    cx: &SellerContext<'_>,
     set: Option<OpenSet>,
     session_id: String,
     payment_id: u64,
@@ -145,7 +143,7 @@ fn reply(
         scheme: v1::Scheme::SingleFee as i32,
         amount_msat: terms.amount.to_sat() * 1_000,
         quota_mwh: terms.quota.0,
-        payout_script: cx.outlet.payout_script.to_bytes(),
+        payout_script: set.seller.terms().payout_script.to_bytes(),
         value_sat: value.to_sat(),
         max_amount_sat: set.seller.terms().max.to_sat(),
         inputs: outpoints_to_proto(&set.seller.inputs()),

@@ -53,6 +53,7 @@ impl Seller for Spillman {
 pub(crate) async fn open(
     cx: &SellerContext<'_>,
     session_id: &str,
+    payout_script: ScriptBuf,
     request: &v1::OpenChannelRequest,
 ) -> Result<v1::OpenChannelResponse, String> {
     let terms = &cx.outlet.config.spillman;
@@ -72,7 +73,7 @@ pub(crate) async fn open(
         refund_lock_height: request.refund_lock_height,
         fee: Amount::from_sat(request.fee_sat),
         cable_script: ScriptBuf::from_bytes(request.cable_script.clone()),
-        socket_script: cx.outlet.payout_script.clone(),
+        socket_script: payout_script,
     };
     if channel.deposit_value < Amount::from_sat(terms.min_deposit_sat) {
         return Err(format!(
@@ -221,7 +222,7 @@ fn reply(
         scheme: v1::Scheme::Spillman as i32,
         amount_msat: terms.amount.to_sat() * 1_000,
         quota_mwh: terms.quota.0,
-        payout_script: cx.outlet.payout_script.to_bytes(),
+        payout_script: stored.channel.socket_script.to_bytes(),
         value_sat: total.to_sat(),
         ..Default::default()
     })

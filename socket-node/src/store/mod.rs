@@ -14,6 +14,7 @@
 mod audit;
 mod lightning;
 mod payments;
+mod payouts;
 mod sessions;
 mod single_fee;
 mod spillman;
@@ -26,13 +27,14 @@ use proto::units::EnergyMwh;
 use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
 
+pub use payouts::Payout;
 pub use single_fee::StoredSet;
 pub use spillman::StoredChannel;
 
 /// The schema, one migration per version, oldest first; append, never edit. Version 1 is the
 /// schema of the one-outlet socket (its `IF NOT EXISTS` lets a data dir made before versions
 /// existed take it as is).
-pub const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
@@ -134,6 +136,19 @@ CREATE TABLE IF NOT EXISTS audit (
     session_id TEXT,
     event TEXT NOT NULL,
     detail TEXT NOT NULL
+);
+";
+
+/// Version 2: a fresh payout address per session (BIP84 receive index), bound to the session
+/// that paid to it.
+const SCHEMA_V2: &str = "
+ALTER TABLE sessions ADD COLUMN payout_script_hex TEXT NOT NULL DEFAULT '';
+CREATE TABLE payout_addresses (
+    payout_index INTEGER PRIMARY KEY,
+    outlet_id TEXT NOT NULL,
+    script_hex TEXT NOT NULL,
+    -- The session bound to it at its opening; NULL while the outlet offers it.
+    session_id TEXT UNIQUE REFERENCES sessions(id)
 );
 ";
 
@@ -300,8 +315,12 @@ mod tests {
     fn sessions_belong_to_their_outlet_and_credit_only_what_did_not_fail() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.open_session("a", "outlet-1", "onchain").unwrap();
-        store.open_session("b", "outlet-2", "onchain").unwrap();
+        store
+            .open_session("a", "outlet-1", "onchain", &payout(&store, "outlet-1", 1))
+            .unwrap();
+        store
+            .open_session("b", "outlet-2", "onchain", &payout(&store, "outlet-2", 2))
+            .unwrap();
         for (session, payment_id, value) in [("a", 1, 1_000), ("a", 2, 1_001), ("b", 1, 1_002)] {
             store.issue_terms(session, payment_id, terms()).unwrap();
             store
@@ -329,5 +348,49 @@ mod tests {
         assert!(store.open_session_of("outlet-1").unwrap().is_none());
         // a1 and b1 accepted, not yet broadcast; a2 failed.
         assert_eq!(store.unbroadcast_payments().unwrap().len(), 2);
+    }
+
+    /// A payout address for `outlet_id` recorded as offered (script: OP_RETURN `tag`).
+    fn payout(store: &Store, outlet_id: &str, tag: u8) -> Payout {
+        let payout = Payout {
+            index: store.next_payout_index().unwrap(),
+            script: ScriptBuf::from_bytes(vec![0x6a, 0x01, tag]),
+        };
+        store.add_payout(outlet_id, &payout).unwrap();
+        payout
+    }
+
+    #[test]
+    fn a_payout_address_is_offered_until_a_session_binds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.offered_payout("outlet-1").unwrap(), None);
+        let first = payout(&store, "outlet-1", 1);
+        let other = payout(&store, "outlet-2", 2);
+        assert_eq!((first.index, other.index), (0, 1));
+        assert_eq!(
+            store.offered_payout("outlet-1").unwrap(),
+            Some(first.clone())
+        );
+        store
+            .open_session("s1", "outlet-1", "onchain", &first)
+            .unwrap();
+        // Bound: no longer offered; the session keeps it, across a reopening of the store.
+        assert_eq!(store.offered_payout("outlet-1").unwrap(), None);
+        assert_eq!(store.offered_payout("outlet-2").unwrap(), Some(other));
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.session_payout("s1").unwrap(),
+            Some(first.script.clone())
+        );
+        assert_eq!(store.next_payout_index().unwrap(), 2);
+        // An address is bound to one session only: a second session opening with it is not
+        // stored at all.
+        assert!(store
+            .open_session("s2", "outlet-1", "onchain", &first)
+            .is_err());
+        assert_eq!(store.session_outlet("s2").unwrap(), None);
+        assert_eq!(store.session_payout("nope").unwrap(), None);
     }
 }

@@ -3,16 +3,41 @@
 use proto::units::EnergyMwh;
 use rusqlite::{params, OptionalExtension};
 
-use super::{unix_ms, Result, Store, StoredSession};
+use super::{unix_ms, Payout, Result, Store, StoredSession};
 
 impl Store {
-    /// Record a new session.
-    pub fn open_session(&self, id: &str, outlet_id: &str, scheme: &str) -> Result<()> {
-        self.db.execute(
-            "INSERT INTO sessions (id, outlet_id, scheme, started_at_unix_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![id, outlet_id, scheme, unix_ms()],
+    /// Record a new session, paid to `payout` (the address its outlet offered, bound to it
+    /// from now on), in one transaction. Errors: `StatementChangedRows(0)` when `payout` is not
+    /// offered (unknown, or bound to another session).
+    pub fn open_session(
+        &self,
+        id: &str,
+        outlet_id: &str,
+        scheme: &str,
+        payout: &Payout,
+    ) -> Result<()> {
+        let tx = self.db.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO sessions (id, outlet_id, scheme, started_at_unix_ms, payout_script_hex)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                id,
+                outlet_id,
+                scheme,
+                unix_ms(),
+                payout.script.to_hex_string()
+            ],
         )?;
-        Ok(())
+        let bound = tx.execute(
+            "UPDATE payout_addresses SET session_id = ?1
+             WHERE payout_index = ?2 AND session_id IS NULL",
+            params![id, payout.index],
+        )?;
+        // An address already bound to a session is never bound again.
+        if bound != 1 {
+            return Err(rusqlite::Error::StatementChangedRows(bound));
+        }
+        tx.commit()
     }
 
     /// The outlet a session is on, if the session exists.
