@@ -203,8 +203,9 @@ async fn run(cli: Cli) -> Result<(), CableError> {
                 .await
                 .map_err(|s| anyhow::anyhow!("GetOffer: {}", s.message()))?
                 .into_inner();
-            let socket =
-                cable_node::lightning::peer_of(&offer.lightning_node_id, &offer.lightning_address)?;
+            let terms = proto::terms::offered_lightning(&offer)
+                .map_err(|e| anyhow::anyhow!("the socket's offer: {e}"))?;
+            let socket = cable_node::lightning::peer_of(&terms.node_id, &terms.address)?;
             let settings = config.lightning.clone();
             with_lightning(&cli, &config, |node| {
                 match cable_node::lightning::ensure_route(node, &socket, 0, &settings)? {

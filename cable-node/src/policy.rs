@@ -1,8 +1,9 @@
 //! The cable's spending policy: what it accepts to pay, checked against every offer and every
 //! payment before anything is signed (paper seed 000 §VII.B; design.md "Trust").
 
-use bitcoin::{Amount, FeeRate, Network, ScriptBuf};
+use bitcoin::{Amount, FeeRate, Network};
 use proto::rules::{check_network, quota_amount};
+use proto::terms;
 use proto::units::{EnergyMwh, PriceMsatPerWh};
 use proto::v1;
 use proto::Scheme;
@@ -68,26 +69,29 @@ pub struct AcceptedOffer {
 }
 
 impl Policy {
-    /// Check an offer: same network, price at most the maximum, `onchain` offered and allowed,
-    /// a standard payout script, one quota within the session budget. The error says why not.
+    /// Check an offer: same network, well formed ([`proto::terms::check_offer`]), price at most
+    /// the maximum, one of the policy's schemes offered (the first in the policy's order is
+    /// chosen), its terms within the policy (spillman: the lock time and a deposit within the
+    /// budget; single-fee: a set maximum that pays one quota), one quota within the session
+    /// budget. The error says why not.
     pub fn check_offer(
         &self,
         offer: &v1::GetOfferResponse,
         network: Network,
     ) -> Result<AcceptedOffer, String> {
         check_network(network, offer.network).map_err(|e| e.to_string())?;
+        terms::check_offer(offer).map_err(|e| e.to_string())?;
         if offer.price_msat_per_wh > self.max_price_msat_per_wh {
             return Err(format!(
                 "price {} msat/Wh is above the policy's maximum of {} msat/Wh",
                 offer.price_msat_per_wh, self.max_price_msat_per_wh
             ));
         }
-        let offered = |scheme: v1::Scheme| offer.schemes.iter().find(|s| s.scheme == scheme as i32);
-        let Some((scheme, terms)) = self
+        let Some(scheme) = self
             .schemes
             .iter()
-            .map(|scheme| scheme.to_proto())
-            .find_map(|scheme| offered(scheme).map(|terms| (scheme, terms)))
+            .copied()
+            .find(|scheme| terms::offered(offer, *scheme).is_ok())
         else {
             return Err(format!(
                 "the socket offers none of the policy's schemes ({})",
@@ -98,18 +102,8 @@ impl Policy {
                     .join(", ")
             ));
         };
-        if scheme == v1::Scheme::Lightning
-            && (offer.lightning_node_id.len() != 33 || offer.lightning_address.is_empty())
-        {
-            return Err("the socket offers lightning without a node id and address".into());
-        }
-        if scheme == v1::Scheme::Spillman {
-            let terms = offer
-                .spillman
-                .as_ref()
-                .ok_or("the socket offers spillman without channel terms")?;
-            bitcoin::PublicKey::from_slice(&terms.socket_channel_key)
-                .map_err(|e| format!("the socket's channel key: {e}"))?;
+        if scheme == Scheme::Spillman {
+            let terms = terms::offered_spillman(offer).map_err(|e| e.to_string())?;
             if !(terms.min_lock_blocks..=terms.max_lock_blocks).contains(&self.spillman_lock_blocks)
             {
                 return Err(format!(
@@ -124,43 +118,33 @@ impl Policy {
                 ));
             }
         }
-        let script = ScriptBuf::from_bytes(offer.payout_script.clone());
-        let standard = script.is_p2wpkh()
-            || script.is_p2tr()
-            || script.is_p2wsh()
-            || script.is_p2pkh()
-            || script.is_p2sh();
-        if scheme != v1::Scheme::Lightning && !standard {
-            return Err("the payout script is not a standard output script".into());
-        }
         let quota = EnergyMwh(offer.quota_mwh);
-        if quota == EnergyMwh::ZERO {
-            return Err("the offer's quota is zero".into());
-        }
         let amount = quota_amount(PriceMsatPerWh(offer.price_msat_per_wh), quota)
             .map_err(|e| e.to_string())?;
-        if amount < Amount::from_sat(terms.min_payment_sat) {
-            return Err(format!(
-                "one quota costs {amount}, below the socket's own minimum"
-            ));
-        }
         if amount.to_sat() > self.max_session_sat {
             return Err(format!(
                 "one quota costs {amount}, above the session budget of {} sat",
                 self.max_session_sat
             ));
         }
-        let single_fee_max = Amount::from_sat(self.single_fee_max_sat.min(terms.max_amount_sat));
-        if scheme == v1::Scheme::SingleFee && single_fee_max < amount {
-            return Err(format!(
-                "a single-fee input set of at most {single_fee_max} cannot pay one quota of {amount}"
-            ));
-        }
+        let single_fee_max = match scheme {
+            Scheme::SingleFee => {
+                let offered = terms::offered_single_fee(offer).map_err(|e| e.to_string())?;
+                let max = Amount::from_sat(self.single_fee_max_sat.min(offered.max_amount_sat));
+                if max < amount {
+                    return Err(format!(
+                        "a single-fee input set of at most {max} cannot pay one quota of {amount}"
+                    ));
+                }
+                max
+            }
+            Scheme::Onchain | Scheme::Spillman | Scheme::Lightning => Amount::ZERO,
+        };
         Ok(AcceptedOffer {
             offer: offer.clone(),
             quota_amount: amount,
             quota,
-            scheme,
+            scheme: scheme.to_proto(),
             single_fee_max,
         })
     }
@@ -203,17 +187,26 @@ mod tests {
             network: v1::Network::Regtest as i32,
             price_msat_per_wh: 125_000,
             quota_mwh: 8_000,
-            payout_script: ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_raw_hash(
+            payout_script: bitcoin::ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_raw_hash(
                 bitcoin::hashes::Hash::all_zeros(),
             ))
             .to_bytes(),
             schemes: vec![v1::SchemeTerms {
                 scheme: v1::Scheme::Onchain as i32,
                 min_payment_sat: 546,
-                max_amount_sat: 0,
+                terms: Some(v1::scheme_terms::Terms::Onchain(v1::OnchainOfferTerms {})),
             }],
+            socket_identity_key: key(1).to_bytes(),
             ..Default::default()
         }
+    }
+
+    fn key(byte: u8) -> bitcoin::PublicKey {
+        bitcoin::PublicKey::new(
+            bitcoin::secp256k1::SecretKey::from_slice(&[byte; 32])
+                .unwrap()
+                .public_key(&bitcoin::secp256k1::Secp256k1::signing_only()),
+        )
     }
 
     #[test]
@@ -222,43 +215,45 @@ mod tests {
             schemes: vec![Scheme::Spillman],
             ..policy()
         };
-        let key = bitcoin::PublicKey::new(
-            bitcoin::secp256k1::SecretKey::from_slice(&[3; 32])
-                .unwrap()
-                .public_key(&bitcoin::secp256k1::Secp256k1::signing_only()),
-        );
-        let mut o = offer();
-        o.schemes[0].scheme = v1::Scheme::Spillman as i32;
-        assert!(p
-            .check_offer(&o, Network::Regtest)
-            .unwrap_err()
-            .contains("without channel terms"));
-        let terms = v1::SpillmanTerms {
-            socket_channel_key: key.to_bytes(),
+        let terms = v1::SpillmanOfferTerms {
+            socket_channel_key: key(3).to_bytes(),
             min_deposit_sat: 2_000,
             min_lock_blocks: 12,
             max_lock_blocks: 1_008,
             close_margin_blocks: 6,
         };
-        o.spillman = Some(terms.clone());
+        let with = |terms: v1::SpillmanOfferTerms| {
+            let mut o = offer();
+            o.schemes[0].scheme = v1::Scheme::Spillman as i32;
+            o.schemes[0].terms = Some(v1::scheme_terms::Terms::Spillman(terms));
+            o
+        };
         assert_eq!(
-            p.check_offer(&o, Network::Regtest).unwrap().scheme,
+            p.check_offer(&with(terms.clone()), Network::Regtest)
+                .unwrap()
+                .scheme,
             v1::Scheme::Spillman
         );
-        o.spillman = Some(v1::SpillmanTerms {
+        let mut bare = with(terms.clone());
+        bare.schemes[0].terms = None;
+        assert!(p
+            .check_offer(&bare, Network::Regtest)
+            .unwrap_err()
+            .contains("spillman without its terms"));
+        let short = v1::SpillmanOfferTerms {
             max_lock_blocks: 100,
             ..terms.clone()
-        });
+        };
         assert!(p
-            .check_offer(&o, Network::Regtest)
+            .check_offer(&with(short), Network::Regtest)
             .unwrap_err()
             .contains("the policy locks 144"));
-        o.spillman = Some(v1::SpillmanTerms {
+        let dear = v1::SpillmanOfferTerms {
             min_deposit_sat: 6_000,
             ..terms
-        });
+        };
         assert!(p
-            .check_offer(&o, Network::Regtest)
+            .check_offer(&with(dear), Network::Regtest)
             .unwrap_err()
             .contains("deposit of at least 6000 sat"));
     }

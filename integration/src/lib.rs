@@ -66,6 +66,17 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(dir.join(name))
 }
 
+/// The public key (33 bytes, compressed) of the secret key `[byte; 32]`: a valid key for the
+/// fake devices of the cheat tests (`byte` from 1).
+pub fn fake_public_key(byte: u8) -> Vec<u8> {
+    use bitcoin::secp256k1::{Secp256k1, SecretKey};
+    SecretKey::from_slice(&[byte; 32])
+        .expect("a secret key in range")
+        .public_key(&Secp256k1::signing_only())
+        .serialize()
+        .to_vec()
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

@@ -73,7 +73,7 @@ fn payout() -> ScriptBuf {
 impl FakeSocket {
     fn offer(&self) -> v1::GetOfferResponse {
         let mut offer = v1::GetOfferResponse {
-            socket_identity_key: vec![2; 33],
+            socket_identity_key: integration::fake_public_key(1),
             outlet_id: OUTLET.into(),
             network: match self.cheat {
                 Cheat::Network => v1::Network::Bitcoin as i32,
@@ -87,30 +87,25 @@ impl FakeSocket {
             schemes: vec![v1::SchemeTerms {
                 scheme: v1::Scheme::Onchain as i32,
                 min_payment_sat: 546,
-                max_amount_sat: 0,
+                terms: Some(v1::scheme_terms::Terms::Onchain(v1::OnchainOfferTerms {})),
             }],
             payout_script: payout().to_bytes(),
-            lightning_node_id: vec![],
-            lightning_address: String::new(),
-            lightning_keysend: false,
-            spillman: None,
         };
         if self.cheat.spillman() {
             offer.schemes = vec![v1::SchemeTerms {
                 scheme: v1::Scheme::Spillman as i32,
                 min_payment_sat: 546,
-                max_amount_sat: 0,
+                terms: Some(v1::scheme_terms::Terms::Spillman(v1::SpillmanOfferTerms {
+                    socket_channel_key: bitcoin::PublicKey::new(
+                        channel_secret().public_key(&bitcoin::secp256k1::Secp256k1::signing_only()),
+                    )
+                    .to_bytes(),
+                    min_deposit_sat: 2_000,
+                    min_lock_blocks: 12,
+                    max_lock_blocks: 1_008,
+                    close_margin_blocks: 6,
+                })),
             }];
-            offer.spillman = Some(v1::SpillmanTerms {
-                socket_channel_key: bitcoin::PublicKey::new(
-                    channel_secret().public_key(&bitcoin::secp256k1::Secp256k1::signing_only()),
-                )
-                .to_bytes(),
-                min_deposit_sat: 2_000,
-                min_lock_blocks: 12,
-                max_lock_blocks: 1_008,
-                close_margin_blocks: 6,
-            });
         }
         offer
     }

@@ -55,7 +55,11 @@ impl Cable {
             (link, terms)
         });
         self.link = Some(link);
-        let invoice: Bolt11Invoice = terms.bolt11_invoice.parse().unwrap();
+        let invoice: Bolt11Invoice = proto::terms::lightning_terms(&terms)
+            .unwrap()
+            .bolt11_invoice
+            .parse()
+            .unwrap();
         let id = self.ln.bolt11_payment().send(&invoice, None).unwrap();
         self.await_payment(id);
         self.wait_for("the first quota credited", |s| {
@@ -143,9 +147,10 @@ fn the_socket_credits_only_keysends_that_fit_the_session() {
     };
     let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
     let offer = socket.offer().unwrap();
-    assert!(offer.lightning_keysend);
+    let ln_offer = proto::terms::offered_lightning(&offer).unwrap();
+    assert!(ln_offer.keysend);
     let socket_id =
-        ln::ldk_node::bitcoin::secp256k1::PublicKey::from_slice(&offer.lightning_node_id).unwrap();
+        ln::ldk_node::bitcoin::secp256k1::PublicKey::from_slice(&ln_offer.node_id).unwrap();
 
     let ln = integration::ln_node(
         &bitcoind,
@@ -155,7 +160,7 @@ fn the_socket_credits_only_keysends_that_fit_the_session() {
     integration::fund_ln_node(&bitcoind, &ln, Amount::from_sat(300_000));
     ln.open_channel(
         socket_id,
-        offer.lightning_address.parse().unwrap(),
+        ln_offer.address.parse().unwrap(),
         200_000,
         None,
         None,

@@ -189,7 +189,13 @@ fn a_cable_that_never_pays_its_invoice_gets_nothing_and_is_locked_out() {
             .await
             .unwrap()
             .into_inner();
-        assert!(terms.bolt11_invoice.starts_with("lnbcrt"), "{terms:?}");
+        assert!(
+            proto::terms::lightning_terms(&terms)
+                .unwrap()
+                .bolt11_invoice
+                .starts_with("lnbcrt"),
+            "{terms:?}"
+        );
         assert_eq!(terms.amount_msat, 1_000_000);
         // An on-chain "payment" of a Lightning quota is refused without credit.
         let refused = client
@@ -397,8 +403,9 @@ fn through_a_hub_a_cable_pays_a_socket_it_has_no_channel_with() {
     };
     let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
     let offer = socket.offer().unwrap();
+    let ln_offer = proto::terms::offered_lightning(&offer).unwrap();
     let socket_id =
-        ln::ldk_node::bitcoin::secp256k1::PublicKey::from_slice(&offer.lightning_node_id).unwrap();
+        ln::ldk_node::bitcoin::secp256k1::PublicKey::from_slice(&ln_offer.node_id).unwrap();
     let hub = start_hub(&bitcoind, &dir.path().join("hub"));
     let hub_peer = format!(
         "{}@{}",
@@ -409,7 +416,7 @@ fn through_a_hub_a_cable_pays_a_socket_it_has_no_channel_with() {
     // The hub's announced channel to the socket (the socket's operator arranged it).
     hub.open_announced_channel(
         socket_id,
-        offer.lightning_address.parse().unwrap(),
+        ln_offer.address.parse().unwrap(),
         500_000,
         None,
         None,

@@ -50,7 +50,7 @@ impl Socket for FakeSocket {
         _: Request<v1::GetOfferRequest>,
     ) -> Result<Response<v1::GetOfferResponse>, Status> {
         Ok(Response::new(v1::GetOfferResponse {
-            socket_identity_key: vec![2; 33],
+            socket_identity_key: integration::fake_public_key(1),
             outlet_id: OUTLET.into(),
             network: v1::Network::Regtest as i32,
             price_msat_per_wh: 125_000,
@@ -58,12 +58,14 @@ impl Socket for FakeSocket {
             schemes: vec![v1::SchemeTerms {
                 scheme: v1::Scheme::Lightning as i32,
                 min_payment_sat: 1,
-                max_amount_sat: 0,
+                terms: Some(v1::scheme_terms::Terms::Lightning(
+                    v1::LightningOfferTerms {
+                        node_id: self.ln.node_id().serialize().to_vec(),
+                        address: self.address.clone(),
+                        keysend: false,
+                    },
+                )),
             }],
-            lightning_node_id: self.ln.node_id().serialize().to_vec(),
-            lightning_address: self.address.clone(),
-            lightning_keysend: false,
-            spillman: None,
             ..Default::default()
         }))
     }
@@ -137,8 +139,12 @@ impl Socket for FakeSocket {
             scheme: v1::Scheme::Lightning as i32,
             amount_msat: 1_000_000,
             quota_mwh: 8_000,
-            bolt11_invoice: bolt11,
-            ..Default::default()
+            payout_script: Vec::new(),
+            terms: Some(v1::power_request_response::Terms::Lightning(
+                v1::LightningPaymentTerms {
+                    bolt11_invoice: bolt11,
+                },
+            )),
         }))
     }
 

@@ -141,8 +141,9 @@ fn the_socket_refuses_cheating_single_fee_payments() {
                 .await
                 .unwrap();
             let first = power_request(&mut client, "").await;
+            let first_terms = proto::terms::single_fee_terms(&first).unwrap();
             assert!(
-                first.inputs.is_empty() && first.value_sat == 1_000,
+                first_terms.inputs.is_empty() && first_terms.value_sat == 1_000,
                 "{first:?}"
             );
             let payout = ScriptBuf::from_bytes(first.payout_script.clone());
@@ -166,7 +167,7 @@ fn the_socket_refuses_cheating_single_fee_payments() {
                 held = two.tx.clone();
                 next = power_request(&mut client, &first.session_id).await;
             }
-            let value = Amount::from_sat(next.value_sat);
+            let value = Amount::from_sat(proto::terms::single_fee_terms(&next).unwrap().value_sat);
             let crafted = match cheat {
                 CableCheat::OtherInputs => {
                     let (theirs, their_fee) = other
@@ -367,7 +368,7 @@ impl Socket for FakeSocket {
         _: Request<v1::GetOfferRequest>,
     ) -> Result<Response<v1::GetOfferResponse>, Status> {
         Ok(Response::new(v1::GetOfferResponse {
-            socket_identity_key: vec![2; 33],
+            socket_identity_key: integration::fake_public_key(1),
             outlet_id: OUTLET.into(),
             network: v1::Network::Regtest as i32,
             price_msat_per_wh: 125_000,
@@ -375,10 +376,13 @@ impl Socket for FakeSocket {
             schemes: vec![v1::SchemeTerms {
                 scheme: v1::Scheme::SingleFee as i32,
                 min_payment_sat: 546,
-                max_amount_sat: 5_000,
+                terms: Some(v1::scheme_terms::Terms::SingleFee(
+                    v1::SingleFeeOfferTerms {
+                        max_amount_sat: 5_000,
+                    },
+                )),
             }],
             payout_script: fake_payout().to_bytes(),
-            ..Default::default()
         }))
     }
 
@@ -402,19 +406,14 @@ impl Socket for FakeSocket {
         &self,
         _: Request<v1::PowerRequestRequest>,
     ) -> Result<Response<v1::PowerRequestResponse>, Status> {
-        let mut terms = v1::PowerRequestResponse {
-            session_id: "fake".into(),
-            payment_id: 1,
-            scheme: v1::Scheme::SingleFee as i32,
-            amount_msat: 1_000_000,
-            quota_mwh: 8_000,
-            payout_script: fake_payout().to_bytes(),
+        let mut payment_id = 1;
+        let mut terms = v1::SingleFeePaymentTerms {
             value_sat: 1_000,
             max_amount_sat: 5_000,
             ..Default::default()
         };
         if let Some((inputs, fee)) = self.set.lock().unwrap().clone() {
-            terms.payment_id = 2;
+            payment_id = 2;
             terms.value_sat = 2_000;
             terms.inputs = outpoints_to_proto(&inputs);
             terms.fee_sat = fee.to_sat();
@@ -429,7 +428,15 @@ impl Socket for FakeSocket {
                 SocketCheat::HigherFee => terms.fee_sat += 500,
             }
         }
-        Ok(Response::new(terms))
+        Ok(Response::new(v1::PowerRequestResponse {
+            session_id: "fake".into(),
+            payment_id,
+            scheme: v1::Scheme::SingleFee as i32,
+            amount_msat: 1_000_000,
+            quota_mwh: 8_000,
+            payout_script: fake_payout().to_bytes(),
+            terms: Some(v1::power_request_response::Terms::SingleFee(terms)),
+        }))
     }
 
     async fn open_channel(

@@ -42,7 +42,7 @@ async fn open_channel(
     payer: &mut Payer,
     height: u32,
 ) -> OpenChannel {
-    let terms = offer.spillman.as_ref().unwrap();
+    let terms = proto::terms::offered_spillman(offer).unwrap();
     let secret = SecretKey::new(&mut rand::thread_rng());
     let mut channel = Channel {
         cable_key: PublicKey::new(secret.public_key(&Secp256k1::signing_only())),
@@ -120,7 +120,9 @@ async fn pay(
         })
         .await?
         .into_inner();
-    let tx = make(Amount::from_sat(terms.value_sat));
+    let tx = make(Amount::from_sat(
+        proto::terms::spillman_terms(&terms).unwrap().value_sat,
+    ));
     let signature = open.channel.sign(&tx, key).unwrap();
     let mut psbt = Psbt::from_unsigned_tx(tx).unwrap();
     psbt.inputs[0]

@@ -7,6 +7,7 @@
 //! - [`Scheme`]: the payment schemes by name, parsed and printed in one place.
 //! - [`units`]: energy, power, price and amount newtypes with checked arithmetic.
 //! - [`errors`]: error statuses with a reason code (`ErrorReason`) clients act on.
+//! - [`terms`]: the shape of offers and of each scheme's terms (`oneof terms`), checked.
 //! - [`rules`]: the checks of the `onchain` scheme's terms and payments.
 //! - [`single_fee`]: the input sets of the `single-fee` scheme, seller and buyer side.
 //! - [`spillman`]: the deposit, refund and payments of the `spillman` payment channel.
@@ -21,6 +22,7 @@ pub mod rules;
 pub mod scheme;
 pub mod single_fee;
 pub mod spillman;
+pub mod terms;
 pub mod units;
 
 pub use scheme::Scheme;

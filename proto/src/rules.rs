@@ -97,6 +97,18 @@ pub enum RuleError {
         /// What this one pays out (or asks as fee).
         got: Amount,
     },
+    /// An offer or a reply breaks a rule of its shape in socket.proto (a scheme without its
+    /// terms, a key that does not parse, a zero quota, ...).
+    #[error("malformed {message}: {reason}")]
+    Malformed {
+        /// Which message: "offer", "terms".
+        message: &'static str,
+        /// The rule broken.
+        reason: String,
+    },
+    /// The offer does not offer this scheme.
+    #[error("scheme {0} is not offered")]
+    NotOffered(String),
     /// The PSBT bytes do not decode, or the PSBT is not finalized.
     #[error("bad PSBT: {0}")]
     Psbt(String),
@@ -147,25 +159,24 @@ pub struct OnchainTerms {
     pub quota: EnergyMwh,
 }
 
-/// The smallest `onchain` payment the offer accepts (zero when it names none).
-pub fn onchain_min_payment(offer: &v1::GetOfferResponse) -> Amount {
-    offer
-        .schemes
-        .iter()
-        .find(|s| s.scheme == v1::Scheme::Onchain as i32)
-        .map_or(Amount::ZERO, |s| Amount::from_sat(s.min_payment_sat))
-}
-
-/// The cable's check of a `PowerRequest` reply against the offer it accepted: scheme `onchain`,
-/// the offer's payout script and quota, amount = price × quota ([`quota_amount`]), at least the
-/// scheme's smallest payment. Returns the terms to pay.
+/// The cable's check of a `PowerRequest` reply against the offer it accepted: scheme `onchain`
+/// with its terms, then [`check_quota`]. Returns the terms to pay.
 pub fn check_terms(
     offer: &v1::GetOfferResponse,
     terms: &v1::PowerRequestResponse,
 ) -> Result<OnchainTerms, RuleError> {
-    if terms.scheme != v1::Scheme::Onchain as i32 {
-        return Err(RuleError::Scheme(terms.scheme));
-    }
+    crate::terms::onchain_terms(terms)?;
+    check_quota(offer, terms, crate::Scheme::Onchain)
+}
+
+/// The part of a reply every on-chain scheme shares, checked against the offer: the offer's
+/// payout script and quota, amount = price × quota ([`quota_amount`]), at least the smallest
+/// payment of `scheme` in the offer. Returns the script, amount (per quota) and quota.
+pub fn check_quota(
+    offer: &v1::GetOfferResponse,
+    terms: &v1::PowerRequestResponse,
+    scheme: crate::Scheme,
+) -> Result<OnchainTerms, RuleError> {
     if terms.payout_script != offer.payout_script {
         return Err(RuleError::PayoutScript {
             expected: hex_of(&offer.payout_script),
@@ -187,7 +198,7 @@ pub fn check_terms(
             got_msat: terms.amount_msat,
         });
     }
-    let min = onchain_min_payment(offer);
+    let min = Amount::from_sat(crate::terms::offered(offer, scheme)?.min_payment_sat);
     if amount < min {
         return Err(RuleError::BelowMinimum { amount, min });
     }
@@ -258,7 +269,7 @@ mod tests {
             schemes: vec![v1::SchemeTerms {
                 scheme: v1::Scheme::Onchain as i32,
                 min_payment_sat: 546,
-                max_amount_sat: 0,
+                terms: Some(v1::scheme_terms::Terms::Onchain(v1::OnchainOfferTerms {})),
             }],
             ..Default::default()
         }
@@ -272,7 +283,9 @@ mod tests {
             amount_msat: 1_000_000,
             quota_mwh: offer.quota_mwh,
             payout_script: offer.payout_script.clone(),
-            ..Default::default()
+            terms: Some(v1::power_request_response::Terms::Onchain(
+                v1::OnchainPaymentTerms {},
+            )),
         }
     }
 

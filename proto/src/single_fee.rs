@@ -202,18 +202,19 @@ impl BuyerSet {
     /// increment and maximum, exactly one increment above the highest value signed (never lower,
     /// equal, or a bigger jump), at most the maximum, the set's inputs and fee. Returns the value
     /// to sign.
-    pub fn check_next(&self, terms: &v1::PowerRequestResponse) -> Result<Amount, RuleError> {
-        if terms.payout_script != self.terms.payout_script.as_bytes() {
+    pub fn check_next(&self, reply: &v1::PowerRequestResponse) -> Result<Amount, RuleError> {
+        let terms = crate::terms::single_fee_terms(reply)?;
+        if reply.payout_script != self.terms.payout_script.as_bytes() {
             return Err(RuleError::PayoutScript {
                 expected: self.terms.payout_script.to_hex_string(),
-                got: ScriptBuf::from_bytes(terms.payout_script.clone()).to_hex_string(),
+                got: ScriptBuf::from_bytes(reply.payout_script.clone()).to_hex_string(),
             });
         }
         let increment_msat = self.terms.increment.to_sat() * 1_000;
-        if terms.amount_msat != increment_msat {
+        if reply.amount_msat != increment_msat {
             return Err(RuleError::Amount {
                 expected_msat: increment_msat,
-                got_msat: terms.amount_msat,
+                got_msat: reply.amount_msat,
             });
         }
         let value = Amount::from_sat(terms.value_sat);
@@ -345,49 +346,60 @@ mod tests {
             fee: Amount::from_sat(300),
             highest: Amount::from_sat(2_000),
         };
-        let honest = v1::PowerRequestResponse {
-            scheme: v1::Scheme::SingleFee as i32,
-            amount_msat: 1_000_000,
-            payout_script: payout().to_bytes(),
+        let honest_terms = v1::SingleFeePaymentTerms {
             value_sat: 3_000,
             max_amount_sat: 5_000,
             inputs: outpoints_to_proto(&[outpoint(2), outpoint(1)]),
             fee_sat: 300,
+        };
+        let reply = |terms: v1::SingleFeePaymentTerms| v1::PowerRequestResponse {
+            scheme: v1::Scheme::SingleFee as i32,
+            amount_msat: 1_000_000,
+            payout_script: payout().to_bytes(),
+            terms: Some(v1::power_request_response::Terms::SingleFee(terms)),
             ..Default::default()
         };
+        let honest = reply(honest_terms.clone());
+        let with = |change: fn(&mut v1::SingleFeePaymentTerms)| {
+            let mut terms = honest_terms.clone();
+            change(&mut terms);
+            reply(terms)
+        };
         assert_eq!(buyer.check_next(&honest), Ok(Amount::from_sat(3_000)));
-        let mut jump = honest.clone();
-        jump.value_sat = 4_000;
         assert!(matches!(
-            buyer.check_next(&jump),
+            buyer.check_next(&with(|t| t.value_sat = 4_000)),
             Err(RuleError::Value { .. })
         ));
-        let mut lower = honest.clone();
-        lower.value_sat = 2_000;
         assert!(matches!(
-            buyer.check_next(&lower),
+            buyer.check_next(&with(|t| t.value_sat = 2_000)),
             Err(RuleError::Value { .. })
         ));
-        let mut inputs = honest.clone();
-        inputs.inputs = outpoints_to_proto(&[outpoint(1), outpoint(3)]);
         assert!(matches!(
-            buyer.check_next(&inputs),
+            buyer.check_next(&with(
+                |t| t.inputs = outpoints_to_proto(&[outpoint(1), outpoint(3)])
+            )),
             Err(RuleError::Inputs(_))
         ));
-        let mut fee = honest.clone();
-        fee.fee_sat = 400;
-        assert!(matches!(buyer.check_next(&fee), Err(RuleError::Fee { .. })));
+        assert!(matches!(
+            buyer.check_next(&with(|t| t.fee_sat = 400)),
+            Err(RuleError::Fee { .. })
+        ));
+        assert!(matches!(
+            buyer.check_next(&with(|t| t.max_amount_sat = 9_000)),
+            Err(RuleError::AboveMax { .. })
+        ));
+        // Terms of another scheme, or none, are refused before anything else.
+        let mut bare = honest.clone();
+        bare.terms = None;
+        assert!(matches!(
+            buyer.check_next(&bare),
+            Err(RuleError::Malformed { .. })
+        ));
         let mut payout_elsewhere = honest.clone();
         payout_elsewhere.payout_script = change().to_bytes();
         assert!(matches!(
             buyer.check_next(&payout_elsewhere),
             Err(RuleError::PayoutScript { .. })
-        ));
-        let mut past_max = honest.clone();
-        past_max.max_amount_sat = 9_000;
-        assert!(matches!(
-            buyer.check_next(&past_max),
-            Err(RuleError::AboveMax { .. })
         ));
     }
 

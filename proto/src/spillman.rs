@@ -69,6 +69,9 @@ pub enum SpillmanError {
     /// A signature that does not verify against the key and the transaction.
     #[error("bad signature by the {0}")]
     Signature(&'static str),
+    /// The channel breaks the socket's offered terms (deposit, scripts, fee).
+    #[error("{0}")]
+    Terms(String),
     /// A key or descriptor miniscript refuses.
     #[error("descriptor: {0}")]
     Descriptor(String),
@@ -124,6 +127,51 @@ impl Channel {
                 min,
                 max,
             });
+        }
+        Ok(())
+    }
+
+    /// Check a proposed channel against the socket's offered terms (socket.proto
+    /// `SpillmanOfferTerms`, `OpenChannelRequest`): the socket's key is the offer's, the deposit
+    /// at least `min_deposit_sat`, the cable's script a segwit output (so that no signed
+    /// transaction of the channel can be malleated, seed 003 "Protocol Peculiarities"), the
+    /// refund's lock height `tip + min_lock_blocks ..= tip + max_lock_blocks`, and the fee at
+    /// least `min_fee_rate_sat_per_vb` × the largest channel transaction's vsize so that the
+    /// refund and every payment get relayed. The cable runs it on its own proposal, the socket
+    /// on what it receives. Errors: [`SpillmanError::Terms`], [`SpillmanError::LockHeight`].
+    pub fn check_terms(
+        &self,
+        terms: &crate::v1::SpillmanOfferTerms,
+        tip: u32,
+        min_fee_rate_sat_per_vb: u64,
+    ) -> Result<(), SpillmanError> {
+        if self.socket_key.to_bytes() != terms.socket_channel_key {
+            return Err(SpillmanError::Terms(
+                "the socket's channel key is not the offer's".into(),
+            ));
+        }
+        let min_deposit = Amount::from_sat(terms.min_deposit_sat);
+        if self.deposit_value < min_deposit {
+            return Err(SpillmanError::Terms(format!(
+                "deposit {} is below the minimum of {min_deposit}",
+                self.deposit_value
+            )));
+        }
+        if !self.cable_script.is_witness_program() {
+            return Err(SpillmanError::Terms(
+                "the cable's script is not a segwit output".into(),
+            ));
+        }
+        self.check_lock_height(
+            tip.saturating_add(terms.min_lock_blocks),
+            tip.saturating_add(terms.max_lock_blocks),
+        )?;
+        let min_fee = self.fee_at(min_fee_rate_sat_per_vb)?;
+        if self.fee < min_fee {
+            return Err(SpillmanError::Terms(format!(
+                "fee {} is below {min_fee_rate_sat_per_vb} sat/vB ({min_fee})",
+                self.fee
+            )));
         }
         Ok(())
     }

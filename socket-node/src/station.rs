@@ -270,7 +270,28 @@ impl Station {
 /// What `GetOffer` answers for `outlet`, but for the payout script (the outlet's current
 /// payout address, filled in per request).
 fn offer_of(shared: &Shared, outlet: &OutletConfig, keys: &NodeKeys) -> v1::GetOfferResponse {
+    use v1::scheme_terms::Terms;
     let config = &shared.config;
+    let terms_of = |scheme: &Scheme| match scheme {
+        Scheme::Onchain => Terms::Onchain(v1::OnchainOfferTerms {}),
+        Scheme::SingleFee => Terms::SingleFee(v1::SingleFeeOfferTerms {
+            max_amount_sat: outlet.single_fee_max_sat,
+        }),
+        Scheme::Spillman => Terms::Spillman(crate::seller::spillman::offer_terms(shared, outlet)),
+        Scheme::Lightning => Terms::Lightning(v1::LightningOfferTerms {
+            node_id: shared
+                .ln
+                .as_ref()
+                .map(|n| n.node_id().serialize().to_vec())
+                .unwrap_or_default(),
+            address: config
+                .lightning
+                .as_ref()
+                .map(|l| l.listen.to_string())
+                .unwrap_or_default(),
+            keysend: config.lightning.as_ref().is_some_and(|l| l.keysend),
+        }),
+    };
     v1::GetOfferResponse {
         socket_identity_key: keys.identity_key().to_bytes(),
         outlet_id: outlet.id.clone(),
@@ -283,34 +304,10 @@ fn offer_of(shared: &Shared, outlet: &OutletConfig, keys: &NodeKeys) -> v1::GetO
             .map(|scheme| v1::SchemeTerms {
                 scheme: scheme.to_proto() as i32,
                 min_payment_sat: outlet.min_payment_sat,
-                max_amount_sat: match scheme {
-                    Scheme::SingleFee => outlet.single_fee_max_sat,
-                    Scheme::Onchain | Scheme::Lightning | Scheme::Spillman => 0,
-                },
+                terms: Some(terms_of(scheme)),
             })
             .collect(),
         payout_script: Vec::new(),
-        lightning_node_id: shared
-            .ln
-            .as_ref()
-            .map(|n| n.node_id().serialize().to_vec())
-            .unwrap_or_default(),
-        lightning_address: config
-            .lightning
-            .as_ref()
-            .map(|l| l.listen.to_string())
-            .unwrap_or_default(),
-        lightning_keysend: config.lightning.as_ref().is_some_and(|l| l.keysend),
-        spillman: outlet.schemes.contains(&Scheme::Spillman).then(|| {
-            let terms = &outlet.spillman;
-            v1::SpillmanTerms {
-                socket_channel_key: crate::seller::spillman::socket_key(shared).to_bytes(),
-                min_deposit_sat: terms.min_deposit_sat,
-                min_lock_blocks: terms.min_lock_blocks,
-                max_lock_blocks: terms.max_lock_blocks,
-                close_margin_blocks: terms.close_margin_blocks,
-            }
-        }),
     }
 }
 

@@ -57,9 +57,10 @@ impl Cable {
             .cost_of(accepted.quota)
             .map_err(|e| refuse(e.to_string()))?
             .0;
-        if terms.scheme != v1::Scheme::Lightning as i32 {
-            return Err(refuse(format!("scheme {} is not lightning", terms.scheme)));
-        }
+        let bolt11 = &proto::terms::lightning_terms(terms)
+            .map_err(|e| refuse(e.to_string()))?
+            .bolt11_invoice;
+        let ln_offer = proto::terms::offered_lightning(offer).map_err(|e| refuse(e.to_string()))?;
         if terms.quota_mwh != offer.quota_mwh || terms.amount_msat != expected_msat {
             return Err(refuse(format!(
                 "{} msat for {} mWh is not price x quota = {expected_msat} msat for {} mWh",
@@ -83,12 +84,9 @@ impl Cable {
             .filter(|(_, status)| status == "sending")
             .map(|(hash, _)| hash);
         let store = &self.store;
-        let invoice = ln::check_invoice(
-            &terms.bolt11_invoice,
-            &offer.lightning_node_id,
-            expected_msat,
-            |hash| recorded.as_deref() != Some(hash) && store.ln_hash_used(hash).unwrap_or(true),
-        )
+        let invoice = ln::check_invoice(bolt11, &ln_offer.node_id, expected_msat, |hash| {
+            recorded.as_deref() != Some(hash) && store.ln_hash_used(hash).unwrap_or(true)
+        })
         .map_err(|e| refuse(e.to_string()))?;
         let hash = ln::payment_hash_hex(&invoice);
         if recorded.as_deref().is_some_and(|r| r != hash) {
@@ -123,7 +121,7 @@ impl Cable {
         session: &mut Session,
     ) -> Result<bool, CableError> {
         if accepted.scheme != v1::Scheme::Lightning
-            || !accepted.offer.lightning_keysend
+            || !proto::terms::offered_lightning(&accepted.offer).is_ok_and(|t| t.keysend)
             || !self.config.lightning.keysend
             || session.id.is_empty()
         {
@@ -172,7 +170,9 @@ impl Cable {
             _ => return Ok(false),
         };
         let hash = PaymentHash::from(PaymentPreimage(preimage)).to_string();
-        let socket = crate::lightning::peer_of(&offer.lightning_node_id, &offer.lightning_address)?;
+        let ln_offer = proto::terms::offered_lightning(offer)
+            .map_err(|e| CableError::RefusedSocket(e.to_string()))?;
+        let socket = crate::lightning::peer_of(&ln_offer.node_id, &ln_offer.address)?;
         let record = ln::SessionRecord {
             session_id: session.id.clone(),
             payment_id,

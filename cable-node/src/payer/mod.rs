@@ -246,8 +246,9 @@ impl Cable {
         if accepted.scheme == v1::Scheme::Lightning {
             // The channel is ready before plugging in: no session waits for confirmations.
             let ln = self.lightning()?;
-            let socket =
-                crate::lightning::peer_of(&offer.lightning_node_id, &offer.lightning_address)?;
+            let terms = proto::terms::offered_lightning(&offer)
+                .map_err(|e| CableError::RefusedSocket(e.to_string()))?;
+            let socket = crate::lightning::peer_of(&terms.node_id, &terms.address)?;
             let amount_msat = PriceMsatPerWh(offer.price_msat_per_wh)
                 .cost_of(accepted.quota)
                 .map_err(anyhow::Error::from)?

@@ -4,9 +4,10 @@
 
 use anyhow::Context;
 use bitcoin::Amount;
-use proto::rules::check_terms;
+use proto::rules::check_quota;
 use proto::single_fee::{value_paid, BuyerSet, SetTerms};
 use proto::v1;
+use proto::Scheme;
 
 use super::{Cable, CableError, Payer, PaymentReport, Session};
 use crate::policy::AcceptedOffer;
@@ -38,9 +39,8 @@ impl Cable {
         accepted: &AcceptedOffer,
     ) -> Result<SignedRecord, CableError> {
         let refuse = |e: proto::rules::RuleError| CableError::RefusedSocket(format!("terms: {e}"));
-        if terms.scheme != v1::Scheme::SingleFee as i32 {
-            return Err(refuse(proto::rules::RuleError::Scheme(terms.scheme)));
-        }
+        let reply = terms;
+        let terms = proto::terms::single_fee_terms(reply).map_err(refuse)?;
         let increment = accepted.quota_amount;
         let current = self
             .store
@@ -49,14 +49,7 @@ impl Cable {
         if terms.inputs.is_empty() {
             // The socket starts a new input set: exactly one increment, no fee fixed yet, a
             // maximum within the policy.
-            let checked = check_terms(
-                &accepted.offer,
-                &v1::PowerRequestResponse {
-                    scheme: v1::Scheme::Onchain as i32,
-                    ..terms.clone()
-                },
-            )
-            .map_err(refuse)?;
+            let checked = check_quota(&accepted.offer, reply, Scheme::SingleFee).map_err(refuse)?;
             let value = Amount::from_sat(terms.value_sat);
             if value != increment || terms.fee_sat != 0 {
                 return Err(refuse(proto::rules::RuleError::Value {
@@ -100,9 +93,9 @@ impl Cable {
                 increment,
                 payout_script: payout,
                 highest: value,
-                highest_payment_id: terms.payment_id,
+                highest_payment_id: reply.payment_id,
             };
-            let record = Self::record_of(terms.payment_id, increment, &signed);
+            let record = Self::record_of(reply.payment_id, increment, &signed);
             self.store
                 .open_set(&set, &record)
                 .context("storing the input set")?;
@@ -124,14 +117,14 @@ impl Cable {
             fee: set.fee,
             highest: set.highest,
         };
-        let value = buyer.check_next(terms).map_err(refuse)?;
+        let value = buyer.check_next(reply).map_err(refuse)?;
         let signed = tokio::task::block_in_place(|| {
             self.wallet
                 .pay_from(&set.inputs, &set.payout_script, value, set.fee)
         })
         .map_err(anyhow::Error::from)?;
         Self::check_pays(&signed.tx, &set.payout_script, value)?;
-        let record = Self::record_of(terms.payment_id, increment, &signed);
+        let record = Self::record_of(reply.payment_id, increment, &signed);
         self.store
             .raise_set(&set, value, &record)
             .context("storing the raised value")?;

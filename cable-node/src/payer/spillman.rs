@@ -53,11 +53,8 @@ pub async fn open(
     store: &CableStore,
 ) -> Result<(String, bitcoin::Transaction), CableError> {
     let refuse = |reason: String| CableError::RefusedSocket(format!("channel: {reason}"));
-    let terms = accepted
-        .offer
-        .spillman
-        .as_ref()
-        .ok_or_else(|| refuse("no channel terms".into()))?;
+    let terms =
+        proto::terms::offered_spillman(&accepted.offer).map_err(|e| refuse(e.to_string()))?;
     let socket_key =
         PublicKey::from_slice(&terms.socket_channel_key).map_err(|e| refuse(e.to_string()))?;
     let secret = SecretKey::new(&mut rand::thread_rng());
@@ -99,6 +96,11 @@ pub async fn open(
         .position(|o| o.script_pubkey == script)
         .context("the deposit pays no 2-of-2 output")?;
     channel.deposit = OutPoint::new(deposit.compute_txid(), vout as u32);
+    // The channel proposed must pass the check the socket runs (at the relay minimum fee rate;
+    // the socket may ask for more).
+    channel
+        .check_terms(terms, tip, 1)
+        .map_err(|e| anyhow::anyhow!("the channel built breaks the offer's terms: {e}"))?;
     let refund = channel.refund().map_err(|e| anyhow::anyhow!("{e}"))?;
     let deposit_txid = channel.deposit.txid.to_string();
     store
@@ -228,9 +230,9 @@ pub fn sign_payment(
     accepted: &AcceptedOffer,
 ) -> Result<SignedRecord, CableError> {
     let refuse = |reason: String| CableError::RefusedSocket(format!("terms: {reason}"));
-    if terms.scheme != v1::Scheme::Spillman as i32 {
-        return Err(refuse(format!("scheme {} is not spillman", terms.scheme)));
-    }
+    let value_sat = proto::terms::spillman_terms(terms)
+        .map_err(|e| refuse(e.to_string()))?
+        .value_sat;
     if terms.quota_mwh != accepted.quota.0
         || terms.amount_msat != accepted.quota_amount.to_sat() * 1_000
     {
@@ -245,10 +247,9 @@ pub fn sign_payment(
         .ok_or_else(|| anyhow::anyhow!("session {session_id} has no channel"))?;
     let committed = store.committed(session_id).context("reading the store")?;
     let total = committed + accepted.quota_amount;
-    if terms.value_sat != total.to_sat() {
+    if value_sat != total.to_sat() {
         return Err(refuse(format!(
-            "total {} sat is not one quota above the {committed} paid",
-            terms.value_sat
+            "total {value_sat} sat is not one quota above the {committed} paid"
         )));
     }
     let channel = &stored.channel;

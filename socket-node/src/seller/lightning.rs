@@ -112,8 +112,11 @@ fn reply(
         amount_msat,
         quota_mwh: terms.quota.0,
         payout_script: Vec::new(),
-        bolt11_invoice: bolt11,
-        ..Default::default()
+        terms: Some(v1::power_request_response::Terms::Lightning(
+            v1::LightningPaymentTerms {
+                bolt11_invoice: bolt11,
+            },
+        )),
     })
 }
 

@@ -43,7 +43,9 @@ fn reply(issued: Issued) -> v1::PowerRequestResponse {
         amount_msat: terms.amount.to_sat() * 1_000,
         quota_mwh: terms.quota.0,
         payout_script: issued.payout_script.to_bytes(),
-        ..Default::default()
+        terms: Some(v1::power_request_response::Terms::Onchain(
+            v1::OnchainPaymentTerms {},
+        )),
     }
 }
 

@@ -144,11 +144,14 @@ fn reply(
         amount_msat: terms.amount.to_sat() * 1_000,
         quota_mwh: terms.quota.0,
         payout_script: set.seller.terms().payout_script.to_bytes(),
-        value_sat: value.to_sat(),
-        max_amount_sat: set.seller.terms().max.to_sat(),
-        inputs: outpoints_to_proto(&set.seller.inputs()),
-        fee_sat: set.fee.map_or(0, |f| f.to_sat()),
-        bolt11_invoice: String::new(),
+        terms: Some(v1::power_request_response::Terms::SingleFee(
+            v1::SingleFeePaymentTerms {
+                value_sat: value.to_sat(),
+                max_amount_sat: set.seller.terms().max.to_sat(),
+                inputs: outpoints_to_proto(&set.seller.inputs()),
+                fee_sat: set.fee.map_or(0, |f| f.to_sat()),
+            },
+        )),
     })
 }
 

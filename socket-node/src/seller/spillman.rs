@@ -14,6 +14,7 @@ use proto::spillman::Channel;
 use proto::v1::{self, OutletState};
 
 use super::{Issued, Refusal, Seller, SellerContext};
+use crate::config::OutletConfig;
 use crate::outlet::Outlets;
 use crate::shared::Shared;
 use crate::store::StoredTerms;
@@ -48,6 +49,19 @@ impl Seller for Spillman {
     }
 }
 
+/// The channel terms `outlet` offers (socket.proto `SpillmanOfferTerms`): the socket's channel
+/// key and the outlet's `[outlets.spillman]` limits.
+pub(crate) fn offer_terms(shared: &Shared, outlet: &OutletConfig) -> v1::SpillmanOfferTerms {
+    let terms = &outlet.spillman;
+    v1::SpillmanOfferTerms {
+        socket_channel_key: socket_key(shared).to_bytes(),
+        min_deposit_sat: terms.min_deposit_sat,
+        min_lock_blocks: terms.min_lock_blocks,
+        max_lock_blocks: terms.max_lock_blocks,
+        close_margin_blocks: terms.close_margin_blocks,
+    }
+}
+
 /// Step 7: check the channel the cable proposes and sign its refund. The session is opened by
 /// the caller; the channel is stored before the signature leaves.
 pub(crate) async fn open(
@@ -56,7 +70,6 @@ pub(crate) async fn open(
     payout_script: ScriptBuf,
     request: &v1::OpenChannelRequest,
 ) -> Result<v1::OpenChannelResponse, String> {
-    let terms = &cx.outlet.config.spillman;
     let cable_key = PublicKey::from_slice(&request.cable_channel_key)
         .map_err(|e| format!("cable channel key: {e}"))?;
     let channel = Channel {
@@ -75,32 +88,18 @@ pub(crate) async fn open(
         cable_script: ScriptBuf::from_bytes(request.cable_script.clone()),
         socket_script: payout_script,
     };
-    if channel.deposit_value < Amount::from_sat(terms.min_deposit_sat) {
-        return Err(format!(
-            "deposit {} is below the minimum of {} sat",
-            channel.deposit_value, terms.min_deposit_sat
-        ));
-    }
-    if !channel.cable_script.is_witness_program() {
-        return Err("the cable's script is not a segwit output".into());
-    }
     let tip = cx
         .with_chain(|shared| shared.chain.height())
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
+    let terms = offer_terms(cx.shared, &cx.outlet.config);
     channel
-        .check_lock_height(tip + terms.min_lock_blocks, tip + terms.max_lock_blocks)
+        .check_terms(&terms, tip, cx.outlet.config.min_fee_rate_sat_per_vb)
         .map_err(|e| e.to_string())?;
     let refund: Transaction =
         encode::deserialize(&request.refund_tx).map_err(|e| format!("refund transaction: {e}"))?;
     channel.check_refund(&refund).map_err(|e| e.to_string())?;
-    // The fee must get the refund and every payment relayed.
-    let min_rate = cx.outlet.config.min_fee_rate_sat_per_vb;
-    let min_fee = channel.fee_at(min_rate).map_err(|e| e.to_string())?;
-    if channel.fee < min_fee {
-        return Err(format!("fee {} is below {min_rate} sat/vB", channel.fee));
-    }
     cx.shared
         .store()
         .propose_channel(session_id, &channel)
@@ -223,8 +222,11 @@ fn reply(
         amount_msat: terms.amount.to_sat() * 1_000,
         quota_mwh: terms.quota.0,
         payout_script: stored.channel.socket_script.to_bytes(),
-        value_sat: total.to_sat(),
-        ..Default::default()
+        terms: Some(v1::power_request_response::Terms::Spillman(
+            v1::SpillmanPaymentTerms {
+                value_sat: total.to_sat(),
+            },
+        )),
     })
 }
 
