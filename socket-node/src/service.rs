@@ -16,6 +16,7 @@ use crate::outlet::{OutletHandle, OutletTask};
 use crate::seller::{seller_of, spillman, Issued, SellerContext};
 use crate::shared::Shared;
 use crate::station::Station;
+use crate::store::PaymentStatus;
 use proto::Scheme;
 
 /// The tonic service over a running [`Station`].
@@ -141,7 +142,7 @@ impl Socket for SocketService {
             .store()
             .payment(session_id, payment_id)
             .map_err(SocketError::internal)?;
-        if let Some(payment) = recorded.filter(|p| p.status != "failed") {
+        if let Some(payment) = recorded.filter(|p| p.status != PaymentStatus::Failed) {
             let state = outlet.snapshot().await?.0.state;
             return Ok(Response::new(v1::PayTransactionResponse {
                 txid: payment.tx.compute_txid().to_string(),
@@ -158,12 +159,11 @@ impl Socket for SocketService {
                     "no terms were issued for payment {payment_id} of session {session_id}"
                 ))
             })?;
-        // A session's scheme is stored by name; the Lightning seller refuses PayTransaction.
+        // The Lightning seller refuses PayTransaction.
         let scheme = shared
             .store()
             .session_scheme(session_id)
             .map_err(SocketError::internal)?
-            .and_then(|name| name.parse::<Scheme>().ok())
             .ok_or_else(|| SocketError::internal(format!("session {session_id} has no scheme")))?;
         // One payment of a session at a time: each builds on the one before. No lock is held
         // while it is checked: the outlet only marks it in flight.
@@ -292,7 +292,7 @@ fn issue_terms(
             .store()
             .session_scheme(&request.session_id)
             .map_err(SocketError::internal)?;
-        if stored.as_deref() != Some(scheme.name()) {
+        if stored != Some(scheme) {
             return Err(SocketError::wrong_state(format!(
                 "session {} does not pay with {}",
                 request.session_id,
@@ -320,7 +320,7 @@ fn issue_terms(
         let paid_on_chain = store
             .payment(&session_id, last_payment_id)
             .map_err(SocketError::internal)?
-            .is_some_and(|p| p.status != "failed");
+            .is_some_and(|p| p.status != PaymentStatus::Failed);
         let paid_over_ln = store
             .ln_payment_received(&session_id, last_payment_id)
             .map_err(SocketError::internal)?;

@@ -18,7 +18,7 @@ use wallet::onchain::NodeWallet;
 use crate::config::{OutletConfig, SocketConfig};
 use crate::outlet::{OutletHandle, Outlets};
 use crate::shared::{Settle, Shared};
-use crate::store::Store;
+use crate::store::{PaymentStatus, SetStatus, Store};
 use proto::Scheme;
 
 /// How often the settler looks at held sets, broadcast transactions and channels when it has
@@ -181,17 +181,17 @@ impl Station {
             .flatten()
             .unwrap_or_default();
         let Some(tx) = tx else {
-            let _ = store().close_set(&session_id, index, "empty", None);
+            let _ = store().close_set(&session_id, index, SetStatus::Empty, None);
             return;
         };
         let (status, txid, detail) = match self.shared.chain.broadcast(&tx) {
             Ok(txid) => {
                 tracing::info!(session = %session_id, set = index, %txid, "input set broadcast");
-                ("broadcast", Some(txid), txid.to_string())
+                (SetStatus::Broadcast, Some(txid), txid.to_string())
             }
             Err(e) => {
                 tracing::warn!(session = %session_id, set = index, "input set failed: {e}");
-                ("failed", None, e.to_string())
+                (SetStatus::Failed, None, e.to_string())
             }
         };
         let store = store();
@@ -319,11 +319,19 @@ fn rebroadcast(store: &Store, chain: &Chain) -> anyhow::Result<()> {
         match chain.broadcast(&payment.tx) {
             Ok(_) => {
                 tracing::info!(%txid, session = %payment.session_id, "broadcast after restart");
-                store.set_payment_status(&payment.session_id, payment.payment_id, "broadcast")?;
+                store.set_payment_status(
+                    &payment.session_id,
+                    payment.payment_id,
+                    PaymentStatus::Broadcast,
+                )?;
             }
             Err(e) => {
                 tracing::warn!(%txid, "payment failed on rebroadcast: {e}");
-                store.set_payment_status(&payment.session_id, payment.payment_id, "failed")?;
+                store.set_payment_status(
+                    &payment.session_id,
+                    payment.payment_id,
+                    PaymentStatus::Failed,
+                )?;
                 let outlet_id = store
                     .session_outlet(&payment.session_id)?
                     .unwrap_or_default();

@@ -417,10 +417,10 @@ impl OutletTask {
         self.machine
             .open_session(id.to_owned(), now, meter)
             .map_err(SocketError::wrong_state)?;
-        if let Err(e) =
-            self.shared
-                .store()
-                .open_session(id, &self.config.id, scheme.name(), &payout)
+        if let Err(e) = self
+            .shared
+            .store()
+            .open_session(id, &self.config.id, scheme, &payout)
         {
             // Not stored: not opened.
             self.machine.abandon(id, "not stored");

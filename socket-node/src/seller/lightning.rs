@@ -270,7 +270,7 @@ fn credit_keysend(
         .store()
         .session_scheme(&record.session_id)
         .map_err(|e| stray(e.to_string()))?;
-    if scheme.as_deref() != Some(Scheme::Lightning.name()) {
+    if scheme != Some(Scheme::Lightning) {
         return Err(cheat(format!(
             "a keysend for session {}, which pays with {scheme:?}",
             record.session_id

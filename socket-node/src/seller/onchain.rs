@@ -6,7 +6,7 @@ use proto::rules::{check_onchain_payment, decode_payment, OnchainTerms};
 use proto::v1::{self, OutletState};
 
 use super::{Issued, Seller, SellerContext};
-use crate::store::StoredTerms;
+use crate::store::{PaymentStatus, StoredTerms};
 
 /// The seller of `onchain`.
 pub(crate) struct Onchain;
@@ -86,7 +86,7 @@ async fn pay(
         Err(e) => {
             cx.shared
                 .store()
-                .set_payment_status(session_id, payment_id, "failed")
+                .set_payment_status(session_id, payment_id, PaymentStatus::Failed)
                 .map_err(SocketError::internal)?;
             return Err(cx
                 .lock_out(session_id, &format!("broadcast failed: {e}"))
@@ -95,7 +95,7 @@ async fn pay(
     };
     cx.shared
         .store()
-        .set_payment_status(session_id, payment_id, "broadcast")
+        .set_payment_status(session_id, payment_id, PaymentStatus::Broadcast)
         .map_err(SocketError::internal)?;
     cx.credit(session_id, terms.quota, txid.to_string()).await?;
     Ok(v1::PayTransactionResponse {

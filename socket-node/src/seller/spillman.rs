@@ -17,7 +17,7 @@ use super::{Issued, Refusal, Seller, SellerContext};
 use crate::config::OutletConfig;
 use crate::outlet::Outlets;
 use crate::shared::Shared;
-use crate::store::StoredTerms;
+use crate::store::{ChannelStatus, StoredTerms};
 
 /// The seller of `spillman`.
 pub(crate) struct Spillman;
@@ -139,9 +139,9 @@ pub(crate) async fn fund(
     let deposit: Transaction = encode::deserialize(&request.deposit_tx)
         .map_err(|e| format!("deposit transaction: {e}"))?;
     let txid = deposit.compute_txid();
-    if stored.status != "refund-signed" {
+    if stored.status != ChannelStatus::RefundSigned {
         // Handed over again after a lost reply: the same deposit is acknowledged again.
-        return if stored.status == "funded" && txid == channel.deposit.txid {
+        return if stored.status == ChannelStatus::Funded && txid == channel.deposit.txid {
             Ok(txid.to_string())
         } else {
             Err(format!("the channel is {}", stored.status))
@@ -202,7 +202,7 @@ fn reply(
         .channel_of(&session_id)
         .map_err(SocketError::internal)?
         .ok_or_else(|| SocketError::wrong_state("this session has no channel"))?;
-    if stored.status != "funded" {
+    if stored.status != ChannelStatus::Funded {
         return Err(SocketError::wrong_state(format!(
             "the channel is {}",
             stored.status
@@ -245,7 +245,7 @@ async fn pay(
         .channel_of(session_id)
         .map_err(SocketError::internal)?
         .ok_or_else(|| SocketError::wrong_state("this session has no channel"))?;
-    if stored.status != "funded" {
+    if stored.status != ChannelStatus::Funded {
         return Err(SocketError::wrong_state(format!(
             "the channel is {}",
             stored.status
@@ -376,7 +376,9 @@ pub(crate) fn close_due(node: &Shared, outlets: &Outlets) {
             continue;
         }
         let Some((tx, cable_signature)) = &stored.highest else {
-            let _ = node.store().close_channel(session_id, "unpaid", None);
+            let _ = node
+                .store()
+                .close_channel(session_id, ChannelStatus::Unpaid, None);
             let _ = node.store().audit(
                 outlet_id,
                 Some(session_id),
@@ -394,7 +396,9 @@ pub(crate) fn close_due(node: &Shared, outlets: &Outlets) {
         match closed {
             Ok(txid) => {
                 tracing::info!(session = %session_id, %txid, total = %stored.highest_total, expiring, "spillman channel closed");
-                let _ = node.store().close_channel(session_id, "closed", Some(txid));
+                let _ = node
+                    .store()
+                    .close_channel(session_id, ChannelStatus::Closed, Some(txid));
                 let _ = node.store().audit(
                     outlet_id,
                     Some(session_id),
@@ -409,7 +413,9 @@ pub(crate) fn close_due(node: &Shared, outlets: &Outlets) {
                     .is_ok_and(|v| v.is_none()) =>
             {
                 tracing::error!(session = %session_id, "the deposit is gone, nothing to close with: {e}");
-                let _ = node.store().close_channel(session_id, "lost", None);
+                let _ = node
+                    .store()
+                    .close_channel(session_id, ChannelStatus::Lost, None);
                 let _ = node.store().audit(
                     outlet_id,
                     Some(session_id),

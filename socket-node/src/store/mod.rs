@@ -18,6 +18,7 @@ mod payouts;
 mod sessions;
 mod single_fee;
 mod spillman;
+mod status;
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,6 +31,7 @@ use rusqlite_migration::{Migrations, M};
 pub use payouts::Payout;
 pub use single_fee::StoredSet;
 pub use spillman::StoredChannel;
+pub use status::{ChannelStatus, PaymentStatus, SetStatus};
 
 /// The schema, one migration per version, oldest first; append, never edit. Version 1 is the
 /// schema of the one-outlet socket (its `IF NOT EXISTS` lets a data dir made before versions
@@ -194,8 +196,8 @@ pub struct StoredPayment {
     pub payment_id: u64,
     /// The transaction.
     pub tx: Transaction,
-    /// `accepted` (persisted, not yet broadcast), `broadcast` or `failed`.
-    pub status: String,
+    /// Accepted (persisted, not yet broadcast), broadcast, failed or held.
+    pub status: PaymentStatus,
     /// Energy credited for it.
     pub quota: EnergyMwh,
 }
@@ -243,6 +245,7 @@ mod tests {
     use bitcoin::absolute::LockTime;
     use bitcoin::transaction::Version;
     use bitcoin::{Amount, ScriptBuf, Transaction, TxOut};
+    use proto::Scheme;
 
     use super::*;
 
@@ -316,10 +319,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store
-            .open_session("a", "outlet-1", "onchain", &payout(&store, "outlet-1", 1))
+            .open_session(
+                "a",
+                "outlet-1",
+                Scheme::Onchain,
+                &payout(&store, "outlet-1", 1),
+            )
             .unwrap();
         store
-            .open_session("b", "outlet-2", "onchain", &payout(&store, "outlet-2", 2))
+            .open_session(
+                "b",
+                "outlet-2",
+                Scheme::Onchain,
+                &payout(&store, "outlet-2", 2),
+            )
             .unwrap();
         for (session, payment_id, value) in [("a", 1, 1_000), ("a", 2, 1_001), ("b", 1, 1_002)] {
             store.issue_terms(session, payment_id, terms()).unwrap();
@@ -334,7 +347,9 @@ mod tests {
                 )
                 .unwrap();
         }
-        store.set_payment_status("a", 2, "failed").unwrap();
+        store
+            .set_payment_status("a", 2, PaymentStatus::Failed)
+            .unwrap();
         assert_eq!(store.credit_of("a").unwrap(), (EnergyMwh(8_000), 1));
         assert_eq!(store.credit_of("b").unwrap(), (EnergyMwh(8_000), 1));
         assert_eq!(store.open_session_of("outlet-2").unwrap().unwrap().id, "b");
@@ -373,7 +388,7 @@ mod tests {
             Some(first.clone())
         );
         store
-            .open_session("s1", "outlet-1", "onchain", &first)
+            .open_session("s1", "outlet-1", Scheme::Onchain, &first)
             .unwrap();
         // Bound: no longer offered; the session keeps it, across a reopening of the store.
         assert_eq!(store.offered_payout("outlet-1").unwrap(), None);
@@ -388,7 +403,7 @@ mod tests {
         // An address is bound to one session only: a second session opening with it is not
         // stored at all.
         assert!(store
-            .open_session("s2", "outlet-1", "onchain", &first)
+            .open_session("s2", "outlet-1", Scheme::Onchain, &first)
             .is_err());
         assert_eq!(store.session_outlet("s2").unwrap(), None);
         assert_eq!(store.session_payout("nope").unwrap(), None);

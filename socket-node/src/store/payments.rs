@@ -5,7 +5,7 @@ use bitcoin::{Amount, Transaction, Txid};
 use proto::units::EnergyMwh;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{unix_ms, Result, Store, StoredPayment, StoredTerms};
+use super::{unix_ms, PaymentStatus, Result, Store, StoredPayment, StoredTerms};
 
 /// Insert a payment row with `status`: `accepted` (broadcast by the socket) or `held` (kept
 /// unbroadcast: a single-fee set's latest, a spillman channel's highest). Either counts as
@@ -13,7 +13,7 @@ use super::{unix_ms, Result, Store, StoredPayment, StoredTerms};
 #[allow(clippy::too_many_arguments)]
 pub(super) fn insert_payment(
     db: &Connection,
-    status: &str,
+    status: PaymentStatus,
     session_id: &str,
     payment_id: u64,
     tx: &Transaction,
@@ -108,7 +108,14 @@ impl Store {
         vsize: u64,
     ) -> Result<()> {
         insert_payment(
-            &self.db, "accepted", session_id, payment_id, tx, terms, fee, vsize,
+            &self.db,
+            PaymentStatus::Accepted,
+            session_id,
+            payment_id,
+            tx,
+            terms,
+            fee,
+            vsize,
         )
     }
 
@@ -117,7 +124,7 @@ impl Store {
         &self,
         session_id: &str,
         payment_id: u64,
-        status: &str,
+        status: PaymentStatus,
     ) -> Result<()> {
         self.db.execute(
             "UPDATE payments SET status = ?3 WHERE session_id = ?1 AND payment_id = ?2",

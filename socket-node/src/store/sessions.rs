@@ -1,6 +1,8 @@
 //! Sessions: opened per outlet, their energy, how they ended, what was credited.
 
 use proto::units::EnergyMwh;
+use proto::Scheme;
+use rusqlite::types::Type;
 use rusqlite::{params, OptionalExtension};
 
 use super::{unix_ms, Payout, Result, Store, StoredSession};
@@ -13,7 +15,7 @@ impl Store {
         &self,
         id: &str,
         outlet_id: &str,
-        scheme: &str,
+        scheme: Scheme,
         payout: &Payout,
     ) -> Result<()> {
         let tx = self.db.unchecked_transaction()?;
@@ -23,7 +25,7 @@ impl Store {
             params![
                 id,
                 outlet_id,
-                scheme,
+                scheme.name(),
                 unix_ms(),
                 payout.script.to_hex_string()
             ],
@@ -52,12 +54,17 @@ impl Store {
     }
 
     /// The scheme a session pays with, if the session exists.
-    pub fn session_scheme(&self, session_id: &str) -> Result<Option<String>> {
+    pub fn session_scheme(&self, session_id: &str) -> Result<Option<Scheme>> {
         self.db
             .query_row(
                 "SELECT scheme FROM sessions WHERE id = ?1",
                 params![session_id],
-                |r| r.get(0),
+                |r| {
+                    let name: String = r.get(0)?;
+                    name.parse::<Scheme>().map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(0, Type::Text, e.into())
+                    })
+                },
             )
             .optional()
     }

@@ -5,7 +5,7 @@ use bitcoin::{Amount, Transaction, Txid};
 use rusqlite::params;
 
 use super::payments::insert_payment;
-use super::{unix_ms, Result, Store, StoredTerms};
+use super::{unix_ms, PaymentStatus, Result, SetStatus, Store, StoredTerms};
 
 /// A single-fee input set as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,8 +22,8 @@ pub struct StoredSet {
     pub fee: Option<Amount>,
     /// The latest transaction held.
     pub latest: Option<Transaction>,
-    /// `open`, `broadcast` or `failed`.
-    pub status: String,
+    /// Its status.
+    pub status: SetStatus,
     /// When it was opened.
     pub opened_at_unix_ms: i64,
 }
@@ -67,7 +67,16 @@ impl Store {
         vsize: u64,
     ) -> Result<()> {
         let db = self.db.transaction()?;
-        insert_payment(&db, "held", session_id, payment_id, tx, terms, fee, vsize)?;
+        insert_payment(
+            &db,
+            PaymentStatus::Held,
+            session_id,
+            payment_id,
+            tx,
+            terms,
+            fee,
+            vsize,
+        )?;
         db.execute(
             "UPDATE single_fee_sets SET latest_tx_hex = ?3, latest_value_sat = ?4, fee_sat = ?5
              WHERE session_id = ?1 AND set_index = ?2 AND status = 'open'",
@@ -87,7 +96,7 @@ impl Store {
         &self,
         session_id: &str,
         index: u32,
-        status: &str,
+        status: SetStatus,
         txid: Option<Txid>,
     ) -> Result<()> {
         self.db.execute(

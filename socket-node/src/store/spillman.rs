@@ -6,7 +6,7 @@ use proto::spillman::Channel;
 use rusqlite::params;
 
 use super::payments::insert_payment;
-use super::{Result, Store, StoredTerms};
+use super::{ChannelStatus, PaymentStatus, Result, Store, StoredTerms};
 
 /// A spillman channel as the socket stored it.
 #[derive(Debug, Clone)]
@@ -15,8 +15,8 @@ pub struct StoredChannel {
     pub session_id: String,
     /// Its terms.
     pub channel: Channel,
-    /// `refund-signed`, `funded`, `closed` or `unpaid`.
-    pub status: String,
+    /// Its status.
+    pub status: ChannelStatus,
     /// What the highest payment pays the socket.
     pub highest_total: Amount,
     /// The highest payment and the cable's signature of it, if any.
@@ -75,7 +75,7 @@ impl Store {
         let db = self.db.transaction()?;
         insert_payment(
             &db,
-            "held",
+            PaymentStatus::Held,
             session_id,
             payment_id,
             tx,
@@ -101,7 +101,7 @@ impl Store {
     pub fn close_channel(
         &self,
         session_id: &str,
-        status: &str,
+        status: ChannelStatus,
         close_txid: Option<Txid>,
     ) -> Result<()> {
         self.db.execute(
