@@ -196,13 +196,20 @@ async fn run(cli: Cli) -> Result<(), CableError> {
             let mut client = proto::v1::socket_client::SocketClient::connect(config.socket.clone())
                 .await
                 .with_context(|| format!("no socket answers at {}", config.socket))?;
-            let offer = client
+            let nonce: [u8; 32] = bitcoin::secp256k1::rand::random();
+            let signed = client
                 .get_offer(proto::v1::GetOfferRequest {
                     outlet_id: config.outlet_id.clone(),
+                    cable_nonce: nonce.to_vec(),
                 })
                 .await
                 .map_err(|s| anyhow::anyhow!("GetOffer: {}", s.message()))?
                 .into_inner();
+            let offer = config
+                .policy
+                .check_signed_offer(&signed, &config.outlet_id, &nonce, config.network)
+                .map_err(|reason| anyhow::anyhow!("the socket's offer: {reason}"))?
+                .offer;
             let terms = proto::terms::offered_lightning(&offer)
                 .map_err(|e| anyhow::anyhow!("the socket's offer: {e}"))?;
             let socket = cable_node::lightning::peer_of(&terms.node_id, &terms.address)?;

@@ -1,12 +1,13 @@
 //! The cable's spending policy: what it accepts to pay, checked against every offer and every
 //! payment before anything is signed (paper seed 000 §VII.B; design.md "Trust").
 
+use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Amount, FeeRate, Network};
 use proto::rules::{check_network, quota_amount};
-use proto::terms;
 use proto::units::{EnergyMwh, PriceMsatPerWh};
 use proto::v1;
 use proto::Scheme;
+use proto::{identity, terms};
 use serde::Deserialize;
 
 /// Limits of what the cable pays.
@@ -34,6 +35,26 @@ pub struct Policy {
     /// long the deposit may be held if the socket vanishes).
     #[serde(default = "default_lock_blocks")]
     pub spillman_lock_blocks: u32,
+    /// Socket identity keys (33-byte compressed, hex) this cable pays; with
+    /// `trusted_operator_keys`, a socket must be pinned here or certified by one of those.
+    /// Both empty: any socket whose offer is signed by the identity key it names (the offer
+    /// cannot be changed on the way, but a stranger's socket is paid too).
+    #[serde(default, deserialize_with = "keys_from_hex")]
+    pub trusted_socket_keys: Vec<PublicKey>,
+    /// Operator keys (33-byte compressed, hex) whose certificates of a socket this cable
+    /// accepts (socket.proto `SocketCertificate`).
+    #[serde(default, deserialize_with = "keys_from_hex")]
+    pub trusted_operator_keys: Vec<PublicKey>,
+}
+
+fn keys_from_hex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PublicKey>, D::Error> {
+    let hex: Vec<String> = Deserialize::deserialize(d)?;
+    hex.iter()
+        .map(|h| {
+            h.parse::<PublicKey>()
+                .map_err(|e| serde::de::Error::custom(format!("key {h:?}: {e}")))
+        })
+        .collect()
 }
 
 fn default_lock_blocks() -> u32 {
@@ -57,7 +78,7 @@ fn default_max_fee() -> u64 {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AcceptedOffer {
     /// The offer as received.
-    pub offer: v1::GetOfferResponse,
+    pub offer: v1::Offer,
     /// What one quota costs on chain.
     pub quota_amount: Amount,
     /// Energy of one quota.
@@ -76,7 +97,7 @@ impl Policy {
     /// budget. The error says why not.
     pub fn check_offer(
         &self,
-        offer: &v1::GetOfferResponse,
+        offer: &v1::Offer,
         network: Network,
     ) -> Result<AcceptedOffer, String> {
         check_network(network, offer.network).map_err(|e| e.to_string())?;
@@ -149,6 +170,56 @@ impl Policy {
         })
     }
 
+    /// Check a `GetOffer` reply to this cable's request for `outlet_id` with `nonce`: the
+    /// socket's signature and that it answers this request ([`proto::identity::verify_offer`]),
+    /// the socket's key trusted ([`Policy::trusts`]), then the offer itself
+    /// ([`Policy::check_offer`]). The error says why not.
+    pub fn check_signed_offer(
+        &self,
+        response: &v1::GetOfferResponse,
+        outlet_id: &str,
+        nonce: &[u8],
+        network: Network,
+    ) -> Result<AcceptedOffer, String> {
+        let offer =
+            identity::verify_offer(response, outlet_id, nonce).map_err(|e| e.to_string())?;
+        let now_unix_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.trusts(&offer, &response.certificates, now_unix_secs)?;
+        self.check_offer(&offer, network)
+    }
+
+    /// Whether the socket of `offer` is one to pay: any socket when the policy pins no key and
+    /// trusts no operator; else a pinned key, or a valid certificate for the offer's outlet by
+    /// a trusted operator, unexpired at `now_unix_secs`.
+    pub fn trusts(
+        &self,
+        offer: &v1::Offer,
+        certificates: &[v1::SocketCertificate],
+        now_unix_secs: u64,
+    ) -> Result<(), String> {
+        if self.trusted_socket_keys.is_empty() && self.trusted_operator_keys.is_empty() {
+            return Ok(());
+        }
+        let pinned = self
+            .trusted_socket_keys
+            .iter()
+            .any(|k| k.serialize().as_slice() == offer.socket_identity_key);
+        if pinned {
+            return Ok(());
+        }
+        identity::verify_certificate(
+            certificates,
+            &offer.socket_identity_key,
+            &offer.outlet_id,
+            now_unix_secs,
+            &self.trusted_operator_keys,
+        )
+        .map(|_| ())
+        .map_err(|e| format!("the socket's key is neither pinned nor certified: {e}"))
+    }
+
     /// Whether paying `next` after `paid` stays within the session budget.
     pub fn allows(&self, paid: Amount, next: Amount) -> bool {
         paid.checked_add(next)
@@ -179,11 +250,13 @@ mod tests {
             fee_rate_sat_per_vb: 2,
             max_fee_sat: 2_000,
             spillman_lock_blocks: 144,
+            trusted_socket_keys: vec![],
+            trusted_operator_keys: vec![],
         }
     }
 
-    fn offer() -> v1::GetOfferResponse {
-        v1::GetOfferResponse {
+    fn offer() -> v1::Offer {
+        v1::Offer {
             network: v1::Network::Regtest as i32,
             price_msat_per_wh: 125_000,
             quota_mwh: 8_000,
@@ -295,6 +368,51 @@ mod tests {
             .check_offer(&o, Network::Regtest)
             .unwrap_err()
             .contains("onchain"));
+    }
+
+    #[test]
+    fn a_policy_with_pins_or_operators_trusts_only_those_sockets() {
+        let operator_secret = bitcoin::secp256k1::SecretKey::from_slice(&[2; 32]).unwrap();
+        let o = offer();
+        let open = policy();
+        assert!(
+            open.trusts(&o, &[], 0).is_ok(),
+            "no pins, no operators: any signed socket"
+        );
+        let pinned = Policy {
+            trusted_socket_keys: vec![key(1).inner],
+            ..policy()
+        };
+        assert!(pinned.trusts(&o, &[], 0).is_ok());
+        let other_pin = Policy {
+            trusted_socket_keys: vec![key(3).inner],
+            ..policy()
+        };
+        assert!(other_pin
+            .trusts(&o, &[], 0)
+            .unwrap_err()
+            .contains("neither pinned nor certified"));
+        let by_operator = Policy {
+            trusted_operator_keys: vec![key(2).inner],
+            ..policy()
+        };
+        let certificate = identity::certify(
+            &v1::CertificateBody {
+                operator_key: key(2).to_bytes(),
+                socket_identity_key: o.socket_identity_key.clone(),
+                outlet_ids: vec![o.outlet_id.clone()],
+                expires_at_unix_secs: 2_000,
+            },
+            &operator_secret,
+        );
+        assert!(by_operator
+            .trusts(&o, std::slice::from_ref(&certificate), 1_000)
+            .is_ok());
+        assert!(
+            by_operator.trusts(&o, &[certificate], 3_000).is_err(),
+            "expired"
+        );
+        assert!(by_operator.trusts(&o, &[], 1_000).is_err());
     }
 
     #[test]

@@ -77,6 +77,36 @@ pub fn fake_public_key(byte: u8) -> Vec<u8> {
         .to_vec()
 }
 
+/// `GetOffer` of `outlet_id` with a fresh nonce; the offer's signature and nonce checked
+/// (`proto::identity::verify_offer`).
+pub async fn signed_offer(
+    client: &mut SocketClient<tonic::transport::Channel>,
+    outlet_id: &str,
+) -> anyhow::Result<proto::v1::Offer> {
+    let nonce: [u8; 32] = bitcoin::secp256k1::rand::random();
+    let signed = client
+        .get_offer(GetOfferRequest {
+            outlet_id: outlet_id.to_owned(),
+            cable_nonce: nonce.to_vec(),
+        })
+        .await?
+        .into_inner();
+    Ok(proto::identity::verify_offer(&signed, outlet_id, &nonce)?)
+}
+
+/// A fake socket's reply to `request`: `offer` with the request's nonce and outlet, its
+/// identity key [`fake_public_key`]`(1)`, signed by it.
+pub fn fake_signed_offer(
+    mut offer: proto::v1::Offer,
+    request: &GetOfferRequest,
+) -> proto::v1::GetOfferResponse {
+    let secret = bitcoin::secp256k1::SecretKey::from_slice(&[1; 32]).expect("in range");
+    offer.socket_identity_key = fake_public_key(1);
+    offer.cable_nonce = request.cable_nonce.clone();
+    offer.outlet_id = request.outlet_id.clone();
+    proto::identity::sign_offer(&offer, &secret, Vec::new())
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -264,6 +294,7 @@ impl SocketProcess {
                 client
                     .get_offer(GetOfferRequest {
                         outlet_id: OUTLET.into(),
+                        cable_nonce: vec![0; 32],
                     })
                     .await
                     .ok()
@@ -354,16 +385,9 @@ impl SocketProcess {
         })
     }
 
-    /// `GetOffer` of the outlet.
-    pub fn offer(&self) -> anyhow::Result<proto::v1::GetOfferResponse> {
-        self.call(|mut client| async move {
-            Ok(client
-                .get_offer(proto::v1::GetOfferRequest {
-                    outlet_id: OUTLET.into(),
-                })
-                .await?
-                .into_inner())
-        })
+    /// The offer of the outlet, its signature checked.
+    pub fn offer(&self) -> anyhow::Result<proto::v1::Offer> {
+        self.call(|mut client| async move { signed_offer(&mut client, OUTLET).await })
     }
 
     /// Run one gRPC exchange with the socket on a runtime of its own.

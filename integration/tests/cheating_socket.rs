@@ -30,6 +30,11 @@ enum Cheat {
     RefundRefused,
     /// spillman: the socket signs another refund than the one asked (a later lock time).
     RefundWrongSignature,
+    /// The offer was changed after the socket signed it (a device in the middle lowered the
+    /// price shown).
+    TamperedOffer,
+    /// An offer signed for another request (another nonce) is played back.
+    ReplayedOffer,
 }
 
 impl Cheat {
@@ -71,8 +76,8 @@ fn payout() -> ScriptBuf {
 }
 
 impl FakeSocket {
-    fn offer(&self) -> v1::GetOfferResponse {
-        let mut offer = v1::GetOfferResponse {
+    fn offer(&self) -> v1::Offer {
+        let mut offer = v1::Offer {
             socket_identity_key: integration::fake_public_key(1),
             outlet_id: OUTLET.into(),
             network: match self.cheat {
@@ -90,6 +95,7 @@ impl FakeSocket {
                 terms: Some(v1::scheme_terms::Terms::Onchain(v1::OnchainOfferTerms {})),
             }],
             payout_script: payout().to_bytes(),
+            cable_nonce: Vec::new(),
         };
         if self.cheat.spillman() {
             offer.schemes = vec![v1::SchemeTerms {
@@ -115,9 +121,26 @@ impl FakeSocket {
 impl Socket for FakeSocket {
     async fn get_offer(
         &self,
-        _: Request<v1::GetOfferRequest>,
+        request: Request<v1::GetOfferRequest>,
     ) -> Result<Response<v1::GetOfferResponse>, Status> {
-        Ok(Response::new(self.offer()))
+        let mut signed = integration::fake_signed_offer(self.offer(), request.get_ref());
+        match self.cheat {
+            Cheat::TamperedOffer => {
+                use prost::Message;
+                let mut offer = v1::Offer::decode(signed.offer.as_slice()).unwrap();
+                offer.price_msat_per_wh = 1_000;
+                signed.offer = offer.encode_to_vec();
+            }
+            Cheat::ReplayedOffer => {
+                let earlier = v1::GetOfferRequest {
+                    cable_nonce: vec![9; 32],
+                    ..request.get_ref().clone()
+                };
+                signed = integration::fake_signed_offer(self.offer(), &earlier);
+            }
+            _ => {}
+        }
+        Ok(Response::new(signed))
     }
 
     async fn get_status(
@@ -166,7 +189,9 @@ impl Socket for FakeSocket {
             amount_msat: 1_000_000,
             quota_mwh: 8_000,
             payout_script: payout().to_bytes(),
-            ..Default::default()
+            terms: Some(v1::power_request_response::Terms::Onchain(
+                v1::OnchainPaymentTerms {},
+            )),
         };
         match self.cheat {
             Cheat::PayoutScript => {
@@ -174,7 +199,12 @@ impl Socket for FakeSocket {
                     ScriptBuf::new_p2wpkh(&WPubkeyHash::from_byte_array([6; 20])).to_bytes()
             }
             Cheat::Amount => terms.amount_msat = 2_000_000,
-            Cheat::Price | Cheat::Network | Cheat::RefundRefused | Cheat::RefundWrongSignature => {}
+            Cheat::Price
+            | Cheat::Network
+            | Cheat::RefundRefused
+            | Cheat::RefundWrongSignature
+            | Cheat::TamperedOffer
+            | Cheat::ReplayedOffer => {}
         }
         Ok(Response::new(terms))
     }
@@ -226,6 +256,8 @@ fn the_cable_pays_a_cheating_socket_nothing() {
         (Cheat::Network, "wrong network"),
         (Cheat::RefundRefused, "no refund for you"),
         (Cheat::RefundWrongSignature, "refund signature"),
+        (Cheat::TamperedOffer, "bad signature of the offer"),
+        (Cheat::ReplayedOffer, "not our nonce"),
     ] {
         let pay_calls = Arc::new(AtomicUsize::new(0));
         let port = free_port().unwrap();

@@ -47,9 +47,9 @@ fn invoice(node: &Node, msat: u64) -> String {
 impl Socket for FakeSocket {
     async fn get_offer(
         &self,
-        _: Request<v1::GetOfferRequest>,
+        request: Request<v1::GetOfferRequest>,
     ) -> Result<Response<v1::GetOfferResponse>, Status> {
-        Ok(Response::new(v1::GetOfferResponse {
+        let offer = v1::Offer {
             socket_identity_key: integration::fake_public_key(1),
             outlet_id: OUTLET.into(),
             network: v1::Network::Regtest as i32,
@@ -67,7 +67,11 @@ impl Socket for FakeSocket {
                 )),
             }],
             ..Default::default()
-        }))
+        };
+        Ok(Response::new(integration::fake_signed_offer(
+            offer,
+            request.get_ref(),
+        )))
     }
 
     async fn get_status(

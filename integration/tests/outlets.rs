@@ -57,6 +57,7 @@ fn cheat_on_outlet_3(socket: &SocketProcess) -> String {
         let unknown = client
             .get_offer(v1::GetOfferRequest {
                 outlet_id: "outlet-9".into(),
+                cable_nonce: vec![1; 32],
             })
             .await
             .unwrap_err();

@@ -365,9 +365,9 @@ fn fake_payout() -> ScriptBuf {
 impl Socket for FakeSocket {
     async fn get_offer(
         &self,
-        _: Request<v1::GetOfferRequest>,
+        request: Request<v1::GetOfferRequest>,
     ) -> Result<Response<v1::GetOfferResponse>, Status> {
-        Ok(Response::new(v1::GetOfferResponse {
+        let offer = v1::Offer {
             socket_identity_key: integration::fake_public_key(1),
             outlet_id: OUTLET.into(),
             network: v1::Network::Regtest as i32,
@@ -383,7 +383,12 @@ impl Socket for FakeSocket {
                 )),
             }],
             payout_script: fake_payout().to_bytes(),
-        }))
+            cable_nonce: Vec::new(),
+        };
+        Ok(Response::new(integration::fake_signed_offer(
+            offer,
+            request.get_ref(),
+        )))
     }
 
     async fn get_status(

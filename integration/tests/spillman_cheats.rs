@@ -38,7 +38,7 @@ struct OpenChannel {
 
 async fn open_channel(
     client: &mut SocketClient<transport::Channel>,
-    offer: &v1::GetOfferResponse,
+    offer: &v1::Offer,
     payer: &mut Payer,
     height: u32,
 ) -> OpenChannel {

@@ -102,13 +102,9 @@ fn payout_script(socket: &SocketProcess) -> String {
         let mut client = proto::v1::socket_client::SocketClient::connect(socket.endpoint.clone())
             .await
             .unwrap();
-        client
-            .get_offer(proto::v1::GetOfferRequest {
-                outlet_id: integration::OUTLET.into(),
-            })
+        integration::signed_offer(&mut client, integration::OUTLET)
             .await
             .unwrap()
-            .into_inner()
     });
     ScriptBuf::from_bytes(offer.payout_script).to_hex_string()
 }

@@ -6,6 +6,7 @@
 //!   `proto/t2t/v1/*.proto`.
 //! - [`Scheme`]: the payment schemes by name, parsed and printed in one place.
 //! - [`units`]: energy, power, price and amount newtypes with checked arithmetic.
+//! - [`identity`]: signed offers and operator certificates (BIP 340 over tagged hashes).
 //! - [`errors`]: error statuses with a reason code (`ErrorReason`) clients act on.
 //! - [`terms`]: the shape of offers and of each scheme's terms (`oneof terms`), checked.
 //! - [`rules`]: the checks of the `onchain` scheme's terms and payments.
@@ -18,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod errors;
+pub mod identity;
 pub mod rules;
 pub mod scheme;
 pub mod single_fee;

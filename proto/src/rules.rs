@@ -162,7 +162,7 @@ pub struct OnchainTerms {
 /// The cable's check of a `PowerRequest` reply against the offer it accepted: scheme `onchain`
 /// with its terms, then [`check_quota`]. Returns the terms to pay.
 pub fn check_terms(
-    offer: &v1::GetOfferResponse,
+    offer: &v1::Offer,
     terms: &v1::PowerRequestResponse,
 ) -> Result<OnchainTerms, RuleError> {
     crate::terms::onchain_terms(terms)?;
@@ -173,7 +173,7 @@ pub fn check_terms(
 /// payout script and quota, amount = price × quota ([`quota_amount`]), at least the smallest
 /// payment of `scheme` in the offer. Returns the script, amount (per quota) and quota.
 pub fn check_quota(
-    offer: &v1::GetOfferResponse,
+    offer: &v1::Offer,
     terms: &v1::PowerRequestResponse,
     scheme: crate::Scheme,
 ) -> Result<OnchainTerms, RuleError> {
@@ -258,8 +258,8 @@ mod tests {
     use bitcoin::TxOut;
     use proptest::prelude::*;
 
-    fn offer() -> v1::GetOfferResponse {
-        v1::GetOfferResponse {
+    fn offer() -> v1::Offer {
+        v1::Offer {
             network: v1::Network::Regtest as i32,
             price_msat_per_wh: 125_000,
             quota_mwh: 8_000,
@@ -275,7 +275,7 @@ mod tests {
         }
     }
 
-    fn terms_for(offer: &v1::GetOfferResponse) -> v1::PowerRequestResponse {
+    fn terms_for(offer: &v1::Offer) -> v1::PowerRequestResponse {
         v1::PowerRequestResponse {
             session_id: "s".into(),
             payment_id: 1,

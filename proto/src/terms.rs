@@ -38,7 +38,7 @@ fn offer_variant_is(scheme: Scheme, terms: &scheme_terms::Terms) -> bool {
 /// address not empty; a standard payout script (P2WPKH, P2TR, P2WSH, P2PKH, P2SH) when an
 /// on-chain scheme is offered; one quota at price × quota at least each scheme's
 /// `min_payment_sat`. Errors: [`RuleError::Malformed`] naming the rule.
-pub fn check_offer(offer: &v1::GetOfferResponse) -> Result<(), RuleError> {
+pub fn check_offer(offer: &v1::Offer) -> Result<(), RuleError> {
     let bad = |reason: String| malformed("offer", reason);
     PublicKey::from_slice(&offer.socket_identity_key)
         .map_err(|e| bad(format!("socket identity key: {e}")))?;
@@ -113,10 +113,7 @@ pub fn is_standard(script: &[u8]) -> bool {
 
 /// The offer's entry for `scheme`. Errors: [`RuleError::NotOffered`], or
 /// [`RuleError::Malformed`] when its terms are not of its variant.
-pub fn offered(
-    offer: &v1::GetOfferResponse,
-    scheme: Scheme,
-) -> Result<&v1::SchemeTerms, RuleError> {
+pub fn offered(offer: &v1::Offer, scheme: Scheme) -> Result<&v1::SchemeTerms, RuleError> {
     let entry = offer
         .schemes
         .iter()
@@ -129,9 +126,7 @@ pub fn offered(
 }
 
 /// The offer's single-fee terms (see [`offered`] for the errors).
-pub fn offered_single_fee(
-    offer: &v1::GetOfferResponse,
-) -> Result<&v1::SingleFeeOfferTerms, RuleError> {
+pub fn offered_single_fee(offer: &v1::Offer) -> Result<&v1::SingleFeeOfferTerms, RuleError> {
     match &offered(offer, Scheme::SingleFee)?.terms {
         Some(scheme_terms::Terms::SingleFee(t)) => Ok(t),
         _ => unreachable!("checked by offered"),
@@ -139,9 +134,7 @@ pub fn offered_single_fee(
 }
 
 /// The offer's spillman terms (see [`offered`] for the errors).
-pub fn offered_spillman(
-    offer: &v1::GetOfferResponse,
-) -> Result<&v1::SpillmanOfferTerms, RuleError> {
+pub fn offered_spillman(offer: &v1::Offer) -> Result<&v1::SpillmanOfferTerms, RuleError> {
     match &offered(offer, Scheme::Spillman)?.terms {
         Some(scheme_terms::Terms::Spillman(t)) => Ok(t),
         _ => unreachable!("checked by offered"),
@@ -149,9 +142,7 @@ pub fn offered_spillman(
 }
 
 /// The offer's lightning terms (see [`offered`] for the errors).
-pub fn offered_lightning(
-    offer: &v1::GetOfferResponse,
-) -> Result<&v1::LightningOfferTerms, RuleError> {
+pub fn offered_lightning(offer: &v1::Offer) -> Result<&v1::LightningOfferTerms, RuleError> {
     match &offered(offer, Scheme::Lightning)?.terms {
         Some(scheme_terms::Terms::Lightning(t)) => Ok(t),
         _ => unreachable!("checked by offered"),
@@ -247,8 +238,8 @@ mod tests {
     }
 
     /// An offer of all four schemes, well formed.
-    fn offer() -> v1::GetOfferResponse {
-        v1::GetOfferResponse {
+    fn offer() -> v1::Offer {
+        v1::Offer {
             socket_identity_key: key(1),
             outlet_id: "outlet-1".into(),
             network: v1::Network::Regtest as i32,
@@ -284,6 +275,7 @@ mod tests {
                     }),
                 ),
             ],
+            cable_nonce: vec![5; 32],
             payout_script: ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array([7; 20]))
                 .to_bytes(),
         }
@@ -291,7 +283,7 @@ mod tests {
 
     use bitcoin::hashes::Hash;
 
-    fn refused(change: impl FnOnce(&mut v1::GetOfferResponse)) -> String {
+    fn refused(change: impl FnOnce(&mut v1::Offer)) -> String {
         let mut o = offer();
         change(&mut o);
         check_offer(&o).unwrap_err().to_string()

@@ -23,13 +23,17 @@ pub use corepc_node::Client;
 pub use crate::exe::bitcoind_exe;
 pub use crate::faucet::{parse_regtest_address, rpc, scan_utxos, Faucet, Utxo};
 
-/// Arguments every node we start gets: regtest, RPC on loopback only, a transaction index.
+/// Arguments every node we start gets: regtest, RPC on loopback only, a transaction index,
+/// and room for many RPC clients at once (a benchmark's swarm of cables syncs its wallets
+/// together; bitcoind's default work queue of 64 would refuse some).
 /// (P2P listening is off too: `-listen=0`, which also keeps bitcoind off the Tor port.)
-pub const NODE_ARGS: [&str; 4] = [
+pub const NODE_ARGS: [&str; 6] = [
     "-regtest",
     "-txindex=1",
     "-rpcbind=127.0.0.1",
     "-rpcallowip=127.0.0.1",
+    "-rpcthreads=16",
+    "-rpcworkqueue=4096",
 ];
 
 /// Everything that can go wrong with a regtest node.

@@ -35,6 +35,11 @@ pub struct SocketConfig {
     pub max_chain_calls: usize,
     /// Its Lightning node, for the `lightning` scheme (shared by every outlet).
     pub lightning: Option<LightningConfig>,
+    /// Files of operators' certificates of this socket's identity (each a JSON
+    /// [`proto::identity::CertificateFile`]), sent with every offer; cables whose policy trusts
+    /// an operator rather than a socket key need one.
+    #[serde(default)]
+    pub certificates: Vec<std::path::PathBuf>,
 }
 
 fn default_max_chain_calls() -> usize {

@@ -53,8 +53,18 @@ impl Socket for SocketService {
         &self,
         request: Request<v1::GetOfferRequest>,
     ) -> Result<Response<v1::GetOfferResponse>, Status> {
-        let outlet = self.0.outlet(&request.get_ref().outlet_id)?;
-        Ok(Response::new(outlet.offer().await?))
+        let request = request.into_inner();
+        if request.cable_nonce.len() != 32 {
+            return Err(SocketError::invalid("cable_nonce must be 32 random bytes").into());
+        }
+        let outlet = self.0.outlet(&request.outlet_id)?;
+        let offer = outlet.offer(request.cable_nonce).await?;
+        let shared = &self.0.shared;
+        Ok(Response::new(proto::identity::sign_offer(
+            &offer,
+            &shared.identity_secret,
+            shared.certificates.clone(),
+        )))
     }
 
     async fn get_status(

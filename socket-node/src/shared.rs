@@ -37,6 +37,10 @@ pub struct Shared {
     pub(crate) chain_permits: tokio::sync::Semaphore,
     /// The Lightning node, when `[lightning]` is configured.
     pub(crate) ln: Option<Arc<ln::ldk_node::Node>>,
+    /// The socket's identity key (signs its offers).
+    pub(crate) identity_secret: bitcoin::secp256k1::SecretKey,
+    /// Operators' certificates of the socket's identity, sent with every offer.
+    pub(crate) certificates: Vec<proto::v1::SocketCertificate>,
     /// The socket's spillman channel key.
     pub(crate) channel_secret: bitcoin::secp256k1::SecretKey,
     pub(crate) settler: Mutex<mpsc::Sender<Settle>>,

@@ -43,6 +43,14 @@ impl Station {
             .with_context(|| format!("creating {}", data_dir.display()))?;
         let keys = NodeKeys::load_or_create(data_dir, config.network)?;
         let wallet = NodeWallet::open(data_dir, &keys)?;
+        let certificates = config
+            .certificates
+            .iter()
+            .map(|path| {
+                proto::identity::CertificateFile::read(path)
+                    .with_context(|| format!("certificate {}", path.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let chain = Arc::new(Chain::connect(&config.chain, config.network)?);
         let store = Store::open(data_dir).context("opening the store")?;
         let ln = match &config.lightning {
@@ -74,6 +82,8 @@ impl Station {
             wallet: Mutex::new(wallet),
             chain,
             ln,
+            identity_secret: keys.identity_secret(),
+            certificates,
             channel_secret: keys.channel_secret(),
             settler: Mutex::new(settle_tx),
             energy: Mutex::default(),
@@ -267,9 +277,9 @@ impl Station {
     }
 }
 
-/// What `GetOffer` answers for `outlet`, but for the payout script (the outlet's current
-/// payout address, filled in per request).
-fn offer_of(shared: &Shared, outlet: &OutletConfig, keys: &NodeKeys) -> v1::GetOfferResponse {
+/// The offer of `outlet`, but for the payout script (the outlet's current payout address)
+/// and the cable's nonce, filled in per request.
+fn offer_of(shared: &Shared, outlet: &OutletConfig, keys: &NodeKeys) -> v1::Offer {
     use v1::scheme_terms::Terms;
     let config = &shared.config;
     let terms_of = |scheme: &Scheme| match scheme {
@@ -292,7 +302,7 @@ fn offer_of(shared: &Shared, outlet: &OutletConfig, keys: &NodeKeys) -> v1::GetO
             keysend: config.lightning.as_ref().is_some_and(|l| l.keysend),
         }),
     };
-    v1::GetOfferResponse {
+    v1::Offer {
         socket_identity_key: keys.identity_key().to_bytes(),
         outlet_id: outlet.id.clone(),
         network: network_to_proto(config.network) as i32,
@@ -308,6 +318,7 @@ fn offer_of(shared: &Shared, outlet: &OutletConfig, keys: &NodeKeys) -> v1::GetO
             })
             .collect(),
         payout_script: Vec::new(),
+        cable_nonce: Vec::new(),
     }
 }
 

@@ -96,12 +96,17 @@ impl NodeKeys {
     /// The identity key at [`IDENTITY_PATH`].
     pub fn identity_key(&self) -> PublicKey {
         let secp = Secp256k1::new();
+        PublicKey::new(self.identity_secret().public_key(&secp))
+    }
+
+    /// The secret of the identity key at [`IDENTITY_PATH`]: what signs the device's offers and
+    /// requests (design.md "Trust").
+    pub fn identity_secret(&self) -> bitcoin::secp256k1::SecretKey {
         let path: DerivationPath = IDENTITY_PATH.parse().expect("constant path");
-        let xpriv = self
-            .master
-            .derive_priv(&secp, &path)
-            .expect("hardened derivation of a valid key");
-        PublicKey::new(xpriv.private_key.public_key(&secp))
+        self.master
+            .derive_priv(&Secp256k1::new(), &path)
+            .expect("hardened derivation of a valid key")
+            .private_key
     }
 }
 

@@ -221,9 +221,11 @@ impl Cable {
     /// Plug in and run one session to its end.
     pub async fn run_session(&mut self) -> Result<SessionReport, CableError> {
         let mut client = self.connect().await?;
-        let offer = client
+        let nonce: [u8; 32] = bitcoin::secp256k1::rand::random();
+        let signed = client
             .get_offer(v1::GetOfferRequest {
                 outlet_id: self.config.outlet_id.clone(),
+                cable_nonce: nonce.to_vec(),
             })
             .await
             .map_err(|s| anyhow::anyhow!("GetOffer: {}", s.message()))?
@@ -231,8 +233,9 @@ impl Cable {
         let accepted = self
             .config
             .policy
-            .check_offer(&offer, self.config.network)
+            .check_signed_offer(&signed, &self.config.outlet_id, &nonce, self.config.network)
             .map_err(|reason| CableError::RefusedSocket(format!("offer: {reason}")))?;
+        let offer = accepted.offer.clone();
         tracing::info!(
             price_msat_per_wh = offer.price_msat_per_wh,
             quota_mwh = offer.quota_mwh,

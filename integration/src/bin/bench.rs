@@ -484,29 +484,74 @@ fn swarm(cables: usize, payments: u32, schemes: &[String]) -> anyhow::Result<Row
         "  {cables} cables funded in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // Each wallet learns its funds before the clock starts (a plugged-in cable has synced
+    // long before), a few at a time.
+    bitcoind.mine(1)?;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some((_, f)) = files.get(i) else {
+                        return anyhow::Ok(());
+                    };
+                    let config = cable_node::config::CableConfig::load(&f.config)?;
+                    cable_node::payer::Cable::open(config, &f.data_dir)?.sync()?;
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("a sync worker panicked"))
+    })?;
+    println!(
+        "  {cables} cable wallets synced in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let _miner = Miner::start(&bitcoind, Duration::from_secs(2));
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let paying = Instant::now();
-    // A cable's session is not Send (its store and relay stay on one thread): all cables are
-    // polled together by this thread, their connections served by the runtime's workers.
-    let sessions = files.iter().map(|(scheme, f)| {
-        let config = cable_node::config::CableConfig::load(&f.config);
-        let data_dir = f.data_dir.clone();
-        let scheme = scheme.clone();
-        async move {
-            let run = async {
-                let mut cable = cable_node::payer::Cable::open(config?, &data_dir)?;
-                let report = cable.run_session().await?;
-                anyhow::Ok(serde_json::to_value(report)?)
-            };
-            (scheme, run.await)
-        }
+    // Each cable on its own thread and runtime, as each is its own device (a session is not
+    // Send: its store and relay stay on one thread).
+    let outcomes: Vec<(String, anyhow::Result<Value>)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = files
+            .iter()
+            .map(|(scheme, f)| {
+                let thread = std::thread::Builder::new()
+                    .stack_size(512 * 1024)
+                    .spawn_scoped(scope, move || {
+                        let run = || {
+                            // Multi-thread: the cable blocks in place for its wallet.
+                            let runtime = tokio::runtime::Builder::new_multi_thread()
+                                .worker_threads(1)
+                                .max_blocking_threads(2)
+                                .thread_stack_size(512 * 1024)
+                                .enable_all()
+                                .build()?;
+                            let config = cable_node::config::CableConfig::load(&f.config)?;
+                            let mut cable = cable_node::payer::Cable::open(config, &f.data_dir)?;
+                            let report = runtime.block_on(cable.run_session())?;
+                            anyhow::Ok(serde_json::to_value(report)?)
+                        };
+                        (scheme.clone(), run())
+                    });
+                (scheme, thread)
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|(scheme, thread)| match thread {
+                Ok(thread) => thread.join().unwrap_or_else(|_| {
+                    (
+                        scheme.clone(),
+                        Err(anyhow::anyhow!("the cable's thread panicked")),
+                    )
+                }),
+                Err(e) => (scheme.clone(), Err(anyhow::anyhow!("no thread: {e}"))),
+            })
+            .collect()
     });
-    let outcomes: Vec<(String, anyhow::Result<Value>)> =
-        runtime.block_on(futures_util::future::join_all(sessions));
     let elapsed = paying.elapsed().as_secs_f64();
     let rss = socket.pid().map_or(0.0, peak_rss_mb);
 

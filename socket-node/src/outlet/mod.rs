@@ -133,8 +133,8 @@ pub(crate) struct OutletTask {
 pub struct OutletHandle {
     /// The outlet's config.
     pub config: OutletConfig,
-    /// What `GetOffer` answers for it, but for the payout script (filled in per request).
-    offer: v1::GetOfferResponse,
+    /// Its offer, but for the payout script and nonce (filled in per request).
+    offer: v1::Offer,
     events: broadcast::Sender<v1::WatchStatusResponse>,
     watchers: Arc<AtomicUsize>,
     commands: mpsc::UnboundedSender<Command>,
@@ -145,7 +145,7 @@ impl OutletHandle {
     /// opened, meter read, the stored open session resumed.
     pub(crate) fn spawn(
         config: OutletConfig,
-        offer: v1::GetOfferResponse,
+        offer: v1::Offer,
         shared: Arc<Shared>,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
@@ -245,13 +245,15 @@ impl OutletHandle {
             .map_err(|_| stopped())
     }
 
-    /// What `GetOffer` answers now: the outlet's terms and the payout address it offers.
-    pub(crate) async fn offer(&self) -> Result<v1::GetOfferResponse, SocketError> {
+    /// The offer now, answering `cable_nonce`: the outlet's terms and the payout address it
+    /// offers (signed by the caller).
+    pub(crate) async fn offer(&self, cable_nonce: Vec<u8>) -> Result<v1::Offer, SocketError> {
         let payout = self
             .call(|task| task.offered_payout().map(|p| p.script.to_bytes()))
             .await??;
-        Ok(v1::GetOfferResponse {
+        Ok(v1::Offer {
             payout_script: payout,
+            cable_nonce,
             ..self.offer.clone()
         })
     }

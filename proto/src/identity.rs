@@ -1,0 +1,459 @@
+//! Identities and what they sign (design.md "Trust"; seed 004 asks each device to prove who it
+//! is). Every signature is BIP 340 Schnorr by a device's key over the BIP 340 tagged hash of the
+//! *exact bytes* of a protobuf-encoded message carried beside it, so no side ever re-encodes
+//! what it checks and implementations in other languages need no canonical encoding:
+//!
+//! - an [`v1::Offer`] in `GetOfferResponse.offer`, tag `t2t/offer`, by the socket identity key,
+//!   answering the cable's nonce ([`sign_offer`], [`verify_offer`]);
+//! - a [`v1::CertificateBody`] in `SocketCertificate.body`, tag `t2t/cert`, by an operator key
+//!   ([`certify`], [`verify_certificate`]).
+//!
+//! Keys travel as 33-byte compressed secp256k1 keys; signatures verify against their x-only
+//! form (BIP 340). Test vectors: `proto/testvectors/signatures.json`.
+
+use bitcoin::hashes::{sha256t_hash_newtype, Hash};
+use bitcoin::secp256k1::{schnorr, Keypair, Message, PublicKey, Secp256k1, SecretKey};
+use prost::Message as _;
+
+use crate::v1;
+
+sha256t_hash_newtype! {
+    /// Tag `t2t/offer`.
+    pub struct OfferTag = hash_str("t2t/offer");
+    /// BIP 340 tagged hash of an encoded [`v1::Offer`].
+    pub struct OfferHash(_);
+
+    /// Tag `t2t/cert`.
+    pub struct CertTag = hash_str("t2t/cert");
+    /// BIP 340 tagged hash of an encoded [`v1::CertificateBody`].
+    pub struct CertHash(_);
+}
+
+/// Why a signed message is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// The signed bytes do not decode as the message they claim to be.
+    #[error("the signed {what} does not decode: {reason}")]
+    Decode {
+        /// Which message.
+        what: &'static str,
+        /// The decoder's word.
+        reason: String,
+    },
+    /// A key is not a 33-byte compressed secp256k1 public key.
+    #[error("{what} is not a public key: {reason}")]
+    Key {
+        /// Which key.
+        what: &'static str,
+        /// Why not.
+        reason: String,
+    },
+    /// The signature is not 64 bytes or does not verify.
+    #[error("bad signature of the {0}")]
+    Signature(&'static str),
+    /// The offer answers another request (its nonce or outlet differs).
+    #[error("the offer answers another request: {0}")]
+    NotOurs(String),
+    /// No certificate vouches for the socket under the policy.
+    #[error("certificate: {0}")]
+    Certificate(String),
+}
+
+fn key_of(bytes: &[u8], what: &'static str) -> Result<PublicKey, IdentityError> {
+    PublicKey::from_slice(bytes).map_err(|e| IdentityError::Key {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+fn sign(digest: [u8; 32], secret: &SecretKey) -> Vec<u8> {
+    let secp = Secp256k1::signing_only();
+    let keypair = Keypair::from_secret_key(&secp, secret);
+    secp.sign_schnorr(&Message::from_digest(digest), &keypair)
+        .as_ref()
+        .to_vec()
+}
+
+fn verify(
+    digest: [u8; 32],
+    signature: &[u8],
+    key: &PublicKey,
+    what: &'static str,
+) -> Result<(), IdentityError> {
+    let signature =
+        schnorr::Signature::from_slice(signature).map_err(|_| IdentityError::Signature(what))?;
+    Secp256k1::verification_only()
+        .verify_schnorr(
+            &signature,
+            &Message::from_digest(digest),
+            &key.x_only_public_key().0,
+        )
+        .map_err(|_| IdentityError::Signature(what))
+}
+
+/// A certificate as a file: JSON `{"body_hex": "...", "signature_hex": "..."}` with the two
+/// fields of a [`v1::SocketCertificate`] in hex.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFile {
+    /// `SocketCertificate.body`, hex.
+    pub body_hex: String,
+    /// `SocketCertificate.signature`, hex.
+    pub signature_hex: String,
+}
+
+impl CertificateFile {
+    /// The file of `certificate`.
+    pub fn of(certificate: &v1::SocketCertificate) -> Self {
+        use bitcoin::hex::DisplayHex;
+        CertificateFile {
+            body_hex: certificate.body.to_lower_hex_string(),
+            signature_hex: certificate.signature.to_lower_hex_string(),
+        }
+    }
+
+    /// Read the certificate of the JSON file at `path`. Its signature is checked by whoever
+    /// trusts it, not here. Errors: unreadable file, bad JSON or hex.
+    pub fn read(path: &std::path::Path) -> Result<v1::SocketCertificate, std::io::Error> {
+        use bitcoin::hex::FromHex;
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let file: CertificateFile = serde_json::from_str(&std::fs::read_to_string(path)?)
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok(v1::SocketCertificate {
+            body: Vec::from_hex(&file.body_hex).map_err(|e| invalid(e.to_string()))?,
+            signature: Vec::from_hex(&file.signature_hex).map_err(|e| invalid(e.to_string()))?,
+        })
+    }
+}
+
+/// `TaggedHash("t2t/offer", offer_bytes)`.
+pub fn offer_hash(offer_bytes: &[u8]) -> OfferHash {
+    OfferHash::hash(offer_bytes)
+}
+
+/// `TaggedHash("t2t/cert", body_bytes)`.
+pub fn cert_hash(body_bytes: &[u8]) -> CertHash {
+    CertHash::hash(body_bytes)
+}
+
+/// The socket's reply to `GetOffer`: `offer` encoded and signed by `identity_secret` (whose
+/// public key must be `offer.socket_identity_key`), with the socket's `certificates`.
+pub fn sign_offer(
+    offer: &v1::Offer,
+    identity_secret: &SecretKey,
+    certificates: Vec<v1::SocketCertificate>,
+) -> v1::GetOfferResponse {
+    let bytes = offer.encode_to_vec();
+    let signature = sign(offer_hash(&bytes).to_byte_array(), identity_secret);
+    v1::GetOfferResponse {
+        offer: bytes,
+        signature,
+        certificates,
+    }
+}
+
+/// The cable's check of a `GetOffer` reply to its request for `outlet_id` with `nonce`:
+/// decode the offer from the exact bytes received, verify the socket's signature against the
+/// identity key the offer names, and that the offer answers this request. Returns the offer.
+/// Whether that key is one to trust is the caller's policy ([`verify_certificate`]).
+///
+/// Errors: [`IdentityError::Decode`], [`IdentityError::Key`], [`IdentityError::Signature`],
+/// [`IdentityError::NotOurs`].
+pub fn verify_offer(
+    response: &v1::GetOfferResponse,
+    outlet_id: &str,
+    nonce: &[u8],
+) -> Result<v1::Offer, IdentityError> {
+    let offer =
+        v1::Offer::decode(response.offer.as_slice()).map_err(|e| IdentityError::Decode {
+            what: "offer",
+            reason: e.to_string(),
+        })?;
+    let key = key_of(&offer.socket_identity_key, "the socket identity key")?;
+    verify(
+        offer_hash(&response.offer).to_byte_array(),
+        &response.signature,
+        &key,
+        "offer",
+    )?;
+    if offer.cable_nonce != nonce {
+        return Err(IdentityError::NotOurs("not our nonce".into()));
+    }
+    if offer.outlet_id != outlet_id {
+        return Err(IdentityError::NotOurs(format!(
+            "outlet {:?}, not {outlet_id:?}",
+            offer.outlet_id
+        )));
+    }
+    Ok(offer)
+}
+
+/// An operator's certificate of `body` (whose `operator_key` must be the public key of
+/// `operator_secret`).
+pub fn certify(body: &v1::CertificateBody, operator_secret: &SecretKey) -> v1::SocketCertificate {
+    let bytes = body.encode_to_vec();
+    let signature = sign(cert_hash(&bytes).to_byte_array(), operator_secret);
+    v1::SocketCertificate {
+        body: bytes,
+        signature,
+    }
+}
+
+/// Whether one of `certificates` vouches for `socket_key` on `outlet_id` at `now_unix_secs`,
+/// signed by one of `trusted_operators`. Returns the operator key that vouches.
+///
+/// Errors: [`IdentityError::Certificate`] saying why none does (the last reason found).
+pub fn verify_certificate(
+    certificates: &[v1::SocketCertificate],
+    socket_key: &[u8],
+    outlet_id: &str,
+    now_unix_secs: u64,
+    trusted_operators: &[PublicKey],
+) -> Result<PublicKey, IdentityError> {
+    let mut why = "no certificate".to_owned();
+    for certificate in certificates {
+        match check_one(
+            certificate,
+            socket_key,
+            outlet_id,
+            now_unix_secs,
+            trusted_operators,
+        ) {
+            Ok(operator) => return Ok(operator),
+            Err(e) => why = e.to_string(),
+        }
+    }
+    Err(IdentityError::Certificate(why))
+}
+
+fn check_one(
+    certificate: &v1::SocketCertificate,
+    socket_key: &[u8],
+    outlet_id: &str,
+    now_unix_secs: u64,
+    trusted_operators: &[PublicKey],
+) -> Result<PublicKey, IdentityError> {
+    let body = v1::CertificateBody::decode(certificate.body.as_slice()).map_err(|e| {
+        IdentityError::Decode {
+            what: "certificate",
+            reason: e.to_string(),
+        }
+    })?;
+    let operator = key_of(&body.operator_key, "the operator key")?;
+    verify(
+        cert_hash(&certificate.body).to_byte_array(),
+        &certificate.signature,
+        &operator,
+        "certificate",
+    )?;
+    if !trusted_operators.contains(&operator) {
+        return Err(IdentityError::Certificate(format!(
+            "operator {operator} is not trusted"
+        )));
+    }
+    if body.socket_identity_key != socket_key {
+        return Err(IdentityError::Certificate(
+            "it certifies another socket".into(),
+        ));
+    }
+    if !body.outlet_ids.iter().any(|o| o == outlet_id) {
+        return Err(IdentityError::Certificate(format!(
+            "outlet {outlet_id:?} is not named"
+        )));
+    }
+    if now_unix_secs >= body.expires_at_unix_secs {
+        return Err(IdentityError::Certificate("expired".into()));
+    }
+    Ok(operator)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::hex::{DisplayHex, FromHex};
+    use serde_json::{json, Value};
+
+    const VECTORS: &str = "testvectors/signatures.json";
+
+    fn secret(byte: u8) -> SecretKey {
+        SecretKey::from_slice(&[byte; 32]).unwrap()
+    }
+
+    fn public(byte: u8) -> Vec<u8> {
+        secret(byte)
+            .public_key(&Secp256k1::signing_only())
+            .serialize()
+            .to_vec()
+    }
+
+    fn offer() -> v1::Offer {
+        v1::Offer {
+            socket_identity_key: public(0x11),
+            outlet_id: "outlet-1".into(),
+            network: v1::Network::Regtest as i32,
+            price_msat_per_wh: 125_000,
+            quota_mwh: 8_000,
+            schemes: vec![v1::SchemeTerms {
+                scheme: v1::Scheme::Onchain as i32,
+                min_payment_sat: 546,
+                terms: Some(v1::scheme_terms::Terms::Onchain(v1::OnchainOfferTerms {})),
+            }],
+            payout_script: Vec::from_hex("0014751e76e8199196d454941c45d1b3a323f1433bd6").unwrap(),
+            cable_nonce: vec![0x42; 32],
+        }
+    }
+
+    fn body() -> v1::CertificateBody {
+        v1::CertificateBody {
+            operator_key: public(0x22),
+            socket_identity_key: public(0x11),
+            outlet_ids: vec!["outlet-1".into(), "outlet-2".into()],
+            expires_at_unix_secs: 1_900_000_000,
+        }
+    }
+
+    /// A signature without auxiliary randomness (BIP 340 allows any aux; fixed for vectors).
+    fn deterministic(digest: [u8; 32], secret: &SecretKey) -> Vec<u8> {
+        let secp = Secp256k1::signing_only();
+        secp.sign_schnorr_no_aux_rand(
+            &Message::from_digest(digest),
+            &Keypair::from_secret_key(&secp, secret),
+        )
+        .as_ref()
+        .to_vec()
+    }
+
+    fn vectors() -> Value {
+        let offer_bytes = offer().encode_to_vec();
+        let offer_hash = offer_hash(&offer_bytes).to_byte_array();
+        let offer_sig = deterministic(offer_hash, &secret(0x11));
+        let body_bytes = body().encode_to_vec();
+        let cert_hash = cert_hash(&body_bytes).to_byte_array();
+        let cert_sig = deterministic(cert_hash, &secret(0x22));
+        let mut tampered = offer_bytes.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        json!({
+            "about": "Signatures of t2t.v1 (socket.proto GetOfferResponse, SocketCertificate): BIP 340 Schnorr by the x-only form of the 33-byte key, over the BIP 340 tagged hash SHA256(SHA256(tag) || SHA256(tag) || message_hex bytes) with tag \"t2t/offer\" or \"t2t/cert\". message_hex is the exact protobuf encoding carried (GetOfferResponse.offer, SocketCertificate.body); decode it, never re-encode it. The signatures here were made without auxiliary randomness; real ones use fresh aux randomness and differ: verify, do not compare. secret_key_hex is given to reproduce them.",
+            "vectors": [
+                {
+                    "tag": "t2t/offer",
+                    "message": "Offer",
+                    "secret_key_hex": ([0x11u8; 32]).to_lower_hex_string(),
+                    "public_key_hex": public(0x11).to_lower_hex_string(),
+                    "message_hex": offer_bytes.to_lower_hex_string(),
+                    "tagged_hash_hex": offer_hash.to_lower_hex_string(),
+                    "signature_hex": offer_sig.to_lower_hex_string(),
+                    "valid": true
+                },
+                {
+                    "tag": "t2t/offer",
+                    "message": "Offer, last byte changed after signing",
+                    "public_key_hex": public(0x11).to_lower_hex_string(),
+                    "message_hex": tampered.to_lower_hex_string(),
+                    "signature_hex": offer_sig.to_lower_hex_string(),
+                    "valid": false
+                },
+                {
+                    "tag": "t2t/cert",
+                    "message": "CertificateBody",
+                    "secret_key_hex": ([0x22u8; 32]).to_lower_hex_string(),
+                    "public_key_hex": public(0x22).to_lower_hex_string(),
+                    "message_hex": body_bytes.to_lower_hex_string(),
+                    "tagged_hash_hex": cert_hash.to_lower_hex_string(),
+                    "signature_hex": cert_sig.to_lower_hex_string(),
+                    "valid": true
+                }
+            ]
+        })
+    }
+
+    /// The vectors file is what this code computes (`T2T_WRITE_TESTVECTORS=1` rewrites it),
+    /// and every vector verifies (or not) as it says.
+    #[test]
+    fn the_test_vectors_hold() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(VECTORS);
+        let computed = vectors();
+        if std::env::var_os("T2T_WRITE_TESTVECTORS").is_some() {
+            let text = serde_json::to_string_pretty(&computed).unwrap() + "\n";
+            std::fs::write(&path, text).unwrap();
+        }
+        let stored: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(stored, computed, "{VECTORS} is stale");
+        for v in stored["vectors"].as_array().unwrap() {
+            let hex = |k: &str| Vec::from_hex(v[k].as_str().unwrap()).unwrap();
+            let message = hex("message_hex");
+            let digest = match v["tag"].as_str().unwrap() {
+                "t2t/offer" => offer_hash(&message).to_byte_array(),
+                _ => cert_hash(&message).to_byte_array(),
+            };
+            let key = PublicKey::from_slice(&hex("public_key_hex")).unwrap();
+            let ok = verify(digest, &hex("signature_hex"), &key, "vector").is_ok();
+            assert_eq!(ok, v["valid"].as_bool().unwrap(), "{v}");
+        }
+    }
+
+    #[test]
+    fn an_offer_verifies_only_as_signed_and_for_its_request() {
+        let signed = sign_offer(&offer(), &secret(0x11), vec![]);
+        assert_eq!(
+            verify_offer(&signed, "outlet-1", &[0x42; 32]).unwrap(),
+            offer()
+        );
+        assert!(matches!(
+            verify_offer(&signed, "outlet-1", &[0x43; 32]),
+            Err(IdentityError::NotOurs(_))
+        ));
+        assert!(matches!(
+            verify_offer(&signed, "outlet-2", &[0x42; 32]),
+            Err(IdentityError::NotOurs(_))
+        ));
+        // Signed by another key than the one it names.
+        let forged = sign_offer(&offer(), &secret(0x33), vec![]);
+        assert_eq!(
+            verify_offer(&forged, "outlet-1", &[0x42; 32]),
+            Err(IdentityError::Signature("offer"))
+        );
+        let mut garbage = signed.clone();
+        garbage.offer = vec![0xff; 3];
+        assert!(matches!(
+            verify_offer(&garbage, "outlet-1", &[0x42; 32]),
+            Err(IdentityError::Decode { .. })
+        ));
+        let mut short = signed;
+        short.signature.pop();
+        assert!(verify_offer(&short, "outlet-1", &[0x42; 32]).is_err());
+    }
+
+    #[test]
+    fn a_certificate_vouches_only_for_its_socket_outlets_and_time() {
+        let operator = PublicKey::from_slice(&public(0x22)).unwrap();
+        let certificate = certify(&body(), &secret(0x22));
+        let check = |key: &[u8], outlet: &str, now: u64, trusted: &[PublicKey]| {
+            verify_certificate(
+                std::slice::from_ref(&certificate),
+                key,
+                outlet,
+                now,
+                trusted,
+            )
+        };
+        let socket = public(0x11);
+        assert_eq!(check(&socket, "outlet-2", 1_000, &[operator]), Ok(operator));
+        assert!(check(&socket, "outlet-3", 1_000, &[operator]).is_err());
+        assert!(check(&public(0x12), "outlet-1", 1_000, &[operator]).is_err());
+        assert!(check(&socket, "outlet-1", 1_900_000_000, &[operator]).is_err());
+        assert!(check(&socket, "outlet-1", 1_000, &[]).is_err());
+        // Signed by someone else than the operator it names.
+        let forged = certify(&body(), &secret(0x23));
+        assert!(verify_certificate(&[forged], &socket, "outlet-1", 1_000, &[operator]).is_err());
+        // The file form reads back.
+        let dir = std::env::temp_dir().join(format!("t2t-cert-{}", std::process::id()));
+        std::fs::write(
+            &dir,
+            serde_json::to_string(&CertificateFile::of(&certificate)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(CertificateFile::read(&dir).unwrap(), certificate);
+        let _ = std::fs::remove_file(&dir);
+    }
+}
