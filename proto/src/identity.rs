@@ -112,6 +112,16 @@ impl CertificateFile {
         }
     }
 
+    /// Write `certificate` as JSON to `path`.
+    pub fn write(
+        certificate: &v1::SocketCertificate,
+        path: &std::path::Path,
+    ) -> Result<(), std::io::Error> {
+        let json = serde_json::to_string_pretty(&CertificateFile::of(certificate))
+            .map_err(std::io::Error::other)?;
+        std::fs::write(path, json + "\n")
+    }
+
     /// Read the certificate of the JSON file at `path`. Its signature is checked by whoever
     /// trusts it, not here. Errors: unreadable file, bad JSON or hex.
     pub fn read(path: &std::path::Path) -> Result<v1::SocketCertificate, std::io::Error> {

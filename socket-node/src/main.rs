@@ -74,6 +74,78 @@ enum Command {
         #[arg(long, default_value = "outlet-1")]
         outlet: String,
     },
+    /// Print the socket's identity key (33-byte compressed, hex; seed path m/1017'/0'): what a
+    /// cable's policy pins (`trusted_socket_keys`) and what an operator certifies.
+    Identity {
+        /// The socket's data dir (its seed is created there on first use).
+        #[arg(long, default_value = "socket-data")]
+        data_dir: PathBuf,
+    },
+    /// As an operator, certify a socket's identity for some of its outlets until an expiry
+    /// (socket.proto `SocketCertificate`), and write the certificate as JSON for the socket's
+    /// `certificates` config. Prints the operator key that cables trust
+    /// (`trusted_operator_keys`).
+    Certify {
+        /// The operator's folder: its seed (created there on first use) gives the operator key
+        /// (its identity key, m/1017'/0'). Keep it off the sockets.
+        #[arg(long)]
+        operator_dir: PathBuf,
+        /// The socket identity key to certify (hex, from `socket-node identity`).
+        #[arg(long)]
+        socket_key: String,
+        /// Outlet ids the certificate names, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        outlets: Vec<String>,
+        /// Days until the certificate expires.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        /// Where to write the certificate (JSON).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// The identity key of the node whose seed is in `data_dir` (derivation does not depend on the
+/// network).
+fn keys_of(data_dir: &std::path::Path) -> anyhow::Result<wallet::keys::NodeKeys> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    Ok(wallet::keys::NodeKeys::load_or_create(
+        data_dir,
+        bitcoin::Network::Bitcoin,
+    )?)
+}
+
+fn identity(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    println!("{}", keys_of(data_dir)?.identity_key());
+    Ok(())
+}
+
+fn certify(
+    operator_dir: &std::path::Path,
+    socket_key: &str,
+    outlet_ids: Vec<String>,
+    days: u64,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let socket_key: bitcoin::PublicKey = socket_key
+        .parse()
+        .with_context(|| format!("--socket-key {socket_key:?}"))?;
+    anyhow::ensure!(days > 0, "--days must be at least 1");
+    let keys = keys_of(operator_dir)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let body = proto::v1::CertificateBody {
+        operator_key: keys.identity_key().to_bytes(),
+        socket_identity_key: socket_key.to_bytes(),
+        outlet_ids,
+        expires_at_unix_secs: now.as_secs() + days * 86_400,
+    };
+    let certificate = proto::identity::certify(&body, &keys.identity_secret());
+    proto::identity::CertificateFile::write(&certificate, out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("operator key {}", keys.identity_key());
+    println!("certificate written to {}", out.display());
+    Ok(())
 }
 
 /// Default endpoint of the operator API.
@@ -282,6 +354,14 @@ async fn main() -> ExitCode {
             init_logs(false);
             status(endpoint, outlet).await
         }
+        Command::Identity { data_dir } => identity(&data_dir),
+        Command::Certify {
+            operator_dir,
+            socket_key,
+            outlets,
+            days,
+            out,
+        } => certify(&operator_dir, &socket_key, outlets, days, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
