@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: the TOML config.
 //! - [`policy`]: what the cable accepts to pay.
+//! - [`signer`]: the cable's signature on the requests that change its session.
 //! - [`store`]: sessions and signed payments in SQLite.
 //! - [`error`]: [`error::CableError`], why a session failed.
 //! - [`payer`]: the plug-in flow, and the payer side of each scheme (one module each).
@@ -16,4 +17,5 @@ pub mod error;
 pub mod lightning;
 pub mod payer;
 pub mod policy;
+pub mod signer;
 pub mod store;

@@ -107,6 +107,17 @@ pub fn fake_signed_offer(
     proto::identity::sign_offer(&offer, &secret, Vec::new())
 }
 
+/// The signer of the hand-made cables of the tests: one identity key ([0x77; 32]) for the whole
+/// test process, sequences rising across its sessions.
+pub fn cable_signer() -> &'static cable_node::signer::RequestSigner {
+    static SIGNER: OnceLock<cable_node::signer::RequestSigner> = OnceLock::new();
+    SIGNER.get_or_init(|| {
+        cable_node::signer::RequestSigner::new(
+            bitcoin::secp256k1::SecretKey::from_slice(&[0x77; 32]).expect("in range"),
+        )
+    })
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

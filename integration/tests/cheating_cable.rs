@@ -162,22 +162,24 @@ fn the_socket_refuses_a_cheating_cable_and_locks_out() {
                 })
             };
             let terms = client
-                .power_request(v1::PowerRequestRequest {
+                .power_request(integration::cable_signer().sign(v1::PowerRequestRequest {
                     outlet_id: OUTLET.into(),
                     scheme: v1::Scheme::Onchain as i32,
                     session_id: String::new(),
                     max_amount_sat: 0,
-                })
+                    auth: None,
+                }))
                 .await
                 .unwrap()
                 .into_inner();
             let psbt = crafted(cheat, &terms, &mut payer, &mut other);
             let refused = client
-                .pay_transaction(v1::PayTransactionRequest {
+                .pay_transaction(integration::cable_signer().sign(v1::PayTransactionRequest {
                     session_id: terms.session_id.clone(),
                     payment_id: terms.payment_id,
                     psbt,
-                })
+                    auth: None,
+                }))
                 .await
                 .expect_err("the socket must refuse");
             assert_eq!(

@@ -227,6 +227,13 @@ impl Socket for FakeSocket {
         }))
     }
 
+    async fn end_session(
+        &self,
+        _: Request<v1::EndSessionRequest>,
+    ) -> Result<Response<v1::EndSessionResponse>, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
+
     async fn fund_channel(
         &self,
         _: Request<v1::FundChannelRequest>,

@@ -43,12 +43,13 @@ impl Cable {
                 .unwrap()
                 .into_inner();
             let terms = client
-                .power_request(v1::PowerRequestRequest {
+                .power_request(integration::cable_signer().sign(v1::PowerRequestRequest {
                     outlet_id: OUTLET.into(),
                     scheme: v1::Scheme::Lightning as i32,
                     session_id: String::new(),
                     max_amount_sat: 0,
-                })
+                    auth: None,
+                }))
                 .await
                 .unwrap()
                 .into_inner();

@@ -180,12 +180,13 @@ fn a_cable_that_never_pays_its_invoice_gets_nothing_and_is_locked_out() {
             .await
             .unwrap();
         let terms = client
-            .power_request(v1::PowerRequestRequest {
+            .power_request(integration::cable_signer().sign(v1::PowerRequestRequest {
                 outlet_id: OUTLET.into(),
                 scheme: v1::Scheme::Lightning as i32,
                 session_id: String::new(),
                 max_amount_sat: 0,
-            })
+                auth: None,
+            }))
             .await
             .unwrap()
             .into_inner();
@@ -199,11 +200,12 @@ fn a_cable_that_never_pays_its_invoice_gets_nothing_and_is_locked_out() {
         assert_eq!(terms.amount_msat, 1_000_000);
         // An on-chain "payment" of a Lightning quota is refused without credit.
         let refused = client
-            .pay_transaction(v1::PayTransactionRequest {
+            .pay_transaction(integration::cable_signer().sign(v1::PayTransactionRequest {
                 session_id: terms.session_id.clone(),
                 payment_id: terms.payment_id,
                 psbt: vec![],
-            })
+                auth: None,
+            }))
             .await
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::InvalidArgument);

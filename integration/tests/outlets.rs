@@ -32,20 +32,22 @@ fn cheat_on_outlet_3(socket: &SocketProcess) -> String {
             .await
             .unwrap();
         let terms = client
-            .power_request(v1::PowerRequestRequest {
+            .power_request(integration::cable_signer().sign(v1::PowerRequestRequest {
                 outlet_id,
                 scheme: v1::Scheme::Onchain as i32,
+                auth: None,
                 ..Default::default()
-            })
+            }))
             .await
             .unwrap()
             .into_inner();
         let refused = client
-            .pay_transaction(v1::PayTransactionRequest {
+            .pay_transaction(integration::cable_signer().sign(v1::PayTransactionRequest {
                 session_id: terms.session_id,
                 payment_id: terms.payment_id,
                 psbt: b"psbt\xff but not really".to_vec(),
-            })
+                auth: None,
+            }))
             .await
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");

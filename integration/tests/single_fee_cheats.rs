@@ -40,12 +40,13 @@ async fn power_request(
     session: &str,
 ) -> v1::PowerRequestResponse {
     client
-        .power_request(v1::PowerRequestRequest {
+        .power_request(integration::cable_signer().sign(v1::PowerRequestRequest {
             outlet_id: OUTLET.into(),
             scheme: v1::Scheme::SingleFee as i32,
             session_id: session.into(),
             max_amount_sat: 5_000,
-        })
+            auth: None,
+        }))
         .await
         .unwrap()
         .into_inner()
@@ -57,11 +58,12 @@ async fn pay(
     psbt: &Psbt,
 ) -> Result<v1::PayTransactionResponse, Status> {
     client
-        .pay_transaction(v1::PayTransactionRequest {
+        .pay_transaction(integration::cable_signer().sign(v1::PayTransactionRequest {
             session_id: terms.session_id.clone(),
             payment_id: terms.payment_id,
             psbt: psbt.serialize(),
-        })
+            auth: None,
+        }))
         .await
         .map(Response::into_inner)
 }
@@ -329,12 +331,13 @@ fn a_double_spend_of_the_held_inputs_is_locked_out_at_bounded_loss() {
 
 async fn power_request_err(client: &mut SocketClient<Channel>, session: &str) -> Status {
     client
-        .power_request(v1::PowerRequestRequest {
+        .power_request(integration::cable_signer().sign(v1::PowerRequestRequest {
             outlet_id: OUTLET.into(),
             scheme: v1::Scheme::SingleFee as i32,
             session_id: session.into(),
             max_amount_sat: 5_000,
-        })
+            auth: None,
+        }))
         .await
         .expect_err("no terms in a locked-out session")
 }
@@ -451,6 +454,13 @@ impl Socket for FakeSocket {
         Err(Status::unimplemented(
             "this fake socket has no spillman channels",
         ))
+    }
+
+    async fn end_session(
+        &self,
+        _: Request<v1::EndSessionRequest>,
+    ) -> Result<Response<v1::EndSessionResponse>, Status> {
+        Err(Status::unimplemented("not needed"))
     }
 
     async fn fund_channel(

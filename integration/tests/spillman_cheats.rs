@@ -73,7 +73,7 @@ async fn open_channel(
     channel.deposit = OutPoint::new(deposit.compute_txid(), vout as u32);
     let refund = channel.refund().unwrap();
     let opened = client
-        .open_channel(v1::OpenChannelRequest {
+        .open_channel(integration::cable_signer().sign(v1::OpenChannelRequest {
             outlet_id: OUTLET.into(),
             cable_channel_key: channel.cable_key.to_bytes(),
             deposit_txid: channel.deposit.txid.to_string(),
@@ -83,17 +83,19 @@ async fn open_channel(
             fee_sat: channel.fee.to_sat(),
             cable_script: channel.cable_script.to_bytes(),
             refund_tx: encode::serialize(&refund),
-        })
+            auth: None,
+        }))
         .await
         .unwrap()
         .into_inner();
     let signature = bitcoin::ecdsa::Signature::from_slice(&opened.refund_signature).unwrap();
     channel.verify(&refund, Signer::Socket, &signature).unwrap();
     client
-        .fund_channel(v1::FundChannelRequest {
+        .fund_channel(integration::cable_signer().sign(v1::FundChannelRequest {
             session_id: opened.session_id.clone(),
             deposit_tx: encode::serialize(&deposit),
-        })
+            auth: None,
+        }))
         .await
         .unwrap();
     OpenChannel {
@@ -112,12 +114,13 @@ async fn pay(
     key: &SecretKey,
 ) -> Result<v1::PayTransactionResponse, tonic::Status> {
     let terms = client
-        .power_request(v1::PowerRequestRequest {
+        .power_request(integration::cable_signer().sign(v1::PowerRequestRequest {
             outlet_id: OUTLET.into(),
             scheme: v1::Scheme::Spillman as i32,
             session_id: open.session_id.clone(),
             max_amount_sat: 0,
-        })
+            auth: None,
+        }))
         .await?
         .into_inner();
     let tx = make(Amount::from_sat(
@@ -129,11 +132,12 @@ async fn pay(
         .partial_sigs
         .insert(open.channel.cable_key, signature);
     client
-        .pay_transaction(v1::PayTransactionRequest {
+        .pay_transaction(integration::cable_signer().sign(v1::PayTransactionRequest {
             session_id: open.session_id.clone(),
             payment_id: terms.payment_id,
             psbt: psbt.serialize(),
-        })
+            auth: None,
+        }))
         .await
         .map(|r| r.into_inner())
 }

@@ -43,6 +43,11 @@ pub enum SocketError {
     /// Our own fault (the store). `INTERNAL`, `ERROR_REASON_INTERNAL`.
     #[error("{0}")]
     Internal(String),
+    /// A request changing a session without a valid signature of the session's cable, or a
+    /// replayed one; nothing changed, no lockout. `UNAUTHENTICATED`,
+    /// `ERROR_REASON_UNAUTHENTICATED`.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
 }
 
 impl SocketError {
@@ -85,6 +90,9 @@ impl SocketError {
             SocketError::Unavailable(_) => (Code::Unavailable, ErrorReason::Unavailable),
             SocketError::PaymentInFlight(_) => (Code::Unavailable, ErrorReason::PaymentInFlight),
             SocketError::Internal(_) => (Code::Internal, ErrorReason::Internal),
+            SocketError::Unauthenticated(_) => {
+                (Code::Unauthenticated, ErrorReason::Unauthenticated)
+            }
         }
     }
 }

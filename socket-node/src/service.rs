@@ -16,13 +16,46 @@ use crate::outlet::{OutletHandle, OutletTask};
 use crate::seller::{seller_of, spillman, Issued, SellerContext};
 use crate::shared::Shared;
 use crate::station::Station;
-use crate::store::PaymentStatus;
+use crate::store::{Authorized, CableAuth, PaymentStatus};
+use proto::identity::SessionRequest;
 use proto::Scheme;
 
 /// The tonic service over a running [`Station`].
 pub struct SocketService(pub Arc<Station>);
 
 impl SocketService {
+    /// Check that `request` is signed by its session's cable with a new sequence (design.md
+    /// "Trust"), before it may change anything; for a request that opens a session, only the
+    /// signature. Returns who signed. Errors: `UNAUTHENTICATED` (no lockout), `NOT_FOUND` for
+    /// an unknown session.
+    fn authenticate<R: SessionRequest>(&self, request: &R) -> Result<CableAuth, SocketError> {
+        let (key, sequence) = proto::identity::verify_request(request)
+            .map_err(|e| SocketError::Unauthenticated(e.to_string()))?;
+        let cable = CableAuth { key, sequence };
+        let session_id = request.session_id();
+        if session_id.is_empty() {
+            return Ok(cable);
+        }
+        let authorized = self
+            .0
+            .shared
+            .store()
+            .authorize(session_id, &cable)
+            .map_err(SocketError::internal)?;
+        match authorized {
+            Authorized::Yes => Ok(cable),
+            Authorized::NoSession => Err(SocketError::not_found(format!(
+                "no session {session_id:?} here"
+            ))),
+            Authorized::OtherCable => Err(SocketError::Unauthenticated(format!(
+                "session {session_id} belongs to another cable"
+            ))),
+            Authorized::Replay { last_sequence } => Err(SocketError::Unauthenticated(format!(
+                "replayed request: sequence {sequence} is not above {last_sequence}"
+            ))),
+        }
+    }
+
     fn context<'a>(&'a self, outlet: &'a OutletHandle) -> SellerContext<'a> {
         SellerContext {
             shared: &self.0.shared,
@@ -126,11 +159,12 @@ impl Socket for SocketService {
         request: Request<v1::PowerRequestRequest>,
     ) -> Result<Response<v1::PowerRequestResponse>, Status> {
         let request = request.into_inner();
+        let cable = self.authenticate(&request)?;
         let outlet = self.0.outlet(&request.outlet_id)?;
         let scheme = offered_scheme(outlet, request.scheme)?;
         let shared = Arc::clone(&self.0.shared);
         let issued = outlet
-            .call(move |task| issue_terms(task, &shared, scheme, &request))
+            .call(move |task| issue_terms(task, &shared, scheme, &request, &cable))
             .await??;
         let reply = seller_of(scheme)
             .reply(&self.context(outlet), issued)
@@ -143,6 +177,7 @@ impl Socket for SocketService {
         request: Request<v1::PayTransactionRequest>,
     ) -> Result<Response<v1::PayTransactionResponse>, Status> {
         let request = request.into_inner();
+        self.authenticate(&request)?;
         let (session_id, payment_id) = (request.session_id.as_str(), request.payment_id);
         let outlet = self.0.outlet_of_session(session_id)?;
         let shared = &self.0.shared;
@@ -195,13 +230,14 @@ impl Socket for SocketService {
         request: Request<v1::OpenChannelRequest>,
     ) -> Result<Response<v1::OpenChannelResponse>, Status> {
         let request = request.into_inner();
+        let cable = self.authenticate(&request)?;
         let outlet = self.0.outlet(&request.outlet_id)?;
         let scheme = offered_scheme(outlet, v1::Scheme::Spillman as i32)?;
         let session_id = new_session_id();
         let payout = {
             let id = session_id.clone();
             outlet
-                .call(move |task| task.open_session(&id, scheme))
+                .call(move |task| task.open_session(&id, scheme, &cable))
                 .await??
         };
         let cx = self.context(outlet);
@@ -223,6 +259,7 @@ impl Socket for SocketService {
         request: Request<v1::FundChannelRequest>,
     ) -> Result<Response<v1::FundChannelResponse>, Status> {
         let request = request.into_inner();
+        self.authenticate(&request)?;
         let outlet = self.0.outlet_of_session(&request.session_id)?;
         let cx = self.context(outlet);
         let funded = spillman::fund(&cx, &request).await;
@@ -239,6 +276,22 @@ impl Socket for SocketService {
             }
             Err(reason) => Err(SocketError::wrong_state(reason).into()),
         }
+    }
+
+    async fn end_session(
+        &self,
+        request: Request<v1::EndSessionRequest>,
+    ) -> Result<Response<v1::EndSessionResponse>, Status> {
+        let request = request.into_inner();
+        self.authenticate(&request)?;
+        let outlet = self.0.outlet_of_session(&request.session_id)?;
+        let session = request.session_id;
+        let used = outlet
+            .call(move |task| task.end_session(&session))
+            .await??;
+        Ok(Response::new(v1::EndSessionResponse {
+            energy_used_mwh: used.0,
+        }))
     }
 }
 
@@ -286,6 +339,7 @@ fn issue_terms(
     shared: &Shared,
     scheme: Scheme,
     request: &v1::PowerRequestRequest,
+    cable: &CableAuth,
 ) -> Result<Issued, SocketError> {
     let seller = seller_of(scheme);
     let (session_id, payout) = if request.session_id.is_empty() {
@@ -295,7 +349,7 @@ fn issue_terms(
             )));
         }
         let id = new_session_id();
-        let payout = task.open_session(&id, scheme)?;
+        let payout = task.open_session(&id, scheme, cable)?;
         (id, payout)
     } else {
         let stored = shared

@@ -19,6 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::signer::RequestSigner;
 use anyhow::Context;
 use bitcoin::hex::DisplayHex;
 use bitcoin::Amount;
@@ -108,6 +109,8 @@ pub struct Cable {
     config: CableConfig,
     data_dir: std::path::PathBuf,
     keys: NodeKeys,
+    /// Signs the requests that change a session with the identity key.
+    signer: RequestSigner,
     ln: Option<Arc<ln::ldk_node::Node>>,
     /// Payment outcomes reported by the Lightning node, for those who wait on them.
     ln_events: Arc<crate::lightning::PaymentEvents>,
@@ -175,6 +178,7 @@ impl Cable {
         Ok(Cable {
             config,
             data_dir: data_dir.to_owned(),
+            signer: RequestSigner::new(keys.identity_secret()),
             keys,
             ln: None,
             ln_events: Arc::default(),
@@ -294,12 +298,20 @@ impl Cable {
             session.resumed = true;
         }
         if accepted.scheme == v1::Scheme::Spillman && !session.id.is_empty() {
-            spillman::resume(&mut client, &session.id, &self.store, &mut self.wallet).await?;
+            spillman::resume(
+                &mut client,
+                &self.signer,
+                &session.id,
+                &self.store,
+                &mut self.wallet,
+            )
+            .await?;
         }
         if accepted.scheme == v1::Scheme::Spillman && session.id.is_empty() {
             // The channel opens the session (seed 003 steps 4–11), once plugged in.
             let (id, deposit) = spillman::open(
                 &mut client,
+                &self.signer,
                 &self.config.outlet_id,
                 &accepted,
                 &self.config.policy,
@@ -354,8 +366,26 @@ impl Cable {
             }
         }
         .await;
-        // The socket's final count of the session's energy, before unplugging.
-        if let Ok(status) = client
+        // A clean unplug: end the session (signed, so only this cable can), and take the
+        // socket's final count of its energy; when it already ended, ask the status.
+        let ended = if session.id.is_empty() {
+            None
+        } else {
+            let request = self.signer.sign(v1::EndSessionRequest {
+                session_id: session.id.clone(),
+                auth: None,
+            });
+            match client.end_session(request).await {
+                Ok(reply) => Some(reply.into_inner().energy_used_mwh),
+                Err(status) => {
+                    tracing::debug!(session = %session.id, "EndSession: {}", status.message());
+                    None
+                }
+            }
+        };
+        if let Some(used) = ended {
+            session.energy_used_mwh = used;
+        } else if let Ok(status) = client
             .get_status(v1::GetStatusRequest {
                 outlet_id: self.config.outlet_id.clone(),
             })
@@ -471,7 +501,7 @@ impl Cable {
         session: &mut Session,
     ) -> Result<v1::PowerRequestResponse, CableError> {
         loop {
-            let request = v1::PowerRequestRequest {
+            let request = self.signer.sign(v1::PowerRequestRequest {
                 outlet_id: self.config.outlet_id.clone(),
                 scheme: accepted.scheme as i32,
                 session_id: session.id.clone(),
@@ -479,7 +509,8 @@ impl Cable {
                     v1::Scheme::SingleFee => accepted.single_fee_max.to_sat(),
                     _ => 0,
                 },
-            };
+                auth: None,
+            });
             match client.power_request(request).await {
                 Ok(reply) => return Ok(reply.into_inner()),
                 Err(status) if retryable(&status) => {
@@ -590,11 +621,12 @@ impl Cable {
                 .sign(self, session, &terms, accepted)?,
         };
         let reply = loop {
-            let request = v1::PayTransactionRequest {
+            let request = self.signer.sign(v1::PayTransactionRequest {
                 session_id: session.id.clone(),
                 payment_id: terms.payment_id,
                 psbt: record.psbt.clone(),
-            };
+                auth: None,
+            });
             match client.pay_transaction(request).await {
                 Ok(reply) => break reply.into_inner(),
                 Err(status) if retryable(&status) => {

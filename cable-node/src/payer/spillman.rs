@@ -4,6 +4,7 @@
 //! quota higher, and take the refund alone once its lock height is reached if the socket never
 //! closed. Transactions come from [`proto::spillman`], the same rules the socket applies.
 
+use crate::signer::RequestSigner;
 use anyhow::Context;
 use bitcoin::consensus::encode;
 use bitcoin::hex::DisplayHex;
@@ -45,6 +46,7 @@ impl Payer for Spillman {
 #[allow(clippy::too_many_arguments)]
 pub async fn open(
     client: &mut SocketClient<transport::Channel>,
+    signer: &RequestSigner,
     outlet_id: &str,
     accepted: &AcceptedOffer,
     policy: &Policy,
@@ -109,7 +111,7 @@ pub async fn open(
 
     // Steps 6–8: the socket signs the refund without having seen the signed deposit.
     let reply = client
-        .open_channel(v1::OpenChannelRequest {
+        .open_channel(signer.sign(v1::OpenChannelRequest {
             outlet_id: outlet_id.to_owned(),
             cable_channel_key: cable_key.to_bytes(),
             deposit_txid: deposit_txid.clone(),
@@ -119,7 +121,8 @@ pub async fn open(
             fee_sat: channel.fee.to_sat(),
             cable_script: channel.cable_script.to_bytes(),
             refund_tx: encode::serialize(&refund),
-        })
+            auth: None,
+        }))
         .await;
     let reply = match reply {
         Ok(reply) => reply.into_inner(),
@@ -167,7 +170,7 @@ pub async fn open(
         )
         .context("storing the session")?;
     fail::fail_point!("cable-refund-stored", |_| std::process::abort());
-    fund(client, &reply.session_id, &deposit, store, wallet).await?;
+    fund(client, signer, &reply.session_id, &deposit, store, wallet).await?;
     tracing::info!(deposit = %deposit_txid, value = %channel.deposit_value, lock_height = channel.refund_lock_height, "spillman channel open");
     Ok((reply.session_id, deposit))
 }
@@ -176,6 +179,7 @@ pub async fn open(
 /// deposit twice) and mark the channel funded.
 async fn fund(
     client: &mut SocketClient<transport::Channel>,
+    signer: &RequestSigner,
     session_id: &str,
     deposit: &bitcoin::Transaction,
     store: &CableStore,
@@ -183,10 +187,11 @@ async fn fund(
 ) -> Result<(), CableError> {
     let deposit_txid = deposit.compute_txid().to_string();
     let funded = client
-        .fund_channel(v1::FundChannelRequest {
+        .fund_channel(signer.sign(v1::FundChannelRequest {
             session_id: session_id.to_owned(),
             deposit_tx: encode::serialize(deposit),
-        })
+            auth: None,
+        }))
         .await
         .map_err(|s| CableError::SocketRefused(s.message().to_owned()))?
         .into_inner();
@@ -207,6 +212,7 @@ async fn fund(
 /// short is handed over again.
 pub async fn resume(
     client: &mut SocketClient<transport::Channel>,
+    signer: &RequestSigner,
     session_id: &str,
     store: &CableStore,
     wallet: &mut NodeWallet,
@@ -216,7 +222,7 @@ pub async fn resume(
         .context("reading the store")?;
     if let Some(stored) = stored.filter(|c| c.status == "refund-signed") {
         tracing::info!(deposit = %stored.channel.deposit.txid, "handing the deposit over again");
-        fund(client, session_id, &stored.deposit, store, wallet).await?;
+        fund(client, signer, session_id, &stored.deposit, store, wallet).await?;
     }
     Ok(())
 }

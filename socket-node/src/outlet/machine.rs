@@ -212,6 +212,20 @@ impl Outlet {
         }
     }
 
+    /// End the session in progress `id` at its cable's request (a clean unplug): relay open,
+    /// back to Standby, no blame. Errors: `id` is not the session in progress.
+    pub fn end_session(&mut self, id: &str, reason: &str) -> Result<Vec<Event>, String> {
+        self.active_session(id)?;
+        let session = self.session.take().expect("checked");
+        let mut events = vec![Event::SessionEnded {
+            id: session.id,
+            used: session.used,
+            reason: reason.to_owned(),
+        }];
+        events.extend(self.enter(OutletState::Standby));
+        Ok(events)
+    }
+
     /// Credit a payment of `quota` to the session in progress: Paid, relay closed.
     pub fn credit(&mut self, session_id: &str, quota: EnergyMwh) -> Result<Vec<Event>, String> {
         let session = self.active_session(session_id)?;
@@ -457,5 +471,23 @@ mod tests {
         o.tick(100, EnergyMwh(1_000), true);
         assert_eq!(o.session().unwrap().used, EnergyMwh(4_000));
         assert_eq!(o.state(), OutletState::Paid);
+    }
+
+    #[test]
+    fn the_cable_ends_its_session_and_only_its_own() {
+        let mut o = outlet();
+        o.tick(0, EnergyMwh(0), true);
+        o.open_session("s".into(), 0, EnergyMwh(0)).unwrap();
+        o.credit("s", EnergyMwh(8_000)).unwrap();
+        assert!(o.relay_closed());
+        assert!(o.end_session("other", "by the cable").is_err());
+        assert!(o.relay_closed());
+        let events = o.end_session("s", "by the cable").unwrap();
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, Event::SessionEnded { reason, .. } if reason == "by the cable")));
+        assert_eq!(o.state(), OutletState::Standby);
+        assert!(!o.relay_closed());
+        assert!(o.end_session("s", "again").is_err());
     }
 }

@@ -25,7 +25,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::OutletConfig;
 use crate::shared::{Settle, Shared};
-use crate::store::{unix_ms, Payout};
+use crate::store::{unix_ms, CableAuth, Payout};
 use hardware::Hardware;
 pub use machine::{Event, Outlet, OutletParams};
 use proto::Scheme;
@@ -408,21 +408,23 @@ impl OutletTask {
     }
 
     /// Open a session of `scheme` for `id` on the state machine and in the store, bound to the
-    /// payout address the outlet offers; returns that address's script.
+    /// payout address the outlet offers and to the cable that signed the opening request;
+    /// returns the address's script.
     pub(crate) fn open_session(
         &mut self,
         id: &str,
         scheme: Scheme,
+        cable: &CableAuth,
     ) -> Result<ScriptBuf, SocketError> {
         let payout = self.offered_payout()?.clone();
         let (now, meter) = (self.now_ms(), self.last_reading.energy);
         self.machine
             .open_session(id.to_owned(), now, meter)
             .map_err(SocketError::wrong_state)?;
-        if let Err(e) = self
-            .shared
-            .store()
-            .open_session(id, &self.config.id, scheme, &payout)
+        if let Err(e) =
+            self.shared
+                .store()
+                .open_session(id, &self.config.id, scheme, &payout, cable)
         {
             // Not stored: not opened.
             self.machine.abandon(id, "not stored");
@@ -470,6 +472,24 @@ impl OutletTask {
                 .audit(&self.config.id, Some(session_id), "payment-refused", reason);
         let events = self.machine.lock_out(reason, self.now_ms());
         self.apply(events);
+    }
+
+    /// End session `id` at its cable's request (authenticated by the caller): relay open, what
+    /// was paid settles. Returns the energy delivered. Errors: `FAILED_PRECONDITION` when `id`
+    /// is not the session in progress.
+    pub(crate) fn end_session(&mut self, id: &str) -> Result<EnergyMwh, SocketError> {
+        let used = self
+            .machine
+            .session()
+            .filter(|s| s.id == id)
+            .map(|s| s.used)
+            .unwrap_or_default();
+        let events = self
+            .machine
+            .end_session(id, "ended by the cable")
+            .map_err(SocketError::wrong_state)?;
+        self.apply(events);
+        Ok(used)
     }
 
     /// End session `id` before anything was paid, with no blame.

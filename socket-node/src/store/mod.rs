@@ -36,7 +36,7 @@ pub use status::{ChannelStatus, PaymentStatus, SetStatus};
 /// The schema, one migration per version, oldest first; append, never edit. Version 1 is the
 /// schema of the one-outlet socket (its `IF NOT EXISTS` lets a data dir made before versions
 /// existed take it as is).
-pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
@@ -154,6 +154,14 @@ CREATE TABLE payout_addresses (
 );
 ";
 
+/// Version 3: each session bound to the cable identity key that opened it, with the sequence
+/// number of the last request accepted from it (design.md "Trust"). Sessions of version 2 have
+/// no key: no further request of theirs is accepted.
+const SCHEMA_V3: &str = "
+ALTER TABLE sessions ADD COLUMN cable_key_hex TEXT NOT NULL DEFAULT '';
+ALTER TABLE sessions ADD COLUMN last_sequence INTEGER NOT NULL DEFAULT 0;
+";
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> i64 {
     SystemTime::now()
@@ -174,6 +182,31 @@ pub struct StoredSession {
     pub payments: u64,
     /// The highest payment id issued in terms.
     pub last_payment_id: u64,
+}
+
+/// Who signed a request, as checked by `proto::identity::verify_request`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CableAuth {
+    /// The cable's identity key.
+    pub key: bitcoin::secp256k1::PublicKey,
+    /// The request's sequence number.
+    pub sequence: u64,
+}
+
+/// Whether a signed request may act on its session ([`Store::authorize`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authorized {
+    /// Yes: the session's cable, a new sequence (now the last accepted).
+    Yes,
+    /// No such session.
+    NoSession,
+    /// The session is bound to another cable's key.
+    OtherCable,
+    /// The sequence is not above the last accepted one.
+    Replay {
+        /// The last sequence accepted.
+        last_sequence: u64,
+    },
 }
 
 /// Terms issued for one payment.
@@ -324,6 +357,7 @@ mod tests {
                 "outlet-1",
                 Scheme::Onchain,
                 &payout(&store, "outlet-1", 1),
+                &cable(1),
             )
             .unwrap();
         store
@@ -332,6 +366,7 @@ mod tests {
                 "outlet-2",
                 Scheme::Onchain,
                 &payout(&store, "outlet-2", 2),
+                &cable(1),
             )
             .unwrap();
         for (session, payment_id, value) in [("a", 1, 1_000), ("a", 2, 1_001), ("b", 1, 1_002)] {
@@ -365,6 +400,48 @@ mod tests {
         assert_eq!(store.unbroadcast_payments().unwrap().len(), 2);
     }
 
+    /// The cable of key `[byte; 32]`, first request sequence 1.
+    fn cable(byte: u8) -> CableAuth {
+        let secret = bitcoin::secp256k1::SecretKey::from_slice(&[byte; 32]).unwrap();
+        CableAuth {
+            key: secret.public_key(&bitcoin::secp256k1::Secp256k1::signing_only()),
+            sequence: 1,
+        }
+    }
+
+    #[test]
+    fn a_session_takes_requests_only_from_its_cable_and_never_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = payout(&store, "outlet-1", 1);
+        store
+            .open_session("s", "outlet-1", Scheme::Onchain, &first, &cable(1))
+            .unwrap();
+        let next = |byte: u8, sequence: u64| CableAuth {
+            sequence,
+            ..cable(byte)
+        };
+        assert_eq!(store.authorize("s", &next(1, 5)).unwrap(), Authorized::Yes);
+        assert_eq!(
+            store.authorize("s", &next(1, 5)).unwrap(),
+            Authorized::Replay { last_sequence: 5 }
+        );
+        assert_eq!(
+            store.authorize("s", &next(1, 4)).unwrap(),
+            Authorized::Replay { last_sequence: 5 }
+        );
+        assert_eq!(
+            store.authorize("s", &next(2, 9)).unwrap(),
+            Authorized::OtherCable
+        );
+        assert_eq!(
+            store.authorize("t", &next(1, 9)).unwrap(),
+            Authorized::NoSession
+        );
+        // A stranger's attempt changed nothing: the cable goes on from 5.
+        assert_eq!(store.authorize("s", &next(1, 6)).unwrap(), Authorized::Yes);
+    }
+
     /// A payout address for `outlet_id` recorded as offered (script: OP_RETURN `tag`).
     fn payout(store: &Store, outlet_id: &str, tag: u8) -> Payout {
         let payout = Payout {
@@ -388,7 +465,7 @@ mod tests {
             Some(first.clone())
         );
         store
-            .open_session("s1", "outlet-1", Scheme::Onchain, &first)
+            .open_session("s1", "outlet-1", Scheme::Onchain, &first, &cable(1))
             .unwrap();
         // Bound: no longer offered; the session keeps it, across a reopening of the store.
         assert_eq!(store.offered_payout("outlet-1").unwrap(), None);
@@ -403,7 +480,7 @@ mod tests {
         // An address is bound to one session only: a second session opening with it is not
         // stored at all.
         assert!(store
-            .open_session("s2", "outlet-1", Scheme::Onchain, &first)
+            .open_session("s2", "outlet-1", Scheme::Onchain, &first, &cable(1))
             .is_err());
         assert_eq!(store.session_outlet("s2").unwrap(), None);
         assert_eq!(store.session_payout("nope").unwrap(), None);

@@ -5,11 +5,12 @@ use proto::Scheme;
 use rusqlite::types::Type;
 use rusqlite::{params, OptionalExtension};
 
-use super::{unix_ms, Payout, Result, Store, StoredSession};
+use super::{unix_ms, Authorized, CableAuth, Payout, Result, Store, StoredSession};
 
 impl Store {
     /// Record a new session, paid to `payout` (the address its outlet offered, bound to it
-    /// from now on), in one transaction. Errors: `StatementChangedRows(0)` when `payout` is not
+    /// from now on) and to the cable of `cable` (its first request's sequence), in one
+    /// transaction. Errors: `StatementChangedRows(0)` when `payout` is not
     /// offered (unknown, or bound to another session).
     pub fn open_session(
         &self,
@@ -17,17 +18,21 @@ impl Store {
         outlet_id: &str,
         scheme: Scheme,
         payout: &Payout,
+        cable: &CableAuth,
     ) -> Result<()> {
         let tx = self.db.unchecked_transaction()?;
         tx.execute(
-            "INSERT INTO sessions (id, outlet_id, scheme, started_at_unix_ms, payout_script_hex)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO sessions (id, outlet_id, scheme, started_at_unix_ms, payout_script_hex,
+                                   cable_key_hex, last_sequence)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 id,
                 outlet_id,
                 scheme.name(),
                 unix_ms(),
-                payout.script.to_hex_string()
+                payout.script.to_hex_string(),
+                cable.key.to_string(),
+                cable.sequence as i64
             ],
         )?;
         let bound = tx.execute(
@@ -40,6 +45,36 @@ impl Store {
             return Err(rusqlite::Error::StatementChangedRows(bound));
         }
         tx.commit()
+    }
+
+    /// Accept a request of `session_id` signed by `cable.key` with `cable.sequence`: the key
+    /// must be the session's and the sequence above the last accepted, which it becomes
+    /// (persisted before the request is acted on).
+    pub fn authorize(&self, session_id: &str, cable: &CableAuth) -> Result<Authorized> {
+        let key = cable.key.to_string();
+        let accepted = self.db.execute(
+            "UPDATE sessions SET last_sequence = ?3
+             WHERE id = ?1 AND cable_key_hex = ?2 AND last_sequence < ?3",
+            params![session_id, key, cable.sequence as i64],
+        )?;
+        if accepted == 1 {
+            return Ok(Authorized::Yes);
+        }
+        let row: Option<(String, i64)> = self
+            .db
+            .query_row(
+                "SELECT cable_key_hex, last_sequence FROM sessions WHERE id = ?1",
+                params![session_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(match row {
+            None => Authorized::NoSession,
+            Some((bound, _)) if bound != key => Authorized::OtherCable,
+            Some((_, last)) => Authorized::Replay {
+                last_sequence: last as u64,
+            },
+        })
     }
 
     /// The outlet a session is on, if the session exists.

@@ -1,0 +1,167 @@
+//! Trust on the link (design.md "Trust"): a session belongs to the cable whose identity key
+//! opened it. A stranger on the same power-line link, who can read the outlet's status, cannot
+//! pay into, ask terms for, or end that session: unsigned, wrongly signed and replayed requests
+//! get `UNAUTHENTICATED`, change nothing and lock nothing out. The owner ends it cleanly.
+
+use std::time::Duration;
+
+use cable_node::signer::RequestSigner;
+use integration::{SocketProcess, SocketSetup, OUTLET};
+use proto::v1::socket_client::SocketClient;
+use proto::v1::{self, OutletState};
+use regtest::Regtest;
+use tonic::Code;
+
+fn refused_unauthenticated<T: std::fmt::Debug>(result: Result<T, tonic::Status>, what: &str) {
+    let status = result.expect_err(what);
+    assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+    assert_eq!(
+        proto::errors::reason_of(&status),
+        Some(v1::ErrorReason::Unauthenticated),
+        "{what}"
+    );
+}
+
+#[test]
+fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = SocketProcess::start(
+        &bitcoind,
+        &dir.path().join("socket"),
+        &SocketSetup {
+            payment_timeout_secs: 120,
+            ..SocketSetup::default()
+        },
+    )
+    .unwrap();
+    let owner = integration::cable_signer();
+    let stranger =
+        RequestSigner::new(bitcoin::secp256k1::SecretKey::from_slice(&[0x66; 32]).unwrap());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = SocketClient::connect(socket.endpoint.clone())
+            .await
+            .unwrap();
+        // The owner plugs in (the link stays open) and opens a session.
+        let _link = client
+            .watch_status(v1::WatchStatusRequest {
+                outlet_id: OUTLET.into(),
+            })
+            .await
+            .unwrap();
+        let opening = owner.sign(v1::PowerRequestRequest {
+            outlet_id: OUTLET.into(),
+            scheme: v1::Scheme::Onchain as i32,
+            ..Default::default()
+        });
+        let terms = client
+            .power_request(opening.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        let session_id = terms.session_id.clone();
+
+        // The stranger reads the session id from the public status...
+        let status = client
+            .get_status(v1::GetStatusRequest {
+                outlet_id: OUTLET.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(status.session_id, session_id);
+        // ...and tries everything with it.
+        let garbage = || v1::PayTransactionRequest {
+            session_id: session_id.clone(),
+            payment_id: terms.payment_id,
+            psbt: b"not a psbt".to_vec(),
+            auth: None,
+        };
+        refused_unauthenticated(
+            client.pay_transaction(garbage()).await,
+            "an unsigned payment",
+        );
+        refused_unauthenticated(
+            client.pay_transaction(stranger.sign(garbage())).await,
+            "a payment signed by a stranger",
+        );
+        refused_unauthenticated(
+            client
+                .end_session(stranger.sign(v1::EndSessionRequest {
+                    session_id: session_id.clone(),
+                    auth: None,
+                }))
+                .await,
+            "a stranger ending the session",
+        );
+        refused_unauthenticated(
+            client
+                .power_request(stranger.sign(v1::PowerRequestRequest {
+                    outlet_id: OUTLET.into(),
+                    scheme: v1::Scheme::Onchain as i32,
+                    session_id: session_id.clone(),
+                    ..Default::default()
+                }))
+                .await,
+            "a stranger asking terms for the session",
+        );
+        // A request of the owner's, copied off the link and changed, or played back.
+        let mut tampered = owner.sign(garbage());
+        tampered.payment_id += 1;
+        refused_unauthenticated(
+            client.pay_transaction(tampered).await,
+            "an owner's request changed on the way",
+        );
+        let next_terms = owner.sign(v1::PowerRequestRequest {
+            outlet_id: OUTLET.into(),
+            scheme: v1::Scheme::Onchain as i32,
+            session_id: session_id.clone(),
+            ..Default::default()
+        });
+        let again = client
+            .power_request(next_terms.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(again.payment_id, terms.payment_id, "the same unpaid terms");
+        refused_unauthenticated(client.power_request(next_terms).await, "a replayed request");
+
+        // Nothing changed: the owner's session is still in progress, no lockout.
+        let status = client
+            .get_status(v1::GetStatusRequest {
+                outlet_id: OUTLET.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(status.state, OutletState::Standby as i32, "{status:?}");
+        assert_eq!(status.session_id, session_id, "{status:?}");
+        assert!(status.reason.is_empty(), "{status:?}");
+
+        // The owner ends it cleanly.
+        client
+            .end_session(owner.sign(v1::EndSessionRequest {
+                session_id: session_id.clone(),
+                auth: None,
+            }))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let status = client
+            .get_status(v1::GetStatusRequest {
+                outlet_id: OUTLET.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(status.state, OutletState::Standby as i32, "{status:?}");
+        assert!(status.session_id.is_empty(), "{status:?}");
+    });
+    let log = socket.log_text();
+    assert!(log.contains("ended by the cable"), "{log}");
+    assert!(!log.contains("lockout"), "{log}");
+}
