@@ -33,6 +33,10 @@ pub struct SocketConfig {
     /// At most this many bitcoind RPC calls run at once for payment checks, across outlets.
     #[serde(default = "default_max_chain_calls")]
     pub max_chain_calls: usize,
+    /// A credited `onchain` payment is watched until it is this many blocks deep: one replaced
+    /// by a conflicting transaction before then is found and recorded as lost.
+    #[serde(default = "default_final_confirmations")]
+    pub final_confirmations: u32,
     /// Its Lightning node, for the `lightning` scheme (shared by every outlet).
     pub lightning: Option<LightningConfig>,
     /// Files of operators' certificates of this socket's identity (each a JSON
@@ -40,6 +44,10 @@ pub struct SocketConfig {
     /// an operator rather than a socket key need one.
     #[serde(default)]
     pub certificates: Vec<std::path::PathBuf>,
+}
+
+fn default_final_confirmations() -> u32 {
+    6
 }
 
 fn default_max_chain_calls() -> usize {
@@ -267,6 +275,10 @@ impl SocketConfig {
             "no [[outlets]]: a socket needs at least one outlet"
         );
         anyhow::ensure!(self.max_chain_calls > 0, "max_chain_calls must be > 0");
+        anyhow::ensure!(
+            self.final_confirmations > 0,
+            "final_confirmations must be > 0"
+        );
         let mut ids = std::collections::HashSet::new();
         for outlet in &self.outlets {
             anyhow::ensure!(!outlet.id.is_empty(), "an outlet has an empty id");

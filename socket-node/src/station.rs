@@ -171,6 +171,7 @@ impl Station {
                     self.shared.save_energies();
                     self.watch_held_sets();
                     self.watch_confirmations();
+                    self.watch_payments();
                     crate::seller::spillman::close_due(&self.shared, &self.outlets);
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -212,6 +213,75 @@ impl Station {
             &format!("set-{status}"),
             &detail,
         );
+    }
+
+    /// The chain watch of credited `onchain` payments (design.md "Trust"): each is followed
+    /// until `final_confirmations` deep. One that left the mempool unconfirmed with an input
+    /// spent elsewhere was replaced by the cable (full RBF): recorded as lost, and the session
+    /// locked out if still in progress. One merely evicted (inputs unspent) is sent again.
+    /// bitcoind unreachable: try again next time, blame nobody.
+    fn watch_payments(&self) {
+        let Ok(watched) = self.shared.store().watched_payments() else {
+            return;
+        };
+        if watched.is_empty() {
+            return;
+        }
+        let chain = &self.shared.chain;
+        let Ok(tip) = chain.height() else { return };
+        let final_confirmations = self.shared.config.final_confirmations;
+        for payment in watched {
+            let txid = payment.tx.compute_txid();
+            let (session_id, payment_id) = (payment.session_id.as_str(), payment.payment_id);
+            match chain.confirmation_height(&txid) {
+                Ok(Some(height)) => {
+                    if tip.saturating_sub(height) + 1 >= final_confirmations {
+                        let _ = self.shared.store().set_payment_status(
+                            session_id,
+                            payment_id,
+                            PaymentStatus::Confirmed,
+                        );
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(_) => return,
+            }
+            match chain.in_mempool(&txid) {
+                Ok(false) => {}
+                Ok(true) | Err(_) => continue,
+            }
+            let spent = payment
+                .tx
+                .input
+                .iter()
+                .map(|i| i.previous_output)
+                .find(|outpoint| matches!(chain.unspent_value(*outpoint), Ok(None)));
+            let Some(input) = spent else {
+                tracing::info!(session = %session_id, %txid, "payment left the mempool: sending it again");
+                let _ = chain.broadcast(&payment.tx);
+                continue;
+            };
+            let reason = format!(
+                "payment {payment_id} ({txid}) was replaced: its input {input} was spent by another transaction"
+            );
+            tracing::warn!(session = %session_id, "{reason}");
+            let outlet_id = {
+                let store = self.shared.store();
+                let _ = store.set_payment_status(session_id, payment_id, PaymentStatus::Lost);
+                let outlet_id = store
+                    .session_outlet(session_id)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                let _ = store.audit(&outlet_id, Some(session_id), "payment-lost", &reason);
+                outlet_id
+            };
+            if let Ok(outlet) = self.outlets.get(&outlet_id) {
+                let session = session_id.to_owned();
+                let _ = outlet.call_blocking(move |task| task.lock_out(&session, &reason));
+            }
+        }
     }
 
     fn watch_confirmations(&self) {

@@ -431,6 +431,11 @@ impl OutletTask {
             return Err(SocketError::internal(format!("storing the session: {e}")));
         }
         self.payout = None;
+        // Simulator: the appliance of a new session starts its load profile afresh (a session
+        // may follow an EndSession before the link's unplug debounce has passed).
+        if let Some((outlet, load)) = &self.hw.sim {
+            outlet.set_load(load.clone());
+        }
         tracing::info!(outlet = %self.config.id, session = %id, scheme = scheme.name(), payout_index = payout.index, "session opened");
         Ok(payout.script)
     }

@@ -36,7 +36,7 @@ pub use status::{ChannelStatus, PaymentStatus, SetStatus};
 /// The schema, one migration per version, oldest first; append, never edit. Version 1 is the
 /// schema of the one-outlet socket (its `IF NOT EXISTS` lets a data dir made before versions
 /// existed take it as is).
-pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
@@ -160,6 +160,31 @@ CREATE TABLE payout_addresses (
 const SCHEMA_V3: &str = "
 ALTER TABLE sessions ADD COLUMN cable_key_hex TEXT NOT NULL DEFAULT '';
 ALTER TABLE sessions ADD COLUMN last_sequence INTEGER NOT NULL DEFAULT 0;
+";
+
+/// Version 4: the chain watch of credited on-chain payments (design.md "Trust"): a broadcast
+/// payment becomes `confirmed` once `final_confirmations` deep, or `lost` when a conflicting
+/// transaction spent one of its inputs (the cable replaced it). SQLite cannot change a CHECK
+/// constraint in place: the table is rebuilt.
+const SCHEMA_V4: &str = "
+CREATE TABLE payments_v4 (
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    payment_id INTEGER NOT NULL,
+    txid TEXT NOT NULL,
+    tx_hex TEXT NOT NULL,
+    amount_sat INTEGER NOT NULL,
+    quota_mwh INTEGER NOT NULL,
+    fee_sat INTEGER NOT NULL,
+    vsize INTEGER NOT NULL,
+    status TEXT NOT NULL
+        CHECK (status IN ('accepted', 'broadcast', 'failed', 'held', 'confirmed', 'lost')),
+    accepted_at_unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (session_id, payment_id),
+    FOREIGN KEY (session_id, payment_id) REFERENCES terms(session_id, payment_id)
+);
+INSERT INTO payments_v4 SELECT * FROM payments;
+DROP TABLE payments;
+ALTER TABLE payments_v4 RENAME TO payments;
 ";
 
 /// Milliseconds since the Unix epoch.

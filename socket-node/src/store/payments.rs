@@ -155,6 +155,16 @@ impl Store {
         rows.collect()
     }
 
+    /// Broadcast `onchain` payments not yet final: what the chain watch follows.
+    pub fn watched_payments(&self) -> Result<Vec<StoredPayment>> {
+        let mut statement = self.db.prepare(
+            "SELECT session_id, payment_id, tx_hex, status, quota_mwh FROM payments
+             WHERE status = 'broadcast' ORDER BY accepted_at_unix_ms",
+        )?;
+        let rows = statement.query_map([], payment_row)?;
+        rows.collect()
+    }
+
     /// Txids of a session's payments that did not fail, by payment id.
     pub fn payment_txids(&self, session_id: &str) -> Result<Vec<Txid>> {
         let mut statement = self.db.prepare(

@@ -58,6 +58,11 @@ status_enum! {
         /// `single-fee` / `spillman`: held by the socket, broadcast when its set or channel
         /// closes.
         Held = "held",
+        /// `onchain`: `final_confirmations` deep; no longer watched.
+        Confirmed = "confirmed",
+        /// `onchain`: a conflicting transaction spent one of its inputs after it was credited
+        /// (the cable replaced it): the money is gone.
+        Lost = "lost",
     }
 }
 

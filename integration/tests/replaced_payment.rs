@@ -1,0 +1,123 @@
+//! No credited payment is forgotten (design.md "Trust", chain watch): a cable pays an `onchain`
+//! quota, is credited, then replaces the payment with a conflicting transaction paying itself
+//! (Bitcoin Core relays full-RBF replacements by default). The socket's chain watch finds the
+//! conflict, records the payment as lost with its reason, and locks the outlet out.
+
+use std::time::{Duration, Instant};
+
+use bitcoin::{Amount, FeeRate, ScriptBuf};
+use integration::{SocketProcess, SocketSetup, OUTLET};
+use proto::v1::socket_client::SocketClient;
+use proto::v1::{self, OutletState};
+use regtest::Regtest;
+
+#[test]
+fn a_credited_payment_the_cable_replaces_is_found_and_recorded_as_lost() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = SocketProcess::start(
+        &bitcoind,
+        &dir.path().join("socket"),
+        &SocketSetup {
+            payment_timeout_secs: 120,
+            lockout_secs: 600,
+            ..SocketSetup::default()
+        },
+    )
+    .unwrap();
+    let mut payer = integration::funded_payer(&bitcoind, 1, 50_000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut client = runtime
+        .block_on(SocketClient::connect(socket.endpoint.clone()))
+        .unwrap();
+    let _link = runtime
+        .block_on(client.watch_status(v1::WatchStatusRequest {
+            outlet_id: OUTLET.into(),
+        }))
+        .unwrap();
+    let terms = runtime
+        .block_on(
+            client.power_request(integration::cable_signer().sign(v1::PowerRequestRequest {
+                outlet_id: OUTLET.into(),
+                scheme: v1::Scheme::Onchain as i32,
+                ..Default::default()
+            })),
+        )
+        .unwrap()
+        .into_inner();
+    let payout = ScriptBuf::from_bytes(terms.payout_script.clone());
+    let amount = Amount::from_sat(terms.amount_msat / 1_000);
+    let rate = FeeRate::from_sat_per_vb(2).unwrap();
+    let (inputs, fee) = payer
+        .wallet
+        .plan_input_set(&payout, amount, rate, Amount::from_sat(5_000))
+        .unwrap();
+    let honest = payer
+        .wallet
+        .pay_from(&inputs, &payout, amount, fee)
+        .unwrap();
+    let paid = runtime
+        .block_on(client.pay_transaction(integration::cable_signer().sign(
+            v1::PayTransactionRequest {
+                session_id: terms.session_id.clone(),
+                payment_id: terms.payment_id,
+                psbt: honest.psbt.serialize(),
+                auth: None,
+            },
+        )))
+        .unwrap()
+        .into_inner();
+    assert_eq!(paid.state, OutletState::Paid as i32);
+
+    // The cable takes the money back: the same input, to itself, a higher fee.
+    let own = payer.wallet.receive_address(7).unwrap().script_pubkey();
+    let replacement = payer
+        .wallet
+        .pay_from(&inputs, &own, amount, fee + Amount::from_sat(3_000))
+        .unwrap();
+    payer.chain.broadcast(&replacement.tx).unwrap();
+    bitcoind.mine(1).unwrap();
+
+    let db_path = socket.data_dir.join("socket.sqlite");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let db = rusqlite::Connection::open_with_flags(
+            &db_path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let status: String = db
+            .query_row(
+                "SELECT status FROM payments WHERE session_id = ?1 AND payment_id = ?2",
+                rusqlite::params![terms.session_id, terms.payment_id as i64],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if status == "lost" || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status, "lost", "socket:\n{}", socket.log_text());
+    let db =
+        rusqlite::Connection::open_with_flags(&db_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let detail: String = db
+        .query_row(
+            "SELECT detail FROM audit WHERE event = 'payment-lost' AND session_id = ?1",
+            [&terms.session_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(detail.contains("was replaced"), "{detail}");
+    assert!(
+        detail.contains(&honest.tx.compute_txid().to_string()),
+        "{detail}"
+    );
+    let outlet = socket.status().unwrap();
+    assert_eq!(outlet.state, OutletState::Lockout as i32, "{outlet:?}");
+    assert!(outlet.reason.contains("was replaced"), "{outlet:?}");
+}
