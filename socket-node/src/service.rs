@@ -349,7 +349,7 @@ fn issue_terms(
             )));
         }
         let id = new_session_id();
-        let payout = task.open_session(&id, scheme, cable)?;
+        let payout = task.open_session(&id, scheme, cable)?.script;
         (id, payout)
     } else {
         let stored = shared

@@ -41,8 +41,8 @@ pub struct Shared {
     pub(crate) identity_secret: bitcoin::secp256k1::SecretKey,
     /// Operators' certificates of the socket's identity, sent with every offer.
     pub(crate) certificates: Vec<proto::v1::SocketCertificate>,
-    /// The socket's spillman channel key.
-    pub(crate) channel_secret: bitcoin::secp256k1::SecretKey,
+    /// The socket's keys: spillman channel keys are derived per channel.
+    pub(crate) keys: wallet::keys::NodeKeys,
     pub(crate) settler: Mutex<mpsc::Sender<Settle>>,
     /// The latest energy of each session in progress, saved by the settler once a second in
     /// one SQLite transaction for all outlets.

@@ -84,7 +84,7 @@ impl Station {
             ln,
             identity_secret: keys.identity_secret(),
             certificates,
-            channel_secret: keys.channel_secret(),
+            keys: keys.clone(),
             settler: Mutex::new(settle_tx),
             energy: Mutex::default(),
         });
@@ -357,7 +357,10 @@ fn offer_of(shared: &Shared, outlet: &OutletConfig, keys: &NodeKeys) -> v1::Offe
         Scheme::SingleFee => Terms::SingleFee(v1::SingleFeeOfferTerms {
             max_amount_sat: outlet.single_fee_max_sat,
         }),
-        Scheme::Spillman => Terms::Spillman(crate::seller::spillman::offer_terms(shared, outlet)),
+        // Its channel key is the one of the payout index offered, filled in per request.
+        Scheme::Spillman => {
+            Terms::Spillman(crate::seller::spillman::offer_terms(shared, outlet, 0))
+        }
         Scheme::Lightning => Terms::Lightning(v1::LightningOfferTerms {
             node_id: shared
                 .ln

@@ -22,10 +22,11 @@ use crate::WalletError;
 pub const SEED_FILE: &str = "seed.txt";
 /// Derivation path of the identity key.
 pub const IDENTITY_PATH: &str = "m/1017'/0'";
-/// Derivation path of the socket's spillman channel key.
+/// Derivation path of the socket's spillman channel keys: channel `i` at `m/1017'/1'/i'`.
 pub const CHANNEL_PATH: &str = "m/1017'/1'";
 
 /// The keys of one node.
+#[derive(Clone)]
 pub struct NodeKeys {
     mnemonic: Mnemonic,
     master: Xpriv,
@@ -83,9 +84,22 @@ impl NodeKeys {
         )
     }
 
-    /// The socket's spillman channel key at [`CHANNEL_PATH`] (its half of every deposit's
-    /// `wsh(multi(2,cable,socket))`, seed 003).
-    pub fn channel_secret(&self) -> bitcoin::secp256k1::SecretKey {
+    /// The socket's spillman key of channel `index`, at [`CHANNEL_PATH`]`/index'` (its half of
+    /// that deposit's `wsh(multi(2,cable,socket))`, seed 003): one key per channel, never one
+    /// for all (design.md "Trust").
+    pub fn channel_secret(&self, index: u32) -> bitcoin::secp256k1::SecretKey {
+        let path: DerivationPath = format!("{CHANNEL_PATH}/{index}'")
+            .parse()
+            .expect("a valid path");
+        self.master
+            .derive_priv(&Secp256k1::new(), &path)
+            .expect("hardened derivation of a valid key")
+            .private_key
+    }
+
+    /// The one spillman channel key of sockets before keys were per channel, at
+    /// [`CHANNEL_PATH`] itself: only to close channels opened then.
+    pub fn legacy_channel_secret(&self) -> bitcoin::secp256k1::SecretKey {
         let path: DerivationPath = CHANNEL_PATH.parse().expect("constant path");
         self.master
             .derive_priv(&Secp256k1::new(), &path)
@@ -154,4 +168,25 @@ mod tests {
             Err(WalletError::Seed { .. })
         ));
     }
+
+    #[test]
+    fn each_channel_has_its_own_key_and_none_is_the_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = NodeKeys::load_or_create(dir.path(), Network::Regtest).unwrap();
+        let secrets = [
+            keys.channel_secret(0),
+            keys.channel_secret(1),
+            keys.channel_secret(2),
+            keys.legacy_channel_secret(),
+            keys.identity_secret(),
+        ];
+        for (i, a) in secrets.iter().enumerate() {
+            for b in &secrets[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        // Derivation is stable: the same index gives the same key again.
+        assert_eq!(keys.channel_secret(1), keys.channel_secret(1));
+    }
+
 }

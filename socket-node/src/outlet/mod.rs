@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::SocketError;
-use bitcoin::ScriptBuf;
 use hw::MeterReading;
 use proto::units::{EnergyMwh, PowerMw};
 use proto::v1;
@@ -248,14 +247,25 @@ impl OutletHandle {
     /// The offer now, answering `cable_nonce`: the outlet's terms and the payout address it
     /// offers (signed by the caller).
     pub(crate) async fn offer(&self, cable_nonce: Vec<u8>) -> Result<v1::Offer, SocketError> {
-        let payout = self
-            .call(|task| task.offered_payout().map(|p| p.script.to_bytes()))
+        let (payout, channel_key) = self
+            .call(|task| {
+                let payout = task.offered_payout()?.clone();
+                let key = crate::seller::spillman::socket_key(task.shared(), payout.index);
+                Ok::<_, SocketError>((payout, key))
+            })
             .await??;
-        Ok(v1::Offer {
-            payout_script: payout,
+        let mut offer = v1::Offer {
+            payout_script: payout.script.to_bytes(),
             cable_nonce,
             ..self.offer.clone()
-        })
+        };
+        // A spillman channel opened on this offer uses the key of the same index.
+        for entry in &mut offer.schemes {
+            if let Some(v1::scheme_terms::Terms::Spillman(terms)) = &mut entry.terms {
+                terms.socket_channel_key = channel_key.to_bytes();
+            }
+        }
+        Ok(offer)
     }
 
     /// Subscribe to status changes and QuotaLow; counts as a plugged-in cable on the simulator
@@ -409,13 +419,13 @@ impl OutletTask {
 
     /// Open a session of `scheme` for `id` on the state machine and in the store, bound to the
     /// payout address the outlet offers and to the cable that signed the opening request;
-    /// returns the address's script.
+    /// returns that address.
     pub(crate) fn open_session(
         &mut self,
         id: &str,
         scheme: Scheme,
         cable: &CableAuth,
-    ) -> Result<ScriptBuf, SocketError> {
+    ) -> Result<Payout, SocketError> {
         let payout = self.offered_payout()?.clone();
         let (now, meter) = (self.now_ms(), self.last_reading.energy);
         self.machine
@@ -437,7 +447,7 @@ impl OutletTask {
             outlet.set_load(load.clone());
         }
         tracing::info!(outlet = %self.config.id, session = %id, scheme = scheme.name(), payout_index = payout.index, "session opened");
-        Ok(payout.script)
+        Ok(payout)
     }
 
     /// Credit `quota` to the session in progress: Paid, relay closed. Refused when `session_id`

@@ -17,7 +17,7 @@ use super::{Issued, Refusal, Seller, SellerContext};
 use crate::config::OutletConfig;
 use crate::outlet::Outlets;
 use crate::shared::Shared;
-use crate::store::{ChannelStatus, StoredTerms};
+use crate::store::{ChannelStatus, Payout, StoredTerms};
 
 /// The seller of `spillman`.
 pub(crate) struct Spillman;
@@ -49,12 +49,17 @@ impl Seller for Spillman {
     }
 }
 
-/// The channel terms `outlet` offers (socket.proto `SpillmanOfferTerms`): the socket's channel
-/// key and the outlet's `[outlets.spillman]` limits.
-pub(crate) fn offer_terms(shared: &Shared, outlet: &OutletConfig) -> v1::SpillmanOfferTerms {
+/// The channel terms `outlet` offers (socket.proto `SpillmanOfferTerms`): the socket's key of
+/// channel `index` (the payout index of the session the channel would open) and the outlet's
+/// `[outlets.spillman]` limits.
+pub(crate) fn offer_terms(
+    shared: &Shared,
+    outlet: &OutletConfig,
+    index: u32,
+) -> v1::SpillmanOfferTerms {
     let terms = &outlet.spillman;
     v1::SpillmanOfferTerms {
-        socket_channel_key: socket_key(shared).to_bytes(),
+        socket_channel_key: socket_key(shared, index).to_bytes(),
         min_deposit_sat: terms.min_deposit_sat,
         min_lock_blocks: terms.min_lock_blocks,
         max_lock_blocks: terms.max_lock_blocks,
@@ -67,14 +72,14 @@ pub(crate) fn offer_terms(shared: &Shared, outlet: &OutletConfig) -> v1::Spillma
 pub(crate) async fn open(
     cx: &SellerContext<'_>,
     session_id: &str,
-    payout_script: ScriptBuf,
+    payout: Payout,
     request: &v1::OpenChannelRequest,
 ) -> Result<v1::OpenChannelResponse, String> {
     let cable_key = PublicKey::from_slice(&request.cable_channel_key)
         .map_err(|e| format!("cable channel key: {e}"))?;
     let channel = Channel {
         cable_key,
-        socket_key: socket_key(cx.shared),
+        socket_key: socket_key(cx.shared, payout.index),
         deposit: OutPoint::new(
             request
                 .deposit_txid
@@ -86,14 +91,14 @@ pub(crate) async fn open(
         refund_lock_height: request.refund_lock_height,
         fee: Amount::from_sat(request.fee_sat),
         cable_script: ScriptBuf::from_bytes(request.cable_script.clone()),
-        socket_script: payout_script,
+        socket_script: payout.script.clone(),
     };
     let tip = cx
         .with_chain(|shared| shared.chain.height())
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let terms = offer_terms(cx.shared, &cx.outlet.config);
+    let terms = offer_terms(cx.shared, &cx.outlet.config, payout.index);
     channel
         .check_terms(&terms, tip, cx.outlet.config.min_fee_rate_sat_per_vb)
         .map_err(|e| e.to_string())?;
@@ -105,7 +110,7 @@ pub(crate) async fn open(
         .propose_channel(session_id, &channel)
         .map_err(|e| e.to_string())?;
     let signature = channel
-        .sign(&refund, &cx.shared.channel_secret)
+        .sign(&refund, &cx.shared.keys.channel_secret(payout.index))
         .map_err(|e| e.to_string())?;
     tracing::info!(outlet = %cx.outlet.id(), session = %session_id, deposit = %channel.deposit, lock_height = channel.refund_lock_height, "spillman refund signed");
     Ok(v1::OpenChannelResponse {
@@ -114,13 +119,34 @@ pub(crate) async fn open(
     })
 }
 
-/// The socket's channel key.
-pub(crate) fn socket_key(shared: &Shared) -> PublicKey {
+/// The socket's key of channel `index` (m/1017'/1'/index').
+pub(crate) fn socket_key(shared: &Shared, index: u32) -> PublicKey {
     PublicKey::new(
         shared
-            .channel_secret
+            .keys
+            .channel_secret(index)
             .public_key(&bitcoin::secp256k1::Secp256k1::signing_only()),
     )
+}
+
+/// The secret of the socket's key in the channel of `session_id` whose key is `key`: the key of
+/// the session's payout index, or the one key of channels opened before keys were per channel.
+fn channel_secret_of(
+    shared: &Shared,
+    session_id: &str,
+    key: &PublicKey,
+) -> Option<bitcoin::secp256k1::SecretKey> {
+    let index = shared
+        .store()
+        .session_payout_index(session_id)
+        .ok()
+        .flatten();
+    let secp = bitcoin::secp256k1::Secp256k1::signing_only();
+    index
+        .map(|i| shared.keys.channel_secret(i))
+        .into_iter()
+        .chain([shared.keys.legacy_channel_secret()])
+        .find(|secret| secret.public_key(&secp) == key.inner)
 }
 
 /// Steps 9–11: the deposit must be exactly the channel's (its txid, the 2-of-2 output of the
@@ -387,9 +413,13 @@ pub(crate) fn close_due(node: &Shared, outlets: &Outlets) {
             );
             continue;
         };
+        let Some(secret) = channel_secret_of(node, session_id, &stored.channel.socket_key) else {
+            tracing::error!(session = %session_id, "no key of ours is the channel's socket key");
+            continue;
+        };
         let closed = stored
             .channel
-            .sign(tx, &node.channel_secret)
+            .sign(tx, &secret)
             .and_then(|ours| stored.channel.finalize(tx, *cable_signature, ours))
             .map_err(|e| e.to_string())
             .and_then(|signed| node.chain.broadcast(&signed).map_err(|e| e.to_string()));

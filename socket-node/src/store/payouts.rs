@@ -51,6 +51,17 @@ impl Store {
         Ok(())
     }
 
+    /// The index of the payout address bound to a session, if any.
+    pub fn session_payout_index(&self, session_id: &str) -> Result<Option<u32>> {
+        self.db
+            .query_row(
+                "SELECT payout_index FROM payout_addresses WHERE session_id = ?1",
+                params![session_id],
+                |r| r.get::<_, i64>(0).map(|i| i as u32),
+            )
+            .optional()
+    }
+
     /// The payout script of a session, if the session exists and has one (sessions stored
     /// before version 2 have none).
     pub fn session_payout(&self, session_id: &str) -> Result<Option<ScriptBuf>> {
