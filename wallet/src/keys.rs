@@ -188,5 +188,4 @@ mod tests {
         // Derivation is stable: the same index gives the same key again.
         assert_eq!(keys.channel_secret(1), keys.channel_secret(1));
     }
-
 }

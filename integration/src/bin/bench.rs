@@ -575,7 +575,8 @@ fn swarm(cables: usize, payments: u32, schemes: &[String]) -> anyhow::Result<Row
     for (outcome, count) in &by_outcome {
         println!("  {count} cables: {outcome}");
     }
-    let lost = lost_payments(&socket, &outcomes)?;
+    let dirs: Vec<&std::path::Path> = files.iter().map(|(_, f)| f.data_dir.as_path()).collect();
+    let lost = lost_payments(&socket, &dirs)?;
     let latencies = sorted(latencies);
     Ok(Row {
         bench: "swarm",
@@ -593,32 +594,37 @@ fn swarm(cables: usize, payments: u32, schemes: &[String]) -> anyhow::Result<Row
     })
 }
 
-/// Payments a cable reports accepted that the socket's store does not hold credited, and the
-/// other way round.
-fn lost_payments(
-    socket: &SocketProcess,
-    outcomes: &[(String, anyhow::Result<Value>)],
-) -> anyhow::Result<usize> {
-    let db = rusqlite::Connection::open_with_flags(
+/// On-chain payments lost either way, from both sides' stores (so that a cable whose session
+/// failed counts too): each one a cable's store holds as accepted must be credited in the
+/// socket's, and each one the socket credited must be one a cable signed (accepted, or signed
+/// with its reply lost).
+fn lost_payments(socket: &SocketProcess, cable_dirs: &[&std::path::Path]) -> anyhow::Result<usize> {
+    type Ids = std::collections::BTreeSet<(String, i64)>;
+    let read = |path: std::path::PathBuf, sql: &str| -> anyhow::Result<Ids> {
+        let db = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        let mut statement = db.prepare(sql)?;
+        let rows =
+            statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        Ok(rows.collect::<Result<Ids, _>>()?)
+    };
+    let credited = read(
         socket.data_dir.join("socket.sqlite"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        "SELECT session_id, payment_id FROM payments WHERE status != 'failed'",
     )?;
-    let mut credited = std::collections::BTreeSet::new();
-    let mut statement =
-        db.prepare("SELECT session_id, payment_id FROM payments WHERE status != 'failed'")?;
-    for row in statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-        credited.insert(row?);
+    let (mut accepted, mut signed) = (Ids::new(), Ids::new());
+    for dir in cable_dirs {
+        let path = dir.join("cable.sqlite");
+        accepted.extend(read(
+            path.clone(),
+            "SELECT session_id, payment_id FROM payments WHERE status = 'accepted'",
+        )?);
+        signed.extend(read(
+            path,
+            "SELECT session_id, payment_id FROM payments WHERE status != 'refused'",
+        )?);
     }
-    let mut reported = std::collections::BTreeSet::new();
-    for (_, outcome) in outcomes {
-        let Ok(report) = outcome else { continue };
-        let session = report["session_id"].as_str().unwrap_or_default().to_owned();
-        for payment in report["payments"].as_array().into_iter().flatten() {
-            reported.insert((
-                session.clone(),
-                payment["payment_id"].as_i64().unwrap_or(-1),
-            ));
-        }
-    }
-    Ok(reported.symmetric_difference(&credited).count())
+    Ok(accepted.difference(&credited).count() + credited.difference(&signed).count())
 }
