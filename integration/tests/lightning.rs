@@ -337,12 +337,20 @@ fn both_nodes_killed_mid_session_carry_on_and_nothing_is_paid_twice() {
     socket.kill();
     socket.restart().unwrap();
     let mut child = cable.spawn_run().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Generous: under a loaded CI both Lightning nodes first reestablish their channel.
+    let deadline = Instant::now() + Duration::from_secs(300);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "the cable never finished");
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!(
+                "the cable never finished:\n{}\nsocket:\n{}",
+                std::fs::read_to_string(&cable.log).unwrap_or_default(),
+                socket.log_text()
+            );
+        }
         std::thread::sleep(Duration::from_millis(50));
     };
     let log = std::fs::read_to_string(&cable.log).unwrap();
