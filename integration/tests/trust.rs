@@ -22,6 +22,18 @@ fn refused_unauthenticated<T: std::fmt::Debug>(result: Result<T, tonic::Status>,
     );
 }
 
+async fn outlet_status(
+    client: &mut SocketClient<tonic::transport::Channel>,
+) -> v1::GetStatusResponse {
+    client
+        .get_status(v1::GetStatusRequest {
+            outlet_id: OUTLET.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 #[test]
 fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
     let bitcoind = Regtest::start().unwrap();
@@ -66,13 +78,7 @@ fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
         let session_id = terms.session_id.clone();
 
         // The stranger reads the session id from the public status...
-        let status = client
-            .get_status(v1::GetStatusRequest {
-                outlet_id: OUTLET.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let status = outlet_status(&mut client).await;
         assert_eq!(status.session_id, session_id);
         // ...and tries everything with it.
         let garbage = || v1::PayTransactionRequest {
@@ -131,13 +137,7 @@ fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
         refused_unauthenticated(client.power_request(next_terms).await, "a replayed request");
 
         // Nothing changed: the owner's session is still in progress, no lockout.
-        let status = client
-            .get_status(v1::GetStatusRequest {
-                outlet_id: OUTLET.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let status = outlet_status(&mut client).await;
         assert_eq!(status.state, OutletState::Standby as i32, "{status:?}");
         assert_eq!(status.session_id, session_id, "{status:?}");
         assert!(status.reason.is_empty(), "{status:?}");
@@ -151,13 +151,7 @@ fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let status = client
-            .get_status(v1::GetStatusRequest {
-                outlet_id: OUTLET.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let status = outlet_status(&mut client).await;
         assert_eq!(status.state, OutletState::Standby as i32, "{status:?}");
         assert!(status.session_id.is_empty(), "{status:?}");
     });
