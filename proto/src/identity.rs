@@ -473,7 +473,7 @@ mod tests {
         let mut tampered = offer_bytes.clone();
         *tampered.last_mut().unwrap() ^= 1;
         json!({
-            "about": "Signatures of t2t.v1 (socket.proto GetOfferResponse, SocketCertificate): BIP 340 Schnorr by the x-only form of the 33-byte key, over the BIP 340 tagged hash SHA256(SHA256(tag) || SHA256(tag) || message_hex bytes) with tag \"t2t/offer\" or \"t2t/cert\". message_hex is the exact protobuf encoding carried (GetOfferResponse.offer, SocketCertificate.body); decode it, never re-encode it. The signatures here were made without auxiliary randomness; real ones use fresh aux randomness and differ: verify, do not compare. secret_key_hex is given to reproduce them.",
+            "about": "Signatures of t2t.v1 (socket.proto GetOfferResponse, RequestAuth, SocketCertificate): BIP 340 Schnorr by the x-only form of the 33-byte key, over the BIP 340 tagged hash SHA256(SHA256(tag) || SHA256(tag) || message_hex bytes) with tag \"t2t/offer\", \"t2t/request\" or \"t2t/cert\". For t2t/offer and t2t/cert, message_hex is the exact protobuf encoding carried (GetOfferResponse.offer, SocketCertificate.body); decode it, never re-encode it. For t2t/request, message_hex is u32-BE len(session_id) || session_id || u32-BE len(method) || method || u64-BE sequence || SHA256(body_hex bytes), body_hex being the request encoded with auth unset (body_sha256_hex its hash). The signatures here were made without auxiliary randomness; real ones use fresh aux randomness and differ: verify, do not compare. secret_key_hex is given to reproduce them.",
             "vectors": [
                 {
                     "tag": "t2t/offer",
