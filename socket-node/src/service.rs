@@ -363,15 +363,19 @@ fn issue_terms(
                 scheme.name()
             )));
         }
+        // A session stored before payout addresses were per session has none: it gets no
+        // new terms (PayTransaction would refuse them too), rather than an address another
+        // session will be bound to.
         let payout = shared
             .store()
             .session_payout(&request.session_id)
-            .map_err(SocketError::internal)?;
-        let payout = match payout {
-            Some(payout) => payout,
-            // A session stored before payout addresses were per session.
-            None => task.offered_payout()?.script.clone(),
-        };
+            .map_err(SocketError::internal)?
+            .ok_or_else(|| {
+                SocketError::wrong_state(format!(
+                    "session {} has no payout address; start a new session",
+                    request.session_id
+                ))
+            })?;
         (request.session_id.clone(), payout)
     };
     let last_payment_id = task
