@@ -79,6 +79,8 @@ fn default_max_fee() -> u64 {
 pub struct AcceptedOffer {
     /// The offer as received.
     pub offer: v1::Offer,
+    /// The socket's identity key (`offer.socket_identity_key`): what signs its status reports.
+    pub socket_key: bitcoin::secp256k1::PublicKey,
     /// What one quota costs on chain.
     pub quota_amount: Amount,
     /// Energy of one quota.
@@ -161,7 +163,10 @@ impl Policy {
             }
             Scheme::Onchain | Scheme::Spillman | Scheme::Lightning => Amount::ZERO,
         };
+        let socket_key = bitcoin::secp256k1::PublicKey::from_slice(&offer.socket_identity_key)
+            .map_err(|e| format!("the socket identity key: {e}"))?;
         Ok(AcceptedOffer {
+            socket_key,
             offer: offer.clone(),
             quota_amount: amount,
             quota,

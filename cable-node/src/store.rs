@@ -14,7 +14,24 @@ use rusqlite::{params, Connection, OptionalExtension};
 /// `user_version` holds the version: an older data dir is upgraded in place when the store
 /// opens, a newer one is refused). Version 1 is the schema before versions existed; its
 /// `IF NOT EXISTS` lets such a data dir take it as is.
-pub const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+
+/// Version 2: the socket's signed status reports of each session (design.md "Trust"), kept as
+/// received: proof of what the socket counted.
+const SCHEMA_V2: &str = "
+CREATE TABLE status_reports (
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    sequence INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    energy_used_mwh INTEGER NOT NULL,
+    quota_remaining_mwh INTEGER NOT NULL,
+    time_unix_ms INTEGER NOT NULL,
+    -- SignedStatus.report and .signature, the exact bytes received.
+    report BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    PRIMARY KEY (session_id, sequence)
+);
+";
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
@@ -205,6 +222,48 @@ impl CableStore {
             params![id, unix_ms(), outcome],
         )?;
         Ok(())
+    }
+
+    /// Keep a status report of `session_id` that the socket signed (verified by the caller;
+    /// idempotent per sequence).
+    pub fn record_status(
+        &self,
+        session_id: &str,
+        report: &proto::v1::StatusReport,
+        signed: &proto::v1::SignedStatus,
+    ) -> Result<()> {
+        let state = proto::v1::OutletState::try_from(report.state)
+            .unwrap_or(proto::v1::OutletState::Unspecified);
+        self.db.execute(
+            "INSERT OR IGNORE INTO status_reports (session_id, sequence, state, energy_used_mwh,
+             quota_remaining_mwh, time_unix_ms, report, signature)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                session_id,
+                report.sequence as i64,
+                state.as_str_name(),
+                report.energy_used_mwh as i64,
+                report.quota_remaining_mwh as i64,
+                report.time_unix_ms as i64,
+                signed.report,
+                signed.signature
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The signed status reports kept for `session_id`, oldest first.
+    pub fn status_reports(&self, session_id: &str) -> Result<Vec<proto::v1::SignedStatus>> {
+        let mut statement = self.db.prepare(
+            "SELECT report, signature FROM status_reports WHERE session_id = ?1 ORDER BY sequence",
+        )?;
+        let rows = statement.query_map(params![session_id], |r| {
+            Ok(proto::v1::SignedStatus {
+                report: r.get(0)?,
+                signature: r.get(1)?,
+            })
+        })?;
+        rows.collect()
     }
 
     /// Store a signed payment before it is sent.

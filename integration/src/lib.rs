@@ -107,6 +107,62 @@ pub fn fake_signed_offer(
     proto::identity::sign_offer(&offer, &secret, Vec::new())
 }
 
+/// A fake socket's `status` of session `session_id` (empty for none) as a real socket sends it:
+/// the session's hash, and the report signed by the key of [`fake_signed_offer`] with a rising
+/// sequence.
+pub fn fake_signed_status(
+    mut status: proto::v1::GetStatusResponse,
+    session_id: &str,
+) -> proto::v1::GetStatusResponse {
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let secret = bitcoin::secp256k1::SecretKey::from_slice(&[1; 32]).expect("in range");
+    status.session_hash = proto::identity::session_hash(session_id);
+    let report = proto::v1::StatusReport {
+        socket_identity_key: fake_public_key(1),
+        outlet_id: status.outlet_id.clone(),
+        session_hash: status.session_hash.clone(),
+        state: status.state,
+        energy_used_mwh: status.energy_used_mwh,
+        quota_remaining_mwh: status.quota_remaining_mwh,
+        payments: status.payments,
+        sequence: SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+        time_unix_ms: 0,
+    };
+    status.signed = Some(proto::identity::sign_status(&report, &secret));
+    status
+}
+
+/// What a fake socket sends once the first quota of `session_id` is paid: Paid with the
+/// appliance drawing 1.3 kW, then QuotaLow (500 mWh left), so the cable pays the next quota.
+pub fn fake_paid_and_quota_low(session_id: &str) -> [proto::v1::WatchStatusResponse; 2] {
+    use proto::v1::watch_status_response::Event;
+    let status = fake_signed_status(
+        GetStatusResponse {
+            outlet_id: OUTLET.into(),
+            state: proto::v1::OutletState::Paid as i32,
+            power_mw: 1_300_000,
+            quota_remaining_mwh: 500,
+            relay_closed: true,
+            payments: 1,
+            ..Default::default()
+        },
+        session_id,
+    );
+    let low = proto::v1::QuotaLow {
+        quota_remaining_mwh: status.quota_remaining_mwh,
+        power_mw: status.power_mw,
+        signed: status.signed.clone(),
+    };
+    [
+        proto::v1::WatchStatusResponse {
+            event: Some(Event::Status(status)),
+        },
+        proto::v1::WatchStatusResponse {
+            event: Some(Event::QuotaLow(low)),
+        },
+    ]
+}
+
 /// The signer of the hand-made cables of the tests: one identity key ([0x77; 32]) for the whole
 /// test process, sequences rising across its sessions.
 pub fn cable_signer() -> &'static cable_node::signer::RequestSigner {
@@ -394,6 +450,22 @@ impl SocketProcess {
                 .await?
                 .into_inner())
         })
+    }
+
+    /// The id of the session a status shows (it shows only the id's hash, design.md "Trust"),
+    /// found in the socket's store as its operator would; `None` when it shows none.
+    pub fn session_of(&self, status: &GetStatusResponse) -> anyhow::Result<Option<String>> {
+        if status.session_hash.is_empty() {
+            return Ok(None);
+        }
+        let db = rusqlite::Connection::open(self.data_dir.join("socket.sqlite"))?;
+        let mut statement = db.prepare("SELECT id FROM sessions WHERE outlet_id = ?1")?;
+        let ids = statement
+            .query_map([&status.outlet_id], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ids
+            .into_iter()
+            .find(|id| proto::identity::session_hash(id) == status.session_hash))
     }
 
     /// The offer of the outlet, its signature checked.

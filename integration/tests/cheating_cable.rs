@@ -90,7 +90,7 @@ async fn wait_for_standby(client: &mut SocketClient<Channel>) {
             .await
             .unwrap()
             .into_inner();
-        if status.state == OutletState::Standby as i32 && status.session_id.is_empty() {
+        if status.state == OutletState::Standby as i32 && status.session_hash.is_empty() {
             return;
         }
         assert!(

@@ -147,11 +147,14 @@ impl Socket for FakeSocket {
         &self,
         _: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::GetStatusResponse>, Status> {
-        Ok(Response::new(v1::GetStatusResponse {
-            outlet_id: OUTLET.into(),
-            state: OutletState::Standby as i32,
-            ..Default::default()
-        }))
+        Ok(Response::new(integration::fake_signed_status(
+            v1::GetStatusResponse {
+                outlet_id: OUTLET.into(),
+                state: OutletState::Standby as i32,
+                ..Default::default()
+            },
+            "",
+        )))
     }
 
     type WatchStatusStream = ReceiverStream<Result<v1::WatchStatusResponse, Status>>;
@@ -165,11 +168,14 @@ impl Socket for FakeSocket {
             let _ = tx
                 .send(Ok(v1::WatchStatusResponse {
                     event: Some(v1::watch_status_response::Event::Status(
-                        v1::GetStatusResponse {
-                            outlet_id: OUTLET.into(),
-                            state: OutletState::Standby as i32,
-                            ..Default::default()
-                        },
+                        integration::fake_signed_status(
+                            v1::GetStatusResponse {
+                                outlet_id: OUTLET.into(),
+                                state: OutletState::Standby as i32,
+                                ..Default::default()
+                            },
+                            "",
+                        ),
                     )),
                 }))
                 .await;

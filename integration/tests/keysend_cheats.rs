@@ -12,6 +12,7 @@ use ln::ldk_node::lightning_invoice::Bolt11Invoice;
 use ln::ldk_node::payment::PaymentStatus;
 use ln::ldk_node::Node;
 use ln::SessionRecord;
+use proto::identity::session_hash;
 use proto::v1::socket_client::SocketClient;
 use proto::v1::{self, OutletState};
 use regtest::Regtest;
@@ -64,7 +65,7 @@ impl Cable {
         let id = self.ln.bolt11_payment().send(&invoice, None).unwrap();
         self.await_payment(id);
         self.wait_for("the first quota credited", |s| {
-            s.session_id == terms.session_id && s.payments == 1
+            s.session_hash == session_hash(&terms.session_id) && s.payments == 1
         });
         terms.session_id
     }
@@ -128,7 +129,7 @@ impl Cable {
     fn unplug(&mut self) {
         self.link = None;
         self.wait_for("the outlet back in Standby", |s| {
-            s.state == OutletState::Standby as i32 && s.session_id.is_empty()
+            s.state == OutletState::Standby as i32 && s.session_hash.is_empty()
         });
     }
 }
@@ -222,7 +223,7 @@ fn the_socket_credits_only_keysends_that_fit_the_session() {
     cable.keysend(&first, 3, QUOTA_MSAT);
     std::thread::sleep(Duration::from_secs(1));
     let status = cable.status();
-    assert_eq!(status.session_id, fourth);
+    assert_eq!(status.session_hash, session_hash(&fourth));
     assert_eq!(status.payments, 1, "{status:?}");
     assert_ne!(status.state, OutletState::Lockout as i32, "{status:?}");
 

@@ -27,7 +27,7 @@ fn lightning_cable() -> CableSetup {
 
 fn wait_for_standby(socket: &SocketProcess) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while socket.status().map_or(true, |s| !s.session_id.is_empty()) {
+    while socket.status().map_or(true, |s| !s.session_hash.is_empty()) {
         assert!(Instant::now() < deadline, "the outlet stayed busy");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -320,7 +320,10 @@ fn both_nodes_killed_mid_session_carry_on_and_nothing_is_paid_twice() {
     let session = loop {
         let status = socket.status().unwrap();
         if status.payments >= 2 {
-            break status.session_id;
+            break socket
+                .session_of(&status)
+                .unwrap()
+                .expect("a session in progress");
         }
         assert!(
             Instant::now() < deadline,

@@ -10,8 +10,8 @@ use integration::{free_port, CableFiles, CableSetup, OUTLET};
 use ln::ldk_node::lightning_invoice::{Bolt11InvoiceDescription, Description};
 use ln::ldk_node::payment::PaymentDirection;
 use ln::ldk_node::Node;
+use proto::v1;
 use proto::v1::socket_server::{Socket, SocketServer};
-use proto::v1::{self, OutletState};
 use regtest::Regtest;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -113,24 +113,9 @@ impl Socket for FakeSocket {
                         p.direction == PaymentDirection::Inbound
                             && p.status == ln::ldk_node::payment::PaymentStatus::Succeeded
                     }) {
-                        let status = v1::GetStatusResponse {
-                            outlet_id: OUTLET.into(),
-                            state: OutletState::Paid as i32,
-                            session_id: "fake".into(),
-                            power_mw: 1_300_000,
-                            relay_closed: true,
-                            payments: 1,
-                            ..Default::default()
-                        };
-                        let _ = events.send(v1::WatchStatusResponse {
-                            event: Some(v1::watch_status_response::Event::Status(status)),
-                        });
-                        let _ = events.send(v1::WatchStatusResponse {
-                            event: Some(v1::watch_status_response::Event::QuotaLow(v1::QuotaLow {
-                                quota_remaining_mwh: 500,
-                                power_mw: 1_300_000,
-                            })),
-                        });
+                        for event in integration::fake_paid_and_quota_low("fake") {
+                            let _ = events.send(event);
+                        }
                         return;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -133,7 +133,7 @@ fn the_socket_refuses_cheating_single_fee_payments() {
                 .await
                 .unwrap();
             wait_for(&mut client, "in Standby", |s| {
-                s.state == OutletState::Standby as i32 && s.session_id.is_empty()
+                s.state == OutletState::Standby as i32 && s.session_hash.is_empty()
             })
             .await;
             let _link = client
@@ -486,24 +486,9 @@ impl Socket for FakeSocket {
         *self.set.lock().unwrap() =
             Some((tx.input.iter().map(|i| i.previous_output).collect(), fee));
         // Paid, drawing power, and the quota already low: the cable is asked for more.
-        let status = v1::GetStatusResponse {
-            outlet_id: OUTLET.into(),
-            state: OutletState::Paid as i32,
-            session_id: "fake".into(),
-            power_mw: 1_300_000,
-            relay_closed: true,
-            payments: 1,
-            ..Default::default()
-        };
-        let _ = self.events.send(v1::WatchStatusResponse {
-            event: Some(v1::watch_status_response::Event::Status(status)),
-        });
-        let _ = self.events.send(v1::WatchStatusResponse {
-            event: Some(v1::watch_status_response::Event::QuotaLow(v1::QuotaLow {
-                quota_remaining_mwh: 500,
-                power_mw: 1_300_000,
-            })),
-        });
+        for event in integration::fake_paid_and_quota_low("fake") {
+            let _ = self.events.send(event);
+        }
         Ok(Response::new(v1::PayTransactionResponse {
             txid: tx.compute_txid().to_string(),
             quota_credited_mwh: 8_000,

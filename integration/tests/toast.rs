@@ -51,6 +51,36 @@ fn toast_is_paid_with_five_confirmed_transactions() {
         "{report}"
     );
 
+    // The cable kept what the socket reported of its session, signed by the socket's identity
+    // key: proof of the energy the socket counted, rising with each quota.
+    let socket_key =
+        bitcoin::secp256k1::PublicKey::from_slice(&socket.offer().unwrap().socket_identity_key)
+            .unwrap();
+    let session_id = report["session_id"].as_str().unwrap();
+    let store = cable_node::store::CableStore::open(&cable.data_dir).unwrap();
+    let reports: Vec<_> = store
+        .status_reports(session_id)
+        .unwrap()
+        .iter()
+        .map(|signed| proto::identity::verify_status(signed, &socket_key, integration::OUTLET))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(reports.len() >= 5, "{reports:?}");
+    for pair in reports.windows(2) {
+        assert!(pair[0].sequence < pair[1].sequence, "{pair:?}");
+        assert!(
+            pair[0].energy_used_mwh <= pair[1].energy_used_mwh,
+            "{pair:?}"
+        );
+    }
+    assert!(reports
+        .iter()
+        .all(|r| r.session_hash == proto::identity::session_hash(session_id)));
+    assert!(
+        reports.last().unwrap().energy_used_mwh >= 24_000,
+        "{reports:?}"
+    );
+
     // Every payment confirms and pays the socket's payout script exactly 1000 sat.
     bitcoind.mine(1).unwrap();
     for payment in payments {
@@ -79,7 +109,7 @@ fn toast_is_paid_with_five_confirmed_transactions() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let status = socket.status().unwrap();
-        if status.state == OutletState::Standby as i32 && status.session_id.is_empty() {
+        if status.state == OutletState::Standby as i32 && status.session_hash.is_empty() {
             assert!(!status.relay_closed);
             break;
         }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use cable_node::signer::RequestSigner;
 use integration::{SocketProcess, SocketSetup, OUTLET};
+use proto::identity::session_hash;
 use proto::v1::socket_client::SocketClient;
 use proto::v1::{self, OutletState};
 use regtest::Regtest;
@@ -47,6 +48,9 @@ fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
         },
     )
     .unwrap();
+    let socket_key =
+        bitcoin::secp256k1::PublicKey::from_slice(&socket.offer().unwrap().socket_identity_key)
+            .unwrap();
     let owner = integration::cable_signer();
     let stranger =
         RequestSigner::new(bitcoin::secp256k1::SecretKey::from_slice(&[0x66; 32]).unwrap());
@@ -77,10 +81,15 @@ fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
             .into_inner();
         let session_id = terms.session_id.clone();
 
-        // The stranger reads the session id from the public status...
+        // The public status shows the session by its hash only, signed by the socket...
         let status = outlet_status(&mut client).await;
-        assert_eq!(status.session_id, session_id);
-        // ...and tries everything with it.
+        assert_eq!(status.session_hash, session_hash(&session_id));
+        let report =
+            proto::identity::verify_status(status.signed.as_ref().unwrap(), &socket_key, OUTLET)
+                .unwrap();
+        assert_eq!(report.session_hash, status.session_hash);
+        // ...but a stranger who learned the id anyway (the link is a shared medium) tries
+        // everything with it.
         let garbage = || v1::PayTransactionRequest {
             session_id: session_id.clone(),
             payment_id: terms.payment_id,
@@ -139,7 +148,7 @@ fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
         // Nothing changed: the owner's session is still in progress, no lockout.
         let status = outlet_status(&mut client).await;
         assert_eq!(status.state, OutletState::Standby as i32, "{status:?}");
-        assert_eq!(status.session_id, session_id, "{status:?}");
+        assert_eq!(status.session_hash, session_hash(&session_id), "{status:?}");
         assert!(status.reason.is_empty(), "{status:?}");
 
         // The owner ends it cleanly.
@@ -153,7 +162,7 @@ fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let status = outlet_status(&mut client).await;
         assert_eq!(status.state, OutletState::Standby as i32, "{status:?}");
-        assert!(status.session_id.is_empty(), "{status:?}");
+        assert!(status.session_hash.is_empty(), "{status:?}");
     });
     let log = socket.log_text();
     assert!(log.contains("ended by the cable"), "{log}");

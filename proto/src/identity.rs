@@ -9,7 +9,10 @@
 //!   `OpenChannel`, `FundChannel`, `EndSession`), tag `t2t/request`, by the cable identity key
 //!   over its session, method, sequence and body ([`sign_request`], [`verify_request`]);
 //! - a [`v1::CertificateBody`] in `SocketCertificate.body`, tag `t2t/cert`, by an operator key
-//!   ([`certify`], [`verify_certificate`]).
+//!   ([`certify`], [`verify_certificate`]);
+//! - a [`v1::StatusReport`] in `SignedStatus.report`, tag `t2t/status`, by the socket identity
+//!   key: the outlet's state, the session's cumulative energy and quota left, a sequence and a
+//!   time ([`sign_status`], [`verify_status`]).
 //!
 //! Keys travel as 33-byte compressed secp256k1 keys; signatures verify against their x-only
 //! form (BIP 340). Test vectors: `proto/testvectors/signatures.json`.
@@ -35,6 +38,11 @@ sha256t_hash_newtype! {
     pub struct CertTag = hash_str("t2t/cert");
     /// BIP 340 tagged hash of an encoded [`v1::CertificateBody`].
     pub struct CertHash(_);
+
+    /// Tag `t2t/status`.
+    pub struct StatusTag = hash_str("t2t/status");
+    /// BIP 340 tagged hash of an encoded [`v1::StatusReport`].
+    pub struct StatusHash(_);
 }
 
 /// Why a signed message is refused.
@@ -261,6 +269,69 @@ pub fn cert_hash(body_bytes: &[u8]) -> CertHash {
     CertHash::hash(body_bytes)
 }
 
+/// `TaggedHash("t2t/status", report_bytes)`.
+pub fn status_hash(report_bytes: &[u8]) -> StatusHash {
+    StatusHash::hash(report_bytes)
+}
+
+/// How a status names its session without telling its id: SHA256 of the id's UTF-8 bytes
+/// (`GetStatusResponse.session_hash`, `StatusReport.session_hash`); empty for no session.
+pub fn session_hash(session_id: &str) -> Vec<u8> {
+    if session_id.is_empty() {
+        return Vec::new();
+    }
+    bitcoin::hashes::sha256::Hash::hash(session_id.as_bytes())
+        .to_byte_array()
+        .to_vec()
+}
+
+/// `report` encoded and signed by `identity_secret` (whose public key must be
+/// `report.socket_identity_key`).
+pub fn sign_status(report: &v1::StatusReport, identity_secret: &SecretKey) -> v1::SignedStatus {
+    let bytes = report.encode_to_vec();
+    let signature = sign(status_hash(&bytes).to_byte_array(), identity_secret);
+    v1::SignedStatus {
+        report: bytes,
+        signature,
+    }
+}
+
+/// The cable's check of a signed status: decode the report from the exact bytes received,
+/// check that it is signed by `socket_key` (the key of the offer it accepted) and is about
+/// `outlet_id`. Returns the report.
+///
+/// Errors: [`IdentityError::Decode`], [`IdentityError::Signature`], [`IdentityError::NotOurs`]
+/// (another socket's key or another outlet).
+pub fn verify_status(
+    signed: &v1::SignedStatus,
+    socket_key: &PublicKey,
+    outlet_id: &str,
+) -> Result<v1::StatusReport, IdentityError> {
+    let report =
+        v1::StatusReport::decode(signed.report.as_slice()).map_err(|e| IdentityError::Decode {
+            what: "status report",
+            reason: e.to_string(),
+        })?;
+    if report.socket_identity_key != socket_key.serialize() {
+        return Err(IdentityError::NotOurs(
+            "the status names another socket key".into(),
+        ));
+    }
+    verify(
+        status_hash(&signed.report).to_byte_array(),
+        &signed.signature,
+        socket_key,
+        "status report",
+    )?;
+    if report.outlet_id != outlet_id {
+        return Err(IdentityError::NotOurs(format!(
+            "status of outlet {:?}, not {outlet_id:?}",
+            report.outlet_id
+        )));
+    }
+    Ok(report)
+}
+
 /// The socket's reply to `GetOffer`: `offer` encoded and signed by `identity_secret` (whose
 /// public key must be `offer.socket_identity_key`), with the socket's `certificates`.
 pub fn sign_offer(
@@ -428,6 +499,20 @@ mod tests {
         }
     }
 
+    fn report() -> v1::StatusReport {
+        v1::StatusReport {
+            socket_identity_key: public(0x11),
+            outlet_id: "outlet-1".into(),
+            session_hash: session_hash("5e55"),
+            state: v1::OutletState::Paid as i32,
+            energy_used_mwh: 12_500,
+            quota_remaining_mwh: 3_500,
+            payments: 2,
+            sequence: 1_795_000_000_000,
+            time_unix_ms: 1_795_000_000_000,
+        }
+    }
+
     fn body() -> v1::CertificateBody {
         v1::CertificateBody {
             operator_key: public(0x22),
@@ -470,10 +555,13 @@ mod tests {
         )
         .to_byte_array();
         let request_sig = deterministic(request_hash, &secret(0x33));
+        let report_bytes = report().encode_to_vec();
+        let status_hash = status_hash(&report_bytes).to_byte_array();
+        let status_sig = deterministic(status_hash, &secret(0x11));
         let mut tampered = offer_bytes.clone();
         *tampered.last_mut().unwrap() ^= 1;
         json!({
-            "about": "Signatures of t2t.v1 (socket.proto GetOfferResponse, RequestAuth, SocketCertificate): BIP 340 Schnorr by the x-only form of the 33-byte key, over the BIP 340 tagged hash SHA256(SHA256(tag) || SHA256(tag) || message_hex bytes) with tag \"t2t/offer\", \"t2t/request\" or \"t2t/cert\". For t2t/offer and t2t/cert, message_hex is the exact protobuf encoding carried (GetOfferResponse.offer, SocketCertificate.body); decode it, never re-encode it. For t2t/request, message_hex is u32-BE len(session_id) || session_id || u32-BE len(method) || method || u64-BE sequence || SHA256(body_hex bytes), body_hex being the request encoded with auth unset (body_sha256_hex its hash). The signatures here were made without auxiliary randomness; real ones use fresh aux randomness and differ: verify, do not compare. secret_key_hex is given to reproduce them.",
+            "about": "Signatures of t2t.v1 (socket.proto GetOfferResponse, RequestAuth, SignedStatus, SocketCertificate): BIP 340 Schnorr by the x-only form of the 33-byte key, over the BIP 340 tagged hash SHA256(SHA256(tag) || SHA256(tag) || message_hex bytes) with tag \"t2t/offer\", \"t2t/request\", \"t2t/status\" or \"t2t/cert\". For t2t/offer, t2t/status and t2t/cert, message_hex is the exact protobuf encoding carried (GetOfferResponse.offer, SignedStatus.report, SocketCertificate.body); decode it, never re-encode it. For t2t/request, message_hex is u32-BE len(session_id) || session_id || u32-BE len(method) || method || u64-BE sequence || SHA256(body_hex bytes), body_hex being the request encoded with auth unset (body_sha256_hex its hash). The signatures here were made without auxiliary randomness; real ones use fresh aux randomness and differ: verify, do not compare. secret_key_hex is given to reproduce them.",
             "vectors": [
                 {
                     "tag": "t2t/offer",
@@ -503,6 +591,16 @@ mod tests {
                     "message_hex": request_message("5e55", "/t2t.v1.Socket/PayTransaction", 7, &body).to_lower_hex_string(),
                     "tagged_hash_hex": request_hash.to_lower_hex_string(),
                     "signature_hex": request_sig.to_lower_hex_string(),
+                    "valid": true
+                },
+                {
+                    "tag": "t2t/status",
+                    "message": "StatusReport of outlet-1 in Paid, session_hash = SHA256(\"5e55\")",
+                    "secret_key_hex": ([0x11u8; 32]).to_lower_hex_string(),
+                    "public_key_hex": public(0x11).to_lower_hex_string(),
+                    "message_hex": report_bytes.to_lower_hex_string(),
+                    "tagged_hash_hex": status_hash.to_lower_hex_string(),
+                    "signature_hex": status_sig.to_lower_hex_string(),
                     "valid": true
                 },
                 {
@@ -537,6 +635,7 @@ mod tests {
             let digest = match v["tag"].as_str().unwrap() {
                 "t2t/offer" => offer_hash(&message).to_byte_array(),
                 "t2t/request" => RequestHash::hash(&message).to_byte_array(),
+                "t2t/status" => super::status_hash(&message).to_byte_array(),
                 _ => cert_hash(&message).to_byte_array(),
             };
             let key = PublicKey::from_slice(&hex("public_key_hex")).unwrap();
@@ -575,6 +674,39 @@ mod tests {
         let mut short = signed;
         short.signature.pop();
         assert!(verify_offer(&short, "outlet-1", &[0x42; 32]).is_err());
+    }
+
+    #[test]
+    fn a_status_verifies_only_as_signed_by_its_socket_for_its_outlet() {
+        let socket = PublicKey::from_slice(&public(0x11)).unwrap();
+        let signed = sign_status(&report(), &secret(0x11));
+        assert_eq!(
+            verify_status(&signed, &socket, "outlet-1").unwrap(),
+            report()
+        );
+        assert!(matches!(
+            verify_status(&signed, &socket, "outlet-2"),
+            Err(IdentityError::NotOurs(_))
+        ));
+        let other = PublicKey::from_slice(&public(0x12)).unwrap();
+        assert!(matches!(
+            verify_status(&signed, &other, "outlet-1"),
+            Err(IdentityError::NotOurs(_))
+        ));
+        // Signed by another key than the one it names.
+        let forged = sign_status(&report(), &secret(0x33));
+        assert_eq!(
+            verify_status(&forged, &socket, "outlet-1"),
+            Err(IdentityError::Signature("status report"))
+        );
+        let mut changed = signed;
+        *changed.report.last_mut().unwrap() ^= 1;
+        assert!(verify_status(&changed, &socket, "outlet-1").is_err());
+        assert_eq!(session_hash(""), Vec::<u8>::new());
+        assert_eq!(
+            session_hash("abc").to_lower_hex_string(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use bitcoin::hex::DisplayHex;
 use clap::{Parser, Subcommand};
 use proto::v1::operator_client::OperatorClient;
 use proto::v1::operator_server::OperatorServer;
@@ -305,8 +306,12 @@ async fn status(endpoint: String, outlet: String) -> anyhow::Result<()> {
         if s.relay_closed { "closed" } else { "open" }
     );
     println!("power:      {:.1} W", s.power_mw as f64 / 1000.0);
-    if !s.session_id.is_empty() {
-        println!("session:    {}", s.session_id);
+    if !s.session_hash.is_empty() {
+        // The public status names a session by the SHA256 of its id only.
+        println!(
+            "session:    SHA256(id) = {}",
+            s.session_hash.to_lower_hex_string()
+        );
         println!(
             "energy:     {:.3} Wh used, {:.3} Wh paid and left",
             s.energy_used_mwh as f64 / 1000.0,

@@ -83,6 +83,7 @@ impl Station {
             chain,
             ln,
             identity_secret: keys.identity_secret(),
+            identity_key: keys.identity_key().inner.serialize(),
             certificates,
             keys: keys.clone(),
             settler: Mutex::new(settle_tx),

@@ -27,6 +27,7 @@ use hw::clock::ScaledClock;
 use hw::load::LoadProfile;
 use hw::sim::SimOutlet;
 use hw::{PowerMw, Relay};
+use proto::identity::session_hash;
 use proto::units::PriceMsatPerWh;
 use proto::v1::socket_client::SocketClient;
 use proto::v1::{self, watch_status_response::Event, OutletState};
@@ -130,6 +131,8 @@ struct Session {
     energy_used_mwh: u64,
     /// Whether a status has shown this session (older statuses may predate it).
     seen_in_status: bool,
+    /// The sequence of the newest signed status seen: older ones are stale.
+    last_status_sequence: u64,
     /// Transactions that went on chain for the session.
     onchain_txs: Vec<PaymentReport>,
     /// Whether the session was resumed from the store after a restart.
@@ -147,6 +150,7 @@ impl Session {
             idle_since: None,
             energy_used_mwh: 0,
             seen_in_status: false,
+            last_status_sequence: 0,
             onchain_txs: Vec::new(),
             resumed: false,
         }
@@ -349,7 +353,12 @@ impl Cable {
                         }
                     }
                     Some(Event::QuotaLow(low)) => {
-                        if low.power_mw == 0 && low.quota_remaining_mwh == 0 && session.drew_power {
+                        let Some(report) = self.check_status(low.signed.as_ref(), &accepted, &mut session)? else {
+                            continue;
+                        };
+                        if session.id.is_empty() || report.session_hash != session_hash(&session.id) {
+                            tracing::debug!("quota low of another session");
+                        } else if low.power_mw == 0 && low.quota_remaining_mwh == 0 && session.drew_power {
                             // Paid energy all used and the appliance is off: done, before the
                             // socket's grace period runs out.
                             return Ok("appliance done".to_owned());
@@ -391,8 +400,13 @@ impl Cable {
             })
             .await
         {
-            if status.get_ref().session_id == session.id {
-                session.energy_used_mwh = status.get_ref().energy_used_mwh;
+            let status = status.into_inner();
+            if let Ok(Some(report)) =
+                self.check_status(status.signed.as_ref(), &accepted, &mut session)
+            {
+                if report.session_hash == session_hash(&session.id) {
+                    session.energy_used_mwh = report.energy_used_mwh;
+                }
             }
         }
         if let Some(ln) = self.ln.take() {
@@ -426,6 +440,36 @@ impl Cable {
             energy_used_mwh: session.energy_used_mwh,
         })
     }
+    /// Check a status the socket signed (design.md "Trust"): by the key of the accepted offer,
+    /// about this outlet. A report of this session is kept in the store, as proof of what the
+    /// socket counted. Returns `None` for a report older than one already seen (a stream may
+    /// deliver an event queued before the snapshot that follows it). Errors:
+    /// [`CableError::RefusedSocket`] when the status is unsigned or its signature fails: the
+    /// cable acts on nothing it cannot prove.
+    fn check_status(
+        &mut self,
+        signed: Option<&v1::SignedStatus>,
+        accepted: &AcceptedOffer,
+        session: &mut Session,
+    ) -> Result<Option<v1::StatusReport>, CableError> {
+        let signed = signed
+            .ok_or_else(|| CableError::RefusedSocket("a status the socket did not sign".into()))?;
+        let report =
+            proto::identity::verify_status(signed, &accepted.socket_key, &self.config.outlet_id)
+                .map_err(|e| CableError::RefusedSocket(format!("status: {e}")))?;
+        if report.sequence <= session.last_status_sequence {
+            tracing::debug!(sequence = report.sequence, "stale status");
+            return Ok(None);
+        }
+        session.last_status_sequence = report.sequence;
+        if !session.id.is_empty() && report.session_hash == session_hash(&session.id) {
+            self.store
+                .record_status(&session.id, &report, signed)
+                .context("storing a signed status")?;
+        }
+        Ok(Some(report))
+    }
+
     /// React to a status: close the appliance relay once Paid, stop on Lockout, and decide
     /// whether the session is over.
     fn on_status(
@@ -436,10 +480,20 @@ impl Cable {
         plugged_at: Instant,
         idle: Duration,
     ) -> Result<Option<String>, CableError> {
-        let state = OutletState::try_from(status.state).unwrap_or(OutletState::Unspecified);
-        tracing::debug!(state = state.as_str_name(), session = %status.session_id, power_mw = status.power_mw, left_mwh = status.quota_remaining_mwh, "status");
-        if !session.id.is_empty() && status.session_id == session.id {
-            session.energy_used_mwh = status.energy_used_mwh;
+        let Some(report) = self.check_status(status.signed.as_ref(), accepted, session)? else {
+            return Ok(None);
+        };
+        let state = OutletState::try_from(report.state).unwrap_or(OutletState::Unspecified);
+        let ours = !session.id.is_empty() && report.session_hash == session_hash(&session.id);
+        tracing::debug!(
+            state = state.as_str_name(),
+            ours,
+            power_mw = status.power_mw,
+            left_mwh = report.quota_remaining_mwh,
+            "status"
+        );
+        if ours {
+            session.energy_used_mwh = report.energy_used_mwh;
             session.seen_in_status = true;
         }
         match state {
@@ -459,7 +513,7 @@ impl Cable {
                     status.reason
                 )));
             }
-            OutletState::Standby if session.seen_in_status && status.session_id.is_empty() => {
+            OutletState::Standby if session.seen_in_status && report.session_hash.is_empty() => {
                 return Ok(Some("the socket ended the session".into()));
             }
             _ => {}
@@ -482,7 +536,7 @@ impl Cable {
             }
         }
         if state == OutletState::Paid
-            && status.quota_remaining_mwh == 0
+            && report.quota_remaining_mwh == 0
             && !self
                 .config
                 .policy

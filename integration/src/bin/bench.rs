@@ -246,7 +246,7 @@ fn wait_idle(socket: &SocketProcess, outlet: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while socket
         .status_of(outlet)
-        .map_or(true, |s| !s.session_id.is_empty())
+        .map_or(true, |s| !s.session_hash.is_empty())
     {
         anyhow::ensure!(Instant::now() < deadline, "outlet {outlet} stayed busy");
         std::thread::sleep(Duration::from_millis(100));

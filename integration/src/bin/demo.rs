@@ -215,7 +215,7 @@ fn session(
 ) -> anyhow::Result<Summary> {
     // Wait for the outlet to be free (the previous cable's unplug is debounced).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while socket.status().map_or(true, |s| !s.session_id.is_empty()) {
+    while socket.status().map_or(true, |s| !s.session_hash.is_empty()) {
         anyhow::ensure!(Instant::now() < deadline, "the outlet stayed busy");
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -122,6 +122,8 @@ pub(crate) struct OutletTask {
     pub(crate) paying: bool,
     link_lost_at: Option<Instant>,
     ticks: u32,
+    /// The sequence of the last signed status (`StatusReport.sequence`).
+    status_sequence: u64,
     shared: Arc<Shared>,
     events: broadcast::Sender<v1::WatchStatusResponse>,
     watchers: Arc<AtomicUsize>,
@@ -190,6 +192,7 @@ impl OutletHandle {
             paying: false,
             link_lost_at: Some(Instant::now()),
             ticks: 0,
+            status_sequence: 0,
             shared,
             events: events.clone(),
             watchers: Arc::clone(&watchers),
@@ -283,11 +286,13 @@ impl OutletHandle {
         &self,
     ) -> Result<(v1::GetStatusResponse, Option<v1::QuotaLow>), SocketError> {
         self.call(|task| {
+            let status = task.status();
             let low = task.machine.quota_is_low().then(|| v1::QuotaLow {
-                quota_remaining_mwh: task.machine.session().map_or(0, |s| s.remaining().0),
-                power_mw: task.power().0,
+                quota_remaining_mwh: status.quota_remaining_mwh,
+                power_mw: status.power_mw,
+                signed: status.signed.clone(),
             });
-            (task.status(), low)
+            (status, low)
         })
         .await
     }
@@ -584,10 +589,12 @@ impl OutletTask {
                 }
                 Event::QuotaLow(remaining) => {
                     tracing::info!(outlet = %outlet_id, %remaining, "quota low");
+                    let signed = self.status().signed;
                     let _ = self.events.send(v1::WatchStatusResponse {
                         event: Some(v1::watch_status_response::Event::QuotaLow(v1::QuotaLow {
                             quota_remaining_mwh: remaining.0,
                             power_mw: self.power().0,
+                            signed,
                         })),
                     });
                 }
@@ -615,9 +622,13 @@ impl OutletTask {
         }
     }
 
-    /// The outlet's status now.
-    pub(crate) fn status(&self) -> v1::GetStatusResponse {
+    /// The outlet's status now, signed (design.md "Trust": the session shows only as its
+    /// hash; the signed report carries a new sequence).
+    pub(crate) fn status(&mut self) -> v1::GetStatusResponse {
+        let now_unix_ms = u64::try_from(unix_ms()).unwrap_or_default();
+        self.status_sequence = (self.status_sequence + 1).max(now_unix_ms);
         let session = self.machine.session();
+        let session_hash = proto::identity::session_hash(session.map_or("", |s| s.id.as_str()));
         let (reason, lockout_remaining_secs) = match self.machine.lockout() {
             Some((reason, until)) => (
                 reason.to_owned(),
@@ -625,17 +636,32 @@ impl OutletTask {
             ),
             None => (String::new(), 0),
         };
-        v1::GetStatusResponse {
+        let report = v1::StatusReport {
+            socket_identity_key: self.shared.identity_key.to_vec(),
             outlet_id: self.config.id.clone(),
+            session_hash: session_hash.clone(),
             state: self.machine.state() as i32,
-            session_id: session.map(|s| s.id.clone()).unwrap_or_default(),
             energy_used_mwh: session.map_or(0, |s| s.used.0),
             quota_remaining_mwh: session.map_or(0, |s| s.remaining().0),
+            payments: session.map_or(0, |s| s.payments),
+            sequence: self.status_sequence,
+            time_unix_ms: now_unix_ms,
+        };
+        v1::GetStatusResponse {
+            outlet_id: self.config.id.clone(),
+            state: report.state,
+            energy_used_mwh: report.energy_used_mwh,
+            quota_remaining_mwh: report.quota_remaining_mwh,
             power_mw: self.power().0,
             lockout_remaining_secs,
             reason,
             relay_closed: self.hw.relay.is_closed(),
-            payments: session.map_or(0, |s| s.payments),
+            payments: report.payments,
+            session_hash,
+            signed: Some(proto::identity::sign_status(
+                &report,
+                &self.shared.identity_secret,
+            )),
         }
     }
 }
