@@ -24,6 +24,12 @@ impl RequestSigner {
         }
     }
 
+    /// The identity key that signs (33-byte compressed on the wire).
+    pub fn public_key(&self) -> bitcoin::secp256k1::PublicKey {
+        self.secret
+            .public_key(&bitcoin::secp256k1::Secp256k1::signing_only())
+    }
+
     /// `request` with its auth set: signed with the next sequence.
     pub fn sign<R: SessionRequest>(&self, mut request: R) -> R {
         let now_ms = std::time::SystemTime::now()

@@ -1,7 +1,8 @@
 //! No credited payment is forgotten (design.md "Trust", chain watch): a cable pays an `onchain`
 //! quota, is credited, then replaces the payment with a conflicting transaction paying itself
 //! (Bitcoin Core relays full-RBF replacements by default). The socket's chain watch finds the
-//! conflict, records the payment as lost with its reason, and locks the outlet out.
+//! conflict, records the payment as lost with its reason, locks the outlet out and bans the
+//! cable's identity: its next session is refused.
 
 use std::time::{Duration, Instant};
 
@@ -120,4 +121,44 @@ fn a_credited_payment_the_cable_replaces_is_found_and_recorded_as_lost() {
     let outlet = socket.status().unwrap();
     assert_eq!(outlet.state, OutletState::Lockout as i32, "{outlet:?}");
     assert!(outlet.reason.contains("was replaced"), "{outlet:?}");
+
+    // The loss is counted against the cable's identity, which is banned from now on.
+    let cable_key = integration::cable_signer().public_key().to_string();
+    let (lost_sat, banned): (i64, Option<String>) = db
+        .query_row(
+            "SELECT lost_sat, banned_reason FROM cables WHERE key_hex = ?1",
+            [&cable_key],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(lost_sat as u64, amount.to_sat());
+    assert!(banned.unwrap().contains("was replaced"));
+    let open = |signer: &cable_node::signer::RequestSigner| {
+        let mut client = client.clone();
+        let request = signer.sign(v1::PowerRequestRequest {
+            outlet_id: OUTLET.into(),
+            scheme: v1::Scheme::Onchain as i32,
+            ..Default::default()
+        });
+        runtime
+            .block_on(client.power_request(request))
+            .expect_err("no session now")
+    };
+    let refused = open(integration::cable_signer());
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert_eq!(
+        proto::errors::reason_of(&refused),
+        Some(v1::ErrorReason::CableBanned),
+        "{refused:?}"
+    );
+    // Another cable is not banned: it finds the outlet locked out.
+    let other = cable_node::signer::RequestSigner::new(
+        bitcoin::secp256k1::SecretKey::from_slice(&[0x55; 32]).unwrap(),
+    );
+    let refused = open(&other);
+    assert_eq!(
+        proto::errors::reason_of(&refused),
+        Some(v1::ErrorReason::WrongState),
+        "{refused:?}"
+    );
 }

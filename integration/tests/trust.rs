@@ -163,6 +163,14 @@ fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
         let status = outlet_status(&mut client).await;
         assert_eq!(status.state, OutletState::Standby as i32, "{status:?}");
         assert!(status.session_hash.is_empty(), "{status:?}");
+
+        // The owner's opening request, recorded on the link and played back, opens nothing.
+        refused_unauthenticated(
+            client.power_request(opening).await,
+            "a replayed opening request",
+        );
+        let status = outlet_status(&mut client).await;
+        assert!(status.session_hash.is_empty(), "{status:?}");
     });
     let log = socket.log_text();
     assert!(log.contains("ended by the cable"), "{log}");

@@ -37,6 +37,19 @@ pub struct SocketConfig {
     /// by a conflicting transaction before then is found and recorded as lost.
     #[serde(default = "default_final_confirmations")]
     pub final_confirmations: u32,
+    /// The most one cable identity may have in `onchain` payments credited and not yet final
+    /// (`final_confirmations` deep), over all its sessions: above it the socket answers
+    /// `UNAVAILABLE` (no lockout) until blocks bury some. What a cable that replaces its
+    /// payments can take at most.
+    #[serde(default = "default_max_unconfirmed_sat")]
+    pub max_unconfirmed_sat: u64,
+    /// How long a cable identity that made the socket lose a payment (replaced, double-spent)
+    /// is refused new sessions, in seconds; absent: for good.
+    #[serde(default)]
+    pub ban_secs: Option<u64>,
+    /// `[limits]`: what one peer of the power-line link may ask of the cable-facing server.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Its Lightning node, for the `lightning` scheme (shared by every outlet).
     pub lightning: Option<LightningConfig>,
     /// Files of operators' certificates of this socket's identity (each a JSON
@@ -44,6 +57,10 @@ pub struct SocketConfig {
     /// an operator rather than a socket key need one.
     #[serde(default)]
     pub certificates: Vec<std::path::PathBuf>,
+}
+
+fn default_max_unconfirmed_sat() -> u64 {
+    50_000
 }
 
 fn default_final_confirmations() -> u32 {
@@ -141,6 +158,49 @@ pub struct OutletConfig {
     /// The outlet's relay, meter and plug sensor, `[outlets.hw]`.
     #[serde(default)]
     pub hw: HwConfig,
+}
+
+/// `[limits]` on the cable-facing server (design.md "Trust"; [`crate::limits`]). A peer is one
+/// connection's remote address; requests over a rate get `RESOURCE_EXHAUSTED`
+/// (`ERROR_REASON_RATE_LIMITED`) and change nothing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Connections open at once; one more is closed when accepted.
+    pub max_connections: usize,
+    /// HTTP/2 streams (calls in progress, `WatchStatus` included) per connection.
+    pub max_streams_per_connection: u32,
+    /// Largest request message, in bytes (a PSBT or deposit transaction is far smaller).
+    pub max_message_bytes: usize,
+    /// A call that has not answered in this time is cancelled (`WatchStatus` streams are not
+    /// bounded by it once open).
+    pub request_timeout_secs: u64,
+    /// HTTP/2 keepalive ping interval; a peer that does not answer within it is dropped.
+    pub keepalive_secs: u64,
+    /// Requests per second from one peer, and the burst above it.
+    pub peer_requests_per_sec: u32,
+    /// See `peer_requests_per_sec`.
+    pub peer_burst: u32,
+    /// Signed requests per second from one cable identity, and the burst above it.
+    pub identity_requests_per_sec: u32,
+    /// See `identity_requests_per_sec`.
+    pub identity_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 4_096,
+            max_streams_per_connection: 16,
+            max_message_bytes: 256 * 1024,
+            request_timeout_secs: 60,
+            keepalive_secs: 30,
+            peer_requests_per_sec: 50,
+            peer_burst: 100,
+            identity_requests_per_sec: 20,
+            identity_burst: 50,
+        }
+    }
 }
 
 /// `[outlets.spillman]`: the channels the socket accepts (seed 003 "Protocol Peculiarities").

@@ -48,6 +48,14 @@ pub enum SocketError {
     /// `ERROR_REASON_UNAUTHENTICATED`.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// The cable identity opening a session is banned: it made the socket lose a payment.
+    /// Nothing changed, no lockout. `PERMISSION_DENIED`, `ERROR_REASON_CABLE_BANNED`.
+    #[error("cable banned: {0}")]
+    Banned(String),
+    /// Too many requests from one peer or cable identity ([`crate::limits`]); nothing changed.
+    /// `RESOURCE_EXHAUSTED`, `ERROR_REASON_RATE_LIMITED`.
+    #[error("rate limited: {0}")]
+    RateLimited(String),
 }
 
 impl SocketError {
@@ -93,6 +101,8 @@ impl SocketError {
             SocketError::Unauthenticated(_) => {
                 (Code::Unauthenticated, ErrorReason::Unauthenticated)
             }
+            SocketError::Banned(_) => (Code::PermissionDenied, ErrorReason::CableBanned),
+            SocketError::RateLimited(_) => (Code::ResourceExhausted, ErrorReason::RateLimited),
         }
     }
 }

@@ -14,12 +14,15 @@
 //! - [`store`]: sessions, terms, payments and the audit log in SQLite.
 //! - [`service`]: the gRPC service `t2t.v1.Socket`, for cables: routes each request to its
 //!   outlet.
+//! - [`limits`]: what one peer of the link may ask: connections, request rates per peer and
+//!   per cable identity.
 //! - [`operator`]: the gRPC service `t2t.v1.Operator`, for the socket's owner (loopback only).
 
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod operator;
 pub mod outlet;
 pub mod seller;

@@ -194,13 +194,34 @@ async fn run(
             TcpIncoming::from(operator_listener).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
         );
+    // The cable-facing server, with its limits (socket_node::limits): streams per connection,
+    // message size, call time, keepalive, connections, and request rates (the interceptor,
+    // before a request is decoded further).
+    let limits = station.shared.config.limits.clone();
+    let peer_check = Arc::clone(&station);
+    let socket_service = SocketServer::new(SocketService(Arc::clone(&station)))
+        .max_decoding_message_size(limits.max_message_bytes);
+    let keepalive = std::time::Duration::from_secs(limits.keepalive_secs);
     let cables = tonic::transport::Server::builder()
-        .add_service(SocketServer::new(SocketService(Arc::clone(&station))))
+        .max_concurrent_streams(Some(limits.max_streams_per_connection))
+        .timeout(std::time::Duration::from_secs(limits.request_timeout_secs))
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            socket_service,
+            move |request: tonic::Request<()>| {
+                peer_check.check_peer(request.remote_addr())?;
+                Ok(request)
+            },
+        ))
         .serve_with_incoming_shutdown(
-            // No Nagle: a request or reply waiting for the peer's delayed ACK costs ~40 ms.
-            TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(std::time::Duration::from_secs(30))),
+            socket_node::limits::limit_connections(
+                // No Nagle: a request or reply waiting for the peer's delayed ACK costs ~40 ms.
+                TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(keepalive)),
+                limits.max_connections,
+            ),
             stopped(stop_rx),
         );
     let servers = tokio::spawn(async move { tokio::try_join!(cables, operator) });

@@ -16,7 +16,7 @@ use crate::outlet::{OutletHandle, OutletTask};
 use crate::seller::{seller_of, spillman, Issued, SellerContext};
 use crate::shared::Shared;
 use crate::station::Station;
-use crate::store::{Authorized, CableAuth, PaymentStatus};
+use crate::store::{Admitted, Authorized, CableAuth, PaymentStatus};
 use proto::identity::SessionRequest;
 use proto::Scheme;
 
@@ -25,16 +25,36 @@ pub struct SocketService(pub Arc<Station>);
 
 impl SocketService {
     /// Check that `request` is signed by its session's cable with a new sequence (design.md
-    /// "Trust"), before it may change anything; for a request that opens a session, only the
-    /// signature. Returns who signed. Errors: `UNAUTHENTICATED` (no lockout), `NOT_FOUND` for
-    /// an unknown session.
+    /// "Trust"), before it may change anything; for a request that opens a session, that its
+    /// cable is not banned and its sequence is above the cable's last opening request's.
+    /// Returns who signed. Errors: `UNAUTHENTICATED` (no lockout), `NOT_FOUND` for an unknown
+    /// session, `PERMISSION_DENIED` (`CABLE_BANNED`) for a banned cable.
     fn authenticate<R: SessionRequest>(&self, request: &R) -> Result<CableAuth, SocketError> {
         let (key, sequence) = proto::identity::verify_request(request)
             .map_err(|e| SocketError::Unauthenticated(e.to_string()))?;
+        self.0.shared.limits.check_identity(&key)?;
         let cable = CableAuth { key, sequence };
         let session_id = request.session_id();
         if session_id.is_empty() {
-            return Ok(cable);
+            let admitted = self
+                .0
+                .shared
+                .store()
+                .admit_cable(&cable)
+                .map_err(SocketError::internal)?;
+            return match admitted {
+                Admitted::Yes => Ok(cable),
+                Admitted::Replay { last_sequence } => Err(SocketError::Unauthenticated(format!(
+                    "replayed opening request: sequence {sequence} is not above {last_sequence}"
+                ))),
+                Admitted::Banned {
+                    reason,
+                    until_unix_ms,
+                } => Err(SocketError::Banned(match until_unix_ms {
+                    Some(until) => format!("{reason} (until Unix ms {until})"),
+                    None => format!("{reason} (for good)"),
+                })),
+            };
         }
         let authorized = self
             .0

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
-use bitcoin::Transaction;
+use bitcoin::{Amount, Transaction};
 use proto::units::EnergyMwh;
 use wallet::chain::Chain;
 
@@ -46,6 +46,8 @@ pub struct Shared {
     /// The socket's keys: spillman channel keys are derived per channel.
     pub(crate) keys: wallet::keys::NodeKeys,
     pub(crate) settler: Mutex<mpsc::Sender<Settle>>,
+    /// Request rates per peer and per cable identity on the cable-facing server.
+    pub(crate) limits: crate::limits::RequestLimits,
     /// The latest energy of each session in progress, saved by the settler once a second in
     /// one SQLite transaction for all outlets.
     pub(crate) energy: Mutex<HashMap<String, EnergyMwh>>,
@@ -82,6 +84,39 @@ impl Shared {
             .map_err(SocketError::internal)?;
         tracing::info!(outlet = %outlet_id, index, %address, "new payout address");
         Ok(payout)
+    }
+
+    /// A payment of `session_id` credited earlier is lost to the socket (`event`: replaced,
+    /// double-spent): record the loss against the session's cable identity, ban it for
+    /// `ban_secs` (or for good), and audit it (design.md "Trust"). Locking out a session still
+    /// in progress is the caller's part. Store errors are logged: the chain watch finds the
+    /// loss again on its next round.
+    pub(crate) fn payment_lost(
+        &self,
+        outlet_id: &str,
+        session_id: &str,
+        amount: Amount,
+        event: &str,
+        reason: &str,
+    ) {
+        let until = self
+            .config
+            .ban_secs
+            .map(|secs| crate::store::unix_ms() + (secs as i64).saturating_mul(1_000));
+        let store = self.store();
+        match store.record_loss(session_id, amount, reason, until) {
+            Ok(Some(cable)) => {
+                tracing::warn!(session = %session_id, %cable, %amount, "{event}: cable banned: {reason}")
+            }
+            Ok(None) => tracing::warn!(session = %session_id, %amount, "{event}: {reason}"),
+            Err(e) => tracing::error!(session = %session_id, "recording a loss of {amount}: {e}"),
+        }
+        let _ = store.audit(
+            outlet_id,
+            Some(session_id),
+            event,
+            &format!("{amount} lost: {reason}"),
+        );
     }
 
     /// Hand a closed input set to the settler thread, which broadcasts it.

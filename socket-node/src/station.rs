@@ -77,6 +77,7 @@ impl Station {
         let (settle_tx, settle_rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             chain_permits: tokio::sync::Semaphore::new(config.max_chain_calls),
+            limits: crate::limits::RequestLimits::new(&config.limits),
             config,
             store: Mutex::new(store),
             wallet: Mutex::new(wallet),
@@ -145,6 +146,13 @@ impl Station {
     }
 
     /// The outlet a stored session belongs to. Errors: `NOT_FOUND` for an unknown session.
+    /// The first check of every call on the cable-facing server: `peer` within its request
+    /// rate ([`crate::limits`]). Errors: `RESOURCE_EXHAUSTED`.
+    pub fn check_peer(&self, peer: Option<std::net::SocketAddr>) -> Result<(), SocketError> {
+        self.shared.limits.check_peer(peer)
+    }
+
+    /// The outlet of a session.
     pub fn outlet_of_session(&self, session_id: &str) -> Result<&OutletHandle, SocketError> {
         self.outlets.of_session(&self.shared, session_id)
     }
@@ -174,6 +182,7 @@ impl Station {
                     self.watch_confirmations();
                     self.watch_payments();
                     crate::seller::spillman::close_due(&self.shared, &self.outlets);
+                    self.shared.limits.forget_idle();
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
@@ -266,18 +275,22 @@ impl Station {
             let reason = format!(
                 "payment {payment_id} ({txid}) was replaced: its input {input} was spent by another transaction"
             );
-            tracing::warn!(session = %session_id, "{reason}");
             let outlet_id = {
                 let store = self.shared.store();
                 let _ = store.set_payment_status(session_id, payment_id, PaymentStatus::Lost);
-                let outlet_id = store
+                store
                     .session_outlet(session_id)
                     .ok()
                     .flatten()
-                    .unwrap_or_default();
-                let _ = store.audit(&outlet_id, Some(session_id), "payment-lost", &reason);
-                outlet_id
+                    .unwrap_or_default()
             };
+            self.shared.payment_lost(
+                &outlet_id,
+                session_id,
+                payment.amount,
+                "payment-lost",
+                &reason,
+            );
             if let Ok(outlet) = self.outlets.get(&outlet_id) {
                 let session = session_id.to_owned();
                 let _ = outlet.call_blocking(move |task| task.lock_out(&session, &reason));

@@ -158,9 +158,10 @@ impl Session {
 }
 
 fn retryable(status: &tonic::Status) -> bool {
+    // RESOURCE_EXHAUSTED: over the socket's request rate; changes nothing, so resend later.
     matches!(
         status.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::ResourceExhausted
     )
 }
 
@@ -442,7 +443,7 @@ impl Cable {
     }
     /// Check a status the socket signed (design.md "Trust"): by the key of the accepted offer,
     /// about this outlet. A report of this session is kept in the store, as proof of what the
-    /// socket counted. Returns `None` for a report older than one already seen (a stream may
+    /// socket counted. Returns `None` for a report older than the newest seen (a stream may
     /// deliver an event queued before the snapshot that follows it). Errors:
     /// [`CableError::RefusedSocket`] when the status is unsigned or its signature fails: the
     /// cable acts on nothing it cannot prove.
@@ -457,7 +458,8 @@ impl Cable {
         let report =
             proto::identity::verify_status(signed, &accepted.socket_key, &self.config.outlet_id)
                 .map_err(|e| CableError::RefusedSocket(format!("status: {e}")))?;
-        if report.sequence <= session.last_status_sequence {
+        // A QuotaLow may carry the very report of the status before it: equal is not stale.
+        if report.sequence < session.last_status_sequence {
             tracing::debug!(sequence = report.sequence, "stale status");
             return Ok(None);
         }
@@ -568,6 +570,8 @@ impl Cable {
             match client.power_request(request).await {
                 Ok(reply) => return Ok(reply.into_inner()),
                 Err(status) if retryable(&status) => {
+                    tracing::warn!("PowerRequest: {}; asking again", status.message());
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                     *client = self.reconnect().await?.0;
                 }
                 Err(status) if session.resumed && status.code() == Code::FailedPrecondition => {
@@ -685,6 +689,9 @@ impl Cable {
                 Ok(reply) => break reply.into_inner(),
                 Err(status) if retryable(&status) => {
                     tracing::warn!("PayTransaction: {}; resending", status.message());
+                    // The socket may be waiting on its chain (or on blocks, past its limit of
+                    // unconfirmed payments): do not hammer it.
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                     *client = self.reconnect().await?.0;
                 }
                 Err(status)

@@ -543,7 +543,8 @@ impl OutletTask {
 
     /// The held set of `session_id`, `index` had an input spent: by its own latest
     /// transaction (`ours`: the cable broadcast it), settle it; by another, settle what we
-    /// hold and lock out (the cable double-spent).
+    /// hold, record the set's value as lost against the cable (banned) and lock out (the
+    /// cable double-spent).
     pub(crate) fn set_spent(&mut self, session_id: &str, index: u32, ours: bool, reason: String) {
         let Some(set) = self
             .set
@@ -551,10 +552,13 @@ impl OutletTask {
         else {
             return;
         };
+        let value = set.seller.value();
         self.settle(set);
         if ours {
             tracing::info!(outlet = %self.config.id, session = %session_id, set = index, "input set broadcast by the cable");
         } else {
+            self.shared
+                .payment_lost(&self.config.id, session_id, value, "set-lost", &reason);
             self.lock_out(session_id, &reason);
         }
     }

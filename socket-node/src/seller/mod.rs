@@ -136,6 +136,35 @@ impl SellerContext<'_> {
             .await?
     }
 
+    /// Whether `amount` more may be credited unconfirmed to the cable of `session_id`: its
+    /// on-chain payments credited and not yet final, with `amount`, within
+    /// `max_unconfirmed_sat` (design.md "Trust"). Errors: `UNAVAILABLE` above it (no blame:
+    /// the cable pays again once blocks confirm some), `INTERNAL` for the store.
+    pub(crate) fn within_unconfirmed_limit(
+        &self,
+        session_id: &str,
+        amount: Amount,
+    ) -> Result<(), SocketError> {
+        let limit = Amount::from_sat(self.shared.config.max_unconfirmed_sat);
+        let store = self.shared.store();
+        let Some(cable) = store
+            .session_cable(session_id)
+            .map_err(SocketError::internal)?
+        else {
+            return Ok(());
+        };
+        let unconfirmed = store
+            .unconfirmed_of_cable(&cable)
+            .map_err(SocketError::internal)?;
+        if unconfirmed + amount > limit {
+            return Err(SocketError::unavailable(format!(
+                "{unconfirmed} of this cable's payments await confirmation; {amount} more would \
+                 pass the socket's limit of {limit} unconfirmed: pay again after the next block"
+            )));
+        }
+        Ok(())
+    }
+
     /// Where `session_id` is paid. Errors: `NOT_FOUND` for a session without a payout address.
     pub(crate) fn session_payout(&self, session_id: &str) -> Result<ScriptBuf, SocketError> {
         self.shared

@@ -69,6 +69,7 @@ async fn pay(
     if let Err(e) = check_onchain_payment(&tx, &onchain_terms) {
         return Err(cx.lock_out(session_id, &e.to_string()).await);
     }
+    cx.within_unconfirmed_limit(session_id, terms.amount)?;
     let (fee, vsize) = cx.checked_on_chain(session_id, &tx).await?;
 
     // Persist, then broadcast, then credit.

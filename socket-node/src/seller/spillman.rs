@@ -102,6 +102,17 @@ pub(crate) async fn open(
     channel
         .check_terms(&terms, tip, cx.outlet.config.min_fee_rate_sat_per_vb)
         .map_err(|e| e.to_string())?;
+    let used = cx
+        .shared
+        .store()
+        .deposit_used(&channel.deposit)
+        .map_err(|e| e.to_string())?;
+    if let Some(other) = used {
+        return Err(format!(
+            "deposit {} already backs the channel of session {other}",
+            channel.deposit
+        ));
+    }
     let refund: Transaction =
         encode::deserialize(&request.refund_tx).map_err(|e| format!("refund transaction: {e}"))?;
     channel.check_refund(&refund).map_err(|e| e.to_string())?;
@@ -303,6 +314,14 @@ async fn pay(
             "the deposit {} is spent or gone: double-spent?",
             channel.deposit
         );
+        let outlet_id = cx.outlet.id();
+        cx.shared.payment_lost(
+            outlet_id,
+            session_id,
+            stored.highest_total,
+            "channel-lost",
+            &reason,
+        );
         return Err(cx.lock_out(session_id, &reason).await);
     }
     if confirmations < min_confirmations {
@@ -446,9 +465,10 @@ pub(crate) fn close_due(node: &Shared, outlets: &Outlets) {
                 let _ = node
                     .store()
                     .close_channel(session_id, ChannelStatus::Lost, None);
-                let _ = node.store().audit(
+                node.payment_lost(
                     outlet_id,
-                    Some(session_id),
+                    session_id,
+                    stored.highest_total,
                     "channel-lost",
                     &format!("deposit {} spent elsewhere: {e}", stored.channel.deposit),
                 );

@@ -6,12 +6,14 @@
 //! energy is committed before the reply that grants it.
 
 //!
-//! One module per concern: [`sessions`], [`payments`] (terms and on-chain payments),
+//! One module per concern: [`sessions`], [`cables`] (what the socket knows of each cable
+//! identity), [`payments`] (terms and on-chain payments),
 //! [`single_fee`], [`spillman`], [`lightning`], [`audit`]. The schema is versioned
 //! ([`MIGRATIONS`], SQLite's `user_version`): a data dir of an older version is upgraded in
 //! place when the store opens, and a newer one is refused.
 
 mod audit;
+mod cables;
 mod lightning;
 mod payments;
 mod payouts;
@@ -36,7 +38,7 @@ pub use status::{ChannelStatus, PaymentStatus, SetStatus};
 /// The schema, one migration per version, oldest first; append, never edit. Version 1 is the
 /// schema of the one-outlet socket (its `IF NOT EXISTS` lets a data dir made before versions
 /// existed take it as is).
-pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
@@ -187,6 +189,22 @@ DROP TABLE payments;
 ALTER TABLE payments_v4 RENAME TO payments;
 ";
 
+/// Version 5: what the socket knows of each cable identity (design.md "Trust"): the sequence
+/// of the last request that opened a session (a replayed opening request is refused), what it
+/// took from the socket (payments lost), and a ban after a loss (`banned_until_unix_ms` NULL
+/// with a reason: for good).
+const SCHEMA_V5: &str = "
+CREATE TABLE cables (
+    key_hex TEXT PRIMARY KEY,
+    first_seen_unix_ms INTEGER NOT NULL,
+    last_opening_sequence INTEGER NOT NULL DEFAULT 0,
+    lost_sat INTEGER NOT NULL DEFAULT 0,
+    banned_reason TEXT,
+    banned_at_unix_ms INTEGER,
+    banned_until_unix_ms INTEGER
+);
+";
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> i64 {
     SystemTime::now()
@@ -216,6 +234,25 @@ pub struct CableAuth {
     pub key: bitcoin::secp256k1::PublicKey,
     /// The request's sequence number.
     pub sequence: u64,
+}
+
+/// Whether a cable may open a session ([`Store::admit_cable`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admitted {
+    /// Yes: its sequence is now the last opening one.
+    Yes,
+    /// The opening request's sequence is not above the cable's last one: a replay.
+    Replay {
+        /// The last opening sequence accepted.
+        last_sequence: u64,
+    },
+    /// The cable's identity is banned (it made the socket lose a payment).
+    Banned {
+        /// Why.
+        reason: String,
+        /// Until when (Unix ms); `None`: for good.
+        until_unix_ms: Option<i64>,
+    },
 }
 
 /// Whether a signed request may act on its session ([`Store::authorize`]).
@@ -258,6 +295,8 @@ pub struct StoredPayment {
     pub status: PaymentStatus,
     /// Energy credited for it.
     pub quota: EnergyMwh,
+    /// What it pays the socket (single-fee: the increment of its terms).
+    pub amount: Amount,
 }
 
 /// The store.
@@ -465,6 +504,74 @@ mod tests {
         );
         // A stranger's attempt changed nothing: the cable goes on from 5.
         assert_eq!(store.authorize("s", &next(1, 6)).unwrap(), Authorized::Yes);
+    }
+
+    #[test]
+    fn a_cable_opens_sessions_with_rising_sequences_until_it_makes_the_socket_lose() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let at = |sequence: u64| CableAuth {
+            sequence,
+            ..cable(1)
+        };
+        assert_eq!(store.admit_cable(&at(10)).unwrap(), Admitted::Yes);
+        // The same opening request played back, or an older one: refused.
+        assert_eq!(
+            store.admit_cable(&at(10)).unwrap(),
+            Admitted::Replay { last_sequence: 10 }
+        );
+        assert_eq!(store.admit_cable(&at(11)).unwrap(), Admitted::Yes);
+        // Another cable is not concerned.
+        assert_eq!(
+            store
+                .admit_cable(&CableAuth {
+                    sequence: 1,
+                    ..cable(2)
+                })
+                .unwrap(),
+            Admitted::Yes
+        );
+        let first = payout(&store, "outlet-1", 1);
+        store
+            .open_session("s", "outlet-1", Scheme::Onchain, &first, &at(11))
+            .unwrap();
+        store.issue_terms("s", 1, terms()).unwrap();
+        store
+            .accept_payment("s", 1, &tx(1_000), terms(), Amount::ONE_SAT, 100)
+            .unwrap();
+        let key = cable(1).key.to_string();
+        assert_eq!(
+            store.unconfirmed_of_cable(&key).unwrap(),
+            Amount::from_sat(1_000)
+        );
+        store
+            .set_payment_status("s", 1, PaymentStatus::Confirmed)
+            .unwrap();
+        assert_eq!(store.unconfirmed_of_cable(&key).unwrap(), Amount::ZERO);
+        // A loss bans the cable: for good, or until a time.
+        assert_eq!(
+            store
+                .record_loss("s", Amount::from_sat(1_000), "replaced", None)
+                .unwrap(),
+            Some(key)
+        );
+        assert_eq!(
+            store.admit_cable(&at(12)).unwrap(),
+            Admitted::Banned {
+                reason: "replaced".into(),
+                until_unix_ms: None
+            }
+        );
+        store
+            .record_loss("s", Amount::from_sat(1), "again", Some(unix_ms() - 1))
+            .unwrap();
+        assert_eq!(store.admit_cable(&at(13)).unwrap(), Admitted::Yes);
+        assert_eq!(
+            store
+                .record_loss("nope", Amount::ONE_SAT, "x", None)
+                .unwrap(),
+            None
+        );
     }
 
     /// A payout address for `outlet_id` recorded as offered (script: OP_RETURN `tag`).

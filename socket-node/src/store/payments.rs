@@ -52,6 +52,7 @@ fn payment_row(r: &rusqlite::Row<'_>) -> Result<StoredPayment> {
         tx,
         status: r.get(3)?,
         quota: EnergyMwh(r.get::<_, i64>(4)? as u64),
+        amount: Amount::from_sat(r.get::<_, i64>(5)? as u64),
     })
 }
 
@@ -137,7 +138,7 @@ impl Store {
     pub fn payment(&self, session_id: &str, payment_id: u64) -> Result<Option<StoredPayment>> {
         self.db
             .query_row(
-                "SELECT session_id, payment_id, tx_hex, status, quota_mwh FROM payments
+                "SELECT session_id, payment_id, tx_hex, status, quota_mwh, amount_sat FROM payments
                  WHERE session_id = ?1 AND payment_id = ?2",
                 params![session_id, payment_id as i64],
                 payment_row,
@@ -148,7 +149,7 @@ impl Store {
     /// Payments persisted but not yet broadcast (after a crash), oldest first.
     pub fn unbroadcast_payments(&self) -> Result<Vec<StoredPayment>> {
         let mut statement = self.db.prepare(
-            "SELECT session_id, payment_id, tx_hex, status, quota_mwh FROM payments
+            "SELECT session_id, payment_id, tx_hex, status, quota_mwh, amount_sat FROM payments
              WHERE status = 'accepted' ORDER BY accepted_at_unix_ms",
         )?;
         let rows = statement.query_map([], payment_row)?;
@@ -158,7 +159,7 @@ impl Store {
     /// Broadcast `onchain` payments not yet final: what the chain watch follows.
     pub fn watched_payments(&self) -> Result<Vec<StoredPayment>> {
         let mut statement = self.db.prepare(
-            "SELECT session_id, payment_id, tx_hex, status, quota_mwh FROM payments
+            "SELECT session_id, payment_id, tx_hex, status, quota_mwh, amount_sat FROM payments
              WHERE status = 'broadcast' ORDER BY accepted_at_unix_ms",
         )?;
         let rows = statement.query_map([], payment_row)?;

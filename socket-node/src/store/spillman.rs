@@ -1,9 +1,9 @@
 //! spillman channels (seed 003): proposed, funded, the highest payment held, closed.
 
 use bitcoin::consensus::encode;
-use bitcoin::{Amount, ScriptBuf, Transaction, Txid};
+use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, Txid};
 use proto::spillman::Channel;
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 
 use super::payments::insert_payment;
 use super::{ChannelStatus, PaymentStatus, Result, Store, StoredTerms};
@@ -109,6 +109,19 @@ impl Store {
             params![session_id, status, close_txid.map(|t| t.to_string())],
         )?;
         Ok(())
+    }
+
+    /// The session of a channel already proposed on deposit `outpoint`, if any: a deposit
+    /// outpoint backs one channel, ever.
+    pub fn deposit_used(&self, outpoint: &OutPoint) -> Result<Option<String>> {
+        self.db
+            .query_row(
+                "SELECT session_id FROM spillman_channels
+                 WHERE deposit_txid = ?1 AND deposit_vout = ?2",
+                params![outpoint.txid.to_string(), outpoint.vout],
+                |r| r.get(0),
+            )
+            .optional()
     }
 
     /// The spillman channel of a session, if any.

@@ -1,0 +1,194 @@
+//! Limits on the cable-facing server (design.md "Trust"): the power-line link is a shared
+//! medium, so one peer flooding it must not stop honest cables. Cheap checks come first:
+//! connections are capped when accepted, HTTP/2 streams per connection, message size, request
+//! time and keepalive are set on the server ([`crate::config::LimitsConfig`]), requests per
+//! second are limited per peer (its address) before anything is decoded further, and per cable
+//! identity once its signature is checked. Over a rate: `RESOURCE_EXHAUSTED`
+//! (`ERROR_REASON_RATE_LIMITED`), nothing changed, no lockout.
+
+use std::io;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bitcoin::secp256k1::PublicKey;
+use futures_util::{Stream, StreamExt};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
+
+use crate::config::LimitsConfig;
+use crate::error::SocketError;
+
+/// Request rates per peer address and per cable identity (token buckets, `governor`).
+pub struct RequestLimits {
+    peers: DefaultKeyedRateLimiter<SocketAddr>,
+    identities: DefaultKeyedRateLimiter<PublicKey>,
+}
+
+fn quota(per_sec: u32, burst: u32) -> Quota {
+    let per_sec = NonZeroU32::new(per_sec).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(per_sec).allow_burst(NonZeroU32::new(burst).unwrap_or(per_sec))
+}
+
+impl RequestLimits {
+    /// The limits of `config`.
+    pub fn new(config: &LimitsConfig) -> Self {
+        RequestLimits {
+            peers: DefaultKeyedRateLimiter::keyed(quota(
+                config.peer_requests_per_sec,
+                config.peer_burst,
+            )),
+            identities: DefaultKeyedRateLimiter::keyed(quota(
+                config.identity_requests_per_sec,
+                config.identity_burst,
+            )),
+        }
+    }
+
+    /// One more request from `peer` (none known: not limited). Errors:
+    /// [`SocketError::RateLimited`].
+    pub fn check_peer(&self, peer: Option<SocketAddr>) -> Result<(), SocketError> {
+        match peer {
+            Some(peer) if self.peers.check_key(&peer).is_err() => Err(SocketError::RateLimited(
+                format!("too many requests from {peer}; slow down"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// One more signed request of the cable `key`. Errors: [`SocketError::RateLimited`].
+    pub fn check_identity(&self, key: &PublicKey) -> Result<(), SocketError> {
+        self.identities.check_key(key).map_err(|_| {
+            SocketError::RateLimited("too many requests from this cable identity; slow down".into())
+        })
+    }
+
+    /// Forget peers and identities quiet for long (call now and then: memory stays bounded).
+    pub fn forget_idle(&self) {
+        self.peers.retain_recent();
+        self.identities.retain_recent();
+    }
+}
+
+/// The accepted connections of `incoming`, at most `max` open at once: one more is closed as
+/// soon as accepted (logged), so a flood of connections cannot queue up.
+pub fn limit_connections(
+    incoming: TcpIncoming,
+    max: usize,
+) -> impl Stream<Item = io::Result<LimitedStream>> {
+    let permits = Arc::new(Semaphore::new(max));
+    incoming.filter_map(move |accepted| {
+        let permits = Arc::clone(&permits);
+        async move {
+            match accepted {
+                Ok(stream) => match permits.try_acquire_owned() {
+                    Ok(permit) => Some(Ok(LimitedStream {
+                        stream,
+                        _permit: permit,
+                    })),
+                    Err(_) => {
+                        tracing::warn!(peer = ?stream.peer_addr().ok(), max, "connection refused: at the connection limit");
+                        None
+                    }
+                },
+                Err(e) => Some(Err(e)),
+            }
+        }
+    })
+}
+
+/// An accepted connection holding its place under the connection limit until it closes.
+pub struct LimitedStream {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for LimitedStream {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for LimitedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_or_identity_past_its_burst_is_limited_and_others_are_not() {
+        let limits = RequestLimits::new(&LimitsConfig {
+            peer_requests_per_sec: 1,
+            peer_burst: 3,
+            identity_requests_per_sec: 1,
+            identity_burst: 2,
+            ..LimitsConfig::default()
+        });
+        let flooder: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let honest: SocketAddr = "127.0.0.1:4001".parse().unwrap();
+        for _ in 0..3 {
+            limits.check_peer(Some(flooder)).unwrap();
+        }
+        assert!(matches!(
+            limits.check_peer(Some(flooder)),
+            Err(SocketError::RateLimited(_))
+        ));
+        limits.check_peer(Some(honest)).unwrap();
+        limits.check_peer(None).unwrap();
+        let secp = bitcoin::secp256k1::Secp256k1::signing_only();
+        let key = |b: u8| {
+            bitcoin::secp256k1::SecretKey::from_slice(&[b; 32])
+                .unwrap()
+                .public_key(&secp)
+        };
+        limits.check_identity(&key(1)).unwrap();
+        limits.check_identity(&key(1)).unwrap();
+        assert!(limits.check_identity(&key(1)).is_err());
+        limits.check_identity(&key(2)).unwrap();
+    }
+}

@@ -1,0 +1,112 @@
+//! Cable identities (design.md "Trust"): the last sequence that opened a session, what each
+//! made the socket lose, and bans.
+
+use bitcoin::Amount;
+use rusqlite::{params, OptionalExtension};
+
+use super::{unix_ms, Admitted, CableAuth, Result, Store};
+
+impl Store {
+    /// May the cable of `cable` open a session now? Not while banned; not with a sequence at or
+    /// below its last opening request's (a request recorded on the link and played back).
+    /// When admitted, `cable.sequence` becomes the last opening sequence (persisted first).
+    pub fn admit_cable(&self, cable: &CableAuth) -> Result<Admitted> {
+        let key = cable.key.to_string();
+        let tx = self.db.unchecked_transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO cables (key_hex, first_seen_unix_ms) VALUES (?1, ?2)",
+            params![key, unix_ms()],
+        )?;
+        let (last, banned, until): (i64, Option<String>, Option<i64>) = tx.query_row(
+            "SELECT last_opening_sequence, banned_reason, banned_until_unix_ms FROM cables
+             WHERE key_hex = ?1",
+            params![key],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        if let Some(reason) = banned {
+            if until.is_none_or(|until| unix_ms() < until) {
+                return Ok(Admitted::Banned {
+                    reason,
+                    until_unix_ms: until,
+                });
+            }
+        }
+        let sequence = i64::try_from(cable.sequence).unwrap_or(i64::MAX);
+        if sequence <= last {
+            return Ok(Admitted::Replay {
+                last_sequence: last as u64,
+            });
+        }
+        tx.execute(
+            "UPDATE cables SET last_opening_sequence = ?2 WHERE key_hex = ?1",
+            params![key, sequence],
+        )?;
+        tx.commit()?;
+        Ok(Admitted::Yes)
+    }
+
+    /// The cable of `session_id` made the socket lose `amount`: add it to the cable's losses and
+    /// ban it, until `until_unix_ms` or for good (`None`). Returns the cable's key (hex), or
+    /// `None` for a session bound to no key (opened before sessions were).
+    pub fn record_loss(
+        &self,
+        session_id: &str,
+        amount: Amount,
+        reason: &str,
+        until_unix_ms: Option<i64>,
+    ) -> Result<Option<String>> {
+        let key: Option<String> = self
+            .db
+            .query_row(
+                "SELECT cable_key_hex FROM sessions WHERE id = ?1 AND cable_key_hex != ''",
+                params![session_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(key) = key else { return Ok(None) };
+        let tx = self.db.unchecked_transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO cables (key_hex, first_seen_unix_ms) VALUES (?1, ?2)",
+            params![key, unix_ms()],
+        )?;
+        tx.execute(
+            "UPDATE cables SET lost_sat = lost_sat + ?2, banned_reason = ?3,
+                 banned_at_unix_ms = ?4, banned_until_unix_ms = ?5
+             WHERE key_hex = ?1",
+            params![
+                key,
+                amount.to_sat() as i64,
+                reason,
+                unix_ms(),
+                until_unix_ms
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Some(key))
+    }
+
+    /// What the cable `key` (compressed, hex) has in on-chain payments credited and not yet
+    /// final (`accepted` or `broadcast`: not `final_confirmations` deep), over all its
+    /// sessions: the socket's exposure to it (`max_unconfirmed_sat`).
+    pub fn unconfirmed_of_cable(&self, key_hex: &str) -> Result<Amount> {
+        let sat: i64 = self.db.query_row(
+            "SELECT COALESCE(SUM(p.amount_sat), 0) FROM payments p
+             JOIN sessions s ON s.id = p.session_id
+             WHERE s.cable_key_hex = ?1 AND p.status IN ('accepted', 'broadcast')",
+            params![key_hex],
+            |r| r.get(0),
+        )?;
+        Ok(Amount::from_sat(sat as u64))
+    }
+
+    /// The cable key (hex) a session is bound to, if any.
+    pub fn session_cable(&self, session_id: &str) -> Result<Option<String>> {
+        self.db
+            .query_row(
+                "SELECT cable_key_hex FROM sessions WHERE id = ?1 AND cable_key_hex != ''",
+                params![session_id],
+                |r| r.get(0),
+            )
+            .optional()
+    }
+}
