@@ -320,7 +320,9 @@ struct PaymentInFlight<'a>(&'a OutletHandle);
 
 impl<'a> PaymentInFlight<'a> {
     /// Refused with `FAILED_PRECONDITION` when `session_id` is not in progress on the outlet,
-    /// and `UNAVAILABLE` (retry) while another payment of it is being checked.
+    /// and `UNAVAILABLE` (retry) while another payment of it is being checked. The session
+    /// counts as offered a payment from now on (no lockout for want of one while the socket
+    /// checks it, or cannot: design.md "Trust").
     async fn begin(outlet: &'a OutletHandle, session_id: &str) -> Result<Self, SocketError> {
         let session = session_id.to_owned();
         outlet
@@ -334,6 +336,7 @@ impl<'a> PaymentInFlight<'a> {
                     ));
                 }
                 task.paying = true;
+                task.machine.payment_offered(&session);
                 Ok(())
             })
             .await??;

@@ -778,3 +778,24 @@ impl Cable {
         Ok(self.wallet.sync(&self.chain)?)
     }
 }
+
+/// Sync `wallet` before signing a payment, trying again each second while bitcoind does not
+/// answer, for up to `patience` (`session.reconnect_secs`: bitcoind restarting is no reason to
+/// give up a session). Blocking: call inside `block_in_place`.
+fn sync_for_payment(
+    wallet: &mut NodeWallet,
+    chain: &Chain,
+    patience: Duration,
+) -> Result<(), wallet::WalletError> {
+    let deadline = Instant::now() + patience;
+    loop {
+        match wallet.sync(chain) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!("bitcoind unreachable, syncing again: {e}");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -36,8 +36,9 @@ impl Cable {
         terms: &OnchainTerms,
     ) -> Result<SignedRecord, CableError> {
         let policy = &self.config.policy;
+        let patience = std::time::Duration::from_secs(self.config.session.reconnect_secs);
         let signed = tokio::task::block_in_place(|| {
-            self.wallet.sync(&self.chain)?;
+            super::sync_for_payment(&mut self.wallet, &self.chain, patience)?;
             self.wallet.pay(
                 &terms.payout_script,
                 terms.amount,

@@ -68,9 +68,10 @@ impl Cable {
                 self.settle_set(session, old)?;
             }
             let policy = &self.config.policy;
+            let patience = std::time::Duration::from_secs(self.config.session.reconnect_secs);
             let payout = checked.payout_script;
             let signed = tokio::task::block_in_place(|| {
-                self.wallet.sync(&self.chain)?;
+                super::sync_for_payment(&mut self.wallet, &self.chain, patience)?;
                 let (inputs, fee) = self.wallet.plan_input_set(
                     &payout,
                     max,

@@ -7,6 +7,8 @@
 //!    ├──── unplug: settle ◄──────┤
 //!    │                           ▼
 //!    ├── quota used up, nothing drawn unpaid after the grace period: settle
+//!    ├── quota used up past the grace period while the cable's payment is being checked or
+//!    │   cannot be (bitcoind unreachable): back to Standby with the session kept, no blame
 //!    └── lockout_secs ◄── Lockout (relay open) ◄── bad payment; energy drawn unpaid past the
 //!                                                   grace period; no payment within the timeout
 //! ```
@@ -51,6 +53,10 @@ pub struct Session {
     opened_at_ms: u64,
     exhausted_since_ms: Option<u64>,
     quota_low_sent: bool,
+    /// The cable offered a payment since the last credit, which the socket is checking or could
+    /// not check (its chain unavailable): not the cable's fault, so no lockout for want of
+    /// payment.
+    payment_offered: bool,
 }
 
 impl Session {
@@ -146,6 +152,7 @@ impl Outlet {
             opened_at_ms: now_ms,
             exhausted_since_ms: None,
             quota_low_sent: false,
+            payment_offered: false,
         });
     }
 
@@ -176,6 +183,7 @@ impl Outlet {
             opened_at_ms: now_ms,
             exhausted_since_ms: None,
             quota_low_sent: false,
+            payment_offered: false,
         });
         Ok(())
     }
@@ -236,7 +244,19 @@ impl Outlet {
         session.payments += 1;
         session.exhausted_since_ms = None;
         session.quota_low_sent = false;
+        session.payment_offered = false;
         Ok(self.enter(OutletState::Paid))
+    }
+
+    /// The cable of session `id` offered a payment, which the socket now checks (design.md
+    /// "Trust": a payment the socket cannot check, bitcoind being unreachable, is not the
+    /// cable's fault). Until a credit, running out of quota or time suspends the session
+    /// (Standby, relay open, session kept) instead of locking the cable out; a payment found
+    /// bad locks out as ever. Ignored for a session not in progress.
+    pub fn payment_offered(&mut self, id: &str) {
+        if let Ok(session) = self.active_session(id) {
+            session.payment_offered = true;
+        }
     }
 
     /// Lock the outlet out for `lockout_ms`, ending the session: a failed, invalid or missing
@@ -292,6 +312,7 @@ impl Outlet {
             OutletState::Standby => {
                 let timed_out = self.session.as_ref().is_some_and(|s| {
                     s.payments == 0
+                        && !s.payment_offered
                         && now_ms.saturating_sub(s.opened_at_ms) >= self.params.payment_timeout_ms
                 });
                 if timed_out {
@@ -309,7 +330,11 @@ impl Outlet {
                 if remaining == EnergyMwh::ZERO {
                     let since = *session.exhausted_since_ms.get_or_insert(now_ms);
                     if now_ms.saturating_sub(since) >= params.grace_ms {
-                        if session.used > session.credited {
+                        if session.payment_offered {
+                            // Its payment waits on our check: relay open, session kept until
+                            // the payment is credited, or the cable leaves.
+                            events.extend(self.enter(OutletState::Standby));
+                        } else if session.used > session.credited {
                             // Energy drawn in the grace period was never paid for.
                             events.extend(self.lock_out(
                                 "quota used up, energy drawn and no payment within the grace period",
@@ -400,6 +425,33 @@ mod tests {
         assert_eq!(o.state(), OutletState::Lockout);
         o.tick(66_000, EnergyMwh(8_600), true);
         assert_eq!(o.state(), OutletState::Standby);
+    }
+
+    #[test]
+    fn a_payment_being_checked_suspends_the_session_instead_of_locking_out() {
+        let mut o = paid_outlet();
+        o.payment_offered("s");
+        o.tick(1_000, EnergyMwh(8_000), true);
+        o.tick(6_000, EnergyMwh(8_600), true);
+        assert_eq!(o.state(), OutletState::Standby, "no lockout");
+        assert!(!o.relay_closed(), "no energy while unpaid");
+        assert_eq!(o.session().unwrap().id, "s", "the session is kept");
+        // The chain is back: the payment is credited, the session goes on.
+        o.credit("s", EnergyMwh(8_000)).unwrap();
+        assert_eq!(o.state(), OutletState::Paid);
+        assert_eq!(o.session().unwrap().remaining(), EnergyMwh(7_400));
+        // And a later shortfall without a chain wait is the cable's again.
+        o.tick(7_000, EnergyMwh(16_600), true);
+        o.tick(12_000, EnergyMwh(16_700), true);
+        assert_eq!(o.state(), OutletState::Lockout);
+        // A first payment waiting on the chain is not timed out either.
+        let mut o = outlet();
+        o.tick(0, EnergyMwh(0), true);
+        o.open_session("t".into(), 0, EnergyMwh(0)).unwrap();
+        o.payment_offered("t");
+        o.tick(60_000, EnergyMwh(0), true);
+        assert_eq!(o.state(), OutletState::Standby);
+        assert!(o.session().is_some());
     }
 
     #[test]

@@ -1,0 +1,159 @@
+//! Unavailable is not a cheat (design.md "Trust"): bitcoind stops answering (SIGSTOP) while a
+//! cable's payment waits to be checked. The socket answers UNAVAILABLE, credits nothing
+//! without its chain check, and does not lock the honest cable out when its quota runs out
+//! meanwhile: the session is suspended (relay open) and goes on once bitcoind is back.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bitcoin::{Amount, FeeRate, ScriptBuf};
+use integration::{SocketProcess, SocketSetup, OUTLET};
+use proto::identity::session_hash;
+use proto::v1::socket_client::SocketClient;
+use proto::v1::{self, OutletState};
+use regtest::Regtest;
+
+/// Send SIGSTOP or SIGCONT to the regtest bitcoind.
+fn signal_bitcoind(bitcoind: &Regtest, signal: &str) {
+    let pid = std::fs::read_to_string(bitcoind.datadir().join("regtest").join("bitcoind.pid"))
+        .expect("bitcoind's pid file");
+    let status = Command::new("kill")
+        .args([signal, pid.trim()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+#[test]
+fn an_honest_cable_is_not_locked_out_while_bitcoind_does_not_answer() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = SocketProcess::start(
+        &bitcoind,
+        &dir.path().join("socket"),
+        &SocketSetup {
+            // 60 s of grace on the outlet clock is 3 s real: far less than bitcoind's silence.
+            payment_timeout_secs: 120,
+            lockout_secs: 600,
+            ..SocketSetup::default()
+        },
+    )
+    .unwrap();
+    let mut payer = integration::funded_payer(&bitcoind, 2, 50_000);
+    let signer = integration::cable_signer();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut client = runtime
+        .block_on(SocketClient::connect(socket.endpoint.clone()))
+        .unwrap();
+    let _link = runtime
+        .block_on(client.watch_status(v1::WatchStatusRequest {
+            outlet_id: OUTLET.into(),
+        }))
+        .unwrap();
+    let request_terms = |session_id: &str| {
+        runtime
+            .block_on(
+                client
+                    .clone()
+                    .power_request(signer.sign(v1::PowerRequestRequest {
+                        outlet_id: OUTLET.into(),
+                        scheme: v1::Scheme::Onchain as i32,
+                        session_id: session_id.into(),
+                        ..Default::default()
+                    })),
+            )
+            .unwrap()
+            .into_inner()
+    };
+    let first = request_terms("");
+    let session_id = first.session_id.clone();
+    let second = request_terms(&session_id);
+    assert_eq!(second.payment_id, first.payment_id + 1);
+
+    let payout = ScriptBuf::from_bytes(first.payout_script.clone());
+    let amount = Amount::from_sat(first.amount_msat / 1_000);
+    let rate = FeeRate::from_sat_per_vb(2).unwrap();
+    let sign = |payer: &mut integration::Payer| {
+        payer.wallet.sync(&payer.chain).unwrap();
+        let (inputs, fee) = payer
+            .wallet
+            .plan_input_set(&payout, amount, rate, Amount::from_sat(5_000))
+            .unwrap();
+        payer
+            .wallet
+            .pay_from(&inputs, &payout, amount, fee)
+            .unwrap()
+    };
+    let one = sign(&mut payer);
+    let pay = |payment_id: u64, psbt: Vec<u8>| {
+        let request = signer.sign(v1::PayTransactionRequest {
+            session_id: session_id.clone(),
+            payment_id,
+            psbt,
+            auth: None,
+        });
+        let mut client = client.clone();
+        runtime.block_on(async move { client.pay_transaction(request).await })
+    };
+    let paid = pay(first.payment_id, one.psbt.serialize())
+        .unwrap()
+        .into_inner();
+    assert_eq!(paid.state, OutletState::Paid as i32);
+    // The second payment signed while bitcoind answers (the wallet sees the first spent).
+    let two = sign(&mut payer);
+
+    // bitcoind stops answering; the second payment cannot be checked.
+    signal_bitcoind(&bitcoind, "-STOP");
+    let statuses = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let mut seen = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(12);
+            while Instant::now() < deadline {
+                seen.push(socket.status().unwrap());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            seen
+        });
+        let refused = pay(second.payment_id, two.psbt.serialize()).expect_err("unchecked");
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        assert_eq!(
+            proto::errors::reason_of(&refused),
+            Some(v1::ErrorReason::Unavailable),
+            "{refused:?}"
+        );
+        watcher.join().unwrap()
+    });
+    assert!(
+        statuses
+            .iter()
+            .all(|s| s.state != OutletState::Lockout as i32),
+        "locked out while bitcoind was silent: {statuses:?}\n{}",
+        socket.log_text()
+    );
+    let suspended = statuses.last().unwrap();
+    assert_eq!(
+        suspended.state,
+        OutletState::Standby as i32,
+        "{suspended:?}"
+    );
+    assert!(!suspended.relay_closed, "no energy while unpaid");
+    assert_eq!(suspended.session_hash, session_hash(&session_id));
+
+    // bitcoind is back: the same payment, sent again, is checked and credited.
+    signal_bitcoind(&bitcoind, "-CONT");
+    let paid = pay(second.payment_id, two.psbt.serialize())
+        .unwrap()
+        .into_inner();
+    assert_eq!(paid.state, OutletState::Paid as i32);
+    assert_eq!(paid.txid, two.tx.compute_txid().to_string());
+    let status = socket.status().unwrap();
+    assert_eq!(status.payments, 2, "{status:?}");
+    assert!(
+        !socket.log_text().contains("lockout"),
+        "{}",
+        socket.log_text()
+    );
+}
