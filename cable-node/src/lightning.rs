@@ -243,11 +243,11 @@ pub fn pay(
     events: &PaymentEvents,
     invoice: &ln::ldk_node::lightning_invoice::Bolt11Invoice,
     limit: Duration,
-) -> anyhow::Result<u64> {
+) -> Result<u64, LnPayError> {
     let payment_id = match send_when_routable(|| ln.bolt11_payment().send(invoice, None)) {
         Ok(id) => id,
         Err(NodeError::DuplicatePayment) => PaymentId(invoice.payment_hash().to_byte_array()),
-        Err(e) => bail!("paying the invoice: {e}"),
+        Err(e) => return Err(LnPayError::Failed(format!("paying the invoice: {e}"))),
     };
     await_payment(ln, events, payment_id, limit)
 }
@@ -263,7 +263,7 @@ pub fn keysend(
     record: &ln::SessionRecord,
     preimage: [u8; 32],
     limit: Duration,
-) -> anyhow::Result<u64> {
+) -> Result<u64, LnPayError> {
     let preimage = PaymentPreimage(preimage);
     let payment_id = match send_when_routable(|| {
         ln.spontaneous_payment().send_with_preimage_and_custom_tlvs(
@@ -276,7 +276,7 @@ pub fn keysend(
     }) {
         Ok(id) => id,
         Err(NodeError::DuplicatePayment) => PaymentId(PaymentHash::from(preimage).0),
-        Err(e) => bail!("keysend: {e}"),
+        Err(e) => return Err(LnPayError::Failed(format!("keysend: {e}"))),
     };
     await_payment(ln, events, payment_id, limit)
 }
@@ -384,23 +384,38 @@ impl PaymentEvents {
 
 /// Wait for a payment's outcome, woken by the node's payment events (checked once a second
 /// as well, should an event have been taken elsewhere); the fee paid in msat.
+/// How a Lightning payment did not succeed (design.md "Trust": a payment that times out may
+/// still complete, so it is never taken as failed).
+#[derive(Debug, thiserror::Error)]
+pub enum LnPayError {
+    /// It failed for good (LDK gave up, or it could not be sent): nothing was paid.
+    #[error("{0}")]
+    Failed(String),
+    /// No outcome within the time allowed: it may still succeed. The cable keeps it pending
+    /// (counted against the budget, awaited rather than paid again).
+    #[error("the Lightning payment did not complete in {0:?}; it stays pending")]
+    Pending(Duration),
+}
+
 fn await_payment(
     ln: &Node,
     events: &PaymentEvents,
     payment_id: PaymentId,
     limit: Duration,
-) -> anyhow::Result<u64> {
+) -> Result<u64, LnPayError> {
     let deadline = Instant::now() + limit;
     loop {
         let seen = events.count();
         match ln.payment(&payment_id).map(|p| (p.status, p.fee_paid_msat)) {
             Some((PaymentStatus::Succeeded, fee)) => return Ok(fee.unwrap_or(0)),
-            Some((PaymentStatus::Failed, _)) => bail!("the Lightning payment failed"),
+            Some((PaymentStatus::Failed, _)) => {
+                return Err(LnPayError::Failed("the Lightning payment failed".into()))
+            }
             _ => {}
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            bail!("the Lightning payment did not complete in {limit:?}")
+            return Err(LnPayError::Pending(limit));
         }
         events.wait_after(seen, left.min(Duration::from_secs(1)));
     }

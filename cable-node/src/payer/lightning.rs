@@ -83,6 +83,18 @@ impl Cable {
         let recorded = recorded
             .filter(|(_, status)| status == "sending")
             .map(|(hash, _)| hash);
+        // A new payment only within the session budget (what is pending counts as spent).
+        if recorded.is_none()
+            && !self
+                .config
+                .policy
+                .allows(session.paid, accepted.quota_amount)
+        {
+            return Err(CableError::RefusedSocket(format!(
+                "paying {} more would pass the session budget of {} sat",
+                accepted.quota_amount, self.config.policy.max_session_sat
+            )));
+        }
         let store = &self.store;
         let invoice = ln::check_invoice(bolt11, &ln_offer.node_id, expected_msat, |hash| {
             recorded.as_deref() != Some(hash) && store.ln_hash_used(hash).unwrap_or(true)
@@ -201,13 +213,18 @@ impl Cable {
         hash: &str,
         amount_msat: u64,
         started: Instant,
-        paid: anyhow::Result<u64>,
+        paid: Result<u64, crate::lightning::LnPayError>,
     ) -> Result<(), CableError> {
         let fee_msat = match paid {
             Ok(fee) => fee,
-            Err(e) => {
+            Err(e @ crate::lightning::LnPayError::Failed(_)) => {
                 let _ = self.store.ln_done(hash, "failed", None);
-                return Err(e.into());
+                return Err(anyhow::Error::from(e).into());
+            }
+            // Stays `sending`: counted as spent, and awaited (never paid again) next time.
+            Err(e @ crate::lightning::LnPayError::Pending(_)) => {
+                tracing::warn!(payment_hash = %hash, "{e}");
+                return Err(anyhow::Error::from(e).into());
             }
         };
         let latency = started.elapsed().as_millis() as u64;
