@@ -24,6 +24,22 @@ fn signal_bitcoind(bitcoind: &Regtest, signal: &str) {
     assert!(status.success(), "kill {signal} {pid}");
 }
 
+/// bitcoind stopped (SIGSTOP) while this lives, continued when it drops (also on a panic).
+struct Silenced<'a>(&'a Regtest);
+
+impl<'a> Silenced<'a> {
+    fn new(bitcoind: &'a Regtest) -> Self {
+        signal_bitcoind(bitcoind, "-STOP");
+        Silenced(bitcoind)
+    }
+}
+
+impl Drop for Silenced<'_> {
+    fn drop(&mut self) {
+        signal_bitcoind(self.0, "-CONT");
+    }
+}
+
 #[test]
 fn an_honest_cable_is_not_locked_out_while_bitcoind_does_not_answer() {
     let bitcoind = Regtest::start().unwrap();
@@ -70,8 +86,6 @@ fn an_honest_cable_is_not_locked_out_while_bitcoind_does_not_answer() {
     };
     let first = request_terms("");
     let session_id = first.session_id.clone();
-    let second = request_terms(&session_id);
-    assert_eq!(second.payment_id, first.payment_id + 1);
 
     let payout = ScriptBuf::from_bytes(first.payout_script.clone());
     let amount = Amount::from_sat(first.amount_msat / 1_000);
@@ -102,11 +116,14 @@ fn an_honest_cable_is_not_locked_out_while_bitcoind_does_not_answer() {
         .unwrap()
         .into_inner();
     assert_eq!(paid.state, OutletState::Paid as i32);
-    // The second payment signed while bitcoind answers (the wallet sees the first spent).
+    // The next quota's terms, and its payment signed while bitcoind answers (the wallet sees
+    // the first spent).
+    let second = request_terms(&session_id);
+    assert_eq!(second.payment_id, first.payment_id + 1);
     let two = sign(&mut payer);
 
     // bitcoind stops answering; the second payment cannot be checked.
-    signal_bitcoind(&bitcoind, "-STOP");
+    let silenced = Silenced::new(&bitcoind);
     let statuses = std::thread::scope(|scope| {
         let watcher = scope.spawn(|| {
             let mut seen = Vec::new();
@@ -143,7 +160,7 @@ fn an_honest_cable_is_not_locked_out_while_bitcoind_does_not_answer() {
     assert_eq!(suspended.session_hash, session_hash(&session_id));
 
     // bitcoind is back: the same payment, sent again, is checked and credited.
-    signal_bitcoind(&bitcoind, "-CONT");
+    drop(silenced);
     let paid = pay(second.payment_id, two.psbt.serialize())
         .unwrap()
         .into_inner();

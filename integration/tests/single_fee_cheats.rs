@@ -323,6 +323,22 @@ fn a_double_spend_of_the_held_inputs_is_locked_out_at_bounded_loss() {
             .query_row("SELECT COUNT(*) FROM payments", [], |r| r.get(0))
             .unwrap();
         assert_eq!(credited, 2);
+        // The loss is the cable identity's: recorded, and no new session for it.
+        let (lost_sat, banned): (i64, Option<String>) = db
+            .query_row(
+                "SELECT lost_sat, banned_reason FROM cables WHERE key_hex = ?1",
+                [integration::cable_signer().public_key().to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(lost_sat, 2_000);
+        assert!(banned.unwrap().contains("double spend"));
+        let banned = power_request_err(&mut client, "").await;
+        assert_eq!(
+            proto::errors::reason_of(&banned),
+            Some(v1::ErrorReason::CableBanned),
+            "{banned:?}"
+        );
         let pool = mempool(&bitcoind);
         assert!(pool.contains(&escape.tx.compute_txid().to_string()));
         assert!(!pool.contains(&held.unwrap().compute_txid().to_string()));

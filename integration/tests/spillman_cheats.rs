@@ -266,6 +266,17 @@ fn the_socket_refuses_every_payment_that_is_not_the_channels_next() {
                 })
                 .is_ok_and(|s| s == "lost")
             });
+            // The one payment credited from it is lost to the socket: the cable is banned.
+            let (lost_sat, banned): (i64, Option<String>) = db
+                .query_row("SELECT lost_sat, banned_reason FROM cables", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .unwrap();
+            assert!(lost_sat > 0, "{cheat:?}");
+            assert!(
+                banned.is_some_and(|r| r.contains("double-spent")),
+                "{cheat:?}"
+            );
         }
     }
 }
