@@ -182,6 +182,7 @@ impl Station {
                     self.watch_confirmations();
                     self.watch_payments();
                     crate::seller::spillman::close_due(&self.shared, &self.outlets);
+                    crate::seller::spillman::watch_channels(&self.shared);
                     self.shared.limits.forget_idle();
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,

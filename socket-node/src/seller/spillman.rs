@@ -130,6 +130,56 @@ pub(crate) async fn open(
     })
 }
 
+/// The chain watch of spillman channels (design.md "Trust"; seed 003): a funded channel's
+/// deposit that left the mempool unconfirmed with its inputs unspent (evicted) is sent again,
+/// not abandoned; a close is followed until it confirms, and sent again (with its deposit)
+/// while it is not in the mempool. bitcoind unreachable: try again next time.
+pub(crate) fn watch_channels(node: &Shared) {
+    let channels = match node.store().unsettled_channels() {
+        Ok(channels) => channels,
+        Err(e) => return tracing::error!("reading the channels: {e}"),
+    };
+    let chain = &node.chain;
+    let settled = |tx: &Transaction| -> Result<Option<u32>, wallet::WalletError> {
+        let txid = tx.compute_txid();
+        if let Some(height) = chain.confirmation_height(&txid)? {
+            return Ok(Some(height));
+        }
+        if !chain.in_mempool(&txid)? {
+            // Evicted, or never relayed: send it again (bitcoind refuses it when an input is
+            // spent elsewhere; the payment checks and the close find that and record the loss).
+            if let Err(e) = chain.broadcast(tx) {
+                tracing::debug!(%txid, "sending again: {e}");
+            } else {
+                tracing::info!(%txid, "sent again: it had left the mempool unconfirmed");
+            }
+        }
+        Ok(None)
+    };
+    for stored in channels {
+        let watched = match (&stored.close, &stored.deposit) {
+            (Some(close), deposit) => {
+                if let Some(deposit) = deposit {
+                    if settled(deposit).is_err() {
+                        return;
+                    }
+                }
+                settled(close).map(|height| height.map(|h| (stored.session_id.as_str(), h)))
+            }
+            (None, Some(deposit)) => settled(deposit).map(|_| None),
+            (None, None) => Ok(None),
+        };
+        match watched {
+            Ok(Some((session_id, height))) => {
+                tracing::info!(session = %session_id, height, "spillman close confirmed");
+                let _ = node.store().close_confirmed(session_id, height);
+            }
+            Ok(None) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// The socket's key of channel `index` (m/1017'/1'/index').
 pub(crate) fn socket_key(shared: &Shared, index: u32) -> PublicKey {
     PublicKey::new(
@@ -441,13 +491,16 @@ pub(crate) fn close_due(node: &Shared, outlets: &Outlets) {
             .sign(tx, &secret)
             .and_then(|ours| stored.channel.finalize(tx, *cable_signature, ours))
             .map_err(|e| e.to_string())
-            .and_then(|signed| node.chain.broadcast(&signed).map_err(|e| e.to_string()));
+            .and_then(|signed| {
+                let txid = node.chain.broadcast(&signed).map_err(|e| e.to_string())?;
+                Ok((txid, signed))
+            });
         match closed {
-            Ok(txid) => {
+            Ok((txid, signed)) => {
                 tracing::info!(session = %session_id, %txid, total = %stored.highest_total, expiring, "spillman channel closed");
-                let _ = node
-                    .store()
-                    .close_channel(session_id, ChannelStatus::Closed, Some(txid));
+                let _ =
+                    node.store()
+                        .close_channel(session_id, ChannelStatus::Closed, Some(&signed));
                 let _ = node.store().audit(
                     outlet_id,
                     Some(session_id),

@@ -38,7 +38,9 @@ pub use status::{ChannelStatus, PaymentStatus, SetStatus};
 /// The schema, one migration per version, oldest first; append, never edit. Version 1 is the
 /// schema of the one-outlet socket (its `IF NOT EXISTS` lets a data dir made before versions
 /// existed take it as is).
-pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
+pub const MIGRATIONS: &[&str] = &[
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
@@ -203,6 +205,13 @@ CREATE TABLE cables (
     banned_at_unix_ms INTEGER,
     banned_until_unix_ms INTEGER
 );
+";
+
+/// Version 6: a spillman close is kept (the exact transaction) and watched until it confirms,
+/// sent again with its deposit while it does not (design.md "Trust").
+const SCHEMA_V6: &str = "
+ALTER TABLE spillman_channels ADD COLUMN close_tx_hex TEXT;
+ALTER TABLE spillman_channels ADD COLUMN close_confirmed_height INTEGER;
 ";
 
 /// Milliseconds since the Unix epoch.

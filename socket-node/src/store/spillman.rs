@@ -1,7 +1,7 @@
 //! spillman channels (seed 003): proposed, funded, the highest payment held, closed.
 
 use bitcoin::consensus::encode;
-use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, Txid};
+use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction};
 use proto::spillman::Channel;
 use rusqlite::{params, OptionalExtension};
 
@@ -23,6 +23,8 @@ pub struct StoredChannel {
     pub highest: Option<(Transaction, bitcoin::ecdsa::Signature)>,
     /// The deposit, once handed over.
     pub deposit: Option<Transaction>,
+    /// The close (the highest payment, fully signed), once broadcast.
+    pub close: Option<Transaction>,
 }
 
 impl Store {
@@ -97,16 +99,44 @@ impl Store {
         db.commit()
     }
 
-    /// Mark a channel closed (its highest payment broadcast in `close_txid`) or unpaid.
+    /// Mark a channel closed (its highest payment, fully signed, broadcast as `close`), unpaid
+    /// or lost.
     pub fn close_channel(
         &self,
         session_id: &str,
         status: ChannelStatus,
-        close_txid: Option<Txid>,
+        close: Option<&Transaction>,
     ) -> Result<()> {
         self.db.execute(
-            "UPDATE spillman_channels SET status = ?2, close_txid = ?3 WHERE session_id = ?1",
-            params![session_id, status, close_txid.map(|t| t.to_string())],
+            "UPDATE spillman_channels SET status = ?2, close_txid = ?3, close_tx_hex = ?4
+             WHERE session_id = ?1",
+            params![
+                session_id,
+                status,
+                close.map(|tx| tx.compute_txid().to_string()),
+                close.map(encode::serialize_hex)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Channels whose deposit or close is not yet known confirmed: the funded ones, and the
+    /// closed ones whose close has not confirmed (the chain watch sends them again while they
+    /// are not in the mempool).
+    pub fn unsettled_channels(&self) -> Result<Vec<StoredChannel>> {
+        self.channels(
+            "WHERE status = 'funded'
+                OR (status = 'closed' AND close_tx_hex IS NOT NULL
+                    AND close_confirmed_height IS NULL)",
+            params![],
+        )
+    }
+
+    /// The close of `session_id`'s channel confirmed at `height`: no longer watched.
+    pub fn close_confirmed(&self, session_id: &str, height: u32) -> Result<()> {
+        self.db.execute(
+            "UPDATE spillman_channels SET close_confirmed_height = ?2 WHERE session_id = ?1",
+            params![session_id, height],
         )?;
         Ok(())
     }
@@ -151,7 +181,7 @@ impl Store {
             "SELECT session_id, cable_key_hex, deposit_txid, deposit_vout, deposit_sat,
                     refund_lock_height, fee_sat, cable_script_hex, socket_script_hex, status,
                     highest_total_sat, highest_tx_hex, highest_cable_signature_hex, socket_key_hex,
-                    deposit_tx_hex
+                    deposit_tx_hex, close_tx_hex
              FROM spillman_channels {filter}"
         ))?;
         let rows = statement.query_map(args, |r| {
@@ -203,6 +233,11 @@ impl Store {
                     .map(|hex| encode::deserialize_hex(&hex))
                     .transpose()
                     .map_err(|e| bad(14, e.to_string()))?,
+                close: r
+                    .get::<_, Option<String>>(15)?
+                    .map(|hex| encode::deserialize_hex(&hex))
+                    .transpose()
+                    .map_err(|e| bad(15, e.to_string()))?,
             })
         })?;
         rows.collect()
