@@ -30,6 +30,9 @@ pub struct RequestLimits {
     identities: DefaultKeyedRateLimiter<PublicKey>,
 }
 
+/// Requests of its identity's rate that a refused `OpenChannel` costs a cable.
+pub const REFUSAL_COST: NonZeroU32 = NonZeroU32::new(10).expect("not zero");
+
 fn quota(per_sec: u32, burst: u32) -> Quota {
     let per_sec = NonZeroU32::new(per_sec).unwrap_or(NonZeroU32::MIN);
     Quota::per_second(per_sec).allow_burst(NonZeroU32::new(burst).unwrap_or(per_sec))
@@ -66,6 +69,12 @@ impl RequestLimits {
         self.identities.check_key(key).map_err(|_| {
             SocketError::RateLimited("too many requests from this cable identity; slow down".into())
         })
+    }
+
+    /// What a refused `OpenChannel` costs its cable identity: [`REFUSAL_COST`] requests of its
+    /// rate (design.md "Trust": a refused OpenChannel counts against its identity).
+    pub fn penalize(&self, key: &PublicKey) {
+        let _ = self.identities.check_key_n(key, REFUSAL_COST);
     }
 
     /// Forget peers and identities quiet for long (call now and then: memory stays bounded).

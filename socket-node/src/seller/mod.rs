@@ -230,31 +230,56 @@ pub(crate) enum Refusal {
     Unavailable(String),
 }
 
-/// Checks against the chain: every input unspent on this chain, bitcoind would accept the
-/// transaction, the fee rate is at least `min_rate_sat_per_vb`. Returns the fee and vsize.
-/// Blocking (bitcoind RPC).
+/// The most inputs a payment or deposit from a cable may spend: far above what a wallet needs
+/// for a quota, low enough that checking one costs little (design.md "Trust", limits).
+pub(crate) const MAX_INPUTS: usize = 50;
+
+/// The largest payment or deposit from a cable, in weight units (a tenth of bitcoind's
+/// standard limit).
+pub(crate) const MAX_WEIGHT_WU: u64 = 40_000;
+
+/// Checks against the chain, cheap ones first: at most [`MAX_INPUTS`] inputs and
+/// [`MAX_WEIGHT_WU`]; bitcoind would accept the transaction (one `testmempoolaccept`; when it
+/// names missing inputs, each input is looked up to say which); the fee rate is at least
+/// `min_rate_sat_per_vb`. Returns the fee and vsize. Blocking (bitcoind RPC).
 pub(crate) fn check_on_chain(
     shared: &Shared,
     tx: &Transaction,
     min_rate_sat_per_vb: u64,
 ) -> Result<(Amount, u64), Refusal> {
     let unavailable = |e: wallet::WalletError| Refusal::Unavailable(e.to_string());
-    for input in &tx.input {
-        if shared
-            .chain
-            .unspent_value(input.previous_output)
-            .map_err(unavailable)?
-            .is_none()
-        {
-            return Err(Refusal::Cheat(format!(
-                "input {} is not an unspent output on this {} chain (wrong network, never \
-                 broadcast, or already spent)",
-                input.previous_output, shared.config.network
-            )));
-        }
+    if tx.input.len() > MAX_INPUTS {
+        return Err(Refusal::Cheat(format!(
+            "{} inputs: at most {MAX_INPUTS}",
+            tx.input.len()
+        )));
+    }
+    let weight = tx.weight().to_wu();
+    if weight > MAX_WEIGHT_WU {
+        return Err(Refusal::Cheat(format!(
+            "{weight} weight units: at most {MAX_WEIGHT_WU}"
+        )));
     }
     let verdict = shared.chain.test_mempool_accept(tx).map_err(unavailable)?;
     if !verdict.allowed {
+        if verdict.reject_reason.contains("missing-inputs")
+            || verdict.reject_reason.contains("inputs-missingorspent")
+        {
+            for input in &tx.input {
+                if shared
+                    .chain
+                    .unspent_value(input.previous_output)
+                    .map_err(unavailable)?
+                    .is_none()
+                {
+                    return Err(Refusal::Cheat(format!(
+                        "input {} is not an unspent output on this {} chain (wrong network, \
+                         never broadcast, or already spent)",
+                        input.previous_output, shared.config.network
+                    )));
+                }
+            }
+        }
         return Err(Refusal::Cheat(format!(
             "bitcoind refuses the transaction: {}",
             verdict.reject_reason

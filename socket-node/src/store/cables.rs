@@ -85,6 +85,20 @@ impl Store {
         Ok(Some(key))
     }
 
+    /// Count a refused request (an `OpenChannel` the socket would not sign) of the cable `key`.
+    pub fn count_refusal(&self, key: &bitcoin::secp256k1::PublicKey) -> Result<()> {
+        let key = key.to_string();
+        self.db.execute(
+            "INSERT OR IGNORE INTO cables (key_hex, first_seen_unix_ms) VALUES (?1, ?2)",
+            params![key, unix_ms()],
+        )?;
+        self.db.execute(
+            "UPDATE cables SET refusals = refusals + 1 WHERE key_hex = ?1",
+            params![key],
+        )?;
+        Ok(())
+    }
+
     /// What the cable `key` (compressed, hex) has in on-chain payments credited and not yet
     /// final (`accepted` or `broadcast`: not `final_confirmations` deep), over all its
     /// sessions: the socket's exposure to it (`max_unconfirmed_sat`).

@@ -208,10 +208,12 @@ CREATE TABLE cables (
 ";
 
 /// Version 6: a spillman close is kept (the exact transaction) and watched until it confirms,
-/// sent again with its deposit while it does not (design.md "Trust").
+/// sent again with its deposit while it does not; each cable's refused requests are counted
+/// (design.md "Trust").
 const SCHEMA_V6: &str = "
 ALTER TABLE spillman_channels ADD COLUMN close_tx_hex TEXT;
 ALTER TABLE spillman_channels ADD COLUMN close_confirmed_height INTEGER;
+ALTER TABLE cables ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// Milliseconds since the Unix epoch.
