@@ -583,6 +583,17 @@ mod tests {
                 .unwrap(),
             None
         );
+        store.count_refusal(&cable(3).key).unwrap();
+        store.count_refusal(&cable(3).key).unwrap();
+        let refusals: i64 = store
+            .db
+            .query_row(
+                "SELECT refusals FROM cables WHERE key_hex = ?1",
+                [cable(3).key.to_string()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(refusals, 2);
     }
 
     /// A payout address for `outlet_id` recorded as offered (script: OP_RETURN `tag`).
