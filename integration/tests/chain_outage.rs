@@ -55,7 +55,9 @@ fn an_honest_cable_is_not_locked_out_while_bitcoind_does_not_answer() {
         },
     )
     .unwrap();
-    let mut payer = integration::funded_payer(&bitcoind, 2, 50_000);
+    // One wallet per payment: each pays from its own coin, whatever the mempool holds.
+    let mut payer = integration::funded_payer(&bitcoind, 1, 50_000);
+    let mut other = integration::funded_payer(&bitcoind, 1, 50_000);
     let signer = integration::cable_signer();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -116,11 +118,10 @@ fn an_honest_cable_is_not_locked_out_while_bitcoind_does_not_answer() {
         .unwrap()
         .into_inner();
     assert_eq!(paid.state, OutletState::Paid as i32);
-    // The next quota's terms, and its payment signed while bitcoind answers (the wallet sees
-    // the first spent).
+    // The next quota's terms, and its payment signed while bitcoind answers.
     let second = request_terms(&session_id);
     assert_eq!(second.payment_id, first.payment_id + 1);
-    let two = sign(&mut payer);
+    let two = sign(&mut other);
 
     // bitcoind stops answering; the second payment cannot be checked.
     let silenced = Silenced::new(&bitcoind);

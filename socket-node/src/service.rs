@@ -241,8 +241,15 @@ impl Socket for SocketService {
                 &request.psbt,
                 terms,
             )
-            .await?;
-        Ok(Response::new(reply))
+            .await;
+        if let Err(e) = &reply {
+            if !matches!(e, SocketError::Unavailable(_)) {
+                // Judged, and not credited: no longer a payment waiting on the socket.
+                let session = session_id.to_owned();
+                outlet.post(move |task| task.machine.payment_not_credited(&session));
+            }
+        }
+        Ok(Response::new(reply?))
     }
 
     async fn open_channel(

@@ -259,6 +259,14 @@ impl Outlet {
         }
     }
 
+    /// The payment session `id` offered was judged and not credited (refused, or not a
+    /// payment of this scheme): the session waits on the socket no more.
+    pub fn payment_not_credited(&mut self, id: &str) {
+        if let Ok(session) = self.active_session(id) {
+            session.payment_offered = false;
+        }
+    }
+
     /// Lock the outlet out for `lockout_ms`, ending the session: a failed, invalid or missing
     /// payment (paper §III).
     pub fn lock_out(&mut self, reason: &str, now_ms: u64) -> Vec<Event> {
@@ -444,7 +452,7 @@ mod tests {
         o.tick(7_000, EnergyMwh(16_600), true);
         o.tick(12_000, EnergyMwh(16_700), true);
         assert_eq!(o.state(), OutletState::Lockout);
-        // A first payment waiting on the chain is not timed out either.
+        // A first payment waiting on the chain is not timed out either...
         let mut o = outlet();
         o.tick(0, EnergyMwh(0), true);
         o.open_session("t".into(), 0, EnergyMwh(0)).unwrap();
@@ -452,6 +460,10 @@ mod tests {
         o.tick(60_000, EnergyMwh(0), true);
         assert_eq!(o.state(), OutletState::Standby);
         assert!(o.session().is_some());
+        // ...until it is judged and not credited.
+        o.payment_not_credited("t");
+        o.tick(60_001, EnergyMwh(0), true);
+        assert_eq!(o.state(), OutletState::Lockout);
     }
 
     #[test]
