@@ -730,13 +730,7 @@ impl Cable {
             latency_ms: Some(quota_started.elapsed().as_millis() as u64),
         };
         if accepted.scheme == v1::Scheme::Onchain {
-            // The socket broadcast it: its change is ours to spend now.
-            let psbt = bitcoin::psbt::Psbt::deserialize(&record.psbt).context("our own PSBT")?;
-            tokio::task::block_in_place(|| {
-                self.wallet
-                    .record_sent(&psbt.extract_tx_unchecked_fee_rate())
-            })
-            .map_err(anyhow::Error::from)?;
+            // The wallet counts it spent since it was signed (`onchain::sign`).
             session.onchain_txs.push(report.clone());
         }
         session.paid = self

@@ -63,6 +63,11 @@ impl Cable {
         self.store
             .record_signed(session_id, &record)
             .context("storing the signed payment")?;
+        // Spent, for the wallet, from now on (design.md "Trust"): whatever the socket answers,
+        // it holds this signature and may broadcast it, so no later payment may be built from
+        // other coins beside it; only a transaction spending its inputs elsewhere frees them.
+        tokio::task::block_in_place(|| self.wallet.record_sent(&signed.tx))
+            .map_err(anyhow::Error::from)?;
         Ok(record)
     }
 }
