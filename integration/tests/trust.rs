@@ -115,6 +115,25 @@ fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
         );
         refused_unauthenticated(
             client
+                .fund_channel(stranger.sign(v1::FundChannelRequest {
+                    session_id: session_id.clone(),
+                    deposit_tx: b"not a deposit".to_vec(),
+                    auth: None,
+                }))
+                .await,
+            "a stranger handing a deposit to the session",
+        );
+        // A channel of its own on the busy outlet opens nothing and ends nothing.
+        let busy = client
+            .open_channel(stranger.sign(v1::OpenChannelRequest {
+                outlet_id: OUTLET.into(),
+                ..Default::default()
+            }))
+            .await
+            .expect_err("the outlet is busy");
+        assert_ne!(busy.code(), Code::Ok);
+        refused_unauthenticated(
+            client
                 .power_request(stranger.sign(v1::PowerRequestRequest {
                     outlet_id: OUTLET.into(),
                     scheme: v1::Scheme::Onchain as i32,
