@@ -88,6 +88,10 @@ pub(crate) fn seller_of(scheme: Scheme) -> &'static dyn Seller {
     }
 }
 
+/// How long a payment check waits for bitcoind before it answers `UNAVAILABLE`: longer than one
+/// RPC call may take (bitcoind's client times out after 15 s), well within a cable's call.
+pub(crate) const CHAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Terms the outlet's task issued for a `PowerRequest`.
 pub(crate) struct Issued {
     /// The session (opened by this request when it was its first).
@@ -175,25 +179,18 @@ impl SellerContext<'_> {
     }
 
     /// Run the chain checks of `tx` ([`check_on_chain`]) off the async workers, at most
-    /// `max_chain_calls` at once; map a refusal to lockout or unavailability.
+    /// `max_chain_calls` at once and [`CHAIN_WAIT`] long; map a refusal to lockout or
+    /// unavailability.
     pub(crate) async fn checked_on_chain(
         &self,
         session_id: &str,
         tx: &Transaction,
     ) -> Result<(Amount, u64), SocketError> {
         let checked = {
-            let shared = Arc::clone(self.shared);
             let tx = tx.clone();
             let min_rate = self.outlet.config.min_fee_rate_sat_per_vb;
-            let _permit = self
-                .shared
-                .chain_permits
-                .acquire()
-                .await
-                .map_err(SocketError::internal)?;
-            tokio::task::spawn_blocking(move || check_on_chain(&shared, &tx, min_rate))
-                .await
-                .map_err(SocketError::internal)?
+            self.with_chain(move |shared| check_on_chain(shared, &tx, min_rate))
+                .await?
         };
         match checked {
             Ok(checked) => Ok(checked),
@@ -204,8 +201,35 @@ impl SellerContext<'_> {
         }
     }
 
-    /// Run `f` with bitcoind off the async workers, within the `max_chain_calls` bound.
+    /// Run `f` with bitcoind off the async workers, within the `max_chain_calls` bound. A
+    /// bitcoind that does not answer within [`CHAIN_WAIT`] (its calls queue behind one another
+    /// on the RPC connection) gets `UNAVAILABLE`, so the cable hears it before its call times
+    /// out; the call itself finishes in the background.
     pub(crate) async fn with_chain<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared) -> R + Send + 'static,
+    ) -> Result<R, SocketError> {
+        let shared = Arc::clone(self.shared);
+        let _permit = self
+            .shared
+            .chain_permits
+            .acquire()
+            .await
+            .map_err(SocketError::internal)?;
+        match tokio::time::timeout(CHAIN_WAIT, tokio::task::spawn_blocking(move || f(&shared)))
+            .await
+        {
+            Ok(done) => done.map_err(SocketError::internal),
+            Err(_) => Err(SocketError::unavailable(format!(
+                "bitcoind did not answer within {CHAIN_WAIT:?}; retry"
+            ))),
+        }
+    }
+
+    /// [`SellerContext::with_chain`] without the time bound: for the broadcast of what is
+    /// already persisted, whose outcome the reply must tell (a payment recorded is answered
+    /// again, never checked again).
+    pub(crate) async fn with_chain_to_the_end<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Shared) -> R + Send + 'static,
     ) -> Result<R, SocketError> {

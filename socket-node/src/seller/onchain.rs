@@ -79,7 +79,7 @@ async fn pay(
         .map_err(SocketError::internal)?;
     let broadcast = {
         let tx = tx.clone();
-        cx.with_chain(move |shared| shared.chain.broadcast(&tx))
+        cx.with_chain_to_the_end(move |shared| shared.chain.broadcast(&tx))
             .await?
     };
     let txid = match broadcast {

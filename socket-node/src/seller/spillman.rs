@@ -268,7 +268,7 @@ pub(crate) async fn fund(
         .fund_channel(&request.session_id, &deposit)
         .map_err(|e| e.to_string())?;
     fail::fail_point!("socket-deposit-stored", |_| std::process::abort());
-    cx.with_chain(move |shared| shared.chain.broadcast(&deposit))
+    cx.with_chain_to_the_end(move |shared| shared.chain.broadcast(&deposit))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("broadcasting the deposit: {e}"))?;
