@@ -60,7 +60,8 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         payments: u32,
         /// Schemes the cables pay with, spread over them in turn (comma-separated): onchain,
-        /// single-fee, spillman.
+        /// single-fee, spillman, lightning (each Lightning cable runs its own LDK node and
+        /// opens a channel to the socket's before it plugs in: a few fit on two cores).
         #[arg(
             long,
             value_delimiter = ',',
@@ -172,7 +173,7 @@ fn peak_rss_mb(pid: u32) -> f64 {
 
 /// The socket of the benches: every scheme, Lightning on, 1 Wh quotas, a constant load drawn
 /// fast (time scale 10), QuotaLow at half a quota so the cable pays ahead.
-fn socket_setup(outlets: usize) -> SocketSetup {
+fn socket_setup(outlets: usize, lightning: bool) -> SocketSetup {
     SocketSetup {
         price_msat_per_wh: PRICE_MSAT_PER_WH,
         quota_mwh: QUOTA_MWH,
@@ -180,7 +181,7 @@ fn socket_setup(outlets: usize) -> SocketSetup {
         time_scale: 10.0,
         load_toml: "kind = \"constant\"\npower_w = 1800.0".into(),
         single_fee_max_sat: 1_000 * QUOTA_SAT,
-        lightning: outlets == 1,
+        lightning,
         spillman: true,
         outlets,
         ..SocketSetup::default()
@@ -258,7 +259,11 @@ fn latency(payments: u32, schemes: &[String]) -> anyhow::Result<Vec<Row>> {
     println!("starting a regtest bitcoind and a socket-node...");
     let bitcoind = Regtest::start()?;
     let dir = tempfile::tempdir()?;
-    let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &socket_setup(1))?;
+    let socket = SocketProcess::start(
+        &bitcoind,
+        &dir.path().join("socket"),
+        &socket_setup(1, true),
+    )?;
     // Blocks keep coming, so that chains of unconfirmed payments stay short.
     let _miner = Miner::start(&bitcoind, Duration::from_secs(1));
     let mut rows = Vec::new();
@@ -404,7 +409,11 @@ fn plug_in(rounds: u32) -> anyhow::Result<Vec<Row>> {
     println!("starting a regtest bitcoind and a socket-node...");
     let bitcoind = Regtest::start()?;
     let dir = tempfile::tempdir()?;
-    let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &socket_setup(1))?;
+    let socket = SocketProcess::start(
+        &bitcoind,
+        &dir.path().join("socket"),
+        &socket_setup(1, true),
+    )?;
     let _miner = Miner::start(&bitcoind, Duration::from_secs(1));
     let mut rows = Vec::new();
     for scheme in ["onchain", "single-fee", "spillman", "lightning"] {
@@ -455,8 +464,12 @@ fn swarm(cables: usize, payments: u32, schemes: &[String]) -> anyhow::Result<Row
     let dir = tempfile::tempdir()?;
     integration::binary("socket-node")?; // built before the clock starts
     let started = Instant::now();
-    let socket =
-        SocketProcess::start(&bitcoind, &dir.path().join("socket"), &socket_setup(cables))?;
+    let lightning = schemes.iter().any(|s| s == "lightning");
+    let socket = SocketProcess::start(
+        &bitcoind,
+        &dir.path().join("socket"),
+        &socket_setup(cables, lightning),
+    )?;
     println!("  socket ready in {:.1} s", started.elapsed().as_secs_f64());
     // Each cable its own keys, wallet and store; all funded by one transaction.
     let files: Vec<(String, CableFiles)> = (0..cables)
@@ -479,6 +492,13 @@ fn swarm(cables: usize, payments: u32, schemes: &[String]) -> anyhow::Result<Row
         .collect::<anyhow::Result<Vec<_>>>()?;
     for chunk in payees.chunks(500) {
         bitcoind.fund_many(chunk)?;
+    }
+    // A Lightning cable's LDK node has its own on-chain wallet, for the channel it opens.
+    for (_, f) in files.iter().filter(|(scheme, _)| scheme == "lightning") {
+        f.fund_lightning(
+            &bitcoind,
+            Amount::from_sat(QUOTA_SAT * payments as u64 * 2 + 100_000),
+        )?;
     }
     println!(
         "  {cables} cables funded in {:.1} s",
@@ -594,10 +614,10 @@ fn swarm(cables: usize, payments: u32, schemes: &[String]) -> anyhow::Result<Row
     })
 }
 
-/// On-chain payments lost either way, from both sides' stores (so that a cable whose session
-/// failed counts too): each one a cable's store holds as accepted must be credited in the
-/// socket's, and each one the socket credited must be one a cable signed (accepted, or signed
-/// with its reply lost).
+/// Payments lost either way, from both sides' stores (so that a cable whose session failed
+/// counts too): each one a cable's store holds as accepted (Lightning: paid) must be credited in
+/// the socket's, and each one the socket credited must be one a cable signed (accepted, or
+/// signed with its reply lost; Lightning: sent and not failed).
 fn lost_payments(socket: &SocketProcess, cable_dirs: &[&std::path::Path]) -> anyhow::Result<usize> {
     type Ids = std::collections::BTreeSet<(String, i64)>;
     let read = |path: std::path::PathBuf, sql: &str| -> anyhow::Result<Ids> {
@@ -610,10 +630,15 @@ fn lost_payments(socket: &SocketProcess, cable_dirs: &[&std::path::Path]) -> any
             statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
         Ok(rows.collect::<Result<Ids, _>>()?)
     };
-    let credited = read(
-        socket.data_dir.join("socket.sqlite"),
+    let socket_db = socket.data_dir.join("socket.sqlite");
+    let mut credited = read(
+        socket_db.clone(),
         "SELECT session_id, payment_id FROM payments WHERE status != 'failed'",
     )?;
+    credited.extend(read(
+        socket_db,
+        "SELECT session_id, payment_id FROM ln_payments",
+    )?);
     let (mut accepted, mut signed) = (Ids::new(), Ids::new());
     for dir in cable_dirs {
         let path = dir.join("cable.sqlite");
@@ -622,8 +647,16 @@ fn lost_payments(socket: &SocketProcess, cable_dirs: &[&std::path::Path]) -> any
             "SELECT session_id, payment_id FROM payments WHERE status = 'accepted'",
         )?);
         signed.extend(read(
-            path,
+            path.clone(),
             "SELECT session_id, payment_id FROM payments WHERE status != 'refused'",
+        )?);
+        accepted.extend(read(
+            path.clone(),
+            "SELECT session_id, payment_id FROM ln_payments WHERE status = 'paid'",
+        )?);
+        signed.extend(read(
+            path,
+            "SELECT session_id, payment_id FROM ln_payments WHERE status != 'failed'",
         )?);
     }
     Ok(accepted.difference(&credited).count() + credited.difference(&signed).count())
