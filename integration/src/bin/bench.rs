@@ -600,12 +600,16 @@ fn swarm(cables: usize, payments: u32, schemes: &[String]) -> anyhow::Result<Row
     // reports it received: count again for a few seconds before calling one lost.
     let mut lost = lost_payments(&socket, &dirs)?;
     for _ in 0..10 {
-        if lost == 0 {
+        if lost.is_empty() {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
         lost = lost_payments(&socket, &dirs)?;
     }
+    for what in lost.iter().take(10) {
+        println!("  lost: {what}");
+    }
+    let lost = lost.len();
     let latencies = sorted(latencies);
     Ok(Row {
         bench: "swarm",
@@ -627,7 +631,10 @@ fn swarm(cables: usize, payments: u32, schemes: &[String]) -> anyhow::Result<Row
 /// counts too): each one a cable's store holds as accepted (Lightning: paid) must be credited in
 /// the socket's, and each one the socket credited must be one a cable signed (accepted, or
 /// signed with its reply lost; Lightning: sent and not failed).
-fn lost_payments(socket: &SocketProcess, cable_dirs: &[&std::path::Path]) -> anyhow::Result<usize> {
+fn lost_payments(
+    socket: &SocketProcess,
+    cable_dirs: &[&std::path::Path],
+) -> anyhow::Result<Vec<String>> {
     type Ids = std::collections::BTreeSet<(String, i64)>;
     let read = |path: std::path::PathBuf, sql: &str| -> anyhow::Result<Ids> {
         let db = rusqlite::Connection::open_with_flags(
@@ -668,5 +675,11 @@ fn lost_payments(socket: &SocketProcess, cable_dirs: &[&std::path::Path]) -> any
             "SELECT session_id, payment_id FROM ln_payments WHERE status != 'failed'",
         )?);
     }
-    Ok(accepted.difference(&credited).count() + credited.difference(&signed).count())
+    let unpaid = accepted
+        .difference(&credited)
+        .map(|(s, p)| format!("session {s} payment {p}: paid by its cable, not credited"));
+    let unsigned = credited
+        .difference(&signed)
+        .map(|(s, p)| format!("session {s} payment {p}: credited, never signed by a cable"));
+    Ok(unpaid.chain(unsigned).collect())
 }
