@@ -560,8 +560,15 @@ mod tests {
         let status_sig = deterministic(status_hash, &secret(0x11));
         let mut tampered = offer_bytes.clone();
         *tampered.last_mut().unwrap() ^= 1;
+        let mut tampered_report = report_bytes.clone();
+        *tampered_report.last_mut().unwrap() ^= 1;
         json!({
             "about": "Signatures of t2t.v1 (socket.proto GetOfferResponse, RequestAuth, SignedStatus, SocketCertificate): BIP 340 Schnorr by the x-only form of the 33-byte key, over the BIP 340 tagged hash SHA256(SHA256(tag) || SHA256(tag) || message_hex bytes) with tag \"t2t/offer\", \"t2t/request\", \"t2t/status\" or \"t2t/cert\". For t2t/offer, t2t/status and t2t/cert, message_hex is the exact protobuf encoding carried (GetOfferResponse.offer, SignedStatus.report, SocketCertificate.body); decode it, never re-encode it. For t2t/request, message_hex is u32-BE len(session_id) || session_id || u32-BE len(method) || method || u64-BE sequence || SHA256(body_hex bytes), body_hex being the request encoded with auth unset (body_sha256_hex its hash). The signatures here were made without auxiliary randomness; real ones use fresh aux randomness and differ: verify, do not compare. secret_key_hex is given to reproduce them.",
+            "session_hash": {
+                "about": "GetStatusResponse.session_hash and StatusReport.session_hash: SHA256 (single, untagged) of the session id's UTF-8 bytes; empty bytes for no session",
+                "session_id": "5e55",
+                "session_hash_hex": session_hash("5e55").to_lower_hex_string()
+            },
             "vectors": [
                 {
                     "tag": "t2t/offer",
@@ -604,6 +611,14 @@ mod tests {
                     "valid": true
                 },
                 {
+                    "tag": "t2t/status",
+                    "message": "StatusReport, last byte changed after signing",
+                    "public_key_hex": public(0x11).to_lower_hex_string(),
+                    "message_hex": tampered_report.to_lower_hex_string(),
+                    "signature_hex": status_sig.to_lower_hex_string(),
+                    "valid": false
+                },
+                {
                     "tag": "t2t/cert",
                     "message": "CertificateBody",
                     "secret_key_hex": ([0x22u8; 32]).to_lower_hex_string(),
@@ -629,6 +644,11 @@ mod tests {
         }
         let stored: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(stored, computed, "{VECTORS} is stale");
+        let hashed = &stored["session_hash"];
+        assert_eq!(
+            session_hash(hashed["session_id"].as_str().unwrap()).to_lower_hex_string(),
+            hashed["session_hash_hex"].as_str().unwrap()
+        );
         for v in stored["vectors"].as_array().unwrap() {
             let hex = |k: &str| Vec::from_hex(v[k].as_str().unwrap()).unwrap();
             let message = hex("message_hex");
