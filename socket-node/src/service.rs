@@ -270,19 +270,21 @@ impl Socket for SocketService {
         let cx = self.context(outlet);
         match spillman::open(&cx, &session_id, payout, &request).await {
             Ok(reply) => Ok(Response::new(reply)),
-            Err(reason) => {
-                // Nothing was signed: end the session it opened, without blame; but a refused
-                // channel cost the socket chain calls, so it counts against the cable's
-                // identity (its request rate, and its record).
-                self.0.shared.limits.penalize(&cable.key);
-                if let Err(e) = self.0.shared.store().count_refusal(&cable.key) {
-                    tracing::error!("counting a refusal: {e}");
+            Err(error) => {
+                // Nothing was signed: end the session it opened, without blame. A channel
+                // refused for its terms cost the socket chain calls, so it counts against the
+                // cable's identity (its request rate, and its record); our own trouble does not.
+                if let SocketError::ChannelRefused(_) = &error {
+                    self.0.shared.limits.penalize(&cable.key);
+                    if let Err(e) = self.0.shared.store().count_refusal(&cable.key) {
+                        tracing::error!("counting a refusal: {e}");
+                    }
                 }
-                let why = format!("channel refused: {reason}");
+                let why = error.to_string();
                 let _ = outlet
                     .call(move |task| task.abandon(&session_id, &why))
                     .await;
-                Err(SocketError::ChannelRefused(reason).into())
+                Err(error.into())
             }
         }
     }

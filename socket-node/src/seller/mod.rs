@@ -209,21 +209,13 @@ impl SellerContext<'_> {
         &self,
         f: impl FnOnce(&Shared) -> R + Send + 'static,
     ) -> Result<R, SocketError> {
-        let shared = Arc::clone(self.shared);
-        let _permit = self
-            .shared
-            .chain_permits
-            .acquire()
+        tokio::time::timeout(CHAIN_WAIT, self.with_chain_to_the_end(f))
             .await
-            .map_err(SocketError::internal)?;
-        match tokio::time::timeout(CHAIN_WAIT, tokio::task::spawn_blocking(move || f(&shared)))
-            .await
-        {
-            Ok(done) => done.map_err(SocketError::internal),
-            Err(_) => Err(SocketError::unavailable(format!(
-                "bitcoind did not answer within {CHAIN_WAIT:?}; retry"
-            ))),
-        }
+            .unwrap_or_else(|_| {
+                Err(SocketError::unavailable(format!(
+                    "bitcoind did not answer within {CHAIN_WAIT:?}; retry"
+                )))
+            })
     }
 
     /// [`SellerContext::with_chain`] without the time bound: for the broadcast of what is

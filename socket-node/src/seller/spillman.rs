@@ -74,9 +74,10 @@ pub(crate) async fn open(
     session_id: &str,
     payout: Payout,
     request: &v1::OpenChannelRequest,
-) -> Result<v1::OpenChannelResponse, String> {
+) -> Result<v1::OpenChannelResponse, SocketError> {
+    let refused = |reason: String| SocketError::ChannelRefused(reason);
     let cable_key = PublicKey::from_slice(&request.cable_channel_key)
-        .map_err(|e| format!("cable channel key: {e}"))?;
+        .map_err(|e| refused(format!("cable channel key: {e}")))?;
     let channel = Channel {
         cable_key,
         socket_key: socket_key(cx.shared, payout.index),
@@ -84,7 +85,7 @@ pub(crate) async fn open(
             request
                 .deposit_txid
                 .parse()
-                .map_err(|e| format!("deposit txid: {e}"))?,
+                .map_err(|e| refused(format!("deposit txid: {e}")))?,
             request.deposit_vout,
         ),
         deposit_value: Amount::from_sat(request.deposit_sat),
@@ -93,36 +94,38 @@ pub(crate) async fn open(
         cable_script: ScriptBuf::from_bytes(request.cable_script.clone()),
         socket_script: payout.script.clone(),
     };
+    // Our chain not answering is no refusal of the cable's channel.
     let tip = cx
         .with_chain(|shared| shared.chain.height())
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .await?
+        .map_err(|e| SocketError::unavailable(e.to_string()))?;
     let terms = offer_terms(cx.shared, &cx.outlet.config, payout.index);
     channel
         .check_terms(&terms, tip, cx.outlet.config.min_fee_rate_sat_per_vb)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| refused(e.to_string()))?;
     let used = cx
         .shared
         .store()
         .deposit_used(&channel.deposit)
-        .map_err(|e| e.to_string())?;
+        .map_err(SocketError::internal)?;
     if let Some(other) = used {
-        return Err(format!(
+        return Err(refused(format!(
             "deposit {} already backs the channel of session {other}",
             channel.deposit
-        ));
+        )));
     }
-    let refund: Transaction =
-        encode::deserialize(&request.refund_tx).map_err(|e| format!("refund transaction: {e}"))?;
-    channel.check_refund(&refund).map_err(|e| e.to_string())?;
+    let refund: Transaction = encode::deserialize(&request.refund_tx)
+        .map_err(|e| refused(format!("refund transaction: {e}")))?;
+    channel
+        .check_refund(&refund)
+        .map_err(|e| refused(e.to_string()))?;
     cx.shared
         .store()
         .propose_channel(session_id, &channel)
-        .map_err(|e| e.to_string())?;
+        .map_err(SocketError::internal)?;
     let signature = channel
         .sign(&refund, &cx.shared.keys.channel_secret(payout.index))
-        .map_err(|e| e.to_string())?;
+        .map_err(SocketError::internal)?;
     tracing::info!(outlet = %cx.outlet.id(), session = %session_id, deposit = %channel.deposit, lock_height = channel.refund_lock_height, "spillman refund signed");
     Ok(v1::OpenChannelResponse {
         session_id: session_id.to_owned(),

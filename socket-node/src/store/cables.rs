@@ -6,6 +6,15 @@ use rusqlite::{params, OptionalExtension};
 
 use super::{unix_ms, Admitted, CableAuth, Result, Store};
 
+/// The row of cable `key_hex`, created when first seen.
+fn ensure_cable(db: &rusqlite::Connection, key_hex: &str) -> Result<()> {
+    db.execute(
+        "INSERT OR IGNORE INTO cables (key_hex, first_seen_unix_ms) VALUES (?1, ?2)",
+        params![key_hex, unix_ms()],
+    )?;
+    Ok(())
+}
+
 impl Store {
     /// May the cable of `cable` open a session now? Not while banned; not with a sequence at or
     /// below its last opening request's (a request recorded on the link and played back).
@@ -13,10 +22,7 @@ impl Store {
     pub fn admit_cable(&self, cable: &CableAuth) -> Result<Admitted> {
         let key = cable.key.to_string();
         let tx = self.db.unchecked_transaction()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO cables (key_hex, first_seen_unix_ms) VALUES (?1, ?2)",
-            params![key, unix_ms()],
-        )?;
+        ensure_cable(&tx, &key)?;
         let (last, banned, until): (i64, Option<String>, Option<i64>) = tx.query_row(
             "SELECT last_opening_sequence, banned_reason, banned_until_unix_ms FROM cables
              WHERE key_hex = ?1",
@@ -55,20 +61,11 @@ impl Store {
         reason: &str,
         until_unix_ms: Option<i64>,
     ) -> Result<Option<String>> {
-        let key: Option<String> = self
-            .db
-            .query_row(
-                "SELECT cable_key_hex FROM sessions WHERE id = ?1 AND cable_key_hex != ''",
-                params![session_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(key) = key else { return Ok(None) };
+        let Some(key) = self.session_cable(session_id)? else {
+            return Ok(None);
+        };
         let tx = self.db.unchecked_transaction()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO cables (key_hex, first_seen_unix_ms) VALUES (?1, ?2)",
-            params![key, unix_ms()],
-        )?;
+        ensure_cable(&tx, &key)?;
         tx.execute(
             "UPDATE cables SET lost_sat = lost_sat + ?2, banned_reason = ?3,
                  banned_at_unix_ms = ?4, banned_until_unix_ms = ?5
@@ -88,10 +85,7 @@ impl Store {
     /// Count a refused request (an `OpenChannel` the socket would not sign) of the cable `key`.
     pub fn count_refusal(&self, key: &bitcoin::secp256k1::PublicKey) -> Result<()> {
         let key = key.to_string();
-        self.db.execute(
-            "INSERT OR IGNORE INTO cables (key_hex, first_seen_unix_ms) VALUES (?1, ?2)",
-            params![key, unix_ms()],
-        )?;
+        ensure_cable(&self.db, &key)?;
         self.db.execute(
             "UPDATE cables SET refusals = refusals + 1 WHERE key_hex = ?1",
             params![key],

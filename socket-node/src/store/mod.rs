@@ -214,6 +214,8 @@ const SCHEMA_V6: &str = "
 ALTER TABLE spillman_channels ADD COLUMN close_tx_hex TEXT;
 ALTER TABLE spillman_channels ADD COLUMN close_confirmed_height INTEGER;
 ALTER TABLE cables ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;
+-- The exposure to one cable (max_unconfirmed_sat) is summed at every onchain payment.
+CREATE INDEX sessions_by_cable ON sessions(cable_key_hex);
 ";
 
 /// Milliseconds since the Unix epoch.
