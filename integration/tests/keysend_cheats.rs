@@ -217,17 +217,19 @@ fn the_socket_credits_only_keysends_that_fit_the_session() {
     );
     cable.unplug();
 
-    // A keysend naming a session that ended: not credited to the session in progress, which
-    // goes on undisturbed.
+    // A keysend naming a session that ended (as when a cable's last payment races the end
+    // of its session): recorded against that session, not credited to the session in
+    // progress, which goes on undisturbed. One naming no session at all is kept and audited.
     let fourth = cable.open_session();
     cable.keysend(&first, 3, QUOTA_MSAT);
+    cable.keysend("no-such-session", 1, QUOTA_MSAT);
     std::thread::sleep(Duration::from_secs(1));
     let status = cable.status();
     assert_eq!(status.session_hash, session_hash(&fourth));
     assert_eq!(status.payments, 1, "{status:?}");
     assert_ne!(status.state, OutletState::Lockout as i32, "{status:?}");
 
-    // On the socket's books: four invoices and the one honest keysend, nothing else.
+    // On the socket's books: four invoices, the honest keysend and the late one, nothing else.
     let db = rusqlite::Connection::open(socket.data_dir.join("socket.sqlite")).unwrap();
     let rows: Vec<(String, i64, i64)> = db
         .prepare(
@@ -242,16 +244,27 @@ fn the_socket_credits_only_keysends_that_fit_the_session() {
         rows,
         vec![
             ("invoice".to_owned(), 4, 4 * QUOTA_MSAT as i64),
-            ("keysend".to_owned(), 1, QUOTA_MSAT as i64)
+            ("keysend".to_owned(), 2, 2 * QUOTA_MSAT as i64)
         ]
     );
-    let stray: i64 = db
+    let late: (String, i64) = db
         .query_row(
-            "SELECT COUNT(*) FROM audit WHERE event = 'keysend-not-credited'",
+            "SELECT session_id, payment_id FROM ln_payments WHERE kind = 'keysend'
+             ORDER BY received_at_unix_ms DESC LIMIT 1",
             [],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!(stray, 1);
+    assert_eq!(late, (first.clone(), 3));
+    let audited = |event: &str| -> i64 {
+        db.query_row(
+            "SELECT COUNT(*) FROM audit WHERE event = ?1",
+            [event],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(audited("keysend-after-end"), 1);
+    assert_eq!(audited("keysend-not-credited"), 1);
     cable.ln.stop().unwrap();
 }

@@ -207,7 +207,8 @@ pub(crate) fn on_event(shared: &Shared, outlets: &Outlets, event: &ln::ldk_node:
 
 /// Why a keysend was not credited.
 pub(crate) enum KeysendRefusal {
-    /// It names no session in progress here, or keysend is off: kept, audited, nothing else.
+    /// It names no session here, breaks a rule for a session that ended, or keysend is off:
+    /// kept, audited, nothing else.
     Stray(String),
     /// It names the session in progress but breaks a rule: the cable cheats, lock out.
     Cheat { session_id: String, reason: String },
@@ -220,7 +221,10 @@ pub(crate) enum KeysendRefusal {
 /// recorded before (an event delivered again after a restart) credits nothing; a second
 /// payment for a payment id paid before credits nothing and locks out.
 ///
-/// ldk-node claims a keysend before the socket sees it, so a refused one stays with the socket.
+/// ldk-node claims a keysend before the socket sees it, so a refused one stays with the socket;
+/// one that fits a session that has ended (its cable's last quota racing the end) is recorded
+/// against that session and audited (`keysend-after-end`), so no payment received is off the
+/// books.
 pub(crate) fn receive_keysend(
     shared: &Shared,
     outlets: &Outlets,
@@ -261,9 +265,22 @@ fn credit_keysend(
         session_id: record.session_id.clone(),
         reason,
     };
-    let last = match task.machine.active_session(&record.session_id) {
+    // A keysend that arrives after its session ended (the cable saw it paid while the socket
+    // was ending the session) was claimed all the same: it is recorded against its session,
+    // by the same rules, and audited; there is no energy left to credit.
+    let in_progress = task.machine.active_session(&record.session_id);
+    let ended = in_progress.as_ref().err().cloned();
+    let last = match in_progress {
         Ok(session) => session.last_payment_id,
-        Err(e) => return Err(stray(format!("session {}: {e}", record.session_id))),
+        Err(_) => task
+            .shared()
+            .store()
+            .last_payment_id(&record.session_id)
+            .map_err(|e| stray(e.to_string()))?,
+    };
+    let cheat = |reason: String| match &ended {
+        None => cheat(reason),
+        Some(why) => stray(format!("after the session ended ({why}): {reason}")),
     };
     let scheme = task
         .shared()
@@ -320,6 +337,16 @@ fn credit_keysend(
             )))
         }
         Err(e) => return Err(stray(format!("recording the keysend: {e}"))),
+    }
+    if let Some(why) = ended {
+        tracing::warn!(%payment_hash, session_id = %record.session_id, %why, "keysend recorded after its session ended");
+        let _ = task.shared().store().audit(
+            &task.config.id,
+            Some(&record.session_id),
+            "keysend-after-end",
+            &format!("payment {} ({payment_hash}): {why}", record.payment_id),
+        );
+        return Ok(());
     }
     if let Ok(session) = task.machine.active_session(&record.session_id) {
         session.last_payment_id = session.last_payment_id.max(record.payment_id);

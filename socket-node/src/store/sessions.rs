@@ -154,18 +154,24 @@ impl Store {
             return Ok(None);
         };
         let (credited, payments) = self.credit_of(&id)?;
-        let last_payment_id: i64 = self.db.query_row(
-            "SELECT COALESCE(MAX(payment_id), 0) FROM terms WHERE session_id = ?1",
-            params![id],
-            |r| r.get(0),
-        )?;
+        let last_payment_id = self.last_payment_id(&id)?;
         Ok(Some(StoredSession {
             id,
             energy_used: EnergyMwh(used as u64),
             credited,
             payments,
-            last_payment_id: last_payment_id as u64,
+            last_payment_id,
         }))
+    }
+
+    /// The highest payment id issued terms in a session (0: none yet).
+    pub fn last_payment_id(&self, session_id: &str) -> Result<u64> {
+        let last: i64 = self.db.query_row(
+            "SELECT COALESCE(MAX(payment_id), 0) FROM terms WHERE session_id = ?1",
+            params![session_id],
+            |r| r.get(0),
+        )?;
+        Ok(last as u64)
     }
 
     /// Energy credited to a session and the number of payments behind it (on chain and over
