@@ -94,6 +94,14 @@ pub async fn signed_offer(
     Ok(proto::identity::verify_offer(&signed, outlet_id, &nonce)?)
 }
 
+/// The key pair of a fake socket's identity secret.
+fn keypair(secret: &bitcoin::secp256k1::SecretKey) -> bitcoin::secp256k1::Keypair {
+    bitcoin::secp256k1::Keypair::from_secret_key(
+        &bitcoin::secp256k1::Secp256k1::signing_only(),
+        secret,
+    )
+}
+
 /// A fake socket's reply to `request`: `offer` with the request's nonce and outlet, its
 /// identity key [`fake_public_key`]`(1)`, signed by it.
 pub fn fake_signed_offer(
@@ -104,7 +112,7 @@ pub fn fake_signed_offer(
     offer.socket_identity_key = fake_public_key(1);
     offer.cable_nonce = request.cable_nonce.clone();
     offer.outlet_id = request.outlet_id.clone();
-    proto::identity::sign_offer(&offer, &secret, Vec::new())
+    proto::identity::sign_offer(&offer, &keypair(&secret), Vec::new())
 }
 
 /// A fake socket's `status` of session `session_id` (empty for none) as a real socket sends it:
@@ -128,7 +136,7 @@ pub fn fake_signed_status(
         sequence: SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
         time_unix_ms: 0,
     };
-    status.signed = Some(proto::identity::sign_status(&report, &secret));
+    status.signed = Some(proto::identity::sign_status(&report, &keypair(&secret)));
     status
 }
 

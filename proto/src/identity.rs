@@ -18,7 +18,7 @@
 //! form (BIP 340). Test vectors: `proto/testvectors/signatures.json`.
 
 use bitcoin::hashes::{sha256t_hash_newtype, Hash};
-use bitcoin::secp256k1::{schnorr, Keypair, Message, PublicKey, Secp256k1, SecretKey};
+use bitcoin::secp256k1::{schnorr, All, Keypair, Message, PublicKey, Secp256k1, SecretKey};
 use prost::Message as _;
 
 use crate::v1;
@@ -82,12 +82,19 @@ fn key_of(bytes: &[u8], what: &'static str) -> Result<PublicKey, IdentityError> 
     })
 }
 
-fn sign(digest: [u8; 32], secret: &SecretKey) -> Vec<u8> {
-    let secp = Secp256k1::signing_only();
-    let keypair = Keypair::from_secret_key(&secp, secret);
-    secp.sign_schnorr(&Message::from_digest(digest), &keypair)
+/// One secp256k1 context for every signature and check: creating (and randomizing) a context
+/// per call cost as much as the signature itself (a socket signs a status per watcher and
+/// quarter second).
+static SECP: std::sync::LazyLock<Secp256k1<All>> = std::sync::LazyLock::new(Secp256k1::new);
+
+fn sign(digest: [u8; 32], keypair: &Keypair) -> Vec<u8> {
+    SECP.sign_schnorr(&Message::from_digest(digest), keypair)
         .as_ref()
         .to_vec()
+}
+
+fn keypair(secret: &SecretKey) -> Keypair {
+    Keypair::from_secret_key(&SECP, secret)
 }
 
 fn verify(
@@ -98,13 +105,12 @@ fn verify(
 ) -> Result<(), IdentityError> {
     let signature =
         schnorr::Signature::from_slice(signature).map_err(|_| IdentityError::Signature(what))?;
-    Secp256k1::verification_only()
-        .verify_schnorr(
-            &signature,
-            &Message::from_digest(digest),
-            &key.x_only_public_key().0,
-        )
-        .map_err(|_| IdentityError::Signature(what))
+    SECP.verify_schnorr(
+        &signature,
+        &Message::from_digest(digest),
+        &key.x_only_public_key().0,
+    )
+    .map_err(|_| IdentityError::Signature(what))
 }
 
 /// A certificate as a file: JSON `{"body_hex": "...", "signature_hex": "..."}` with the two
@@ -229,11 +235,11 @@ pub fn sign_request<R: SessionRequest>(request: &mut R, cable_secret: &SecretKey
         sequence,
         &body_sha256(request),
     );
-    let key = cable_secret.public_key(&Secp256k1::signing_only());
+    let key = cable_secret.public_key(&SECP);
     *request.auth_mut() = Some(v1::RequestAuth {
         cable_identity_key: key.serialize().to_vec(),
         sequence,
-        signature: sign(hash.to_byte_array(), cable_secret),
+        signature: sign(hash.to_byte_array(), &keypair(cable_secret)),
     });
 }
 
@@ -285,11 +291,11 @@ pub fn session_hash(session_id: &str) -> Vec<u8> {
         .to_vec()
 }
 
-/// `report` encoded and signed by `identity_secret` (whose public key must be
+/// `report` encoded and signed by the socket's `identity` key pair (whose public key must be
 /// `report.socket_identity_key`).
-pub fn sign_status(report: &v1::StatusReport, identity_secret: &SecretKey) -> v1::SignedStatus {
+pub fn sign_status(report: &v1::StatusReport, identity: &Keypair) -> v1::SignedStatus {
     let bytes = report.encode_to_vec();
-    let signature = sign(status_hash(&bytes).to_byte_array(), identity_secret);
+    let signature = sign(status_hash(&bytes).to_byte_array(), identity);
     v1::SignedStatus {
         report: bytes,
         signature,
@@ -332,15 +338,16 @@ pub fn verify_status(
     Ok(report)
 }
 
-/// The socket's reply to `GetOffer`: `offer` encoded and signed by `identity_secret` (whose
-/// public key must be `offer.socket_identity_key`), with the socket's `certificates`.
+/// The socket's reply to `GetOffer`: `offer` encoded and signed by the socket's `identity` key
+/// pair (whose public key must be `offer.socket_identity_key`), with the socket's
+/// `certificates`.
 pub fn sign_offer(
     offer: &v1::Offer,
-    identity_secret: &SecretKey,
+    identity: &Keypair,
     certificates: Vec<v1::SocketCertificate>,
 ) -> v1::GetOfferResponse {
     let bytes = offer.encode_to_vec();
-    let signature = sign(offer_hash(&bytes).to_byte_array(), identity_secret);
+    let signature = sign(offer_hash(&bytes).to_byte_array(), identity);
     v1::GetOfferResponse {
         offer: bytes,
         signature,
@@ -388,7 +395,7 @@ pub fn verify_offer(
 /// `operator_secret`).
 pub fn certify(body: &v1::CertificateBody, operator_secret: &SecretKey) -> v1::SocketCertificate {
     let bytes = body.encode_to_vec();
-    let signature = sign(cert_hash(&bytes).to_byte_array(), operator_secret);
+    let signature = sign(cert_hash(&bytes).to_byte_array(), &keypair(operator_secret));
     v1::SocketCertificate {
         body: bytes,
         signature,
@@ -666,7 +673,7 @@ mod tests {
 
     #[test]
     fn an_offer_verifies_only_as_signed_and_for_its_request() {
-        let signed = sign_offer(&offer(), &secret(0x11), vec![]);
+        let signed = sign_offer(&offer(), &keypair(&secret(0x11)), vec![]);
         assert_eq!(
             verify_offer(&signed, "outlet-1", &[0x42; 32]).unwrap(),
             offer()
@@ -680,7 +687,7 @@ mod tests {
             Err(IdentityError::NotOurs(_))
         ));
         // Signed by another key than the one it names.
-        let forged = sign_offer(&offer(), &secret(0x33), vec![]);
+        let forged = sign_offer(&offer(), &keypair(&secret(0x33)), vec![]);
         assert_eq!(
             verify_offer(&forged, "outlet-1", &[0x42; 32]),
             Err(IdentityError::Signature("offer"))
@@ -699,7 +706,7 @@ mod tests {
     #[test]
     fn a_status_verifies_only_as_signed_by_its_socket_for_its_outlet() {
         let socket = PublicKey::from_slice(&public(0x11)).unwrap();
-        let signed = sign_status(&report(), &secret(0x11));
+        let signed = sign_status(&report(), &keypair(&secret(0x11)));
         assert_eq!(
             verify_status(&signed, &socket, "outlet-1").unwrap(),
             report()
@@ -714,7 +721,7 @@ mod tests {
             Err(IdentityError::NotOurs(_))
         ));
         // Signed by another key than the one it names.
-        let forged = sign_status(&report(), &secret(0x33));
+        let forged = sign_status(&report(), &keypair(&secret(0x33)));
         assert_eq!(
             verify_status(&forged, &socket, "outlet-1"),
             Err(IdentityError::Signature("status report"))

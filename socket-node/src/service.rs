@@ -115,7 +115,7 @@ impl Socket for SocketService {
         let shared = &self.0.shared;
         Ok(Response::new(proto::identity::sign_offer(
             &offer,
-            &shared.identity_secret,
+            &shared.identity,
             shared.certificates.clone(),
         )))
     }

@@ -37,8 +37,8 @@ pub struct Shared {
     pub(crate) chain_permits: tokio::sync::Semaphore,
     /// The Lightning node, when `[lightning]` is configured.
     pub(crate) ln: Option<Arc<ln::ldk_node::Node>>,
-    /// The socket's identity key (signs its offers and status reports).
-    pub(crate) identity_secret: bitcoin::secp256k1::SecretKey,
+    /// The socket's identity key pair (signs its offers and status reports).
+    pub(crate) identity: bitcoin::secp256k1::Keypair,
     /// Its public key, 33-byte compressed (`Offer.socket_identity_key`).
     pub(crate) identity_key: [u8; 33],
     /// Operators' certificates of the socket's identity, sent with every offer.

@@ -83,7 +83,10 @@ impl Station {
             wallet: Mutex::new(wallet),
             chain,
             ln,
-            identity_secret: keys.identity_secret(),
+            identity: bitcoin::secp256k1::Keypair::from_secret_key(
+                &bitcoin::secp256k1::Secp256k1::signing_only(),
+                &keys.identity_secret(),
+            ),
             identity_key: keys.identity_key().inner.serialize(),
             certificates,
             keys: keys.clone(),

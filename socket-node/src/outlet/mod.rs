@@ -662,10 +662,7 @@ impl OutletTask {
             relay_closed: self.hw.relay.is_closed(),
             payments: report.payments,
             session_hash,
-            signed: Some(proto::identity::sign_status(
-                &report,
-                &self.shared.identity_secret,
-            )),
+            signed: Some(proto::identity::sign_status(&report, &self.shared.identity)),
         }
     }
 }
