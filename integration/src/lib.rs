@@ -418,6 +418,8 @@ impl SocketProcess {
         let out = Command::new(binary("socket-node")?)
             .arg(command)
             .args(["--operator", &self.operator])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
             .args(args)
             .output()?;
         anyhow::ensure!(

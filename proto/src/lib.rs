@@ -34,4 +34,7 @@ pub use scheme::Scheme;
 #[allow(missing_docs, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("t2t.v1");
+
+    /// The encoded `FileDescriptorSet` of `proto/t2t/v1/*.proto`, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("t2t_v1");
 }

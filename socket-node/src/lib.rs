@@ -17,6 +17,7 @@
 //! - [`limits`]: what one peer of the link may ask: connections, request rates per peer and
 //!   per cable identity.
 //! - [`operator`]: the gRPC service `t2t.v1.Operator`, for the socket's owner (loopback only).
+//! - [`tokens`]: the operator API's admin and read-only bearer tokens.
 
 #![deny(missing_docs)]
 
@@ -30,3 +31,4 @@ pub mod service;
 pub mod shared;
 pub mod station;
 pub mod store;
+pub mod tokens;

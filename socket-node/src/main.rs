@@ -17,6 +17,7 @@ use socket_node::config::SocketConfig;
 use socket_node::operator::OperatorService;
 use socket_node::service::SocketService;
 use socket_node::station::Station;
+use socket_node::tokens::{self, Scope, Tokens};
 use tonic::transport::server::TcpIncoming;
 
 /// A smart socket that sells electricity for bitcoin: it offers a price per Wh, takes a
@@ -31,7 +32,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the socket: serve gRPC on `listen`, drive every outlet, take payments. SIGINT or
-    /// SIGTERM opens every relay and stops.
+    /// SIGTERM opens every relay and stops. Both gRPC servers also serve `grpc.health.v1` and
+    /// reflection; the operator API wants a token from the data dir (`admin.token`,
+    /// `readonly.token`, created at first start).
     Run {
         /// TOML config (see README.md for an example).
         #[arg(long)]
@@ -52,6 +55,9 @@ enum Command {
         /// gRPC endpoint of the socket's operator API (`operator_listen`).
         #[arg(long, default_value = OPERATOR)]
         operator: String,
+        /// The socket's data dir, where its read-only token is (`readonly.token`).
+        #[arg(long, default_value = "socket-data")]
+        data_dir: PathBuf,
     },
     /// Close a running socket's Lightning channels: cooperatively (the cable must be online),
     /// or with --force when it is gone (the socket's funds return after the to_self_delay).
@@ -59,6 +65,9 @@ enum Command {
         /// gRPC endpoint of the socket's operator API (`operator_listen`).
         #[arg(long, default_value = OPERATOR)]
         operator: String,
+        /// The socket's data dir, where its admin token is (`admin.token`).
+        #[arg(long, default_value = "socket-data")]
+        data_dir: PathBuf,
         /// The channel to close (hex id from `channels`); all of them when absent.
         #[arg(long)]
         channel_id: Option<String>,
@@ -157,7 +166,9 @@ fn init_logs(json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, never into a log file or the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
         builder.json().init();
     } else {
@@ -176,6 +187,9 @@ async fn run(
     }
     let address = config.listen;
     let operator_address = config.operator_listen;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let tokens = Tokens::load_or_create(&data_dir).context("the operator tokens")?;
     let station = tokio::task::spawn_blocking(move || Station::start(config, &data_dir)).await??;
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -188,8 +202,31 @@ async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    // grpc.health.v1 and reflection on both servers, so that a probe or grpcurl needs no
+    // .proto and no token.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<SocketServer<SocketService>>().await;
+    health
+        .set_serving::<OperatorServer<OperatorService>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+    };
+    let operator_service = OperatorServer::new(OperatorService(Arc::clone(&station)));
     let operator = tonic::transport::Server::builder()
-        .add_service(OperatorServer::new(OperatorService(Arc::clone(&station))))
+        .add_service(health_service.clone())
+        .add_service(reflection()?)
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            operator_service,
+            move |mut request: tonic::Request<()>| {
+                let scope = tokens.scope_of(request.metadata())?;
+                request.extensions_mut().insert(scope);
+                Ok(request)
+            },
+        ))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(operator_listener).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
@@ -207,6 +244,8 @@ async fn run(
         .timeout(std::time::Duration::from_secs(limits.request_timeout_secs))
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive))
+        .add_service(health_service)
+        .add_service(reflection()?)
         .add_service(tonic::service::interceptor::InterceptedService::new(
             socket_service,
             move |request: tonic::Request<()>| {
@@ -227,6 +266,9 @@ async fn run(
     let servers = tokio::spawn(async move { tokio::try_join!(cables, operator) });
     shutdown_signal().await;
     tracing::info!("stopping: opening every relay");
+    health
+        .set_not_serving::<SocketServer<SocketService>>()
+        .await;
     let _ = stop_tx.send(true);
     station.stop().await;
     servers.await??;
@@ -255,10 +297,28 @@ async fn operator_client(
         })
 }
 
-async fn channels(endpoint: String) -> anyhow::Result<()> {
+/// A request carrying the token of `scope` from `data_dir`.
+fn authorized<T>(
+    message: T,
+    data_dir: &std::path::Path,
+    scope: Scope,
+) -> anyhow::Result<tonic::Request<T>> {
+    let token = tokens::read_token(data_dir, scope)?;
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .context("the token is not a valid header value")?,
+    );
+    Ok(request)
+}
+
+async fn channels(endpoint: String, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let request = authorized(ListChannelsRequest {}, data_dir, Scope::ReadOnly)?;
     let list = operator_client(&endpoint)
         .await?
-        .list_channels(ListChannelsRequest {})
+        .list_channels(request)
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();
@@ -285,15 +345,18 @@ async fn channels(endpoint: String) -> anyhow::Result<()> {
 
 async fn close_channel(
     endpoint: String,
+    data_dir: &std::path::Path,
     channel_id: Option<String>,
     force: bool,
 ) -> anyhow::Result<()> {
+    let request = CloseChannelRequest {
+        channel_id: channel_id.unwrap_or_default(),
+        force,
+    };
+    let request = authorized(request, data_dir, Scope::Admin)?;
     let closing = operator_client(&endpoint)
         .await?
-        .close_channel(CloseChannelRequest {
-            channel_id: channel_id.unwrap_or_default(),
-            force,
-        })
+        .close_channel(request)
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner()
@@ -364,17 +427,18 @@ async fn main() -> ExitCode {
             init_logs(json_logs);
             run(config, data_dir, listen).await
         }
-        Command::Channels { operator } => {
+        Command::Channels { operator, data_dir } => {
             init_logs(false);
-            channels(operator).await
+            channels(operator, &data_dir).await
         }
         Command::CloseChannel {
             operator,
+            data_dir,
             channel_id,
             force,
         } => {
             init_logs(false);
-            close_channel(operator, channel_id, force).await
+            close_channel(operator, &data_dir, channel_id, force).await
         }
         Command::Status { endpoint, outlet } => {
             init_logs(false);

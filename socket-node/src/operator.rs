@@ -1,6 +1,7 @@
 //! The gRPC service `t2t.v1.Operator`: what only the socket's owner may do (list and close the
 //! Lightning channels), on a loopback address of its own (`operator_listen`), never on the
-//! power-line link the cables reach.
+//! power-line link the cables reach. Every call carries a bearer token ([`crate::tokens`],
+//! checked by the server's interceptor); closing channels needs the admin one.
 
 use std::sync::Arc;
 
@@ -65,6 +66,7 @@ impl Operator for OperatorService {
         &self,
         request: Request<v1::CloseChannelRequest>,
     ) -> Result<Response<v1::CloseChannelResponse>, Status> {
+        crate::tokens::require_admin(&request)?;
         let request = request.into_inner();
         let ln = self.ln()?;
         let channels: Vec<ChannelDetails> = ln

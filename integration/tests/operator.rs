@@ -1,0 +1,158 @@
+//! The operator's surface of a real `socket-node` process (design.md "Operator surface"): the
+//! operator API wants a bearer token from the data dir, the read-only one cannot act; both
+//! gRPC servers answer `grpc.health.v1` and list their services by reflection, with no .proto
+//! and no token.
+
+use std::path::Path;
+
+use integration::{SocketProcess, SocketSetup};
+use proto::v1::operator_client::OperatorClient;
+use proto::v1::{CloseChannelRequest, ListChannelsRequest};
+use regtest::Regtest;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+fn with_token<T>(message: T, data_dir: &Path, file: &str) -> tonic::Request<T> {
+    let token = std::fs::read_to_string(data_dir.join(file)).unwrap();
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+async fn channel(endpoint: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// The services a gRPC server lists by reflection.
+async fn reflected_services(endpoint: &str) -> Vec<String> {
+    let mut client = ServerReflectionClient::new(channel(endpoint).await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.next().await.unwrap().unwrap();
+    match reply.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("not a service list: {other:?}"),
+    }
+}
+
+async fn health(endpoint: &str, service: &str) -> ServingStatus {
+    let mut client = HealthClient::new(channel(endpoint).await);
+    let reply = client
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    ServingStatus::try_from(reply.status).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_api_wants_its_tokens_and_both_servers_answer_health_and_reflection() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = tokio::task::block_in_place(|| {
+        SocketProcess::start(
+            &bitcoind,
+            &dir.path().join("socket"),
+            &SocketSetup::default(),
+        )
+    })
+    .unwrap();
+    let data_dir = &socket.data_dir;
+
+    // Tokens: created at first start, private to the owner.
+    for file in ["admin.token", "readonly.token"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(data_dir.join(file))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+    let mut operator = OperatorClient::connect(socket.operator.clone())
+        .await
+        .unwrap();
+    // No token, or a wrong one: refused before anything is done.
+    let none = operator
+        .list_channels(ListChannelsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), Code::Unauthenticated, "{none:?}");
+    let mut wrong = tonic::Request::new(CloseChannelRequest {
+        channel_id: String::new(),
+        force: true,
+    });
+    wrong.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", "ab".repeat(32)).parse().unwrap(),
+    );
+    let wrong = operator.close_channel(wrong).await.unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+    // The read-only token reads (this socket has no Lightning node: the call itself says so)
+    // and cannot close channels; the admin token can ask.
+    let read = operator
+        .list_channels(with_token(
+            ListChannelsRequest {},
+            data_dir,
+            "readonly.token",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(read.code(), Code::FailedPrecondition, "{read:?}");
+    let close = CloseChannelRequest {
+        channel_id: String::new(),
+        force: true,
+    };
+    let denied = operator
+        .close_channel(with_token(close.clone(), data_dir, "readonly.token"))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    let admin = operator
+        .close_channel(with_token(close, data_dir, "admin.token"))
+        .await
+        .unwrap_err();
+    assert_eq!(admin.code(), Code::FailedPrecondition, "{admin:?}");
+    // The CLI finds the token in the data dir.
+    let cli = tokio::task::block_in_place(|| socket.operator_cli("channels", &[])).unwrap_err();
+    assert!(cli.to_string().contains("no Lightning node"), "{cli:#}");
+
+    // Health and reflection on both servers, no token needed.
+    for (endpoint, service) in [
+        (&socket.endpoint, "t2t.v1.Socket"),
+        (&socket.operator, "t2t.v1.Operator"),
+    ] {
+        assert_eq!(health(endpoint, "").await, ServingStatus::Serving);
+        assert_eq!(health(endpoint, service).await, ServingStatus::Serving);
+        let services = reflected_services(endpoint).await;
+        for expected in [service, "grpc.health.v1.Health"] {
+            assert!(
+                services.iter().any(|s| s == expected),
+                "{endpoint}: {services:?}"
+            );
+        }
+    }
+}
