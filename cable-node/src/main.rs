@@ -65,6 +65,17 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print the cable's 12 recovery words (BIP39): the one backup of its on-chain coins and
+    /// of its Lightning node's keys (seed 000 §VIII.B). Write them down, keep them offline.
+    Seed {
+        /// Also show them as a QR code, for a phone that keeps them.
+        #[arg(long)]
+        qr: bool,
+    },
+    /// Take the 12 recovery words of a broken cable, read from standard input (never from the
+    /// command line, where they would stay in the shell's history), into a data dir that has
+    /// no seed yet; the wallet finds its coins on its next sync (`balance`, `run`).
+    Restore,
 }
 
 /// Run `f` with the cable's Lightning node, stopped afterwards.
@@ -260,6 +271,35 @@ async fn run(cli: Cli) -> Result<(), CableError> {
             for txid in refunded {
                 println!("refund broadcast: {txid}");
             }
+        }
+        Command::Seed { qr } => {
+            std::fs::create_dir_all(&cli.data_dir)
+                .with_context(|| format!("creating {}", cli.data_dir.display()))?;
+            let keys = NodeKeys::load_or_create(&cli.data_dir, config.network)
+                .map_err(anyhow::Error::from)?;
+            let words = keys.mnemonic().to_string();
+            eprintln!(
+                "These words are all it takes to spend this cable's money: keep them offline."
+            );
+            println!("{words}");
+            if qr {
+                let qr = QrCode::new(words.as_bytes()).context("QR code")?;
+                println!("{}", qr.render::<Dense1x2>().quiet_zone(true).build());
+            }
+        }
+        Command::Restore => {
+            let mut words = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut words)
+                .context("reading the words from standard input")?;
+            std::fs::create_dir_all(&cli.data_dir)
+                .with_context(|| format!("creating {}", cli.data_dir.display()))?;
+            let keys = NodeKeys::restore(&cli.data_dir, &words, config.network)
+                .map_err(anyhow::Error::from)?;
+            println!(
+                "restored into {}: identity key {}; `balance` finds the coins",
+                cli.data_dir.display(),
+                keys.identity_key()
+            );
         }
         Command::Balance => {
             let data_dir = cli.data_dir.clone();

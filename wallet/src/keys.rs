@@ -61,6 +61,28 @@ impl NodeKeys {
         })
     }
 
+    /// Take the BIP39 words of a node into `data_dir`, which must have no seed yet (seed 000
+    /// §VIII.B: money must not be lost with a broken device): the wallet finds its coins on
+    /// its next sync. Errors: [`WalletError::Seed`] for words that are not a BIP39 mnemonic
+    /// (a word not in the English list, a wrong checksum) or a data dir that already has a
+    /// seed; [`WalletError::Io`] when the file cannot be written.
+    pub fn restore(data_dir: &Path, words: &str, network: Network) -> Result<Self, WalletError> {
+        let path = data_dir.join(SEED_FILE);
+        let mnemonic = Mnemonic::parse(words.split_whitespace().collect::<Vec<_>>().join(" "))
+            .map_err(|e| WalletError::Seed {
+                path: path.clone(),
+                reason: format!("not a BIP39 mnemonic: {e}"),
+            })?;
+        if path.exists() {
+            return Err(WalletError::Seed {
+                path,
+                reason: "this data dir already has a seed; restore into an empty one".into(),
+            });
+        }
+        write_seed(&path, mnemonic)?;
+        Self::load_or_create(data_dir, network)
+    }
+
     /// The node's BIP39 mnemonic, the one backup of everything it holds.
     pub fn mnemonic(&self) -> &Mnemonic {
         &self.mnemonic
@@ -127,6 +149,11 @@ impl NodeKeys {
 fn create_seed(path: &PathBuf) -> Result<Mnemonic, WalletError> {
     let entropy: [u8; 16] = rand::random();
     let mnemonic = Mnemonic::from_entropy(&entropy).expect("16 bytes is valid BIP39 entropy");
+    write_seed(path, mnemonic)
+}
+
+/// Write `mnemonic` to a new seed file (mode 0600, synced); never over an existing one.
+fn write_seed(path: &PathBuf, mnemonic: Mnemonic) -> Result<Mnemonic, WalletError> {
     let io = |source| WalletError::Io {
         path: path.clone(),
         source,
@@ -157,6 +184,32 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let stranger = NodeKeys::load_or_create(other.path(), Network::Regtest).unwrap();
         assert_ne!(first.identity_key(), stranger.identity_key());
+    }
+
+    #[test]
+    fn restored_words_give_the_same_keys_and_never_overwrite_a_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = NodeKeys::load_or_create(dir.path(), Network::Regtest).unwrap();
+        let words = first.mnemonic().to_string();
+        let empty = tempfile::tempdir().unwrap();
+        let restored =
+            NodeKeys::restore(empty.path(), &format!(" {words}\n"), Network::Regtest).unwrap();
+        assert_eq!(restored.identity_key(), first.identity_key());
+        assert_eq!(restored.descriptors(), first.descriptors());
+        // Not over an existing seed, and not from words that are not BIP39.
+        assert!(matches!(
+            NodeKeys::restore(dir.path(), &words, Network::Regtest),
+            Err(WalletError::Seed { .. })
+        ));
+        let other = tempfile::tempdir().unwrap();
+        let bad_checksum = ["abandon"; 12].join(" ");
+        for bad in [bad_checksum.as_str(), "notaword abandon", ""] {
+            assert!(matches!(
+                NodeKeys::restore(other.path(), bad, Network::Regtest),
+                Err(WalletError::Seed { .. })
+            ));
+        }
+        assert!(!other.path().join(SEED_FILE).exists());
     }
 
     #[test]
