@@ -156,3 +156,103 @@ async fn the_operator_api_wants_its_tokens_and_both_servers_answer_health_and_re
         }
     }
 }
+
+/// Rows of the socket store's tables that a restore must keep.
+fn books(data_dir: &Path) -> Vec<(String, i64)> {
+    let db = rusqlite::Connection::open(data_dir.join("socket.sqlite")).unwrap();
+    ["sessions", "payments", "terms", "audit"]
+        .iter()
+        .map(|table| {
+            let n: i64 = db
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap();
+            (table.to_string(), n)
+        })
+        .collect()
+}
+
+#[test]
+fn a_backup_taken_while_the_socket_runs_restores_the_same_socket() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut socket = SocketProcess::start(
+        &bitcoind,
+        &dir.path().join("socket"),
+        &SocketSetup::default(),
+    )
+    .unwrap();
+    let cable = integration::CableFiles::create(
+        &bitcoind,
+        &dir.path().join("cable"),
+        &socket.endpoint,
+        &integration::CableSetup::default(),
+        bitcoin::Amount::from_sat(100_000),
+    )
+    .unwrap();
+    let out = cable.run(std::time::Duration::from_secs(120)).unwrap();
+    assert!(out.status.success(), "{}", socket.log_text());
+    let identity = socket.offer().unwrap().socket_identity_key;
+    let before = books(&socket.data_dir);
+    assert!(
+        before.iter().any(|(t, n)| t == "payments" && *n > 0),
+        "{before:?}"
+    );
+
+    // Online: the socket keeps running while its databases are copied.
+    let backup = dir.path().join("backup");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(integration::binary("socket-node").unwrap())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let data_dir = socket.data_dir.to_str().unwrap().to_owned();
+    let (ok, out) = cli(&[
+        "backup",
+        "--data-dir",
+        &data_dir,
+        "--to",
+        backup.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    // Never over an existing backup.
+    let (ok, out) = cli(&[
+        "backup",
+        "--data-dir",
+        &data_dir,
+        "--to",
+        backup.to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("not empty"), "{out}");
+
+    // The device dies; a new one starts from the backup in an empty data dir.
+    socket.kill();
+    std::fs::rename(&socket.data_dir, dir.path().join("dead-socket-data")).unwrap();
+    let (ok, out) = cli(&[
+        "restore",
+        "--from",
+        backup.to_str().unwrap(),
+        "--data-dir",
+        &data_dir,
+    ]);
+    assert!(ok, "{out}");
+    socket.restart().unwrap();
+    assert_eq!(socket.offer().unwrap().socket_identity_key, identity);
+    let after = books(&socket.data_dir);
+    for ((table, n), (_, m)) in before.iter().zip(&after) {
+        if table == "audit" {
+            assert!(m >= n, "{table}: {n} before, {m} after");
+        } else {
+            assert_eq!(n, m, "{table}");
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(socket.data_dir.join("admin.token")).unwrap(),
+        std::fs::read_to_string(dir.path().join("dead-socket-data/admin.token")).unwrap()
+    );
+}

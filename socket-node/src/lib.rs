@@ -17,10 +17,12 @@
 //! - [`limits`]: what one peer of the link may ask: connections, request rates per peer and
 //!   per cable identity.
 //! - [`operator`]: the gRPC service `t2t.v1.Operator`, for the socket's owner (loopback only).
+//! - [`backup`]: backup of a data dir (also while the socket runs) and its restore.
 //! - [`tokens`]: the operator API's admin and read-only bearer tokens.
 
 #![deny(missing_docs)]
 
+pub mod backup;
 pub mod config;
 pub mod error;
 pub mod limits;

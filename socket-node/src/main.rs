@@ -91,6 +91,27 @@ enum Command {
         #[arg(long, default_value = "socket-data")]
         data_dir: PathBuf,
     },
+    /// Back up a socket's data dir into a new folder, also while it runs: its seed, operator
+    /// tokens and every database (store, wallet, Lightning node), each a consistent copy.
+    /// Restore only the latest backup: an old Lightning channel state can cost the channel.
+    Backup {
+        /// The socket's data dir.
+        #[arg(long, default_value = "socket-data")]
+        data_dir: PathBuf,
+        /// Where to write the backup: a folder that does not exist yet or is empty.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Restore a backup into an empty data dir; `run` on it starts the same socket (identity,
+    /// sessions, payments, wallet, channels).
+    Restore {
+        /// The backup folder (`backup --to`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The new data dir: a folder that does not exist yet or is empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// As an operator, certify a socket's identity for some of its outlets until an expiry
     /// (socket.proto `SocketCertificate`), and write the certificate as JSON for the socket's
     /// `certificates` config. Prints the operator key that cables trust
@@ -155,6 +176,23 @@ fn certify(
         .with_context(|| format!("writing {}", out.display()))?;
     println!("operator key {}", keys.identity_key());
     println!("certificate written to {}", out.display());
+    Ok(())
+}
+
+fn backup(data_dir: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    let written = socket_node::backup::backup(data_dir, to)?;
+    println!("backed up {} files into {}", written.len(), to.display());
+    Ok(())
+}
+
+fn restore(from: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let written = socket_node::backup::restore(from, data_dir)?;
+    println!(
+        "restored {} files into {}; start it with `socket-node run --data-dir {}`",
+        written.len(),
+        data_dir.display(),
+        data_dir.display()
+    );
     Ok(())
 }
 
@@ -444,6 +482,8 @@ async fn main() -> ExitCode {
             init_logs(false);
             status(endpoint, outlet).await
         }
+        Command::Backup { data_dir, to } => backup(&data_dir, &to),
+        Command::Restore { from, data_dir } => restore(&from, &data_dir),
         Command::Identity { data_dir } => identity(&data_dir),
         Command::Certify {
             operator_dir,
