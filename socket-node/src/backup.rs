@@ -19,60 +19,50 @@ const PLAIN_FILES: [&str; 3] = ["seed.txt", "admin.token", "readonly.token"];
 /// files written, relative to `to`. Errors: `to` is not empty, the data dir has no seed (not
 /// a socket's), a database cannot be read or a file written.
 pub fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    anyhow::ensure!(
-        data_dir.join("seed.txt").exists(),
-        "{} has no seed.txt: not a socket's data dir",
-        data_dir.display()
-    );
-    ensure_empty(to)?;
-    let mut written = Vec::new();
-    for name in PLAIN_FILES {
-        let from = data_dir.join(name);
-        if from.exists() {
-            copy_private(&from, &to.join(name))?;
-            written.push(PathBuf::from(name));
-        }
-    }
-    for relative in databases(data_dir)? {
-        let target = to.join(&relative);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        let db = Connection::open(data_dir.join(&relative))
-            .with_context(|| format!("opening {}", relative.display()))?;
-        // A consistent copy of a live database, readers and writers go on meanwhile.
+    copy_data_dir(data_dir, to, "a socket's data dir", |from, target| {
+        let db = Connection::open(from).with_context(|| format!("opening {}", from.display()))?;
+        // A consistent copy of a live database; readers and writers go on meanwhile.
         db.execute("VACUUM INTO ?1", [target.to_string_lossy()])
-            .with_context(|| format!("backing up {}", relative.display()))?;
-        written.push(relative);
-    }
-    Ok(written)
+            .with_context(|| format!("backing up {}", from.display()))?;
+        Ok(())
+    })
 }
 
 /// Copy a backup made by [`backup`] into `data_dir`, which must not exist or be empty.
 /// Returns the files written. Errors: the backup has no seed, `data_dir` is not empty, a file
 /// cannot be copied.
 pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    copy_data_dir(from, data_dir, "a socket backup", copy_private)
+}
+
+/// Copy the seed, tokens and databases of `from` into the empty `to`, each database with
+/// `copy_database`.
+fn copy_data_dir(
+    from: &Path,
+    to: &Path,
+    what: &str,
+    copy_database: impl Fn(&Path, &Path) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<PathBuf>> {
     anyhow::ensure!(
         from.join("seed.txt").exists(),
-        "{} has no seed.txt: not a socket backup",
+        "{} has no seed.txt: not {what}",
         from.display()
     );
-    ensure_empty(data_dir)?;
+    ensure_empty(to)?;
     let mut written = Vec::new();
     for name in PLAIN_FILES {
         if from.join(name).exists() {
-            copy_private(&from.join(name), &data_dir.join(name))?;
+            copy_private(&from.join(name), &to.join(name))?;
             written.push(PathBuf::from(name));
         }
     }
     for relative in databases(from)? {
-        let target = data_dir.join(&relative);
+        let target = to.join(&relative);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        copy_private(&from.join(&relative), &target)?;
+        copy_database(&from.join(&relative), &target)?;
         written.push(relative);
     }
     Ok(written)
