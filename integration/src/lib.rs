@@ -253,6 +253,8 @@ pub struct SocketProcess {
     pub endpoint: String,
     /// gRPC endpoint of its operator API.
     pub operator: String,
+    /// Base URL of its dashboard, JSON API and `/metrics` (`http_listen`), no trailing slash.
+    pub http: String,
     /// Environment of the process, e.g. `FAILPOINTS` (read at each start).
     pub env: Vec<(String, String)>,
     /// Its data dir.
@@ -268,6 +270,7 @@ impl SocketProcess {
     pub fn start(bitcoind: &Regtest, dir: &Path, setup: &SocketSetup) -> anyhow::Result<Self> {
         let port = free_port()?;
         let operator_port = free_port()?;
+        let http_port = free_port()?;
         let config = dir.join("socket.toml");
         fs::create_dir_all(dir)?;
         let mut schemes = vec!["onchain", "single-fee"];
@@ -279,7 +282,8 @@ impl SocketProcess {
         }
         let mut text = format!(
             "network = \"regtest\"\nlisten = \"127.0.0.1:{port}\"\n\
-             operator_listen = \"127.0.0.1:{operator_port}\"\n\n\
+             operator_listen = \"127.0.0.1:{operator_port}\"\n\
+             http_listen = \"127.0.0.1:{http_port}\"\n\n\
              [chain]\nrpc_url = \"{}\"\ncookie_file = \"{}\"\n",
             bitcoind.rpc_url(),
             bitcoind.cookie_file().display(),
@@ -320,6 +324,7 @@ impl SocketProcess {
             child: None,
             endpoint: format!("http://127.0.0.1:{port}"),
             operator: format!("http://127.0.0.1:{operator_port}"),
+            http: format!("http://127.0.0.1:{http_port}"),
             env: Vec::new(),
             data_dir: dir.join("socket-data"),
             config,

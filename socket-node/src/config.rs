@@ -25,6 +25,11 @@ pub struct SocketConfig {
     /// a loopback address: whoever reaches it can close the socket's channels.
     #[serde(default = "default_operator_listen")]
     pub operator_listen: SocketAddr,
+    /// Address of the owner's web dashboard, its JSON API (`/api/v1/...`) and Prometheus
+    /// `/metrics`, all behind the operator tokens. Must be a loopback address (plain HTTP:
+    /// reach it from afar through an SSH tunnel).
+    #[serde(default = "default_http_listen")]
+    pub http_listen: SocketAddr,
     /// Where bitcoind is.
     pub chain: ChainConfig,
     /// The outlets, `[[outlets]]`: each with its own id, prices, timers, schemes and hardware.
@@ -106,6 +111,10 @@ fn default_invoice_expiry() -> u32 {
 
 fn default_operator_listen() -> SocketAddr {
     "127.0.0.1:50052".parse().expect("constant")
+}
+
+fn default_http_listen() -> SocketAddr {
+    "127.0.0.1:8080".parse().expect("constant")
 }
 
 fn default_listen() -> SocketAddr {
@@ -331,6 +340,11 @@ impl SocketConfig {
             self.operator_listen
         );
         anyhow::ensure!(
+            self.http_listen.ip().is_loopback(),
+            "http_listen = {} is not a loopback address: the dashboard is plain HTTP and its tokens would cross the network in clear (reach it from afar through an SSH tunnel)",
+            self.http_listen
+        );
+        anyhow::ensure!(
             !self.outlets.is_empty(),
             "no [[outlets]]: a socket needs at least one outlet"
         );
@@ -417,6 +431,11 @@ quota_mwh = 8000
             SocketConfig::parse(&format!("operator_listen = \"0.0.0.0:50052\"\n{CONFIG}")).unwrap();
         let error = exposed.check().unwrap_err().to_string();
         assert!(error.contains("not a loopback address"), "{error}");
+        assert_eq!(config.http_listen, default_http_listen());
+        let dashboard =
+            SocketConfig::parse(&format!("http_listen = \"192.168.1.2:8080\"\n{CONFIG}")).unwrap();
+        let error = dashboard.check().unwrap_err().to_string();
+        assert!(error.contains("http_listen"), "{error}");
     }
 
     #[test]

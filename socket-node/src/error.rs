@@ -110,6 +110,7 @@ impl SocketError {
 impl From<SocketError> for Status {
     fn from(error: SocketError) -> Self {
         let (code, reason) = error.code_and_reason();
+        crate::metrics::METRICS.refused(reason);
         proto::errors::status(code, reason, error.to_string())
     }
 }

@@ -18,6 +18,8 @@
 //!   per cable identity.
 //! - [`operator`]: the gRPC service `t2t.v1.Operator`, for the socket's owner (loopback only).
 //! - [`backup`]: backup of a data dir (also while the socket runs) and its restore.
+//! - [`http`]: the owner's web dashboard, its JSON API and `/metrics` (axum, `http_listen`).
+//! - [`metrics`]: the Prometheus metrics (`/metrics`).
 //! - [`tokens`]: the operator API's admin and read-only bearer tokens.
 
 #![deny(missing_docs)]
@@ -25,7 +27,9 @@
 pub mod backup;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod operator;
 pub mod outlet;
 pub mod seller;

@@ -225,9 +225,11 @@ async fn run(
     }
     let address = config.listen;
     let operator_address = config.operator_listen;
+    let http_address = config.http_listen;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let tokens = Tokens::load_or_create(&data_dir).context("the operator tokens")?;
+    let http_tokens = tokens.clone();
     let station = tokio::task::spawn_blocking(move || Station::start(config, &data_dir)).await??;
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -235,11 +237,13 @@ async fn run(
     let operator_listener = tokio::net::TcpListener::bind(operator_address)
         .await
         .with_context(|| format!("cannot listen on {operator_address} (operator_listen)"))?;
+    let http_listener = tokio::net::TcpListener::bind(http_address)
+        .await
+        .with_context(|| format!("cannot listen on {http_address} (http_listen)"))?;
     tracing::info!(%address, operator = %operator_address, "serving t2t.v1.Socket and t2t.v1.Operator");
+    tracing::info!(dashboard = %format!("http://{http_address}/"), "serving the dashboard, /api/v1 and /metrics");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    let stopped = socket_node::http::stopped;
     // grpc.health.v1 and reflection on both servers, so that a probe or grpcurl needs no
     // .proto and no token.
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -299,10 +303,25 @@ async fn run(
                     .with_keepalive(Some(keepalive)),
                 limits.max_connections,
             ),
-            stopped(stop_rx),
+            stopped(stop_rx.clone()),
         );
-    let servers = tokio::spawn(async move { tokio::try_join!(cables, operator) });
+    let http = socket_node::http::serve(
+        http_listener,
+        Arc::clone(&station),
+        http_tokens,
+        stop_rx.clone(),
+    );
+    let servers = tokio::spawn(async move {
+        tokio::try_join!(
+            async { cables.await.context("the cable-facing gRPC server") },
+            async { operator.await.context("the operator gRPC server") },
+            async { http.await.context("the dashboard's HTTP server") }
+        )
+    });
+    // Under systemd (Type=notify): ready once every server listens and every outlet runs.
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
     shutdown_signal().await;
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopping: opening every relay");
     health
         .set_not_serving::<SocketServer<SocketService>>()
@@ -311,6 +330,13 @@ async fn run(
     station.stop().await;
     servers.await??;
     Ok(())
+}
+
+/// Tell systemd (when `NOTIFY_SOCKET` says it waits for us; otherwise nothing).
+fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
 }
 
 /// SIGINT or SIGTERM.

@@ -196,6 +196,7 @@ impl Socket for SocketService {
         &self,
         request: Request<v1::PayTransactionRequest>,
     ) -> Result<Response<v1::PayTransactionResponse>, Status> {
+        let arrived = std::time::Instant::now();
         let request = request.into_inner();
         self.authenticate(&request)?;
         let (session_id, payment_id) = (request.session_id.as_str(), request.payment_id);
@@ -248,6 +249,8 @@ impl Socket for SocketService {
                 let session = session_id.to_owned();
                 outlet.post(move |task| task.machine.payment_not_credited(&session));
             }
+        } else {
+            crate::metrics::METRICS.payment_credited(scheme, arrived.elapsed());
         }
         Ok(Response::new(reply?))
     }

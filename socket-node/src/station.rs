@@ -52,6 +52,9 @@ impl Station {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let chain = Arc::new(Chain::connect(&config.chain, config.network)?);
+        chain.observe(Box::new(|method, took, outcome| {
+            crate::metrics::METRICS.rpc(method, took, outcome)
+        }));
         let store = Store::open(data_dir).context("opening the store")?;
         let ln = match &config.lightning {
             Some(lightning) => {

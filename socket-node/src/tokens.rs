@@ -61,25 +61,40 @@ impl Tokens {
     /// The scope of the bearer token in a call's metadata, compared in constant time.
     /// Errors: `UNAUTHENTICATED` when there is none or it is not one of ours.
     pub fn scope_of(&self, metadata: &MetadataMap) -> Result<Scope, Status> {
-        let presented = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
+        let header = metadata.get("authorization").and_then(|v| v.to_str().ok());
+        self.scope_of_header(header)
+            .map_err(|e| Status::unauthenticated(e.to_string()))
+    }
+
+    /// The scope of an `authorization` header's value (`Bearer <token>`), compared in constant
+    /// time, for the operator gRPC and the HTTP API alike.
+    pub fn scope_of_header(&self, header: Option<&str>) -> Result<Scope, TokenError> {
+        let presented = header
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated(
-                    "no operator token: send `authorization: Bearer <token>` (admin.token or \
-                     readonly.token in the socket's data dir)",
-                )
-            })?
+            .ok_or(TokenError::Missing)?
             .as_bytes();
         if bool::from(presented.ct_eq(self.admin.as_bytes())) {
             Ok(Scope::Admin)
         } else if bool::from(presented.ct_eq(self.read_only.as_bytes())) {
             Ok(Scope::ReadOnly)
         } else {
-            Err(Status::unauthenticated("this operator token is not valid"))
+            Err(TokenError::Invalid)
         }
     }
+}
+
+/// Why a call carries no valid token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// No `authorization: Bearer ...`.
+    #[error(
+        "no operator token: send `authorization: Bearer <token>` (admin.token or \
+         readonly.token in the socket's data dir)"
+    )]
+    Missing,
+    /// A token that is not one of ours.
+    #[error("this operator token is not valid")]
+    Invalid,
 }
 
 /// Whether a call authorised by [`Tokens::scope_of`] (kept in its extensions) may act.

@@ -34,10 +34,26 @@ pub struct MempoolVerdict {
     pub fee: Amount,
 }
 
+/// How an RPC call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RpcOutcome {
+    /// bitcoind answered with a result.
+    Ok,
+    /// bitcoind answered with an error (an unknown txid, a transaction it refuses).
+    Refused,
+    /// No answer: bitcoind unreachable, a broken connection, an answer that does not decode.
+    Failed,
+}
+
+/// Told of every RPC call a [`Chain`] makes: its method, how long it took, how it ended (for
+/// metrics).
+pub type RpcObserver = Box<dyn Fn(&str, std::time::Duration, RpcOutcome) + Send + Sync>;
+
 /// An RPC connection to bitcoind for one network.
 pub struct Chain {
     client: Client,
     network: Network,
+    observer: std::sync::OnceLock<RpcObserver>,
 }
 
 fn rpc_error(method: &str, e: impl std::fmt::Display) -> WalletError {
@@ -56,7 +72,11 @@ impl Chain {
             Auth::CookieFile(config.cookie_file.clone()),
         )
         .map_err(|e| rpc_error("connect", e))?;
-        let chain = Chain { client, network };
+        let chain = Chain {
+            client,
+            network,
+            observer: std::sync::OnceLock::new(),
+        };
         let info: Value = chain.call("getblockchaininfo", &[])?;
         let got = info["chain"].as_str().unwrap_or_default().to_owned();
         let expected = match network {
@@ -85,15 +105,29 @@ impl Chain {
         &self.client
     }
 
+    /// Tell `observer` of every later call (once: a second observer is ignored).
+    pub fn observe(&self, observer: RpcObserver) {
+        let _ = self.observer.set(observer);
+    }
+
     /// Call `method` and decode its result.
     pub fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: &str,
         params: &[Value],
     ) -> Result<T, WalletError> {
-        self.client
-            .call(method, params)
-            .map_err(|e| rpc_error(method, e))
+        let started = std::time::Instant::now();
+        let result = self.client.call(method, params);
+        if let Some(observer) = self.observer.get() {
+            use bdk_bitcoind_rpc::bitcoincore_rpc::{jsonrpc, Error};
+            let outcome = match &result {
+                Ok(_) => RpcOutcome::Ok,
+                Err(Error::JsonRpc(jsonrpc::Error::Rpc(_))) => RpcOutcome::Refused,
+                Err(_) => RpcOutcome::Failed,
+            };
+            observer(method, started.elapsed(), outcome);
+        }
+        result.map_err(|e| rpc_error(method, e))
     }
 
     /// Height of the chain tip.

@@ -53,6 +53,38 @@ pub(crate) struct OpenSet {
     pub(crate) opened_at_unix_ms: i64,
 }
 
+/// An outlet as its owner sees it now (the dashboard): unlike the public status, it names the
+/// session.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OutletView {
+    /// The outlet.
+    pub outlet_id: String,
+    /// `standby`, `paid` or `lockout` (paper §III).
+    pub state: &'static str,
+    /// Whether the relay is closed (power flows).
+    pub relay_closed: bool,
+    /// Whether a cable is plugged in.
+    pub plugged: bool,
+    /// Power now, mW.
+    pub power_mw: u64,
+    /// The outlet's price, msat per Wh.
+    pub price_msat_per_wh: u64,
+    /// The session in progress.
+    pub session_id: Option<String>,
+    /// Energy the session used, mWh.
+    pub energy_used_mwh: u64,
+    /// Energy paid and not yet used, mWh.
+    pub quota_remaining_mwh: u64,
+    /// Payments credited to the session.
+    pub payments: u64,
+    /// In lockout: why, and how long it lasts still (s).
+    pub lockout_reason: String,
+    /// In lockout: seconds left.
+    pub lockout_remaining_secs: u64,
+    /// When this view was taken, Unix ms.
+    pub time_unix_ms: i64,
+}
+
 /// The outlets of a socket, by id.
 pub struct Outlets(BTreeMap<String, OutletHandle>);
 
@@ -295,6 +327,12 @@ impl OutletHandle {
             (status, low)
         })
         .await
+    }
+
+    /// The outlet as its owner sees it now ([`OutletView`]). Errors: `UNAVAILABLE` when the
+    /// outlet has stopped.
+    pub async fn view(&self) -> Result<OutletView, SocketError> {
+        self.call(|task| task.view()).await
     }
 
     /// Run `f` on the outlet's state without waiting for it (for guards that cannot await).
@@ -628,6 +666,36 @@ impl OutletTask {
 
     /// The outlet's status now, signed (design.md "Trust": the session shows only as its
     /// hash; the signed report carries a new sequence).
+    fn view(&self) -> OutletView {
+        let session = self.machine.session();
+        let (lockout_reason, lockout_remaining_secs) = match self.machine.lockout() {
+            Some((reason, until)) => (
+                reason.to_owned(),
+                until.saturating_sub(self.now_ms()).div_ceil(1_000),
+            ),
+            None => (String::new(), 0),
+        };
+        OutletView {
+            outlet_id: self.config.id.clone(),
+            state: match self.machine.state() {
+                v1::OutletState::Paid => "paid",
+                v1::OutletState::Lockout => "lockout",
+                _ => "standby",
+            },
+            relay_closed: self.hw.relay.is_closed(),
+            plugged: self.machine.plugged(),
+            power_mw: self.power().0,
+            price_msat_per_wh: self.config.price_msat_per_wh,
+            session_id: session.map(|s| s.id.clone()),
+            energy_used_mwh: session.map_or(0, |s| s.used.0),
+            quota_remaining_mwh: session.map_or(0, |s| s.remaining().0),
+            payments: session.map_or(0, |s| s.payments),
+            lockout_reason,
+            lockout_remaining_secs,
+            time_unix_ms: unix_ms(),
+        }
+    }
+
     pub(crate) fn status(&mut self) -> v1::GetStatusResponse {
         let now_unix_ms = u64::try_from(unix_ms()).unwrap_or_default();
         self.status_sequence = (self.status_sequence + 1).max(now_unix_ms);

@@ -7,7 +7,7 @@ use rusqlite::{params, OptionalExtension};
 use super::{unix_ms, Admitted, CableAuth, Result, Store};
 
 /// The row of cable `key_hex`, created when first seen.
-fn ensure_cable(db: &rusqlite::Connection, key_hex: &str) -> Result<()> {
+pub(super) fn ensure_cable(db: &rusqlite::Connection, key_hex: &str) -> Result<()> {
     db.execute(
         "INSERT OR IGNORE INTO cables (key_hex, first_seen_unix_ms) VALUES (?1, ?2)",
         params![key_hex, unix_ms()],

@@ -8,7 +8,8 @@
 //!
 //! One module per concern: [`sessions`], [`cables`] (what the socket knows of each cable
 //! identity), [`payments`] (terms and on-chain payments),
-//! [`single_fee`], [`spillman`], [`lightning`], [`audit`]. The schema is versioned
+//! [`single_fee`], [`spillman`], [`lightning`], [`audit`], and [`report`]: what the owner
+//! reads (dashboard, metrics). The schema is versioned
 //! ([`MIGRATIONS`], SQLite's `user_version`): a data dir of an older version is upgraded in
 //! place when the store opens, and a newer one is refused.
 
@@ -17,6 +18,7 @@ mod cables;
 mod lightning;
 mod payments;
 mod payouts;
+mod report;
 mod sessions;
 mod single_fee;
 mod spillman;
@@ -31,6 +33,7 @@ use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
 
 pub use payouts::Payout;
+pub use report::{AuditRow, DeviceRow, DeviceStatus, OutletTotals, PaymentRow, SessionRow};
 pub use single_fee::StoredSet;
 pub use spillman::StoredChannel;
 pub use status::{ChannelStatus, PaymentStatus, SetStatus};

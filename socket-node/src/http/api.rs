@@ -1,0 +1,260 @@
+//! The JSON API under the dashboard, `/api/v1/...` (every route wants a token, see
+//! [`super`]). Amounts are msat or sat, energy mWh, power mW, times Unix ms, as the field
+//! names say.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /api/v1/whoami` | `{"scope": "admin" \| "read-only"}` |
+//! | `GET /api/v1/outlets` | `{"outlets": [OutletView], "totals": [OutletTotals]}` |
+//! | `GET /api/v1/events` | server-sent events: `outlets`, data = `[OutletView]`, once a second |
+//! | `GET /api/v1/history` | `{outlet_id: [Sample]}`: the last hour, a sample each 10 s |
+//! | `GET /api/v1/sessions?limit=N` | `[SessionRow]`, newest first (N ≤ 500, default 50) |
+//! | `GET /api/v1/payments?limit=N` | `[PaymentRow + confirmations]`, newest first |
+//! | `GET /api/v1/channels` | Lightning channels (`[]` without a Lightning node) |
+//! | `GET /api/v1/devices` | `[DeviceRow]`: every cable identity seen |
+//! | `POST /api/v1/devices/{key}/revoke` | admin: body `{"reason": "..."}`; revokes the cable for good and halts its open sessions |
+//! | `GET /api/v1/audit?limit=N` | `[AuditRow]`, newest first |
+//! | `GET /metrics` | Prometheus text format |
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{require_admin, ApiError, Http};
+use crate::store::{PaymentRow, Store};
+use crate::tokens::Scope;
+
+/// `?limit=N`.
+#[derive(Debug, Deserialize)]
+pub struct Limit {
+    limit: Option<u32>,
+}
+
+impl Limit {
+    fn rows(&self) -> u32 {
+        self.limit.unwrap_or(50).clamp(1, 500)
+    }
+}
+
+/// Run a read of the store off the async workers.
+async fn read<T: Send + 'static>(
+    http: &Http,
+    f: impl FnOnce(&Store) -> rusqlite::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let station = std::sync::Arc::clone(&http.station);
+    tokio::task::spawn_blocking(move || f(&station.shared.store()))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
+/// `GET /api/v1/whoami`: the scope of the token presented.
+pub async fn whoami(Extension(scope): Extension<Scope>) -> Json<Value> {
+    Json(json!({ "scope": match scope {
+        Scope::Admin => "admin",
+        Scope::ReadOnly => "read-only",
+    }}))
+}
+
+/// `GET /api/v1/outlets`: every outlet now, and the totals of each outlet and scheme.
+pub async fn outlets(State(http): State<Http>) -> Result<Json<Value>, ApiError> {
+    let mut views = Vec::new();
+    for outlet in http.station.outlets.iter() {
+        views.push(
+            outlet
+                .view()
+                .await
+                .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?,
+        );
+    }
+    let totals = read(&http, |store| store.outlet_totals()).await?;
+    Ok(Json(json!({ "outlets": views, "totals": totals })))
+}
+
+/// `GET /api/v1/events`: the outlets' views as server-sent events (`event: outlets`), the
+/// latest at once, then each second; ends when the socket stops.
+pub async fn events(
+    State(http): State<Http>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let views = tokio_stream::wrappers::WatchStream::new(http.live.subscribe());
+    let stream = views
+        .filter(|views| std::future::ready(!views.is_empty()))
+        .map(|views| {
+            Ok(Event::default()
+                .event("outlets")
+                .json_data(views)
+                .unwrap_or_else(|_| Event::default().comment("unencodable")))
+        })
+        .take_until(super::stopped(http.stop.clone()));
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// `GET /api/v1/history`: each outlet's power and session energy over the last hour.
+pub async fn history(State(http): State<Http>) -> Json<Value> {
+    Json(json!(http.live.history()))
+}
+
+/// `GET /api/v1/sessions`.
+pub async fn sessions(
+    State(http): State<Http>,
+    Query(limit): Query<Limit>,
+) -> Result<Json<Value>, ApiError> {
+    let rows = limit.rows();
+    Ok(Json(json!(
+        read(&http, move |store| store.recent_sessions(rows)).await?
+    )))
+}
+
+/// A payment with its confirmations (on chain, as bitcoind says now; `null` for Lightning or
+/// a transaction not on chain, e.g. a held single-fee payment whose set was broadcast).
+#[derive(Debug, Serialize)]
+struct PaymentWithConfirmations {
+    #[serde(flatten)]
+    payment: PaymentRow,
+    confirmations: Option<u32>,
+}
+
+/// `GET /api/v1/payments`.
+pub async fn payments(
+    State(http): State<Http>,
+    Query(limit): Query<Limit>,
+) -> Result<Json<Value>, ApiError> {
+    let rows = limit.rows();
+    let payments = read(&http, move |store| store.recent_payments(rows)).await?;
+    let chain = std::sync::Arc::clone(&http.station.shared.chain);
+    let with = tokio::task::spawn_blocking(move || {
+        let tip = chain.height().ok();
+        payments
+            .into_iter()
+            .map(|payment| {
+                let on_chain = payment.scheme != "lightning"
+                    && matches!(
+                        payment.status.as_str(),
+                        "broadcast" | "confirmed" | "accepted"
+                    );
+                let confirmations = on_chain
+                    .then(|| payment.txid_or_payment_hash.parse().ok())
+                    .flatten()
+                    .and_then(|txid| chain.confirmation_height(&txid).ok().flatten())
+                    .zip(tip)
+                    .map(|(height, tip)| tip.saturating_sub(height) + 1);
+                PaymentWithConfirmations {
+                    payment,
+                    confirmations,
+                }
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    Ok(Json(json!(with)))
+}
+
+/// `GET /api/v1/channels`.
+pub async fn channels(State(http): State<Http>) -> Result<Json<Value>, ApiError> {
+    let Some(ln) = http.station.shared.ln.clone() else {
+        return Ok(Json(json!([])));
+    };
+    let channels = tokio::task::spawn_blocking(move || ln.list_channels())
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!(channels
+        .iter()
+        .map(|c| json!({
+            "channel_id": c.channel_id.to_string(),
+            "counterparty_node_id": c.counterparty_node_id.to_string(),
+            "capacity_sat": c.channel_value_sats,
+            "outbound_msat": c.outbound_capacity_msat,
+            "inbound_msat": c.inbound_capacity_msat,
+            "usable": c.is_usable,
+            "funding_txid": c.funding_txo.map(|o| o.txid.to_string()),
+        }))
+        .collect::<Vec<_>>())))
+}
+
+/// `GET /api/v1/devices`.
+pub async fn devices(State(http): State<Http>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(read(&http, |store| store.devices()).await?)))
+}
+
+/// The body of a revoke.
+#[derive(Debug, Deserialize)]
+pub struct Revoke {
+    /// Why, for the audit log and the cable's refusal.
+    reason: String,
+}
+
+/// `POST /api/v1/devices/{key}/revoke` (admin): the cable identity `key` is refused every new
+/// session with the reason, and its sessions in progress end in lockout.
+/// Errors: `400` for a key that is not a compressed secp256k1 public key or an empty reason,
+/// `403` for the read-only token.
+pub async fn revoke(
+    State(http): State<Http>,
+    Extension(scope): Extension<Scope>,
+    Path(key): Path<String>,
+    Json(body): Json<Revoke>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(scope)?;
+    let key: bitcoin::secp256k1::PublicKey = key
+        .parse()
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("not a cable key: {e}")))?;
+    let reason = body.reason.trim().to_owned();
+    if reason.is_empty() || reason.len() > 500 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "give a reason (1 to 500 bytes)".into(),
+        ));
+    }
+    let key_hex = key.to_string();
+    let why = reason.clone();
+    let open = read(&http, move |store| store.revoke_cable(&key_hex, &why)).await?;
+    tracing::warn!(cable = %key, %reason, halted = open.len(), "cable revoked by the operator");
+    for (session_id, outlet_id) in &open {
+        if let Ok(outlet) = http.station.outlet(outlet_id) {
+            let session = session_id.clone();
+            let why = format!("cable revoked by the operator: {reason}");
+            let _ = outlet.call(move |task| task.lock_out(&session, &why)).await;
+        }
+    }
+    Ok(Json(json!({
+        "key_hex": key.to_string(),
+        "status": "revoked",
+        "sessions_halted": open.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /api/v1/audit`.
+pub async fn audit(
+    State(http): State<Http>,
+    Query(limit): Query<Limit>,
+) -> Result<Json<Value>, ApiError> {
+    let rows = limit.rows();
+    Ok(Json(json!(
+        read(&http, move |store| store.audit_tail(rows)).await?
+    )))
+}
+
+/// `GET /metrics`: Prometheus text exposition ([`crate::metrics`]).
+pub async fn metrics(State(http): State<Http>) -> Result<Response, ApiError> {
+    let station = std::sync::Arc::clone(&http.station);
+    let text = tokio::task::spawn_blocking(move || crate::metrics::encode(&station))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}

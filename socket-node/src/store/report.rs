@@ -1,0 +1,391 @@
+//! What the socket's owner reads (design.md "Operator surface"): totals per outlet and scheme,
+//! recent sessions and payments, the cable identities (devices) and the audit log, for the
+//! dashboard's JSON API and the Prometheus metrics. Read-only but for [`Store::revoke_cable`].
+//!
+//! Revenue counts what was credited: on-chain payments (`onchain`, `single-fee`, `spillman`)
+//! that did not fail and were not lost, and Lightning payments received; energy sold is the
+//! energy the sessions used (the meter), which a session's payments cover up to its quota.
+
+use rusqlite::params;
+use serde::Serialize;
+
+use super::{unix_ms, Result, Store};
+
+/// Credited revenue per session, in msat: on-chain payments that count, and Lightning ones.
+const SESSION_REVENUE: &str = "
+    SELECT session_id, SUM(msat) AS revenue_msat, COUNT(*) AS payments FROM (
+        SELECT session_id, amount_sat * 1000 AS msat FROM payments
+            WHERE status NOT IN ('failed', 'lost')
+        UNION ALL
+        SELECT session_id, amount_msat FROM ln_payments)
+    GROUP BY session_id";
+
+/// Totals of one outlet and scheme, over all sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutletTotals {
+    /// The outlet.
+    pub outlet_id: String,
+    /// The scheme (`onchain`, `single-fee`, `spillman`, `lightning`).
+    pub scheme: String,
+    /// Sessions opened.
+    pub sessions: u64,
+    /// Of them, ended by a lockout.
+    pub lockouts: u64,
+    /// Energy the sessions used, mWh.
+    pub energy_used_mwh: u64,
+    /// Revenue credited, msat.
+    pub revenue_msat: u64,
+    /// Payments credited.
+    pub payments: u64,
+    /// On-chain payments credited, then lost (replaced, double-spent).
+    pub payments_lost: u64,
+    /// What those lost payments were worth, sat.
+    pub lost_sat: u64,
+}
+
+/// A session, for the owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionRow {
+    /// Session id.
+    pub id: String,
+    /// Its outlet.
+    pub outlet_id: String,
+    /// Its scheme.
+    pub scheme: String,
+    /// The cable identity key that opened it (compressed, hex); empty for old sessions.
+    pub cable_key_hex: String,
+    /// When it opened, Unix ms.
+    pub started_at_unix_ms: i64,
+    /// When it ended, Unix ms; `None` while in progress.
+    pub ended_at_unix_ms: Option<i64>,
+    /// Why it ended.
+    pub end_reason: Option<String>,
+    /// Energy used, mWh (as last saved: at most a second behind).
+    pub energy_used_mwh: u64,
+    /// Revenue credited, msat.
+    pub revenue_msat: u64,
+    /// Payments credited.
+    pub payments: u64,
+}
+
+/// A payment, for the owner: an on-chain transaction or a Lightning payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PaymentRow {
+    /// Its session.
+    pub session_id: String,
+    /// The session's outlet.
+    pub outlet_id: String,
+    /// The session's scheme.
+    pub scheme: String,
+    /// Payment id within the session.
+    pub payment_id: u64,
+    /// On chain: the txid; Lightning: the payment hash (hex).
+    pub txid_or_payment_hash: String,
+    /// What it pays, msat.
+    pub amount_msat: u64,
+    /// Energy it bought, mWh.
+    pub quota_mwh: u64,
+    /// On chain: `accepted`, `broadcast`, `held`, `confirmed`, `failed` or `lost`; Lightning:
+    /// `received`.
+    pub status: String,
+    /// When it was credited, Unix ms.
+    pub at_unix_ms: i64,
+}
+
+/// Whether a cable identity may open sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    /// It may.
+    Allowed,
+    /// Refused until a time: it made the socket lose a payment (`ban_secs`).
+    Banned,
+    /// Refused for good: revoked by the operator, or banned with no end.
+    Revoked,
+}
+
+/// A cable identity the socket has seen (a device), with what it did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceRow {
+    /// Its identity key (compressed, hex).
+    pub key_hex: String,
+    /// Its role (`cable`).
+    pub role: &'static str,
+    /// First seen, Unix ms.
+    pub first_seen_unix_ms: i64,
+    /// Sessions it opened.
+    pub sessions: u64,
+    /// Energy those sessions used, mWh.
+    pub energy_used_mwh: u64,
+    /// Revenue credited from it, msat.
+    pub revenue_msat: u64,
+    /// Requests of its refused (channels the socket would not sign).
+    pub refusals: u64,
+    /// What it made the socket lose, sat.
+    pub lost_sat: u64,
+    /// Allowed, banned or revoked.
+    pub status: DeviceStatus,
+    /// Why it is banned or revoked.
+    pub reason: Option<String>,
+    /// Since when, Unix ms.
+    pub since_unix_ms: Option<i64>,
+    /// Banned until, Unix ms.
+    pub until_unix_ms: Option<i64>,
+}
+
+/// One row of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRow {
+    /// Its row number (SQLite rowid), in order.
+    pub id: i64,
+    /// When, Unix ms.
+    pub at_unix_ms: i64,
+    /// The outlet.
+    pub outlet_id: String,
+    /// The session, if any.
+    pub session_id: Option<String>,
+    /// What happened (a fixed code: `payment-refused`, `payment-lost`, `revoked`, ...).
+    pub event: String,
+    /// Details for people.
+    pub detail: String,
+}
+
+fn u(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or_default()
+}
+
+impl Store {
+    /// Totals per outlet and scheme, over every session.
+    pub fn outlet_totals(&self) -> Result<Vec<OutletTotals>> {
+        let mut statement = self.db.prepare(&format!(
+            "SELECT s.outlet_id, s.scheme, COUNT(*),
+                    SUM(CASE WHEN s.end_reason LIKE 'lockout:%' THEN 1 ELSE 0 END),
+                    SUM(s.energy_used_mwh), COALESCE(SUM(r.revenue_msat), 0),
+                    COALESCE(SUM(r.payments), 0),
+                    COALESCE(SUM(l.lost), 0), COALESCE(SUM(l.lost_sat), 0)
+             FROM sessions s
+             LEFT JOIN ({SESSION_REVENUE}) r ON r.session_id = s.id
+             LEFT JOIN (SELECT session_id, COUNT(*) AS lost, SUM(amount_sat) AS lost_sat
+                        FROM payments WHERE status = 'lost' GROUP BY session_id) l
+                 ON l.session_id = s.id
+             GROUP BY s.outlet_id, s.scheme ORDER BY s.outlet_id, s.scheme"
+        ))?;
+        let rows = statement.query_map([], |r| {
+            Ok(OutletTotals {
+                outlet_id: r.get(0)?,
+                scheme: r.get(1)?,
+                sessions: u(r.get(2)?),
+                lockouts: u(r.get(3)?),
+                energy_used_mwh: u(r.get(4)?),
+                revenue_msat: u(r.get(5)?),
+                payments: u(r.get(6)?),
+                payments_lost: u(r.get(7)?),
+                lost_sat: u(r.get(8)?),
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// The latest `limit` sessions, newest first.
+    pub fn recent_sessions(&self, limit: u32) -> Result<Vec<SessionRow>> {
+        let mut statement = self.db.prepare(&format!(
+            "SELECT s.id, s.outlet_id, s.scheme, s.cable_key_hex, s.started_at_unix_ms,
+                    s.ended_at_unix_ms, s.end_reason, s.energy_used_mwh,
+                    COALESCE(r.revenue_msat, 0), COALESCE(r.payments, 0)
+             FROM sessions s LEFT JOIN ({SESSION_REVENUE}) r ON r.session_id = s.id
+             ORDER BY s.started_at_unix_ms DESC, s.rowid DESC LIMIT ?1"
+        ))?;
+        let rows = statement.query_map(params![limit], |r| {
+            Ok(SessionRow {
+                id: r.get(0)?,
+                outlet_id: r.get(1)?,
+                scheme: r.get(2)?,
+                cable_key_hex: r.get(3)?,
+                started_at_unix_ms: r.get(4)?,
+                ended_at_unix_ms: r.get(5)?,
+                end_reason: r.get(6)?,
+                energy_used_mwh: u(r.get(7)?),
+                revenue_msat: u(r.get(8)?),
+                payments: u(r.get(9)?),
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// The latest `limit` payments, on chain and Lightning, newest first.
+    pub fn recent_payments(&self, limit: u32) -> Result<Vec<PaymentRow>> {
+        let mut statement = self.db.prepare(
+            "SELECT p.session_id, s.outlet_id, s.scheme, p.payment_id, p.id, p.msat, p.quota_mwh,
+                    p.status, p.at
+             FROM (SELECT session_id, payment_id, txid AS id, amount_sat * 1000 AS msat,
+                          quota_mwh, status, accepted_at_unix_ms AS at FROM payments
+                   UNION ALL
+                   SELECT session_id, payment_id, payment_hash, amount_msat, quota_mwh,
+                          'received', received_at_unix_ms FROM ln_payments) p
+             JOIN sessions s ON s.id = p.session_id
+             ORDER BY p.at DESC LIMIT ?1",
+        )?;
+        let rows = statement.query_map(params![limit], |r| {
+            Ok(PaymentRow {
+                session_id: r.get(0)?,
+                outlet_id: r.get(1)?,
+                scheme: r.get(2)?,
+                payment_id: u(r.get(3)?),
+                txid_or_payment_hash: r.get(4)?,
+                amount_msat: u(r.get(5)?),
+                quota_mwh: u(r.get(6)?),
+                status: r.get(7)?,
+                at_unix_ms: r.get(8)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Every cable identity seen, most recently seen first, with its sessions and status.
+    pub fn devices(&self) -> Result<Vec<DeviceRow>> {
+        let now = unix_ms();
+        let mut statement = self.db.prepare(&format!(
+            "SELECT c.key_hex, c.first_seen_unix_ms, COUNT(s.id), COALESCE(SUM(s.energy_used_mwh), 0),
+                    COALESCE(SUM(r.revenue_msat), 0), c.refusals, c.lost_sat, c.banned_reason,
+                    c.banned_at_unix_ms, c.banned_until_unix_ms,
+                    MAX(c.first_seen_unix_ms, COALESCE(MAX(s.started_at_unix_ms), 0)) AS seen
+             FROM cables c
+             LEFT JOIN sessions s ON s.cable_key_hex = c.key_hex
+             LEFT JOIN ({SESSION_REVENUE}) r ON r.session_id = s.id
+             GROUP BY c.key_hex ORDER BY seen DESC"
+        ))?;
+        let rows = statement.query_map([], |r| {
+            let reason: Option<String> = r.get(7)?;
+            let until: Option<i64> = r.get(9)?;
+            let status = match (&reason, until) {
+                (None, _) => DeviceStatus::Allowed,
+                (Some(_), None) => DeviceStatus::Revoked,
+                (Some(_), Some(until)) if until > now => DeviceStatus::Banned,
+                (Some(_), Some(_)) => DeviceStatus::Allowed,
+            };
+            Ok(DeviceRow {
+                key_hex: r.get(0)?,
+                role: "cable",
+                first_seen_unix_ms: r.get(1)?,
+                sessions: u(r.get(2)?),
+                energy_used_mwh: u(r.get(3)?),
+                revenue_msat: u(r.get(4)?),
+                refusals: u(r.get(5)?),
+                lost_sat: u(r.get(6)?),
+                status,
+                reason: if status == DeviceStatus::Allowed {
+                    None
+                } else {
+                    reason
+                },
+                since_unix_ms: r.get(8)?,
+                until_unix_ms: until,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Revoke the cable identity `key_hex` (compressed, hex) for good, by the operator: it is
+    /// refused at session open with `reason`. Recorded in the audit log. Returns the sessions
+    /// of it still open (to halt).
+    pub fn revoke_cable(&self, key_hex: &str, reason: &str) -> Result<Vec<(String, String)>> {
+        let tx = self.db.unchecked_transaction()?;
+        super::cables::ensure_cable(&tx, key_hex)?;
+        tx.execute(
+            "UPDATE cables SET banned_reason = ?2, banned_at_unix_ms = ?3,
+                 banned_until_unix_ms = NULL WHERE key_hex = ?1",
+            params![
+                key_hex,
+                format!("revoked by the operator: {reason}"),
+                unix_ms()
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO audit (at_unix_ms, outlet_id, session_id, event, detail)
+             VALUES (?1, '', NULL, 'revoked', ?2)",
+            params![unix_ms(), format!("cable {key_hex}: {reason}")],
+        )?;
+        let open = {
+            let mut statement = tx.prepare(
+                "SELECT id, outlet_id FROM sessions
+                 WHERE cable_key_hex = ?1 AND ended_at_unix_ms IS NULL",
+            )?;
+            let rows = statement.query_map(params![key_hex], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<Vec<_>>>()?
+        };
+        tx.commit()?;
+        Ok(open)
+    }
+
+    /// The latest `limit` rows of the audit log, newest first.
+    pub fn audit_tail(&self, limit: u32) -> Result<Vec<AuditRow>> {
+        let mut statement = self.db.prepare(
+            "SELECT rowid, at_unix_ms, outlet_id, session_id, event, detail FROM audit
+             ORDER BY rowid DESC LIMIT ?1",
+        )?;
+        let rows = statement.query_map(params![limit], |r| {
+            Ok(AuditRow {
+                id: r.get(0)?,
+                at_unix_ms: r.get(1)?,
+                outlet_id: r.get(2)?,
+                session_id: r.get(3)?,
+                event: r.get(4)?,
+                detail: r.get(5)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// How many audit rows of each outlet and event there are (`t2t_events_total`).
+    pub fn audit_counts(&self) -> Result<Vec<(String, String, u64)>> {
+        let mut statement = self.db.prepare(
+            "SELECT outlet_id, event, COUNT(*) FROM audit GROUP BY outlet_id, event
+             ORDER BY outlet_id, event",
+        )?;
+        let rows = statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?, u(r.get(2)?))))?;
+        rows.collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::CableAuth;
+
+    #[test]
+    fn a_revoked_cable_is_refused_and_listed_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let secp = bitcoin::secp256k1::Secp256k1::new();
+        let key = bitcoin::secp256k1::PublicKey::from_secret_key(
+            &secp,
+            &bitcoin::secp256k1::SecretKey::from_slice(&[7; 32]).unwrap(),
+        );
+        let cable = CableAuth { key, sequence: 1 };
+        assert_eq!(
+            store.admit_cable(&cable).unwrap(),
+            super::super::Admitted::Yes
+        );
+        assert_eq!(store.devices().unwrap()[0].status, DeviceStatus::Allowed);
+        let open = store.revoke_cable(&key.to_string(), "stolen").unwrap();
+        assert!(open.is_empty());
+        let devices = store.devices().unwrap();
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0].status, DeviceStatus::Revoked);
+        assert_eq!(
+            devices[0].reason.as_deref(),
+            Some("revoked by the operator: stolen")
+        );
+        let again = CableAuth { key, sequence: 2 };
+        assert!(matches!(
+            store.admit_cable(&again).unwrap(),
+            super::super::Admitted::Banned {
+                until_unix_ms: None,
+                ..
+            }
+        ));
+        let audit = store.audit_tail(10).unwrap();
+        assert_eq!(audit[0].event, "revoked");
+        assert_eq!(store.audit_counts().unwrap()[0].2, 1);
+    }
+}
