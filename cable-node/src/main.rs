@@ -30,7 +30,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Plug in: pay the socket quota by quota until the appliance is done.
+    /// Plug in: pay the socket quota by quota until the appliance is done. SIGTERM or SIGINT
+    /// unplugs cleanly (the session ends, the appliance relay opens) between payments.
     Run {
         /// gRPC endpoint of the socket, overriding the config.
         #[arg(long)]
@@ -127,7 +128,11 @@ async fn run(cli: Cli) -> Result<(), CableError> {
             }
             let data_dir = cli.data_dir.clone();
             let mut cable = tokio::task::block_in_place(|| Cable::open(config, &data_dir))?;
-            let session = cable.run_session().await?;
+            // Under systemd (Type=notify): ready once the wallet and store are open.
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            let session = cable.run_session().await;
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+            let session = session?;
             println!(
                 "session {}: {} ({} payments, {} sat, {:.3} Wh)",
                 session.session_id,

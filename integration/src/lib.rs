@@ -411,6 +411,30 @@ impl SocketProcess {
         }
     }
 
+    /// SIGTERM the process (as systemd stops a service) and wait for it to exit; its exit
+    /// status. Errors: it is not running, or it ran on past `limit`.
+    pub fn terminate(&mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("socket-node is not running")?;
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!(
+                    "socket-node ran on {limit:?} after SIGTERM:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Start it again on the same port, config and data dir.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();

@@ -256,3 +256,44 @@ fn a_backup_taken_while_the_socket_runs_restores_the_same_socket() {
         std::fs::read_to_string(dir.path().join("dead-socket-data/admin.token")).unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_systemd_the_socket_says_when_it_is_ready_and_when_it_stops() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut socket = tokio::task::block_in_place(|| {
+        SocketProcess::start(
+            &bitcoind,
+            &dir.path().join("socket"),
+            &SocketSetup::default(),
+        )
+    })
+    .unwrap();
+    // What systemd does for Type=notify: a datagram socket in NOTIFY_SOCKET.
+    let path = dir.path().join("notify.sock");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    systemd
+        .set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .unwrap();
+    socket
+        .env
+        .push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+    tokio::task::block_in_place(|| socket.restart()).unwrap();
+    let mut message = [0u8; 256];
+    let n = systemd.recv(&mut message).unwrap();
+    assert_eq!(&message[..n], b"READY=1\n");
+    // Ready means serving: the dashboard answers too.
+    let healthz = std::net::TcpStream::connect(socket.http.trim_start_matches("http://"));
+    assert!(healthz.is_ok(), "the dashboard does not listen once ready");
+    let status =
+        tokio::task::block_in_place(|| socket.terminate(std::time::Duration::from_secs(60)))
+            .unwrap();
+    let n = systemd.recv(&mut message).unwrap();
+    assert_eq!(&message[..n], b"STOPPING=1\n");
+    assert!(status.success(), "{status}\n{}", socket.log_text());
+    assert!(
+        socket.log_text().contains("every relay open"),
+        "{}",
+        socket.log_text()
+    );
+}

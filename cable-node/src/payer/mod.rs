@@ -18,6 +18,7 @@ pub mod spillman;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::signer::RequestSigner;
 use anyhow::Context;
@@ -336,10 +337,19 @@ impl Cable {
             });
         }
         let idle = Duration::from_secs_f64(self.config.session.unplug_when_idle_secs);
+        // SIGTERM or SIGINT (systemd stopping the service, Ctrl-C): unplug cleanly between
+        // messages, never in the middle of a payment.
+        let mut terminate = signal(SignalKind::terminate()).context("the SIGTERM handler")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("the SIGINT handler")?;
         let result = async {
             self.pay_quota(&mut client, &accepted, &mut session).await?;
             loop {
-                let message = match stream.message().await {
+                let message = tokio::select! {
+                    message = stream.message() => message,
+                    _ = terminate.recv() => return Ok("stopped (SIGTERM)".to_owned()),
+                    _ = interrupt.recv() => return Ok("stopped (SIGINT)".to_owned()),
+                };
+                let message = match message {
                     Ok(Some(message)) => message,
                     Ok(None) | Err(_) => {
                         tracing::warn!("link to the socket lost");
