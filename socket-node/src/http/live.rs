@@ -13,8 +13,8 @@ use crate::station::Station;
 
 /// How often the outlets are looked at.
 pub const VIEW_EVERY: Duration = Duration::from_secs(1);
-/// One history sample every this many views.
-const SAMPLE_EVERY_VIEWS: u32 = 10;
+/// One history sample every this many ticks of [`VIEW_EVERY`].
+const SAMPLE_EVERY_TICKS: u32 = 10;
 /// Samples kept per outlet: one hour.
 const SAMPLES_KEPT: usize = 360;
 
@@ -57,13 +57,21 @@ impl Live {
             .collect()
     }
 
-    /// Look at every outlet each [`VIEW_EVERY`] until the station's outlets stop.
+    /// Look at every outlet each [`VIEW_EVERY`] while the event stream has followers, and each
+    /// [`SAMPLE_EVERY_TICKS`] for the history, until the station's outlets stop.
     pub async fn run(self: Arc<Self>, station: Arc<Station>) {
         let mut interval = tokio::time::interval(VIEW_EVERY);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut views_taken = 0u32;
+        let mut ticks = 0u32;
         loop {
             interval.tick().await;
+            let sample = ticks % SAMPLE_EVERY_TICKS == 0;
+            ticks = ticks.wrapping_add(1);
+            // Nobody follows the stream: only the history's samples are taken (a socket of
+            // many outlets is not asked about each of them every second for nothing).
+            if !sample && self.views.receiver_count() == 0 {
+                continue;
+            }
             let mut views = Vec::with_capacity(station.outlets.len());
             for outlet in station.outlets.iter() {
                 match outlet.view().await {
@@ -71,7 +79,7 @@ impl Live {
                     Err(_) => return,
                 }
             }
-            if views_taken % SAMPLE_EVERY_VIEWS == 0 {
+            if sample {
                 let mut history = crate::shared::lock(&self.history);
                 for view in &views {
                     let samples = history.entry(view.outlet_id.clone()).or_default();
@@ -85,7 +93,6 @@ impl Live {
                     });
                 }
             }
-            views_taken = views_taken.wrapping_add(1);
             self.views.send_replace(views);
         }
     }
