@@ -266,6 +266,13 @@ async fn the_dashboard_shows_outlets_live_and_the_admin_revokes_a_cable() {
         .as_str()
         .unwrap()
         .to_owned();
+    // T2T_DASHBOARD_SCREENSHOT=file.png keeps a picture of the page as the read-only owner
+    // sees it.
+    if let Ok(path) = std::env::var("T2T_DASHBOARD_SCREENSHOT") {
+        page.set_window_size(1400, 2000).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        std::fs::write(path, page.screenshot().await.unwrap()).unwrap();
+    }
     assert_eq!(
         page.find_all(Locator::Css("button.revoke"))
             .await
