@@ -113,8 +113,9 @@ pub async fn sessions(
     )))
 }
 
-/// A payment with its confirmations (on chain, as bitcoind says now; `null` for Lightning or
-/// a transaction not on chain, e.g. a held single-fee payment whose set was broadcast).
+/// A payment with its confirmations (on chain, as bitcoind says now, 0 in the mempool; `null`
+/// for Lightning, or a payment held and not broadcast itself, e.g. a single-fee payment whose
+/// set was broadcast).
 #[derive(Debug, Serialize)]
 struct PaymentWithConfirmations {
     #[serde(flatten)]
@@ -140,12 +141,13 @@ pub async fn payments(
                         payment.status.as_str(),
                         "broadcast" | "confirmed" | "accepted"
                     );
+                // On chain: 0 while in the mempool; unknown (None) when bitcoind does not say.
                 let confirmations = on_chain
                     .then(|| payment.txid_or_payment_hash.parse().ok())
                     .flatten()
-                    .and_then(|txid| chain.confirmation_height(&txid).ok().flatten())
+                    .and_then(|txid| chain.confirmation_height(&txid).ok())
                     .zip(tip)
-                    .map(|(height, tip)| tip.saturating_sub(height) + 1);
+                    .map(|(height, tip)| height.map_or(0, |h| tip.saturating_sub(h) + 1));
                 PaymentWithConfirmations {
                     payment,
                     confirmations,

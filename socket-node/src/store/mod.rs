@@ -13,7 +13,7 @@
 //! ([`MIGRATIONS`], SQLite's `user_version`): a data dir of an older version is upgraded in
 //! place when the store opens, and a newer one is refused.
 
-mod audit;
+pub mod audit;
 mod cables;
 mod lightning;
 mod payments;
@@ -32,6 +32,7 @@ use proto::units::EnergyMwh;
 use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
 
+pub use audit::{AuditAnchor, AuditBreak};
 pub use payouts::Payout;
 pub use report::{AuditRow, DeviceRow, DeviceStatus, OutletTotals, PaymentRow, SessionRow};
 pub use single_fee::StoredSet;
@@ -42,7 +43,7 @@ pub use status::{ChannelStatus, PaymentStatus, SetStatus};
 /// schema of the one-outlet socket (its `IF NOT EXISTS` lets a data dir made before versions
 /// existed take it as is).
 pub const MIGRATIONS: &[&str] = &[
-    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7,
 ];
 
 const SCHEMA_V1: &str = "
@@ -221,6 +222,23 @@ ALTER TABLE cables ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX sessions_by_cable ON sessions(cable_key_hex);
 ";
 
+/// Version 7: the audit log as a hash chain (design.md "Attestation"; [`audit`]): each row's
+/// place `seq` and hash; rows of older versions are chained when the store opens. The anchors
+/// of the chain's head on Bitcoin.
+const SCHEMA_V7: &str = "
+ALTER TABLE audit ADD COLUMN seq INTEGER;
+ALTER TABLE audit ADD COLUMN hash_hex TEXT;
+CREATE UNIQUE INDEX audit_by_seq ON audit(seq);
+CREATE TABLE audit_anchors (
+    seq INTEGER PRIMARY KEY,
+    head_hash_hex TEXT NOT NULL,
+    txid TEXT NOT NULL,
+    at_unix_ms INTEGER NOT NULL,
+    fee_sat INTEGER NOT NULL,
+    vsize INTEGER NOT NULL
+);
+";
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> i64 {
     SystemTime::now()
@@ -342,6 +360,7 @@ impl Store {
         db.pragma_update(None, "synchronous", "FULL")?;
         db.pragma_update(None, "foreign_keys", "ON")?;
         Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect()).to_latest(&mut db)?;
+        audit::chain_old_rows(&mut db)?;
         Ok(Store { db })
     }
 

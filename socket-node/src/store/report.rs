@@ -136,8 +136,8 @@ pub struct DeviceRow {
 /// One row of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditRow {
-    /// Its row number (SQLite rowid), in order.
-    pub id: i64,
+    /// Its place in the hash chain, from 1.
+    pub seq: i64,
     /// When, Unix ms.
     pub at_unix_ms: i64,
     /// The outlet.
@@ -148,6 +148,8 @@ pub struct AuditRow {
     pub event: String,
     /// Details for people.
     pub detail: String,
+    /// Its hash in the chain ([`super::audit`]), hex.
+    pub hash_hex: String,
 }
 
 fn u(value: i64) -> u64 {
@@ -300,10 +302,12 @@ impl Store {
                 unix_ms()
             ],
         )?;
-        tx.execute(
-            "INSERT INTO audit (at_unix_ms, outlet_id, session_id, event, detail)
-             VALUES (?1, '', NULL, 'revoked', ?2)",
-            params![unix_ms(), format!("cable {key_hex}: {reason}")],
+        super::audit::append(
+            &tx,
+            "",
+            None,
+            "revoked",
+            &format!("cable {key_hex}: {reason}"),
         )?;
         let open = {
             let mut statement = tx.prepare(
@@ -320,17 +324,18 @@ impl Store {
     /// The latest `limit` rows of the audit log, newest first.
     pub fn audit_tail(&self, limit: u32) -> Result<Vec<AuditRow>> {
         let mut statement = self.db.prepare(
-            "SELECT rowid, at_unix_ms, outlet_id, session_id, event, detail FROM audit
-             ORDER BY rowid DESC LIMIT ?1",
+            "SELECT seq, at_unix_ms, outlet_id, session_id, event, detail, hash_hex FROM audit
+             ORDER BY seq DESC LIMIT ?1",
         )?;
         let rows = statement.query_map(params![limit], |r| {
             Ok(AuditRow {
-                id: r.get(0)?,
+                seq: r.get(0)?,
                 at_unix_ms: r.get(1)?,
                 outlet_id: r.get(2)?,
                 session_id: r.get(3)?,
                 event: r.get(4)?,
                 detail: r.get(5)?,
+                hash_hex: r.get(6)?,
             })
         })?;
         rows.collect()

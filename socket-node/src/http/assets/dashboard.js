@@ -119,10 +119,16 @@ function plot(outletId, samples) {
   return el("div", { class: "plot", "data-outlet-id": outletId }, el("strong", {}, outletId), svg);
 }
 
+// The latest outlet views from the event stream: the plots end on them.
+let latestViews = [];
+
 async function refreshPlots() {
   const history = await api("/api/v1/history");
   document.getElementById("plots").replaceChildren(
-    ...Object.entries(history).map(([id, samples]) => plot(id, samples))
+    ...Object.entries(history).map(([id, samples]) => {
+      const now = latestViews.find((v) => v.outlet_id === id);
+      return plot(id, now ? [...samples, now] : samples);
+    })
   );
 }
 
@@ -169,7 +175,7 @@ async function refreshTables() {
       num(sat(d.revenue_msat)), num(d.refusals), num(d.lost_sat), el("td", {}, d.reason || ""), action);
   });
   fillTable("audit", audit, (a) =>
-    el("tr", {}, num(a.id), el("td", {}, time(a.at_unix_ms)), el("td", {}, a.outlet_id),
+    el("tr", {}, num(a.seq), el("td", {}, time(a.at_unix_ms)), el("td", {}, a.outlet_id),
       el("td", {}, a.event), el("td", {}, a.detail))
   );
 }
@@ -205,7 +211,10 @@ async function follow() {
           const block = buffer.slice(0, end);
           buffer = buffer.slice(end + 2);
           const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
-          if (block.includes("event: outlets") && data) renderOutlets(JSON.parse(data));
+          if (block.includes("event: outlets") && data) {
+            latestViews = JSON.parse(data);
+            renderOutlets(latestViews);
+          }
         }
       }
     } catch (e) {
