@@ -221,6 +221,8 @@ pub struct SocketSetup {
     /// How many outlets the socket has: `outlet-1`, `outlet-2`, ... all with these settings,
     /// each with its own simulated hardware.
     pub outlets: usize,
+    /// More top-level settings of the config (TOML lines), e.g. `anchor_interval_secs = 1`.
+    pub top_toml: String,
 }
 
 impl Default for SocketSetup {
@@ -242,6 +244,7 @@ impl Default for SocketSetup {
             lightning_alias: None,
             spillman: false,
             outlets: 1,
+            top_toml: String::new(),
         }
     }
 }
@@ -283,8 +286,9 @@ impl SocketProcess {
         let mut text = format!(
             "network = \"regtest\"\nlisten = \"127.0.0.1:{port}\"\n\
              operator_listen = \"127.0.0.1:{operator_port}\"\n\
-             http_listen = \"127.0.0.1:{http_port}\"\n\n\
+             http_listen = \"127.0.0.1:{http_port}\"\n{}\n\n\
              [chain]\nrpc_url = \"{}\"\ncookie_file = \"{}\"\n",
+            setup.top_toml,
             bitcoind.rpc_url(),
             bitcoind.cookie_file().display(),
         );

@@ -35,6 +35,17 @@ pub struct SocketConfig {
     /// The outlets, `[[outlets]]`: each with its own id, prices, timers, schemes and hardware.
     /// One socket-node serves them all at once (a power strip, a row of pedestals).
     pub outlets: Vec<OutletConfig>,
+    /// Every this many seconds, when rows were added to the audit log, its head is anchored
+    /// on Bitcoin by a transaction of the socket's wallet with an `OP_RETURN` output (about
+    /// 165 vbytes; [`crate::anchor`]); 0: never. The wallet needs coins: the socket's payouts.
+    #[serde(default = "default_anchor_interval")]
+    pub anchor_interval_secs: u64,
+    /// Fee rate of an anchor transaction, sat/vB.
+    #[serde(default = "default_anchor_fee_rate")]
+    pub anchor_fee_rate_sat_per_vb: u64,
+    /// The most an anchor may pay in fees, sat (an anchor that would pay more is not sent).
+    #[serde(default = "default_anchor_max_fee_sat")]
+    pub anchor_max_fee_sat: u64,
     /// At most this many bitcoind RPC calls run at once for payment checks, across outlets.
     #[serde(default = "default_max_chain_calls")]
     pub max_chain_calls: usize,
@@ -70,6 +81,18 @@ fn default_max_unconfirmed_sat() -> u64 {
 
 fn default_final_confirmations() -> u32 {
     6
+}
+
+fn default_anchor_interval() -> u64 {
+    3_600
+}
+
+fn default_anchor_fee_rate() -> u64 {
+    2
+}
+
+fn default_anchor_max_fee_sat() -> u64 {
+    5_000
 }
 
 fn default_max_chain_calls() -> usize {

@@ -17,6 +17,7 @@
 //! - [`limits`]: what one peer of the link may ask: connections, request rates per peer and
 //!   per cable identity.
 //! - [`operator`]: the gRPC service `t2t.v1.Operator`, for the socket's owner (loopback only).
+//! - [`anchor`]: the audit log's head anchored on Bitcoin (`OP_RETURN`), and its check.
 //! - [`backup`]: backup of a data dir (also while the socket runs) and its restore.
 //! - [`http`]: the owner's web dashboard, its JSON API and `/metrics` (axum, `http_listen`).
 //! - [`metrics`]: the Prometheus metrics (`/metrics`).
@@ -24,6 +25,7 @@
 
 #![deny(missing_docs)]
 
+pub mod anchor;
 pub mod backup;
 pub mod config;
 pub mod error;

@@ -102,6 +102,12 @@ enum Command {
         #[arg(long)]
         to: PathBuf,
     },
+    /// Check the audit log: recompute its hash chain and look up every anchor on chain. Names
+    /// the first edited, removed or reordered row; exits with an error when anything fails.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Restore a backup into an empty data dir; `run` on it starts the same socket (identity,
     /// sessions, payments, wallet, channels).
     Restore {
@@ -134,6 +140,70 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain of the audit log and check each anchor transaction on chain
+    /// (its `OP_RETURN` holds the head; its confirmations).
+    Verify {
+        /// The socket's config (for bitcoind).
+        #[arg(long)]
+        config: PathBuf,
+        /// The socket's data dir.
+        #[arg(long, default_value = "socket-data")]
+        data_dir: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn audit_verify(
+    config: &std::path::Path,
+    data_dir: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    let config = SocketConfig::load(config)?;
+    let store = socket_node::store::Store::open(data_dir)
+        .with_context(|| format!("opening the store of {}", data_dir.display()))?;
+    let chain = wallet::chain::Chain::connect(&config.chain, config.network)?;
+    let verified = socket_node::anchor::verify(&store, &chain)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&verified)?);
+    } else {
+        match (&verified.rows, &verified.broken) {
+            (Some(rows), _) => println!("audit log: {rows} rows, the hash chain holds"),
+            (_, Some(broken)) => println!(
+                "audit log BROKEN at row {} ({}): {}",
+                broken.seq, broken.kind, broken.detail
+            ),
+            (None, None) => {}
+        }
+        for a in &verified.anchors {
+            println!(
+                "anchor of rows 1..={} in {}: {}, {}, fee {} sat, {} vB",
+                a.anchor.seq,
+                a.anchor.txid,
+                match a.confirmations {
+                    Some(n) => format!("{n} confirmations"),
+                    None => "NOT ON CHAIN".to_owned(),
+                },
+                if a.matches {
+                    "head matches"
+                } else {
+                    "HEAD DIFFERS"
+                },
+                a.anchor.fee_sat,
+                a.anchor.vsize
+            );
+        }
+        if verified.anchors.is_empty() {
+            println!("no anchors yet (anchor_interval_secs; the wallet needs coins)");
+        }
+    }
+    anyhow::ensure!(verified.ok(), "the audit log does not verify");
+    Ok(())
 }
 
 /// The identity key of the node whose seed is in `data_dir` (derivation does not depend on the
@@ -510,6 +580,14 @@ async fn main() -> ExitCode {
         }
         Command::Backup { data_dir, to } => backup(&data_dir, &to),
         Command::Restore { from, data_dir } => restore(&from, &data_dir),
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    config,
+                    data_dir,
+                    json,
+                },
+        } => audit_verify(&config, &data_dir, json),
         Command::Identity { data_dir } => identity(&data_dir),
         Command::Certify {
             operator_dir,

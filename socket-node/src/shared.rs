@@ -65,6 +65,11 @@ impl Shared {
         lock(&self.store)
     }
 
+    /// The socket's wallet (payout addresses, audit anchors).
+    pub(crate) fn wallet(&self) -> MutexGuard<'_, NodeWallet> {
+        lock(&self.wallet)
+    }
+
     /// A fresh payout address for `outlet_id`: the next BIP84 receive index of the wallet
     /// (revealed and persisted there), recorded in the store as the one the outlet offers.
     /// Errors: `INTERNAL` when the wallet or the store cannot persist it.

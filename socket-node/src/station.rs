@@ -177,8 +177,9 @@ impl Station {
 
     /// Broadcast held sets as they are settled; otherwise, every [`WATCH_EVERY`], watch held
     /// sets for spent inputs, broadcast sets until they confirm, and spillman channels due to
-    /// close (paper §VI, §VII.B; seed 003).
+    /// close (paper §VI, §VII.B; seed 003), and anchor the audit log when due.
     fn run_settler(&self, requests: mpsc::Receiver<Settle>) {
+        let mut last_anchor_try = None;
         loop {
             match requests.recv_timeout(WATCH_EVERY) {
                 Ok(settle) => self.broadcast_set(settle),
@@ -190,6 +191,7 @@ impl Station {
                     crate::seller::spillman::close_due(&self.shared, &self.outlets);
                     crate::seller::spillman::watch_channels(&self.shared);
                     self.shared.limits.forget_idle();
+                    crate::anchor::anchor_due(&self.shared, &mut last_anchor_try);
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }

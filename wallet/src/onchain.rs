@@ -139,6 +139,26 @@ impl NodeWallet {
         self.sign_and_check(psbt, payee, max_fee)
     }
 
+    /// Build and sign a transaction whose one output besides our change is
+    /// `OP_RETURN <data>` (value 0), paying only the fee at `fee_rate`: a commitment on chain
+    /// (the socket anchors its audit log's head with it). Records it as unconfirmed. Errors:
+    /// [`WalletError::CannotPay`] for too little money or a fee above `max_fee`.
+    pub fn commit_data(
+        &mut self,
+        data: &bitcoin::script::PushBytes,
+        fee_rate: FeeRate,
+        max_fee: Amount,
+    ) -> Result<SignedPayment, WalletError> {
+        let mut builder = self.wallet.build_tx();
+        builder.add_data(&data).fee_rate(fee_rate);
+        let psbt = builder
+            .finish()
+            .map_err(|e| WalletError::CannotPay(e.to_string()))?;
+        let signed = self.sign_and_check(psbt, &ScriptBuf::new_op_return(data), max_fee)?;
+        self.record_sent(&signed.tx)?;
+        Ok(signed)
+    }
+
     /// Plan an input set for the single-fee scheme (paper seed 000 §VI): select inputs covering
     /// `max` to `payee` plus the fee at `fee_rate`, as if paying `max`. Returns the inputs and
     /// that fee, which every transaction of the set will pay. Nothing is signed.

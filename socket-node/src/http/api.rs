@@ -13,7 +13,8 @@
 //! | `GET /api/v1/channels` | Lightning channels (`[]` without a Lightning node) |
 //! | `GET /api/v1/devices` | `[DeviceRow]`: every cable identity seen |
 //! | `POST /api/v1/devices/{key}/revoke` | admin: body `{"reason": "..."}`; revokes the cable for good and halts its open sessions |
-//! | `GET /api/v1/audit?limit=N` | `[AuditRow]`, newest first |
+//! | `GET /api/v1/audit?limit=N` | `[AuditRow]`, newest first (each with its hash in the chain) |
+//! | `GET /api/v1/anchors` | `[AuditAnchor]`: the chain's head anchored on Bitcoin, oldest first |
 //! | `GET /metrics` | Prometheus text format |
 
 use std::convert::Infallible;
@@ -241,6 +242,13 @@ pub async fn audit(
     let rows = limit.rows();
     Ok(Json(json!(
         read(&http, move |store| store.audit_tail(rows)).await?
+    )))
+}
+
+/// `GET /api/v1/anchors`: the anchors of the audit log's head on Bitcoin, oldest first.
+pub async fn anchors(State(http): State<Http>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(
+        read(&http, |store| store.audit_anchors()).await?
     )))
 }
 

@@ -133,14 +133,20 @@ async function refreshPlots() {
 }
 
 async function refreshTables() {
-  const [outlets, sessions, payments, channels, devices, audit] = await Promise.all([
+  const [outlets, sessions, payments, channels, devices, audit, anchors] = await Promise.all([
     api("/api/v1/outlets"),
     api("/api/v1/sessions"),
     api("/api/v1/payments"),
     api("/api/v1/channels"),
     api("/api/v1/devices"),
     api("/api/v1/audit"),
+    api("/api/v1/anchors"),
   ]);
+  fillTable("anchors", anchors.slice().reverse(), (a) =>
+    el("tr", {}, el("td", {}, `1…${a.seq}`), el("td", { class: "mono", title: a.head_hash_hex }, short(a.head_hash_hex)),
+      el("td", { class: "mono txid", title: a.txid }, a.txid), el("td", {}, time(a.at_unix_ms)),
+      num(a.fee_sat), num(a.vsize))
+  );
   fillTable("totals", outlets.totals, (t) =>
     el("tr", {}, el("td", {}, t.outlet_id), el("td", {}, t.scheme), num(t.sessions), num(t.lockouts),
       num(wh(t.energy_used_mwh)), num(sat(t.revenue_msat)), num(t.payments), num(t.payments_lost))
@@ -176,7 +182,7 @@ async function refreshTables() {
   });
   fillTable("audit", audit, (a) =>
     el("tr", {}, num(a.seq), el("td", {}, time(a.at_unix_ms)), el("td", {}, a.outlet_id),
-      el("td", {}, a.event), el("td", {}, a.detail))
+      el("td", {}, a.event), el("td", {}, a.detail), el("td", { class: "mono", title: a.hash_hex }, short(a.hash_hex)))
   );
 }
 
