@@ -223,6 +223,8 @@ pub struct SocketSetup {
     pub outlets: usize,
     /// More top-level settings of the config (TOML lines), e.g. `anchor_interval_secs = 1`.
     pub top_toml: String,
+    /// More settings of every outlet (TOML lines), e.g. `max_power_w = 1000`.
+    pub outlet_toml: String,
 }
 
 impl Default for SocketSetup {
@@ -245,6 +247,7 @@ impl Default for SocketSetup {
             spillman: false,
             outlets: 1,
             top_toml: String::new(),
+            outlet_toml: String::new(),
         }
     }
 }
@@ -296,7 +299,7 @@ impl SocketProcess {
             text.push_str(&format!(
                 "\n[[outlets]]\nid = \"outlet-{number}\"\nprice_msat_per_wh = {}\nquota_mwh = {}\n\
                  quota_low_mwh = {}\ngrace_secs = {}\nlockout_secs = {}\npayment_timeout_secs = {}\n\
-                 single_fee_max_sat = {}\nsingle_fee_max_age_secs = {}\nschemes = {schemes:?}\n\n\
+                 single_fee_max_sat = {}\nsingle_fee_max_age_secs = {}\nschemes = {schemes:?}\n{}\n\n\
                  [outlets.hw]\nkind = \"sim\"\ntime_scale = {:?}\nlink_debounce_ms = {}\n\n\
                  [outlets.hw.load]\n{}\n",
                 setup.price_msat_per_wh,
@@ -307,6 +310,7 @@ impl SocketProcess {
                 setup.payment_timeout_secs,
                 setup.single_fee_max_sat,
                 setup.single_fee_max_age_secs,
+                setup.outlet_toml,
                 setup.time_scale,
                 setup.link_debounce_ms,
                 setup.load_toml,

@@ -187,6 +187,11 @@ pub struct OutletConfig {
     /// spillman: the channel terms the socket offers (seed 003), `[outlets.spillman]`.
     #[serde(default)]
     pub spillman: SpillmanConfig,
+    /// The outlet's rating, W: a session drawing more for a second is an anomaly (design.md
+    /// "Attestation", seed 004): stored with its evidence, the cable flagged, the session
+    /// halted (lockout). Absent: no limit.
+    #[serde(default)]
+    pub max_power_w: Option<u64>,
     /// The outlet's relay, meter and plug sensor, `[outlets.hw]`.
     #[serde(default)]
     pub hw: HwConfig,

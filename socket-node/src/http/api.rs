@@ -12,6 +12,7 @@
 //! | `GET /api/v1/payments?limit=N` | `[PaymentRow + confirmations]`, newest first |
 //! | `GET /api/v1/channels` | Lightning channels (`[]` without a Lightning node) |
 //! | `GET /api/v1/devices` | `[DeviceRow]`: every cable identity seen |
+//! | `GET /api/v1/anomalies?limit=N` | `[AnomalyRow]`: what the rules found, with evidence, newest first |
 //! | `POST /api/v1/devices/{key}/revoke` | admin: body `{"reason": "..."}`; revokes the cable for good and halts its open sessions |
 //! | `GET /api/v1/audit?limit=N` | `[AuditRow]`, newest first (each with its hash in the chain) |
 //! | `GET /api/v1/anchors` | `[AuditAnchor]`: the chain's head anchored on Bitcoin, oldest first |
@@ -242,6 +243,17 @@ pub async fn audit(
     let rows = limit.rows();
     Ok(Json(json!(
         read(&http, move |store| store.audit_tail(rows)).await?
+    )))
+}
+
+/// `GET /api/v1/anomalies`: what the rules found, newest first.
+pub async fn anomalies(
+    State(http): State<Http>,
+    Query(limit): Query<Limit>,
+) -> Result<Json<Value>, ApiError> {
+    let rows = limit.rows();
+    Ok(Json(json!(
+        read(&http, move |store| store.anomalies(rows)).await?
     )))
 }
 

@@ -83,6 +83,7 @@ pub fn router(http: Http) -> Router {
         .route("/api/v1/channels", get(api::channels))
         .route("/api/v1/devices", get(api::devices))
         .route("/api/v1/devices/{key}/revoke", post(api::revoke))
+        .route("/api/v1/anomalies", get(api::anomalies))
         .route("/api/v1/audit", get(api::audit))
         .route("/api/v1/anchors", get(api::anchors))
         .layer(axum::middleware::from_fn_with_state(

@@ -8,11 +8,12 @@
 //!
 //! One module per concern: [`sessions`], [`cables`] (what the socket knows of each cable
 //! identity), [`payments`] (terms and on-chain payments),
-//! [`single_fee`], [`spillman`], [`lightning`], [`audit`], and [`report`]: what the owner
+//! [`single_fee`], [`spillman`], [`lightning`], [`audit`] (a hash chain), [`anomalies`], and [`report`]: what the owner
 //! reads (dashboard, metrics). The schema is versioned
 //! ([`MIGRATIONS`], SQLite's `user_version`): a data dir of an older version is upgraded in
 //! place when the store opens, and a newer one is refused.
 
+mod anomalies;
 pub mod audit;
 mod cables;
 mod lightning;
@@ -32,6 +33,7 @@ use proto::units::EnergyMwh;
 use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
 
+pub use anomalies::AnomalyRow;
 pub use audit::{AuditAnchor, AuditBreak};
 pub use payouts::Payout;
 pub use report::{AuditRow, DeviceRow, DeviceStatus, OutletTotals, PaymentRow, SessionRow};
@@ -43,7 +45,7 @@ pub use status::{ChannelStatus, PaymentStatus, SetStatus};
 /// schema of the one-outlet socket (its `IF NOT EXISTS` lets a data dir made before versions
 /// existed take it as is).
 pub const MIGRATIONS: &[&str] = &[
-    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7,
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
 ];
 
 const SCHEMA_V1: &str = "
@@ -237,6 +239,24 @@ CREATE TABLE audit_anchors (
     fee_sat INTEGER NOT NULL,
     vsize INTEGER NOT NULL
 );
+";
+
+/// Version 8: anomalies (design.md "Attestation"): what a rule found, with its evidence and
+/// the action taken; a cable identity may be flagged.
+const SCHEMA_V8: &str = "
+CREATE TABLE anomalies (
+    id INTEGER PRIMARY KEY,
+    at_unix_ms INTEGER NOT NULL,
+    outlet_id TEXT NOT NULL,
+    session_id TEXT,
+    cable_key_hex TEXT NOT NULL DEFAULT '',
+    rule TEXT NOT NULL,
+    action TEXT NOT NULL,
+    evidence TEXT NOT NULL
+);
+ALTER TABLE cables ADD COLUMN flagged_reason TEXT;
+ALTER TABLE cables ADD COLUMN flagged_at_unix_ms INTEGER;
+ALTER TABLE cables ADD COLUMN anomalies INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// Milliseconds since the Unix epoch.

@@ -98,6 +98,8 @@ pub struct PaymentRow {
 pub enum DeviceStatus {
     /// It may.
     Allowed,
+    /// It may, but a rule found an anomaly in one of its sessions (the session was halted).
+    Flagged,
     /// Refused until a time: it made the socket lose a payment (`ban_secs`).
     Banned,
     /// Refused for good: revoked by the operator, or banned with no end.
@@ -123,9 +125,11 @@ pub struct DeviceRow {
     pub refusals: u64,
     /// What it made the socket lose, sat.
     pub lost_sat: u64,
-    /// Allowed, banned or revoked.
+    /// Anomalies found in its sessions.
+    pub anomalies: u64,
+    /// Allowed, flagged, banned or revoked.
     pub status: DeviceStatus,
-    /// Why it is banned or revoked.
+    /// Why it is flagged, banned or revoked.
     pub reason: Option<String>,
     /// Since when, Unix ms.
     pub since_unix_ms: Option<i64>,
@@ -250,20 +254,22 @@ impl Store {
             "SELECT c.key_hex, c.first_seen_unix_ms, COUNT(s.id), COALESCE(SUM(s.energy_used_mwh), 0),
                     COALESCE(SUM(r.revenue_msat), 0), c.refusals, c.lost_sat, c.banned_reason,
                     c.banned_at_unix_ms, c.banned_until_unix_ms,
-                    MAX(c.first_seen_unix_ms, COALESCE(MAX(s.started_at_unix_ms), 0)) AS seen
+                    MAX(c.first_seen_unix_ms, COALESCE(MAX(s.started_at_unix_ms), 0)) AS seen,
+                    c.anomalies, c.flagged_reason, c.flagged_at_unix_ms
              FROM cables c
              LEFT JOIN sessions s ON s.cable_key_hex = c.key_hex
              LEFT JOIN ({SESSION_REVENUE}) r ON r.session_id = s.id
              GROUP BY c.key_hex ORDER BY seen DESC"
         ))?;
         let rows = statement.query_map([], |r| {
-            let reason: Option<String> = r.get(7)?;
+            let banned: Option<String> = r.get(7)?;
             let until: Option<i64> = r.get(9)?;
-            let status = match (&reason, until) {
-                (None, _) => DeviceStatus::Allowed,
-                (Some(_), None) => DeviceStatus::Revoked,
-                (Some(_), Some(until)) if until > now => DeviceStatus::Banned,
-                (Some(_), Some(_)) => DeviceStatus::Allowed,
+            let flagged: Option<String> = r.get(12)?;
+            let (status, reason, since) = match (&banned, until) {
+                (Some(_), None) => (DeviceStatus::Revoked, banned, r.get(8)?),
+                (Some(_), Some(until)) if until > now => (DeviceStatus::Banned, banned, r.get(8)?),
+                _ if flagged.is_some() => (DeviceStatus::Flagged, flagged, r.get(13)?),
+                _ => (DeviceStatus::Allowed, None, None),
             };
             Ok(DeviceRow {
                 key_hex: r.get(0)?,
@@ -274,14 +280,11 @@ impl Store {
                 revenue_msat: u(r.get(4)?),
                 refusals: u(r.get(5)?),
                 lost_sat: u(r.get(6)?),
+                anomalies: u(r.get(11)?),
                 status,
-                reason: if status == DeviceStatus::Allowed {
-                    None
-                } else {
-                    reason
-                },
-                since_unix_ms: r.get(8)?,
-                until_unix_ms: until,
+                reason,
+                since_unix_ms: since,
+                until_unix_ms: until.filter(|_| status == DeviceStatus::Banned),
             })
         })?;
         rows.collect()

@@ -142,6 +142,13 @@ async function refreshTables() {
     api("/api/v1/audit"),
     api("/api/v1/anchors"),
   ]);
+  const anomalies = await api("/api/v1/anomalies");
+  fillTable("anomalies", anomalies, (a) =>
+    el("tr", { class: "anomaly" }, el("td", {}, time(a.at_unix_ms)), el("td", {}, a.outlet_id),
+      el("td", { class: "mono", title: a.session_id || "" }, short(a.session_id)),
+      el("td", { class: "mono", title: a.cable_key_hex }, short(a.cable_key_hex)), el("td", {}, a.rule),
+      el("td", {}, a.action), el("td", { class: "mono" }, a.evidence))
+  );
   fillTable("anchors", anchors.slice().reverse(), (a) =>
     el("tr", {}, el("td", {}, `1…${a.seq}`), el("td", { class: "mono", title: a.head_hash_hex }, short(a.head_hash_hex)),
       el("td", { class: "mono txid", title: a.txid }, a.txid), el("td", {}, time(a.at_unix_ms)),
@@ -178,7 +185,8 @@ async function refreshTables() {
     return el("tr", { class: "device", "data-key": d.key_hex },
       el("td", { class: "mono", title: d.key_hex }, short(d.key_hex)),
       el("td", { class: `status status-${d.status}` }, d.status), num(d.sessions), num(wh(d.energy_used_mwh)),
-      num(sat(d.revenue_msat)), num(d.refusals), num(d.lost_sat), el("td", {}, d.reason || ""), action);
+      num(sat(d.revenue_msat)), num(d.refusals), num(d.lost_sat), el("td", {}, d.reason || ""),
+      num(d.anomalies), action);
   });
   fillTable("audit", audit, (a) =>
     el("tr", {}, num(a.seq), el("td", {}, time(a.at_unix_ms)), el("td", {}, a.outlet_id),
