@@ -65,7 +65,7 @@ impl Live {
         let mut ticks = 0u32;
         loop {
             interval.tick().await;
-            let sample = ticks % SAMPLE_EVERY_TICKS == 0;
+            let sample = ticks.is_multiple_of(SAMPLE_EVERY_TICKS);
             ticks = ticks.wrapping_add(1);
             // Nobody follows the stream: only the history's samples are taken (a socket of
             // many outlets is not asked about each of them every second for nothing).
