@@ -297,3 +297,110 @@ async fn under_systemd_the_socket_says_when_it_is_ready_and_when_it_stops() {
         socket.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_owner_lists_devices_and_revokes_one_whose_next_session_is_refused() {
+    use proto::v1::socket_client::SocketClient;
+    use proto::v1::{self, RevokeDeviceRequest};
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = tokio::task::block_in_place(|| {
+        SocketProcess::start(
+            &bitcoind,
+            &dir.path().join("socket"),
+            &SocketSetup {
+                outlets: 2,
+                ..SocketSetup::default()
+            },
+        )
+    })
+    .unwrap();
+    let signer = integration::cable_signer();
+    let key = bitcoin::hex::DisplayHex::to_lower_hex_string(&signer.public_key().serialize()[..]);
+    let mut client = SocketClient::connect(socket.endpoint.clone())
+        .await
+        .unwrap();
+    let open = |outlet: &str| v1::PowerRequestRequest {
+        outlet_id: outlet.into(),
+        scheme: v1::Scheme::Onchain as i32,
+        ..Default::default()
+    };
+    // A cable plugs in and opens a session.
+    let _link = client
+        .watch_status(v1::WatchStatusRequest {
+            outlet_id: "outlet-1".into(),
+        })
+        .await
+        .unwrap();
+    let terms = client
+        .power_request(signer.sign(open("outlet-1")))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let listed = tokio::task::block_in_place(|| socket.operator_cli("devices", &[])).unwrap();
+    assert!(
+        listed.contains(&format!("{key} cable allowed: 1 sessions")),
+        "{listed}"
+    );
+    // The read-only token cannot revoke.
+    let mut operator = OperatorClient::connect(socket.operator.clone())
+        .await
+        .unwrap();
+    let denied = operator
+        .revoke_device(with_token(
+            RevokeDeviceRequest {
+                identity_key: signer.public_key().serialize().to_vec(),
+                reason: "no".into(),
+            },
+            &socket.data_dir,
+            "readonly.token",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    // The admin (the CLI reads admin.token): revoked, its session halted.
+    let revoked = tokio::task::block_in_place(|| {
+        socket.operator_cli("revoke", &[&key, "--reason", "reported stolen"])
+    })
+    .unwrap();
+    assert!(
+        revoked.contains(&format!("session {} halted", terms.session_id)),
+        "{revoked}"
+    );
+    let status = tokio::task::block_in_place(|| socket.status()).unwrap();
+    assert_eq!(status.state, v1::OutletState::Lockout as i32);
+    assert!(
+        status.reason.contains("reported stolen"),
+        "{}",
+        status.reason
+    );
+    let listed = tokio::task::block_in_place(|| socket.operator_cli("devices", &[])).unwrap();
+    assert!(
+        listed.contains("revoked (revoked by the operator: reported stolen)"),
+        "{listed}"
+    );
+    // Its next session, on the other outlet, is refused at opening, with the reason and the
+    // reason code.
+    let _link2 = client
+        .watch_status(v1::WatchStatusRequest {
+            outlet_id: "outlet-2".into(),
+        })
+        .await
+        .unwrap();
+    let refused = client
+        .power_request(signer.sign(open("outlet-2")))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(
+        proto::errors::reason_of(&refused),
+        Some(v1::ErrorReason::CableBanned)
+    );
+    assert!(
+        refused
+            .message()
+            .contains("revoked by the operator: reported stolen"),
+        "{refused:?}"
+    );
+}

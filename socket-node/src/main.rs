@@ -75,6 +75,32 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// List the cable identities a running socket has seen (its devices): status (allowed,
+    /// flagged, banned, revoked) and why, sessions, energy, revenue, refusals, losses,
+    /// anomalies.
+    Devices {
+        /// gRPC endpoint of the socket's operator API (`operator_listen`).
+        #[arg(long, default_value = OPERATOR)]
+        operator: String,
+        /// The socket's data dir, where its read-only token is (`readonly.token`).
+        #[arg(long, default_value = "socket-data")]
+        data_dir: PathBuf,
+    },
+    /// Revoke a cable identity for good: refused at every session open with the reason, its
+    /// session in progress halted (lockout). Needs the admin token.
+    Revoke {
+        /// The cable's identity key (33 bytes, hex, as `devices` prints it).
+        key: String,
+        /// Why (sent to the cable with every refusal, kept in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// gRPC endpoint of the socket's operator API (`operator_listen`).
+        #[arg(long, default_value = OPERATOR)]
+        operator: String,
+        /// The socket's data dir, where its admin token is (`admin.token`).
+        #[arg(long, default_value = "socket-data")]
+        data_dir: PathBuf,
+    },
     /// Show an outlet's state, session and energy, asking a running socket.
     Status {
         /// gRPC endpoint of the socket.
@@ -505,6 +531,71 @@ async fn close_channel(
     Ok(())
 }
 
+async fn devices(endpoint: String, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let request = authorized(proto::v1::ListDevicesRequest {}, data_dir, Scope::ReadOnly)?;
+    let devices = operator_client(&endpoint)
+        .await?
+        .list_devices(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner()
+        .devices;
+    if devices.is_empty() {
+        println!("no devices yet");
+    }
+    for d in devices {
+        println!(
+            "{} {} {}{}: {} sessions, {:.3} Wh, {} sat, {} refusals, {} sat lost, {} anomalies",
+            d.identity_key.to_lower_hex_string(),
+            d.role,
+            d.status,
+            if d.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", d.reason)
+            },
+            d.sessions,
+            d.energy_used_mwh as f64 / 1_000.0,
+            d.revenue_msat / 1_000,
+            d.refusals,
+            d.lost_sat,
+            d.anomalies
+        );
+    }
+    Ok(())
+}
+
+async fn revoke(
+    endpoint: String,
+    data_dir: &std::path::Path,
+    key: &str,
+    reason: String,
+) -> anyhow::Result<()> {
+    let key: bitcoin::secp256k1::PublicKey = key
+        .parse()
+        .with_context(|| format!("{key:?} is not a cable identity key"))?;
+    let request = authorized(
+        proto::v1::RevokeDeviceRequest {
+            identity_key: key.serialize().to_vec(),
+            reason,
+        },
+        data_dir,
+        Scope::Admin,
+    )?;
+    let halted = operator_client(&endpoint)
+        .await?
+        .revoke_device(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner()
+        .sessions_halted;
+    println!("{key} revoked");
+    for session in halted {
+        println!("session {session} halted");
+    }
+    Ok(())
+}
+
 async fn status(endpoint: String, outlet: String) -> anyhow::Result<()> {
     let mut client = SocketClient::connect(endpoint.clone())
         .await
@@ -573,6 +664,19 @@ async fn main() -> ExitCode {
         } => {
             init_logs(false);
             close_channel(operator, &data_dir, channel_id, force).await
+        }
+        Command::Devices { operator, data_dir } => {
+            init_logs(false);
+            devices(operator, &data_dir).await
+        }
+        Command::Revoke {
+            key,
+            reason,
+            operator,
+            data_dir,
+        } => {
+            init_logs(false);
+            revoke(operator, &data_dir, &key, reason).await
         }
         Command::Status { endpoint, outlet } => {
             init_logs(false);

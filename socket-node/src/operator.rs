@@ -1,7 +1,8 @@
 //! The gRPC service `t2t.v1.Operator`: what only the socket's owner may do (list and close the
-//! Lightning channels), on a loopback address of its own (`operator_listen`), never on the
+//! Lightning channels, list and revoke devices), on a loopback address of its own (`operator_listen`), never on the
 //! power-line link the cables reach. Every call carries a bearer token ([`crate::tokens`],
-//! checked by the server's interceptor); closing channels needs the admin one.
+//! checked by the server's interceptor); closing channels and revoking devices need the admin
+//! one.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::SocketError;
 use crate::station::Station;
+use crate::store::{DeviceRow, DeviceStatus};
 
 /// The tonic service over a running [`Station`].
 pub struct OperatorService(pub Arc<Station>);
@@ -49,8 +51,70 @@ fn channel_of(c: &ChannelDetails) -> v1::Channel {
     }
 }
 
+/// A device as the operator API sends it.
+fn device_of(d: &DeviceRow) -> Result<v1::Device, Status> {
+    let key: bitcoin::secp256k1::PublicKey = d
+        .key_hex
+        .parse()
+        .map_err(|e| Status::internal(format!("stored cable key {}: {e}", d.key_hex)))?;
+    Ok(v1::Device {
+        identity_key: key.serialize().to_vec(),
+        role: d.role.to_owned(),
+        status: match d.status {
+            DeviceStatus::Allowed => "allowed",
+            DeviceStatus::Flagged => "flagged",
+            DeviceStatus::Banned => "banned",
+            DeviceStatus::Revoked => "revoked",
+        }
+        .to_owned(),
+        reason: d.reason.clone().unwrap_or_default(),
+        first_seen_unix_ms: d.first_seen_unix_ms,
+        sessions: d.sessions,
+        energy_used_mwh: d.energy_used_mwh,
+        revenue_msat: d.revenue_msat,
+        refusals: d.refusals,
+        lost_sat: d.lost_sat,
+        anomalies: d.anomalies,
+        banned_until_unix_ms: d.until_unix_ms.unwrap_or_default(),
+    })
+}
+
 #[tonic::async_trait]
 impl Operator for OperatorService {
+    async fn list_devices(
+        &self,
+        _: Request<v1::ListDevicesRequest>,
+    ) -> Result<Response<v1::ListDevicesResponse>, Status> {
+        let station = Arc::clone(&self.0);
+        let devices = tokio::task::spawn_blocking(move || station.shared.store().devices())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(v1::ListDevicesResponse {
+            devices: devices.iter().map(device_of).collect::<Result<_, _>>()?,
+        }))
+    }
+
+    async fn revoke_device(
+        &self,
+        request: Request<v1::RevokeDeviceRequest>,
+    ) -> Result<Response<v1::RevokeDeviceResponse>, Status> {
+        crate::tokens::require_admin(&request)?;
+        let request = request.into_inner();
+        let key = bitcoin::secp256k1::PublicKey::from_slice(&request.identity_key)
+            .map_err(|e| Status::invalid_argument(format!("identity_key: {e}")))?;
+        // Mapped here, not through `From<SocketError>`: no cable was refused.
+        let sessions_halted =
+            self.0
+                .revoke_cable(&key, &request.reason)
+                .await
+                .map_err(|e| match e {
+                    SocketError::Invalid(m) => Status::invalid_argument(m),
+                    e => Status::internal(e.to_string()),
+                })?;
+        Ok(Response::new(v1::RevokeDeviceResponse { sessions_halted }))
+    }
+
     async fn list_channels(
         &self,
         _: Request<v1::ListChannelsRequest>,

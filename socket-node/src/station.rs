@@ -163,6 +163,36 @@ impl Station {
         self.outlets.of_session(&self.shared, session_id)
     }
 
+    /// Revoke the cable identity `key` for good, by the owner (design.md "Attestation"): stored
+    /// and audited first, then its sessions in progress end in lockout. Returns those
+    /// sessions. Errors: `INVALID_ARGUMENT` for an empty reason or one over 500 bytes;
+    /// `INTERNAL` when the store fails (nothing revoked then).
+    pub async fn revoke_cable(
+        &self,
+        key: &bitcoin::secp256k1::PublicKey,
+        reason: &str,
+    ) -> Result<Vec<String>, SocketError> {
+        let reason = reason.trim().to_owned();
+        if reason.is_empty() || reason.len() > 500 {
+            return Err(SocketError::invalid("give a reason (1 to 500 bytes)"));
+        }
+        let shared = Arc::clone(&self.shared);
+        let (key_hex, why) = (key.to_string(), reason.clone());
+        let open = tokio::task::spawn_blocking(move || shared.store().revoke_cable(&key_hex, &why))
+            .await
+            .map_err(SocketError::internal)?
+            .map_err(SocketError::internal)?;
+        tracing::warn!(cable = %key, %reason, halted = open.len(), "cable revoked by the operator");
+        for (session_id, outlet_id) in &open {
+            if let Ok(outlet) = self.outlet(outlet_id) {
+                let session = session_id.clone();
+                let why = format!("cable revoked by the operator: {reason}");
+                let _ = outlet.call(move |task| task.lock_out(&session, &why)).await;
+            }
+        }
+        Ok(open.into_iter().map(|(session, _)| session).collect())
+    }
+
     /// Shut down: open every relay (saving each session's energy), then stop the Lightning
     /// node. The store's writes are synchronous, so nothing is in flight after this.
     pub async fn stop(&self) {

@@ -210,28 +210,18 @@ pub async fn revoke(
     let key: bitcoin::secp256k1::PublicKey = key
         .parse()
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("not a cable key: {e}")))?;
-    let reason = body.reason.trim().to_owned();
-    if reason.is_empty() || reason.len() > 500 {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "give a reason (1 to 500 bytes)".into(),
-        ));
-    }
-    let key_hex = key.to_string();
-    let why = reason.clone();
-    let open = read(&http, move |store| store.revoke_cable(&key_hex, &why)).await?;
-    tracing::warn!(cable = %key, %reason, halted = open.len(), "cable revoked by the operator");
-    for (session_id, outlet_id) in &open {
-        if let Ok(outlet) = http.station.outlet(outlet_id) {
-            let session = session_id.clone();
-            let why = format!("cable revoked by the operator: {reason}");
-            let _ = outlet.call(move |task| task.lock_out(&session, &why)).await;
-        }
-    }
+    let halted = http
+        .station
+        .revoke_cable(&key, &body.reason)
+        .await
+        .map_err(|e| match e {
+            crate::error::SocketError::Invalid(m) => ApiError(StatusCode::BAD_REQUEST, m),
+            e => ApiError::internal(e),
+        })?;
     Ok(Json(json!({
         "key_hex": key.to_string(),
         "status": "revoked",
-        "sessions_halted": open.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+        "sessions_halted": halted,
     })))
 }
 
