@@ -404,3 +404,136 @@ async fn the_owner_lists_devices_and_revokes_one_whose_next_session_is_refused()
         "{refused:?}"
     );
 }
+
+/// `socket-node <args>`: (success, stdout and stderr).
+fn socket_node(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let out = std::process::Command::new(integration::binary("socket-node").unwrap())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_travels_to_another_socket_in_a_signed_registry_refused_whole_if_altered() {
+    use proto::v1::socket_client::SocketClient;
+    use proto::v1::{self};
+    use std::ffi::OsStr;
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let operator_dir = dir.path().join("operator");
+    let (ok, operator_key) = socket_node(&[
+        OsStr::new("identity"),
+        OsStr::new("--data-dir"),
+        operator_dir.as_os_str(),
+    ]);
+    assert!(ok, "{operator_key}");
+    let operator_key = operator_key.trim().to_owned();
+    let (a, b) = tokio::task::block_in_place(|| {
+        let a = SocketProcess::start(&bitcoind, &dir.path().join("a"), &SocketSetup::default());
+        let b = SocketProcess::start(
+            &bitcoind,
+            &dir.path().join("b"),
+            &SocketSetup {
+                top_toml: format!("registry_operator_keys = [{operator_key:?}]"),
+                ..SocketSetup::default()
+            },
+        );
+        (a.unwrap(), b.unwrap())
+    });
+    let signer = integration::cable_signer();
+    let key = bitcoin::hex::DisplayHex::to_lower_hex_string(&signer.public_key().serialize()[..]);
+    // Socket A has seen the cable; its owner revokes it.
+    let open = || v1::PowerRequestRequest {
+        outlet_id: "outlet-1".into(),
+        scheme: v1::Scheme::Onchain as i32,
+        ..Default::default()
+    };
+    let mut to_a = SocketClient::connect(a.endpoint.clone()).await.unwrap();
+    let _link = to_a
+        .watch_status(v1::WatchStatusRequest {
+            outlet_id: "outlet-1".into(),
+        })
+        .await
+        .unwrap();
+    to_a.power_request(signer.sign(open())).await.unwrap();
+    tokio::task::block_in_place(|| a.operator_cli("revoke", &[&key, "--reason", "stolen"]))
+        .unwrap();
+    // The operator signs A's revocations into a registry.
+    let registry = dir.path().join("registry.json");
+    let (ok, text) = socket_node(&[
+        OsStr::new("registry"),
+        OsStr::new("export"),
+        OsStr::new("--operator-dir"),
+        operator_dir.as_os_str(),
+        OsStr::new("--data-dir"),
+        a.data_dir.as_os_str(),
+        OsStr::new("--out"),
+        registry.as_os_str(),
+    ]);
+    assert!(ok && text.contains("1 devices signed"), "{text}");
+    let b_config = dir.path().join("b").join("socket.toml");
+    let import = |file: &std::path::Path| {
+        socket_node(&[
+            OsStr::new("registry"),
+            OsStr::new("import"),
+            file.as_os_str(),
+            OsStr::new("--config"),
+            b_config.as_os_str(),
+            OsStr::new("--data-dir"),
+            b.data_dir.as_os_str(),
+        ])
+    };
+    let revoked_on_b = || {
+        let db = rusqlite::Connection::open(b.data_dir.join("socket.sqlite")).unwrap();
+        db.query_row(
+            "SELECT COUNT(*) FROM cables WHERE banned_reason IS NOT NULL",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+    };
+    // One byte of the body changed: refused whole, nothing applied.
+    let mut file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&registry).unwrap()).unwrap();
+    let body = file["body_hex"].as_str().unwrap().to_owned();
+    let last = body.len() - 1;
+    let flipped = if &body[last..] == "0" { "1" } else { "0" };
+    file["body_hex"] = format!("{}{flipped}", &body[..last]).into();
+    let altered = dir.path().join("altered.json");
+    std::fs::write(&altered, file.to_string()).unwrap();
+    let (ok, text) = import(&altered);
+    assert!(!ok, "an altered registry was imported:\n{text}");
+    assert!(text.contains("refused whole"), "{text}");
+    assert_eq!(revoked_on_b(), 0);
+    // The registry as signed: B refuses the cable with the reason.
+    let (ok, text) = import(&registry);
+    assert!(ok && text.contains("imported 1 devices"), "{text}");
+    assert_eq!(revoked_on_b(), 1);
+    let mut to_b = SocketClient::connect(b.endpoint.clone()).await.unwrap();
+    let _link = to_b
+        .watch_status(v1::WatchStatusRequest {
+            outlet_id: "outlet-1".into(),
+        })
+        .await
+        .unwrap();
+    let refused = to_b.power_request(signer.sign(open())).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(
+        proto::errors::reason_of(&refused),
+        Some(v1::ErrorReason::CableBanned)
+    );
+    assert!(
+        refused
+            .message()
+            .contains(&format!("revoked by operator {operator_key}: stolen")),
+        "{refused:?}"
+    );
+}

@@ -75,7 +75,7 @@ pub enum IdentityError {
     Certificate(String),
 }
 
-fn key_of(bytes: &[u8], what: &'static str) -> Result<PublicKey, IdentityError> {
+pub(crate) fn key_of(bytes: &[u8], what: &'static str) -> Result<PublicKey, IdentityError> {
     PublicKey::from_slice(bytes).map_err(|e| IdentityError::Key {
         what,
         reason: e.to_string(),
@@ -87,17 +87,17 @@ fn key_of(bytes: &[u8], what: &'static str) -> Result<PublicKey, IdentityError> 
 /// quarter second).
 static SECP: std::sync::LazyLock<Secp256k1<All>> = std::sync::LazyLock::new(Secp256k1::new);
 
-fn sign(digest: [u8; 32], keypair: &Keypair) -> Vec<u8> {
+pub(crate) fn sign(digest: [u8; 32], keypair: &Keypair) -> Vec<u8> {
     SECP.sign_schnorr(&Message::from_digest(digest), keypair)
         .as_ref()
         .to_vec()
 }
 
-fn keypair(secret: &SecretKey) -> Keypair {
+pub(crate) fn keypair(secret: &SecretKey) -> Keypair {
     Keypair::from_secret_key(&SECP, secret)
 }
 
-fn verify(
+pub(crate) fn verify(
     digest: [u8; 32],
     signature: &[u8],
     key: &PublicKey,

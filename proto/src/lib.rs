@@ -7,6 +7,7 @@
 //! - [`Scheme`]: the payment schemes by name, parsed and printed in one place.
 //! - [`units`]: energy, power, price and amount newtypes with checked arithmetic.
 //! - [`identity`]: signed offers and operator certificates (BIP 340 over tagged hashes).
+//! - [`registry`]: an operator's signed registry of revoked and flagged device identities.
 //! - [`errors`]: error statuses with a reason code (`ErrorReason`) clients act on.
 //! - [`terms`]: the shape of offers and of each scheme's terms (`oneof terms`), checked.
 //! - [`rules`]: the checks of the `onchain` scheme's terms and payments.
@@ -20,6 +21,7 @@
 
 pub mod errors;
 pub mod identity;
+pub mod registry;
 pub mod rules;
 pub mod scheme;
 pub mod single_fee;

@@ -35,6 +35,10 @@ pub struct SocketConfig {
     /// The outlets, `[[outlets]]`: each with its own id, prices, timers, schemes and hardware.
     /// One socket-node serves them all at once (a power strip, a row of pedestals).
     pub outlets: Vec<OutletConfig>,
+    /// Operator keys (33-byte compressed, hex) whose signed registries of device identities
+    /// `socket-node registry import` accepts (`operator.proto` `SignedRegistry`).
+    #[serde(default)]
+    pub registry_operator_keys: Vec<String>,
     /// Every this many seconds, when rows were added to the audit log, its head is anchored
     /// on Bitcoin by a transaction of the socket's wallet with an `OP_RETURN` output (about
     /// 165 vbytes; [`crate::anchor`]); 0: never. The wallet needs coins: the socket's payouts.

@@ -134,6 +134,12 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Operators' signed registries of device identities: export this socket's revocations,
+    /// import another's.
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
+    },
     /// Restore a backup into an empty data dir; `run` on it starts the same socket (identity,
     /// sessions, payments, wallet, channels).
     Restore {
@@ -166,6 +172,109 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// As an operator, sign the cable identities this socket revoked or flagged into a registry
+    /// file (`operator.proto` `SignedRegistry`, JSON) that other sockets import.
+    Export {
+        /// The operator's folder: its seed gives the operator key (as for `certify`).
+        #[arg(long)]
+        operator_dir: PathBuf,
+        /// The socket's data dir.
+        #[arg(long, default_value = "socket-data")]
+        data_dir: PathBuf,
+        /// Where to write the registry (JSON).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Import an operator's signed registry: checked whole (signature, an operator of the
+    /// config's `registry_operator_keys`, every entry) and applied in one transaction, or
+    /// refused whole. Revoked cables are refused at their next session open; a session in
+    /// progress is halted by `revoke` on the running socket.
+    Import {
+        /// The registry file.
+        file: PathBuf,
+        /// The socket's config (for `registry_operator_keys`).
+        #[arg(long)]
+        config: PathBuf,
+        /// The socket's data dir.
+        #[arg(long, default_value = "socket-data")]
+        data_dir: PathBuf,
+    },
+}
+
+fn registry_export(
+    operator_dir: &std::path::Path,
+    data_dir: &std::path::Path,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let keys = keys_of(operator_dir)?;
+    let store = socket_node::store::Store::open(data_dir)
+        .with_context(|| format!("opening the store of {}", data_dir.display()))?;
+    let entries = store
+        .registry_entries()?
+        .into_iter()
+        .map(|(key_hex, revoked, reason)| {
+            let key: bitcoin::secp256k1::PublicKey = key_hex.parse()?;
+            let reason = reason
+                .strip_prefix("revoked by the operator: ")
+                .unwrap_or(&reason)
+                .to_owned();
+            Ok(proto::v1::RegistryEntry {
+                identity_key: key.serialize().to_vec(),
+                role: "cable".into(),
+                status: if revoked { "revoked" } else { "flagged" }.into(),
+                reason,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let body = proto::v1::RegistryBody {
+        operator_key: keys.identity_key().to_bytes(),
+        issued_at_unix_secs: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs(),
+        entries,
+    };
+    let count = body.entries.len();
+    let registry = proto::registry::sign_registry(&body, &keys.identity_secret());
+    proto::registry::write_file(&registry, out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("operator key {}", keys.identity_key());
+    println!("{count} devices signed into {}", out.display());
+    Ok(())
+}
+
+fn registry_import(
+    file: &std::path::Path,
+    config: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let config = SocketConfig::load(config)?;
+    let trusted = config
+        .registry_operator_keys
+        .iter()
+        .map(|k| {
+            k.parse::<bitcoin::secp256k1::PublicKey>()
+                .with_context(|| format!("registry_operator_keys: {k:?}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let registry =
+        proto::registry::read_file(file).with_context(|| format!("reading {}", file.display()))?;
+    let (operator, entries) = proto::registry::verify_registry(&registry, &trusted)
+        .with_context(|| format!("{} refused whole", file.display()))?;
+    let store = socket_node::store::Store::open(data_dir)
+        .with_context(|| format!("opening the store of {}", data_dir.display()))?;
+    let open = store.import_registry(&operator, &entries)?;
+    println!(
+        "imported {} devices from operator {operator}",
+        entries.len()
+    );
+    for (session, outlet) in open {
+        println!("session {session} on {outlet} is of a revoked cable: halt it with `socket-node revoke`");
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -684,6 +793,22 @@ async fn main() -> ExitCode {
         }
         Command::Backup { data_dir, to } => backup(&data_dir, &to),
         Command::Restore { from, data_dir } => restore(&from, &data_dir),
+        Command::Registry {
+            command:
+                RegistryCommand::Export {
+                    operator_dir,
+                    data_dir,
+                    out,
+                },
+        } => registry_export(&operator_dir, &data_dir, &out),
+        Command::Registry {
+            command:
+                RegistryCommand::Import {
+                    file,
+                    config,
+                    data_dir,
+                },
+        } => registry_import(&file, &config, &data_dir),
         Command::Audit {
             command:
                 AuditCommand::Verify {

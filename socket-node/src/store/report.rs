@@ -160,6 +160,33 @@ fn u(value: i64) -> u64 {
     u64::try_from(value).unwrap_or_default()
 }
 
+/// Revoke `key_hex` for good with `banned_reason` inside the caller's transaction, audited;
+/// its sessions still open, with their outlets.
+fn revoke_in(
+    tx: &rusqlite::Connection,
+    key_hex: &str,
+    banned_reason: &str,
+) -> Result<Vec<(String, String)>> {
+    super::cables::ensure_cable(tx, key_hex)?;
+    tx.execute(
+        "UPDATE cables SET banned_reason = ?2, banned_at_unix_ms = ?3,
+             banned_until_unix_ms = NULL WHERE key_hex = ?1",
+        params![key_hex, banned_reason, unix_ms()],
+    )?;
+    super::audit::append(
+        tx,
+        "",
+        None,
+        "revoked",
+        &format!("cable {key_hex}: {banned_reason}"),
+    )?;
+    let mut statement = tx.prepare(
+        "SELECT id, outlet_id FROM sessions WHERE cable_key_hex = ?1 AND ended_at_unix_ms IS NULL",
+    )?;
+    let rows = statement.query_map(params![key_hex], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
 impl Store {
     /// Totals per outlet and scheme, over every session.
     pub fn outlet_totals(&self) -> Result<Vec<OutletTotals>> {
@@ -292,36 +319,70 @@ impl Store {
 
     /// Revoke the cable identity `key_hex` (compressed, hex) for good, by the operator: it is
     /// refused at session open with `reason`. Recorded in the audit log. Returns the sessions
-    /// of it still open (to halt).
+    /// of it still open (to halt), with their outlets.
     pub fn revoke_cable(&self, key_hex: &str, reason: &str) -> Result<Vec<(String, String)>> {
         let tx = self.db.unchecked_transaction()?;
-        super::cables::ensure_cable(&tx, key_hex)?;
-        tx.execute(
-            "UPDATE cables SET banned_reason = ?2, banned_at_unix_ms = ?3,
-                 banned_until_unix_ms = NULL WHERE key_hex = ?1",
-            params![
-                key_hex,
-                format!("revoked by the operator: {reason}"),
-                unix_ms()
-            ],
-        )?;
-        super::audit::append(
-            &tx,
-            "",
-            None,
-            "revoked",
-            &format!("cable {key_hex}: {reason}"),
-        )?;
-        let open = {
-            let mut statement = tx.prepare(
-                "SELECT id, outlet_id FROM sessions
-                 WHERE cable_key_hex = ?1 AND ended_at_unix_ms IS NULL",
-            )?;
-            let rows = statement.query_map(params![key_hex], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<Result<Vec<_>>>()?
-        };
+        let open = revoke_in(&tx, key_hex, &format!("revoked by the operator: {reason}"))?;
         tx.commit()?;
         Ok(open)
+    }
+
+    /// Apply an operator's registry, checked by `proto::registry::verify_registry`, in one
+    /// SQLite transaction (all of it or nothing): each revoked entry revokes its cable for good
+    /// with the registry's reason, each flagged one flags it; each is audited. Returns the open
+    /// sessions of the cables it revoked, with their outlets.
+    pub fn import_registry(
+        &self,
+        operator: &bitcoin::secp256k1::PublicKey,
+        entries: &[proto::registry::Entry],
+    ) -> Result<Vec<(String, String)>> {
+        use proto::registry::EntryStatus;
+        let tx = self.db.unchecked_transaction()?;
+        let mut open = Vec::new();
+        for entry in entries {
+            let key_hex = entry.identity_key.to_string();
+            match entry.status {
+                EntryStatus::Revoked => open.extend(revoke_in(
+                    &tx,
+                    &key_hex,
+                    &format!("revoked by operator {operator}: {}", entry.reason),
+                )?),
+                EntryStatus::Flagged => {
+                    super::cables::ensure_cable(&tx, &key_hex)?;
+                    tx.execute(
+                        "UPDATE cables SET flagged_reason = ?2, flagged_at_unix_ms = ?3
+                         WHERE key_hex = ?1",
+                        params![
+                            key_hex,
+                            format!("flagged by operator {operator}: {}", entry.reason),
+                            unix_ms()
+                        ],
+                    )?;
+                    super::audit::append(
+                        &tx,
+                        "",
+                        None,
+                        "flagged",
+                        &format!("cable {key_hex}: {}", entry.reason),
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(open)
+    }
+
+    /// The cable identities revoked or flagged here, for a registry: (key, revoked?, reason).
+    pub fn registry_entries(&self) -> Result<Vec<(String, bool, String)>> {
+        Ok(self
+            .devices()?
+            .into_iter()
+            .filter_map(|d| match d.status {
+                DeviceStatus::Revoked => Some((d.key_hex, true, d.reason.unwrap_or_default())),
+                DeviceStatus::Flagged => Some((d.key_hex, false, d.reason.unwrap_or_default())),
+                _ => None,
+            })
+            .collect())
     }
 
     /// The latest `limit` rows of the audit log, newest first.
