@@ -547,6 +547,19 @@ mod tests {
         let body_bytes = body().encode_to_vec();
         let cert_hash = cert_hash(&body_bytes).to_byte_array();
         let cert_sig = deterministic(cert_hash, &secret(0x22));
+        let registry_bytes = v1::RegistryBody {
+            operator_key: public(0x22),
+            issued_at_unix_secs: 1_795_000_000,
+            entries: vec![v1::RegistryEntry {
+                identity_key: public(0x77),
+                role: "cable".into(),
+                status: "revoked".into(),
+                reason: "stolen".into(),
+            }],
+        }
+        .encode_to_vec();
+        let registry_hash = crate::registry::RegistryHash::hash(&registry_bytes).to_byte_array();
+        let registry_sig = deterministic(registry_hash, &secret(0x22));
         let request = v1::PayTransactionRequest {
             session_id: "5e55".into(),
             payment_id: 2,
@@ -570,7 +583,7 @@ mod tests {
         let mut tampered_report = report_bytes.clone();
         *tampered_report.last_mut().unwrap() ^= 1;
         json!({
-            "about": "Signatures of t2t.v1 (socket.proto GetOfferResponse, RequestAuth, SignedStatus, SocketCertificate): BIP 340 Schnorr by the x-only form of the 33-byte key, over the BIP 340 tagged hash SHA256(SHA256(tag) || SHA256(tag) || message_hex bytes) with tag \"t2t/offer\", \"t2t/request\", \"t2t/status\" or \"t2t/cert\". For t2t/offer, t2t/status and t2t/cert, message_hex is the exact protobuf encoding carried (GetOfferResponse.offer, SignedStatus.report, SocketCertificate.body); decode it, never re-encode it. For t2t/request, message_hex is u32-BE len(session_id) || session_id || u32-BE len(method) || method || u64-BE sequence || SHA256(body_hex bytes), body_hex being the request encoded with auth unset (body_sha256_hex its hash). The signatures here were made without auxiliary randomness; real ones use fresh aux randomness and differ: verify, do not compare. secret_key_hex is given to reproduce them.",
+            "about": "Signatures of t2t.v1 (socket.proto GetOfferResponse, RequestAuth, SignedStatus, SocketCertificate; operator.proto SignedRegistry): BIP 340 Schnorr by the x-only form of the 33-byte key, over the BIP 340 tagged hash SHA256(SHA256(tag) || SHA256(tag) || message_hex bytes) with tag \"t2t/offer\", \"t2t/request\", \"t2t/status\", \"t2t/cert\" or \"t2t/registry\". For t2t/offer, t2t/status, t2t/cert and t2t/registry, message_hex is the exact protobuf encoding carried (GetOfferResponse.offer, SignedStatus.report, SocketCertificate.body, SignedRegistry.body); decode it, never re-encode it. For t2t/request, message_hex is u32-BE len(session_id) || session_id || u32-BE len(method) || method || u64-BE sequence || SHA256(body_hex bytes), body_hex being the request encoded with auth unset (body_sha256_hex its hash). The signatures here were made without auxiliary randomness; real ones use fresh aux randomness and differ: verify, do not compare. secret_key_hex is given to reproduce them.",
             "session_hash": {
                 "about": "GetStatusResponse.session_hash and StatusReport.session_hash: SHA256 (single, untagged) of the session id's UTF-8 bytes; empty bytes for no session",
                 "session_id": "5e55",
@@ -634,6 +647,16 @@ mod tests {
                     "tagged_hash_hex": cert_hash.to_lower_hex_string(),
                     "signature_hex": cert_sig.to_lower_hex_string(),
                     "valid": true
+                },
+                {
+                    "tag": "t2t/registry",
+                    "message": "RegistryBody (operator.proto SignedRegistry.body)",
+                    "secret_key_hex": ([0x22u8; 32]).to_lower_hex_string(),
+                    "public_key_hex": public(0x22).to_lower_hex_string(),
+                    "message_hex": registry_bytes.to_lower_hex_string(),
+                    "tagged_hash_hex": registry_hash.to_lower_hex_string(),
+                    "signature_hex": registry_sig.to_lower_hex_string(),
+                    "valid": true
                 }
             ]
         })
@@ -663,6 +686,7 @@ mod tests {
                 "t2t/offer" => offer_hash(&message).to_byte_array(),
                 "t2t/request" => RequestHash::hash(&message).to_byte_array(),
                 "t2t/status" => super::status_hash(&message).to_byte_array(),
+                "t2t/registry" => crate::registry::RegistryHash::hash(&message).to_byte_array(),
                 _ => cert_hash(&message).to_byte_array(),
             };
             let key = PublicKey::from_slice(&hex("public_key_hex")).unwrap();
