@@ -209,7 +209,9 @@ impl Station {
     /// sets for spent inputs, broadcast sets until they confirm, and spillman channels due to
     /// close (paper §VI, §VII.B; seed 003), and anchor the audit log when due.
     fn run_settler(&self, requests: mpsc::Receiver<Settle>) {
-        let mut last_anchor_try = None;
+        // The first anchor is one interval after start, not at once: a socket starting (or a
+        // suite of them) does not sync its wallet with bitcoind before it serves.
+        let mut last_anchor_try = Some(std::time::Instant::now());
         loop {
             match requests.recv_timeout(WATCH_EVERY) {
                 Ok(settle) => self.broadcast_set(settle),
