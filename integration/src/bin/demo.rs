@@ -165,6 +165,10 @@ fn main() -> anyhow::Result<()> {
         args.time_scale,
         dir.path().display()
     );
+    // The owner's view of the same socket while the demo runs (read-only token).
+    if let Ok(token) = std::fs::read_to_string(socket.data_dir.join("readonly.token")) {
+        println!("its dashboard: {}/#token={}", socket.http, token.trim());
+    }
     let mut summaries = Vec::new();
     let mut lightning_cable = None;
     for scheme in schemes {
