@@ -95,6 +95,8 @@ fn anchor(shared: &Shared, seq: u64, hash: &[u8; 32]) -> anyhow::Result<(Txid, A
         )?
     };
     let txid = shared.chain.broadcast(&signed.tx)?;
+    // Only now is its change ours to spend next, and its inputs spent.
+    shared.wallet().record_sent(&signed.tx)?;
     let vsize = signed.tx.vsize() as u64;
     shared
         .store()
@@ -203,5 +205,90 @@ mod tests {
         };
         assert_eq!(anchored_in(&tx), Some((42, head)));
         assert_eq!(tx.output[0].script_pubkey.len(), 46);
+    }
+}
+
+/// `proto/testvectors/audit.json`: the audit row hashes and an anchor script, as
+/// `operator.proto` specifies them, for implementers of `audit verify` in other languages
+/// (`T2T_WRITE_TESTVECTORS=1` rewrites the file from this code).
+#[cfg(test)]
+mod vectors {
+    use bitcoin::hex::DisplayHex;
+    use serde_json::{json, Value};
+
+    use super::anchor_data;
+    use crate::store::audit::{row_hash, GENESIS};
+
+    const VECTORS: &str = "../proto/testvectors/audit.json";
+
+    fn computed() -> Value {
+        let rows = [
+            (
+                1u64,
+                1_795_000_000_000i64,
+                "outlet-1",
+                Some("5e55"),
+                "payment-credited",
+                "txid 00ff",
+            ),
+            (
+                2,
+                1_795_000_001_500,
+                "",
+                None,
+                "revoked",
+                "cable 02aa: stolen",
+            ),
+            (
+                3,
+                1_795_000_002_000,
+                "outlet-2",
+                Some(""),
+                "anomaly",
+                "é ünïcode",
+            ),
+        ];
+        let mut prev = GENESIS;
+        let mut out = Vec::new();
+        for (seq, at, outlet, session, event, detail) in rows {
+            let hash = row_hash(&prev, seq, at, outlet, session, event, detail);
+            out.push(json!({
+                "seq": seq,
+                "at_unix_ms": at,
+                "outlet_id": outlet,
+                "session_id": session,
+                "event": event,
+                "detail": detail,
+                "prev_hash_hex": prev.to_lower_hex_string(),
+                "hash_hex": hash.to_lower_hex_string(),
+            }));
+            prev = hash;
+        }
+        let data = anchor_data(3, &prev);
+        let push: &bitcoin::script::PushBytes = (&data).into();
+        json!({
+            "about": "t2t audit log (operator.proto, 'The socket's audit log and its anchors'): hash_n = TaggedHash(\"t2t/audit\", hash_{n-1} || u64-BE seq || i64-BE at_unix_ms || str(outlet_id) || u8 has_session || str(session_id or \"\") || str(event) || str(detail)), str = u32-BE length || UTF-8 bytes, hash_0 = 32 zero bytes; session_id null means has_session = 0 (row 3 has an empty session id, has_session = 1). The anchor of row n is an output with script OP_RETURN <\"t2ta\" || u64-BE n || hash_n>.",
+            "rows": out,
+            "anchor": {
+                "seq": 3,
+                "head_hash_hex": prev.to_lower_hex_string(),
+                "script_pubkey_hex": bitcoin::ScriptBuf::new_op_return(push).to_hex_string(),
+            }
+        })
+    }
+
+    #[test]
+    fn the_audit_test_vectors_hold() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(VECTORS);
+        let computed = computed();
+        if std::env::var_os("T2T_WRITE_TESTVECTORS").is_some() {
+            std::fs::write(
+                &path,
+                serde_json::to_string_pretty(&computed).unwrap() + "\n",
+            )
+            .unwrap();
+        }
+        let stored: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(stored, computed, "{VECTORS} is stale");
     }
 }

@@ -141,7 +141,9 @@ impl NodeWallet {
 
     /// Build and sign a transaction whose one output besides our change is
     /// `OP_RETURN <data>` (value 0), paying only the fee at `fee_rate`: a commitment on chain
-    /// (the socket anchors its audit log's head with it). Records it as unconfirmed. Errors:
+    /// (the socket anchors its audit log's head with it). The caller broadcasts it, then
+    /// [`NodeWallet::record_sent`]s it (not before: a transaction bitcoind refused must not
+    /// hold the wallet's coins as spent). Errors:
     /// [`WalletError::CannotPay`] for too little money or a fee above `max_fee`.
     pub fn commit_data(
         &mut self,
@@ -154,9 +156,7 @@ impl NodeWallet {
         let psbt = builder
             .finish()
             .map_err(|e| WalletError::CannotPay(e.to_string()))?;
-        let signed = self.sign_and_check(psbt, &ScriptBuf::new_op_return(data), max_fee)?;
-        self.record_sent(&signed.tx)?;
-        Ok(signed)
+        self.sign_and_check(psbt, &ScriptBuf::new_op_return(data), max_fee)
     }
 
     /// Plan an input set for the single-fee scheme (paper seed 000 §VI): select inputs covering

@@ -133,8 +133,19 @@ pub async fn payments(
     let rows = limit.rows();
     let payments = read(&http, move |store| store.recent_payments(rows)).await?;
     let chain = std::sync::Arc::clone(&http.station.shared.chain);
+    let confirmed = std::sync::Arc::clone(&http.confirmed);
     let with = tokio::task::spawn_blocking(move || {
         let tip = chain.height().ok();
+        let height_of = |txid: bitcoin::Txid| -> Option<Option<u32>> {
+            if let Some(height) = crate::shared::lock(&confirmed).get(&txid) {
+                return Some(Some(*height));
+            }
+            let height = chain.confirmation_height(&txid).ok()?;
+            if let Some(h) = height {
+                crate::shared::lock(&confirmed).insert(txid, h);
+            }
+            Some(height)
+        };
         payments
             .into_iter()
             .map(|payment| {
@@ -147,7 +158,7 @@ pub async fn payments(
                 let confirmations = on_chain
                     .then(|| payment.txid_or_payment_hash.parse().ok())
                     .flatten()
-                    .and_then(|txid| chain.confirmation_height(&txid).ok())
+                    .and_then(height_of)
                     .zip(tip)
                     .map(|(height, tip)| height.map_or(0, |h| tip.saturating_sub(h) + 1));
                 PaymentWithConfirmations {

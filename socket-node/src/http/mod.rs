@@ -44,6 +44,9 @@ pub struct Http {
     pub live: Arc<live::Live>,
     /// Becomes `true` when the server stops: event streams end then.
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// Block heights of payments seen confirmed, so that the page's refresh asks bitcoind only
+    /// about the unconfirmed ones (a reorg shows after a restart of the socket).
+    pub confirmed: Arc<std::sync::Mutex<std::collections::HashMap<bitcoin::Txid, u32>>>,
 }
 
 /// An error of the HTTP API: a status and a message, sent as `{"error": "..."}`.
@@ -163,6 +166,7 @@ pub async fn serve(
         tokens,
         live,
         stop: stop.clone(),
+        confirmed: Arc::default(),
     };
     let served = axum::serve(listener, router(http))
         .with_graceful_shutdown(stopped(stop))

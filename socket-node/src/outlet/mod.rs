@@ -81,7 +81,7 @@ pub struct OutletView {
     pub quota_remaining_mwh: u64,
     /// Payments credited to the session.
     pub payments: u64,
-    /// In lockout: why, and how long it lasts still (s).
+    /// In lockout: why; empty otherwise.
     pub lockout_reason: String,
     /// In lockout: seconds left.
     pub lockout_remaining_secs: u64,

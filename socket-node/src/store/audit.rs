@@ -1,7 +1,9 @@
 //! The audit log: what happened on each outlet, in order, as a hash chain (design.md
 //! "Attestation"; seed 004 §5, an immutable and auditable trail).
 //!
-//! Row `seq` (1, 2, 3, ... with no gap) carries
+//! The encoding is the spec of `operator.proto` ("The socket's audit log and its anchors"),
+//! with test vectors in `proto/testvectors/audit.json`. Row `seq` (1, 2, 3, ... with no gap)
+//! carries
 //! `hash = TaggedHash("t2t/audit", prev_hash || encoding(row))`, where `prev_hash` is the hash of
 //! row `seq - 1` (32 zero bytes for row 1) and `encoding(row)` is
 //! `u64-BE seq || i64-BE at_unix_ms || str(outlet_id) || u8 has_session || str(session_id or "")

@@ -133,7 +133,7 @@ async function refreshPlots() {
 }
 
 async function refreshTables() {
-  const [outlets, sessions, payments, channels, devices, audit, anchors] = await Promise.all([
+  const [outlets, sessions, payments, channels, devices, audit, anchors, anomalies] = await Promise.all([
     api("/api/v1/outlets"),
     api("/api/v1/sessions"),
     api("/api/v1/payments"),
@@ -141,8 +141,8 @@ async function refreshTables() {
     api("/api/v1/devices"),
     api("/api/v1/audit"),
     api("/api/v1/anchors"),
+    api("/api/v1/anomalies"),
   ]);
-  const anomalies = await api("/api/v1/anomalies");
   fillTable("anomalies", anomalies, (a) =>
     el("tr", { class: "anomaly" }, el("td", {}, time(a.at_unix_ms)), el("td", {}, a.outlet_id),
       el("td", { class: "mono", title: a.session_id || "" }, short(a.session_id)),
