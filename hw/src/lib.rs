@@ -5,6 +5,8 @@
 //! - Traits [`Relay`], [`Meter`], [`PlugSense`], implemented by every backend.
 //! - [`sim`]: a faithful simulator (constant load, the paper's 1300 W toaster, CSV trace replay)
 //!   with a time scale, so that a two-minute toast runs in seconds.
+//! - [`skew`]: a meter off by a percentage (a misbehaving socket or cable, for the checks).
+//! - [`cable`]: the cable's appliance relay and its own meter (seed 000 §VII.B).
 //! - [`ina219`]: meter glue for an INA219 current/power monitor on any embedded-hal I2C bus.
 //! - `rpi` (feature `rpi`): a relay on a Raspberry Pi GPIO pin and the INA219 on its I2C bus.
 //!
@@ -13,6 +15,7 @@
 
 #![deny(missing_docs)]
 
+pub mod cable;
 pub mod clock;
 pub mod ina219;
 pub mod integrator;
@@ -21,6 +24,7 @@ pub mod load;
 pub mod rpi;
 pub mod rpi_config;
 pub mod sim;
+pub mod skew;
 
 pub use proto::units::{EnergyMwh, PowerMw};
 

@@ -560,6 +560,25 @@ mod tests {
         .encode_to_vec();
         let registry_hash = crate::registry::RegistryHash::hash(&registry_bytes).to_byte_array();
         let registry_sig = deterministic(registry_hash, &secret(0x22));
+        let receipt_bytes = v1::ReceiptBody {
+            cable_identity_key: public(0x33),
+            session_id: "5e55".into(),
+            socket_status: Some(v1::SignedStatus {
+                report: report().encode_to_vec(),
+                signature: deterministic(
+                    status_hash(&report().encode_to_vec()).to_byte_array(),
+                    &secret(0x11),
+                ),
+            }),
+            cable_metered: true,
+            cable_energy_mwh: 12_300,
+            time_unix_ms: 1_795_000_000_400,
+        }
+        .encode_to_vec();
+        let receipt_hash = crate::receipt::receipt_hash(&receipt_bytes).to_byte_array();
+        let receipt_sig = deterministic(receipt_hash, &secret(0x33));
+        let mut tampered_receipt = receipt_bytes.clone();
+        *tampered_receipt.last_mut().unwrap() ^= 1;
         let request = v1::PayTransactionRequest {
             session_id: "5e55".into(),
             payment_id: 2,
@@ -583,7 +602,7 @@ mod tests {
         let mut tampered_report = report_bytes.clone();
         *tampered_report.last_mut().unwrap() ^= 1;
         json!({
-            "about": "Signatures of t2t.v1 (socket.proto GetOfferResponse, RequestAuth, SignedStatus, SocketCertificate; operator.proto SignedRegistry): BIP 340 Schnorr by the x-only form of the 33-byte key, over the BIP 340 tagged hash SHA256(SHA256(tag) || SHA256(tag) || message_hex bytes) with tag \"t2t/offer\", \"t2t/request\", \"t2t/status\", \"t2t/cert\" or \"t2t/registry\". For t2t/offer, t2t/status, t2t/cert and t2t/registry, message_hex is the exact protobuf encoding carried (GetOfferResponse.offer, SignedStatus.report, SocketCertificate.body, SignedRegistry.body); decode it, never re-encode it. For t2t/request, message_hex is u32-BE len(session_id) || session_id || u32-BE len(method) || method || u64-BE sequence || SHA256(body_hex bytes), body_hex being the request encoded with auth unset (body_sha256_hex its hash). The signatures here were made without auxiliary randomness; real ones use fresh aux randomness and differ: verify, do not compare. secret_key_hex is given to reproduce them.",
+            "about": "Signatures of t2t.v1 (socket.proto GetOfferResponse, RequestAuth, SignedStatus, SocketCertificate, MeteringReceipt; operator.proto SignedRegistry): BIP 340 Schnorr by the x-only form of the 33-byte key, over the BIP 340 tagged hash SHA256(SHA256(tag) || SHA256(tag) || message_hex bytes) with tag \"t2t/offer\", \"t2t/request\", \"t2t/status\", \"t2t/cert\", \"t2t/registry\" or \"t2t/receipt\". For t2t/offer, t2t/status, t2t/cert, t2t/registry and t2t/receipt, message_hex is the exact protobuf encoding carried (GetOfferResponse.offer, SignedStatus.report, SocketCertificate.body, SignedRegistry.body, MeteringReceipt.body); decode it, never re-encode it. For t2t/request, message_hex is u32-BE len(session_id) || session_id || u32-BE len(method) || method || u64-BE sequence || SHA256(body_hex bytes), body_hex being the request encoded with auth unset (body_sha256_hex its hash). The signatures here were made without auxiliary randomness; real ones use fresh aux randomness and differ: verify, do not compare. secret_key_hex is given to reproduce them.",
             "session_hash": {
                 "about": "GetStatusResponse.session_hash and StatusReport.session_hash: SHA256 (single, untagged) of the session id's UTF-8 bytes; empty bytes for no session",
                 "session_id": "5e55",
@@ -657,6 +676,24 @@ mod tests {
                     "tagged_hash_hex": registry_hash.to_lower_hex_string(),
                     "signature_hex": registry_sig.to_lower_hex_string(),
                     "valid": true
+                },
+                {
+                    "tag": "t2t/receipt",
+                    "message": "ReceiptBody (socket.proto MeteringReceipt.body) of session \"5e55\": the t2t/status vector above as socket_status, cable_energy_mwh 12300",
+                    "secret_key_hex": ([0x33u8; 32]).to_lower_hex_string(),
+                    "public_key_hex": public(0x33).to_lower_hex_string(),
+                    "message_hex": receipt_bytes.to_lower_hex_string(),
+                    "tagged_hash_hex": receipt_hash.to_lower_hex_string(),
+                    "signature_hex": receipt_sig.to_lower_hex_string(),
+                    "valid": true
+                },
+                {
+                    "tag": "t2t/receipt",
+                    "message": "ReceiptBody, last byte changed after signing",
+                    "public_key_hex": public(0x33).to_lower_hex_string(),
+                    "message_hex": tampered_receipt.to_lower_hex_string(),
+                    "signature_hex": receipt_sig.to_lower_hex_string(),
+                    "valid": false
                 }
             ]
         })
@@ -687,6 +724,7 @@ mod tests {
                 "t2t/request" => RequestHash::hash(&message).to_byte_array(),
                 "t2t/status" => super::status_hash(&message).to_byte_array(),
                 "t2t/registry" => crate::registry::RegistryHash::hash(&message).to_byte_array(),
+                "t2t/receipt" => crate::receipt::receipt_hash(&message).to_byte_array(),
                 _ => cert_hash(&message).to_byte_array(),
             };
             let key = PublicKey::from_slice(&hex("public_key_hex")).unwrap();

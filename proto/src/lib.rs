@@ -7,6 +7,8 @@
 //! - [`Scheme`]: the payment schemes by name, parsed and printed in one place.
 //! - [`units`]: energy, power, price and amount newtypes with checked arithmetic.
 //! - [`identity`]: signed offers and operator certificates (BIP 340 over tagged hashes).
+//! - [`receipt`]: metering receipts (the cable's countersignature of the socket's count) and
+//!   the meter-agreement rule.
 //! - [`registry`]: an operator's signed registry of revoked and flagged device identities.
 //! - [`errors`]: error statuses with a reason code (`ErrorReason`) clients act on.
 //! - [`terms`]: the shape of offers and of each scheme's terms (`oneof terms`), checked.
@@ -21,6 +23,7 @@
 
 pub mod errors;
 pub mod identity;
+pub mod receipt;
 pub mod registry;
 pub mod rules;
 pub mod scheme;

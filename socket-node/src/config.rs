@@ -316,6 +316,10 @@ pub enum HwConfig {
         /// cable reconnecting (or a socket restarting) does not end the session.
         #[serde(default = "default_link_debounce")]
         link_debounce_ms: u64,
+        /// A misbehaving meter, for tests and `demo --misbehave`: readings off by this many
+        /// percent (+10 over-counts by 10 %). 0 for an honest socket.
+        #[serde(default)]
+        meter_error_percent: i32,
     },
     /// A Raspberry Pi (runs only when built with the `rpi` feature).
     Rpi(hw::rpi_config::RpiConfig),
@@ -337,6 +341,7 @@ impl Default for HwConfig {
             time_scale: default_time_scale(),
             load: default_load(),
             link_debounce_ms: default_link_debounce(),
+            meter_error_percent: 0,
         }
     }
 }

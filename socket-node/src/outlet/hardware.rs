@@ -34,6 +34,7 @@ impl Hardware {
                 time_scale,
                 load,
                 link_debounce_ms,
+                meter_error_percent,
             } => {
                 let clock = ScaledClock::new(*time_scale)?;
                 let load = load.to_profile()?;
@@ -42,7 +43,10 @@ impl Hardware {
                 outlet.set_plugged(true);
                 Ok(Hardware {
                     relay: Box::new(outlet.relay()),
-                    meter: Box::new(outlet.meter()),
+                    meter: Box::new(hw::skew::SkewedMeter::new(
+                        outlet.meter(),
+                        *meter_error_percent,
+                    )?),
                     plug: None,
                     sim: Some((outlet, load)),
                     clock: Arc::new(clock),
