@@ -30,6 +30,10 @@ pub struct CableConfig {
     /// The cable's Lightning node, for the `lightning` scheme.
     #[serde(default)]
     pub lightning: crate::lightning::CableLightning,
+    /// The relay to the appliance and the cable's own meter (`kind = "sim"` or `"rpi"`). The
+    /// default simulator has no meter: give it the appliance's `load` for one.
+    #[serde(default)]
+    pub hw: hw::cable::CableHwConfig,
 }
 
 fn default_socket() -> String {

@@ -9,6 +9,10 @@ pub enum CableError {
     /// The socket refused a payment or locked the cable out.
     #[error("the socket refused: {0}")]
     SocketRefused(String),
+    /// The socket's count ran ahead of the cable's own meter beyond the tolerance: the cable
+    /// paid no more and flagged the socket in its registry (seed 000 §VII.B).
+    #[error("the socket over-counts: {0}")]
+    SocketOverCounts(String),
     /// Anything else: wallet, chain, store, link.
     #[error(transparent)]
     Other(#[from] anyhow::Error),

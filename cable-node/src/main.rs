@@ -73,6 +73,17 @@ enum Command {
         #[arg(long)]
         qr: bool,
     },
+    /// The cable's registry of sockets: every socket it ran a session with, and the ones it
+    /// caught counting more than its own meter (flagged, with the evidence: their offers are
+    /// refused). `--allow KEY` trusts a flagged socket again.
+    Sockets {
+        /// Allow this flagged socket (identity key, hex) again.
+        #[arg(long)]
+        allow: Option<String>,
+        /// Print the registry as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Take the 12 recovery words of a broken cable, read from standard input (never from the
     /// command line, where they would stay in the shell's history), into a data dir that has
     /// no seed yet; the wallet finds its coins on its next sync (`balance`, `run`).
@@ -275,6 +286,38 @@ async fn run(cli: Cli) -> Result<(), CableError> {
             }
             for txid in refunded {
                 println!("refund broadcast: {txid}");
+            }
+        }
+        Command::Sockets { allow, json } => {
+            let store = cable_node::store::CableStore::open(&cli.data_dir)
+                .context("opening the cable's store")?;
+            if let Some(key) = allow {
+                if !store
+                    .allow_socket(&key)
+                    .context("the registry of sockets")?
+                {
+                    return Err(anyhow::anyhow!("no socket {key} in the registry").into());
+                }
+                println!("socket {key} allowed again");
+            }
+            let sockets = store.sockets().context("the registry of sockets")?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&sockets).context("JSON")?
+                );
+            } else if sockets.is_empty() {
+                println!("no sockets yet");
+            } else {
+                for s in sockets {
+                    println!(
+                        "{} {:?} sessions {}{}",
+                        s.identity_key,
+                        s.status,
+                        s.sessions,
+                        s.reason.map(|r| format!(": {r}")).unwrap_or_default()
+                    );
+                }
             }
         }
         Command::Seed { qr } => {

@@ -45,6 +45,21 @@ pub struct Policy {
     /// accepts (socket.proto `SocketCertificate`).
     #[serde(default, deserialize_with = "keys_from_hex")]
     pub trusted_operator_keys: Vec<PublicKey>,
+    /// How far the socket's count may run ahead of the cable's own meter (socket.proto
+    /// `MeteringReceipt`, "Meter agreement"; seed 000 §VII.B) before the cable stops paying it
+    /// and flags it: percent of the cable's energy since the baseline (default 5) ...
+    #[serde(default = "default_meter_tolerance_percent")]
+    pub meter_tolerance_percent: u64,
+    /// ... plus this much (default 300 mWh).
+    #[serde(default = "default_meter_tolerance_mwh")]
+    pub meter_tolerance_mwh: u64,
+}
+
+fn default_meter_tolerance_percent() -> u64 {
+    proto::receipt::MeterTolerance::default().percent
+}
+fn default_meter_tolerance_mwh() -> u64 {
+    proto::receipt::MeterTolerance::default().mwh
 }
 
 fn keys_from_hex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PublicKey>, D::Error> {
@@ -231,7 +246,15 @@ impl Policy {
             .is_some_and(|total| total.to_sat() <= self.max_session_sat)
     }
 
-    /// The fee rate of payments.
+    /// The meter tolerance of the check of the socket's count.
+    pub fn meter_tolerance(&self) -> proto::receipt::MeterTolerance {
+        proto::receipt::MeterTolerance {
+            percent: self.meter_tolerance_percent,
+            mwh: self.meter_tolerance_mwh,
+        }
+    }
+
+    /// The fee rate of on-chain payments.
     pub fn fee_rate(&self) -> FeeRate {
         FeeRate::from_sat_per_vb(self.fee_rate_sat_per_vb).unwrap_or(FeeRate::BROADCAST_MIN)
     }
@@ -257,6 +280,8 @@ mod tests {
             spillman_lock_blocks: 144,
             trusted_socket_keys: vec![],
             trusted_operator_keys: vec![],
+            meter_tolerance_percent: 5,
+            meter_tolerance_mwh: 300,
         }
     }
 

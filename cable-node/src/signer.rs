@@ -61,6 +61,7 @@ mod tests {
             let request = signer.sign(v1::EndSessionRequest {
                 session_id: "s".into(),
                 auth: None,
+                receipt: None,
             });
             let (_, sequence) = proto::identity::verify_request(&request).unwrap();
             assert!(sequence > last, "{sequence} after {last}");

@@ -225,6 +225,9 @@ pub struct SocketSetup {
     pub top_toml: String,
     /// More settings of every outlet (TOML lines), e.g. `max_power_w = 1000`.
     pub outlet_toml: String,
+    /// More settings of every outlet's `[outlets.hw]` (TOML lines), e.g.
+    /// `meter_error_percent = 10` for a socket whose meter over-counts.
+    pub hw_toml: String,
 }
 
 impl Default for SocketSetup {
@@ -248,6 +251,7 @@ impl Default for SocketSetup {
             outlets: 1,
             top_toml: String::new(),
             outlet_toml: String::new(),
+            hw_toml: String::new(),
         }
     }
 }
@@ -300,7 +304,7 @@ impl SocketProcess {
                 "\n[[outlets]]\nid = \"outlet-{number}\"\nprice_msat_per_wh = {}\nquota_mwh = {}\n\
                  quota_low_mwh = {}\ngrace_secs = {}\nlockout_secs = {}\npayment_timeout_secs = {}\n\
                  single_fee_max_sat = {}\nsingle_fee_max_age_secs = {}\nschemes = {schemes:?}\n{}\n\n\
-                 [outlets.hw]\nkind = \"sim\"\ntime_scale = {:?}\nlink_debounce_ms = {}\n\n\
+                 [outlets.hw]\nkind = \"sim\"\ntime_scale = {:?}\nlink_debounce_ms = {}\n{}\n\n\
                  [outlets.hw.load]\n{}\n",
                 setup.price_msat_per_wh,
                 setup.quota_mwh,
@@ -313,6 +317,7 @@ impl SocketProcess {
                 setup.outlet_toml,
                 setup.time_scale,
                 setup.link_debounce_ms,
+                setup.hw_toml,
                 setup.load_toml,
             ));
         }
@@ -562,6 +567,11 @@ pub struct CableSetup {
     /// `[lightning] channel_sat`: the channel opened on the first visit (the config's default
     /// when `None`).
     pub lightning_channel_sat: Option<u64>,
+    /// The cable's `[hw]` table as TOML lines (none when empty: no meter), e.g. a simulated
+    /// meter of the socket's appliance.
+    pub hw_toml: String,
+    /// More `[policy]` lines, e.g. `meter_tolerance_percent = 50`.
+    pub policy_toml: String,
 }
 
 impl Default for CableSetup {
@@ -575,6 +585,8 @@ impl Default for CableSetup {
             spillman_lock_blocks: 144,
             outlet_id: OUTLET.into(),
             lightning_channel_sat: None,
+            hw_toml: String::new(),
+            policy_toml: String::new(),
         }
     }
 }
@@ -625,7 +637,7 @@ impl CableFiles {
                 "network = \"regtest\"\nsocket = \"{endpoint}\"\noutlet_id = {:?}\n\n\
                  [chain]\nrpc_url = \"{}\"\ncookie_file = \"{}\"\n\n\
                  [policy]\nmax_price_msat_per_wh = {}\nmax_session_sat = {}\nschemes = {:?}\n\
-                 spillman_lock_blocks = {}\n\n\
+                 spillman_lock_blocks = {}\n{}\n\n\
                  [session]\nunplug_when_idle_secs = {:?}\nreconnect_secs = 60\n",
                 setup.outlet_id,
                 bitcoind.rpc_url(),
@@ -634,9 +646,15 @@ impl CableFiles {
                 setup.max_session_sat,
                 setup.schemes,
                 setup.spillman_lock_blocks,
+                setup.policy_toml,
                 setup.unplug_when_idle_secs,
             ),
         )?;
+        if !setup.hw_toml.is_empty() {
+            let mut text = fs::read_to_string(&config)?;
+            text.push_str(&format!("\n[hw]\n{}\n", setup.hw_toml));
+            fs::write(&config, text)?;
+        }
         if setup.lightning_hub.is_some() || setup.lightning_channel_sat.is_some() {
             let mut text = fs::read_to_string(&config)?;
             text.push_str("\n[lightning]\n");

@@ -168,6 +168,7 @@ fn the_socket_refuses_a_cheating_cable_and_locks_out() {
                     session_id: String::new(),
                     max_amount_sat: 0,
                     auth: None,
+                    receipt: None,
                 }))
                 .await
                 .unwrap()

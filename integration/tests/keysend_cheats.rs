@@ -50,6 +50,7 @@ impl Cable {
                     session_id: String::new(),
                     max_amount_sat: 0,
                     auth: None,
+                    receipt: None,
                 }))
                 .await
                 .unwrap()

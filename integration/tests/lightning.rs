@@ -186,6 +186,7 @@ fn a_cable_that_never_pays_its_invoice_gets_nothing_and_is_locked_out() {
                 session_id: String::new(),
                 max_amount_sat: 0,
                 auth: None,
+                receipt: None,
             }))
             .await
             .unwrap()

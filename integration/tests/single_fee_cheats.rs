@@ -46,6 +46,7 @@ async fn power_request(
             session_id: session.into(),
             max_amount_sat: 5_000,
             auth: None,
+            receipt: None,
         }))
         .await
         .unwrap()
@@ -353,6 +354,7 @@ async fn power_request_err(client: &mut SocketClient<Channel>, session: &str) ->
             session_id: session.into(),
             max_amount_sat: 5_000,
             auth: None,
+            receipt: None,
         }))
         .await
         .expect_err("no terms in a locked-out session")

@@ -120,6 +120,7 @@ async fn pay(
             session_id: open.session_id.clone(),
             max_amount_sat: 0,
             auth: None,
+            receipt: None,
         }))
         .await?
         .into_inner();

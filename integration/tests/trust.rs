@@ -109,6 +109,7 @@ fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
                 .end_session(stranger.sign(v1::EndSessionRequest {
                     session_id: session_id.clone(),
                     auth: None,
+                    receipt: None,
                 }))
                 .await,
             "a stranger ending the session",
@@ -175,6 +176,7 @@ fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
             .end_session(owner.sign(v1::EndSessionRequest {
                 session_id: session_id.clone(),
                 auth: None,
+                receipt: None,
             }))
             .await
             .unwrap();

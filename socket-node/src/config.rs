@@ -39,6 +39,14 @@ pub struct SocketConfig {
     /// `socket-node registry import` accepts (`operator.proto` `SignedRegistry`).
     #[serde(default)]
     pub registry_operator_keys: Vec<String>,
+    /// How far a cable's metering receipt may fall behind the socket's count before it is the
+    /// anomaly `meter-disagreement` (socket.proto `MeteringReceipt`, "Meter agreement"):
+    /// percent of the cable's energy since the baseline, default 5.
+    #[serde(default = "default_meter_tolerance_percent")]
+    pub meter_tolerance_percent: u64,
+    /// ... and absolute allowance on top, default 300 mWh.
+    #[serde(default = "default_meter_tolerance_mwh")]
+    pub meter_tolerance_mwh: u64,
     /// Every this many seconds, when rows were added to the audit log, its head is anchored
     /// on Bitcoin by a transaction of the socket's wallet with an `OP_RETURN` output (about
     /// 165 vbytes; [`crate::anchor`]); 0: never. The wallet needs coins: the socket's payouts.
@@ -87,6 +95,12 @@ fn default_final_confirmations() -> u32 {
     6
 }
 
+fn default_meter_tolerance_percent() -> u64 {
+    proto::receipt::MeterTolerance::default().percent
+}
+fn default_meter_tolerance_mwh() -> u64 {
+    proto::receipt::MeterTolerance::default().mwh
+}
 fn default_anchor_interval() -> u64 {
     3_600
 }
@@ -347,6 +361,14 @@ impl Default for HwConfig {
 }
 
 impl SocketConfig {
+    /// The meter tolerance of receipts.
+    pub fn meter_tolerance(&self) -> proto::receipt::MeterTolerance {
+        proto::receipt::MeterTolerance {
+            percent: self.meter_tolerance_percent,
+            mwh: self.meter_tolerance_mwh,
+        }
+    }
+
     /// Read and check a config file. Errors name the file and the bad field.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)

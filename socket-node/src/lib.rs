@@ -18,6 +18,7 @@
 //!   per cable identity.
 //! - [`operator`]: the gRPC service `t2t.v1.Operator`, for the socket's owner (loopback only).
 //! - [`anchor`]: the audit log's head anchored on Bitcoin (`OP_RETURN`), and its check.
+//! - [`receipts`]: a session's metering receipts exported, and checked.
 //! - [`backup`]: backup of a data dir (also while the socket runs) and its restore.
 //! - [`http`]: the owner's web dashboard, its JSON API and `/metrics` (axum, `http_listen`).
 //! - [`metrics`]: the Prometheus metrics (`/metrics`).
@@ -34,6 +35,7 @@ pub mod limits;
 pub mod metrics;
 pub mod operator;
 pub mod outlet;
+pub mod receipts;
 pub mod seller;
 pub mod service;
 pub mod shared;

@@ -134,6 +134,29 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Export one session's metering record as JSON: the cable's countersigned receipts
+    /// (socket.proto `MeteringReceipt`), the payments credited and the energy counted.
+    /// `verify-receipts` checks it.
+    Receipts {
+        /// The session id (from `sessions` on the dashboard or the operator API).
+        session: String,
+        /// The socket's data dir.
+        #[arg(long, default_value = "socket-data")]
+        data_dir: PathBuf,
+        /// The socket's config, for its meter tolerance (the defaults without it).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Write the JSON here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check an exported session (`receipts SESSION`): every cable and socket signature, the
+    /// order of the receipts, that the energy stays within what was paid, and that the two
+    /// meters agree within the tolerance. Exits with an error naming every problem.
+    VerifyReceipts {
+        /// The JSON file `receipts` wrote.
+        file: PathBuf,
+    },
     /// Operators' signed registries of device identities: export this socket's revocations,
     /// import another's.
     Registry {
@@ -350,6 +373,39 @@ fn keys_of(data_dir: &std::path::Path) -> anyhow::Result<wallet::keys::NodeKeys>
         data_dir,
         bitcoin::Network::Bitcoin,
     )?)
+}
+
+fn export_receipts(
+    session: &str,
+    data_dir: &std::path::Path,
+    config: Option<&std::path::Path>,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let tolerance = match config {
+        Some(path) => SocketConfig::load(path)?.meter_tolerance(),
+        None => Default::default(),
+    };
+    anyhow::ensure!(
+        data_dir.join("socket.sqlite").exists(),
+        "{} holds no socket store (--data-dir)",
+        data_dir.display()
+    );
+    let key = keys_of(data_dir)?.identity_key().to_string();
+    let record = socket_node::receipts::export(data_dir, &key, session, tolerance)?;
+    let json = serde_json::to_string_pretty(&record)? + "\n";
+    match out {
+        Some(path) => {
+            std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "{} receipts and {} payments of session {session} written to {}",
+                record.receipts.len(),
+                record.payments.len(),
+                path.display()
+            );
+        }
+        None => print!("{json}"),
+    }
+    Ok(())
 }
 
 fn identity(data_dir: &std::path::Path) -> anyhow::Result<()> {
@@ -818,6 +874,28 @@ async fn main() -> ExitCode {
                 },
         } => audit_verify(&config, &data_dir, json),
         Command::Identity { data_dir } => identity(&data_dir),
+        Command::Receipts {
+            session,
+            data_dir,
+            config,
+            out,
+        } => export_receipts(&session, &data_dir, config.as_deref(), out.as_deref()),
+        Command::VerifyReceipts { file } => {
+            socket_node::receipts::verify_file(&file).map(|summary| {
+                println!(
+                    "{}: {} receipts and {} payments verify; {} mWh counted of {} mWh paid{}",
+                    file.display(),
+                    summary.receipts,
+                    summary.payments,
+                    summary.energy_used_mwh,
+                    summary.paid_mwh,
+                    summary
+                        .cable_energy_mwh
+                        .map(|c| format!(", the cable's meter {c} mWh"))
+                        .unwrap_or_default()
+                )
+            })
+        }
         Command::Certify {
             operator_dir,
             socket_key,

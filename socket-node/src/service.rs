@@ -16,8 +16,9 @@ use crate::outlet::{OutletHandle, OutletTask};
 use crate::seller::{seller_of, spillman, Issued, SellerContext};
 use crate::shared::Shared;
 use crate::station::Station;
-use crate::store::{Admitted, Authorized, CableAuth, PaymentStatus};
+use crate::store::{Admitted, Authorized, CableAuth, PaymentStatus, ReceiptTaken};
 use proto::identity::SessionRequest;
+use proto::receipt::MeterCheck;
 use proto::Scheme;
 
 /// The tonic service over a running [`Station`].
@@ -74,6 +75,85 @@ impl SocketService {
                 "replayed request: sequence {sequence} is not above {last_sequence}"
             ))),
         }
+    }
+
+    /// Check and keep the cable's metering receipt of `session_id` (socket.proto
+    /// `MeteringReceipt`) before the request it came with acts. A receipt whose cable meter
+    /// falls behind the socket's count beyond the tolerance is the anomaly
+    /// `meter-disagreement`: stored with its evidence, the cable flagged; the session goes on
+    /// (the cable decides whether to pay on). Errors: `INVALID_ARGUMENT` for a receipt that
+    /// does not check or is older than the last one (nothing kept).
+    fn take_receipt(
+        &self,
+        outlet: &OutletHandle,
+        session_id: &str,
+        cable: &CableAuth,
+        receipt: Option<&v1::MeteringReceipt>,
+    ) -> Result<(), SocketError> {
+        let Some(receipt) = receipt else {
+            return Ok(());
+        };
+        if session_id.is_empty() {
+            return Err(SocketError::invalid(
+                "a receipt comes with a request of its session, not one that opens it",
+            ));
+        }
+        let shared = &self.0.shared;
+        let checked = proto::receipt::verify_receipt(
+            receipt,
+            &cable.key,
+            &shared.identity.public_key(),
+            outlet.id(),
+            session_id,
+        )
+        .map_err(|e| SocketError::invalid(format!("receipt: {e}")))?;
+        let store = shared.store();
+        match store
+            .record_receipt(session_id, &checked, receipt)
+            .map_err(SocketError::internal)?
+        {
+            ReceiptTaken::Kept => {}
+            ReceiptTaken::Again => return Ok(()),
+            ReceiptTaken::Stale { last_sequence } => {
+                return Err(SocketError::invalid(format!(
+                    "receipt: its status {} is older than the last receipt's {last_sequence}",
+                    checked.report.sequence
+                )))
+            }
+        }
+        if !checked.body.cable_metered {
+            return Ok(());
+        }
+        let mut check = MeterCheck::new(shared.config.meter_tolerance());
+        let pairs = store
+            .metered_pairs(session_id)
+            .map_err(SocketError::internal)?;
+        let newest = pairs
+            .iter()
+            .map(|&(socket, cable)| check.observe(socket, cable))
+            .last();
+        if let Some(Err(disagreement)) = newest {
+            let reason = format!("anomaly: the cable's meter disagrees: {disagreement}");
+            let evidence = serde_json::json!({
+                "socket_energy_mwh": checked.report.energy_used_mwh,
+                "cable_energy_mwh": checked.body.cable_energy_mwh,
+                "since_baseline": disagreement,
+                "status_sequence": checked.report.sequence,
+                "receipt_body_hex": receipt.body.to_lower_hex_string(),
+            });
+            store
+                .record_anomaly(
+                    outlet.id(),
+                    Some(session_id),
+                    "meter-disagreement",
+                    "flag",
+                    &evidence,
+                    &reason,
+                )
+                .map_err(SocketError::internal)?;
+            tracing::warn!(outlet = outlet.id(), session = session_id, %reason, "cable flagged");
+        }
+        Ok(())
     }
 
     fn context<'a>(&'a self, outlet: &'a OutletHandle) -> SellerContext<'a> {
@@ -182,6 +262,12 @@ impl Socket for SocketService {
         let cable = self.authenticate(&request)?;
         let outlet = self.0.outlet(&request.outlet_id)?;
         let scheme = offered_scheme(outlet, request.scheme)?;
+        self.take_receipt(
+            outlet,
+            &request.session_id,
+            &cable,
+            request.receipt.as_ref(),
+        )?;
         let shared = Arc::clone(&self.0.shared);
         let issued = outlet
             .call(move |task| issue_terms(task, &shared, scheme, &request, &cable))
@@ -321,8 +407,14 @@ impl Socket for SocketService {
         request: Request<v1::EndSessionRequest>,
     ) -> Result<Response<v1::EndSessionResponse>, Status> {
         let request = request.into_inner();
-        self.authenticate(&request)?;
+        let cable = self.authenticate(&request)?;
         let outlet = self.0.outlet_of_session(&request.session_id)?;
+        self.take_receipt(
+            outlet,
+            &request.session_id,
+            &cable,
+            request.receipt.as_ref(),
+        )?;
         let session = request.session_id;
         let used = outlet
             .call(move |task| task.end_session(&session))

@@ -24,11 +24,9 @@ use crate::signer::RequestSigner;
 use anyhow::Context;
 use bitcoin::hex::DisplayHex;
 use bitcoin::Amount;
-use hw::clock::ScaledClock;
-use hw::load::LoadProfile;
-use hw::sim::SimOutlet;
-use hw::{PowerMw, Relay};
+use hw::cable::CableHardware;
 use proto::identity::session_hash;
+use proto::receipt::MeterCheck;
 use proto::units::PriceMsatPerWh;
 use proto::v1::socket_client::SocketClient;
 use proto::v1::{self, watch_status_response::Event, OutletState};
@@ -119,7 +117,17 @@ pub struct Cable {
     wallet: NodeWallet,
     chain: Chain,
     store: CableStore,
-    relay: Box<dyn Relay>,
+    /// The relay to the appliance and the cable's own meter.
+    hw: CableHardware,
+}
+
+/// The newest signed status of the session, with the cable's meter when it arrived: what the
+/// next receipt countersigns.
+struct Latest {
+    signed: v1::SignedStatus,
+    report: v1::StatusReport,
+    /// The cable's energy in the session then; `None` without a meter.
+    cable_mwh: Option<u64>,
 }
 
 struct Session {
@@ -138,6 +146,12 @@ struct Session {
     onchain_txs: Vec<PaymentReport>,
     /// Whether the session was resumed from the store after a restart.
     resumed: bool,
+    /// The socket's count against the cable's meter (socket.proto "Meter agreement").
+    meter: MeterCheck,
+    /// The cable's meter when the session started.
+    meter_base_mwh: u64,
+    /// What the next receipt countersigns.
+    latest: Option<Latest>,
 }
 
 impl Session {
@@ -154,6 +168,9 @@ impl Session {
             last_status_sequence: 0,
             onchain_txs: Vec::new(),
             resumed: false,
+            meter: MeterCheck::default(),
+            meter_base_mwh: 0,
+            latest: None,
         }
     }
 }
@@ -176,11 +193,7 @@ impl Cable {
         let wallet = NodeWallet::open(data_dir, &keys)?;
         let chain = Chain::connect(&config.chain, config.network)?;
         let store = CableStore::open(data_dir).context("opening the store")?;
-        // In simulation the appliance relay is a simulated one; on a Pi it would be a GpioRelay.
-        let appliance = SimOutlet::new(
-            LoadProfile::Constant(PowerMw(0)),
-            Arc::new(ScaledClock::real()),
-        );
+        let hw = CableHardware::open(&config.hw).context("the cable's hardware ([hw])")?;
         Ok(Cable {
             config,
             data_dir: data_dir.to_owned(),
@@ -191,7 +204,7 @@ impl Cable {
             wallet,
             chain,
             store,
-            relay: Box::new(appliance.relay()),
+            hw,
         })
     }
     async fn connect(&self) -> anyhow::Result<SocketClient<Channel>> {
@@ -246,6 +259,17 @@ impl Cable {
             .check_signed_offer(&signed, &self.config.outlet_id, &nonce, self.config.network)
             .map_err(|reason| CableError::RefusedSocket(format!("offer: {reason}")))?;
         let offer = accepted.offer.clone();
+        let socket_key = offer.socket_identity_key.to_lower_hex_string();
+        if let Some(reason) = self
+            .store
+            .meet_socket(&socket_key)
+            .context("reading the registry of sockets")?
+        {
+            return Err(CableError::RefusedSocket(format!(
+                "socket {socket_key} is flagged in the cable's registry: {reason} \
+                 (`cable-node sockets --allow {socket_key}` trusts it again)"
+            )));
+        }
         tracing::info!(
             price_msat_per_wh = offer.price_msat_per_wh,
             quota_mwh = offer.quota_mwh,
@@ -282,6 +306,7 @@ impl Cable {
         let plugged_at = Instant::now();
         tracing::info!("plugged in");
         let mut session = Session::new();
+        self.start_metering(&mut session);
         if let Some(txid) = channel_opened {
             session.onchain_txs.push(PaymentReport {
                 payment_id: 0,
@@ -292,7 +317,6 @@ impl Cable {
                 latency_ms: None,
             });
         }
-        let socket_key = offer.socket_identity_key.to_lower_hex_string();
         if let Some((id, paid)) = self
             .store
             .unfinished_session(&self.config.outlet_id, &socket_key)
@@ -391,9 +415,14 @@ impl Cable {
         let ended = if session.id.is_empty() {
             None
         } else {
+            let receipt = self.receipt(&session).unwrap_or_else(|e| {
+                tracing::warn!("the final receipt: {e}");
+                None
+            });
             let request = self.signer.sign(v1::EndSessionRequest {
                 session_id: session.id.clone(),
                 auth: None,
+                receipt,
             });
             match client.end_session(request).await {
                 Ok(reply) => Some(reply.into_inner().energy_used_mwh),
@@ -425,7 +454,8 @@ impl Cable {
         }
         // Unplug: open the appliance relay, drop the link.
         drop(stream);
-        let _ = self.relay.open();
+        let _ = self.hw.relay.open();
+        self.hw.set_mains(false);
         let outcome = match &result {
             Ok(outcome) => outcome.clone(),
             Err(e) => format!("failed: {e}"),
@@ -478,8 +508,91 @@ impl Cable {
             self.store
                 .record_status(&session.id, &report, signed)
                 .context("storing a signed status")?;
+            let cable_mwh = self.meter_now(session);
+            session.latest = Some(Latest {
+                signed: signed.clone(),
+                report: report.clone(),
+                cable_mwh,
+            });
+            if let Some(cable_mwh) = cable_mwh {
+                self.check_count(session, &report, cable_mwh, accepted)?;
+            }
         }
         Ok(Some(report))
+    }
+
+    /// A session starts: a fresh appliance (simulator), the meter's count from here.
+    fn start_metering(&mut self, session: &mut Session) {
+        self.hw.plug_in();
+        session.meter = MeterCheck::new(self.config.policy.meter_tolerance());
+        session.meter_base_mwh = 0;
+        session.meter_base_mwh = self.meter_now(session).unwrap_or(0);
+    }
+
+    /// The cable's energy in the session now; `None` without a meter, or when it fails (the
+    /// socket's count goes unchecked meanwhile, said in the log).
+    fn meter_now(&mut self, session: &Session) -> Option<u64> {
+        match self.hw.read()? {
+            Ok(reading) => Some(reading.energy.0.saturating_sub(session.meter_base_mwh)),
+            Err(e) => {
+                tracing::warn!("the cable's meter: {e}; the socket's count is not checked");
+                None
+            }
+        }
+    }
+
+    /// The cable's check of the socket's count against its own meter (seed 000 §VII.B;
+    /// socket.proto "Meter agreement"). A socket ahead beyond the tolerance is flagged in the
+    /// cable's registry of sockets, with the evidence, and is paid no more:
+    /// [`CableError::SocketOverCounts`].
+    fn check_count(
+        &mut self,
+        session: &mut Session,
+        report: &v1::StatusReport,
+        cable_mwh: u64,
+        accepted: &AcceptedOffer,
+    ) -> Result<(), CableError> {
+        let Err(disagreement) = session.meter.observe(report.energy_used_mwh, cable_mwh) else {
+            return Ok(());
+        };
+        let socket_key = accepted.offer.socket_identity_key.to_lower_hex_string();
+        let reason = format!("its count runs ahead of the cable's meter: {disagreement}");
+        let evidence = serde_json::json!({
+            "session_id": session.id,
+            "outlet_id": self.config.outlet_id,
+            "socket_energy_mwh": report.energy_used_mwh,
+            "cable_energy_mwh": cable_mwh,
+            "since_baseline": disagreement,
+            "status_sequence": report.sequence,
+        });
+        self.store
+            .flag_socket(&socket_key, &reason, &evidence)
+            .context("flagging the socket")?;
+        tracing::warn!(socket = %socket_key, %reason, "socket flagged: paying it no more");
+        Err(CableError::SocketOverCounts(disagreement.to_string()))
+    }
+
+    /// The receipt of the newest signed status of the session (socket.proto
+    /// `MeteringReceipt`), stored before it is sent; `None` before the session has one.
+    fn receipt(&self, session: &Session) -> anyhow::Result<Option<v1::MeteringReceipt>> {
+        let Some(latest) = &session.latest else {
+            return Ok(None);
+        };
+        let body = v1::ReceiptBody {
+            cable_identity_key: self.keys.identity_key().to_bytes(),
+            session_id: session.id.clone(),
+            socket_status: Some(latest.signed.clone()),
+            cable_metered: latest.cable_mwh.is_some(),
+            cable_energy_mwh: latest.cable_mwh.unwrap_or(0),
+            time_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        let receipt = proto::receipt::sign_receipt(&body, &self.keys.identity_secret());
+        self.store
+            .record_receipt(&session.id, &latest.report, &body, &receipt)
+            .context("storing a receipt")?;
+        Ok(Some(receipt))
     }
 
     /// React to a status: close the appliance relay once Paid, stop on Lockout, and decide
@@ -495,6 +608,9 @@ impl Cable {
         let Some(report) = self.check_status(status.signed.as_ref(), accepted, session)? else {
             return Ok(None);
         };
+        // Mains reaches the cable while the socket's relay is closed (the simulator's meter
+        // counts only then; real hardware simply measures).
+        self.hw.set_mains(status.relay_closed);
         let state = OutletState::try_from(report.state).unwrap_or(OutletState::Unspecified);
         let ours = !session.id.is_empty() && report.session_hash == session_hash(&session.id);
         tracing::debug!(
@@ -509,8 +625,8 @@ impl Cable {
             session.seen_in_status = true;
         }
         match state {
-            OutletState::Paid if !self.relay.is_closed() => {
-                self.relay.close().map_err(anyhow::Error::from)?;
+            OutletState::Paid if !self.hw.relay.is_closed() => {
+                self.hw.relay.close().map_err(anyhow::Error::from)?;
                 let elapsed = plugged_at.elapsed();
                 session.plug_in_to_paid.get_or_insert(elapsed);
                 tracing::info!(
@@ -519,7 +635,7 @@ impl Cable {
                 );
             }
             OutletState::Lockout => {
-                self.relay.open().map_err(anyhow::Error::from)?;
+                self.hw.relay.open().map_err(anyhow::Error::from)?;
                 return Err(CableError::SocketRefused(format!(
                     "locked out: {}",
                     status.reason
@@ -533,7 +649,7 @@ impl Cable {
         if status.power_mw > 0 {
             session.drew_power = true;
             session.idle_since = None;
-        } else if session.drew_power || self.relay.is_closed() {
+        } else if session.drew_power || self.hw.relay.is_closed() {
             // Idle after drawing power: done. Idle from the start, once paid: nothing to power.
             let since = *session.idle_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= idle {
@@ -567,6 +683,12 @@ impl Cable {
         session: &mut Session,
     ) -> Result<v1::PowerRequestResponse, CableError> {
         loop {
+            // The receipt of the quota being used up, for the socket to keep.
+            let receipt = if session.id.is_empty() {
+                None
+            } else {
+                self.receipt(session)?
+            };
             let request = self.signer.sign(v1::PowerRequestRequest {
                 outlet_id: self.config.outlet_id.clone(),
                 scheme: accepted.scheme as i32,
@@ -576,6 +698,7 @@ impl Cable {
                     _ => 0,
                 },
                 auth: None,
+                receipt,
             });
             match client.power_request(request).await {
                 Ok(reply) => return Ok(reply.into_inner()),

@@ -8,7 +8,8 @@
 //!
 //! One module per concern: [`sessions`], [`cables`] (what the socket knows of each cable
 //! identity), [`payments`] (terms and on-chain payments),
-//! [`single_fee`], [`spillman`], [`lightning`], [`audit`] (a hash chain), [`anomalies`], and [`report`]: what the owner
+//! [`single_fee`], [`spillman`], [`lightning`], [`audit`] (a hash chain), [`anomalies`], [`receipts`] (the cables'
+//! metering receipts), and [`report`]: what the owner
 //! reads (dashboard, metrics). The schema is versioned
 //! ([`MIGRATIONS`], SQLite's `user_version`): a data dir of an older version is upgraded in
 //! place when the store opens, and a newer one is refused.
@@ -19,6 +20,7 @@ mod cables;
 mod lightning;
 mod payments;
 mod payouts;
+mod receipts;
 mod report;
 mod sessions;
 mod single_fee;
@@ -36,6 +38,7 @@ use rusqlite_migration::{Migrations, M};
 pub use anomalies::AnomalyRow;
 pub use audit::{AuditAnchor, AuditBreak};
 pub use payouts::Payout;
+pub use receipts::ReceiptTaken;
 pub use report::{AuditRow, DeviceRow, DeviceStatus, OutletTotals, PaymentRow, SessionRow};
 pub use single_fee::StoredSet;
 pub use spillman::StoredChannel;
@@ -46,6 +49,7 @@ pub use status::{ChannelStatus, PaymentStatus, SetStatus};
 /// existed take it as is).
 pub const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
+    SCHEMA_V9,
 ];
 
 const SCHEMA_V1: &str = "
@@ -257,6 +261,23 @@ CREATE TABLE anomalies (
 ALTER TABLE cables ADD COLUMN flagged_reason TEXT;
 ALTER TABLE cables ADD COLUMN flagged_at_unix_ms INTEGER;
 ALTER TABLE cables ADD COLUMN anomalies INTEGER NOT NULL DEFAULT 0;
+";
+
+/// Version 9: metering receipts (socket.proto `MeteringReceipt`; design.md "Attestation"), as
+/// the cable signed them, one per status sequence of a session.
+const SCHEMA_V9: &str = "
+CREATE TABLE receipts (
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    socket_sequence INTEGER NOT NULL,
+    socket_energy_mwh INTEGER NOT NULL,
+    cable_metered INTEGER NOT NULL,
+    cable_energy_mwh INTEGER NOT NULL,
+    -- MeteringReceipt.body and .signature, the exact bytes received.
+    body BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    received_at_unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (session_id, socket_sequence)
+);
 ";
 
 /// Milliseconds since the Unix epoch.

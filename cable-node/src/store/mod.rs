@@ -14,7 +14,39 @@ use rusqlite::{params, Connection, OptionalExtension};
 /// `user_version` holds the version: an older data dir is upgraded in place when the store
 /// opens, a newer one is refused). Version 1 is the schema before versions existed; its
 /// `IF NOT EXISTS` lets such a data dir take it as is.
-pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+
+mod sockets;
+pub use sockets::{SocketRow, SocketStatus};
+
+/// Version 3 (design.md "Attestation"): the receipts the cable countersigned (socket.proto
+/// `MeteringReceipt`) and its registry of sockets, with the ones it caught over-counting.
+const SCHEMA_V3: &str = "
+CREATE TABLE receipts (
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    -- The sequence of the socket's status inside it.
+    socket_sequence INTEGER NOT NULL,
+    socket_energy_mwh INTEGER NOT NULL,
+    cable_energy_mwh INTEGER NOT NULL,
+    -- MeteringReceipt.body and .signature, as sent.
+    body BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    signed_at_unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (session_id, socket_sequence)
+);
+CREATE TABLE sockets (
+    -- The socket's identity key, 33-byte compressed, hex.
+    identity_key TEXT PRIMARY KEY,
+    first_seen_unix_ms INTEGER NOT NULL,
+    sessions INTEGER NOT NULL DEFAULT 0,
+    -- 'flagged': caught over-counting; refused until its owner allows it again.
+    status TEXT NOT NULL DEFAULT 'allowed' CHECK (status IN ('allowed', 'flagged')),
+    reason TEXT,
+    -- JSON: what the cable saw.
+    evidence TEXT,
+    since_unix_ms INTEGER
+);
+";
 
 /// Version 2: the socket's signed status reports of each session (design.md "Trust"), kept as
 /// received: proof of what the socket counted.
