@@ -252,7 +252,7 @@ pub struct SessionSummary {
 /// Check an exported session whole: every receipt's cable and socket signatures, that each is
 /// of this session, cable, socket and outlet; status sequences strictly increasing and both
 /// energies never decreasing; no receipt counting more payments than listed or more energy than
-/// the session's; the session's energy within what its payments bought; and the meter agreement
+/// the session's; no more paid than one quota beyond the energy delivered; and the meter agreement
 /// ([`MeterCheck`]). Errors: every problem found, each naming its receipt (from 1).
 pub fn verify_session(session: &SessionReceipts) -> Result<SessionSummary, Vec<String>> {
     let mut problems = Vec::new();
@@ -273,9 +273,12 @@ pub fn verify_session(session: &SessionReceipts) -> Result<SessionSummary, Vec<S
         }
     };
     let paid_mwh: u64 = session.payments.iter().map(|p| p.quota_mwh).sum();
-    if session.energy_used_mwh > paid_mwh {
+    // A cable pays one quota ahead of what it draws, never more (paper §III step 4). (Energy
+    // beyond what was paid is the socket's loss only: a meter tick past the quota's end.)
+    let largest_quota = session.payments.iter().map(|p| p.quota_mwh).max();
+    if paid_mwh > session.energy_used_mwh + largest_quota.unwrap_or(0) {
         problems.push(format!(
-            "the session used {} mWh but its payments bought {paid_mwh} mWh",
+            "the payments bought {paid_mwh} mWh, more than one quota beyond the {} mWh delivered",
             session.energy_used_mwh
         ));
     }
@@ -434,10 +437,10 @@ mod tests {
             let problems = verify_session(&altered).unwrap_err();
             assert!(problems[0].starts_with("receipt 2:"), "{problems:?}");
         }
-        // Energy beyond what was paid, and receipts out of order.
-        let mut over = session();
-        over.energy_used_mwh = 10_001;
-        assert!(verify_session(&over).is_err());
+        // Paid more than one quota ahead of the energy, and receipts out of order.
+        let mut ahead = session();
+        ahead.payments.push(ahead.payments[0].clone());
+        assert!(verify_session(&ahead).unwrap_err()[0].contains("more than one quota"));
         let mut swapped = session();
         swapped.receipts.swap(0, 1);
         assert!(verify_session(&swapped).unwrap_err()[0].contains("not newer"));
