@@ -269,7 +269,8 @@ pub struct SocketProcess {
     pub env: Vec<(String, String)>,
     /// Its data dir.
     pub data_dir: PathBuf,
-    config: PathBuf,
+    /// Its config file.
+    pub config: PathBuf,
     port: u16,
     log: PathBuf,
 }

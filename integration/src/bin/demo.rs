@@ -3,7 +3,10 @@
 //! quota, the two as separate processes talking gRPC over TCP on 127.0.0.1; once with one
 //! transaction per quota (`onchain`, §V), with the paper's single-fee protocol (§VI), over a
 //! seed-003 payment channel (`spillman`), and over Lightning (twice: the channel is reused),
-//! then all side by side.
+//! then all side by side. The cable meters the toaster too and countersigns a receipt per
+//! quota; each session's receipts are exported and verified, and the socket's audit log is
+//! anchored on the chain (design.md "Attestation"). `--misbehave` runs one session with a
+//! device that cheats or is broken, and shows what each side flagged.
 
 use std::io::Write;
 use std::path::Path;
@@ -48,7 +51,27 @@ struct Args {
     /// Mine a block every this many real seconds while a session runs.
     #[arg(long, default_value_t = 2.0)]
     block_interval_secs: f64,
+    /// Run one session (`--scheme`, onchain for `all`) with a misbehaving device and show what
+    /// was flagged.
+    #[arg(long, value_enum)]
+    misbehave: Option<Misbehave>,
 }
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Misbehave {
+    /// The socket's meter counts 10 % high: the cable stops paying and flags the socket.
+    SocketOverCounts,
+    /// The cable's meter reads 15 % low (and its own check is loosened to 50 % so that it pays
+    /// on): the socket finds it in the receipts and flags the cable.
+    CableUnderReports,
+    /// The toaster (1300 W) on an outlet rated 1000 W: the socket halts the session and flags
+    /// the cable.
+    OverPower,
+}
+
+/// At time x20, 20 ms of delay on the link is 0.4 s of toasting: the meters may disagree by
+/// 1 Wh (and 5 %) here, where a real device keeps the default 300 mWh.
+const DEMO_METER_TOLERANCE_MWH: u64 = 1_000;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum SchemeArg {
@@ -132,20 +155,36 @@ fn main() -> anyhow::Result<()> {
         time_scale: args.time_scale,
         load_toml: load_toml(&args.load)?,
         single_fee_max_sat: args.single_fee_max_sat,
+        // The audit log's head goes on chain every 10 s, once the socket has earned coins.
+        top_toml: format!(
+            "anchor_interval_secs = 10\nmeter_tolerance_mwh = {DEMO_METER_TOLERANCE_MWH}"
+        ),
+        hw_toml: match args.misbehave {
+            Some(Misbehave::SocketOverCounts) => "meter_error_percent = 10".into(),
+            _ => String::new(),
+        },
+        outlet_toml: match args.misbehave {
+            Some(Misbehave::OverPower) => "max_power_w = 1000".into(),
+            _ => String::new(),
+        },
         ..SocketSetup::default()
     };
-    let schemes: &[&'static str] = match args.scheme {
-        SchemeArg::Onchain => &["onchain"],
-        SchemeArg::SingleFee => &["single-fee"],
-        SchemeArg::Spillman => &["spillman"],
-        SchemeArg::Lightning => &["lightning", "lightning again"],
-        SchemeArg::All => &[
-            "onchain",
-            "single-fee",
-            "spillman",
-            "lightning",
-            "lightning again",
-        ],
+    let schemes: &[&'static str] = match (args.misbehave, args.scheme) {
+        (Some(_), SchemeArg::All) => &["onchain"],
+        (Some(_), SchemeArg::Lightning) => &["lightning"],
+        (_, scheme) => match scheme {
+            SchemeArg::Onchain => &["onchain"],
+            SchemeArg::SingleFee => &["single-fee"],
+            SchemeArg::Spillman => &["spillman"],
+            SchemeArg::Lightning => &["lightning", "lightning again"],
+            SchemeArg::All => &[
+                "onchain",
+                "single-fee",
+                "spillman",
+                "lightning",
+                "lightning again",
+            ],
+        },
     };
     let setup = SocketSetup {
         lightning: schemes.iter().any(|s| s.starts_with("lightning")),
@@ -168,6 +207,9 @@ fn main() -> anyhow::Result<()> {
     // The owner's view of the same socket while the demo runs (read-only token).
     if let Ok(token) = std::fs::read_to_string(socket.data_dir.join("readonly.token")) {
         println!("its dashboard: {}/#token={}", socket.http, token.trim());
+    }
+    if let Some(misbehave) = args.misbehave {
+        return misbehaving_session(&args, misbehave, &bitcoind, &socket, dir.path(), schemes[0]);
     }
     let mut summaries = Vec::new();
     let mut lightning_cable = None;
@@ -204,7 +246,167 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
+    println!();
+    show_audit(&socket)
+}
+
+/// The cable's `[hw]`: a meter of the same appliance at the same time scale, off by
+/// `meter_error_percent`.
+fn cable_hw(args: &Args, meter_error_percent: i32) -> anyhow::Result<String> {
+    Ok(format!(
+        "kind = \"sim\"\ntime_scale = {:?}\nmeter_error_percent = {meter_error_percent}\n\
+         load = {{ {} }}",
+        args.time_scale,
+        load_toml(&args.load)?.replace('\n', ", ")
+    ))
+}
+
+/// Run `socket-node` with `args`; its stdout, or an error with its stderr.
+fn socket_node(args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(integration::binary("socket-node")?)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "socket-node {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Export the session's receipts from the socket and verify them, as a third party would.
+fn show_receipts(socket: &SocketProcess, session_id: &str, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let file = dir.join("receipts.json");
+    let (data_dir, file_arg) = (socket.data_dir.to_string_lossy(), file.to_string_lossy());
+    socket_node(&[
+        "receipts",
+        session_id,
+        "--data-dir",
+        &data_dir,
+        "--out",
+        &file_arg,
+    ])?;
+    let record: Value = serde_json::from_str(&std::fs::read_to_string(&file)?)?;
+    println!(
+        "receipts: the cable countersigned {} of the socket's readings ({})",
+        record["receipts"].as_array().map_or(0, Vec::len),
+        file.display()
+    );
+    match socket_node(&["verify-receipts", &file_arg]) {
+        Ok(said) => print!("  verify-receipts: {said}"),
+        Err(e) => println!("  verify-receipts: {e}"),
+    }
     Ok(())
+}
+
+/// The socket's audit log checked, and its latest anchor on chain.
+fn show_audit(socket: &SocketProcess) -> anyhow::Result<()> {
+    let verified: Value = serde_json::from_str(&socket_node(&[
+        "audit",
+        "verify",
+        "--config",
+        &socket.config.to_string_lossy(),
+        "--data-dir",
+        &socket.data_dir.to_string_lossy(),
+        "--json",
+    ])?)?;
+    let rows = match verified["rows"].as_u64() {
+        Some(rows) => format!("{rows} rows, the hash chain holds"),
+        None => format!("broken at {}", verified["broken"]),
+    };
+    match verified["anchors"].as_array().and_then(|a| a.last()) {
+        Some(anchor) => println!(
+            "audit log: {rows}; latest anchor {} (OP_RETURN of row {}, {} confirmations)",
+            anchor["txid"].as_str().unwrap_or("?"),
+            anchor["seq"],
+            anchor["confirmations"]
+        ),
+        None => println!(
+            "audit log: {rows}; no anchor yet (the socket anchors every 10 s once it has coins)"
+        ),
+    }
+    Ok(())
+}
+
+/// One session with a misbehaving device: what each side saw and flagged.
+fn misbehaving_session(
+    args: &Args,
+    misbehave: Misbehave,
+    bitcoind: &Regtest,
+    socket: &SocketProcess,
+    dir: &Path,
+    scheme: &str,
+) -> anyhow::Result<()> {
+    let (meter_error_percent, policy_toml, what) = match misbehave {
+        Misbehave::SocketOverCounts => (0, "", "the socket's meter counts 10 % high"),
+        Misbehave::CableUnderReports => (
+            -15,
+            "meter_tolerance_percent = 50",
+            "the cable's meter reads 15 % low",
+        ),
+        Misbehave::OverPower => (0, "", "a 1300 W toaster on an outlet rated 1000 W"),
+    };
+    let cable = CableFiles::create(
+        bitcoind,
+        &dir.join("misbehaving"),
+        &socket.endpoint,
+        &CableSetup {
+            schemes: vec![scheme.into()],
+            max_session_sat: CableSetup::default()
+                .max_session_sat
+                .min(args.cable_funds_sat / 2),
+            hw_toml: cable_hw(args, meter_error_percent)?,
+            policy_toml: format!("meter_tolerance_mwh = {DEMO_METER_TOLERANCE_MWH}\n{policy_toml}"),
+            ..CableSetup::default()
+        },
+        Amount::from_sat(args.cable_funds_sat),
+    )?;
+    if scheme == "lightning" {
+        cable.fund_lightning(bitcoind, Amount::from_sat(300_000))?;
+    }
+    println!("\n== {scheme} with a misbehaving device: {what}");
+    let miner = Miner::start(
+        bitcoind,
+        Duration::from_secs_f64(args.block_interval_secs.max(0.1)),
+    );
+    let exit = cable.run(Duration::from_secs(300))?;
+    drop(miner);
+    let log = String::from_utf8_lossy(&exit.stderr);
+    match log.lines().rev().find(|l| l.starts_with("error:")) {
+        Some(error) => println!("the cable stopped: {}", error.trim_start_matches("error: ")),
+        None => println!("the cable's session ended ({})", exit.status),
+    }
+    println!("\nthe socket's devices (socket-node devices):");
+    print!("{}", socket.operator_cli("devices", &[])?);
+    println!("\nthe cable's registry of sockets (cable-node sockets):");
+    print!("{}", cable.cli(&["sockets"])?);
+    let db = rusqlite::Connection::open(socket.data_dir.join("socket.sqlite"))?;
+    let session: Option<String> = db
+        .query_row(
+            "SELECT id FROM sessions ORDER BY started_at_unix_ms DESC",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    let mut statement = db.prepare("SELECT rule, action, evidence FROM anomalies")?;
+    let anomalies = statement.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    for anomaly in anomalies {
+        let (rule, action, evidence) = anomaly?;
+        println!("\nthe socket's anomaly {rule} ({action}), evidence: {evidence}");
+    }
+    println!();
+    if let Some(session) = session {
+        show_receipts(socket, &session, dir)?;
+    }
+    show_audit(socket)
 }
 
 /// Fund a cable for `scheme`, plug it in, show the live line, then the table of what went on
@@ -238,6 +440,8 @@ fn session(
                     max_session_sat: CableSetup::default()
                         .max_session_sat
                         .min(args.cable_funds_sat / 2),
+                    hw_toml: cable_hw(args, 0)?,
+                    policy_toml: format!("meter_tolerance_mwh = {DEMO_METER_TOLERANCE_MWH}"),
                     ..CableSetup::default()
                 },
                 Amount::from_sat(args.cable_funds_sat),
@@ -380,6 +584,9 @@ fn session(
             .map(|l| format!("; payment latency p50 / p90: {l}"))
             .unwrap_or_default()
     );
+    if let Some(session_id) = report["session_id"].as_str() {
+        show_receipts(socket, session_id, dir)?;
+    }
     if scheme == "lightning" {
         *lightning_cable = Some(cable);
     }
