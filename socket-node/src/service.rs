@@ -80,7 +80,7 @@ impl SocketService {
     /// Check and keep the cable's metering receipt of `session_id` (socket.proto
     /// `MeteringReceipt`) before the request it came with acts. A receipt whose cable meter
     /// falls behind the socket's count beyond the tolerance is the anomaly
-    /// `meter-disagreement`: stored with its evidence, the cable flagged; the session goes on
+    /// `meter-disagreement` (once per session): stored with its evidence, the cable flagged; the session goes on
     /// (the cable decides whether to pay on). Errors: `INVALID_ARGUMENT` for a receipt that
     /// does not check or is older than the last one (nothing kept).
     fn take_receipt(
@@ -132,7 +132,10 @@ impl SocketService {
             .iter()
             .map(|&(socket, cable)| check.observe(socket, cable))
             .last();
-        if let Some(Err(disagreement)) = newest {
+        let first = !store
+            .has_anomaly(session_id, "meter-disagreement")
+            .map_err(SocketError::internal)?;
+        if let (Some(Err(disagreement)), true) = (newest, first) {
             let reason = format!("anomaly: the cable's meter disagrees: {disagreement}");
             let evidence = serde_json::json!({
                 "socket_energy_mwh": checked.report.energy_used_mwh,

@@ -400,6 +400,11 @@ fn misbehaving_session(
     })?;
     for anomaly in anomalies {
         let (rule, action, evidence) = anomaly?;
+        let mut evidence: Value = serde_json::from_str(&evidence)?;
+        if let Some(fields) = evidence.as_object_mut() {
+            // The whole receipt is kept as evidence; its hex is too long to show here.
+            fields.remove("receipt_body_hex");
+        }
         println!("\nthe socket's anomaly {rule} ({action}), evidence: {evidence}");
     }
     println!();

@@ -30,6 +30,16 @@ pub struct AnomalyRow {
 }
 
 impl Store {
+    /// Whether `rule` already found an anomaly in `session_id` (a rule is recorded once per
+    /// session: its first evidence is the one that counts).
+    pub fn has_anomaly(&self, session_id: &str, rule: &str) -> Result<bool> {
+        self.db.query_row(
+            "SELECT EXISTS (SELECT 1 FROM anomalies WHERE session_id = ?1 AND rule = ?2)",
+            params![session_id, rule],
+            |r| r.get(0),
+        )
+    }
+
     /// Record an anomaly of `session_id` on `outlet_id`, flag its cable with `reason`, and
     /// write the audit row `anomaly`. Returns the cable key (hex), if the session has one.
     pub fn record_anomaly(
