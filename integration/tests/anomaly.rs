@@ -82,3 +82,97 @@ fn a_cable_drawing_above_the_outlet_rating_is_halted_and_flagged_with_evidence()
         .unwrap();
     assert_eq!(audit, 1);
 }
+
+#[test]
+fn a_cable_beyond_its_declared_profile_is_halted_first_by_energy_then_by_power() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A 900 W appliance on an outlet with no rating; time at 20x.
+    let setup = SocketSetup {
+        load_toml: "kind = \"constant\"\npower_w = 900.0".into(),
+        lockout_secs: 20,
+        ..SocketSetup::default()
+    };
+    let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
+    let cable = CableFiles::create(
+        &bitcoind,
+        &dir.path().join("cable"),
+        &socket.endpoint,
+        &CableSetup::default(),
+        Amount::from_sat(50_000),
+    )
+    .unwrap();
+    let key = wallet::keys::NodeKeys::load_or_create(&cable.data_dir, bitcoin::Network::Regtest)
+        .unwrap()
+        .identity_key()
+        .to_string();
+    let profile = |args: &[&str]| {
+        let out = std::process::Command::new(integration::binary("socket-node").unwrap())
+            .args([
+                "profile",
+                &key,
+                "--data-dir",
+                socket.data_dir.to_str().unwrap(),
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+
+    // Declared: at most 10 Wh a session. The second quota (8 Wh each) runs past it.
+    profile(&["--max-power-w", "1000", "--max-energy-per-session-wh", "10"]);
+    let out = cable.run(Duration::from_secs(120)).unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        log.contains("above the cable's profile of 10 Wh"),
+        "the cable did not hear why its session was halted:\n{log}"
+    );
+
+    // Declared: at most 500 W. Its 900 W is halted after a second of the outlet's clock.
+    profile(&["--max-power-w", "500"]);
+    let out = cable.run(Duration::from_secs(120)).unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        log.contains("above the cable's profile of 500 W"),
+        "the cable did not hear why its session was halted:\n{log}"
+    );
+
+    let db = rusqlite::Connection::open(socket.data_dir.join("socket.sqlite")).unwrap();
+    let mut statement = db
+        .prepare("SELECT rule, action, evidence FROM anomalies ORDER BY id")
+        .unwrap();
+    let anomalies: Vec<(String, String, Value)> = statement
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                serde_json::from_str(&r.get::<_, String>(2)?).unwrap(),
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(anomalies.len(), 2, "{anomalies:?}");
+    assert_eq!(
+        (anomalies[0].0.as_str(), anomalies[0].1.as_str()),
+        ("energy-above-profile", "halt")
+    );
+    let used = anomalies[0].2["session_energy_used_mwh"].as_u64().unwrap();
+    assert!((10_001..11_000).contains(&used), "{used} mWh");
+    assert_eq!(
+        (anomalies[1].0.as_str(), anomalies[1].1.as_str()),
+        ("power-above-profile", "halt")
+    );
+    assert_eq!(anomalies[1].2["max_power_mw"], 500_000);
+    // Both sessions ended in lockout; the profile changes are in the audit log.
+    let (lockouts, profiles): (i64, i64) = db
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM sessions WHERE end_reason LIKE 'lockout: anomaly%'),
+                    (SELECT COUNT(*) FROM audit WHERE event = 'profile')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((lockouts, profiles), (2, 2));
+}

@@ -555,6 +555,10 @@ mod tests {
                 role: "cable".into(),
                 status: "revoked".into(),
                 reason: "stolen".into(),
+                profile: Some(v1::DeviceProfile {
+                    max_power_w: 1_300,
+                    max_energy_per_session_wh: 40,
+                }),
             }],
         }
         .encode_to_vec();

@@ -25,6 +25,36 @@ pub enum EntryStatus {
     Revoked,
     /// Noted; still served.
     Flagged,
+    /// Served; the entry declares its profile only.
+    Allowed,
+}
+
+/// A device's declared behaviour (operator.proto `DeviceProfile`); `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// The most power its appliance draws, W.
+    pub max_power_w: Option<u64>,
+    /// The most energy one of its sessions uses, Wh.
+    pub max_energy_per_session_wh: Option<u64>,
+}
+
+impl Profile {
+    /// The profile of a `DeviceProfile` (0 meaning no limit).
+    pub fn of(profile: &v1::DeviceProfile) -> Self {
+        Profile {
+            max_power_w: (profile.max_power_w > 0).then_some(profile.max_power_w),
+            max_energy_per_session_wh: (profile.max_energy_per_session_wh > 0)
+                .then_some(profile.max_energy_per_session_wh),
+        }
+    }
+
+    /// As a `DeviceProfile`.
+    pub fn to_proto(self) -> v1::DeviceProfile {
+        v1::DeviceProfile {
+            max_power_w: self.max_power_w.unwrap_or(0),
+            max_energy_per_session_wh: self.max_energy_per_session_wh.unwrap_or(0),
+        }
+    }
 }
 
 /// A checked entry.
@@ -32,10 +62,12 @@ pub enum EntryStatus {
 pub struct Entry {
     /// The device's identity key.
     pub identity_key: PublicKey,
-    /// Revoked or flagged.
+    /// Revoked, flagged or allowed.
     pub status: EntryStatus,
     /// Why.
     pub reason: String,
+    /// Its declared profile, if the entry has one.
+    pub profile: Option<Profile>,
 }
 
 /// The operator's signed registry of `body` (whose `operator_key` must be the public key of
@@ -54,7 +86,7 @@ pub fn sign_registry(body: &v1::RegistryBody, operator_secret: &SecretKey) -> v1
 
 /// Check a signed registry whole: its body decodes, its operator key is one of `trusted`, the
 /// signature verifies, and every entry is a cable key with status `revoked` or `flagged` and a
-/// reason of 1 to 500 bytes. Returns the operator key and the entries.
+/// reason of 1 to 500 bytes, or `allowed` with a profile and a reason of at most 500 bytes. Returns the operator key and the entries.
 ///
 /// Errors: [`IdentityError`] naming the first check that fails; nothing of the registry is
 /// to be used then.
@@ -87,14 +119,21 @@ pub fn verify_registry(
             let status = match entry.status.as_str() {
                 "revoked" => EntryStatus::Revoked,
                 "flagged" => EntryStatus::Flagged,
+                "allowed" if entry.profile.is_some() => EntryStatus::Allowed,
                 other => {
                     return Err(IdentityError::Decode {
                         what: "registry entry",
-                        reason: format!("status {other:?} is not revoked or flagged"),
+                        reason: format!(
+                            "status {other:?} is not revoked, flagged, or allowed with a profile"
+                        ),
                     })
                 }
             };
-            if entry.role != "cable" || entry.reason.is_empty() || entry.reason.len() > 500 {
+            let reason_ok = match status {
+                EntryStatus::Allowed => entry.reason.len() <= 500,
+                _ => !entry.reason.is_empty() && entry.reason.len() <= 500,
+            };
+            if entry.role != "cable" || !reason_ok {
                 return Err(IdentityError::Decode {
                     what: "registry entry",
                     reason: format!(
@@ -106,6 +145,7 @@ pub fn verify_registry(
                 identity_key,
                 status,
                 reason: entry.reason.clone(),
+                profile: entry.profile.as_ref().map(Profile::of),
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -157,6 +197,7 @@ mod tests {
                 role: "cable".into(),
                 status: "revoked".into(),
                 reason: "stolen".into(),
+                profile: None,
             }],
         };
         (sign_registry(&body, &operator_secret), operator)

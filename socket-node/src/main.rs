@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use bitcoin::hex::DisplayHex;
 use clap::{Parser, Subcommand};
+use proto::registry::{EntryStatus, Profile};
 use proto::v1::operator_client::OperatorClient;
 use proto::v1::operator_server::OperatorServer;
 use proto::v1::socket_client::SocketClient;
@@ -134,6 +135,24 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Declare what a cable's appliance is expected to draw (its device profile, seed 004 §4):
+    /// every session of it is checked on each meter tick; beyond it, the session is halted and
+    /// the cable flagged. `registry export` signs profiles with the rest for other sockets.
+    /// Without a declared energy limit, one is learned from the cable's past sessions. Takes
+    /// effect at the cable's next session.
+    Profile {
+        /// The cable's identity key (33 bytes, hex, as `devices` prints it).
+        key: String,
+        /// The most power its appliance draws, W (omit: no limit).
+        #[arg(long)]
+        max_power_w: Option<u64>,
+        /// The most energy one of its sessions uses, Wh (omit: learned).
+        #[arg(long)]
+        max_energy_per_session_wh: Option<u64>,
+        /// The socket's data dir.
+        #[arg(long, default_value = "socket-data")]
+        data_dir: PathBuf,
+    },
     /// Export one session's metering record as JSON: the cable's countersigned receipts
     /// (socket.proto `MeteringReceipt`), the payments credited and the energy counted.
     /// `verify-receipts` checks it.
@@ -239,17 +258,24 @@ fn registry_export(
     let entries = store
         .registry_entries()?
         .into_iter()
-        .map(|(key_hex, revoked, reason)| {
-            let key: bitcoin::secp256k1::PublicKey = key_hex.parse()?;
-            let reason = reason
+        .map(|row| {
+            let key: bitcoin::secp256k1::PublicKey = row.key_hex.parse()?;
+            let reason = row
+                .reason
                 .strip_prefix("revoked by the operator: ")
-                .unwrap_or(&reason)
+                .unwrap_or(&row.reason)
                 .to_owned();
             Ok(proto::v1::RegistryEntry {
                 identity_key: key.serialize().to_vec(),
                 role: "cable".into(),
-                status: if revoked { "revoked" } else { "flagged" }.into(),
+                status: match row.status {
+                    EntryStatus::Revoked => "revoked",
+                    EntryStatus::Flagged => "flagged",
+                    EntryStatus::Allowed => "allowed",
+                }
+                .into(),
                 reason,
+                profile: row.profile.map(Profile::to_proto),
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -373,6 +399,31 @@ fn keys_of(data_dir: &std::path::Path) -> anyhow::Result<wallet::keys::NodeKeys>
         data_dir,
         bitcoin::Network::Bitcoin,
     )?)
+}
+
+fn set_profile(key: &str, profile: Profile, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let key: bitcoin::secp256k1::PublicKey = key
+        .parse()
+        .with_context(|| format!("{key:?} is not an identity key"))?;
+    anyhow::ensure!(
+        data_dir.join("socket.sqlite").exists(),
+        "{} holds no socket store (--data-dir)",
+        data_dir.display()
+    );
+    let store = socket_node::store::Store::open(data_dir)
+        .with_context(|| format!("opening the store of {}", data_dir.display()))?;
+    store.set_profile(&key.to_string(), profile, "the owner")?;
+    let limit =
+        |v: Option<u64>, unit: &str| v.map_or("no limit".to_owned(), |v| format!("{v} {unit}"));
+    println!(
+        "cable {key}: max power {}, max energy per session {}",
+        limit(profile.max_power_w, "W"),
+        limit(
+            profile.max_energy_per_session_wh,
+            "Wh (learned from its sessions)"
+        )
+    );
+    Ok(())
 }
 
 fn export_receipts(
@@ -874,6 +925,19 @@ async fn main() -> ExitCode {
                 },
         } => audit_verify(&config, &data_dir, json),
         Command::Identity { data_dir } => identity(&data_dir),
+        Command::Profile {
+            key,
+            max_power_w,
+            max_energy_per_session_wh,
+            data_dir,
+        } => set_profile(
+            &key,
+            Profile {
+                max_power_w: max_power_w.filter(|&w| w > 0),
+                max_energy_per_session_wh: max_energy_per_session_wh.filter(|&w| w > 0),
+            },
+            &data_dir,
+        ),
         Command::Receipts {
             session,
             data_dir,

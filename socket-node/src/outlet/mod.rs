@@ -2,6 +2,8 @@
 //!
 //! - [`machine`]: the pure state machine, `Standby` / `Paid` / `Lockout` (paper §III).
 //! - [`hardware`]: its relay, meter, plug sensor and clock.
+//! - [`rules`]: the verification interface of seed 004 on every meter tick: power and energy
+//!   against the outlet's rating and the cable's profile.
 //! - [`OutletHandle`]: how the rest of the node talks to it. One tokio task per outlet owns
 //!   the state machine, the hardware, the timers and the single-fee set in progress; every
 //!   other task sends it commands ([`OutletHandle::call`]) and never holds its state across I/O.
@@ -10,6 +12,7 @@
 
 pub(crate) mod hardware;
 pub mod machine;
+pub(crate) mod rules;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,7 +27,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::OutletConfig;
 use crate::shared::{Settle, Shared};
-use crate::store::{unix_ms, CableAuth, Payout};
+use crate::store::{unix_ms, CableAuth, Payout, SessionProfile};
 use hardware::Hardware;
 pub use machine::{Event, Outlet, OutletParams};
 use proto::Scheme;
@@ -36,10 +39,6 @@ const STATUS_EVERY_TICKS: u32 = 5;
 /// How often the energy of a session is noted for saving (and a held set checked for its age),
 /// in ticks.
 const SAVE_EVERY_TICKS: u32 = 10;
-
-/// How long (outlet clock) a session may draw above the outlet's `max_power_w` before it is an
-/// anomaly: longer than an appliance's inrush.
-const OVER_POWER_MS: u64 = 1_000;
 
 /// The single-fee input set the outlet's session is paying into (paper §VI), owned by the
 /// outlet's task.
@@ -157,8 +156,10 @@ pub(crate) struct OutletTask {
     /// one before).
     pub(crate) paying: bool,
     link_lost_at: Option<Instant>,
-    /// Since when (outlet clock, ms) the session draws above `max_power_w`.
+    /// Since when (outlet clock, ms) the session draws above its power limit.
     over_power_since_ms: Option<u64>,
+    /// The profile of the session in progress, read from the store once per session.
+    profile: Option<(String, SessionProfile)>,
     ticks: u32,
     /// The sequence of the last signed status (`StatusReport.sequence`).
     status_sequence: u64,
@@ -230,6 +231,7 @@ impl OutletHandle {
             paying: false,
             link_lost_at: Some(Instant::now()),
             over_power_since_ms: None,
+            profile: None,
             ticks: 0,
             status_sequence: 0,
             shared,
@@ -426,7 +428,7 @@ impl OutletTask {
         // State changes are announced as they are applied; watchers also get a status now
         // and then while nothing changes.
         self.apply(events);
-        self.check_power(now);
+        self.check_rules(now);
         if self.ticks.is_multiple_of(STATUS_EVERY_TICKS) && self.watchers.load(Ordering::SeqCst) > 0
         {
             let status = self.status();
@@ -434,58 +436,6 @@ impl OutletTask {
                 event: Some(v1::watch_status_response::Event::Status(status)),
             });
         }
-    }
-
-    /// The rule `power-above-rating` (design.md "Attestation"; seed 004 §4): a session drawing
-    /// more than the outlet's `max_power_w` for [`OVER_POWER_MS`] is halted (lockout), its
-    /// cable flagged, the evidence stored first.
-    fn check_power(&mut self, now: u64) {
-        let Some(max_w) = self.config.max_power_w else {
-            return;
-        };
-        let power = self.power();
-        let session = self.machine.session().map(|s| (s.id.clone(), s.used));
-        let Some((session_id, used)) = session.filter(|_| power.0 > max_w.saturating_mul(1_000))
-        else {
-            self.over_power_since_ms = None;
-            return;
-        };
-        let since = *self.over_power_since_ms.get_or_insert(now);
-        if now.saturating_sub(since) < OVER_POWER_MS {
-            return;
-        }
-        self.over_power_since_ms = None;
-        let reason = format!(
-            "anomaly: {:.1} W drawn for {} ms, above the outlet's rating of {max_w} W",
-            power.0 as f64 / 1_000.0,
-            now - since
-        );
-        let evidence = serde_json::json!({
-            "power_mw": power.0,
-            "max_power_mw": max_w.saturating_mul(1_000),
-            "above_since_outlet_ms": since,
-            "outlet_ms": now,
-            "meter_energy_mwh": self.last_reading.energy.0,
-            "session_energy_used_mwh": used.0,
-            "time_unix_ms": unix_ms(),
-        });
-        let recorded = self.shared.store().record_anomaly(
-            &self.config.id,
-            Some(&session_id),
-            "power-above-rating",
-            "halt",
-            &evidence,
-            &reason,
-        );
-        match recorded {
-            Ok(cable) => {
-                tracing::warn!(outlet = %self.config.id, session = %session_id, cable = cable.as_deref().unwrap_or(""), %reason, "anomaly: session halted, cable flagged")
-            }
-            // Halted all the same: the relay opens before anything else.
-            Err(e) => tracing::error!(outlet = %self.config.id, "anomaly not stored: {e}; halting"),
-        }
-        let events = self.machine.lock_out(&reason, now);
-        self.apply(events);
     }
 
     fn plugged(&mut self) -> bool {

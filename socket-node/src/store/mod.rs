@@ -8,7 +8,8 @@
 //!
 //! One module per concern: [`sessions`], [`cables`] (what the socket knows of each cable
 //! identity), [`payments`] (terms and on-chain payments),
-//! [`single_fee`], [`spillman`], [`lightning`], [`audit`] (a hash chain), [`anomalies`], [`receipts`] (the cables'
+//! [`single_fee`], [`spillman`], [`lightning`], [`audit`] (a hash chain), [`anomalies`], [`profiles`] (what each device is
+//! expected to do), [`receipts`] (the cables'
 //! metering receipts), and [`report`]: what the owner
 //! reads (dashboard, metrics). The schema is versioned
 //! ([`MIGRATIONS`], SQLite's `user_version`): a data dir of an older version is upgraded in
@@ -20,6 +21,7 @@ mod cables;
 mod lightning;
 mod payments;
 mod payouts;
+mod profiles;
 mod receipts;
 mod report;
 mod sessions;
@@ -38,8 +40,11 @@ use rusqlite_migration::{Migrations, M};
 pub use anomalies::AnomalyRow;
 pub use audit::{AuditAnchor, AuditBreak};
 pub use payouts::Payout;
+pub use profiles::SessionProfile;
 pub use receipts::ReceiptTaken;
-pub use report::{AuditRow, DeviceRow, DeviceStatus, OutletTotals, PaymentRow, SessionRow};
+pub use report::{
+    AuditRow, DeviceRow, DeviceStatus, OutletTotals, PaymentRow, RegistryRow, SessionRow,
+};
 pub use single_fee::StoredSet;
 pub use spillman::StoredChannel;
 pub use status::{ChannelStatus, PaymentStatus, SetStatus};
@@ -49,7 +54,7 @@ pub use status::{ChannelStatus, PaymentStatus, SetStatus};
 /// existed take it as is).
 pub const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
-    SCHEMA_V9,
+    SCHEMA_V9, SCHEMA_V10,
 ];
 
 const SCHEMA_V1: &str = "
@@ -278,6 +283,13 @@ CREATE TABLE receipts (
     received_at_unix_ms INTEGER NOT NULL,
     PRIMARY KEY (session_id, socket_sequence)
 );
+";
+
+/// Version 10: device profiles (design.md "Attestation"; operator.proto `DeviceProfile`), as
+/// an operator's registry or the owner declared them.
+const SCHEMA_V10: &str = "
+ALTER TABLE cables ADD COLUMN profile_max_power_w INTEGER;
+ALTER TABLE cables ADD COLUMN profile_max_energy_per_session_wh INTEGER;
 ";
 
 /// Milliseconds since the Unix epoch.

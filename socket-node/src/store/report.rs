@@ -6,6 +6,7 @@
 //! that did not fail and were not lost, and Lightning payments received; energy sold is the
 //! energy the sessions used (the meter), which a session's payments cover up to its quota.
 
+use proto::registry::EntryStatus;
 use rusqlite::params;
 use serde::Serialize;
 
@@ -90,6 +91,19 @@ pub struct PaymentRow {
     pub status: String,
     /// When it was credited, Unix ms.
     pub at_unix_ms: i64,
+}
+
+/// A device as `registry export` signs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryRow {
+    /// Its identity key, hex.
+    pub key_hex: String,
+    /// Revoked, flagged, or allowed (with a profile).
+    pub status: proto::registry::EntryStatus,
+    /// Why revoked or flagged.
+    pub reason: String,
+    /// Its declared profile.
+    pub profile: Option<proto::registry::Profile>,
 }
 
 /// Whether a cable identity may open sessions.
@@ -336,17 +350,25 @@ impl Store {
         operator: &bitcoin::secp256k1::PublicKey,
         entries: &[proto::registry::Entry],
     ) -> Result<Vec<(String, String)>> {
-        use proto::registry::EntryStatus;
         let tx = self.db.unchecked_transaction()?;
         let mut open = Vec::new();
         for entry in entries {
             let key_hex = entry.identity_key.to_string();
+            if let Some(profile) = entry.profile {
+                super::profiles::set_profile_in(
+                    &tx,
+                    &key_hex,
+                    profile,
+                    &format!("operator {operator}"),
+                )?;
+            }
             match entry.status {
                 EntryStatus::Revoked => open.extend(revoke_in(
                     &tx,
                     &key_hex,
                     &format!("revoked by operator {operator}: {}", entry.reason),
                 )?),
+                EntryStatus::Allowed => {}
                 EntryStatus::Flagged => {
                     super::cables::ensure_cable(&tx, &key_hex)?;
                     tx.execute(
@@ -372,17 +394,31 @@ impl Store {
         Ok(open)
     }
 
-    /// The cable identities revoked or flagged here, for a registry: (key, revoked?, reason).
-    pub fn registry_entries(&self) -> Result<Vec<(String, bool, String)>> {
-        Ok(self
-            .devices()?
+    /// The cable identities revoked or flagged here, or with a declared profile, for a
+    /// registry.
+    pub fn registry_entries(&self) -> Result<Vec<RegistryRow>> {
+        self.devices()?
             .into_iter()
-            .filter_map(|d| match d.status {
-                DeviceStatus::Revoked => Some((d.key_hex, true, d.reason.unwrap_or_default())),
-                DeviceStatus::Flagged => Some((d.key_hex, false, d.reason.unwrap_or_default())),
-                _ => None,
+            .filter_map(|d| {
+                let status = match d.status {
+                    DeviceStatus::Revoked => EntryStatus::Revoked,
+                    DeviceStatus::Flagged => EntryStatus::Flagged,
+                    _ => EntryStatus::Allowed,
+                };
+                let profile = match self.profile(&d.key_hex) {
+                    Ok(profile) => profile,
+                    Err(e) => return Some(Err(e)),
+                };
+                (status != EntryStatus::Allowed || profile.is_some()).then(|| {
+                    Ok(RegistryRow {
+                        key_hex: d.key_hex,
+                        status,
+                        reason: d.reason.unwrap_or_default(),
+                        profile,
+                    })
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// The latest `limit` rows of the audit log, newest first.
