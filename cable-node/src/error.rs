@@ -9,10 +9,11 @@ pub enum CableError {
     /// The socket refused a payment or locked the cable out.
     #[error("the socket refused: {0}")]
     SocketRefused(String),
-    /// The socket's count ran ahead of the cable's own meter beyond the tolerance: the cable
-    /// paid no more and flagged the socket in its registry (seed 000 §VII.B).
-    #[error("the socket over-counts: {0}")]
-    SocketOverCounts(String),
+    /// The socket misbehaved (its count ran ahead of the cable's own meter beyond the
+    /// tolerance, seed 000 §VII.B; a QuotaLow storm): the cable paid no more and flagged it in
+    /// its registry of sockets.
+    #[error("flagged the socket: {0}")]
+    SocketFlagged(String),
     /// Anything else: wallet, chain, store, link.
     #[error(transparent)]
     Other(#[from] anyhow::Error),

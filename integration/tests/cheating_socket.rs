@@ -35,6 +35,9 @@ enum Cheat {
     TamperedOffer,
     /// An offer signed for another request (another nonce) is played back.
     ReplayedOffer,
+    /// Takes the first payment, then sends QuotaLow after QuotaLow while more than a quota is
+    /// paid and unused (fishing for payments).
+    QuotaLowStorm,
 }
 
 impl Cheat {
@@ -163,8 +166,43 @@ impl Socket for FakeSocket {
         &self,
         _: Request<v1::WatchStatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let storm = matches!(self.cheat, Cheat::QuotaLowStorm);
+        let pay_calls = Arc::clone(&self.pay_calls);
         tokio::spawn(async move {
+            if storm {
+                // Once paid: Paid with 20 Wh left (two and a half quotas), and QuotaLows.
+                while pay_calls.load(Ordering::SeqCst) == 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let status = integration::fake_signed_status(
+                    v1::GetStatusResponse {
+                        outlet_id: OUTLET.into(),
+                        state: OutletState::Paid as i32,
+                        power_mw: 1_000_000,
+                        quota_remaining_mwh: 20_000,
+                        relay_closed: true,
+                        payments: 1,
+                        ..Default::default()
+                    },
+                    "fake-session",
+                );
+                let mut events = vec![v1::watch_status_response::Event::Status(status.clone())];
+                for _ in 0..3 {
+                    events.push(v1::watch_status_response::Event::QuotaLow(v1::QuotaLow {
+                        quota_remaining_mwh: 20_000,
+                        power_mw: 1_000_000,
+                        signed: status.signed.clone(),
+                    }));
+                }
+                for event in events {
+                    let _ = tx
+                        .send(Ok(v1::WatchStatusResponse { event: Some(event) }))
+                        .await;
+                }
+                tx.closed().await;
+                return;
+            }
             let _ = tx
                 .send(Ok(v1::WatchStatusResponse {
                     event: Some(v1::watch_status_response::Event::Status(
@@ -210,7 +248,8 @@ impl Socket for FakeSocket {
             | Cheat::RefundRefused
             | Cheat::RefundWrongSignature
             | Cheat::TamperedOffer
-            | Cheat::ReplayedOffer => {}
+            | Cheat::ReplayedOffer
+            | Cheat::QuotaLowStorm => {}
         }
         Ok(Response::new(terms))
     }
@@ -251,10 +290,19 @@ impl Socket for FakeSocket {
 
     async fn pay_transaction(
         &self,
-        _: Request<v1::PayTransactionRequest>,
+        request: Request<v1::PayTransactionRequest>,
     ) -> Result<Response<v1::PayTransactionResponse>, Status> {
         self.pay_calls.fetch_add(1, Ordering::SeqCst);
-        Err(Status::internal("a fake socket takes no money"))
+        if !matches!(self.cheat, Cheat::QuotaLowStorm) {
+            return Err(Status::internal("a fake socket takes no money"));
+        }
+        // Taken (and never broadcast): the txid the cable expects.
+        let psbt = bitcoin::Psbt::deserialize(&request.get_ref().psbt).unwrap();
+        Ok(Response::new(v1::PayTransactionResponse {
+            txid: psbt.unsigned_tx.compute_txid().to_string(),
+            quota_credited_mwh: 8_000,
+            state: OutletState::Paid as i32,
+        }))
     }
 }
 
@@ -323,4 +371,47 @@ fn the_cable_pays_a_cheating_socket_nothing() {
         );
         server.abort();
     }
+}
+
+#[test]
+fn the_cable_pays_no_quota_low_storm_and_flags_the_socket() {
+    let bitcoind = Regtest::start().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pay_calls = Arc::new(AtomicUsize::new(0));
+    let port = free_port().unwrap();
+    let fake = FakeSocket {
+        cheat: Cheat::QuotaLowStorm,
+        pay_calls: Arc::clone(&pay_calls),
+    };
+    let server = runtime.spawn(
+        tonic::transport::Server::builder()
+            .add_service(SocketServer::new(fake))
+            .serve(format!("127.0.0.1:{port}").parse().unwrap()),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cable = CableFiles::create(
+        &bitcoind,
+        dir.path(),
+        &format!("http://127.0.0.1:{port}"),
+        &CableSetup {
+            max_session_sat: 10_000,
+            ..CableSetup::default()
+        },
+        Amount::from_sat(50_000),
+    )
+    .unwrap();
+    let out = cable.run(Duration::from_secs(60)).unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("flagged the socket: a QuotaLow storm"),
+        "{log}"
+    );
+    // The first quota only: none of the three QuotaLows was paid.
+    assert_eq!(pay_calls.load(Ordering::SeqCst), 1);
+    let registry: serde_json::Value =
+        serde_json::from_str(&cable.cli(&["sockets", "--json"]).unwrap()).unwrap();
+    assert_eq!(registry[0]["status"], "flagged", "{registry}");
+    assert_eq!(registry[0]["evidence"]["quota_remaining_mwh"], 20_000);
+    server.abort();
 }

@@ -146,7 +146,10 @@ fn a_socket_over_counting_by_ten_percent_is_stopped_within_one_quota_and_flagged
     let out = cable.run(Duration::from_secs(120)).unwrap();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{log}");
-    assert!(log.contains("the socket over-counts"), "{log}");
+    assert!(
+        log.contains("flagged the socket: its count runs ahead"),
+        "{log}"
+    );
 
     // Stopped within one quota of the count running ahead (~6 Wh in): at most two paid.
     let (payments, energy_mwh): (i64, i64) = db(&socket)

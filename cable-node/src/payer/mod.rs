@@ -150,6 +150,8 @@ struct Session {
     meter: MeterCheck,
     /// The cable's meter when the session started.
     meter_base_mwh: u64,
+    /// QuotaLows received while more than a quota was paid and unused.
+    unfounded_quota_lows: u32,
     /// What the next receipt countersigns.
     latest: Option<Latest>,
 }
@@ -170,10 +172,14 @@ impl Session {
             resumed: false,
             meter: MeterCheck::default(),
             meter_base_mwh: 0,
+            unfounded_quota_lows: 0,
             latest: None,
         }
     }
 }
+
+/// This many QuotaLows of a session with more than a quota left flag the socket.
+const QUOTA_LOW_STORM: u32 = 3;
 
 fn retryable(status: &tonic::Status) -> bool {
     // RESOURCE_EXHAUSTED: over the socket's request rate; changes nothing, so resend later.
@@ -393,6 +399,8 @@ impl Cable {
                         };
                         if session.id.is_empty() || report.session_hash != session_hash(&session.id) {
                             tracing::debug!("quota low of another session");
+                        } else if report.quota_remaining_mwh > accepted.quota.0 {
+                            self.unfounded_quota_low(&mut session, &report, &accepted)?;
                         } else if low.power_mw == 0 && low.quota_remaining_mwh == 0 && session.drew_power {
                             // Paid energy all used and the appliance is off: done, before the
                             // socket's grace period runs out.
@@ -555,7 +563,6 @@ impl Cable {
         let Err(disagreement) = session.meter.observe(report.energy_used_mwh, cable_mwh) else {
             return Ok(());
         };
-        let socket_key = accepted.offer.socket_identity_key.to_lower_hex_string();
         let reason = format!("its count runs ahead of the cable's meter: {disagreement}");
         let evidence = serde_json::json!({
             "session_id": session.id,
@@ -565,11 +572,57 @@ impl Cable {
             "since_baseline": disagreement,
             "status_sequence": report.sequence,
         });
-        self.store
-            .flag_socket(&socket_key, &reason, &evidence)
-            .context("flagging the socket")?;
+        Err(self.flag_socket(accepted, reason, evidence))
+    }
+
+    /// A QuotaLow whose signed status shows more than a whole quota still paid and unused: a
+    /// socket fishing for payments (design.md "Attestation", QuotaLow storms; a real QuotaLow
+    /// comes at the socket's threshold, below a quota). Never paid; the
+    /// [`QUOTA_LOW_STORM`]th of a session flags the socket: [`CableError::SocketFlagged`].
+    fn unfounded_quota_low(
+        &mut self,
+        session: &mut Session,
+        report: &v1::StatusReport,
+        accepted: &AcceptedOffer,
+    ) -> Result<(), CableError> {
+        session.unfounded_quota_lows += 1;
+        tracing::warn!(
+            left_mwh = report.quota_remaining_mwh,
+            quota_mwh = accepted.quota.0,
+            "a QuotaLow with more than a quota left: not paying"
+        );
+        if session.unfounded_quota_lows < QUOTA_LOW_STORM {
+            return Ok(());
+        }
+        let reason = format!(
+            "a QuotaLow storm: {} QuotaLows with more than a quota ({} mWh) paid and unused",
+            session.unfounded_quota_lows, accepted.quota.0
+        );
+        let evidence = serde_json::json!({
+            "session_id": session.id,
+            "outlet_id": self.config.outlet_id,
+            "quota_mwh": accepted.quota.0,
+            "quota_remaining_mwh": report.quota_remaining_mwh,
+            "status_sequence": report.sequence,
+            "signed_report_hex": session.latest.as_ref().map(|l| l.signed.report.to_lower_hex_string()),
+        });
+        Err(self.flag_socket(accepted, reason, evidence))
+    }
+
+    /// Flag the socket of `accepted` in the cable's registry with `reason` and `evidence`;
+    /// the error that ends the session.
+    fn flag_socket(
+        &self,
+        accepted: &AcceptedOffer,
+        reason: String,
+        evidence: serde_json::Value,
+    ) -> CableError {
+        let socket_key = accepted.offer.socket_identity_key.to_lower_hex_string();
+        if let Err(e) = self.store.flag_socket(&socket_key, &reason, &evidence) {
+            return CableError::Other(anyhow::Error::from(e).context("flagging the socket"));
+        }
         tracing::warn!(socket = %socket_key, %reason, "socket flagged: paying it no more");
-        Err(CableError::SocketOverCounts(disagreement.to_string()))
+        CableError::SocketFlagged(reason)
     }
 
     /// The receipt of the newest signed status of the session (socket.proto
