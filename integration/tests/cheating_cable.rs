@@ -233,7 +233,7 @@ fn the_socket_refuses_a_cheating_cable_and_locks_out() {
     assert_eq!(payments, 0);
     let refused: i64 = store
         .query_row(
-            "SELECT COUNT(*) FROM audit WHERE event = 'payment-refused'",
+            "SELECT COUNT(*) FROM anomalies WHERE rule = 'payment-refused' AND action = 'halt'",
             [],
             |r| r.get(0),
         )

@@ -534,10 +534,18 @@ impl OutletTask {
             return;
         }
         tracing::warn!(outlet = %self.config.id, session = %session_id, %reason, "payment refused: lockout");
-        let _ =
-            self.shared
-                .store()
-                .audit(&self.config.id, Some(session_id), "payment-refused", reason);
+        // The rule `payment-refused` (design.md "Attestation"): stored, the cable flagged.
+        let evidence = serde_json::json!({ "reason": reason, "time_unix_ms": unix_ms() });
+        if let Err(e) = self.shared.store().record_anomaly(
+            &self.config.id,
+            Some(session_id),
+            "payment-refused",
+            "halt",
+            &evidence,
+            reason,
+        ) {
+            tracing::error!(outlet = %self.config.id, "anomaly not stored: {e}; locking out");
+        }
         let events = self.machine.lock_out(reason, self.now_ms());
         self.apply(events);
     }

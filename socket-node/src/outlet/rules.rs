@@ -10,9 +10,10 @@
 //! | `energy-above-profile` | the cable's declared energy per session | halt, flag |
 //! | `energy-above-profile` | an energy per session learned from its past sessions | flag |
 //!
-//! (Refused payments lock the session out where the scheme checks them; lost payments ban the
-//! cable, `ban_secs`; metering receipts that disagree are `meter-disagreement`, in
-//! [`crate::service`].)
+//! Elsewhere, with the same store: `payment-refused` (a payment breaking a scheme's rule: halt,
+//! [`OutletTask::lock_out`]), `payment-lost` (a credited payment replaced or double-spent: the
+//! cable banned for `ban_secs`, [`crate::store::Store::record_loss`]) and `meter-disagreement`
+//! (a cable's receipts behind the socket's count: flag, [`crate::service`]).
 
 use proto::units::PowerMw;
 

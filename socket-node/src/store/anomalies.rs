@@ -56,34 +56,15 @@ impl Store {
             None => None,
         };
         let tx = self.db.unchecked_transaction()?;
-        tx.execute(
-            "INSERT INTO anomalies (at_unix_ms, outlet_id, session_id, cable_key_hex, rule,
-                                    action, evidence)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                unix_ms(),
-                outlet_id,
-                session_id,
-                cable.as_deref().unwrap_or_default(),
-                rule,
-                action,
-                evidence.to_string()
-            ],
-        )?;
-        if let Some(key) = &cable {
-            super::cables::ensure_cable(&tx, key)?;
-            tx.execute(
-                "UPDATE cables SET anomalies = anomalies + 1, flagged_reason = ?2,
-                     flagged_at_unix_ms = ?3 WHERE key_hex = ?1",
-                params![key, reason, unix_ms()],
-            )?;
-        }
-        super::audit::append(
+        anomaly_in(
             &tx,
             outlet_id,
             session_id,
-            "anomaly",
-            &format!("{rule} ({action}): {reason}"),
+            cable.as_deref(),
+            rule,
+            action,
+            evidence,
+            reason,
         )?;
         tx.commit()?;
         Ok(cable)
@@ -109,4 +90,49 @@ impl Store {
         })?;
         rows.collect()
     }
+}
+
+/// [`Store::record_anomaly`] inside the caller's transaction, for the cable `cable` (hex) when
+/// known.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn anomaly_in(
+    tx: &rusqlite::Connection,
+    outlet_id: &str,
+    session_id: Option<&str>,
+    cable: Option<&str>,
+    rule: &str,
+    action: &str,
+    evidence: &serde_json::Value,
+    reason: &str,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO anomalies (at_unix_ms, outlet_id, session_id, cable_key_hex, rule,
+                                action, evidence)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            unix_ms(),
+            outlet_id,
+            session_id,
+            cable.unwrap_or_default(),
+            rule,
+            action,
+            evidence.to_string()
+        ],
+    )?;
+    if let Some(key) = cable {
+        super::cables::ensure_cable(tx, key)?;
+        tx.execute(
+            "UPDATE cables SET anomalies = anomalies + 1, flagged_reason = ?2,
+                 flagged_at_unix_ms = ?3 WHERE key_hex = ?1",
+            params![key, reason, unix_ms()],
+        )?;
+    }
+    super::audit::append(
+        tx,
+        outlet_id,
+        session_id,
+        "anomaly",
+        &format!("{rule} ({action}): {reason}"),
+    )?;
+    Ok(())
 }

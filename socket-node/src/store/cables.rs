@@ -51,8 +51,8 @@ impl Store {
         Ok(Admitted::Yes)
     }
 
-    /// The cable of `session_id` made the socket lose `amount`: add it to the cable's losses and
-    /// ban it, until `until_unix_ms` or for good (`None`). Returns the cable's key (hex), or
+    /// The cable of `session_id` made the socket lose `amount`: the anomaly `payment-lost`
+    /// (evidence, audit row), added to the cable's losses, and the cable banned, until `until_unix_ms` or for good (`None`). Returns the cable's key (hex), or
     /// `None` for a session bound to no key (opened before sessions were).
     pub fn record_loss(
         &self,
@@ -64,8 +64,22 @@ impl Store {
         let Some(key) = self.session_cable(session_id)? else {
             return Ok(None);
         };
+        let outlet_id = self.session_outlet(session_id)?.unwrap_or_default();
         let tx = self.db.unchecked_transaction()?;
-        ensure_cable(&tx, &key)?;
+        super::anomalies::anomaly_in(
+            &tx,
+            &outlet_id,
+            Some(session_id),
+            Some(&key),
+            "payment-lost",
+            "ban",
+            &serde_json::json!({
+                "lost_sat": amount.to_sat(),
+                "banned_until_unix_ms": until_unix_ms,
+                "time_unix_ms": unix_ms(),
+            }),
+            reason,
+        )?;
         tx.execute(
             "UPDATE cables SET lost_sat = lost_sat + ?2, banned_reason = ?3,
                  banned_at_unix_ms = ?4, banned_until_unix_ms = ?5
