@@ -131,6 +131,11 @@ fn a_cable_beyond_its_declared_profile_is_halted_first_by_energy_then_by_power()
 
     // Declared: at most 500 W. Its 900 W is halted after a second of the outlet's clock.
     profile(&["--max-power-w", "500"]);
+    integration::wait_until("the lockout to pass", Duration::from_secs(30), || {
+        socket.status().is_ok_and(|s| {
+            s.state == proto::v1::OutletState::Standby as i32 && s.session_hash.is_empty()
+        })
+    });
     let out = cable.run(Duration::from_secs(120)).unwrap();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
