@@ -466,7 +466,20 @@ async fn a_revocation_travels_to_another_socket_in_a_signed_registry_refused_who
     to_a.power_request(signer.sign(open())).await.unwrap();
     tokio::task::block_in_place(|| a.operator_cli("revoke", &[&key, "--reason", "stolen"]))
         .unwrap();
-    // The operator signs A's revocations into a registry.
+    // A's owner declares another cable's profile (a 60 W lamp, at most 500 Wh a session).
+    let lamp = bitcoin::hex::DisplayHex::to_lower_hex_string(&integration::fake_public_key(2)[..]);
+    let (ok, text) = socket_node(&[
+        OsStr::new("profile"),
+        OsStr::new(&lamp),
+        OsStr::new("--max-power-w"),
+        OsStr::new("60"),
+        OsStr::new("--max-energy-per-session-wh"),
+        OsStr::new("500"),
+        OsStr::new("--data-dir"),
+        a.data_dir.as_os_str(),
+    ]);
+    assert!(ok && text.contains("max power 60 W"), "{text}");
+    // The operator signs A's revocations and profiles into a registry.
     let registry = dir.path().join("registry.json");
     let (ok, text) = socket_node(&[
         OsStr::new("registry"),
@@ -478,7 +491,7 @@ async fn a_revocation_travels_to_another_socket_in_a_signed_registry_refused_who
         OsStr::new("--out"),
         registry.as_os_str(),
     ]);
-    assert!(ok && text.contains("1 devices signed"), "{text}");
+    assert!(ok && text.contains("2 devices signed"), "{text}");
     let b_config = dir.path().join("b").join("socket.toml");
     let import = |file: &std::path::Path| {
         socket_node(&[
@@ -515,8 +528,18 @@ async fn a_revocation_travels_to_another_socket_in_a_signed_registry_refused_who
     assert_eq!(revoked_on_b(), 0);
     // The registry as signed: B refuses the cable with the reason.
     let (ok, text) = import(&registry);
-    assert!(ok && text.contains("imported 1 devices"), "{text}");
+    assert!(ok && text.contains("imported 2 devices"), "{text}");
     assert_eq!(revoked_on_b(), 1);
+    let lamp_on_b: (i64, i64) = rusqlite::Connection::open(b.data_dir.join("socket.sqlite"))
+        .unwrap()
+        .query_row(
+            "SELECT profile_max_power_w, profile_max_energy_per_session_wh FROM cables
+             WHERE key_hex = ?1",
+            [&lamp],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(lamp_on_b, (60, 500));
     let mut to_b = SocketClient::connect(b.endpoint.clone()).await.unwrap();
     let _link = to_b
         .watch_status(v1::WatchStatusRequest {
