@@ -74,8 +74,8 @@ enum Command {
         qr: bool,
     },
     /// The cable's registry of sockets: every socket it ran a session with, and the ones it
-    /// caught counting more than its own meter (flagged, with the evidence: their offers are
-    /// refused). `--allow KEY` trusts a flagged socket again.
+    /// caught counting more than its own meter or storming QuotaLows (flagged, with the
+    /// evidence: their offers are refused). `--allow KEY` trusts a flagged socket again.
     Sockets {
         /// Allow this flagged socket (identity key, hex) again.
         #[arg(long)]

@@ -170,13 +170,13 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Check an exported session (`receipts SESSION`): every cable and socket signature, the
-    /// order of the receipts, that the energy stays within what was paid, and that the two
-    /// meters agree within the tolerance. Exits with an error naming every problem.
+    /// order of the receipts, that no more was paid than one quota ahead of the energy, and
+    /// that the two meters agree within the tolerance. Exits with an error naming every problem.
     VerifyReceipts {
         /// The JSON file `receipts` wrote.
         file: PathBuf,
     },
-    /// Operators' signed registries of device identities: export this socket's revocations,
+    /// Operators' signed registries of device identities: export this socket's revocations and profiles,
     /// import another's.
     Registry {
         #[command(subcommand)]
