@@ -175,3 +175,81 @@ fn an_honest_cable_is_not_locked_out_while_bitcoind_does_not_answer() {
         socket.log_text()
     );
 }
+
+/// A broadcast bitcoind does not answer (here: never sees) is no refusal: the payment, checked
+/// by `testmempoolaccept` a moment before and stored, is credited, the honest cable goes on, and
+/// the socket's chain watch sends it once bitcoind answers.
+#[test]
+fn a_broadcast_bitcoind_does_not_answer_is_credited_and_sent_by_the_chain_watch() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut socket = SocketProcess::start(
+        &bitcoind,
+        &dir.path().join("socket"),
+        &SocketSetup::default(),
+    )
+    .unwrap();
+    // The first broadcast gets no answer (and never reaches bitcoind).
+    socket.env = vec![(
+        "FAILPOINTS".into(),
+        "socket-broadcast-unanswered=1*return".into(),
+    )];
+    socket.restart().unwrap();
+    // Two quotas of 1000 sat.
+    let cable = integration::CableFiles::create(
+        &bitcoind,
+        &dir.path().join("cable"),
+        &socket.endpoint,
+        &integration::CableSetup {
+            max_session_sat: 2_000,
+            ..integration::CableSetup::default()
+        },
+        Amount::from_sat(50_000),
+    )
+    .unwrap();
+    let out = cable.run(Duration::from_secs(120)).unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "the honest cable failed:\n{log}");
+    assert!(
+        socket.log_text().contains("did not answer the broadcast"),
+        "the failpoint did not fire:\n{}",
+        socket.log_text()
+    );
+
+    let db = rusqlite::Connection::open(socket.data_dir.join("socket.sqlite")).unwrap();
+    integration::wait_until(
+        "the chain watch to send the payment",
+        Duration::from_secs(30),
+        || {
+            db.query_row(
+                "SELECT COUNT(*) FROM payments WHERE status = 'accepted'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+                == 0
+        },
+    );
+    let mut statement = db
+        .prepare("SELECT txid, status FROM payments ORDER BY payment_id")
+        .unwrap();
+    let payments: Vec<(String, String)> = statement
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(payments.len(), 2, "{payments:?}");
+    let mempool: Vec<String> = regtest::rpc(bitcoind.client(), "getrawmempool", &[]).unwrap();
+    for (txid, status) in &payments {
+        assert_eq!(status, "broadcast", "{payments:?}");
+        assert!(mempool.contains(txid), "{txid} is not in the mempool");
+    }
+    let lockouts: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM anomalies WHERE rule = 'payment-refused'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(lockouts, 0);
+}

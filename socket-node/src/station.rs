@@ -14,6 +14,7 @@ use proto::v1;
 use wallet::chain::Chain;
 use wallet::keys::NodeKeys;
 use wallet::onchain::NodeWallet;
+use wallet::WalletError;
 
 use crate::config::{OutletConfig, SocketConfig};
 use crate::outlet::{OutletHandle, Outlets};
@@ -269,8 +270,9 @@ impl Station {
     /// The chain watch of credited `onchain` payments (design.md "Trust"): each is followed
     /// until `final_confirmations` deep. One that left the mempool unconfirmed with an input
     /// spent elsewhere was replaced by the cable (full RBF): recorded as lost, and the session
-    /// locked out if still in progress. One merely evicted (inputs unspent) is sent again.
-    /// bitcoind unreachable: try again next time, blame nobody.
+    /// locked out if still in progress. One merely evicted (inputs unspent) is sent again, as is
+    /// one whose broadcast bitcoind did not answer (still `accepted`). bitcoind unreachable: try
+    /// again next time, blame nobody.
     fn watch_payments(&self) {
         let Ok(watched) = self.shared.store().watched_payments() else {
             return;
@@ -284,6 +286,25 @@ impl Station {
         for payment in watched {
             let txid = payment.tx.compute_txid();
             let (session_id, payment_id) = (payment.session_id.as_str(), payment.payment_id);
+            if payment.status == PaymentStatus::Accepted {
+                // Credited while bitcoind did not answer its broadcast: send it now.
+                match chain.broadcast(&payment.tx) {
+                    Ok(_) => {
+                        tracing::info!(session = %session_id, %txid, "payment sent, after bitcoind did not answer");
+                        let _ = self.shared.store().set_payment_status(
+                            session_id,
+                            payment_id,
+                            PaymentStatus::Broadcast,
+                        );
+                        continue;
+                    }
+                    Err(WalletError::Unreachable { .. }) => return,
+                    // Refused: the checks below tell a replacement from the rest.
+                    Err(e) => {
+                        tracing::warn!(session = %session_id, %txid, "payment refused on sending: {e}")
+                    }
+                }
+            }
             match chain.confirmation_height(&txid) {
                 Ok(Some(height)) => {
                     if tip.saturating_sub(height) + 1 >= final_confirmations {
@@ -463,6 +484,10 @@ fn rebroadcast(store: &Store, chain: &Chain) -> anyhow::Result<()> {
                     payment.payment_id,
                     PaymentStatus::Broadcast,
                 )?;
+            }
+            Err(WalletError::Unreachable { message, .. }) => {
+                // Not refused: the chain watch sends it once bitcoind answers.
+                tracing::warn!(%txid, "bitcoind did not answer the rebroadcast ({message})");
             }
             Err(e) => {
                 tracing::warn!(%txid, "payment failed on rebroadcast: {e}");

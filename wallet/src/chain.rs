@@ -110,24 +110,31 @@ impl Chain {
         let _ = self.observer.set(observer);
     }
 
-    /// Call `method` and decode its result.
+    /// Call `method` and decode its result. Errors: [`WalletError::Rpc`] when bitcoind answers
+    /// with an error, [`WalletError::Unreachable`] when it does not answer.
     pub fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: &str,
         params: &[Value],
     ) -> Result<T, WalletError> {
+        use bdk_bitcoind_rpc::bitcoincore_rpc::{jsonrpc, Error};
         let started = std::time::Instant::now();
         let result = self.client.call(method, params);
+        let outcome = match &result {
+            Ok(_) => RpcOutcome::Ok,
+            Err(Error::JsonRpc(jsonrpc::Error::Rpc(_))) => RpcOutcome::Refused,
+            Err(_) => RpcOutcome::Failed,
+        };
         if let Some(observer) = self.observer.get() {
-            use bdk_bitcoind_rpc::bitcoincore_rpc::{jsonrpc, Error};
-            let outcome = match &result {
-                Ok(_) => RpcOutcome::Ok,
-                Err(Error::JsonRpc(jsonrpc::Error::Rpc(_))) => RpcOutcome::Refused,
-                Err(_) => RpcOutcome::Failed,
-            };
             observer(method, started.elapsed(), outcome);
         }
-        result.map_err(|e| rpc_error(method, e))
+        result.map_err(|e| match outcome {
+            RpcOutcome::Failed => WalletError::Unreachable {
+                method: method.to_owned(),
+                message: e.to_string(),
+            },
+            _ => rpc_error(method, e),
+        })
     }
 
     /// Height of the chain tip.

@@ -32,12 +32,22 @@ pub enum WalletError {
     /// The wallet cannot pay: too little money, or a fee above the cap.
     #[error("cannot pay: {0}")]
     CannotPay(String),
-    /// A bitcoind RPC call failed.
+    /// bitcoind answered an RPC call with an error (it refuses a transaction, knows no such
+    /// txid, ...).
     #[error("bitcoind RPC {method}: {message}")]
     Rpc {
         /// The RPC method.
         method: String,
-        /// What bitcoind or the transport said.
+        /// What bitcoind said.
+        message: String,
+    },
+    /// bitcoind did not answer an RPC call (unreachable, a broken connection, an answer that
+    /// does not decode): the call may or may not have taken effect.
+    #[error("bitcoind did not answer {method}: {message}")]
+    Unreachable {
+        /// The RPC method.
+        method: String,
+        /// What the transport said.
         message: String,
     },
     /// bitcoind runs another network than the node.

@@ -1,9 +1,11 @@
 //! Seller side of the `onchain` scheme (paper seed 000 §V, Table I): one transaction per quota.
-//! Checked, persisted, broadcast, then credited, in that order.
+//! Checked, persisted, broadcast, then credited, in that order (a broadcast bitcoind does not
+//! answer is credited too, and sent again by the chain watch).
 
 use crate::error::SocketError;
 use proto::rules::{check_onchain_payment, decode_payment, OnchainTerms};
 use proto::v1::{self, OutletState};
+use wallet::WalletError;
 
 use super::{Issued, Seller, SellerContext};
 use crate::store::{PaymentStatus, StoredTerms};
@@ -79,11 +81,33 @@ async fn pay(
         .map_err(SocketError::internal)?;
     let broadcast = {
         let tx = tx.clone();
-        cx.with_chain_to_the_end(move |shared| shared.chain.broadcast(&tx))
-            .await?
+        cx.with_chain_to_the_end(move |shared| {
+            // Fault point for the tests: bitcoind never answers this broadcast.
+            fail::fail_point!("socket-broadcast-unanswered", |_| Err(
+                WalletError::Unreachable {
+                    method: "sendrawtransaction".into(),
+                    message: "failpoint".into(),
+                }
+            ));
+            shared.chain.broadcast(&tx)
+        })
+        .await?
     };
     let txid = match broadcast {
-        Ok(txid) => txid,
+        Ok(txid) => {
+            cx.shared
+                .store()
+                .set_payment_status(session_id, payment_id, PaymentStatus::Broadcast)
+                .map_err(SocketError::internal)?;
+            txid
+        }
+        // No answer is no refusal: bitcoind took the payment a moment ago
+        // (`testmempoolaccept`) and it is stored. Credited like any payment not yet final; the
+        // chain watch sends it until bitcoind has it (design.md "Trust": no honest lockout).
+        Err(WalletError::Unreachable { message, .. }) => {
+            tracing::warn!(session = %session_id, payment_id, "bitcoind did not answer the broadcast ({message}): credited, the chain watch sends it again");
+            tx.compute_txid()
+        }
         Err(e) => {
             cx.shared
                 .store()
@@ -94,10 +118,6 @@ async fn pay(
                 .await);
         }
     };
-    cx.shared
-        .store()
-        .set_payment_status(session_id, payment_id, PaymentStatus::Broadcast)
-        .map_err(SocketError::internal)?;
     cx.credit(session_id, terms.quota, txid.to_string()).await?;
     Ok(v1::PayTransactionResponse {
         txid: txid.to_string(),

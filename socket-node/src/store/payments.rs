@@ -156,11 +156,12 @@ impl Store {
         rows.collect()
     }
 
-    /// Broadcast `onchain` payments not yet final: what the chain watch follows.
+    /// `onchain` payments credited and not yet final, broadcast or not (bitcoind did not answer
+    /// their broadcast): what the chain watch follows.
     pub fn watched_payments(&self) -> Result<Vec<StoredPayment>> {
         let mut statement = self.db.prepare(
             "SELECT session_id, payment_id, tx_hex, status, quota_mwh, amount_sat FROM payments
-             WHERE status = 'broadcast' ORDER BY accepted_at_unix_ms",
+             WHERE status IN ('accepted', 'broadcast') ORDER BY accepted_at_unix_ms",
         )?;
         let rows = statement.query_map([], payment_row)?;
         rows.collect()
