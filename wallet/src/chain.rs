@@ -64,8 +64,9 @@ fn rpc_error(method: &str, e: impl std::fmt::Display) -> WalletError {
 }
 
 impl Chain {
-    /// Connect and check that bitcoind runs `network`. Errors: [`WalletError::Rpc`] when it
-    /// does not answer, [`WalletError::WrongChain`] when it runs another network.
+    /// Connect and check that bitcoind runs `network`. Errors: [`WalletError::Unreachable`]
+    /// when it does not answer, [`WalletError::Rpc`] when it refuses,
+    /// [`WalletError::WrongChain`] when it runs another network.
     pub fn connect(config: &ChainConfig, network: Network) -> Result<Self, WalletError> {
         let client = Client::new(
             &config.rpc_url,
