@@ -68,6 +68,9 @@ pub struct Entry {
     pub reason: String,
     /// Its declared profile, if the entry has one.
     pub profile: Option<Profile>,
+    /// When the registry was issued (`RegistryBody.issued_at_unix_secs`): a profile replaces
+    /// only one declared earlier.
+    pub issued_at_unix_secs: u64,
 }
 
 /// The operator's signed registry of `body` (whose `operator_key` must be the public key of
@@ -146,6 +149,7 @@ pub fn verify_registry(
                 status,
                 reason: entry.reason.clone(),
                 profile: entry.profile.as_ref().map(Profile::of),
+                issued_at_unix_secs: body.issued_at_unix_secs,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;

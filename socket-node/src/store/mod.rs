@@ -290,6 +290,9 @@ CREATE TABLE receipts (
 const SCHEMA_V10: &str = "
 ALTER TABLE cables ADD COLUMN profile_max_power_w INTEGER;
 ALTER TABLE cables ADD COLUMN profile_max_energy_per_session_wh INTEGER;
+-- When the profile was declared (a registry's issued_at, or the owner's clock), Unix seconds:
+-- an older registry played back does not replace a newer profile.
+ALTER TABLE cables ADD COLUMN profile_declared_at_unix_secs INTEGER;
 ";
 
 /// Milliseconds since the Unix epoch.

@@ -22,10 +22,11 @@ pub struct SessionProfile {
 }
 
 impl Store {
-    /// Declare the profile of cable `key_hex` (`source` names who declared it), audited.
+    /// Declare the profile of cable `key_hex` now (`source` names who declared it), audited.
     pub fn set_profile(&self, key_hex: &str, profile: Profile, source: &str) -> Result<()> {
+        let now_secs = (super::unix_ms() / 1_000) as u64;
         let tx = self.db.unchecked_transaction()?;
-        set_profile_in(&tx, key_hex, profile, source)?;
+        set_profile_in(&tx, key_hex, profile, source, now_secs)?;
         tx.commit()
     }
 
@@ -78,23 +79,31 @@ impl Store {
     }
 }
 
-/// [`Store::set_profile`] inside a transaction (registry imports).
+/// [`Store::set_profile`] inside a transaction (registry imports), declared at
+/// `declared_at_unix_secs`: a profile declared later is kept (returns whether it was set).
 pub(super) fn set_profile_in(
     tx: &rusqlite::Connection,
     key_hex: &str,
     profile: Profile,
     source: &str,
-) -> Result<()> {
+    declared_at_unix_secs: u64,
+) -> Result<bool> {
     super::cables::ensure_cable(tx, key_hex)?;
-    tx.execute(
-        "UPDATE cables SET profile_max_power_w = ?2, profile_max_energy_per_session_wh = ?3
-         WHERE key_hex = ?1",
+    let changed = tx.execute(
+        "UPDATE cables SET profile_max_power_w = ?2, profile_max_energy_per_session_wh = ?3,
+             profile_declared_at_unix_secs = ?4
+         WHERE key_hex = ?1
+           AND (profile_declared_at_unix_secs IS NULL OR profile_declared_at_unix_secs <= ?4)",
         params![
             key_hex,
             profile.max_power_w.map(|w| w as i64),
-            profile.max_energy_per_session_wh.map(|w| w as i64)
+            profile.max_energy_per_session_wh.map(|w| w as i64),
+            declared_at_unix_secs as i64
         ],
     )?;
+    if changed == 0 {
+        return Ok(false);
+    }
     let limit = |v: Option<u64>, unit: &str| v.map_or("none".to_owned(), |v| format!("{v} {unit}"));
     super::audit::append(
         tx,
@@ -107,7 +116,7 @@ pub(super) fn set_profile_in(
             limit(profile.max_energy_per_session_wh, "Wh")
         ),
     )?;
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -155,6 +164,11 @@ mod tests {
                 energy_learned: false
             }
         );
+        // A registry issued before the owner's declaration does not replace it.
+        let tx = store.db.unchecked_transaction().unwrap();
+        assert!(!set_profile_in(&tx, CABLE, Profile::default(), "an old registry", 1).unwrap());
+        tx.commit().unwrap();
+        assert_eq!(store.profile(CABLE).unwrap(), Some(declared));
         // Declared power only: the energy limit is still learned.
         let power_only = Profile {
             max_power_w: Some(1_000),

@@ -360,6 +360,7 @@ impl Store {
                     &key_hex,
                     profile,
                     &format!("operator {operator}"),
+                    entry.issued_at_unix_secs,
                 )?;
             }
             match entry.status {
