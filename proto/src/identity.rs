@@ -67,8 +67,9 @@ pub enum IdentityError {
     /// The signature is not 64 bytes or does not verify.
     #[error("bad signature of the {0}")]
     Signature(&'static str),
-    /// The offer answers another request (its nonce or outlet differs).
-    #[error("the offer answers another request: {0}")]
+    /// The message is about something else than asked: an offer for another nonce or outlet,
+    /// a status of another socket or outlet, a receipt of another cable or session.
+    #[error("not about this request: {0}")]
     NotOurs(String),
     /// No certificate vouches for the socket under the policy.
     #[error("certificate: {0}")]

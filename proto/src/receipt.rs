@@ -363,22 +363,39 @@ pub fn verify_session(session: &SessionReceipts) -> Result<SessionSummary, Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::sign_status;
     use bitcoin::secp256k1::Secp256k1;
+    use serde_json::{json, Value};
 
     fn secret(byte: u8) -> SecretKey {
         SecretKey::from_slice(&[byte; 32]).unwrap()
     }
 
+    /// A signature without auxiliary randomness (BIP 340 allows any aux; fixed for vectors).
+    fn deterministic(digest: [u8; 32], secret: &SecretKey) -> Vec<u8> {
+        let secp = Secp256k1::signing_only();
+        secp.sign_schnorr_no_aux_rand(
+            &bitcoin::secp256k1::Message::from_digest(digest),
+            &bitcoin::secp256k1::Keypair::from_secret_key(&secp, secret),
+        )
+        .as_ref()
+        .to_vec()
+    }
+
     /// A session of two receipts, the cable's meter 1 % behind the socket's.
     fn session() -> SessionReceipts {
+        session_of(&[(1, 4_000, 3_960), (2, 9_000, 8_910)])
+    }
+
+    /// A session with a receipt per (payments, socket mWh, cable mWh), signed deterministically
+    /// by the socket key [0x11; 32] and the cable key [0x33; 32].
+    fn session_of(readings: &[(u64, u64, u64)]) -> SessionReceipts {
         let secp = Secp256k1::new();
         let (socket, cable) = (secret(0x11), secret(0x33));
         let socket_pub = socket.public_key(&secp).serialize().to_vec();
         let cable_pub = cable.public_key(&secp).serialize().to_vec();
-        let receipts = [(1, 4_000, 3_960), (2, 9_000, 8_910)]
-            .into_iter()
-            .map(|(n, socket_mwh, cable_mwh)| {
+        let receipts = readings
+            .iter()
+            .map(|&(n, socket_mwh, cable_mwh)| {
                 let report = v1::StatusReport {
                     socket_identity_key: socket_pub.clone(),
                     outlet_id: "outlet-1".into(),
@@ -390,7 +407,14 @@ mod tests {
                     sequence: 100 + n,
                     time_unix_ms: 1_795_000_000_000 + n,
                 };
-                let status = sign_status(&report, &crate::identity::keypair(&socket));
+                let report = report.encode_to_vec();
+                let status = v1::SignedStatus {
+                    signature: deterministic(
+                        crate::identity::status_hash(&report).to_byte_array(),
+                        &socket,
+                    ),
+                    report,
+                };
                 let body = v1::ReceiptBody {
                     cable_identity_key: cable_pub.clone(),
                     session_id: "5e55".into(),
@@ -399,7 +423,11 @@ mod tests {
                     cable_energy_mwh: cable_mwh,
                     time_unix_ms: 1_795_000_000_000 + n,
                 };
-                ReceiptHex::of(&sign_receipt(&body, &cable))
+                let body = body.encode_to_vec();
+                ReceiptHex::of(&v1::MeteringReceipt {
+                    signature: deterministic(receipt_hash(&body).to_byte_array(), &cable),
+                    body,
+                })
             })
             .collect();
         let payment = |payment_id| ReceiptPayment {
@@ -462,5 +490,64 @@ mod tests {
         );
         // A socket counting less than the cable is never held against it.
         check.observe(600, 50_000).unwrap();
+    }
+
+    /// `proto/testvectors/receipts.json`: whole session records as socket.proto specifies them
+    /// (`MeteringReceipt`, "A session's record"), one that verifies and each way one fails,
+    /// with the first problem this code names (`T2T_WRITE_TESTVECTORS=1` rewrites the file).
+    #[test]
+    fn the_receipt_test_vectors_hold() {
+        let valid = session();
+        let mut altered = session();
+        let mut body = Vec::<u8>::from_hex(&altered.receipts[1].body_hex).unwrap();
+        body[20] ^= 1;
+        altered.receipts[1].body_hex = body.to_lower_hex_string();
+        let mut swapped = session();
+        swapped.receipts.swap(0, 1);
+        // The cable's meter 20 % behind from the baseline on.
+        let mut disagree = session_of(&[(1, 4_000, 3_960), (2, 9_000, 7_960)]);
+        disagree.energy_used_mwh = 9_500;
+        let mut overpaid = session();
+        overpaid.payments.push(ReceiptPayment {
+            payment_id: 3,
+            ..overpaid.payments[0].clone()
+        });
+        let case = |name: &str, session: &SessionReceipts| {
+            let result = verify_session(session);
+            json!({
+                "name": name,
+                "session": session,
+                "valid": result.is_ok(),
+                "first_problem": result.err().map(|p| p[0].clone()),
+            })
+        };
+        let computed = json!({
+            "about": "Session records (socket.proto MeteringReceipt, 'A session's record') and whether each verifies. Keys: socket [0x11; 32], cable [0x33; 32]; signatures made without auxiliary randomness. first_problem is what t2t's verifier says first; another implementation need only agree on valid.",
+            "cases": [
+                case("two receipts, the cable's meter 1 % behind: verifies", &valid),
+                case("receipt 2's body with one bit changed", &altered),
+                case("receipts out of order", &swapped),
+                case("the cable's meter 20 % behind after the baseline", &disagree),
+                case("three quotas paid for 9.5 Wh (more than one quota ahead)", &overpaid),
+            ]
+        });
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testvectors/receipts.json");
+        if std::env::var_os("T2T_WRITE_TESTVECTORS").is_some() {
+            std::fs::write(
+                &path,
+                serde_json::to_string_pretty(&computed).unwrap() + "\n",
+            )
+            .unwrap();
+        }
+        let stored: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(stored, computed, "testvectors/receipts.json is stale");
+        let valid: Vec<bool> = stored["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["valid"].as_bool().unwrap())
+            .collect();
+        assert_eq!(valid, [true, false, false, false, false]);
     }
 }
