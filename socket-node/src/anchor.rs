@@ -48,8 +48,8 @@ fn anchored_in(tx: &Transaction) -> Option<(u64, [u8; 32])> {
 }
 
 /// Anchor the head when it is due (the settler calls this each second): `anchor_interval_secs`
-/// since the last try (or the start), and rows added since the last anchor. Failures (no coins yet, bitcoind away) are
-/// logged and tried again at the next interval.
+/// since the last try (or the start), and rows added since the last anchor. Failures (no coins
+/// yet, bitcoind away) are logged and tried again at the next interval.
 pub(crate) fn anchor_due(shared: &Shared, last_try: &mut Option<std::time::Instant>) {
     let interval = shared.config.anchor_interval_secs;
     if interval == 0

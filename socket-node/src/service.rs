@@ -132,10 +132,13 @@ impl SocketService {
             .iter()
             .map(|&(socket, cable)| check.observe(socket, cable))
             .last();
+        let Some(Err(disagreement)) = newest else {
+            return Ok(());
+        };
         let first = !store
             .has_anomaly(session_id, "meter-disagreement")
             .map_err(SocketError::internal)?;
-        if let (Some(Err(disagreement)), true) = (newest, first) {
+        if first {
             let reason = format!("anomaly: the cable's meter disagrees: {disagreement}");
             let evidence = serde_json::json!({
                 "socket_energy_mwh": checked.report.energy_used_mwh,

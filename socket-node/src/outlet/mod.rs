@@ -158,8 +158,9 @@ pub(crate) struct OutletTask {
     link_lost_at: Option<Instant>,
     /// Since when (outlet clock, ms) the session draws above its power limit.
     over_power_since_ms: Option<u64>,
-    /// The profile of the session in progress, read from the store once per session.
-    profile: Option<(String, SessionProfile)>,
+    /// The profile of the session in progress, read from the store once per session, and
+    /// whether its learned energy limit was already found passed (flagged once per session).
+    profile: Option<(String, SessionProfile, bool)>,
     ticks: u32,
     /// The sequence of the last signed status (`StatusReport.sequence`).
     status_sequence: u64,

@@ -35,18 +35,27 @@ impl OutletTask {
         if self
             .profile
             .as_ref()
-            .is_none_or(|(id, _)| *id != session_id)
+            .is_none_or(|(id, ..)| *id != session_id)
         {
-            let profile = match self.shared.store().session_profile(&session_id) {
-                Ok(profile) => profile,
-                Err(e) => {
-                    tracing::error!(outlet = %self.config.id, "reading the cable's profile: {e}");
-                    Default::default()
-                }
+            let read = {
+                let store = self.shared.store();
+                store.session_profile(&session_id).and_then(|profile| {
+                    // Flagged before a restart: not again.
+                    let flagged = store.has_anomaly(&session_id, "energy-above-profile")?;
+                    Ok((profile, flagged))
+                })
             };
-            self.profile = Some((session_id.clone(), profile));
+            let (profile, flagged) = read.unwrap_or_else(|e| {
+                tracing::error!(outlet = %self.config.id, "reading the cable's profile: {e}");
+                Default::default()
+            });
+            self.profile = Some((session_id.clone(), profile, flagged));
         }
-        let profile = self.profile.as_ref().map(|(_, p)| *p).unwrap_or_default();
+        let profile = self
+            .profile
+            .as_ref()
+            .map(|(_, p, _)| *p)
+            .unwrap_or_default();
         self.check_power(now, &session_id, used.0, profile.profile.max_power_w);
         if let Some(max_wh) = profile.profile.max_energy_per_session_wh {
             if used.0 > max_wh.saturating_mul(1_000) {
@@ -106,14 +115,12 @@ impl OutletTask {
         learned: bool,
     ) {
         let rule = "energy-above-profile";
-        if learned
-            && self
-                .shared
-                .store()
-                .has_anomaly(session_id, rule)
-                .unwrap_or(true)
-        {
-            return;
+        if learned {
+            // Flagged once per session, with no store query on each tick after.
+            match &mut self.profile {
+                Some((_, _, flagged)) if !*flagged => *flagged = true,
+                _ => return,
+            }
         }
         let reason = format!(
             "anomaly: {:.3} Wh used in the session, above the cable's {} {max_wh} Wh",

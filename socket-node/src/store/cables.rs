@@ -52,8 +52,9 @@ impl Store {
     }
 
     /// The cable of `session_id` made the socket lose `amount`: the anomaly `payment-lost`
-    /// (evidence, audit row), added to the cable's losses, and the cable banned, until `until_unix_ms` or for good (`None`). Returns the cable's key (hex), or
-    /// `None` for a session bound to no key (opened before sessions were).
+    /// (evidence, audit row), added to the cable's losses, and the cable banned until
+    /// `until_unix_ms` or for good (`None`), in one transaction. Returns the cable's key (hex),
+    /// or `None` for a session bound to no key (opened before sessions were).
     pub fn record_loss(
         &self,
         session_id: &str,
