@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::SocketError;
 use crate::outlet::{OutletHandle, OutletTask};
-use crate::seller::{seller_of, spillman, Issued, SellerContext};
+use crate::seller::{seller_of, spillman, Issued, Refusal, SellerContext};
 use crate::shared::Shared;
 use crate::station::Station;
 use crate::store::{Admitted, Authorized, CableAuth, PaymentStatus, ReceiptTaken};
@@ -399,12 +399,14 @@ impl Socket for SocketService {
             .await?;
         match funded {
             Ok(deposit_txid) => Ok(Response::new(v1::FundChannelResponse { deposit_txid })),
+            // Not checked (bitcoind, the store): no blame, the cable hands it over again.
+            Err(Refusal::Unavailable(reason)) => Err(SocketError::unavailable(reason).into()),
             // A bad deposit for the session in progress locks out; one naming another session
             // is only refused (it must not lock out someone else's session).
-            Err(reason) if in_progress => {
+            Err(Refusal::Cheat(reason)) if in_progress => {
                 Err(cx.lock_out(&request.session_id, &reason).await.into())
             }
-            Err(reason) => Err(SocketError::wrong_state(reason).into()),
+            Err(Refusal::Cheat(reason)) => Err(SocketError::wrong_state(reason).into()),
         }
     }
 

@@ -175,6 +175,9 @@ pub async fn open(
     Ok((reply.session_id, deposit))
 }
 
+/// How long the cable keeps handing a deposit over to a socket that cannot check it yet.
+const FUND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Steps 9–11: hand the deposit over (again, after a restart: the socket acknowledges the same
 /// deposit twice) and mark the channel funded.
 async fn fund(
@@ -186,15 +189,29 @@ async fn fund(
     wallet: &mut NodeWallet,
 ) -> Result<(), CableError> {
     let deposit_txid = deposit.compute_txid().to_string();
-    let funded = client
-        .fund_channel(signer.sign(v1::FundChannelRequest {
-            session_id: session_id.to_owned(),
-            deposit_tx: encode::serialize(deposit),
-            auth: None,
-        }))
-        .await
-        .map_err(|s| CableError::SocketRefused(s.message().to_owned()))?
-        .into_inner();
+    // The socket may not be able to check it now (bitcoind away): hand it over again, for up
+    // to FUND_PATIENCE; the socket acknowledges the same deposit twice.
+    let deadline = std::time::Instant::now() + FUND_PATIENCE;
+    let funded = loop {
+        let reply = client
+            .fund_channel(signer.sign(v1::FundChannelRequest {
+                session_id: session_id.to_owned(),
+                deposit_tx: encode::serialize(deposit),
+                auth: None,
+            }))
+            .await;
+        match reply {
+            Ok(reply) => break reply.into_inner(),
+            Err(status) if super::retryable(&status) && std::time::Instant::now() < deadline => {
+                tracing::warn!(
+                    "FundChannel: {}; handing the deposit over again",
+                    status.message()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(status) => return Err(CableError::SocketRefused(status.message().to_owned())),
+        }
+    };
     if funded.deposit_txid != deposit_txid {
         return Err(CableError::RefusedSocket(format!(
             "channel: the socket reports deposit {} for ours {deposit_txid}",

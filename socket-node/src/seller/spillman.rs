@@ -214,68 +214,87 @@ fn channel_secret_of(
 }
 
 /// Steps 9–11: the deposit must be exactly the channel's (its txid, the 2-of-2 output of the
-/// agreed value) and acceptable to bitcoind; it is stored, then broadcast.
+/// agreed value) and acceptable to bitcoind; it is stored, then broadcast. Errors:
+/// [`Refusal::Cheat`] for a deposit or request that breaks a rule; [`Refusal::Unavailable`]
+/// when it cannot be checked or stored now (bitcoind or the store): nothing changed, no blame.
+/// A broadcast bitcoind does not answer, once the deposit is stored, is acknowledged: the
+/// chain watch ([`watch_channels`]) sends it again.
 pub(crate) async fn fund(
     cx: &SellerContext<'_>,
     request: &v1::FundChannelRequest,
-) -> Result<String, String> {
+) -> Result<String, Refusal> {
+    let unavailable = |e: &dyn std::fmt::Display| Refusal::Unavailable(e.to_string());
     let stored = cx
         .shared
         .store()
         .channel_of(&request.session_id)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no channel for session {}", request.session_id))?;
+        .map_err(|e| unavailable(&e))?
+        .ok_or_else(|| Refusal::Cheat(format!("no channel for session {}", request.session_id)))?;
     let channel = &stored.channel;
     let deposit: Transaction = encode::deserialize(&request.deposit_tx)
-        .map_err(|e| format!("deposit transaction: {e}"))?;
+        .map_err(|e| Refusal::Cheat(format!("deposit transaction: {e}")))?;
     let txid = deposit.compute_txid();
     if stored.status != ChannelStatus::RefundSigned {
         // Handed over again after a lost reply: the same deposit is acknowledged again.
         return if stored.status == ChannelStatus::Funded && txid == channel.deposit.txid {
             Ok(txid.to_string())
         } else {
-            Err(format!("the channel is {}", stored.status))
+            Err(Refusal::Cheat(format!("the channel is {}", stored.status)))
         };
     }
     let session = request.session_id.clone();
     cx.outlet
         .call(move |task| task.machine.active_session(&session).map(|_| ()))
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("no deposit for a session not in progress: {e}"))?;
+        .map_err(|e| unavailable(&e))?
+        .map_err(|e| Refusal::Cheat(format!("no deposit for a session not in progress: {e}")))?;
     let output = deposit.output.get(channel.deposit.vout as usize);
-    let script = channel.deposit_script_pubkey().map_err(|e| e.to_string())?;
+    let script = channel
+        .deposit_script_pubkey()
+        .map_err(|e| Refusal::Cheat(e.to_string()))?;
     if txid != channel.deposit.txid
         || output.map(|o| (&o.script_pubkey, o.value)) != Some((&script, channel.deposit_value))
     {
-        return Err(format!(
+        return Err(Refusal::Cheat(format!(
             "deposit {txid} is not the agreed {} of {} to the 2-of-2",
             channel.deposit, channel.deposit_value
-        ));
+        )));
     }
     let min_rate = cx.outlet.config.min_fee_rate_sat_per_vb;
     let checked = {
         let deposit = deposit.clone();
         cx.with_chain(move |shared| super::check_on_chain(shared, &deposit, min_rate))
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| unavailable(&e))?
     };
     match checked {
         Ok(_) => {}
-        Err(Refusal::Cheat(reason)) | Err(Refusal::Unavailable(reason)) => {
-            return Err(format!("deposit: {reason}"))
+        Err(Refusal::Cheat(reason)) => return Err(Refusal::Cheat(format!("deposit: {reason}"))),
+        Err(Refusal::Unavailable(reason)) => {
+            return Err(Refusal::Unavailable(format!(
+                "cannot check the deposit now: {reason}"
+            )))
         }
     }
     cx.shared
         .store()
         .fund_channel(&request.session_id, &deposit)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| unavailable(&e))?;
     fail::fail_point!("socket-deposit-stored", |_| std::process::abort());
-    cx.with_chain_to_the_end(move |shared| shared.chain.broadcast(&deposit))
+    let broadcast = cx
+        .with_chain_to_the_end(move |shared| shared.chain.broadcast(&deposit))
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("broadcasting the deposit: {e}"))?;
-    tracing::info!(outlet = %cx.outlet.id(), session = %request.session_id, %txid, "spillman deposit broadcast");
+        .map_err(|e| unavailable(&e))?;
+    match broadcast {
+        Ok(_) => {
+            tracing::info!(outlet = %cx.outlet.id(), session = %request.session_id, %txid, "spillman deposit broadcast")
+        }
+        // Checked by `testmempoolaccept` a moment ago and stored: the watch sends it.
+        Err(wallet::WalletError::Unreachable { message, .. }) => {
+            tracing::warn!(outlet = %cx.outlet.id(), session = %request.session_id, %txid, "bitcoind did not answer the deposit's broadcast ({message}): the chain watch sends it again")
+        }
+        Err(e) => return Err(Refusal::Cheat(format!("broadcasting the deposit: {e}"))),
+    }
     Ok(txid.to_string())
 }
 
