@@ -253,3 +253,67 @@ fn a_broadcast_bitcoind_does_not_answer_is_credited_and_sent_by_the_chain_watch(
         .unwrap();
     assert_eq!(lockouts, 0);
 }
+
+/// The same for a spillman deposit: its broadcast gets no answer, the socket says UNAVAILABLE
+/// (no lockout), the cable hands it over again, the socket sends it and acknowledges it, and
+/// the session is paid from it as usual.
+#[test]
+fn a_deposit_broadcast_bitcoind_does_not_answer_is_handed_over_again() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut socket = SocketProcess::start(
+        &bitcoind,
+        &dir.path().join("socket"),
+        &SocketSetup {
+            spillman: true,
+            ..SocketSetup::default()
+        },
+    )
+    .unwrap();
+    socket.env = vec![(
+        "FAILPOINTS".into(),
+        "socket-deposit-broadcast-unanswered=1*return".into(),
+    )];
+    socket.restart().unwrap();
+    let cable = integration::CableFiles::create(
+        &bitcoind,
+        &dir.path().join("cable"),
+        &socket.endpoint,
+        &integration::CableSetup {
+            schemes: vec!["spillman".into()],
+            max_session_sat: 2_000,
+            ..integration::CableSetup::default()
+        },
+        Amount::from_sat(50_000),
+    )
+    .unwrap();
+    let out = cable.run(Duration::from_secs(120)).unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "the honest cable failed:\n{log}");
+    assert!(
+        log.contains("handing the deposit over again"),
+        "the failpoint did not fire:\n{log}"
+    );
+    let db = rusqlite::Connection::open(socket.data_dir.join("socket.sqlite")).unwrap();
+    let (deposit_hex, anomalies): (String, i64) = db
+        .query_row(
+            "SELECT deposit_tx_hex, (SELECT COUNT(*) FROM anomalies) FROM spillman_channels",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(anomalies, 0);
+    let deposit: bitcoin::Transaction =
+        bitcoin::consensus::encode::deserialize_hex(&deposit_hex).unwrap();
+    let txid = deposit.compute_txid().to_string();
+    let known: serde_json::Value = regtest::rpc(
+        bitcoind.client(),
+        "getrawtransaction",
+        &[txid.clone().into()],
+    )
+    .unwrap();
+    assert!(
+        known.is_string(),
+        "bitcoind does not know the deposit {txid}"
+    );
+}

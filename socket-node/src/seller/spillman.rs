@@ -216,9 +216,10 @@ fn channel_secret_of(
 /// Steps 9–11: the deposit must be exactly the channel's (its txid, the 2-of-2 output of the
 /// agreed value) and acceptable to bitcoind; it is stored, then broadcast. Errors:
 /// [`Refusal::Cheat`] for a deposit or request that breaks a rule; [`Refusal::Unavailable`]
-/// when it cannot be checked or stored now (bitcoind or the store): nothing changed, no blame.
-/// A broadcast bitcoind does not answer, once the deposit is stored, is acknowledged: the
-/// chain watch ([`watch_channels`]) sends it again.
+/// when it cannot be checked, stored or broadcast now (bitcoind or the store): no blame, the
+/// cable hands it over again. A deposit is acknowledged only once bitcoind has taken it (a
+/// payment from a deposit bitcoind does not know would look double-spent), also when it is
+/// handed over again.
 pub(crate) async fn fund(
     cx: &SellerContext<'_>,
     request: &v1::FundChannelRequest,
@@ -235,8 +236,10 @@ pub(crate) async fn fund(
         .map_err(|e| Refusal::Cheat(format!("deposit transaction: {e}")))?;
     let txid = deposit.compute_txid();
     if stored.status != ChannelStatus::RefundSigned {
-        // Handed over again after a lost reply: the same deposit is acknowledged again.
+        // Handed over again after a lost reply or a broadcast bitcoind did not answer: the same
+        // deposit is sent again and acknowledged again.
         return if stored.status == ChannelStatus::Funded && txid == channel.deposit.txid {
+            broadcast_deposit(cx, deposit).await?;
             Ok(txid.to_string())
         } else {
             Err(Refusal::Cheat(format!("the channel is {}", stored.status)))
@@ -281,21 +284,35 @@ pub(crate) async fn fund(
         .fund_channel(&request.session_id, &deposit)
         .map_err(|e| unavailable(&e))?;
     fail::fail_point!("socket-deposit-stored", |_| std::process::abort());
-    let broadcast = cx
-        .with_chain_to_the_end(move |shared| shared.chain.broadcast(&deposit))
-        .await
-        .map_err(|e| unavailable(&e))?;
-    match broadcast {
-        Ok(_) => {
-            tracing::info!(outlet = %cx.outlet.id(), session = %request.session_id, %txid, "spillman deposit broadcast")
-        }
-        // Checked by `testmempoolaccept` a moment ago and stored: the watch sends it.
-        Err(wallet::WalletError::Unreachable { message, .. }) => {
-            tracing::warn!(outlet = %cx.outlet.id(), session = %request.session_id, %txid, "bitcoind did not answer the deposit's broadcast ({message}): the chain watch sends it again")
-        }
-        Err(e) => return Err(Refusal::Cheat(format!("broadcasting the deposit: {e}"))),
-    }
+    broadcast_deposit(cx, deposit).await?;
+    tracing::info!(outlet = %cx.outlet.id(), session = %request.session_id, %txid, "spillman deposit broadcast");
     Ok(txid.to_string())
+}
+
+/// Broadcast a stored deposit. Errors: [`Refusal::Unavailable`] when bitcoind does not answer
+/// (the cable hands it over again), [`Refusal::Cheat`] when it refuses it (an input spent
+/// meanwhile).
+async fn broadcast_deposit(cx: &SellerContext<'_>, deposit: Transaction) -> Result<(), Refusal> {
+    let broadcast = cx
+        .with_chain_to_the_end(move |shared| {
+            // Fault point for the tests: bitcoind never answers this broadcast.
+            fail::fail_point!("socket-deposit-broadcast-unanswered", |_| Err(
+                wallet::WalletError::Unreachable {
+                    method: "sendrawtransaction".into(),
+                    message: "failpoint".into(),
+                }
+            ));
+            shared.chain.broadcast(&deposit)
+        })
+        .await
+        .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+    match broadcast {
+        Ok(_) => Ok(()),
+        Err(wallet::WalletError::Unreachable { message, .. }) => Err(Refusal::Unavailable(
+            format!("bitcoind did not answer the deposit's broadcast: {message}"),
+        )),
+        Err(e) => Err(Refusal::Cheat(format!("broadcasting the deposit: {e}"))),
+    }
 }
 
 /// The `PowerRequest` reply: the next total, one quota above the highest payment held.
