@@ -2,7 +2,8 @@
 //! quota, is credited, then replaces the payment with a conflicting transaction paying itself
 //! (Bitcoin Core relays full-RBF replacements by default). The socket's chain watch finds the
 //! conflict, records the payment as lost with its reason, locks the outlet out and bans the
-//! cable's identity: its next session is refused.
+//! cable's identity: its next session is refused. The socket crashes right after recording
+//! the loss (crash point `socket-record-loss`, see `crash_points.rs`): nothing of it is lost.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use regtest::Regtest;
 fn a_credited_payment_the_cable_replaces_is_found_and_recorded_as_lost() {
     let bitcoind = Regtest::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let socket = SocketProcess::start(
+    let mut socket = SocketProcess::start(
         &bitcoind,
         &dir.path().join("socket"),
         &SocketSetup {
@@ -26,6 +27,8 @@ fn a_credited_payment_the_cable_replaces_is_found_and_recorded_as_lost() {
         },
     )
     .unwrap();
+    socket.env = vec![("FAILPOINTS".into(), "socket-record-loss=return".into())];
+    socket.restart().unwrap();
     let mut payer = integration::funded_payer(&bitcoind, 1, 50_000);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -84,7 +87,13 @@ fn a_credited_payment_the_cable_replaces_is_found_and_recorded_as_lost() {
 
     let db_path = socket.data_dir.join("socket.sqlite");
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut crashed = false;
     let status = loop {
+        if !socket.is_running() {
+            crashed = true;
+            socket.env.clear();
+            socket.restart().unwrap();
+        }
         let db = rusqlite::Connection::open_with_flags(
             &db_path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -103,6 +112,11 @@ fn a_credited_payment_the_cable_replaces_is_found_and_recorded_as_lost() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(status, "lost", "socket:\n{}", socket.log_text());
+    assert!(
+        crashed,
+        "no crash at socket-record-loss:\n{}",
+        socket.log_text()
+    );
     let db =
         rusqlite::Connection::open_with_flags(&db_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();

@@ -1,7 +1,8 @@
 //! A cheating spillman cable: a hand-made cable (its own wallet, channel key and gRPC client)
 //! against the real `socket-node` on a real regtest chain. Each payment that is not exactly the
 //! channel's next one, signed by the cable, is refused and locks the outlet out; a deposit
-//! double-spent before it confirms stops the crediting (seed 003; design.md "Trust").
+//! double-spent before it confirms stops the crediting (seed 003; design.md "Trust"). A refused
+//! channel counts against the cable, also across a crash.
 
 use std::time::Duration;
 
@@ -277,4 +278,68 @@ fn the_socket_refuses_every_payment_that_is_not_the_channels_next() {
             assert!(banned.is_some_and(|r| r.contains("spent")), "{cheat:?}");
         }
     }
+}
+
+/// A channel the socket refuses (a cable key that is no key) counts against the cable's
+/// identity; the socket crashes right after counting it (crash point `socket-count-refusal`,
+/// see `crash_points.rs`) and the count is still there, the next refusal adding to it.
+#[test]
+fn a_refused_channel_counts_against_the_cable_across_a_crash() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut socket = SocketProcess::start(
+        &bitcoind,
+        dir.path(),
+        &SocketSetup {
+            spillman: true,
+            ..SocketSetup::default()
+        },
+    )
+    .unwrap();
+    socket.env = vec![("FAILPOINTS".into(), "socket-count-refusal=return".into())];
+    socket.restart().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let refuse = |endpoint: String| {
+        runtime.block_on(async {
+            let mut client = SocketClient::connect(endpoint).await.unwrap();
+            let _link = client
+                .watch_status(v1::WatchStatusRequest {
+                    outlet_id: OUTLET.into(),
+                })
+                .await
+                .unwrap();
+            client
+                .open_channel(integration::cable_signer().sign(v1::OpenChannelRequest {
+                    outlet_id: OUTLET.into(),
+                    cable_channel_key: vec![2; 33],
+                    ..Default::default()
+                }))
+                .await
+                .expect_err("no channel")
+        })
+    };
+    let refusals = |socket: &SocketProcess| -> i64 {
+        let db = rusqlite::Connection::open(socket.data_dir.join("socket.sqlite")).unwrap();
+        db.query_row(
+            "SELECT refusals FROM cables WHERE key_hex = ?1",
+            [integration::cable_signer().public_key().to_string()],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    // The socket dies right after counting: the cable sees no answer.
+    let lost = refuse(socket.endpoint.clone());
+    assert_ne!(lost.code(), tonic::Code::InvalidArgument, "{lost:?}");
+    assert!(!socket.is_running(), "no crash at socket-count-refusal");
+    assert_eq!(refusals(&socket), 1);
+    socket.env.clear();
+    socket.restart().unwrap();
+    // Started again: the next one is refused with its reason and counted too.
+    let refused = refuse(socket.endpoint.clone());
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("cable channel key"),
+        "{refused:?}"
+    );
+    assert_eq!(refusals(&socket), 2);
 }

@@ -100,6 +100,7 @@ impl Shared {
         &self,
         outlet_id: &str,
         session_id: &str,
+        lost: crate::store::Lost,
         amount: Amount,
         event: &str,
         reason: &str,
@@ -109,7 +110,7 @@ impl Shared {
             .ban_secs
             .map(|secs| crate::store::unix_ms() + (secs as i64).saturating_mul(1_000));
         let store = self.store();
-        match store.record_loss(session_id, amount, reason, until) {
+        match store.record_loss(session_id, lost, amount, reason, until) {
             Ok(Some(cable)) => {
                 tracing::warn!(session = %session_id, %cable, %amount, "{event}: cable banned: {reason}")
             }

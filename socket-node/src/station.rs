@@ -19,7 +19,7 @@ use wallet::WalletError;
 use crate::config::{OutletConfig, SocketConfig};
 use crate::outlet::{OutletHandle, Outlets};
 use crate::shared::{Settle, Shared};
-use crate::store::{PaymentStatus, SetStatus, Store};
+use crate::store::{Lost, PaymentStatus, SetStatus, Store};
 use proto::Scheme;
 
 /// How often the settler looks at held sets, broadcast transactions and channels when it has
@@ -337,18 +337,17 @@ impl Station {
             let reason = format!(
                 "payment {payment_id} ({txid}) was replaced: its input {input} was spent by another transaction"
             );
-            let outlet_id = {
-                let store = self.shared.store();
-                let _ = store.set_payment_status(session_id, payment_id, PaymentStatus::Lost);
-                store
-                    .session_outlet(session_id)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default()
-            };
+            let outlet_id = self
+                .shared
+                .store()
+                .session_outlet(session_id)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
             self.shared.payment_lost(
                 &outlet_id,
                 session_id,
+                Lost::Payment(payment_id),
                 payment.amount,
                 "payment-lost",
                 &reason,

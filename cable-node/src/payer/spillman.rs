@@ -169,7 +169,6 @@ pub async fn open(
             outlet_id,
         )
         .context("storing the session")?;
-    fail::fail_point!("cable-refund-stored", |_| std::process::abort());
     fund(client, signer, &reply.session_id, &deposit, store, wallet).await?;
     tracing::info!(deposit = %deposit_txid, value = %channel.deposit_value, lock_height = channel.refund_lock_height, "spillman channel open");
     Ok((reply.session_id, deposit))
@@ -306,7 +305,6 @@ pub fn sign_payment(
     store
         .record_signed(session_id, &record)
         .context("storing the signed payment")?;
-    fail::fail_point!("cable-payment-stored", |_| std::process::abort());
     Ok(record)
 }
 

@@ -16,7 +16,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 /// `IF NOT EXISTS` lets such a data dir take it as is.
 pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
+mod persist;
 mod sockets;
+
+use persist::persist;
 pub use sockets::{SocketRow, SocketStatus};
 
 /// Version 3 (design.md "Attestation"): the receipts the cable countersigned (socket.proto
@@ -239,21 +242,25 @@ impl CableStore {
 
     /// Record a session the socket opened (idempotent).
     pub fn open_session(&self, id: &str, socket_identity_key: &str, outlet_id: &str) -> Result<()> {
-        self.db.execute(
-            "INSERT OR IGNORE INTO sessions (id, socket_identity_key, outlet_id, started_at_unix_ms)
-             VALUES (?1, ?2, ?3, ?4)",
-            params![id, socket_identity_key, outlet_id, unix_ms()],
-        )?;
-        Ok(())
+        persist("cable-open-session", || {
+            self.db.execute(
+                "INSERT OR IGNORE INTO sessions (id, socket_identity_key, outlet_id, started_at_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![id, socket_identity_key, outlet_id, unix_ms()],
+            )?;
+            Ok(())
+        })
     }
 
     /// Close a session with its outcome.
     pub fn end_session(&self, id: &str, outcome: &str) -> Result<()> {
-        self.db.execute(
-            "UPDATE sessions SET ended_at_unix_ms = ?2, outcome = ?3 WHERE id = ?1",
-            params![id, unix_ms(), outcome],
-        )?;
-        Ok(())
+        persist("cable-end-session", || {
+            self.db.execute(
+                "UPDATE sessions SET ended_at_unix_ms = ?2, outcome = ?3 WHERE id = ?1",
+                params![id, unix_ms(), outcome],
+            )?;
+            Ok(())
+        })
     }
 
     /// Keep a status report of `session_id` that the socket signed (verified by the caller;
@@ -264,24 +271,26 @@ impl CableStore {
         report: &proto::v1::StatusReport,
         signed: &proto::v1::SignedStatus,
     ) -> Result<()> {
-        let state = proto::v1::OutletState::try_from(report.state)
-            .unwrap_or(proto::v1::OutletState::Unspecified);
-        self.db.execute(
-            "INSERT OR IGNORE INTO status_reports (session_id, sequence, state, energy_used_mwh,
-             quota_remaining_mwh, time_unix_ms, report, signature)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                session_id,
-                report.sequence as i64,
-                state.as_str_name(),
-                report.energy_used_mwh as i64,
-                report.quota_remaining_mwh as i64,
-                report.time_unix_ms as i64,
-                signed.report,
-                signed.signature
-            ],
-        )?;
-        Ok(())
+        persist("cable-record-status", || {
+            let state = proto::v1::OutletState::try_from(report.state)
+                .unwrap_or(proto::v1::OutletState::Unspecified);
+            self.db.execute(
+                "INSERT OR IGNORE INTO status_reports (session_id, sequence, state, energy_used_mwh,
+                 quota_remaining_mwh, time_unix_ms, report, signature)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    session_id,
+                    report.sequence as i64,
+                    state.as_str_name(),
+                    report.energy_used_mwh as i64,
+                    report.quota_remaining_mwh as i64,
+                    report.time_unix_ms as i64,
+                    signed.report,
+                    signed.signature
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// The signed status reports kept for `session_id`, oldest first.
@@ -300,32 +309,36 @@ impl CableStore {
 
     /// Store a signed payment before it is sent.
     pub fn record_signed(&self, session_id: &str, record: &SignedRecord) -> Result<()> {
-        insert_payment(&self.db, session_id, record)
+        persist("cable-record-signed", || {
+            insert_payment(&self.db, session_id, record)
+        })
     }
 
     /// Store the first signature of a new input set together with the set (one SQLite
     /// transaction), before it is sent.
     pub fn open_set(&mut self, set: &CableSet, record: &SignedRecord) -> Result<()> {
-        let db = self.db.transaction()?;
-        let inputs: Vec<String> = set.inputs.iter().map(ToString::to_string).collect();
-        db.execute(
-            "INSERT INTO single_fee_sets (session_id, set_index, inputs, fee_sat, max_sat,
-                 increment_sat, payout_script_hex, highest_value_sat, highest_payment_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                set.session_id,
-                set.index as i64,
-                inputs.join(","),
-                set.fee.to_sat() as i64,
-                set.max.to_sat() as i64,
-                set.increment.to_sat() as i64,
-                set.payout_script.to_hex_string(),
-                set.highest.to_sat() as i64,
-                set.highest_payment_id as i64
-            ],
-        )?;
-        insert_payment(&db, &set.session_id, record)?;
-        db.commit()
+        persist("cable-open-set", || {
+            let db = self.db.transaction()?;
+            let inputs: Vec<String> = set.inputs.iter().map(ToString::to_string).collect();
+            db.execute(
+                "INSERT INTO single_fee_sets (session_id, set_index, inputs, fee_sat, max_sat,
+                     increment_sat, payout_script_hex, highest_value_sat, highest_payment_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    set.session_id,
+                    set.index as i64,
+                    inputs.join(","),
+                    set.fee.to_sat() as i64,
+                    set.max.to_sat() as i64,
+                    set.increment.to_sat() as i64,
+                    set.payout_script.to_hex_string(),
+                    set.highest.to_sat() as i64,
+                    set.highest_payment_id as i64
+                ],
+            )?;
+            insert_payment(&db, &set.session_id, record)?;
+            db.commit()
+        })
     }
 
     /// Store a higher signature of an open set (one SQLite transaction), before it is sent.
@@ -336,22 +349,24 @@ impl CableStore {
         value: Amount,
         record: &SignedRecord,
     ) -> Result<()> {
-        let db = self.db.transaction()?;
-        let raised = db.execute(
-            "UPDATE single_fee_sets SET highest_value_sat = ?3, highest_payment_id = ?4
-             WHERE session_id = ?1 AND set_index = ?2 AND highest_value_sat < ?3 AND closed = 0",
-            params![
-                set.session_id,
-                set.index as i64,
-                value.to_sat() as i64,
-                record.payment_id as i64
-            ],
-        )?;
-        if raised != 1 {
-            return Err(rusqlite::Error::StatementChangedRows(raised));
-        }
-        insert_payment(&db, &set.session_id, record)?;
-        db.commit()
+        persist("cable-raise-set", || {
+            let db = self.db.transaction()?;
+            let raised = db.execute(
+                "UPDATE single_fee_sets SET highest_value_sat = ?3, highest_payment_id = ?4
+                 WHERE session_id = ?1 AND set_index = ?2 AND highest_value_sat < ?3 AND closed = 0",
+                params![
+                    set.session_id,
+                    set.index as i64,
+                    value.to_sat() as i64,
+                    record.payment_id as i64
+                ],
+            )?;
+            if raised != 1 {
+                return Err(rusqlite::Error::StatementChangedRows(raised));
+            }
+            insert_payment(&db, &set.session_id, record)?;
+            db.commit()
+        })
     }
 
     /// The open input set of a session, if any.
@@ -396,11 +411,13 @@ impl CableStore {
 
     /// Close an input set (its highest transaction was broadcast).
     pub fn close_set(&self, session_id: &str, index: u32) -> Result<()> {
-        self.db.execute(
-            "UPDATE single_fee_sets SET closed = 1 WHERE session_id = ?1 AND set_index = ?2",
-            params![session_id, index as i64],
-        )?;
-        Ok(())
+        persist("cable-close-set", || {
+            self.db.execute(
+                "UPDATE single_fee_sets SET closed = 1 WHERE session_id = ?1 AND set_index = ?2",
+                params![session_id, index as i64],
+            )?;
+            Ok(())
+        })
     }
 
     /// The last session with `outlet_id` of the socket `socket_identity_key` that has not
@@ -449,12 +466,14 @@ impl CableStore {
         payment_hash: &str,
         amount_msat: u64,
     ) -> Result<()> {
-        self.db.execute(
-            "INSERT OR IGNORE INTO ln_payments (session_id, payment_id, payment_hash, amount_msat, status)
-             VALUES (?1, ?2, ?3, ?4, 'sending')",
-            params![session_id, payment_id as i64, payment_hash, amount_msat as i64],
-        )?;
-        Ok(())
+        persist("cable-sending-ln", || {
+            self.db.execute(
+                "INSERT OR IGNORE INTO ln_payments (session_id, payment_id, payment_hash, amount_msat, status)
+                 VALUES (?1, ?2, ?3, ?4, 'sending')",
+                params![session_id, payment_id as i64, payment_hash, amount_msat as i64],
+            )?;
+            Ok(())
+        })
     }
 
     /// Record a channel the cable proposes, before its key leaves (seed 003 step 6).
@@ -464,26 +483,28 @@ impl CableStore {
         channel: &proto::spillman::Channel,
         deposit: &bitcoin::Transaction,
     ) -> Result<()> {
-        use bitcoin::hex::DisplayHex;
-        self.db.execute(
-            "INSERT INTO spillman_channels (deposit_txid, secret_hex, socket_key_hex, deposit_vout,
-                 deposit_sat, refund_lock_height, fee_sat, cable_script_hex, socket_script_hex,
-                 deposit_tx_hex, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'proposed')",
-            params![
-                channel.deposit.txid.to_string(),
-                secret.secret_bytes().to_lower_hex_string(),
-                channel.socket_key.to_string(),
-                channel.deposit.vout,
-                channel.deposit_value.to_sat() as i64,
-                channel.refund_lock_height,
-                channel.fee.to_sat() as i64,
-                channel.cable_script.to_hex_string(),
-                channel.socket_script.to_hex_string(),
-                bitcoin::consensus::encode::serialize_hex(deposit),
-            ],
-        )?;
-        Ok(())
+        persist("cable-propose-channel", || {
+            use bitcoin::hex::DisplayHex;
+            self.db.execute(
+                "INSERT INTO spillman_channels (deposit_txid, secret_hex, socket_key_hex, deposit_vout,
+                     deposit_sat, refund_lock_height, fee_sat, cable_script_hex, socket_script_hex,
+                     deposit_tx_hex, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'proposed')",
+                params![
+                    channel.deposit.txid.to_string(),
+                    secret.secret_bytes().to_lower_hex_string(),
+                    channel.socket_key.to_string(),
+                    channel.deposit.vout,
+                    channel.deposit_value.to_sat() as i64,
+                    channel.refund_lock_height,
+                    channel.fee.to_sat() as i64,
+                    channel.cable_script.to_hex_string(),
+                    channel.socket_script.to_hex_string(),
+                    bitcoin::consensus::encode::serialize_hex(deposit),
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// Record the fully signed refund and the session, before the deposit is handed over
@@ -494,26 +515,30 @@ impl CableStore {
         session_id: &str,
         refund: &bitcoin::Transaction,
     ) -> Result<()> {
-        self.db.execute(
-            "UPDATE spillman_channels SET session_id = ?2, refund_tx_hex = ?3,
-                 status = 'refund-signed'
-             WHERE deposit_txid = ?1",
-            params![
-                deposit_txid,
-                session_id,
-                bitcoin::consensus::encode::serialize_hex(refund)
-            ],
-        )?;
-        Ok(())
+        persist("cable-refund-signed", || {
+            self.db.execute(
+                "UPDATE spillman_channels SET session_id = ?2, refund_tx_hex = ?3,
+                     status = 'refund-signed'
+                 WHERE deposit_txid = ?1",
+                params![
+                    deposit_txid,
+                    session_id,
+                    bitcoin::consensus::encode::serialize_hex(refund)
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// Set a channel's status.
     pub fn set_channel_status(&self, deposit_txid: &str, status: &str) -> Result<()> {
-        self.db.execute(
-            "UPDATE spillman_channels SET status = ?2 WHERE deposit_txid = ?1",
-            params![deposit_txid, status],
-        )?;
-        Ok(())
+        persist("cable-set-channel-status", || {
+            self.db.execute(
+                "UPDATE spillman_channels SET status = ?2 WHERE deposit_txid = ?1",
+                params![deposit_txid, status],
+            )?;
+            Ok(())
+        })
     }
 
     /// The channel of a session, if any.
@@ -591,19 +616,21 @@ impl CableStore {
         preimage_hex: &str,
         amount_msat: u64,
     ) -> Result<()> {
-        self.db.execute(
-            "INSERT INTO ln_payments (session_id, payment_id, payment_hash, amount_msat, status,
-                                      keysend_preimage_hex)
-             VALUES (?1, ?2, ?3, ?4, 'sending', ?5)",
-            params![
-                session_id,
-                payment_id as i64,
-                payment_hash,
-                amount_msat as i64,
-                preimage_hex
-            ],
-        )?;
-        Ok(())
+        persist("cable-sending-keysend", || {
+            self.db.execute(
+                "INSERT INTO ln_payments (session_id, payment_id, payment_hash, amount_msat, status,
+                                          keysend_preimage_hex)
+                 VALUES (?1, ?2, ?3, ?4, 'sending', ?5)",
+                params![
+                    session_id,
+                    payment_id as i64,
+                    payment_hash,
+                    amount_msat as i64,
+                    preimage_hex
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// The session's Lightning payment with the highest payment id, if any.
@@ -627,11 +654,13 @@ impl CableStore {
 
     /// Record how a Lightning payment ended.
     pub fn ln_done(&self, payment_hash: &str, status: &str, latency_ms: Option<u64>) -> Result<()> {
-        self.db.execute(
-            "UPDATE ln_payments SET status = ?2, latency_ms = ?3 WHERE payment_hash = ?1",
-            params![payment_hash, status, latency_ms.map(|l| l as i64)],
-        )?;
-        Ok(())
+        persist("cable-ln-done", || {
+            self.db.execute(
+                "UPDATE ln_payments SET status = ?2, latency_ms = ?3 WHERE payment_hash = ?1",
+                params![payment_hash, status, latency_ms.map(|l| l as i64)],
+            )?;
+            Ok(())
+        })
     }
 
     /// The payment hash and status (`sending`, `paid`, `failed`) recorded for a Lightning
@@ -662,11 +691,13 @@ impl CableStore {
 
     /// Set a payment's status to `accepted` or `refused`.
     pub fn set_status(&self, session_id: &str, payment_id: u64, status: &str) -> Result<()> {
-        self.db.execute(
-            "UPDATE payments SET status = ?3 WHERE session_id = ?1 AND payment_id = ?2",
-            params![session_id, payment_id as i64, status],
-        )?;
-        Ok(())
+        persist("cable-set-status", || {
+            self.db.execute(
+                "UPDATE payments SET status = ?3 WHERE session_id = ?1 AND payment_id = ?2",
+                params![session_id, payment_id as i64, status],
+            )?;
+            Ok(())
+        })
     }
 
     /// The payment signed for `payment_id` of a session, if any.

@@ -5,6 +5,7 @@
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
+use super::persist;
 use super::{unix_ms, CableStore, Result};
 
 /// What the cable thinks of a socket.
@@ -41,25 +42,27 @@ impl CableStore {
     /// Count a session with the socket of `identity_key` (hex), first seen now if new. Returns
     /// why it is flagged, if it is: the caller refuses it.
     pub fn meet_socket(&self, identity_key: &str) -> Result<Option<String>> {
-        self.db.execute(
-            "INSERT OR IGNORE INTO sockets (identity_key, first_seen_unix_ms) VALUES (?1, ?2)",
-            params![identity_key, unix_ms()],
-        )?;
-        let flagged: Option<String> = self
-            .db
-            .query_row(
-                "SELECT reason FROM sockets WHERE identity_key = ?1 AND status = 'flagged'",
-                params![identity_key],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if flagged.is_none() {
+        persist("cable-meet-socket", || {
             self.db.execute(
-                "UPDATE sockets SET sessions = sessions + 1 WHERE identity_key = ?1",
-                params![identity_key],
+                "INSERT OR IGNORE INTO sockets (identity_key, first_seen_unix_ms) VALUES (?1, ?2)",
+                params![identity_key, unix_ms()],
             )?;
-        }
-        Ok(flagged)
+            let flagged: Option<String> = self
+                .db
+                .query_row(
+                    "SELECT reason FROM sockets WHERE identity_key = ?1 AND status = 'flagged'",
+                    params![identity_key],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if flagged.is_none() {
+                self.db.execute(
+                    "UPDATE sockets SET sessions = sessions + 1 WHERE identity_key = ?1",
+                    params![identity_key],
+                )?;
+            }
+            Ok(flagged)
+        })
     }
 
     /// Flag the socket of `identity_key` (hex) with `reason` and its `evidence`.
@@ -69,24 +72,28 @@ impl CableStore {
         reason: &str,
         evidence: &serde_json::Value,
     ) -> Result<()> {
-        self.db.execute(
-            "INSERT INTO sockets (identity_key, first_seen_unix_ms, status, reason, evidence, since_unix_ms)
-             VALUES (?1, ?2, 'flagged', ?3, ?4, ?2)
-             ON CONFLICT (identity_key) DO UPDATE SET status = 'flagged', reason = ?3,
-                 evidence = ?4, since_unix_ms = ?2",
-            params![identity_key, unix_ms(), reason, evidence.to_string()],
-        )?;
-        Ok(())
+        persist("cable-flag-socket", || {
+            self.db.execute(
+                "INSERT INTO sockets (identity_key, first_seen_unix_ms, status, reason, evidence, since_unix_ms)
+                 VALUES (?1, ?2, 'flagged', ?3, ?4, ?2)
+                 ON CONFLICT (identity_key) DO UPDATE SET status = 'flagged', reason = ?3,
+                     evidence = ?4, since_unix_ms = ?2",
+                params![identity_key, unix_ms(), reason, evidence.to_string()],
+            )?;
+            Ok(())
+        })
     }
 
     /// Allow a flagged socket again. Returns whether it was known.
     pub fn allow_socket(&self, identity_key: &str) -> Result<bool> {
-        let changed = self.db.execute(
-            "UPDATE sockets SET status = 'allowed', reason = NULL, evidence = NULL,
-             since_unix_ms = NULL WHERE identity_key = ?1",
-            params![identity_key],
-        )?;
-        Ok(changed > 0)
+        persist("cable-allow-socket", || {
+            let changed = self.db.execute(
+                "UPDATE sockets SET status = 'allowed', reason = NULL, evidence = NULL,
+                 since_unix_ms = NULL WHERE identity_key = ?1",
+                params![identity_key],
+            )?;
+            Ok(changed > 0)
+        })
     }
 
     /// Every socket the cable met, flagged ones first.
@@ -124,21 +131,23 @@ impl CableStore {
         body: &proto::v1::ReceiptBody,
         receipt: &proto::v1::MeteringReceipt,
     ) -> Result<()> {
-        self.db.execute(
-            "INSERT OR IGNORE INTO receipts (session_id, socket_sequence, socket_energy_mwh,
-             cable_energy_mwh, body, signature, signed_at_unix_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                session_id,
-                report.sequence as i64,
-                report.energy_used_mwh as i64,
-                body.cable_energy_mwh as i64,
-                receipt.body,
-                receipt.signature,
-                unix_ms()
-            ],
-        )?;
-        Ok(())
+        persist("cable-record-receipt", || {
+            self.db.execute(
+                "INSERT OR IGNORE INTO receipts (session_id, socket_sequence, socket_energy_mwh,
+                 cable_energy_mwh, body, signature, signed_at_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    session_id,
+                    report.sequence as i64,
+                    report.energy_used_mwh as i64,
+                    body.cable_energy_mwh as i64,
+                    receipt.body,
+                    receipt.signature,
+                    unix_ms()
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// The receipts the cable signed for `session_id`, oldest first.

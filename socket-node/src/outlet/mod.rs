@@ -27,7 +27,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::OutletConfig;
 use crate::shared::{Settle, Shared};
-use crate::store::{unix_ms, CableAuth, Payout, SessionProfile};
+use crate::store::{unix_ms, CableAuth, Lost, Payout, SessionProfile};
 use hardware::Hardware;
 pub use machine::{Event, Outlet, OutletParams};
 use proto::Scheme;
@@ -614,8 +614,14 @@ impl OutletTask {
         if ours {
             tracing::info!(outlet = %self.config.id, session = %session_id, set = index, "input set broadcast by the cable");
         } else {
-            self.shared
-                .payment_lost(&self.config.id, session_id, value, "set-lost", &reason);
+            self.shared.payment_lost(
+                &self.config.id,
+                session_id,
+                Lost::Value,
+                value,
+                "set-lost",
+                &reason,
+            );
             self.lock_out(session_id, &reason);
         }
     }

@@ -17,7 +17,7 @@ use super::{Issued, Refusal, Seller, SellerContext};
 use crate::config::OutletConfig;
 use crate::outlet::Outlets;
 use crate::shared::Shared;
-use crate::store::{ChannelStatus, Payout, StoredTerms};
+use crate::store::{ChannelStatus, Lost, Payout, StoredTerms};
 
 /// The seller of `spillman`.
 pub(crate) struct Spillman;
@@ -283,7 +283,6 @@ pub(crate) async fn fund(
         .store()
         .fund_channel(&request.session_id, &deposit)
         .map_err(|e| unavailable(&e))?;
-    fail::fail_point!("socket-deposit-stored", |_| std::process::abort());
     broadcast_deposit(cx, deposit).await?;
     tracing::info!(outlet = %cx.outlet.id(), session = %request.session_id, %txid, "spillman deposit broadcast");
     Ok(txid.to_string())
@@ -407,6 +406,7 @@ async fn pay(
         cx.shared.payment_lost(
             outlet_id,
             session_id,
+            Lost::Value,
             stored.highest_total,
             "channel-lost",
             &reason,
@@ -448,7 +448,6 @@ async fn pay(
             channel.fee,
         )
         .map_err(SocketError::internal)?;
-    fail::fail_point!("socket-payment-held", |_| std::process::abort());
     let txid = tx.compute_txid().to_string();
     cx.credit(session_id, terms.quota, txid.clone()).await?;
     Ok(v1::PayTransactionResponse {
@@ -554,12 +553,10 @@ pub(crate) fn close_due(node: &Shared, outlets: &Outlets) {
                     .is_ok_and(|v| v.is_none()) =>
             {
                 tracing::error!(session = %session_id, "the deposit is gone, nothing to close with: {e}");
-                let _ = node
-                    .store()
-                    .close_channel(session_id, ChannelStatus::Lost, None);
                 node.payment_lost(
                     outlet_id,
                     session_id,
+                    Lost::Channel,
                     stored.highest_total,
                     "channel-lost",
                     &format!("deposit {} spent elsewhere: {e}", stored.channel.deposit),

@@ -6,6 +6,7 @@
 use rusqlite::params;
 use serde::Serialize;
 
+use super::persist;
 use super::{unix_ms, Result, Store};
 
 /// An anomaly as stored.
@@ -51,23 +52,25 @@ impl Store {
         evidence: &serde_json::Value,
         reason: &str,
     ) -> Result<Option<String>> {
-        let cable = match session_id {
-            Some(id) => self.session_cable(id)?,
-            None => None,
-        };
-        let tx = self.db.unchecked_transaction()?;
-        anomaly_in(
-            &tx,
-            outlet_id,
-            session_id,
-            cable.as_deref(),
-            rule,
-            action,
-            evidence,
-            reason,
-        )?;
-        tx.commit()?;
-        Ok(cable)
+        persist("socket-record-anomaly", || {
+            let cable = match session_id {
+                Some(id) => self.session_cable(id)?,
+                None => None,
+            };
+            let tx = self.db.unchecked_transaction()?;
+            anomaly_in(
+                &tx,
+                outlet_id,
+                session_id,
+                cable.as_deref(),
+                rule,
+                action,
+                evidence,
+                reason,
+            )?;
+            tx.commit()?;
+            Ok(cable)
+        })
     }
 
     /// The latest `limit` anomalies, newest first.

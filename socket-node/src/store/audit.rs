@@ -17,6 +17,7 @@ use bitcoin::hashes::{sha256t_hash_newtype, Hash};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
+use super::persist;
 use super::{unix_ms, Result, Store};
 
 sha256t_hash_newtype! {
@@ -175,7 +176,9 @@ impl Store {
         event: &str,
         detail: &str,
     ) -> Result<()> {
-        append(&self.db, outlet_id, session_id, event, detail)
+        persist("socket-audit", || {
+            append(&self.db, outlet_id, session_id, event, detail)
+        })
     }
 
     /// The chain's head: the last row's `seq` and hash; `None` for an empty log.
@@ -282,20 +285,22 @@ impl Store {
         fee: bitcoin::Amount,
         vsize: u64,
     ) -> Result<()> {
-        use bitcoin::hex::DisplayHex;
-        self.db.execute(
-            "INSERT INTO audit_anchors (seq, head_hash_hex, txid, at_unix_ms, fee_sat, vsize)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                seq as i64,
-                head.to_lower_hex_string(),
-                txid.to_string(),
-                unix_ms(),
-                fee.to_sat() as i64,
-                vsize as i64
-            ],
-        )?;
-        Ok(())
+        persist("socket-record-anchor", || {
+            use bitcoin::hex::DisplayHex;
+            self.db.execute(
+                "INSERT INTO audit_anchors (seq, head_hash_hex, txid, at_unix_ms, fee_sat, vsize)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    seq as i64,
+                    head.to_lower_hex_string(),
+                    txid.to_string(),
+                    unix_ms(),
+                    fee.to_sat() as i64,
+                    vsize as i64
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// Every anchor, oldest first.

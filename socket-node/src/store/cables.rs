@@ -4,7 +4,19 @@
 use bitcoin::Amount;
 use rusqlite::{params, OptionalExtension};
 
-use super::{unix_ms, Admitted, CableAuth, Result, Store};
+use super::persist;
+use super::{unix_ms, Admitted, CableAuth, ChannelStatus, PaymentStatus, Result, Store};
+
+/// What a loss marks lost with it ([`Store::record_loss`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// An on-chain payment of the session, by payment id: status `lost`.
+    Payment(u64),
+    /// The session's spillman channel: status `lost`.
+    Channel,
+    /// Value only: nothing to mark (a single-fee set is settled with what it holds).
+    Value,
+}
 
 /// The row of cable `key_hex`, created when first seen.
 pub(super) fn ensure_cable(db: &rusqlite::Connection, key_hex: &str) -> Result<()> {
@@ -20,92 +32,113 @@ impl Store {
     /// below its last opening request's (a request recorded on the link and played back).
     /// When admitted, `cable.sequence` becomes the last opening sequence (persisted first).
     pub fn admit_cable(&self, cable: &CableAuth) -> Result<Admitted> {
-        let key = cable.key.to_string();
-        let tx = self.db.unchecked_transaction()?;
-        ensure_cable(&tx, &key)?;
-        let (last, banned, until): (i64, Option<String>, Option<i64>) = tx.query_row(
-            "SELECT last_opening_sequence, banned_reason, banned_until_unix_ms FROM cables
-             WHERE key_hex = ?1",
-            params![key],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
-        if let Some(reason) = banned {
-            if until.is_none_or(|until| unix_ms() < until) {
-                return Ok(Admitted::Banned {
-                    reason,
-                    until_unix_ms: until,
+        persist("socket-admit-cable", || {
+            let key = cable.key.to_string();
+            let tx = self.db.unchecked_transaction()?;
+            ensure_cable(&tx, &key)?;
+            let (last, banned, until): (i64, Option<String>, Option<i64>) = tx.query_row(
+                "SELECT last_opening_sequence, banned_reason, banned_until_unix_ms FROM cables
+                 WHERE key_hex = ?1",
+                params![key],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            if let Some(reason) = banned {
+                if until.is_none_or(|until| unix_ms() < until) {
+                    return Ok(Admitted::Banned {
+                        reason,
+                        until_unix_ms: until,
+                    });
+                }
+            }
+            let sequence = i64::try_from(cable.sequence).unwrap_or(i64::MAX);
+            if sequence <= last {
+                return Ok(Admitted::Replay {
+                    last_sequence: last as u64,
                 });
             }
-        }
-        let sequence = i64::try_from(cable.sequence).unwrap_or(i64::MAX);
-        if sequence <= last {
-            return Ok(Admitted::Replay {
-                last_sequence: last as u64,
-            });
-        }
-        tx.execute(
-            "UPDATE cables SET last_opening_sequence = ?2 WHERE key_hex = ?1",
-            params![key, sequence],
-        )?;
-        tx.commit()?;
-        Ok(Admitted::Yes)
+            tx.execute(
+                "UPDATE cables SET last_opening_sequence = ?2 WHERE key_hex = ?1",
+                params![key, sequence],
+            )?;
+            tx.commit()?;
+            Ok(Admitted::Yes)
+        })
     }
 
-    /// The cable of `session_id` made the socket lose `amount`: the anomaly `payment-lost`
-    /// (evidence, audit row), added to the cable's losses, and the cable banned until
-    /// `until_unix_ms` or for good (`None`), in one transaction. Returns the cable's key (hex),
-    /// or `None` for a session bound to no key (opened before sessions were).
+    /// The cable of `session_id` made the socket lose `amount`: `lost` marked lost, the anomaly
+    /// `payment-lost` (evidence, audit row), added to the cable's losses, and the cable banned
+    /// until `until_unix_ms` or for good (`None`), in one transaction: a crash cannot keep the
+    /// mark and lose the ban (the chain watch stops looking at what is marked lost). Returns
+    /// the cable's key (hex), or `None` for a session bound to no key (opened before sessions
+    /// were; only the mark is written).
     pub fn record_loss(
         &self,
         session_id: &str,
+        lost: Lost,
         amount: Amount,
         reason: &str,
         until_unix_ms: Option<i64>,
     ) -> Result<Option<String>> {
-        let Some(key) = self.session_cable(session_id)? else {
-            return Ok(None);
-        };
-        let outlet_id = self.session_outlet(session_id)?.unwrap_or_default();
-        let tx = self.db.unchecked_transaction()?;
-        super::anomalies::anomaly_in(
-            &tx,
-            &outlet_id,
-            Some(session_id),
-            Some(&key),
-            "payment-lost",
-            "ban",
-            &serde_json::json!({
-                "lost_sat": amount.to_sat(),
-                "banned_until_unix_ms": until_unix_ms,
-                "time_unix_ms": unix_ms(),
-            }),
-            reason,
-        )?;
-        tx.execute(
-            "UPDATE cables SET lost_sat = lost_sat + ?2, banned_reason = ?3,
-                 banned_at_unix_ms = ?4, banned_until_unix_ms = ?5
-             WHERE key_hex = ?1",
-            params![
-                key,
-                amount.to_sat() as i64,
+        persist("socket-record-loss", || {
+            let tx = self.db.unchecked_transaction()?;
+            match lost {
+                Lost::Payment(payment_id) => tx.execute(
+                    "UPDATE payments SET status = ?3 WHERE session_id = ?1 AND payment_id = ?2",
+                    params![session_id, payment_id as i64, PaymentStatus::Lost],
+                )?,
+                Lost::Channel => tx.execute(
+                    "UPDATE spillman_channels SET status = ?2 WHERE session_id = ?1",
+                    params![session_id, ChannelStatus::Lost],
+                )?,
+                Lost::Value => 0,
+            };
+            let Some(key) = self.session_cable(session_id)? else {
+                tx.commit()?;
+                return Ok(None);
+            };
+            let outlet_id = self.session_outlet(session_id)?.unwrap_or_default();
+            super::anomalies::anomaly_in(
+                &tx,
+                &outlet_id,
+                Some(session_id),
+                Some(&key),
+                "payment-lost",
+                "ban",
+                &serde_json::json!({
+                    "lost_sat": amount.to_sat(),
+                    "banned_until_unix_ms": until_unix_ms,
+                    "time_unix_ms": unix_ms(),
+                }),
                 reason,
-                unix_ms(),
-                until_unix_ms
-            ],
-        )?;
-        tx.commit()?;
-        Ok(Some(key))
+            )?;
+            tx.execute(
+                "UPDATE cables SET lost_sat = lost_sat + ?2, banned_reason = ?3,
+                     banned_at_unix_ms = ?4, banned_until_unix_ms = ?5
+                 WHERE key_hex = ?1",
+                params![
+                    key,
+                    amount.to_sat() as i64,
+                    reason,
+                    unix_ms(),
+                    until_unix_ms
+                ],
+            )?;
+            tx.commit()?;
+            Ok(Some(key))
+        })
     }
 
     /// Count a refused request (an `OpenChannel` the socket would not sign) of the cable `key`.
     pub fn count_refusal(&self, key: &bitcoin::secp256k1::PublicKey) -> Result<()> {
-        let key = key.to_string();
-        ensure_cable(&self.db, &key)?;
-        self.db.execute(
-            "UPDATE cables SET refusals = refusals + 1 WHERE key_hex = ?1",
-            params![key],
-        )?;
-        Ok(())
+        persist("socket-count-refusal", || {
+            let key = key.to_string();
+            ensure_cable(&self.db, &key)?;
+            self.db.execute(
+                "UPDATE cables SET refusals = refusals + 1 WHERE key_hex = ?1",
+                params![key],
+            )?;
+            Ok(())
+        })
     }
 
     /// What the cable `key` (compressed, hex) has in on-chain payments credited and not yet

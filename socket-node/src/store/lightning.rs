@@ -3,6 +3,7 @@
 use proto::units::EnergyMwh;
 use rusqlite::{params, OptionalExtension};
 
+use super::persist;
 use super::{unix_ms, Result, Store, StoredTerms};
 
 impl Store {
@@ -16,21 +17,23 @@ impl Store {
         amount_msat: u64,
         quota: EnergyMwh,
     ) -> Result<()> {
-        self.db.execute(
-            "INSERT INTO ln_invoices (payment_hash, session_id, payment_id, bolt11, amount_msat,
-                                      quota_mwh, issued_at_unix_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                payment_hash,
-                session_id,
-                payment_id as i64,
-                bolt11,
-                amount_msat as i64,
-                quota.0 as i64,
-                unix_ms()
-            ],
-        )?;
-        Ok(())
+        persist("socket-issue-invoice", || {
+            self.db.execute(
+                "INSERT INTO ln_invoices (payment_hash, session_id, payment_id, bolt11, amount_msat,
+                                          quota_mwh, issued_at_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    payment_hash,
+                    session_id,
+                    payment_id as i64,
+                    bolt11,
+                    amount_msat as i64,
+                    quota.0 as i64,
+                    unix_ms()
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// The invoice issued for a payment, if any.
@@ -52,34 +55,36 @@ impl Store {
         payment_hash: &str,
         amount_msat: u64,
     ) -> Result<Option<(String, EnergyMwh)>> {
-        let invoice = self
-            .db
-            .query_row(
-                "SELECT session_id, payment_id, amount_msat, quota_mwh FROM ln_invoices WHERE payment_hash = ?1",
-                params![payment_hash],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)?)),
-            )
-            .optional()?;
-        let Some((session_id, payment_id, expected_msat, quota)) = invoice else {
-            return Ok(None);
-        };
-        if amount_msat < expected_msat {
-            return Ok(None);
-        }
-        let inserted = self.db.execute(
-            "INSERT OR IGNORE INTO ln_payments (payment_hash, session_id, payment_id, amount_msat,
-                                                quota_mwh, received_at_unix_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                payment_hash,
-                session_id,
-                payment_id,
-                amount_msat as i64,
-                quota,
-                unix_ms()
-            ],
-        )?;
-        Ok((inserted == 1).then_some((session_id, EnergyMwh(quota as u64))))
+        persist("socket-receive-ln-payment", || {
+            let invoice = self
+                .db
+                .query_row(
+                    "SELECT session_id, payment_id, amount_msat, quota_mwh FROM ln_invoices WHERE payment_hash = ?1",
+                    params![payment_hash],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)?)),
+                )
+                .optional()?;
+            let Some((session_id, payment_id, expected_msat, quota)) = invoice else {
+                return Ok(None);
+            };
+            if amount_msat < expected_msat {
+                return Ok(None);
+            }
+            let inserted = self.db.execute(
+                "INSERT OR IGNORE INTO ln_payments (payment_hash, session_id, payment_id, amount_msat,
+                                                    quota_mwh, received_at_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    payment_hash,
+                    session_id,
+                    payment_id,
+                    amount_msat as i64,
+                    quota,
+                    unix_ms()
+                ],
+            )?;
+            Ok((inserted == 1).then_some((session_id, EnergyMwh(quota as u64))))
+        })
     }
 
     /// Record a keysend received for payment `payment_id` of a session, with the terms it
@@ -95,36 +100,38 @@ impl Store {
         new_terms: Option<StoredTerms>,
         quota: EnergyMwh,
     ) -> Result<bool> {
-        let tx = self.db.transaction()?;
-        if let Some(terms) = new_terms {
-            tx.execute(
-                "INSERT OR IGNORE INTO terms (session_id, payment_id, amount_sat, quota_mwh,
-                                              issued_at_unix_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+        persist("socket-receive-keysend", || {
+            let tx = self.db.transaction()?;
+            if let Some(terms) = new_terms {
+                tx.execute(
+                    "INSERT OR IGNORE INTO terms (session_id, payment_id, amount_sat, quota_mwh,
+                                                  issued_at_unix_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        session_id,
+                        payment_id as i64,
+                        terms.amount.to_sat() as i64,
+                        terms.quota.0 as i64,
+                        unix_ms()
+                    ],
+                )?;
+            }
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO ln_payments (payment_hash, session_id, payment_id, amount_msat,
+                                                    quota_mwh, received_at_unix_ms, kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'keysend')",
                 params![
+                    payment_hash,
                     session_id,
                     payment_id as i64,
-                    terms.amount.to_sat() as i64,
-                    terms.quota.0 as i64,
+                    amount_msat as i64,
+                    quota.0 as i64,
                     unix_ms()
                 ],
             )?;
-        }
-        let inserted = tx.execute(
-            "INSERT OR IGNORE INTO ln_payments (payment_hash, session_id, payment_id, amount_msat,
-                                                quota_mwh, received_at_unix_ms, kind)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'keysend')",
-            params![
-                payment_hash,
-                session_id,
-                payment_id as i64,
-                amount_msat as i64,
-                quota.0 as i64,
-                unix_ms()
-            ],
-        )?;
-        tx.commit()?;
-        Ok(inserted == 1)
+            tx.commit()?;
+            Ok(inserted == 1)
+        })
     }
 
     /// Whether a Lightning payment with this payment hash was recorded.

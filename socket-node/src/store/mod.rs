@@ -21,6 +21,7 @@ mod cables;
 mod lightning;
 mod payments;
 mod payouts;
+mod persist;
 mod profiles;
 mod receipts;
 mod report;
@@ -37,8 +38,11 @@ use proto::units::EnergyMwh;
 use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
 
+use persist::persist;
+
 pub use anomalies::AnomalyRow;
 pub use audit::{AuditAnchor, AuditBreak};
+pub use cables::Lost;
 pub use payouts::Payout;
 pub use profiles::SessionProfile;
 pub use receipts::ReceiptTaken;
@@ -642,7 +646,7 @@ mod tests {
         // A loss bans the cable: for good, or until a time.
         assert_eq!(
             store
-                .record_loss("s", Amount::from_sat(1_000), "replaced", None)
+                .record_loss("s", Lost::Value, Amount::from_sat(1_000), "replaced", None)
                 .unwrap(),
             Some(key)
         );
@@ -654,12 +658,18 @@ mod tests {
             }
         );
         store
-            .record_loss("s", Amount::from_sat(1), "again", Some(unix_ms() - 1))
+            .record_loss(
+                "s",
+                Lost::Value,
+                Amount::from_sat(1),
+                "again",
+                Some(unix_ms() - 1),
+            )
             .unwrap();
         assert_eq!(store.admit_cable(&at(13)).unwrap(), Admitted::Yes);
         assert_eq!(
             store
-                .record_loss("nope", Amount::ONE_SAT, "x", None)
+                .record_loss("nope", Lost::Value, Amount::ONE_SAT, "x", None)
                 .unwrap(),
             None
         );

@@ -5,6 +5,7 @@ use bitcoin::{Amount, Transaction, Txid};
 use proto::units::EnergyMwh;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::persist;
 use super::{unix_ms, PaymentStatus, Result, Store, StoredPayment, StoredTerms};
 
 /// Insert a payment row with `status`: `accepted` (broadcast by the socket) or `held` (kept
@@ -59,21 +60,23 @@ fn payment_row(r: &rusqlite::Row<'_>) -> Result<StoredPayment> {
 impl Store {
     /// Record the terms issued for a payment.
     pub fn issue_terms(&self, session_id: &str, payment_id: u64, terms: StoredTerms) -> Result<()> {
-        self.db.execute(
-            "INSERT INTO terms (session_id, payment_id, amount_sat, quota_mwh, issued_at_unix_ms,
-                                set_index, value_sat)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                session_id,
-                payment_id as i64,
-                terms.amount.to_sat() as i64,
-                terms.quota.0 as i64,
-                unix_ms(),
-                terms.single_fee.map(|(set, _)| set as i64),
-                terms.single_fee.map(|(_, value)| value.to_sat() as i64),
-            ],
-        )?;
-        Ok(())
+        persist("socket-issue-terms", || {
+            self.db.execute(
+                "INSERT INTO terms (session_id, payment_id, amount_sat, quota_mwh, issued_at_unix_ms,
+                                    set_index, value_sat)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    session_id,
+                    payment_id as i64,
+                    terms.amount.to_sat() as i64,
+                    terms.quota.0 as i64,
+                    unix_ms(),
+                    terms.single_fee.map(|(set, _)| set as i64),
+                    terms.single_fee.map(|(_, value)| value.to_sat() as i64),
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// The terms issued for a payment, if any.
@@ -108,16 +111,18 @@ impl Store {
         fee: Amount,
         vsize: u64,
     ) -> Result<()> {
-        insert_payment(
-            &self.db,
-            PaymentStatus::Accepted,
-            session_id,
-            payment_id,
-            tx,
-            terms,
-            fee,
-            vsize,
-        )
+        persist("socket-accept-payment", || {
+            insert_payment(
+                &self.db,
+                PaymentStatus::Accepted,
+                session_id,
+                payment_id,
+                tx,
+                terms,
+                fee,
+                vsize,
+            )
+        })
     }
 
     /// Mark a payment `broadcast` or `failed`.
@@ -127,11 +132,13 @@ impl Store {
         payment_id: u64,
         status: PaymentStatus,
     ) -> Result<()> {
-        self.db.execute(
-            "UPDATE payments SET status = ?3 WHERE session_id = ?1 AND payment_id = ?2",
-            params![session_id, payment_id as i64, status],
-        )?;
-        Ok(())
+        persist("socket-set-payment-status", || {
+            self.db.execute(
+                "UPDATE payments SET status = ?3 WHERE session_id = ?1 AND payment_id = ?2",
+                params![session_id, payment_id as i64, status],
+            )?;
+            Ok(())
+        })
     }
 
     /// A payment, if recorded.

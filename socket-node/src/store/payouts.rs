@@ -6,6 +6,7 @@
 use bitcoin::ScriptBuf;
 use rusqlite::{params, OptionalExtension};
 
+use super::persist;
 use super::{Result, Store};
 
 /// A payout address of the socket's wallet.
@@ -44,11 +45,13 @@ impl Store {
 
     /// Record `payout` as the address `outlet_id` offers from now on.
     pub fn add_payout(&self, outlet_id: &str, payout: &Payout) -> Result<()> {
-        self.db.execute(
-            "INSERT INTO payout_addresses (payout_index, outlet_id, script_hex) VALUES (?1, ?2, ?3)",
-            params![payout.index, outlet_id, payout.script.to_hex_string()],
-        )?;
-        Ok(())
+        persist("socket-add-payout", || {
+            self.db.execute(
+                "INSERT INTO payout_addresses (payout_index, outlet_id, script_hex) VALUES (?1, ?2, ?3)",
+                params![payout.index, outlet_id, payout.script.to_hex_string()],
+            )?;
+            Ok(())
+        })
     }
 
     /// The index of the payout address bound to a session, if any.

@@ -5,6 +5,7 @@
 use proto::registry::Profile;
 use rusqlite::{params, OptionalExtension};
 
+use super::persist;
 use super::{Result, Store};
 
 /// A cable needs this many ended sessions before its energy per session is learned.
@@ -24,10 +25,12 @@ pub struct SessionProfile {
 impl Store {
     /// Declare the profile of cable `key_hex` now (`source` names who declared it), audited.
     pub fn set_profile(&self, key_hex: &str, profile: Profile, source: &str) -> Result<()> {
-        let now_secs = (super::unix_ms() / 1_000) as u64;
-        let tx = self.db.unchecked_transaction()?;
-        set_profile_in(&tx, key_hex, profile, source, now_secs)?;
-        tx.commit()
+        persist("socket-set-profile", || {
+            let now_secs = (super::unix_ms() / 1_000) as u64;
+            let tx = self.db.unchecked_transaction()?;
+            set_profile_in(&tx, key_hex, profile, source, now_secs)?;
+            tx.commit()
+        })
     }
 
     /// The declared profile of cable `key_hex`, if any.

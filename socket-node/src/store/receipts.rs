@@ -5,6 +5,7 @@
 use proto::receipt::{CheckedReceipt, MeterTolerance, ReceiptHex, ReceiptPayment, SessionReceipts};
 use rusqlite::{params, OptionalExtension};
 
+use super::persist;
 use super::{unix_ms, Result, Store};
 
 /// What became of a receipt offered to the store.
@@ -29,43 +30,45 @@ impl Store {
         checked: &CheckedReceipt,
         receipt: &proto::v1::MeteringReceipt,
     ) -> Result<ReceiptTaken> {
-        let tx = self.db.unchecked_transaction()?;
-        let last: Option<i64> = tx
-            .query_row(
-                "SELECT MAX(socket_sequence) FROM receipts WHERE session_id = ?1",
-                params![session_id],
-                |r| r.get(0),
-            )
-            .optional()?
-            .flatten();
-        let sequence = checked.report.sequence;
-        if let Some(last) = last.map(|l| l as u64) {
-            if sequence < last {
-                return Ok(ReceiptTaken::Stale {
-                    last_sequence: last,
-                });
+        persist("socket-record-receipt", || {
+            let tx = self.db.unchecked_transaction()?;
+            let last: Option<i64> = tx
+                .query_row(
+                    "SELECT MAX(socket_sequence) FROM receipts WHERE session_id = ?1",
+                    params![session_id],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten();
+            let sequence = checked.report.sequence;
+            if let Some(last) = last.map(|l| l as u64) {
+                if sequence < last {
+                    return Ok(ReceiptTaken::Stale {
+                        last_sequence: last,
+                    });
+                }
+                if sequence == last {
+                    return Ok(ReceiptTaken::Again);
+                }
             }
-            if sequence == last {
-                return Ok(ReceiptTaken::Again);
-            }
-        }
-        tx.execute(
-            "INSERT INTO receipts (session_id, socket_sequence, socket_energy_mwh, cable_metered,
-             cable_energy_mwh, body, signature, received_at_unix_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                session_id,
-                sequence as i64,
-                checked.report.energy_used_mwh as i64,
-                checked.body.cable_metered,
-                checked.body.cable_energy_mwh as i64,
-                receipt.body,
-                receipt.signature,
-                unix_ms()
-            ],
-        )?;
-        tx.commit()?;
-        Ok(ReceiptTaken::Kept)
+            tx.execute(
+                "INSERT INTO receipts (session_id, socket_sequence, socket_energy_mwh, cable_metered,
+                 cable_energy_mwh, body, signature, received_at_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    session_id,
+                    sequence as i64,
+                    checked.report.energy_used_mwh as i64,
+                    checked.body.cable_metered,
+                    checked.body.cable_energy_mwh as i64,
+                    receipt.body,
+                    receipt.signature,
+                    unix_ms()
+                ],
+            )?;
+            tx.commit()?;
+            Ok(ReceiptTaken::Kept)
+        })
     }
 
     /// The (socket energy, cable energy) of the session's metered receipts, oldest first.

@@ -10,6 +10,7 @@ use proto::registry::EntryStatus;
 use rusqlite::params;
 use serde::Serialize;
 
+use super::persist;
 use super::{unix_ms, Result, Store};
 
 /// Credited revenue per session, in msat: on-chain payments that count, and Lightning ones.
@@ -335,10 +336,12 @@ impl Store {
     /// refused at session open with `reason`. Recorded in the audit log. Returns the sessions
     /// of it still open (to halt), with their outlets.
     pub fn revoke_cable(&self, key_hex: &str, reason: &str) -> Result<Vec<(String, String)>> {
-        let tx = self.db.unchecked_transaction()?;
-        let open = revoke_in(&tx, key_hex, &format!("revoked by the operator: {reason}"))?;
-        tx.commit()?;
-        Ok(open)
+        persist("socket-revoke-cable", || {
+            let tx = self.db.unchecked_transaction()?;
+            let open = revoke_in(&tx, key_hex, &format!("revoked by the operator: {reason}"))?;
+            tx.commit()?;
+            Ok(open)
+        })
     }
 
     /// Apply an operator's registry, checked by `proto::registry::verify_registry`, in one
@@ -350,49 +353,51 @@ impl Store {
         operator: &bitcoin::secp256k1::PublicKey,
         entries: &[proto::registry::Entry],
     ) -> Result<Vec<(String, String)>> {
-        let tx = self.db.unchecked_transaction()?;
-        let mut open = Vec::new();
-        for entry in entries {
-            let key_hex = entry.identity_key.to_string();
-            if let Some(profile) = entry.profile {
-                super::profiles::set_profile_in(
-                    &tx,
-                    &key_hex,
-                    profile,
-                    &format!("operator {operator}"),
-                    entry.issued_at_unix_secs,
-                )?;
-            }
-            match entry.status {
-                EntryStatus::Revoked => open.extend(revoke_in(
-                    &tx,
-                    &key_hex,
-                    &format!("revoked by operator {operator}: {}", entry.reason),
-                )?),
-                EntryStatus::Allowed => {}
-                EntryStatus::Flagged => {
-                    super::cables::ensure_cable(&tx, &key_hex)?;
-                    tx.execute(
-                        "UPDATE cables SET flagged_reason = ?2, flagged_at_unix_ms = ?3
-                         WHERE key_hex = ?1",
-                        params![
-                            key_hex,
-                            format!("flagged by operator {operator}: {}", entry.reason),
-                            unix_ms()
-                        ],
-                    )?;
-                    super::audit::append(
+        persist("socket-import-registry", || {
+            let tx = self.db.unchecked_transaction()?;
+            let mut open = Vec::new();
+            for entry in entries {
+                let key_hex = entry.identity_key.to_string();
+                if let Some(profile) = entry.profile {
+                    super::profiles::set_profile_in(
                         &tx,
-                        "",
-                        None,
-                        "flagged",
-                        &format!("cable {key_hex}: {}", entry.reason),
+                        &key_hex,
+                        profile,
+                        &format!("operator {operator}"),
+                        entry.issued_at_unix_secs,
                     )?;
                 }
+                match entry.status {
+                    EntryStatus::Revoked => open.extend(revoke_in(
+                        &tx,
+                        &key_hex,
+                        &format!("revoked by operator {operator}: {}", entry.reason),
+                    )?),
+                    EntryStatus::Allowed => {}
+                    EntryStatus::Flagged => {
+                        super::cables::ensure_cable(&tx, &key_hex)?;
+                        tx.execute(
+                            "UPDATE cables SET flagged_reason = ?2, flagged_at_unix_ms = ?3
+                             WHERE key_hex = ?1",
+                            params![
+                                key_hex,
+                                format!("flagged by operator {operator}: {}", entry.reason),
+                                unix_ms()
+                            ],
+                        )?;
+                        super::audit::append(
+                            &tx,
+                            "",
+                            None,
+                            "flagged",
+                            &format!("cable {key_hex}: {}", entry.reason),
+                        )?;
+                    }
+                }
             }
-        }
-        tx.commit()?;
-        Ok(open)
+            tx.commit()?;
+            Ok(open)
+        })
     }
 
     /// The cable identities revoked or flagged here, or with a declared profile, for a

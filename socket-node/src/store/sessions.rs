@@ -5,6 +5,7 @@ use proto::Scheme;
 use rusqlite::types::Type;
 use rusqlite::{params, OptionalExtension};
 
+use super::persist;
 use super::{unix_ms, Authorized, CableAuth, Payout, Result, Store, StoredSession};
 
 impl Store {
@@ -20,60 +21,64 @@ impl Store {
         payout: &Payout,
         cable: &CableAuth,
     ) -> Result<()> {
-        let tx = self.db.unchecked_transaction()?;
-        tx.execute(
-            "INSERT INTO sessions (id, outlet_id, scheme, started_at_unix_ms, payout_script_hex,
-                                   cable_key_hex, last_sequence)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                id,
-                outlet_id,
-                scheme.name(),
-                unix_ms(),
-                payout.script.to_hex_string(),
-                cable.key.to_string(),
-                cable.sequence as i64
-            ],
-        )?;
-        let bound = tx.execute(
-            "UPDATE payout_addresses SET session_id = ?1
-             WHERE payout_index = ?2 AND session_id IS NULL",
-            params![id, payout.index],
-        )?;
-        // An address already bound to a session is never bound again.
-        if bound != 1 {
-            return Err(rusqlite::Error::StatementChangedRows(bound));
-        }
-        tx.commit()
+        persist("socket-open-session", || {
+            let tx = self.db.unchecked_transaction()?;
+            tx.execute(
+                "INSERT INTO sessions (id, outlet_id, scheme, started_at_unix_ms, payout_script_hex,
+                                       cable_key_hex, last_sequence)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    id,
+                    outlet_id,
+                    scheme.name(),
+                    unix_ms(),
+                    payout.script.to_hex_string(),
+                    cable.key.to_string(),
+                    cable.sequence as i64
+                ],
+            )?;
+            let bound = tx.execute(
+                "UPDATE payout_addresses SET session_id = ?1
+                 WHERE payout_index = ?2 AND session_id IS NULL",
+                params![id, payout.index],
+            )?;
+            // An address already bound to a session is never bound again.
+            if bound != 1 {
+                return Err(rusqlite::Error::StatementChangedRows(bound));
+            }
+            tx.commit()
+        })
     }
 
     /// Accept a request of `session_id` signed by `cable.key` with `cable.sequence`: the key
     /// must be the session's and the sequence above the last accepted, which it becomes
     /// (persisted before the request is acted on).
     pub fn authorize(&self, session_id: &str, cable: &CableAuth) -> Result<Authorized> {
-        let key = cable.key.to_string();
-        let accepted = self.db.execute(
-            "UPDATE sessions SET last_sequence = ?3
-             WHERE id = ?1 AND cable_key_hex = ?2 AND last_sequence < ?3",
-            params![session_id, key, cable.sequence as i64],
-        )?;
-        if accepted == 1 {
-            return Ok(Authorized::Yes);
-        }
-        let row: Option<(String, i64)> = self
-            .db
-            .query_row(
-                "SELECT cable_key_hex, last_sequence FROM sessions WHERE id = ?1",
-                params![session_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        Ok(match row {
-            None => Authorized::NoSession,
-            Some((bound, _)) if bound != key => Authorized::OtherCable,
-            Some((_, last)) => Authorized::Replay {
-                last_sequence: last as u64,
-            },
+        persist("socket-authorize", || {
+            let key = cable.key.to_string();
+            let accepted = self.db.execute(
+                "UPDATE sessions SET last_sequence = ?3
+                 WHERE id = ?1 AND cable_key_hex = ?2 AND last_sequence < ?3",
+                params![session_id, key, cable.sequence as i64],
+            )?;
+            if accepted == 1 {
+                return Ok(Authorized::Yes);
+            }
+            let row: Option<(String, i64)> = self
+                .db
+                .query_row(
+                    "SELECT cable_key_hex, last_sequence FROM sessions WHERE id = ?1",
+                    params![session_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            Ok(match row {
+                None => Authorized::NoSession,
+                Some((bound, _)) if bound != key => Authorized::OtherCable,
+                Some((_, last)) => Authorized::Replay {
+                    last_sequence: last as u64,
+                },
+            })
         })
     }
 
@@ -107,35 +112,41 @@ impl Store {
     /// Save the energy delivered so far in a session still open (an ended session keeps its
     /// final count).
     pub fn save_energy(&self, session_id: &str, used: EnergyMwh) -> Result<()> {
-        self.db.execute(
-            "UPDATE sessions SET energy_used_mwh = ?2 WHERE id = ?1 AND ended_at_unix_ms IS NULL",
-            params![session_id, used.0 as i64],
-        )?;
-        Ok(())
+        persist("socket-save-energy", || {
+            self.db.execute(
+                "UPDATE sessions SET energy_used_mwh = ?2 WHERE id = ?1 AND ended_at_unix_ms IS NULL",
+                params![session_id, used.0 as i64],
+            )?;
+            Ok(())
+        })
     }
 
     /// [`Store::save_energy`] for many sessions in one SQLite transaction.
     pub fn save_energies(&mut self, energies: &[(String, EnergyMwh)]) -> Result<()> {
-        let tx = self.db.transaction()?;
-        {
-            let mut update = tx.prepare_cached(
-                "UPDATE sessions SET energy_used_mwh = ?2 WHERE id = ?1 AND ended_at_unix_ms IS NULL",
-            )?;
-            for (session_id, used) in energies {
-                update.execute(params![session_id, used.0 as i64])?;
+        persist("socket-save-energies", || {
+            let tx = self.db.transaction()?;
+            {
+                let mut update = tx.prepare_cached(
+                    "UPDATE sessions SET energy_used_mwh = ?2 WHERE id = ?1 AND ended_at_unix_ms IS NULL",
+                )?;
+                for (session_id, used) in energies {
+                    update.execute(params![session_id, used.0 as i64])?;
+                }
             }
-        }
-        tx.commit()
+            tx.commit()
+        })
     }
 
     /// Close a session with its final energy and why it ended.
     pub fn end_session(&self, session_id: &str, used: EnergyMwh, reason: &str) -> Result<()> {
-        self.db.execute(
-            "UPDATE sessions SET ended_at_unix_ms = ?2, end_reason = ?3, energy_used_mwh = ?4
-             WHERE id = ?1 AND ended_at_unix_ms IS NULL",
-            params![session_id, unix_ms(), reason, used.0 as i64],
-        )?;
-        Ok(())
+        persist("socket-end-session", || {
+            self.db.execute(
+                "UPDATE sessions SET ended_at_unix_ms = ?2, end_reason = ?3, energy_used_mwh = ?4
+                 WHERE id = ?1 AND ended_at_unix_ms IS NULL",
+                params![session_id, unix_ms(), reason, used.0 as i64],
+            )?;
+            Ok(())
+        })
     }
 
     /// The session of `outlet_id` that has not ended, if any.

@@ -5,6 +5,7 @@ use bitcoin::{Amount, Transaction, Txid};
 use rusqlite::params;
 
 use super::payments::insert_payment;
+use super::persist;
 use super::{unix_ms, PaymentStatus, Result, SetStatus, Store, StoredTerms};
 
 /// A single-fee input set as stored.
@@ -37,19 +38,21 @@ impl Store {
         increment: Amount,
         max: Amount,
     ) -> Result<()> {
-        self.db.execute(
-            "INSERT INTO single_fee_sets (session_id, set_index, increment_sat, max_sat, status,
-                                          opened_at_unix_ms)
-             VALUES (?1, ?2, ?3, ?4, 'open', ?5)",
-            params![
-                session_id,
-                index as i64,
-                increment.to_sat() as i64,
-                max.to_sat() as i64,
-                unix_ms()
-            ],
-        )?;
-        Ok(())
+        persist("socket-open-set", || {
+            self.db.execute(
+                "INSERT INTO single_fee_sets (session_id, set_index, increment_sat, max_sat, status,
+                                              opened_at_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4, 'open', ?5)",
+                params![
+                    session_id,
+                    index as i64,
+                    increment.to_sat() as i64,
+                    max.to_sat() as i64,
+                    unix_ms()
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// Hold a single-fee payment: in one SQLite transaction, record the payment (status `held`,
@@ -66,29 +69,31 @@ impl Store {
         fee: Amount,
         vsize: u64,
     ) -> Result<()> {
-        let db = self.db.transaction()?;
-        insert_payment(
-            &db,
-            PaymentStatus::Held,
-            session_id,
-            payment_id,
-            tx,
-            terms,
-            fee,
-            vsize,
-        )?;
-        db.execute(
-            "UPDATE single_fee_sets SET latest_tx_hex = ?3, latest_value_sat = ?4, fee_sat = ?5
-             WHERE session_id = ?1 AND set_index = ?2 AND status = 'open'",
-            params![
+        persist("socket-hold-single-fee", || {
+            let db = self.db.transaction()?;
+            insert_payment(
+                &db,
+                PaymentStatus::Held,
                 session_id,
-                set_index as i64,
-                encode::serialize_hex(tx),
-                value.to_sat() as i64,
-                fee.to_sat() as i64
-            ],
-        )?;
-        db.commit()
+                payment_id,
+                tx,
+                terms,
+                fee,
+                vsize,
+            )?;
+            db.execute(
+                "UPDATE single_fee_sets SET latest_tx_hex = ?3, latest_value_sat = ?4, fee_sat = ?5
+                 WHERE session_id = ?1 AND set_index = ?2 AND status = 'open'",
+                params![
+                    session_id,
+                    set_index as i64,
+                    encode::serialize_hex(tx),
+                    value.to_sat() as i64,
+                    fee.to_sat() as i64
+                ],
+            )?;
+            db.commit()
+        })
     }
 
     /// Record how a set ended: `broadcast` with the txid sent, or `failed`.
@@ -99,20 +104,24 @@ impl Store {
         status: SetStatus,
         txid: Option<Txid>,
     ) -> Result<()> {
-        self.db.execute(
-            "UPDATE single_fee_sets SET status = ?3, txid = ?4 WHERE session_id = ?1 AND set_index = ?2",
-            params![session_id, index as i64, status, txid.map(|t| t.to_string())],
-        )?;
-        Ok(())
+        persist("socket-close-set", || {
+            self.db.execute(
+                "UPDATE single_fee_sets SET status = ?3, txid = ?4 WHERE session_id = ?1 AND set_index = ?2",
+                params![session_id, index as i64, status, txid.map(|t| t.to_string())],
+            )?;
+            Ok(())
+        })
     }
 
     /// Record the height at which a set's transaction confirmed.
     pub fn set_confirmed(&self, session_id: &str, index: u32, height: u32) -> Result<()> {
-        self.db.execute(
-            "UPDATE single_fee_sets SET confirmed_height = ?3 WHERE session_id = ?1 AND set_index = ?2",
-            params![session_id, index as i64, height as i64],
-        )?;
-        Ok(())
+        persist("socket-set-confirmed", || {
+            self.db.execute(
+                "UPDATE single_fee_sets SET confirmed_height = ?3 WHERE session_id = ?1 AND set_index = ?2",
+                params![session_id, index as i64, height as i64],
+            )?;
+            Ok(())
+        })
     }
 
     /// Sets still open (held, not broadcast), oldest first.

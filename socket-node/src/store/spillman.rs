@@ -6,6 +6,7 @@ use proto::spillman::Channel;
 use rusqlite::{params, OptionalExtension};
 
 use super::payments::insert_payment;
+use super::persist;
 use super::{ChannelStatus, PaymentStatus, Result, Store, StoredTerms};
 
 /// A spillman channel as the socket stored it.
@@ -30,35 +31,39 @@ pub struct StoredChannel {
 impl Store {
     /// Record a spillman channel whose refund the socket signs (seed 003 step 7).
     pub fn propose_channel(&self, session_id: &str, channel: &Channel) -> Result<()> {
-        self.db.execute(
-            "INSERT INTO spillman_channels (session_id, cable_key_hex, socket_key_hex,
-                 deposit_txid, deposit_vout, deposit_sat, refund_lock_height, fee_sat,
-                 cable_script_hex, socket_script_hex, status)
-             VALUES (?1, ?2, ?10, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'refund-signed')",
-            params![
-                session_id,
-                channel.cable_key.to_string(),
-                channel.deposit.txid.to_string(),
-                channel.deposit.vout,
-                channel.deposit_value.to_sat() as i64,
-                channel.refund_lock_height,
-                channel.fee.to_sat() as i64,
-                channel.cable_script.to_hex_string(),
-                channel.socket_script.to_hex_string(),
-                channel.socket_key.to_string(),
-            ],
-        )?;
-        Ok(())
+        persist("socket-propose-channel", || {
+            self.db.execute(
+                "INSERT INTO spillman_channels (session_id, cable_key_hex, socket_key_hex,
+                     deposit_txid, deposit_vout, deposit_sat, refund_lock_height, fee_sat,
+                     cable_script_hex, socket_script_hex, status)
+                 VALUES (?1, ?2, ?10, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'refund-signed')",
+                params![
+                    session_id,
+                    channel.cable_key.to_string(),
+                    channel.deposit.txid.to_string(),
+                    channel.deposit.vout,
+                    channel.deposit_value.to_sat() as i64,
+                    channel.refund_lock_height,
+                    channel.fee.to_sat() as i64,
+                    channel.cable_script.to_hex_string(),
+                    channel.socket_script.to_hex_string(),
+                    channel.socket_key.to_string(),
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// Record the deposit of a channel, before it is broadcast (step 10).
     pub fn fund_channel(&self, session_id: &str, deposit: &Transaction) -> Result<()> {
-        self.db.execute(
-            "UPDATE spillman_channels SET deposit_tx_hex = ?2, status = 'funded'
-             WHERE session_id = ?1 AND status = 'refund-signed'",
-            params![session_id, encode::serialize_hex(deposit)],
-        )?;
-        Ok(())
+        persist("socket-fund-channel", || {
+            self.db.execute(
+                "UPDATE spillman_channels SET deposit_tx_hex = ?2, status = 'funded'
+                 WHERE session_id = ?1 AND status = 'refund-signed'",
+                params![session_id, encode::serialize_hex(deposit)],
+            )?;
+            Ok(())
+        })
     }
 
     /// Hold a spillman payment as the channel's highest, with its payment row, in one SQLite
@@ -74,29 +79,31 @@ impl Store {
         terms: StoredTerms,
         fee: Amount,
     ) -> Result<()> {
-        let db = self.db.transaction()?;
-        insert_payment(
-            &db,
-            PaymentStatus::Held,
-            session_id,
-            payment_id,
-            tx,
-            terms,
-            fee,
-            tx.vsize() as u64,
-        )?;
-        db.execute(
-            "UPDATE spillman_channels SET highest_total_sat = ?2, highest_tx_hex = ?3,
-                 highest_cable_signature_hex = ?4
-             WHERE session_id = ?1 AND status = 'funded'",
-            params![
+        persist("socket-hold-channel-payment", || {
+            let db = self.db.transaction()?;
+            insert_payment(
+                &db,
+                PaymentStatus::Held,
                 session_id,
-                total.to_sat() as i64,
-                encode::serialize_hex(tx),
-                cable_signature.to_string()
-            ],
-        )?;
-        db.commit()
+                payment_id,
+                tx,
+                terms,
+                fee,
+                tx.vsize() as u64,
+            )?;
+            db.execute(
+                "UPDATE spillman_channels SET highest_total_sat = ?2, highest_tx_hex = ?3,
+                     highest_cable_signature_hex = ?4
+                 WHERE session_id = ?1 AND status = 'funded'",
+                params![
+                    session_id,
+                    total.to_sat() as i64,
+                    encode::serialize_hex(tx),
+                    cable_signature.to_string()
+                ],
+            )?;
+            db.commit()
+        })
     }
 
     /// Mark a channel closed (its highest payment, fully signed, broadcast as `close`), unpaid
@@ -107,17 +114,19 @@ impl Store {
         status: ChannelStatus,
         close: Option<&Transaction>,
     ) -> Result<()> {
-        self.db.execute(
-            "UPDATE spillman_channels SET status = ?2, close_txid = ?3, close_tx_hex = ?4
-             WHERE session_id = ?1",
-            params![
-                session_id,
-                status,
-                close.map(|tx| tx.compute_txid().to_string()),
-                close.map(encode::serialize_hex)
-            ],
-        )?;
-        Ok(())
+        persist("socket-close-channel", || {
+            self.db.execute(
+                "UPDATE spillman_channels SET status = ?2, close_txid = ?3, close_tx_hex = ?4
+                 WHERE session_id = ?1",
+                params![
+                    session_id,
+                    status,
+                    close.map(|tx| tx.compute_txid().to_string()),
+                    close.map(encode::serialize_hex)
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// Channels whose deposit or close is not yet known confirmed: the funded ones, and the
@@ -134,11 +143,13 @@ impl Store {
 
     /// The close of `session_id`'s channel confirmed at `height`: no longer watched.
     pub fn close_confirmed(&self, session_id: &str, height: u32) -> Result<()> {
-        self.db.execute(
-            "UPDATE spillman_channels SET close_confirmed_height = ?2 WHERE session_id = ?1",
-            params![session_id, height],
-        )?;
-        Ok(())
+        persist("socket-close-confirmed", || {
+            self.db.execute(
+                "UPDATE spillman_channels SET close_confirmed_height = ?2 WHERE session_id = ?1",
+                params![session_id, height],
+            )?;
+            Ok(())
+        })
     }
 
     /// The session of a channel already proposed on deposit `outpoint`, if any: a deposit
