@@ -48,8 +48,9 @@ fn points_of(node: &str) -> Vec<String> {
         let text = std::fs::read_to_string(&file).unwrap();
         // The unit tests at the end write freely.
         let text = text.split("#[cfg(test)]").next().unwrap();
-        // Each method of the store, to the next one.
+        // Each method of the store, to the end of its body.
         for method in text.split("\n    pub fn ").skip(1) {
+            let method = method.split("\n    }\n").next().unwrap();
             let name = method.split(['(', '<']).next().unwrap();
             let writes = [
                 ".execute(",
