@@ -195,6 +195,8 @@ impl Crashes {
             if let Some(status) = child.try_wait().unwrap() {
                 let log = std::fs::read_to_string(&cable.log).unwrap_or_default();
                 if self.note(&log) == 0 {
+                    let tail: Vec<&str> = log.lines().rev().take(6).collect();
+                    eprintln!("cable run ended {status}: {tail:#?}");
                     break status.success();
                 }
                 cable.env = armed(&self.cable_left);
