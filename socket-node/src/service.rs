@@ -483,7 +483,32 @@ fn issue_terms(
     cable: &CableAuth,
 ) -> Result<Issued, SocketError> {
     let seller = seller_of(scheme);
-    let (session_id, payout) = if request.session_id.is_empty() {
+    // An opening request of the cable whose session is in progress here, for the same scheme:
+    // the reply that opened it was lost (the socket crashed, or the link dropped, after the
+    // session was stored). It resumes that session: refusing it would leave the cable without
+    // its session until the grace period ends it. Only the session's own key (the request's
+    // signature was checked) resumes it.
+    let resumed = match task.machine.session() {
+        Some(session) if request.session_id.is_empty() => {
+            let own = shared
+                .store()
+                .session_cable(&session.id)
+                .map_err(SocketError::internal)?
+                .is_some_and(|key| key == cable.key.to_string());
+            let same_scheme = shared
+                .store()
+                .session_scheme(&session.id)
+                .map_err(SocketError::internal)?
+                == Some(scheme);
+            (own && same_scheme).then(|| session.id.clone())
+        }
+        _ => None,
+    };
+    let requested = resumed.as_deref().unwrap_or(&request.session_id);
+    if resumed.is_some() {
+        tracing::info!(outlet = %request.outlet_id, session = %requested, "an opening request of the session's own cable: resumed");
+    }
+    let (session_id, payout) = if requested.is_empty() {
         if !seller.opens_with_power_request() {
             return Err(SocketError::wrong_state(format!(
                 "a {scheme} session opens with OpenChannel"
@@ -495,12 +520,12 @@ fn issue_terms(
     } else {
         let stored = shared
             .store()
-            .session_scheme(&request.session_id)
+            .session_scheme(requested)
             .map_err(SocketError::internal)?;
         if stored != Some(scheme) {
             return Err(SocketError::wrong_state(format!(
                 "session {} does not pay with {}",
-                request.session_id,
+                requested,
                 scheme.name()
             )));
         }
@@ -509,15 +534,15 @@ fn issue_terms(
         // session will be bound to.
         let payout = shared
             .store()
-            .session_payout(&request.session_id)
+            .session_payout(requested)
             .map_err(SocketError::internal)?
             .ok_or_else(|| {
                 SocketError::wrong_state(format!(
                     "session {} has no payout address; start a new session",
-                    request.session_id
+                    requested
                 ))
             })?;
-        (request.session_id.clone(), payout)
+        (requested.to_owned(), payout)
     };
     let last_payment_id = task
         .machine

@@ -26,7 +26,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::signer::RequestSigner;
 use anyhow::Context;
 use bitcoin::hex::DisplayHex;
-use bitcoin::Amount;
+use bitcoin::{Amount, ScriptBuf};
 use hw::cable::CableHardware;
 use metering::Latest;
 use proto::identity::session_hash;
@@ -141,6 +141,9 @@ struct Session {
     onchain_txs: Vec<PaymentReport>,
     /// Whether the session was resumed from the store after a restart.
     resumed: bool,
+    /// A resumed session: the payout script of the offer it opened with, which its terms pay
+    /// (the socket's offer has the next session's address by now).
+    payout_script: Option<Vec<u8>>,
     /// The socket's count against the cable's meter (socket.proto "Meter agreement").
     meter: MeterCheck,
     /// The cable's meter when the session started.
@@ -165,6 +168,7 @@ impl Session {
             last_status_sequence: 0,
             onchain_txs: Vec::new(),
             resumed: false,
+            payout_script: None,
             meter: MeterCheck::default(),
             meter_base_mwh: 0,
             unfounded_quota_lows: 0,
@@ -315,14 +319,15 @@ impl Cable {
                 latency_ms: None,
             });
         }
-        if let Some((id, paid)) = self
+        if let Some(unfinished) = self
             .store
             .unfinished_session(&self.config.outlet_id, &socket_key)
             .context("reading the store")?
         {
-            tracing::info!(session = %id, %paid, "resuming the session the cable stopped in");
-            session.id = id;
-            session.paid = paid;
+            tracing::info!(session = %unfinished.id, paid = %unfinished.committed, "resuming the session the cable stopped in");
+            session.id = unfinished.id;
+            session.paid = unfinished.committed;
+            session.payout_script = unfinished.payout_script.map(ScriptBuf::into_bytes);
             session.resumed = true;
         }
         if accepted.scheme == v1::Scheme::Spillman && !session.id.is_empty() {
@@ -686,6 +691,7 @@ impl Cable {
                     &session.id,
                     &accepted.offer.socket_identity_key.to_lower_hex_string(),
                     &self.config.outlet_id,
+                    &accepted.offer.payout_script,
                 )
                 .context("storing the session")?;
         } else if terms.session_id != session.id {
@@ -694,6 +700,17 @@ impl Cable {
                 terms.session_id, session.id
             )));
         }
+        // A resumed session's terms are checked against the offer it opened with.
+        let opened_with;
+        let accepted = match &session.payout_script {
+            Some(script) if *script != accepted.offer.payout_script => {
+                let mut offer = accepted.clone();
+                offer.offer.payout_script = script.clone();
+                opened_with = offer;
+                &opened_with
+            }
+            _ => accepted,
+        };
         if accepted.scheme == v1::Scheme::Lightning {
             self.pay_lightning(accepted, session, &terms, quota_started)?;
             return Ok(true);

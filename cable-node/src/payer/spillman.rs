@@ -167,6 +167,7 @@ pub async fn open(
             &reply.session_id,
             &accepted.offer.socket_identity_key.to_lower_hex_string(),
             outlet_id,
+            &accepted.offer.payout_script,
         )
         .context("storing the session")?;
     fund(client, signer, &reply.session_id, &deposit, store, wallet).await?;

@@ -14,13 +14,20 @@ use rusqlite::{params, Connection, OptionalExtension};
 /// `user_version` holds the version: an older data dir is upgraded in place when the store
 /// opens, a newer one is refused). Version 1 is the schema before versions existed; its
 /// `IF NOT EXISTS` lets such a data dir take it as is.
-pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 mod persist;
 mod sockets;
 
 use persist::persist;
 pub use sockets::{SocketRow, SocketStatus};
+
+/// Version 4: the payout script of each session (the offer's when it opened). A session the
+/// cable resumes after a restart is checked against it: the socket offers the next session's
+/// address by then.
+const SCHEMA_V4: &str = "
+ALTER TABLE sessions ADD COLUMN payout_script_hex TEXT;
+";
 
 /// Version 3 (design.md "Attestation"): the receipts the cable countersigned (socket.proto
 /// `MeteringReceipt`) and its registry of sockets, with the ones it caught over-counting.
@@ -215,6 +222,18 @@ pub struct CableSet {
     pub highest_payment_id: u64,
 }
 
+/// A session the cable did not finish ([`CableStore::unfinished_session`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfinished {
+    /// Session id.
+    pub id: String,
+    /// What it committed to pay ([`CableStore::committed`]).
+    pub committed: Amount,
+    /// The payout script of the offer it opened with (`None` for a session stored before
+    /// schema version 4).
+    pub payout_script: Option<ScriptBuf>,
+}
+
 /// The store.
 pub struct CableStore {
     db: Connection,
@@ -240,13 +259,27 @@ impl CableStore {
         Ok(CableStore { db })
     }
 
-    /// Record a session the socket opened (idempotent).
-    pub fn open_session(&self, id: &str, socket_identity_key: &str, outlet_id: &str) -> Result<()> {
+    /// Record a session the socket opened (idempotent), with the payout script of the offer
+    /// it opened with.
+    pub fn open_session(
+        &self,
+        id: &str,
+        socket_identity_key: &str,
+        outlet_id: &str,
+        payout_script: &[u8],
+    ) -> Result<()> {
         persist("cable-open-session", || {
             self.db.execute(
-                "INSERT OR IGNORE INTO sessions (id, socket_identity_key, outlet_id, started_at_unix_ms)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![id, socket_identity_key, outlet_id, unix_ms()],
+                "INSERT OR IGNORE INTO sessions (id, socket_identity_key, outlet_id, started_at_unix_ms,
+                                                 payout_script_hex)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    id,
+                    socket_identity_key,
+                    outlet_id,
+                    unix_ms(),
+                    ScriptBuf::from_bytes(payout_script.to_vec()).to_hex_string()
+                ],
             )?;
             Ok(())
         })
@@ -426,18 +459,25 @@ impl CableStore {
         &self,
         outlet_id: &str,
         socket_identity_key: &str,
-    ) -> Result<Option<(String, Amount)>> {
-        let id: Option<String> = self
+    ) -> Result<Option<Unfinished>> {
+        let row: Option<(String, Option<String>)> = self
             .db
             .query_row(
-                "SELECT id FROM sessions WHERE outlet_id = ?1 AND socket_identity_key = ?2
+                "SELECT id, payout_script_hex FROM sessions
+                 WHERE outlet_id = ?1 AND socket_identity_key = ?2
                  AND ended_at_unix_ms IS NULL ORDER BY started_at_unix_ms DESC LIMIT 1",
                 params![outlet_id, socket_identity_key],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let Some(id) = id else { return Ok(None) };
-        Ok(Some((id.clone(), self.committed(&id)?)))
+        let Some((id, script_hex)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(Unfinished {
+            committed: self.committed(&id)?,
+            payout_script: script_hex.and_then(|hex| ScriptBuf::from_hex(&hex).ok()),
+            id,
+        }))
     }
 
     /// What a session has committed to pay: every payment signed and not refused, since a
