@@ -743,6 +743,16 @@ impl Cable {
                     payment_id = terms.payment_id,
                     "sending the payment signed before again"
                 );
+                if accepted.scheme == v1::Scheme::Onchain {
+                    // Spent for the wallet before it leaves again: the cable may have stopped
+                    // between storing the signature and telling the wallet
+                    // (`onchain::sign`); recording it twice changes nothing.
+                    let tx = bitcoin::psbt::Psbt::deserialize(&record.psbt)
+                        .context("a stored payment's PSBT")?
+                        .unsigned_tx;
+                    tokio::task::block_in_place(|| self.wallet.record_sent(&tx))
+                        .map_err(anyhow::Error::from)?;
+                }
                 record
             }
             None => payer_of(accepted.scheme)
