@@ -225,6 +225,12 @@ impl Crashes {
     }
 }
 
+/// The last `lines` lines of `text`.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 fn query_i64(db: &Path, sql: &str) -> i64 {
     let db = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .unwrap();
@@ -287,16 +293,22 @@ fn check_books(bitcoind: &Regtest, socket: &SocketProcess, cable: &CableFiles, s
         "{scheme}"
     );
     // No energy beyond what was credited.
-    assert_eq!(
-        query_i64(
-            &socket_db,
-            "SELECT COUNT(*) FROM sessions s WHERE s.energy_used_mwh > 
+    let beyond = pairs(
+        &socket_db,
+        "SELECT s.id || ' ' || s.end_reason || ': ' || s.energy_used_mwh || ' mWh used, credited '
+                || ((SELECT COALESCE(SUM(quota_mwh), 0) FROM payments p
+                     WHERE p.session_id = s.id AND p.status != 'failed')
+                  + (SELECT COALESCE(SUM(quota_mwh), 0) FROM ln_payments l
+                     WHERE l.session_id = s.id)), 0
+         FROM sessions s WHERE s.energy_used_mwh >
                (SELECT COALESCE(SUM(quota_mwh), 0) FROM payments p
                 WHERE p.session_id = s.id AND p.status != 'failed')
-             + (SELECT COALESCE(SUM(quota_mwh), 0) FROM ln_payments l WHERE l.session_id = s.id)"
-        ),
-        0,
-        "{scheme}: energy beyond credit"
+             + (SELECT COALESCE(SUM(quota_mwh), 0) FROM ln_payments l WHERE l.session_id = s.id)",
+    );
+    assert!(
+        beyond.is_empty(),
+        "{scheme}: energy beyond credit: {beyond:?}\n{}",
+        tail(&socket.log_text(), 120)
     );
     // On the chain: each credited on-chain payment, each single-fee set, each spillman close
     // (paying exactly what was credited).

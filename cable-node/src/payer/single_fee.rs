@@ -85,9 +85,14 @@ impl Cable {
             let (mut inputs, signed) = signed;
             inputs.sort();
             Self::check_pays(&signed.tx, &payout, value)?;
+            let index = self
+                .store
+                .last_set_index(&session.id)
+                .context("reading the store")?
+                + 1;
             let set = CableSet {
                 session_id: session.id.clone(),
-                index: current.map_or(1, |s| s.index + 1),
+                index,
                 inputs,
                 fee: signed.fee,
                 max,

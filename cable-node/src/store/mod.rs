@@ -442,6 +442,16 @@ impl CableStore {
             .optional()
     }
 
+    /// The highest input set index of `session_id`, open or closed (0: none yet). A new set
+    /// takes the next: after a restart the last set may be closed already.
+    pub fn last_set_index(&self, session_id: &str) -> Result<u32> {
+        self.db.query_row(
+            "SELECT COALESCE(MAX(set_index), 0) FROM single_fee_sets WHERE session_id = ?1",
+            params![session_id],
+            |r| r.get::<_, i64>(0).map(|i| i as u32),
+        )
+    }
+
     /// Close an input set (its highest transaction was broadcast).
     pub fn close_set(&self, session_id: &str, index: u32) -> Result<()> {
         persist("cable-close-set", || {
