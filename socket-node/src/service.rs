@@ -355,6 +355,27 @@ impl Socket for SocketService {
         let cable = self.authenticate(&request)?;
         let outlet = self.0.outlet(&request.outlet_id)?;
         let scheme = offered_scheme(outlet, v1::Scheme::Spillman as i32)?;
+        // The cable's own session in progress with this very deposit: the reply that opened it
+        // was lost; sign its refund again rather than refuse (socket.proto `OpenChannel`).
+        let in_progress = outlet
+            .call(|task| task.machine.session().map(|s| s.id.clone()))
+            .await?;
+        if let Some(id) = in_progress {
+            let store = self.0.shared.store();
+            let own = store
+                .session_cable(&id)
+                .map_err(SocketError::internal)?
+                .is_some_and(|key| key == cable.key.to_string());
+            let same_deposit = store
+                .channel_of(&id)
+                .map_err(SocketError::internal)?
+                .is_some_and(|c| c.channel.deposit.txid.to_string() == request.deposit_txid);
+            drop(store);
+            if own && same_deposit {
+                let reply = spillman::reopen(&self.context(outlet), &id, &request)?;
+                return Ok(Response::new(reply));
+            }
+        }
         let session_id = new_session_id();
         let payout = {
             let id = session_id.clone();

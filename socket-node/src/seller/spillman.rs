@@ -133,6 +133,55 @@ pub(crate) async fn open(
     })
 }
 
+/// Step 7 once more, for the channel the cable already proposed in `session_id` (its reply
+/// was lost: the socket crashed or the link dropped after the channel was stored). The request
+/// must name exactly the stored channel (keys, deposit, value, lock height, fee, script) and a
+/// refund that passes its check; the refund is signed again (RFC 6979: the same signature).
+/// Errors: [`SocketError::ChannelRefused`] for another channel, `Internal` for the store.
+pub(crate) fn reopen(
+    cx: &SellerContext<'_>,
+    session_id: &str,
+    request: &v1::OpenChannelRequest,
+) -> Result<v1::OpenChannelResponse, SocketError> {
+    let refused = |reason: String| SocketError::ChannelRefused(reason);
+    let store = cx.shared.store();
+    let stored = store
+        .channel_of(session_id)
+        .map_err(SocketError::internal)?
+        .ok_or_else(|| refused(format!("session {session_id} has no channel")))?;
+    let index = store
+        .session_payout_index(session_id)
+        .map_err(SocketError::internal)?
+        .ok_or_else(|| SocketError::internal(format!("session {session_id} has no payout")))?;
+    drop(store);
+    let channel = &stored.channel;
+    let same = request.cable_channel_key == channel.cable_key.to_bytes()
+        && request.deposit_txid == channel.deposit.txid.to_string()
+        && request.deposit_vout == channel.deposit.vout
+        && request.deposit_sat == channel.deposit_value.to_sat()
+        && request.refund_lock_height == channel.refund_lock_height
+        && request.fee_sat == channel.fee.to_sat()
+        && request.cable_script == channel.cable_script.to_bytes();
+    if !same {
+        return Err(refused(format!(
+            "session {session_id} is in progress with another channel"
+        )));
+    }
+    let refund: Transaction = encode::deserialize(&request.refund_tx)
+        .map_err(|e| refused(format!("refund transaction: {e}")))?;
+    channel
+        .check_refund(&refund)
+        .map_err(|e| refused(e.to_string()))?;
+    let signature = channel
+        .sign(&refund, &cx.shared.keys.channel_secret(index))
+        .map_err(SocketError::internal)?;
+    tracing::info!(outlet = %cx.outlet.id(), session = %session_id, deposit = %channel.deposit, "spillman refund signed again");
+    Ok(v1::OpenChannelResponse {
+        session_id: session_id.to_owned(),
+        refund_signature: signature.to_vec(),
+    })
+}
+
 /// The chain watch of spillman channels (design.md "Trust"; seed 003): a funded channel's
 /// deposit that left the mempool unconfirmed with its inputs unspent (evicted) is sent again,
 /// not abandoned; a close is followed until it confirms, and sent again (with its deposit)
