@@ -103,45 +103,69 @@ fn every_store_write_is_a_persistence_point() {
     }
 }
 
-/// `FAILPOINTS` arming each of `points` once.
-fn armed(points: &BTreeSet<String>) -> Vec<(String, String)> {
-    let spec: Vec<String> = points.iter().map(|p| format!("{p}=1*return")).collect();
-    vec![("FAILPOINTS".to_owned(), spec.join(";"))]
+/// What an armed persistence point does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// `<point>=return`: abort right after the write committed.
+    Crash,
+    /// `<point>-fails=return`: the write fails (an injected store error), the node goes on.
+    StoreFailure,
 }
 
-/// The points a node's log says it crashed at.
-fn crashed_at(log: &str) -> BTreeSet<String> {
-    log.lines()
-        .filter_map(|line| line.split("crash point ").nth(1))
-        .filter_map(|rest| rest.split(':').next())
-        .map(str::to_owned)
-        .collect()
+impl Fault {
+    /// `FAILPOINTS` arming each of `points` once.
+    fn armed(self, points: &BTreeSet<String>) -> Vec<(String, String)> {
+        let suffix = match self {
+            Fault::Crash => "",
+            Fault::StoreFailure => "-fails",
+        };
+        let spec: Vec<String> = points
+            .iter()
+            .map(|p| format!("{p}{suffix}=1*return"))
+            .collect();
+        vec![("FAILPOINTS".to_owned(), spec.join(";"))]
+    }
+
+    /// The points a node's log says fired (`persist` prints one line each).
+    fn fired_in(self, log: &str) -> BTreeSet<String> {
+        let marker = match self {
+            Fault::Crash => "crash point ",
+            Fault::StoreFailure => "injected store failure at ",
+        };
+        log.lines()
+            .filter_map(|line| line.split(marker).nth(1))
+            .filter_map(|rest| rest.split([':', ' ']).next())
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 /// The points fired so far, and what is left to arm.
 struct Crashes {
+    fault: Fault,
     socket_left: BTreeSet<String>,
     cable_left: BTreeSet<String>,
     fired: BTreeSet<String>,
 }
 
 impl Crashes {
-    fn new() -> Self {
+    fn new(fault: Fault) -> Self {
         Crashes {
+            fault,
             socket_left: points_of("socket-node").into_iter().collect(),
             cable_left: points_of("cable-node").into_iter().collect(),
             fired: BTreeSet::new(),
         }
     }
 
-    /// Note the crash points in `log`; how many are new.
+    /// Note the points fired in `log`; how many are new.
     fn note(&mut self, log: &str) -> usize {
         let mut new = 0;
-        for point in crashed_at(log) {
+        for point in self.fault.fired_in(log) {
             self.socket_left.remove(&point);
             self.cable_left.remove(&point);
             if self.fired.insert(point.clone()) {
-                eprintln!("crashed at {point}");
+                eprintln!("{:?} at {point}", self.fault);
                 new += 1;
             }
         }
@@ -151,7 +175,7 @@ impl Crashes {
     /// Start the socket again with the points left armed, as often as it crashes on the way up.
     fn restart_socket(&mut self, socket: &mut SocketProcess) {
         for _ in 0..20 {
-            socket.env = armed(&self.socket_left);
+            socket.env = self.fault.armed(&self.socket_left);
             match socket.restart() {
                 Ok(()) => return,
                 Err(e) => {
@@ -181,7 +205,7 @@ impl Crashes {
     /// crashed again. Returns the last run's success and how many points fired.
     fn run_through(&mut self, socket: &mut SocketProcess, cable: &mut CableFiles) -> (bool, usize) {
         let before = self.fired.len();
-        cable.env = armed(&self.cable_left);
+        cable.env = self.fault.armed(&self.cable_left);
         let mut child: Child = cable.spawn_run().unwrap();
         let deadline = Instant::now() + Duration::from_secs(240);
         let success = loop {
@@ -199,7 +223,7 @@ impl Crashes {
                     eprintln!("cable run ended {status}: {tail:#?}");
                     break status.success();
                 }
-                cable.env = armed(&self.cable_left);
+                cable.env = self.fault.armed(&self.cable_left);
                 child = cable.spawn_run().unwrap();
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -372,6 +396,83 @@ fn check_books(bitcoind: &Regtest, socket: &SocketProcess, cable: &CableFiles, s
     }
 }
 
+/// Each of `schemes` with a cable of its own (funded), toasting until a whole toast fires no
+/// new point (at most 4), every session settled by the socket; then the books checked.
+fn every_scheme(
+    bitcoind: &Regtest,
+    dir: &Path,
+    socket: &mut SocketProcess,
+    crashes: &mut Crashes,
+    schemes: &[&'static str],
+) -> BTreeMap<&'static str, CableFiles> {
+    let mut cable_of = BTreeMap::new();
+    for &scheme in schemes {
+        let mut cable = CableFiles::create(
+            bitcoind,
+            &dir.join(scheme),
+            &socket.endpoint,
+            &CableSetup {
+                schemes: vec![scheme.into()],
+                max_session_sat: 10_000,
+                ..CableSetup::default()
+            },
+            Amount::from_sat(100_000),
+        )
+        .unwrap();
+        let miner = (scheme == "lightning").then(|| {
+            cable
+                .fund_lightning(bitcoind, Amount::from_sat(300_000))
+                .unwrap();
+            Miner::start(bitcoind, Duration::from_millis(500))
+        });
+        for toast in 1..=4 {
+            let (success, fired) = crashes.run_through(socket, &mut cable);
+            eprintln!("{scheme}: toast {toast} fired {fired} points");
+            // The socket settles each session: ended, its set or channel closed, confirmed.
+            let socket_db = socket.data_dir.join("socket.sqlite");
+            crashes.settle(socket, scheme, || {
+                query_i64(
+                    &socket_db,
+                    "SELECT COUNT(*) FROM sessions WHERE ended_at_unix_ms IS NULL",
+                ) == 0
+                    && query_i64(
+                        &socket_db,
+                        "SELECT COUNT(*) FROM spillman_channels WHERE status != 'closed'",
+                    ) == 0
+                    && query_i64(
+                        &socket_db,
+                        "SELECT COUNT(*) FROM single_fee_sets WHERE status = 'open'",
+                    ) == 0
+            });
+            bitcoind.mine(1).unwrap();
+            crashes.settle(socket, scheme, || {
+                query_i64(
+                    &socket_db,
+                    "SELECT COUNT(*) FROM single_fee_sets
+                     WHERE status = 'broadcast' AND confirmed_height IS NULL",
+                ) == 0
+                    && query_i64(
+                        &socket_db,
+                        "SELECT COUNT(*) FROM spillman_channels WHERE close_confirmed_height IS NULL",
+                    ) == 0
+            });
+            if fired == 0 {
+                // A toast with nothing armed left to fire goes through.
+                assert!(
+                    success,
+                    "{scheme}: {}",
+                    tail(&std::fs::read_to_string(&cable.log).unwrap_or_default(), 40)
+                );
+                break;
+            }
+        }
+        drop(miner);
+        check_books(bitcoind, socket, &cable, scheme);
+        cable_of.insert(scheme, cable);
+    }
+    cable_of
+}
+
 /// Run `socket-node <args>` with `env`; its success and output.
 fn socket_cli(args: &[&str], env: &[(String, String)]) -> (bool, String) {
     let out = Command::new(binary("socket-node").unwrap())
@@ -393,7 +494,7 @@ fn socket_cli(args: &[&str], env: &[(String, String)]) -> (bool, String) {
 fn a_crash_at_every_persistence_point_loses_nothing() {
     let bitcoind = Regtest::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut crashes = Crashes::new();
+    let mut crashes = Crashes::new(Fault::Crash);
     let total = crashes.socket_left.len() + crashes.cable_left.len();
 
     // An operator whose signed registry the socket takes.
@@ -415,65 +516,13 @@ fn a_crash_at_every_persistence_point_loses_nothing() {
     crashes.restart_socket(&mut socket);
 
     // Each scheme with a cable of its own, toasting until a whole toast fires no new point.
-    let mut cable_of = BTreeMap::new();
-    for scheme in ["onchain", "single-fee", "spillman", "lightning"] {
-        let mut cable = CableFiles::create(
-            &bitcoind,
-            &dir.path().join(scheme),
-            &socket.endpoint,
-            &CableSetup {
-                schemes: vec![scheme.into()],
-                max_session_sat: 10_000,
-                ..CableSetup::default()
-            },
-            Amount::from_sat(100_000),
-        )
-        .unwrap();
-        let miner = (scheme == "lightning").then(|| {
-            cable
-                .fund_lightning(&bitcoind, Amount::from_sat(300_000))
-                .unwrap();
-            Miner::start(&bitcoind, Duration::from_millis(500))
-        });
-        for toast in 1..=4 {
-            let (_, fired) = crashes.run_through(&mut socket, &mut cable);
-            eprintln!("{scheme}: toast {toast} fired {fired} crash points");
-            // The socket settles each session: ended, its set or channel closed, confirmed.
-            let socket_db = socket.data_dir.join("socket.sqlite");
-            crashes.settle(&mut socket, scheme, || {
-                query_i64(
-                    &socket_db,
-                    "SELECT COUNT(*) FROM sessions WHERE ended_at_unix_ms IS NULL",
-                ) == 0
-                    && query_i64(
-                        &socket_db,
-                        "SELECT COUNT(*) FROM spillman_channels WHERE status != 'closed'",
-                    ) == 0
-                    && query_i64(
-                        &socket_db,
-                        "SELECT COUNT(*) FROM single_fee_sets WHERE status = 'open'",
-                    ) == 0
-            });
-            bitcoind.mine(1).unwrap();
-            crashes.settle(&mut socket, scheme, || {
-                query_i64(
-                    &socket_db,
-                    "SELECT COUNT(*) FROM single_fee_sets
-                     WHERE status = 'broadcast' AND confirmed_height IS NULL",
-                ) == 0
-                    && query_i64(
-                        &socket_db,
-                        "SELECT COUNT(*) FROM spillman_channels WHERE close_confirmed_height IS NULL",
-                    ) == 0
-            });
-            if fired == 0 {
-                break;
-            }
-        }
-        drop(miner);
-        check_books(&bitcoind, &socket, &cable, scheme);
-        cable_of.insert(scheme, cable);
-    }
+    let mut cable_of = every_scheme(
+        &bitcoind,
+        dir.path(),
+        &mut socket,
+        &mut crashes,
+        &["onchain", "single-fee", "spillman", "lightning"],
+    );
 
     // The owner's commands. A profile (written by the CLI), crashed right after its write.
     let socket_db = socket.data_dir.join("socket.sqlite");
@@ -497,7 +546,7 @@ fn a_crash_at_every_persistence_point_loses_nothing() {
             "--data-dir",
             &data_dir,
         ],
-        &armed(&crashes.socket_left),
+        &crashes.fault.armed(&crashes.socket_left),
     );
     assert!(!ok, "{out}");
     crashes.note(&out);
@@ -554,7 +603,7 @@ fn a_crash_at_every_persistence_point_loses_nothing() {
             "--data-dir",
             &data_dir,
         ],
-        &armed(&crashes.socket_left),
+        &crashes.fault.armed(&crashes.socket_left),
     );
     assert!(!ok, "{out}");
     crashes.note(&out);
@@ -616,7 +665,7 @@ fn a_crash_at_every_persistence_point_loses_nothing() {
         .unwrap()
     };
     let out = Command::new(binary("cable-node").unwrap())
-        .envs(armed(&crashes.cable_left))
+        .envs(crashes.fault.armed(&crashes.cable_left))
         .arg("--config")
         .arg(&metering.config)
         .arg("--data-dir")
@@ -648,4 +697,52 @@ fn a_crash_at_every_persistence_point_loses_nothing() {
         elsewhere.len()
     );
     assert!(left.is_empty(), "never reached: {left:?}");
+}
+
+/// Every write of both stores fails once (`<point>-fails`, an injected `SQLITE_IOERR`) while
+/// the cable of each on-chain scheme toasts: nothing is credited or granted on a failed write
+/// (the books agree as in the crash test), the request that met it fails with a reason that
+/// names it, and the nodes go on once the store works again: the socket without a restart,
+/// the cable on its next run (the toast completes).
+#[test]
+fn a_failed_store_write_grants_nothing_and_the_nodes_recover() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Crashes::new(Fault::StoreFailure);
+    let setup = SocketSetup {
+        spillman: true,
+        link_debounce_ms: 5_000,
+        ..SocketSetup::default()
+    };
+    let mut socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
+    failures.restart_socket(&mut socket);
+    every_scheme(
+        &bitcoind,
+        dir.path(),
+        &mut socket,
+        &mut failures,
+        &["onchain", "single-fee", "spillman"],
+    );
+    assert!(
+        socket.is_running(),
+        "the socket went on through its store failures"
+    );
+    eprintln!(
+        "{} store failures injected: {:?}",
+        failures.fired.len(),
+        failures.fired
+    );
+    // The requests' writes among them: payments, sets, channels, on both sides.
+    for point in [
+        "socket-open-session",
+        "socket-accept-payment",
+        "socket-hold-single-fee",
+        "socket-fund-channel",
+        "socket-hold-channel-payment",
+        "cable-record-signed",
+        "cable-open-set",
+        "cable-refund-signed",
+    ] {
+        assert!(failures.fired.contains(point), "{point} never failed");
+    }
 }

@@ -179,9 +179,15 @@ impl Session {
 
 fn retryable(status: &tonic::Status) -> bool {
     // RESOURCE_EXHAUSTED: over the socket's request rate; changes nothing, so resend later.
+    // INTERNAL: the socket's own trouble (its store failed a write): nothing was credited, and
+    // every request is answered the same when sent again (socket.proto `ErrorReason`).
     matches!(
         status.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::ResourceExhausted
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::ResourceExhausted
+            | Code::Internal
     )
 }
 
