@@ -109,21 +109,33 @@ pub async fn open(
         .propose_channel(&secret, &channel, &deposit)
         .context("storing the channel")?;
 
-    // Steps 6–8: the socket signs the refund without having seen the signed deposit.
-    let reply = client
-        .open_channel(signer.sign(v1::OpenChannelRequest {
-            outlet_id: outlet_id.to_owned(),
-            cable_channel_key: cable_key.to_bytes(),
-            deposit_txid: deposit_txid.clone(),
-            deposit_vout: channel.deposit.vout,
-            deposit_sat: channel.deposit_value.to_sat(),
-            refund_lock_height: channel.refund_lock_height,
-            fee_sat: channel.fee.to_sat(),
-            cable_script: channel.cable_script.to_bytes(),
-            refund_tx: encode::serialize(&refund),
-            auth: None,
-        }))
-        .await;
+    // Steps 6–8: the socket signs the refund without having seen the signed deposit. No answer
+    // (the socket or the link went away): propose the same channel again, for up to
+    // FUND_PATIENCE; the socket answers its stored proposal again (socket.proto OpenChannel).
+    let deadline = std::time::Instant::now() + FUND_PATIENCE;
+    let reply = loop {
+        let reply = client
+            .open_channel(signer.sign(v1::OpenChannelRequest {
+                outlet_id: outlet_id.to_owned(),
+                cable_channel_key: cable_key.to_bytes(),
+                deposit_txid: deposit_txid.clone(),
+                deposit_vout: channel.deposit.vout,
+                deposit_sat: channel.deposit_value.to_sat(),
+                refund_lock_height: channel.refund_lock_height,
+                fee_sat: channel.fee.to_sat(),
+                cable_script: channel.cable_script.to_bytes(),
+                refund_tx: encode::serialize(&refund),
+                auth: None,
+            }))
+            .await;
+        match reply {
+            Err(status) if super::retryable(&status) && std::time::Instant::now() < deadline => {
+                tracing::warn!("OpenChannel: {}; proposing it again", status.message());
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            reply => break reply,
+        }
+    };
     let reply = match reply {
         Ok(reply) => reply.into_inner(),
         Err(status) => {
