@@ -134,7 +134,10 @@ impl Fault {
         };
         log.lines()
             .filter_map(|line| line.split(marker).nth(1))
-            .filter_map(|rest| rest.split([':', ' ']).next())
+            .filter_map(|rest| {
+                rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                    .next()
+            })
             .map(str::to_owned)
             .collect()
     }

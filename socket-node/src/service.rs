@@ -376,6 +376,17 @@ impl Socket for SocketService {
                 return Ok(Response::new(reply));
             }
         }
+        // The cable's own session without a payment, for another deposit: it lost that one.
+        outlet
+            .call({
+                let shared = Arc::clone(&self.0.shared);
+                move |task| {
+                    if let Ok(Some(id)) = own_unpaid_session(task, &shared, &cable) {
+                        task.abandon(&id, "its cable opened a new one (it lost this one's reply)");
+                    }
+                }
+            })
+            .await?;
         let session_id = new_session_id();
         let payout = {
             let id = session_id.clone();
@@ -496,6 +507,23 @@ fn new_session_id() -> String {
 /// In the outlet's task: open the session on a first request, check a later one belongs to a
 /// session of this scheme in progress, and issue the terms of its next payment (terms issued
 /// and not paid yet are issued again, not doubled), stored before they leave.
+/// The session in progress on `task`'s outlet if it is `cable`'s and has no payment.
+fn own_unpaid_session(
+    task: &OutletTask,
+    shared: &Shared,
+    cable: &CableAuth,
+) -> Result<Option<String>, SocketError> {
+    let Some(session) = task.machine.session().filter(|s| s.payments == 0) else {
+        return Ok(None);
+    };
+    let own = shared
+        .store()
+        .session_cable(&session.id)
+        .map_err(SocketError::internal)?
+        .is_some_and(|key| key == cable.key.to_string());
+    Ok(own.then(|| session.id.clone()))
+}
+
 fn issue_terms(
     task: &mut OutletTask,
     shared: &Shared,
@@ -504,31 +532,18 @@ fn issue_terms(
     cable: &CableAuth,
 ) -> Result<Issued, SocketError> {
     let seller = seller_of(scheme);
-    // An opening request of the cable whose session is in progress here, for the same scheme:
-    // the reply that opened it was lost (the socket crashed, or the link dropped, after the
-    // session was stored). It resumes that session: refusing it would leave the cable without
-    // its session until the grace period ends it. Only the session's own key (the request's
-    // signature was checked) resumes it.
-    let resumed = match task.machine.session() {
-        Some(session) if request.session_id.is_empty() => {
-            let own = shared
-                .store()
-                .session_cable(&session.id)
-                .map_err(SocketError::internal)?
-                .is_some_and(|key| key == cable.key.to_string());
-            let same_scheme = shared
-                .store()
-                .session_scheme(&session.id)
-                .map_err(SocketError::internal)?
-                == Some(scheme);
-            (own && same_scheme).then(|| session.id.clone())
+    // An opening request of the cable whose session is in progress here: the cable does not
+    // know that session (the reply that opened it was lost, or the cable could not store it),
+    // so it never paid in it. Without a payment it is ended and a new one opened (with the
+    // payout address of the offer the cable holds now); with one it stays, and the request is
+    // refused as before. Only the session's own key (the signature was checked) does this.
+    if request.session_id.is_empty() {
+        if let Some(id) = own_unpaid_session(task, shared, cable)? {
+            tracing::info!(outlet = %request.outlet_id, session = %id, "its cable opens a new session: the one it lost is ended");
+            task.abandon(&id, "its cable opened a new one (it lost this one's reply)");
         }
-        _ => None,
-    };
-    let requested = resumed.as_deref().unwrap_or(&request.session_id);
-    if resumed.is_some() {
-        tracing::info!(outlet = %request.outlet_id, session = %requested, "an opening request of the session's own cable: resumed");
     }
+    let requested = request.session_id.as_str();
     let (session_id, payout) = if requested.is_empty() {
         if !seller.opens_with_power_request() {
             return Err(SocketError::wrong_state(format!(

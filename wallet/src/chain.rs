@@ -51,7 +51,11 @@ pub type RpcObserver = Box<dyn Fn(&str, std::time::Duration, RpcOutcome) + Send 
 
 /// An RPC connection to bitcoind for one network.
 pub struct Chain {
-    client: Client,
+    /// Rebuilt when bitcoind, restarted, wrote a new cookie ([`Chain::call`]).
+    client: std::sync::RwLock<Client>,
+    config: ChainConfig,
+    /// The cookie the client authenticates with.
+    cookie: std::sync::Mutex<Option<String>>,
     network: Network,
     observer: std::sync::OnceLock<RpcObserver>,
 }
@@ -68,13 +72,16 @@ impl Chain {
     /// when it does not answer, [`WalletError::Rpc`] when it refuses,
     /// [`WalletError::WrongChain`] when it runs another network.
     pub fn connect(config: &ChainConfig, network: Network) -> Result<Self, WalletError> {
+        let cookie = std::fs::read_to_string(&config.cookie_file).ok();
         let client = Client::new(
             &config.rpc_url,
             Auth::CookieFile(config.cookie_file.clone()),
         )
         .map_err(|e| rpc_error("connect", e))?;
         let chain = Chain {
-            client,
+            client: std::sync::RwLock::new(client),
+            config: config.clone(),
+            cookie: std::sync::Mutex::new(cookie),
             network,
             observer: std::sync::OnceLock::new(),
         };
@@ -101,9 +108,30 @@ impl Chain {
         self.network
     }
 
-    /// The RPC client, for BDK's block emitter.
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// The RPC client, for BDK's block emitter (held while the guard lives).
+    pub fn client(&self) -> std::sync::RwLockReadGuard<'_, Client> {
+        self.client.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// bitcoind restarted writes a new `.cookie`: a client still sending the old one is
+    /// refused (HTTP 401). Rebuild the client when the file changed; whether it had.
+    fn reload_cookie(&self) -> bool {
+        let Ok(now) = std::fs::read_to_string(&self.config.cookie_file) else {
+            return false;
+        };
+        let mut cookie = self.cookie.lock().unwrap_or_else(|e| e.into_inner());
+        if cookie.as_deref() == Some(now.as_str()) {
+            return false;
+        }
+        let Ok(client) = Client::new(
+            &self.config.rpc_url,
+            Auth::CookieFile(self.config.cookie_file.clone()),
+        ) else {
+            return false;
+        };
+        *self.client.write().unwrap_or_else(|e| e.into_inner()) = client;
+        *cookie = Some(now);
+        true
     }
 
     /// Tell `observer` of every later call (once: a second observer is ignored).
@@ -111,8 +139,10 @@ impl Chain {
         let _ = self.observer.set(observer);
     }
 
-    /// Call `method` and decode its result. Errors: [`WalletError::Rpc`] when bitcoind answers
-    /// with an error, [`WalletError::Unreachable`] when it does not answer.
+    /// Call `method` and decode its result. A call bitcoind does not answer is made once more
+    /// when its cookie file changed meanwhile (bitcoind restarted). Errors:
+    /// [`WalletError::Rpc`] when bitcoind answers with an error, [`WalletError::Unreachable`]
+    /// when it does not answer.
     pub fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: &str,
@@ -120,7 +150,12 @@ impl Chain {
     ) -> Result<T, WalletError> {
         use bdk_bitcoind_rpc::bitcoincore_rpc::{jsonrpc, Error};
         let started = std::time::Instant::now();
-        let result = self.client.call(method, params);
+        let mut result = self.client().call(method, params);
+        if matches!(&result, Err(e) if !matches!(e, Error::JsonRpc(jsonrpc::Error::Rpc(_))))
+            && self.reload_cookie()
+        {
+            result = self.client().call(method, params);
+        }
         let outcome = match &result {
             Ok(_) => RpcOutcome::Ok,
             Err(Error::JsonRpc(jsonrpc::Error::Rpc(_))) => RpcOutcome::Refused,

@@ -77,8 +77,9 @@ impl NodeWallet {
     pub fn sync(&mut self, chain: &Chain) -> Result<(), WalletError> {
         let checkpoint = self.wallet.latest_checkpoint();
         let start = checkpoint.height();
+        let client = chain.client();
         let mut emitter = Emitter::new(
-            chain.client(),
+            &*client,
             checkpoint,
             start,
             bdk_bitcoind_rpc::NO_EXPECTED_MEMPOOL_TXIDS,

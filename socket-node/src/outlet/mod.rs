@@ -162,6 +162,9 @@ pub(crate) struct OutletTask {
     /// whether its learned energy limit was already found passed (flagged once per session).
     profile: Option<(String, SessionProfile, bool)>,
     ticks: u32,
+    /// Sessions that ended whose end the store did not take (a failed write): written again
+    /// on the next ticks, so that a store failure does not leave a session open for good.
+    unstored_ends: Vec<(String, EnergyMwh, String)>,
     /// The sequence of the last signed status (`StatusReport.sequence`).
     status_sequence: u64,
     shared: Arc<Shared>,
@@ -234,6 +237,7 @@ impl OutletHandle {
             over_power_since_ms: None,
             profile: None,
             ticks: 0,
+            unstored_ends: Vec::new(),
             status_sequence: 0,
             shared,
             events: events.clone(),
@@ -420,6 +424,11 @@ impl OutletTask {
         }
         let events = self.machine.tick(now, reading.energy, plugged);
         self.ticks = self.ticks.wrapping_add(1);
+        if !self.unstored_ends.is_empty() && self.ticks.is_multiple_of(SAVE_EVERY_TICKS) {
+            let store = self.shared.store();
+            self.unstored_ends
+                .retain(|(id, used, reason)| store.end_session(id, *used, reason).is_err());
+        }
         if self.ticks.is_multiple_of(SAVE_EVERY_TICKS) {
             if let Some(session) = self.machine.session() {
                 self.shared.note_energy(&session.id, session.used);
@@ -672,7 +681,8 @@ impl OutletTask {
                     }
                     let store = self.shared.store();
                     if let Err(e) = store.end_session(&id, used, &reason) {
-                        tracing::error!(outlet = %outlet_id, "ending session {id}: {e}");
+                        tracing::error!(outlet = %outlet_id, "ending session {id} (written again shortly): {e}");
+                        self.unstored_ends.push((id.clone(), used, reason.clone()));
                     }
                     let _ = store.audit(&outlet_id, Some(&id), "session-ended", &reason);
                 }

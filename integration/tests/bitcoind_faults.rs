@@ -1,0 +1,366 @@
+//! bitcoind's own faults (issue 14; design.md "Trust"): it restarts in the middle of a session
+//! (with a new RPC cookie, as Bitcoin Core writes one at every start), and a block holding
+//! credited payments is reorganized away (`invalidateblock`). No honest cable is locked out,
+//! every session ends paid, and a credited payment that goes back to the mempool stays
+//! credited; one replaced by a conflict in the new chain is found and recorded as lost.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bitcoin::{Amount, FeeRate, ScriptBuf};
+use integration::{CableFiles, CableSetup, Miner, SocketProcess, SocketSetup, OUTLET};
+use proto::v1::socket_client::SocketClient;
+use proto::v1::{self, OutletState};
+use regtest::Regtest;
+use serde_json::{json, Value};
+
+/// A bitcoind this test started again; stopped when it drops (the harness's `Regtest` only
+/// knows the first process).
+struct Restarted(std::process::Child);
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        // Let it go before the harness deletes its data dir.
+        for _ in 0..100 {
+            if self.0.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bitcoind_pid(bitcoind: &Regtest) -> u32 {
+    std::fs::read_to_string(bitcoind.datadir().join("regtest").join("bitcoind.pid"))
+        .expect("bitcoind's pid file")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// An RPC client reading the cookie now (the harness's client keeps the first one).
+fn client(bitcoind: &Regtest) -> regtest::Client {
+    regtest::Client::new_with_auth(
+        &bitcoind.rpc_url(),
+        regtest::Auth::CookieFile(bitcoind.cookie_file().to_owned()),
+    )
+    .unwrap()
+}
+
+/// Stop bitcoind (RPC `stop`), wait until it is gone, start it again with the same command
+/// line (same data dir and port, a new cookie), and wait until it answers.
+fn restart_bitcoind(bitcoind: &Regtest, previous: Option<Restarted>) -> Restarted {
+    let pid = bitcoind_pid(bitcoind);
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let _: Value = regtest::rpc(&client(bitcoind), "stop", &[]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
+        && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+    {
+        assert!(Instant::now() < deadline, "bitcoind does not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Stopped already: its guard has nothing left to kill.
+    drop(previous);
+    let child = Command::new(&args[0])
+        .args(&args[1..])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let restarted = Restarted(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(client) = regtest::Client::new_with_auth(
+            &bitcoind.rpc_url(),
+            regtest::Auth::CookieFile(bitcoind.cookie_file().to_owned()),
+        ) {
+            if regtest::rpc::<Value>(&client, "getblockcount", &[]).is_ok() {
+                return restarted;
+            }
+        }
+        assert!(Instant::now() < deadline, "bitcoind does not come back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn mine(bitcoind: &Regtest, blocks: u32) -> Vec<String> {
+    let address = bitcoind.faucet().address().to_string();
+    regtest::rpc(
+        &client(bitcoind),
+        "generatetoaddress",
+        &[json!(blocks), json!(address)],
+    )
+    .unwrap()
+}
+
+fn count(socket: &SocketProcess, sql: &str) -> i64 {
+    let db = rusqlite::Connection::open_with_flags(
+        socket.data_dir.join("socket.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    db.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn bitcoind_restarting_mid_session_locks_no_honest_cable_out() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = SocketProcess::start(
+        &bitcoind,
+        &dir.path().join("socket"),
+        &SocketSetup {
+            spillman: true,
+            lightning: true,
+            ..SocketSetup::default()
+        },
+    )
+    .unwrap();
+    let mut restarted = None;
+    for scheme in ["onchain", "single-fee", "spillman", "lightning"] {
+        let cable = CableFiles::create(
+            &bitcoind,
+            &dir.path().join(scheme),
+            &socket.endpoint,
+            &CableSetup {
+                schemes: vec![scheme.into()],
+                max_session_sat: 10_000,
+                ..CableSetup::default()
+            },
+            Amount::from_sat(100_000),
+        )
+        .unwrap();
+        let miner = (scheme == "lightning").then(|| {
+            cable
+                .fund_lightning(&bitcoind, Amount::from_sat(300_000))
+                .unwrap();
+            Miner::start(&bitcoind, Duration::from_millis(500))
+        });
+        let credited_sql = format!(
+            "SELECT (SELECT COUNT(*) FROM payments p JOIN sessions s ON s.id = p.session_id
+                     WHERE s.scheme = '{scheme}' AND p.status != 'failed')
+                  + (SELECT COUNT(*) FROM ln_payments l JOIN sessions s ON s.id = l.session_id
+                     WHERE s.scheme = '{scheme}')"
+        );
+        let mut child = cable.spawn_run().unwrap();
+        // Once the session has its first quota paid, bitcoind goes away and comes back.
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while count(&socket, &credited_sql) < 1 {
+            assert!(
+                Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+                "{scheme}: no first payment\n{}",
+                std::fs::read_to_string(&cable.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(miner);
+        restarted = Some(restart_bitcoind(&bitcoind, restarted.take()));
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{scheme}: the toast does not end"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let log = std::fs::read_to_string(&cable.log).unwrap_or_default();
+        assert!(
+            status.success(),
+            "{scheme}: {log}\nsocket:\n{}",
+            socket.log_text()
+        );
+        assert!(
+            log.contains("appliance done (5 payments"),
+            "{scheme}: {log}"
+        );
+        assert_eq!(count(&socket, &credited_sql), 5, "{scheme}");
+        assert_eq!(
+            count(
+                &socket,
+                "SELECT COUNT(*) FROM anomalies WHERE rule IN ('payment-refused', 'payment-lost')"
+            ),
+            0,
+            "{scheme}: an honest cable blamed\n{}",
+            socket.log_text()
+        );
+    }
+    // The socket's chain watch works on with the new cookie: what it sent confirms.
+    mine(&bitcoind, 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(
+        &socket,
+        "SELECT COUNT(*) FROM single_fee_sets WHERE status = 'broadcast' AND confirmed_height IS NULL",
+    ) > 0
+    {
+        assert!(Instant::now() < deadline, "{}", socket.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(restarted);
+}
+
+#[test]
+fn a_reorganized_payment_stays_credited_and_a_conflict_in_the_new_chain_is_found() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = SocketProcess::start(
+        &bitcoind,
+        &dir.path().join("socket"),
+        &SocketSetup {
+            lockout_secs: 600,
+            ..SocketSetup::default()
+        },
+    )
+    .unwrap();
+    // An honest toast, its five payments confirmed in one block.
+    let cable = CableFiles::create(
+        &bitcoind,
+        &dir.path().join("cable"),
+        &socket.endpoint,
+        &CableSetup::default(),
+        Amount::from_sat(100_000),
+    )
+    .unwrap();
+    let out = cable.run(Duration::from_secs(120)).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let block = mine(&bitcoind, 1).remove(0);
+    let txids: Vec<String> = {
+        let db = rusqlite::Connection::open(socket.data_dir.join("socket.sqlite")).unwrap();
+        let mut statement = db.prepare("SELECT txid FROM payments").unwrap();
+        let rows = statement.query_map([], |r| r.get(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    assert_eq!(txids.len(), 5);
+    // The block is reorganized away: the payments are back in the mempool, still credited,
+    // and confirm again in the new chain.
+    let _: Value = regtest::rpc(bitcoind.client(), "invalidateblock", &[json!(block)]).unwrap();
+    let mempool: Vec<String> = regtest::rpc(bitcoind.client(), "getrawmempool", &[]).unwrap();
+    assert!(txids.iter().all(|t| mempool.contains(t)), "{mempool:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        count(
+            &socket,
+            "SELECT COUNT(*) FROM payments WHERE status IN ('broadcast', 'confirmed')"
+        ),
+        5,
+        "{}",
+        socket.log_text()
+    );
+    mine(&bitcoind, 2);
+    for txid in &txids {
+        let tx: Value = regtest::rpc(
+            bitcoind.client(),
+            "getrawtransaction",
+            &[json!(txid), json!(1)],
+        )
+        .unwrap();
+        assert!(tx["confirmations"].as_u64().unwrap_or(0) >= 1, "{tx}");
+    }
+
+    // A cable pays by hand and is credited; the block holding its payment is reorganized away
+    // and the new chain holds a transaction spending the same coin back to the cable.
+    let mut payer = integration::funded_payer(&bitcoind, 1, 50_000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rpc = runtime
+        .block_on(SocketClient::connect(socket.endpoint.clone()))
+        .unwrap();
+    let _link = runtime
+        .block_on(rpc.watch_status(v1::WatchStatusRequest {
+            outlet_id: OUTLET.into(),
+        }))
+        .unwrap();
+    let terms = runtime
+        .block_on(
+            rpc.power_request(integration::cable_signer().sign(v1::PowerRequestRequest {
+                outlet_id: OUTLET.into(),
+                scheme: v1::Scheme::Onchain as i32,
+                ..Default::default()
+            })),
+        )
+        .unwrap()
+        .into_inner();
+    let payout = ScriptBuf::from_bytes(terms.payout_script.clone());
+    let amount = Amount::from_sat(terms.amount_msat / 1_000);
+    let (inputs, fee) = payer
+        .wallet
+        .plan_input_set(
+            &payout,
+            amount,
+            FeeRate::from_sat_per_vb(2).unwrap(),
+            Amount::from_sat(5_000),
+        )
+        .unwrap();
+    let honest = payer
+        .wallet
+        .pay_from(&inputs, &payout, amount, fee)
+        .unwrap();
+    let paid = runtime
+        .block_on(rpc.pay_transaction(integration::cable_signer().sign(
+            v1::PayTransactionRequest {
+                session_id: terms.session_id.clone(),
+                payment_id: terms.payment_id,
+                psbt: honest.psbt.serialize(),
+                auth: None,
+            },
+        )))
+        .unwrap()
+        .into_inner();
+    assert_eq!(paid.state, OutletState::Paid as i32);
+    let block = mine(&bitcoind, 1).remove(0);
+    let _: Value = regtest::rpc(bitcoind.client(), "invalidateblock", &[json!(block)]).unwrap();
+    let own = payer.wallet.receive_address(7).unwrap().script_pubkey();
+    let conflict = payer
+        .wallet
+        .pay_from(&inputs, &own, amount, fee + Amount::from_sat(3_000))
+        .unwrap();
+    payer.chain.broadcast(&conflict.tx).unwrap();
+    mine(&bitcoind, 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(
+        &socket,
+        &format!(
+            "SELECT COUNT(*) FROM payments WHERE status = 'lost' AND session_id = '{}'",
+            terms.session_id
+        ),
+    ) == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the conflict is not found\n{}",
+            socket.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        count(
+            &socket,
+            "SELECT COUNT(*) FROM cables WHERE banned_reason LIKE '%was replaced%'"
+        ),
+        1
+    );
+    // The honest toast's payments are untouched.
+    assert_eq!(
+        count(
+            &socket,
+            "SELECT COUNT(*) FROM payments WHERE status = 'lost'"
+        ),
+        1
+    );
+}
