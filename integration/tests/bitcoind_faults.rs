@@ -92,8 +92,15 @@ fn restart_bitcoind(bitcoind: &Regtest, previous: Option<Restarted>) -> Restarte
     }
 }
 
+/// Mine `blocks`, their coinbase to a fresh script: a block mined again after `invalidateblock`
+/// must not be the very block invalidated.
 fn mine(bitcoind: &Regtest, blocks: u32) -> Vec<String> {
-    let address = bitcoind.faucet().address().to_string();
+    let nonce: [u8; 32] = bitcoin::secp256k1::rand::random();
+    let address = bitcoin::Address::p2wsh(
+        &ScriptBuf::from_bytes(nonce.to_vec()),
+        bitcoin::Network::Regtest,
+    )
+    .to_string();
     regtest::rpc(
         &client(bitcoind),
         "generatetoaddress",

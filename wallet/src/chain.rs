@@ -114,8 +114,9 @@ impl Chain {
     }
 
     /// bitcoind restarted writes a new `.cookie`: a client still sending the old one is
-    /// refused (HTTP 401). Rebuild the client when the file changed; whether it had.
-    fn reload_cookie(&self) -> bool {
+    /// refused (HTTP 401). Rebuild the client when the file changed; whether it had. [`Chain::call`]
+    /// does this itself; callers of [`Chain::client`] do it after a failure.
+    pub fn reload_cookie(&self) -> bool {
         let Ok(now) = std::fs::read_to_string(&self.config.cookie_file) else {
             return false;
         };

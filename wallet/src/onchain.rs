@@ -75,6 +75,14 @@ impl NodeWallet {
     /// The wallet learns its own unconfirmed payments from [`NodeWallet::record_sent`] instead;
     /// coins received count once confirmed.
     pub fn sync(&mut self, chain: &Chain) -> Result<(), WalletError> {
+        match self.sync_blocks(chain) {
+            // bitcoind restarted with a new cookie: once more with it.
+            Err(_) if chain.reload_cookie() => self.sync_blocks(chain),
+            synced => synced,
+        }
+    }
+
+    fn sync_blocks(&mut self, chain: &Chain) -> Result<(), WalletError> {
         let checkpoint = self.wallet.latest_checkpoint();
         let start = checkpoint.height();
         let client = chain.client();
