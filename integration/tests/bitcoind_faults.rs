@@ -132,26 +132,32 @@ fn bitcoind_restarting_mid_session_locks_no_honest_cable_out() {
         },
     )
     .unwrap();
-    let mut restarted = None;
-    for scheme in ["onchain", "single-fee", "spillman", "lightning"] {
-        let cable = CableFiles::create(
-            &bitcoind,
-            &dir.path().join(scheme),
-            &socket.endpoint,
-            &CableSetup {
-                schemes: vec![scheme.into()],
-                max_session_sat: 10_000,
-                ..CableSetup::default()
-            },
-            Amount::from_sat(100_000),
-        )
+    // Every cable funded first: the harness's RPC client keeps bitcoind's first cookie.
+    let schemes = ["onchain", "single-fee", "spillman", "lightning"];
+    let cables: Vec<CableFiles> = schemes
+        .iter()
+        .map(|scheme| {
+            CableFiles::create(
+                &bitcoind,
+                &dir.path().join(scheme),
+                &socket.endpoint,
+                &CableSetup {
+                    schemes: vec![(*scheme).into()],
+                    max_session_sat: 10_000,
+                    ..CableSetup::default()
+                },
+                Amount::from_sat(100_000),
+            )
+            .unwrap()
+        })
+        .collect();
+    cables[3]
+        .fund_lightning(&bitcoind, Amount::from_sat(300_000))
         .unwrap();
-        let miner = (scheme == "lightning").then(|| {
-            cable
-                .fund_lightning(&bitcoind, Amount::from_sat(300_000))
-                .unwrap();
-            Miner::start(&bitcoind, Duration::from_millis(500))
-        });
+    let mut restarted = None;
+    for (scheme, cable) in schemes.into_iter().zip(&cables) {
+        let miner =
+            (scheme == "lightning").then(|| Miner::start(&bitcoind, Duration::from_millis(500)));
         let credited_sql = format!(
             "SELECT (SELECT COUNT(*) FROM payments p JOIN sessions s ON s.id = p.session_id
                      WHERE s.scheme = '{scheme}' AND p.status != 'failed')

@@ -169,6 +169,7 @@ fn the_socket_refuses_a_cheating_cable_and_locks_out() {
                     max_amount_sat: 0,
                     auth: None,
                     receipt: None,
+                    offer_payout_script: Vec::new(),
                 }))
                 .await
                 .unwrap()

@@ -51,6 +51,7 @@ impl Cable {
                     max_amount_sat: 0,
                     auth: None,
                     receipt: None,
+                    offer_payout_script: Vec::new(),
                 }))
                 .await
                 .unwrap()

@@ -187,6 +187,7 @@ fn a_cable_that_never_pays_its_invoice_gets_nothing_and_is_locked_out() {
                 max_amount_sat: 0,
                 auth: None,
                 receipt: None,
+                offer_payout_script: Vec::new(),
             }))
             .await
             .unwrap()

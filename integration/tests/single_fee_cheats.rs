@@ -47,6 +47,7 @@ async fn power_request(
             max_amount_sat: 5_000,
             auth: None,
             receipt: None,
+            offer_payout_script: Vec::new(),
         }))
         .await
         .unwrap()
@@ -355,6 +356,7 @@ async fn power_request_err(client: &mut SocketClient<Channel>, session: &str) ->
             max_amount_sat: 5_000,
             auth: None,
             receipt: None,
+            offer_payout_script: Vec::new(),
         }))
         .await
         .expect_err("no terms in a locked-out session")

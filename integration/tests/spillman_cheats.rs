@@ -122,6 +122,7 @@ async fn pay(
             max_amount_sat: 0,
             auth: None,
             receipt: None,
+            offer_payout_script: Vec::new(),
         }))
         .await?
         .into_inner();

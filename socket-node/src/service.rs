@@ -534,16 +534,28 @@ fn issue_terms(
     let seller = seller_of(scheme);
     // An opening request of the cable whose session is in progress here: the cable does not
     // know that session (the reply that opened it was lost, or the cable could not store it),
-    // so it never paid in it. Without a payment it is ended and a new one opened (with the
-    // payout address of the offer the cable holds now); with one it stays, and the request is
-    // refused as before. Only the session's own key (the signature was checked) does this.
+    // so it never paid in it. Opened with the offer the cable holds (the same payout script),
+    // the request resumes it; else it is ended and a new one opened with the outlet's offer
+    // now. With a payment, or another cable's, it stays and the request is refused as before
+    // (socket.proto `PowerRequestRequest.session_id`). Only the session's own key (the
+    // signature was checked) does this.
+    let mut resumed = None;
     if request.session_id.is_empty() {
         if let Some(id) = own_unpaid_session(task, shared, cable)? {
-            tracing::info!(outlet = %request.outlet_id, session = %id, "its cable opens a new session: the one it lost is ended");
-            task.abandon(&id, "its cable opened a new one (it lost this one's reply)");
+            let payout = shared
+                .store()
+                .session_payout(&id)
+                .map_err(SocketError::internal)?;
+            if payout.is_some_and(|p| p.as_bytes() == request.offer_payout_script.as_slice()) {
+                tracing::info!(outlet = %request.outlet_id, session = %id, "its cable asks to open it again: resumed");
+                resumed = Some(id);
+            } else {
+                tracing::info!(outlet = %request.outlet_id, session = %id, "its cable opens a new session: the one it lost is ended");
+                task.abandon(&id, "its cable opened a new one (it lost this one's reply)");
+            }
         }
     }
-    let requested = request.session_id.as_str();
+    let requested = resumed.as_deref().unwrap_or(&request.session_id);
     let (session_id, payout) = if requested.is_empty() {
         if !seller.opens_with_power_request() {
             return Err(SocketError::wrong_state(format!(

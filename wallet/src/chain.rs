@@ -235,7 +235,8 @@ impl Chain {
     }
 
     /// Height of the block that confirmed `txid`, `None` while unconfirmed or unknown
-    /// (needs `-txindex` for transactions without wallet or mempool entries).
+    /// (needs `-txindex` for transactions without wallet or mempool entries), or in a block no
+    /// longer in the best chain (reorganized away).
     pub fn confirmation_height(&self, txid: &Txid) -> Result<Option<u32>, WalletError> {
         let tx: Value = match self.call("getrawtransaction", &[json!(txid.to_string()), json!(1)]) {
             Ok(tx) => tx,
@@ -245,6 +246,10 @@ impl Chain {
             return Ok(None);
         };
         let header: Value = self.call("getblockheader", &[json!(block)])?;
+        // A block reorganized away still names it (-txindex keeps the entry): -1 confirmations.
+        if header["confirmations"].as_i64().unwrap_or(-1) < 1 {
+            return Ok(None);
+        }
         Ok(header["height"].as_u64().map(|h| h as u32))
     }
 

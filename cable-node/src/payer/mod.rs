@@ -636,6 +636,13 @@ impl Cable {
                 },
                 auth: None,
                 receipt,
+                // An opening request: the socket resumes a session it opened for this offer
+                // whose reply was lost.
+                offer_payout_script: if session.id.is_empty() {
+                    accepted.offer.payout_script.clone()
+                } else {
+                    Vec::new()
+                },
             });
             match client.power_request(request).await {
                 Ok(reply) => return Ok(reply.into_inner()),
@@ -810,9 +817,14 @@ impl Cable {
                 reply.txid, record.txid
             )));
         }
-        self.store
+        // Bookkeeping only: the signature is stored (`signed`) and counts as committed either
+        // way, so a failed write here does not stop the session.
+        if let Err(e) = self
+            .store
             .set_status(&session.id, terms.payment_id, "accepted")
-            .context("storing the acceptance")?;
+        {
+            tracing::warn!(payment_id = terms.payment_id, "storing the acceptance: {e}");
+        }
         let report = PaymentReport {
             payment_id: record.payment_id,
             txid: record.txid.to_string(),
