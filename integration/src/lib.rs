@@ -187,6 +187,27 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A node run inside a network namespace (`ip netns exec`), reached over a veth link instead
+/// of loopback (the link tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// The network namespace.
+    pub netns: String,
+    /// Where this test process reaches the node (a socket listens on every address).
+    pub ip: String,
+    /// bitcoind's RPC URL as the node sees it.
+    pub rpc_url: String,
+}
+
+impl Host {
+    /// `program` run inside the namespace.
+    fn command(&self, program: &Path) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.netns]).arg(program);
+        command
+    }
+}
+
 /// Settings of a socket in a scenario.
 #[derive(Debug, Clone)]
 pub struct SocketSetup {
@@ -228,6 +249,8 @@ pub struct SocketSetup {
     /// More settings of every outlet's `[outlets.hw]` (TOML lines), e.g.
     /// `meter_error_percent = 10` for a socket whose meter over-counts.
     pub hw_toml: String,
+    /// Run in a network namespace instead of on loopback.
+    pub host: Option<Host>,
 }
 
 impl Default for SocketSetup {
@@ -252,6 +275,7 @@ impl Default for SocketSetup {
             top_toml: String::new(),
             outlet_toml: String::new(),
             hw_toml: String::new(),
+            host: None,
         }
     }
 }
@@ -273,6 +297,7 @@ pub struct SocketProcess {
     pub config: PathBuf,
     port: u16,
     log: PathBuf,
+    host: Option<Host>,
 }
 
 impl SocketProcess {
@@ -291,13 +316,17 @@ impl SocketProcess {
         if setup.spillman {
             schemes.push("spillman");
         }
+        // In a namespace: every address, reached at the host's (and the veth peer's) address.
+        let (listen_ip, reach_ip, rpc_url) = match &setup.host {
+            Some(host) => ("0.0.0.0", host.ip.as_str(), host.rpc_url.clone()),
+            None => ("127.0.0.1", "127.0.0.1", bitcoind.rpc_url()),
+        };
         let mut text = format!(
-            "network = \"regtest\"\nlisten = \"127.0.0.1:{port}\"\n\
+            "network = \"regtest\"\nlisten = \"{listen_ip}:{port}\"\n\
              operator_listen = \"127.0.0.1:{operator_port}\"\n\
              http_listen = \"127.0.0.1:{http_port}\"\n{}\n\n\
-             [chain]\nrpc_url = \"{}\"\ncookie_file = \"{}\"\n",
+             [chain]\nrpc_url = \"{rpc_url}\"\ncookie_file = \"{}\"\n",
             setup.top_toml,
-            bitcoind.rpc_url(),
             bitcoind.cookie_file().display(),
         );
         for number in 1..=setup.outlets.max(1) {
@@ -336,7 +365,7 @@ impl SocketProcess {
         }
         let mut socket = SocketProcess {
             child: None,
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint: format!("http://{reach_ip}:{port}"),
             operator: format!("http://127.0.0.1:{operator_port}"),
             http: format!("http://127.0.0.1:{http_port}"),
             env: Vec::new(),
@@ -344,6 +373,7 @@ impl SocketProcess {
             config,
             port,
             log: dir.join("socket.log"),
+            host: setup.host.clone(),
         };
         socket.spawn()?;
         Ok(socket)
@@ -354,7 +384,12 @@ impl SocketProcess {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(binary("socket-node")?)
+        let program = binary("socket-node")?;
+        let mut command = match &self.host {
+            Some(host) => host.command(&program),
+            None => Command::new(program),
+        };
+        let child = command
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("run")
             .arg("--config")
@@ -405,6 +440,11 @@ impl SocketProcess {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The port of its gRPC endpoint (on every address when it runs in a namespace).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The process id, while it runs.
@@ -573,6 +613,8 @@ pub struct CableSetup {
     pub hw_toml: String,
     /// More `[policy]` lines, e.g. `meter_tolerance_percent = 50`.
     pub policy_toml: String,
+    /// Run in a network namespace instead of on loopback (its `ip` is not used).
+    pub host: Option<Host>,
 }
 
 impl Default for CableSetup {
@@ -588,6 +630,7 @@ impl Default for CableSetup {
             lightning_channel_sat: None,
             hw_toml: String::new(),
             policy_toml: String::new(),
+            host: None,
         }
     }
 }
@@ -604,6 +647,8 @@ pub struct CableFiles {
     pub report: PathBuf,
     /// Environment of `run`, e.g. `FAILPOINTS`.
     pub env: Vec<(String, String)>,
+    /// Where `run` runs: a network namespace, or this host.
+    pub host: Option<Host>,
 }
 
 impl CableFiles {
@@ -641,7 +686,10 @@ impl CableFiles {
                  spillman_lock_blocks = {}\n{}\n\n\
                  [session]\nunplug_when_idle_secs = {:?}\nreconnect_secs = 60\n",
                 setup.outlet_id,
-                bitcoind.rpc_url(),
+                setup
+                    .host
+                    .as_ref()
+                    .map_or_else(|| bitcoind.rpc_url(), |h| h.rpc_url.clone()),
                 bitcoind.cookie_file().display(),
                 setup.max_price_msat_per_wh,
                 setup.max_session_sat,
@@ -675,13 +723,19 @@ impl CableFiles {
             log: dir.join("cable.log"),
             report: dir.join("cable-report.json"),
             env: Vec::new(),
+            host: setup.host.clone(),
         })
     }
 
     /// Start `cable-node run` in the background.
     pub fn spawn_run(&self) -> anyhow::Result<Child> {
         let log = fs::File::create(&self.log)?;
-        Command::new(binary("cable-node")?)
+        let program = binary("cable-node")?;
+        let mut command = match &self.host {
+            Some(host) => host.command(&program),
+            None => Command::new(program),
+        };
+        command
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("--config")
             .arg(&self.config)

@@ -71,6 +71,7 @@ fn the_words_of_a_broken_cable_bring_its_coins_back() {
         log: dir.path().join("new-cable.log"),
         report: dir.path().join("new-cable.json"),
         env: Vec::new(),
+        host: None,
     };
     let balance = restored.cli(&["balance"]).unwrap();
     assert!(balance.contains("confirmed: 123456 satoshi"), "{balance}");

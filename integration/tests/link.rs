@@ -1,0 +1,332 @@
+//! A real link between two hosts (issue 14): socket-node and cable-node each in a network
+//! namespace of its own, joined by a veth pair that `tc netem` gives a power-line link's delay
+//! and loss; bitcoind stays on this host, reached by each namespace over a veth of its own.
+//! For each on-chain scheme: a toast over the lossy link; the link flapped mid-session (down
+//! for a few seconds, shorter than the socket's link debounce: the session goes on); the link
+//! partitioned for longer than the debounce (the socket ends the session; the cable finds it
+//! ended and goes on in a new one). Every toast ends, and the socket's credits and the cable's
+//! payments agree: nothing paid twice, nothing credited without a payment.
+//!
+//! Needs root and iproute2 (CI runs as root): a machine where the namespaces cannot be made
+//! fails the test, saying so.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bitcoin::Amount;
+use integration::{CableFiles, CableSetup, Host, SocketProcess, SocketSetup};
+use regtest::Regtest;
+
+/// Run `ip` (or `tc`) with `args`; panics with its error.
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{program} {args:?}: {e}: the link tests need iproute2 (apt install iproute2)")
+        });
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}\nthe link tests need root and network namespaces",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two namespaces joined by a veth pair (the power-line link), each with a veth to this host
+/// (for bitcoind, and for the test to reach the socket). Deleted when dropped.
+struct Link {
+    socket_ns: String,
+    cable_ns: String,
+    /// The socket's end of the link, in `socket_ns`.
+    socket_dev: String,
+    tag: String,
+}
+
+const SOCKET_LINK_IP: &str = "10.77.0.1";
+const CABLE_LINK_IP: &str = "10.77.0.2";
+
+impl Link {
+    fn new() -> Link {
+        let tag = format!("{}", std::process::id() % 100_000);
+        let link = Link {
+            socket_ns: format!("t2ts{tag}"),
+            cable_ns: format!("t2tc{tag}"),
+            socket_dev: format!("ls{tag}"),
+            tag: tag.clone(),
+        };
+        let (s, c) = (link.socket_ns.as_str(), link.cable_ns.as_str());
+        run("ip", &["netns", "add", s]);
+        run("ip", &["netns", "add", c]);
+        let cable_dev = format!("lc{tag}");
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &link.socket_dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &cable_dev,
+            ],
+        );
+        run("ip", &["link", "set", &link.socket_dev, "netns", s]);
+        run("ip", &["link", "set", &cable_dev, "netns", c]);
+        for (ns, dev, ip) in [
+            (s, link.socket_dev.as_str(), SOCKET_LINK_IP),
+            (c, cable_dev.as_str(), CABLE_LINK_IP),
+        ] {
+            run(
+                "ip",
+                &["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", dev],
+            );
+            run("ip", &["-n", ns, "link", "set", dev, "up"]);
+            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        // Each namespace's way to this host: 10.78.<n>.1 here, 10.78.<n>.2 there.
+        for (n, ns) in [(1, s), (2, c)] {
+            let (here, there) = (format!("h{n}{tag}"), format!("n{n}{tag}"));
+            run(
+                "ip",
+                &["link", "add", &here, "type", "veth", "peer", "name", &there],
+            );
+            run("ip", &["link", "set", &there, "netns", ns]);
+            run(
+                "ip",
+                &["addr", "add", &format!("10.78.{n}.1/24"), "dev", &here],
+            );
+            run("ip", &["link", "set", &here, "up"]);
+            run(
+                "ip",
+                &[
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("10.78.{n}.2/24"),
+                    "dev",
+                    &there,
+                ],
+            );
+            run("ip", &["-n", ns, "link", "set", &there, "up"]);
+        }
+        link
+    }
+
+    /// netem on both ends of the link: `delay_ms` ± a quarter, `loss_percent` of packets lost.
+    fn shape(&self, delay_ms: u32, loss_percent: f32) {
+        for (ns, dev) in [
+            (&self.socket_ns, self.socket_dev.clone()),
+            (&self.cable_ns, format!("lc{}", self.tag)),
+        ] {
+            run(
+                "tc",
+                &[
+                    "-n",
+                    ns,
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    &dev,
+                    "root",
+                    "netem",
+                    "delay",
+                    &format!("{delay_ms}ms"),
+                    &format!("{}ms", delay_ms / 4),
+                    "loss",
+                    &format!("{loss_percent}%"),
+                ],
+            );
+        }
+    }
+
+    /// The link down (both ends lose carrier) or up again.
+    fn set_up(&self, up: bool) {
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.socket_ns,
+                "link",
+                "set",
+                &self.socket_dev,
+                if up { "up" } else { "down" },
+            ],
+        );
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        for ns in [&self.socket_ns, &self.cable_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        for n in [1, 2] {
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("h{n}{}", self.tag)])
+                .status();
+        }
+    }
+}
+
+/// Forward `listen` (on this host, for a namespace) to bitcoind's RPC port on loopback, for the
+/// life of the test.
+fn forward(listen: &str, to: u16) {
+    let listener = TcpListener::bind(listen).unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                continue;
+            };
+            for (mut from, mut into) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                std::thread::spawn(move || {
+                    let mut buffer = [0u8; 16 * 1024];
+                    while let Ok(n) = from.read(&mut buffer) {
+                        if n == 0 || into.write_all(&buffer[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = into.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+}
+
+fn pairs(db: &std::path::Path, sql: &str) -> BTreeSet<(String, i64)> {
+    let db = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let mut statement = db.prepare(sql).unwrap();
+    let rows = statement
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+#[test]
+fn sessions_survive_a_lossy_flapping_and_partitioned_link() {
+    let link = Link::new();
+    let bitcoind = Regtest::start().unwrap();
+    let rpc_port: u16 = bitcoind
+        .rpc_url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    forward(&format!("10.78.1.1:{rpc_port}"), rpc_port);
+    forward(&format!("10.78.2.1:{rpc_port}"), rpc_port);
+    let dir = tempfile::tempdir().unwrap();
+    // The link debounce (5 s) outlasts a flap (2 s) and not a partition (12 s).
+    let socket = SocketProcess::start(
+        &bitcoind,
+        &dir.path().join("socket"),
+        &SocketSetup {
+            spillman: true,
+            link_debounce_ms: 5_000,
+            host: Some(Host {
+                netns: link.socket_ns.clone(),
+                ip: "10.78.1.2".into(),
+                rpc_url: format!("http://10.78.1.1:{rpc_port}"),
+            }),
+            ..SocketSetup::default()
+        },
+    )
+    .unwrap();
+    let endpoint = format!("http://{SOCKET_LINK_IP}:{}", socket.port());
+    link.shape(20, 2.0);
+
+    for scheme in ["onchain", "single-fee", "spillman"] {
+        let cable = CableFiles::create(
+            &bitcoind,
+            &dir.path().join(scheme),
+            &endpoint,
+            &CableSetup {
+                schemes: vec![scheme.into()],
+                max_session_sat: 20_000,
+                host: Some(Host {
+                    netns: link.cable_ns.clone(),
+                    ip: CABLE_LINK_IP.into(),
+                    rpc_url: format!("http://10.78.2.1:{rpc_port}"),
+                }),
+                ..CableSetup::default()
+            },
+            Amount::from_sat(200_000),
+        )
+        .unwrap();
+        // no fault but the lossy link; a flap; a partition.
+        for (fault, down) in [("lossy", None), ("flap", Some(2)), ("partition", Some(12))] {
+            let mut child = cable.spawn_run().unwrap();
+            let started = Instant::now();
+            if let Some(down_secs) = down {
+                // Mid-toast: after the first payment.
+                std::thread::sleep(Duration::from_secs(3));
+                link.set_up(false);
+                std::thread::sleep(Duration::from_secs(down_secs));
+                link.set_up(true);
+            }
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(180),
+                    "{scheme}, {fault}: the toast does not end"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            let log = std::fs::read_to_string(&cable.log).unwrap_or_default();
+            assert!(
+                status.success(),
+                "{scheme}, {fault}: {log}\nsocket:\n{}",
+                socket.log_text()
+            );
+            eprintln!(
+                "{scheme}, {fault}: {}",
+                log.lines().last().unwrap_or_default()
+            );
+        }
+        // Every payment the socket credited is one the cable signed, and every one the cable
+        // holds as accepted was credited.
+        let socket_db = socket.data_dir.join("socket.sqlite");
+        let cable_db = cable.data_dir.join("cable.sqlite");
+        let credited = pairs(
+            &socket_db,
+            &format!(
+                "SELECT p.session_id, p.payment_id FROM payments p
+                 JOIN sessions s ON s.id = p.session_id
+                 WHERE s.scheme = '{scheme}' AND p.status != 'failed'"
+            ),
+        );
+        let accepted = pairs(
+            &cable_db,
+            "SELECT session_id, payment_id FROM payments WHERE status = 'accepted'",
+        );
+        let signed = pairs(
+            &cable_db,
+            "SELECT session_id, payment_id FROM payments WHERE status IN ('accepted', 'signed')",
+        );
+        assert!(credited.len() >= 15, "{scheme}: {credited:?}");
+        assert!(
+            accepted.is_subset(&credited) && credited.is_subset(&signed),
+            "{scheme}: credited {credited:?}, accepted {accepted:?}, signed {signed:?}"
+        );
+        let db = rusqlite::Connection::open(&socket_db).unwrap();
+        let (failed, banned): (i64, i64) = db
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM payments WHERE status IN ('failed', 'lost')),
+                        (SELECT COUNT(*) FROM cables WHERE banned_reason IS NOT NULL)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((failed, banned), (0, 0), "{scheme}");
+    }
+}
