@@ -177,6 +177,9 @@ impl Session {
     }
 }
 
+/// How long a quota's payment waits for the cable's own store to work again.
+const STORE_PATIENCE: Duration = Duration::from_secs(10);
+
 fn retryable(status: &tonic::Status) -> bool {
     // RESOURCE_EXHAUSTED: over the socket's request rate; changes nothing, so resend later.
     // INTERNAL: the socket's own trouble (its store failed a write): nothing was credited, and
@@ -672,7 +675,10 @@ impl Cable {
         accepted: &AcceptedOffer,
         session: &mut Session,
     ) -> Result<(), CableError> {
-        if self.pay_quota_once(client, accepted, session).await? {
+        if self
+            .pay_quota_store_patient(client, accepted, session)
+            .await?
+        {
             return Ok(());
         }
         // The input set of those terms closed meanwhile (the socket restarted or aged it):
@@ -682,6 +688,29 @@ impl Cable {
             false => Err(CableError::SocketRefused(
                 "the socket keeps closing input sets".into(),
             )),
+        }
+    }
+    /// [`Cable::pay_quota_once`], again after a failed write of the cable's own store (nothing
+    /// left the cable: every signature is stored before it is sent), for up to
+    /// `STORE_PATIENCE`: a store that works again lets the session go on.
+    async fn pay_quota_store_patient(
+        &mut self,
+        client: &mut SocketClient<Channel>,
+        accepted: &AcceptedOffer,
+        session: &mut Session,
+    ) -> Result<bool, CableError> {
+        let deadline = Instant::now() + STORE_PATIENCE;
+        loop {
+            match self.pay_quota_once(client, accepted, session).await {
+                Err(CableError::Other(e))
+                    if Instant::now() < deadline
+                        && e.chain().any(|c| c.is::<rusqlite::Error>()) =>
+                {
+                    tracing::warn!("the cable's store failed, trying again: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                done => return done,
+            }
         }
     }
     /// One attempt of [`Cable::pay_quota`]; `Ok(false)` when the terms' input set closed.
