@@ -221,6 +221,7 @@ impl Crashes {
             self.keep_socket_up(socket);
             if let Some(status) = child.try_wait().unwrap() {
                 let log = std::fs::read_to_string(&cable.log).unwrap_or_default();
+                eprintln!("cable run: {}", tail(&log, 1));
                 if self.note(&log) == 0 {
                     let tail: Vec<&str> = log.lines().rev().take(6).collect();
                     eprintln!("cable run ended {status}: {tail:#?}");
@@ -471,8 +472,9 @@ fn every_scheme(
                 // A toast with nothing armed left to fire goes through.
                 assert!(
                     success,
-                    "{scheme}: {}",
-                    tail(&std::fs::read_to_string(&cable.log).unwrap_or_default(), 40)
+                    "{scheme}: {}\nsocket:\n{}",
+                    tail(&std::fs::read_to_string(&cable.log).unwrap_or_default(), 40),
+                    tail(&socket.log_text(), 150)
                 );
                 break;
             }
