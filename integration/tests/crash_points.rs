@@ -457,7 +457,13 @@ fn every_scheme(
                     ) == 0
             });
             bitcoind.mine(1).unwrap();
+            // A close or set sent after that block confirms in a later one: a block every 2 s.
+            let mut mined = Instant::now();
             crashes.settle(socket, scheme, || {
+                if mined.elapsed() > Duration::from_secs(2) {
+                    bitcoind.mine(1).unwrap();
+                    mined = Instant::now();
+                }
                 query_i64(
                     &socket_db,
                     "SELECT COUNT(*) FROM single_fee_sets
@@ -722,9 +728,12 @@ fn a_failed_store_write_grants_nothing_and_the_nodes_recover() {
     let bitcoind = Regtest::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut failures = Crashes::new(Fault::StoreFailure);
+    // Time for the retries (60 s real at the setup's x20): this is no test of the timeouts.
     let setup = SocketSetup {
         spillman: true,
         link_debounce_ms: 5_000,
+        payment_timeout_secs: 1_200,
+        grace_secs: 1_200,
         ..SocketSetup::default()
     };
     let mut socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();

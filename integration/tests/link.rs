@@ -1,6 +1,7 @@
 //! A real link between two hosts (issue 14): socket-node and cable-node each in a network
 //! namespace of its own, joined by a veth pair that `tc netem` gives a power-line link's delay
-//! and loss; bitcoind stays on this host, reached by each namespace over a veth of its own.
+//! and loss (a kernel without netem: a 256 kbit/s token bucket, see [`Link::shape`]); bitcoind
+//! stays on this host, reached by each namespace over a veth of its own.
 //! For each on-chain scheme: a toast over the lossy link; the link flapped mid-session (down
 //! for a few seconds, shorter than the socket's link debounce: the session goes on); the link
 //! partitioned for longer than the debounce (the socket ends the session; the cable finds it
@@ -117,31 +118,43 @@ impl Link {
         link
     }
 
-    /// netem on both ends of the link: `delay_ms` ± a quarter, `loss_percent` of packets lost.
-    fn shape(&self, delay_ms: u32, loss_percent: f32) {
-        for (ns, dev) in [
-            (&self.socket_ns, self.socket_dev.clone()),
-            (&self.cable_ns, format!("lc{}", self.tag)),
-        ] {
+    /// Shape both ends of the link as a power-line link: `tc netem` delay (`delay_ms`, ± a
+    /// quarter) and `loss_percent` loss. A kernel without netem (no `sch_netem`) gets a
+    /// 256 kbit/s token bucket instead, a narrowband power-line link's rate, whose queue
+    /// delays what the nodes send; it cannot lose packets. Returns what was applied.
+    fn shape(&self, delay_ms: u32, loss_percent: f32) -> String {
+        let ends = [
+            (self.socket_ns.clone(), self.socket_dev.clone()),
+            (self.cable_ns.clone(), format!("lc{}", self.tag)),
+        ];
+        let netem = |ns: &str, dev: &str| {
+            Command::new("tc")
+                .args([
+                    "-n", ns, "qdisc", "replace", "dev", dev, "root", "netem", "delay",
+                ])
+                .arg(format!("{delay_ms}ms"))
+                .arg(format!("{}ms", delay_ms / 4))
+                .arg("loss")
+                .arg(format!("{loss_percent}%"))
+                .output()
+                .expect("tc (iproute2)")
+        };
+        let tried = netem(&ends[0].0, &ends[0].1);
+        if tried.status.success() {
+            assert!(netem(&ends[1].0, &ends[1].1).status.success());
+            return format!("netem delay {delay_ms} ms, loss {loss_percent} %");
+        }
+        let why = String::from_utf8_lossy(&tried.stderr).trim().to_owned();
+        for (ns, dev) in &ends {
             run(
                 "tc",
                 &[
-                    "-n",
-                    ns,
-                    "qdisc",
-                    "replace",
-                    "dev",
-                    &dev,
-                    "root",
-                    "netem",
-                    "delay",
-                    &format!("{delay_ms}ms"),
-                    &format!("{}ms", delay_ms / 4),
-                    "loss",
-                    &format!("{loss_percent}%"),
+                    "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", "256kbit",
+                    "burst", "8kbit", "latency", "400ms",
                 ],
             );
         }
+        format!("no netem in this kernel ({why}): a 256 kbit/s token bucket, no loss")
     }
 
     /// The link down (both ends lose carrier) or up again.
@@ -241,7 +254,8 @@ fn sessions_survive_a_lossy_flapping_and_partitioned_link() {
     )
     .unwrap();
     let endpoint = format!("http://{SOCKET_LINK_IP}:{}", socket.port());
-    link.shape(20, 2.0);
+    let shaped = link.shape(20, 2.0);
+    eprintln!("the link: {shaped}");
 
     for scheme in ["onchain", "single-fee", "spillman"] {
         let cable = CableFiles::create(
