@@ -110,12 +110,7 @@ fn mine(bitcoind: &Regtest, blocks: u32) -> Vec<String> {
 }
 
 fn count(socket: &SocketProcess, sql: &str) -> i64 {
-    let db = rusqlite::Connection::open_with_flags(
-        socket.data_dir.join("socket.sqlite"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    db.query_row(sql, [], |r| r.get(0)).unwrap()
+    integration::query_i64(&socket.data_dir.join("socket.sqlite"), sql)
 }
 
 #[test]

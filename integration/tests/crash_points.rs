@@ -19,7 +19,9 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use bitcoin::Amount;
-use integration::{binary, CableFiles, CableSetup, Miner, SocketProcess, SocketSetup};
+use integration::{
+    binary, query_i64, query_pairs, CableFiles, CableSetup, Miner, SocketProcess, SocketSetup,
+};
 use regtest::Regtest;
 use serde_json::{json, Value};
 
@@ -246,7 +248,7 @@ impl Crashes {
             assert!(
                 Instant::now() < deadline,
                 "{what}: not settled\n{}",
-                socket.log_text()
+                tail(&socket.log_text(), 150)
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -259,27 +261,11 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn query_i64(db: &Path, sql: &str) -> i64 {
-    let db = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
-    db.query_row(sql, [], |r| r.get(0)).unwrap()
-}
-
-fn pairs(db: &Path, sql: &str) -> BTreeSet<(String, i64)> {
-    let db = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
-    let mut statement = db.prepare(sql).unwrap();
-    let rows = statement
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap();
-    rows.map(Result::unwrap).collect()
-}
-
 /// The socket's and the cable's books agree, and every credited payment reached the chain.
 fn check_books(bitcoind: &Regtest, socket: &SocketProcess, cable: &CableFiles, scheme: &str) {
     let socket_db = socket.data_dir.join("socket.sqlite");
     let cable_db = cable.data_dir.join("cable.sqlite");
-    let credited = pairs(
+    let credited = query_pairs(
         &socket_db,
         &format!(
             "SELECT p.session_id, p.payment_id FROM payments p JOIN sessions s ON s.id = p.session_id
@@ -288,14 +274,14 @@ fn check_books(bitcoind: &Regtest, socket: &SocketProcess, cable: &CableFiles, s
              JOIN sessions s ON s.id = l.session_id WHERE s.scheme = '{scheme}'"
         ),
     );
-    let accepted = pairs(
+    let accepted = query_pairs(
         &cable_db,
         "SELECT session_id, payment_id FROM payments WHERE status = 'accepted'
          UNION SELECT session_id, payment_id FROM ln_payments WHERE status = 'paid'",
     );
     // A signature the cable stored counts as committed, whether or not it could store the
     // socket's acceptance afterwards.
-    let signed = pairs(
+    let signed = query_pairs(
         &cable_db,
         "SELECT session_id, payment_id FROM payments WHERE status IN ('accepted', 'signed')
          UNION SELECT session_id, payment_id FROM ln_payments WHERE status = 'paid'",
@@ -329,7 +315,7 @@ fn check_books(bitcoind: &Regtest, socket: &SocketProcess, cable: &CableFiles, s
         "{scheme}"
     );
     // No energy beyond what was credited.
-    let beyond = pairs(
+    let beyond = query_pairs(
         &socket_db,
         "SELECT s.id || ' ' || s.end_reason || ': ' || s.energy_used_mwh || ' mWh used, credited '
                 || ((SELECT COALESCE(SUM(quota_mwh), 0) FROM payments p
@@ -349,14 +335,14 @@ fn check_books(bitcoind: &Regtest, socket: &SocketProcess, cable: &CableFiles, s
     // On the chain: each credited on-chain payment, each single-fee set, each spillman close
     // (paying exactly what was credited).
     let txids: Vec<(String, i64)> = match scheme {
-        "onchain" => pairs(
+        "onchain" => query_pairs(
             &socket_db,
             "SELECT txid, amount_sat FROM payments p JOIN sessions s ON s.id = p.session_id
              WHERE s.scheme = 'onchain'",
         )
         .into_iter()
         .collect(),
-        "single-fee" => pairs(
+        "single-fee" => query_pairs(
             &socket_db,
             "SELECT txid, latest_value_sat FROM single_fee_sets WHERE status = 'broadcast'",
         )
@@ -373,7 +359,7 @@ fn check_books(bitcoind: &Regtest, socket: &SocketProcess, cable: &CableFiles, s
                 0,
                 "spillman: every channel closed with what was credited"
             );
-            pairs(
+            query_pairs(
                 &socket_db,
                 "SELECT close_txid, highest_total_sat FROM spillman_channels",
             )

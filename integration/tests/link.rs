@@ -11,14 +11,13 @@
 //! Needs root and iproute2 (CI runs as root): a machine where the namespaces cannot be made
 //! fails the test, saying so.
 
-use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bitcoin::Amount;
-use integration::{CableFiles, CableSetup, Host, SocketProcess, SocketSetup};
+use integration::{query_pairs, CableFiles, CableSetup, Host, SocketProcess, SocketSetup};
 use regtest::Regtest;
 
 /// Run `ip` (or `tc`) with `args`; panics with its error.
@@ -213,16 +212,6 @@ fn forward(listen: &str, to: u16) {
     });
 }
 
-fn pairs(db: &std::path::Path, sql: &str) -> BTreeSet<(String, i64)> {
-    let db = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
-    let mut statement = db.prepare(sql).unwrap();
-    let rows = statement
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap();
-    rows.map(Result::unwrap).collect()
-}
-
 #[test]
 fn sessions_survive_a_lossy_flapping_and_partitioned_link() {
     let link = Link::new();
@@ -311,7 +300,7 @@ fn sessions_survive_a_lossy_flapping_and_partitioned_link() {
         // holds as accepted was credited.
         let socket_db = socket.data_dir.join("socket.sqlite");
         let cable_db = cable.data_dir.join("cable.sqlite");
-        let credited = pairs(
+        let credited = query_pairs(
             &socket_db,
             &format!(
                 "SELECT p.session_id, p.payment_id FROM payments p
@@ -319,11 +308,11 @@ fn sessions_survive_a_lossy_flapping_and_partitioned_link() {
                  WHERE s.scheme = '{scheme}' AND p.status != 'failed'"
             ),
         );
-        let accepted = pairs(
+        let accepted = query_pairs(
             &cable_db,
             "SELECT session_id, payment_id FROM payments WHERE status = 'accepted'",
         );
-        let signed = pairs(
+        let signed = query_pairs(
             &cable_db,
             "SELECT session_id, payment_id FROM payments WHERE status IN ('accepted', 'signed')",
         );
