@@ -15,6 +15,7 @@ use wallet::onchain::NodeWallet;
 
 /// A closed single-fee input set for the settler: broadcast what it holds (nothing when
 /// `tx` is `None`) and record how the set ended.
+#[derive(Clone)]
 pub(crate) struct Settle {
     /// Its session.
     pub(crate) session_id: String,

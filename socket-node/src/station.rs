@@ -213,10 +213,15 @@ impl Station {
         // The first anchor is one interval after start, not at once: a socket starting (or a
         // suite of them) does not sync its wallet with bitcoind before it serves.
         let mut last_anchor_try = Some(std::time::Instant::now());
+        // Sets whose closing the store did not take: settled again each round.
+        let mut unstored: Vec<Settle> = Vec::new();
         loop {
             match requests.recv_timeout(WATCH_EVERY) {
-                Ok(settle) => self.broadcast_set(settle),
+                Ok(settle) => unstored.extend(self.broadcast_set(settle)),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
+                    for settle in std::mem::take(&mut unstored) {
+                        unstored.extend(self.broadcast_set(settle));
+                    }
                     self.shared.save_energies();
                     self.watch_held_sets();
                     self.watch_confirmations();
@@ -231,7 +236,10 @@ impl Station {
         }
     }
 
-    fn broadcast_set(&self, settle: Settle) {
+    /// Broadcast a closed set's latest transaction (if any) and store how it closed. Returns
+    /// the set again when the store failed that write (sending it again is harmless).
+    fn broadcast_set(&self, settle: Settle) -> Option<Settle> {
+        let retry = settle.clone();
         let Settle {
             session_id,
             index,
@@ -244,8 +252,10 @@ impl Station {
             .flatten()
             .unwrap_or_default();
         let Some(tx) = tx else {
-            let _ = store().close_set(&session_id, index, SetStatus::Empty, None);
-            return;
+            return store()
+                .close_set(&session_id, index, SetStatus::Empty, None)
+                .err()
+                .map(|_| retry);
         };
         let (status, txid, detail) = match self.shared.chain.broadcast(&tx) {
             Ok(txid) => {
@@ -258,13 +268,17 @@ impl Station {
             }
         };
         let store = store();
-        let _ = store.close_set(&session_id, index, status, txid);
+        if let Err(e) = store.close_set(&session_id, index, status, txid) {
+            tracing::error!(session = %session_id, set = index, "storing the set's close (again next round): {e}");
+            return Some(retry);
+        }
         let _ = store.audit(
             &outlet_id,
             Some(&session_id),
             &format!("set-{status}"),
             &detail,
         );
+        None
     }
 
     /// The chain watch of credited `onchain` payments (design.md "Trust"): each is followed

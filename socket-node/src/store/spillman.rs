@@ -171,9 +171,10 @@ impl Store {
             .map(|mut all| all.pop())
     }
 
-    /// The channels still open (funded, not closed), with whether their session ended.
+    /// The channels still open (funded and not closed, or with a signed refund and never
+    /// funded: a session its cable lost and opened again), with whether their session ended.
     pub fn open_channels(&self) -> Result<Vec<(StoredChannel, bool)>> {
-        let channels = self.channels("WHERE status = 'funded'", params![])?;
+        let channels = self.channels("WHERE status IN ('funded', 'refund-signed')", params![])?;
         channels
             .into_iter()
             .map(|c| {
