@@ -279,10 +279,16 @@ fn sessions_survive_a_lossy_flapping_and_partitioned_link() {
                 if let Some(status) = child.try_wait().unwrap() {
                     break status;
                 }
-                assert!(
-                    started.elapsed() < Duration::from_secs(180),
-                    "{scheme}, {fault}: the toast does not end"
-                );
+                if started.elapsed() > Duration::from_secs(180) {
+                    let _ = child.kill();
+                    let log = std::fs::read_to_string(&cable.log).unwrap_or_default();
+                    let socket_log = socket.log_text();
+                    let tail: Vec<&str> = socket_log.lines().rev().take(80).collect();
+                    panic!(
+                        "{scheme}, {fault}: the toast does not end\ncable:\n{log}\nsocket:\n{}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    );
+                }
                 std::thread::sleep(Duration::from_millis(100));
             };
             let log = std::fs::read_to_string(&cable.log).unwrap_or_default();
