@@ -226,13 +226,17 @@ fn sessions_survive_a_lossy_flapping_and_partitioned_link() {
     forward(&format!("10.78.1.1:{rpc_port}"), rpc_port);
     forward(&format!("10.78.2.1:{rpc_port}"), rpc_port);
     let dir = tempfile::tempdir().unwrap();
-    // The link debounce (5 s) outlasts a flap (2 s) and not a partition (12 s).
+    // The link debounce (5 s) outlasts a flap (2 s) and not a partition (12 s). The grace
+    // period for a payment, 600 s on the outlet clock (30 s real at the setup's x20), outlasts
+    // both, as a minute of real time outlasts a power-line link's usual drops.
     let socket = SocketProcess::start(
         &bitcoind,
         &dir.path().join("socket"),
         &SocketSetup {
             spillman: true,
             link_debounce_ms: 5_000,
+            grace_secs: 600,
+            payment_timeout_secs: 1_200,
             host: Some(Host {
                 netns: link.socket_ns.clone(),
                 ip: "10.78.1.2".into(),

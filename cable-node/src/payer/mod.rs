@@ -219,9 +219,19 @@ impl Cable {
         })
     }
     async fn connect(&self) -> anyhow::Result<SocketClient<Channel>> {
-        SocketClient::connect(self.config.socket.clone())
+        // A link that drops without a word (a power-line link) leaves TCP retrying for many
+        // seconds: HTTP/2 pings find it dead within ~10 s, and the cable reconnects and
+        // resumes its session within the socket's grace period.
+        let channel = tonic::transport::Endpoint::from_shared(self.config.socket.clone())
+            .with_context(|| format!("the socket's address {}", self.config.socket))?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect()
             .await
-            .with_context(|| format!("no socket answers at {}", self.config.socket))
+            .with_context(|| format!("no socket answers at {}", self.config.socket))?;
+        Ok(SocketClient::new(channel))
     }
     /// Reach the socket again and reopen the link, until `reconnect_secs` have passed.
     async fn reconnect(
