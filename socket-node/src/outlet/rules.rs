@@ -141,7 +141,9 @@ impl OutletTask {
         self.anomaly(now, session_id, rule, !learned, &evidence, &reason);
     }
 
-    /// Store the anomaly (the cable flagged, audited), then halt the session if `halt`.
+    /// Store the anomaly (the cable flagged, audited), then halt the session if `halt`. A rule
+    /// is recorded once per session: found again (the socket restarted after recording it,
+    /// before the halt), it only halts.
     fn anomaly(
         &mut self,
         now: u64,
@@ -152,6 +154,14 @@ impl OutletTask {
         reason: &str,
     ) {
         let action = if halt { "halt" } else { "flag" };
+        let known = self.shared.store().has_anomaly(session_id, rule);
+        if known.as_ref().is_ok_and(|known| *known) {
+            if halt {
+                let events = self.machine.lock_out(reason, now);
+                self.apply(events);
+            }
+            return;
+        }
         let recorded = self.shared.store().record_anomaly(
             &self.config.id,
             Some(session_id),
