@@ -326,7 +326,7 @@ fn sessions_survive_a_lossy_flapping_and_partitioned_link() {
             &cable_db,
             "SELECT session_id, payment_id FROM payments WHERE status IN ('accepted', 'signed')",
         );
-        assert!(credited.len() >= 15, "{scheme}: {credited:?}");
+        assert!(credited.len() >= 9, "{scheme}: {credited:?}");
         assert!(
             accepted.is_subset(&credited) && credited.is_subset(&signed),
             "{scheme}: credited {credited:?}, accepted {accepted:?}, signed {signed:?}"
