@@ -214,18 +214,22 @@ impl OutletHandle {
             Some(payout) => payout,
             None => shared.fresh_payout(&config.id)?,
         };
+        // A session with a halting anomaly (the socket stopped between recording it and the
+        // lockout) is resumed only to be locked out at once.
+        let mut halted = None;
         {
             let store = shared.store();
             if let Some(session) = store.open_session_of(&config.id)? {
                 tracing::info!(outlet = %config.id, session = %session.id, credited = %session.credited, used = %session.energy_used, "resuming session");
                 store.audit(&config.id, Some(&session.id), "resumed", "after restart")?;
                 machine.resume(&session, clock.now_ms(), reading.energy);
+                halted = store.halting_anomaly(&session.id)?;
             }
         }
         let (events, _) = broadcast::channel(256);
         let watchers = Arc::new(AtomicUsize::new(0));
         let (commands, receiver) = mpsc::unbounded_channel();
-        let task = OutletTask {
+        let mut task = OutletTask {
             config: config.clone(),
             machine,
             hw,
@@ -244,6 +248,11 @@ impl OutletHandle {
             watchers: Arc::clone(&watchers),
             stopped: false,
         };
+        if let Some(reason) = halted {
+            let now = task.hw.clock.now_ms();
+            let events = task.machine.lock_out(&reason, now);
+            task.apply(events);
+        }
         tokio::spawn(task.run(receiver));
         Ok(OutletHandle {
             config,

@@ -3,7 +3,7 @@
 //! `halt`, `revoke`). Recording one flags the session's cable and writes an audit row, in one
 //! SQLite transaction.
 
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::persist;
@@ -39,6 +39,22 @@ impl Store {
             params![session_id, rule],
             |r| r.get(0),
         )
+    }
+
+    /// Why a session was halted or its cable banned by an anomaly recorded in `session_id`
+    /// (the cable's ban or flag reason, else the rule), if any: a session the socket must not
+    /// resume after a restart (it stopped between recording the anomaly and the lockout).
+    pub fn halting_anomaly(&self, session_id: &str) -> Result<Option<String>> {
+        self.db
+            .query_row(
+                "SELECT COALESCE(c.banned_reason, c.flagged_reason, a.rule) FROM anomalies a
+                 LEFT JOIN cables c ON c.key_hex = a.cable_key_hex
+                 WHERE a.session_id = ?1 AND a.action IN ('halt', 'ban')
+                 ORDER BY a.id LIMIT 1",
+                params![session_id],
+                |r| r.get(0),
+            )
+            .optional()
     }
 
     /// Record an anomaly of `session_id` on `outlet_id`, flag its cable with `reason`, and
