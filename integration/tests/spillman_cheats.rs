@@ -281,7 +281,7 @@ fn the_socket_refuses_every_payment_that_is_not_the_channels_next() {
     }
 }
 
-/// A channel the socket refuses (a cable key that is no key) counts against the cable's
+/// A channel the socket refuses (no deposit named) counts against the cable's
 /// identity; the socket crashes right after counting it (crash point `socket-count-refusal`,
 /// see `crash_points.rs`) and the count is still there, the next refusal adding to it.
 #[test]
@@ -338,8 +338,9 @@ fn a_refused_channel_counts_against_the_cable_across_a_crash() {
     // Started again: the next one is refused with its reason and counted too.
     let refused = refuse(socket.endpoint.clone());
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
-    assert!(
-        refused.message().contains("cable channel key"),
+    assert_eq!(
+        proto::errors::reason_of(&refused),
+        Some(v1::ErrorReason::ChannelRefused),
         "{refused:?}"
     );
     assert_eq!(refusals(&socket), 2);
