@@ -212,7 +212,7 @@ impl Crashes {
         let before = self.fired.len();
         cable.env = self.fault.armed(&self.cable_left);
         let mut child: Child = cable.spawn_run().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(240);
+        let deadline = Instant::now() + Duration::from_secs(300);
         let success = loop {
             assert!(
                 Instant::now() < deadline,
@@ -429,7 +429,7 @@ fn every_scheme(
             cable
                 .fund_lightning(bitcoind, Amount::from_sat(300_000))
                 .unwrap();
-            Miner::start(bitcoind, Duration::from_secs(1))
+            Miner::start(bitcoind, Duration::from_millis(500))
         });
         for toast in 1..=4 {
             let (success, fired) = crashes.run_through(socket, &mut cable);

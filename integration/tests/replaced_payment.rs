@@ -150,6 +150,10 @@ fn a_credited_payment_the_cable_replaces_is_found_and_recorded_as_lost() {
         .unwrap();
     assert_eq!(lost_sat as u64, amount.to_sat());
     assert!(banned.unwrap().contains("was replaced"));
+    // The socket was started again since the first connection: a new one.
+    let client = runtime
+        .block_on(SocketClient::connect(socket.endpoint.clone()))
+        .unwrap();
     let open = |signer: &cable_node::signer::RequestSigner| {
         let mut client = client.clone();
         let request = signer.sign(v1::PowerRequestRequest {
