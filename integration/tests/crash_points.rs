@@ -286,7 +286,9 @@ fn check_books(bitcoind: &Regtest, socket: &SocketProcess, cable: &CableFiles, s
         "SELECT session_id, payment_id FROM payments WHERE status IN ('accepted', 'signed')
          UNION SELECT session_id, payment_id FROM ln_payments WHERE status = 'paid'",
     );
-    assert!(credited.len() >= 5, "{scheme}: {credited:?}");
+    // Lightning's toasts may end early (see `every_scheme`).
+    let least = if scheme == "lightning" { 1 } else { 5 };
+    assert!(credited.len() >= least, "{scheme}: {credited:?}");
     assert!(
         accepted.is_subset(&credited) && credited.is_subset(&signed),
         "{scheme}: the socket credited {credited:?}; the cable holds as accepted {accepted:?} \
