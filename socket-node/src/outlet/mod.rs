@@ -401,7 +401,8 @@ impl OutletTask {
 
     fn stop(&mut self) {
         if let Some(session) = self.machine.session() {
-            let _ = self.shared.store().save_energy(&session.id, session.used);
+            self.shared.note_energy(&session.id, session.used);
+            self.shared.save_energies();
         }
         if let Err(e) = self.hw.relay.open() {
             tracing::error!(outlet = %self.config.id, "opening the relay at stop: {e}");

@@ -109,19 +109,8 @@ impl Store {
             .optional()
     }
 
-    /// Save the energy delivered so far in a session still open (an ended session keeps its
-    /// final count).
-    pub fn save_energy(&self, session_id: &str, used: EnergyMwh) -> Result<()> {
-        persist("socket-save-energy", || {
-            self.db.execute(
-                "UPDATE sessions SET energy_used_mwh = ?2 WHERE id = ?1 AND ended_at_unix_ms IS NULL",
-                params![session_id, used.0 as i64],
-            )?;
-            Ok(())
-        })
-    }
-
-    /// [`Store::save_energy`] for many sessions in one SQLite transaction.
+    /// Save the energy delivered so far in each of `energies`' sessions still open (an ended
+    /// session keeps its final count), in one SQLite transaction.
     pub fn save_energies(&mut self, energies: &[(String, EnergyMwh)]) -> Result<()> {
         persist("socket-save-energies", || {
             let tx = self.db.transaction()?;
