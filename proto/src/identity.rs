@@ -599,6 +599,22 @@ mod tests {
         )
         .to_byte_array();
         let request_sig = deterministic(request_hash, &secret(0x33));
+        // An opening request: no session id, the payout script of the offer the cable took.
+        let opening = v1::PowerRequestRequest {
+            outlet_id: "outlet-1".into(),
+            scheme: v1::Scheme::Onchain as i32,
+            offer_payout_script: offer().payout_script,
+            ..Default::default()
+        };
+        let opening_body = body_sha256(&opening);
+        let opening_hash = super::request_hash(
+            "",
+            "/t2t.v1.Socket/PowerRequest",
+            1_795_000_000_000,
+            &opening_body,
+        )
+        .to_byte_array();
+        let opening_sig = deterministic(opening_hash, &secret(0x33));
         let report_bytes = report().encode_to_vec();
         let status_hash = status_hash(&report_bytes).to_byte_array();
         let status_sig = deterministic(status_hash, &secret(0x11));
@@ -642,6 +658,18 @@ mod tests {
                     "message_hex": request_message("5e55", "/t2t.v1.Socket/PayTransaction", 7, &body).to_lower_hex_string(),
                     "tagged_hash_hex": request_hash.to_lower_hex_string(),
                     "signature_hex": request_sig.to_lower_hex_string(),
+                    "valid": true
+                },
+                {
+                    "tag": "t2t/request",
+                    "message": "PowerRequestRequest opening a session {outlet_id \"outlet-1\", scheme SCHEME_ONCHAIN, session_id empty, offer_payout_script = the Offer vector's payout_script} with auth unset (body_hex); method /t2t.v1.Socket/PowerRequest, sequence 1795000000000 (a clock's milliseconds)",
+                    "secret_key_hex": ([0x33u8; 32]).to_lower_hex_string(),
+                    "public_key_hex": public(0x33).to_lower_hex_string(),
+                    "body_hex": opening.encode_to_vec().to_lower_hex_string(),
+                    "body_sha256_hex": opening_body.to_lower_hex_string(),
+                    "message_hex": request_message("", "/t2t.v1.Socket/PowerRequest", 1_795_000_000_000, &opening_body).to_lower_hex_string(),
+                    "tagged_hash_hex": opening_hash.to_lower_hex_string(),
+                    "signature_hex": opening_sig.to_lower_hex_string(),
                     "valid": true
                 },
                 {
