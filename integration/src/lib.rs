@@ -912,6 +912,108 @@ pub fn funded_payer(bitcoind: &Regtest, coins: u32, sats: u64) -> Payer {
     }
 }
 
+/// One `onchain` quota a hand-made cable (the test signer, `payer`'s wallet) paid and the
+/// socket credited ([`pay_a_quota_by_hand`]); the link stays open while this lives.
+pub struct PaidByHand {
+    /// The session the payment opened.
+    pub session_id: String,
+    /// Its payment id.
+    pub payment_id: u64,
+    /// The payment, as the socket credited it.
+    pub tx: bitcoin::Transaction,
+    /// The coins it spends.
+    pub inputs: Vec<bitcoin::OutPoint>,
+    /// What it pays the socket.
+    pub amount: Amount,
+    /// Its fee.
+    pub fee: Amount,
+    _link: tonic::Streaming<proto::v1::WatchStatusResponse>,
+}
+
+impl PaidByHand {
+    /// A transaction spending the same coins back to `payer` at 3000 sat more fee: the
+    /// replacement a cheating cable sends (full RBF), not yet broadcast.
+    pub fn spent_back(&self, payer: &mut Payer) -> bitcoin::Transaction {
+        let own = payer
+            .wallet
+            .receive_address(7)
+            .expect("address")
+            .script_pubkey();
+        payer
+            .wallet
+            .pay_from(
+                &self.inputs,
+                &own,
+                self.amount,
+                self.fee + Amount::from_sat(3_000),
+            )
+            .expect("a replacement")
+            .tx
+    }
+}
+
+/// Plug a hand-made cable into [`OUTLET`] of the socket at `endpoint` (`WatchStatus`), open an
+/// `onchain` session signed by [`cable_signer`] and pay its first quota from `payer`'s coin
+/// (2 sat/vB); panics unless the socket credits it (outlet `Paid`).
+pub fn pay_a_quota_by_hand(
+    runtime: &tokio::runtime::Runtime,
+    endpoint: &str,
+    payer: &mut Payer,
+) -> PaidByHand {
+    use proto::v1;
+    let mut client = runtime
+        .block_on(SocketClient::connect(endpoint.to_owned()))
+        .expect("the socket");
+    let link = runtime
+        .block_on(client.watch_status(v1::WatchStatusRequest {
+            outlet_id: OUTLET.into(),
+        }))
+        .expect("WatchStatus")
+        .into_inner();
+    let terms = runtime
+        .block_on(
+            client.power_request(cable_signer().sign(v1::PowerRequestRequest {
+                outlet_id: OUTLET.into(),
+                scheme: v1::Scheme::Onchain as i32,
+                ..Default::default()
+            })),
+        )
+        .expect("terms")
+        .into_inner();
+    let payout = bitcoin::ScriptBuf::from_bytes(terms.payout_script.clone());
+    let amount = Amount::from_sat(terms.amount_msat / 1_000);
+    let rate = bitcoin::FeeRate::from_sat_per_vb(2).expect("a fee rate");
+    let (inputs, fee) = payer
+        .wallet
+        .plan_input_set(&payout, amount, rate, Amount::from_sat(5_000))
+        .expect("coins");
+    let signed = payer
+        .wallet
+        .pay_from(&inputs, &payout, amount, fee)
+        .expect("a payment");
+    let paid = runtime
+        .block_on(
+            client.pay_transaction(cable_signer().sign(v1::PayTransactionRequest {
+                session_id: terms.session_id.clone(),
+                payment_id: terms.payment_id,
+                psbt: signed.psbt.serialize(),
+                auth: None,
+            })),
+        )
+        .expect("credited")
+        .into_inner();
+    assert_eq!(paid.state, v1::OutletState::Paid as i32, "{paid:?}");
+    PaidByHand {
+        session_id: terms.session_id,
+        payment_id: terms.payment_id,
+        tx: signed.tx,
+        inputs,
+        amount,
+        fee,
+        _link: link,
+    }
+}
+
 /// A `WatchStatus` stream for a hand-made socket: every event sent on `events` from now on,
 /// until the cable hangs up.
 pub fn watch_stream(

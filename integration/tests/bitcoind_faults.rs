@@ -7,10 +7,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bitcoin::{Amount, FeeRate, ScriptBuf};
-use integration::{CableFiles, CableSetup, Miner, SocketProcess, SocketSetup, OUTLET};
-use proto::v1::socket_client::SocketClient;
-use proto::v1::{self, OutletState};
+use bitcoin::{Amount, ScriptBuf};
+use integration::{CableFiles, CableSetup, Miner, SocketProcess, SocketSetup};
 use regtest::Regtest;
 use serde_json::{json, Value};
 
@@ -289,66 +287,18 @@ fn a_reorganized_payment_stays_credited_and_a_conflict_in_the_new_chain_is_found
         .enable_all()
         .build()
         .unwrap();
-    let mut rpc = runtime
-        .block_on(SocketClient::connect(socket.endpoint.clone()))
-        .unwrap();
-    let _link = runtime
-        .block_on(rpc.watch_status(v1::WatchStatusRequest {
-            outlet_id: OUTLET.into(),
-        }))
-        .unwrap();
-    let terms = runtime
-        .block_on(
-            rpc.power_request(integration::cable_signer().sign(v1::PowerRequestRequest {
-                outlet_id: OUTLET.into(),
-                scheme: v1::Scheme::Onchain as i32,
-                ..Default::default()
-            })),
-        )
-        .unwrap()
-        .into_inner();
-    let payout = ScriptBuf::from_bytes(terms.payout_script.clone());
-    let amount = Amount::from_sat(terms.amount_msat / 1_000);
-    let (inputs, fee) = payer
-        .wallet
-        .plan_input_set(
-            &payout,
-            amount,
-            FeeRate::from_sat_per_vb(2).unwrap(),
-            Amount::from_sat(5_000),
-        )
-        .unwrap();
-    let honest = payer
-        .wallet
-        .pay_from(&inputs, &payout, amount, fee)
-        .unwrap();
-    let paid = runtime
-        .block_on(rpc.pay_transaction(integration::cable_signer().sign(
-            v1::PayTransactionRequest {
-                session_id: terms.session_id.clone(),
-                payment_id: terms.payment_id,
-                psbt: honest.psbt.serialize(),
-                auth: None,
-            },
-        )))
-        .unwrap()
-        .into_inner();
-    assert_eq!(paid.state, OutletState::Paid as i32);
+    let paid = integration::pay_a_quota_by_hand(&runtime, &socket.endpoint, &mut payer);
     let block = mine(&bitcoind, 1).remove(0);
     let _: Value = regtest::rpc(bitcoind.client(), "invalidateblock", &[json!(block)]).unwrap();
-    let own = payer.wallet.receive_address(7).unwrap().script_pubkey();
-    let conflict = payer
-        .wallet
-        .pay_from(&inputs, &own, amount, fee + Amount::from_sat(3_000))
-        .unwrap();
-    payer.chain.broadcast(&conflict.tx).unwrap();
+    let spent_back = paid.spent_back(&mut payer);
+    payer.chain.broadcast(&spent_back).unwrap();
     mine(&bitcoind, 2);
     let deadline = Instant::now() + Duration::from_secs(30);
     while count(
         &socket,
         &format!(
             "SELECT COUNT(*) FROM payments WHERE status = 'lost' AND session_id = '{}'",
-            terms.session_id
+            paid.session_id
         ),
     ) == 0
     {

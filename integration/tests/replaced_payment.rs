@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use bitcoin::{Amount, FeeRate, ScriptBuf};
 use integration::{SocketProcess, SocketSetup, OUTLET};
 use proto::v1::socket_client::SocketClient;
 use proto::v1::{self, OutletState};
@@ -34,55 +33,11 @@ fn a_credited_payment_the_cable_replaces_is_found_and_recorded_as_lost() {
         .enable_all()
         .build()
         .unwrap();
-    let mut client = runtime
-        .block_on(SocketClient::connect(socket.endpoint.clone()))
-        .unwrap();
-    let _link = runtime
-        .block_on(client.watch_status(v1::WatchStatusRequest {
-            outlet_id: OUTLET.into(),
-        }))
-        .unwrap();
-    let terms = runtime
-        .block_on(
-            client.power_request(integration::cable_signer().sign(v1::PowerRequestRequest {
-                outlet_id: OUTLET.into(),
-                scheme: v1::Scheme::Onchain as i32,
-                ..Default::default()
-            })),
-        )
-        .unwrap()
-        .into_inner();
-    let payout = ScriptBuf::from_bytes(terms.payout_script.clone());
-    let amount = Amount::from_sat(terms.amount_msat / 1_000);
-    let rate = FeeRate::from_sat_per_vb(2).unwrap();
-    let (inputs, fee) = payer
-        .wallet
-        .plan_input_set(&payout, amount, rate, Amount::from_sat(5_000))
-        .unwrap();
-    let honest = payer
-        .wallet
-        .pay_from(&inputs, &payout, amount, fee)
-        .unwrap();
-    let paid = runtime
-        .block_on(client.pay_transaction(integration::cable_signer().sign(
-            v1::PayTransactionRequest {
-                session_id: terms.session_id.clone(),
-                payment_id: terms.payment_id,
-                psbt: honest.psbt.serialize(),
-                auth: None,
-            },
-        )))
-        .unwrap()
-        .into_inner();
-    assert_eq!(paid.state, OutletState::Paid as i32);
+    let paid = integration::pay_a_quota_by_hand(&runtime, &socket.endpoint, &mut payer);
 
     // The cable takes the money back: the same input, to itself, a higher fee.
-    let own = payer.wallet.receive_address(7).unwrap().script_pubkey();
-    let replacement = payer
-        .wallet
-        .pay_from(&inputs, &own, amount, fee + Amount::from_sat(3_000))
-        .unwrap();
-    payer.chain.broadcast(&replacement.tx).unwrap();
+    let spent_back = paid.spent_back(&mut payer);
+    payer.chain.broadcast(&spent_back).unwrap();
     bitcoind.mine(1).unwrap();
 
     let db_path = socket.data_dir.join("socket.sqlite");
@@ -102,7 +57,7 @@ fn a_credited_payment_the_cable_replaces_is_found_and_recorded_as_lost() {
         let status: String = db
             .query_row(
                 "SELECT status FROM payments WHERE session_id = ?1 AND payment_id = ?2",
-                rusqlite::params![terms.session_id, terms.payment_id as i64],
+                rusqlite::params![paid.session_id, paid.payment_id as i64],
                 |r| r.get(0),
             )
             .unwrap();
@@ -126,13 +81,13 @@ fn a_credited_payment_the_cable_replaces_is_found_and_recorded_as_lost() {
             // `payment-lost` row after it may not be, the socket crashing in between.
             "SELECT detail FROM audit WHERE event IN ('payment-lost', 'anomaly')
              AND session_id = ?1 AND detail LIKE '%was replaced%' LIMIT 1",
-            [&terms.session_id],
+            [&paid.session_id],
             |r| r.get(0),
         )
         .unwrap();
     assert!(detail.contains("was replaced"), "{detail}");
     assert!(
-        detail.contains(&honest.tx.compute_txid().to_string()),
+        detail.contains(&paid.tx.compute_txid().to_string()),
         "{detail}"
     );
     let outlet = socket.status().unwrap();
@@ -148,7 +103,7 @@ fn a_credited_payment_the_cable_replaces_is_found_and_recorded_as_lost() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!(lost_sat as u64, amount.to_sat());
+    assert_eq!(lost_sat as u64, paid.amount.to_sat());
     assert!(banned.unwrap().contains("was replaced"));
     // The socket was started again since the first connection: a new one.
     let client = runtime
