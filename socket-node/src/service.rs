@@ -355,44 +355,43 @@ impl Socket for SocketService {
         let cable = self.authenticate(&request)?;
         let outlet = self.0.outlet(&request.outlet_id)?;
         let scheme = offered_scheme(outlet, v1::Scheme::Spillman as i32)?;
-        // The cable's own session in progress with this very deposit: the reply that opened it
-        // was lost; sign its refund again rather than refuse (socket.proto `OpenChannel`).
-        let in_progress = outlet
-            .call(|task| task.machine.session().map(|s| s.id.clone()))
-            .await?;
-        if let Some(id) = in_progress {
-            let store = self.0.shared.store();
-            let own = store
-                .session_cable(&id)
-                .map_err(SocketError::internal)?
-                .is_some_and(|key| key == cable.key.to_string());
-            let same_deposit = store
-                .channel_of(&id)
-                .map_err(SocketError::internal)?
-                .is_some_and(|c| c.channel.deposit.txid.to_string() == request.deposit_txid);
-            drop(store);
-            if own && same_deposit {
+        // The cable's own unpaid session in progress: the reply that opened it was lost. For
+        // this very deposit its refund is signed again; for another the cable lost it, and it
+        // is ended before the new one opens (socket.proto `OpenChannel`). One outlet call.
+        enum Opened {
+            Again(String),
+            New(crate::store::Payout),
+        }
+        let session_id = new_session_id();
+        let opened = {
+            let (id, shared) = (session_id.clone(), Arc::clone(&self.0.shared));
+            let deposit_txid = request.deposit_txid.clone();
+            outlet
+                .call(move |task| -> Result<Opened, SocketError> {
+                    if let Some(own) = own_unpaid_session(task, &shared, &cable)? {
+                        let same_deposit = shared
+                            .store()
+                            .channel_of(&own)
+                            .map_err(SocketError::internal)?
+                            .is_some_and(|c| c.channel.deposit.txid.to_string() == deposit_txid);
+                        if same_deposit {
+                            return Ok(Opened::Again(own));
+                        }
+                        task.abandon(
+                            &own,
+                            "its cable opened a new one (it lost this one's reply)",
+                        );
+                    }
+                    Ok(Opened::New(task.open_session(&id, scheme, &cable)?))
+                })
+                .await??
+        };
+        let payout = match opened {
+            Opened::Again(id) => {
                 let reply = spillman::reopen(&self.context(outlet), &id, &request)?;
                 return Ok(Response::new(reply));
             }
-        }
-        // The cable's own session without a payment, for another deposit: it lost that one.
-        outlet
-            .call({
-                let shared = Arc::clone(&self.0.shared);
-                move |task| {
-                    if let Ok(Some(id)) = own_unpaid_session(task, &shared, &cable) {
-                        task.abandon(&id, "its cable opened a new one (it lost this one's reply)");
-                    }
-                }
-            })
-            .await?;
-        let session_id = new_session_id();
-        let payout = {
-            let id = session_id.clone();
-            outlet
-                .call(move |task| task.open_session(&id, scheme, &cable))
-                .await??
+            Opened::New(payout) => payout,
         };
         let cx = self.context(outlet);
         match spillman::open(&cx, &session_id, payout, &request).await {
