@@ -260,7 +260,7 @@ pub fn keysend(
     events: &PaymentEvents,
     payee: PublicKey,
     amount_msat: u64,
-    record: &ln::SessionRecord,
+    record: &proto::lightning::SessionRecord,
     preimage: [u8; 32],
     limit: Duration,
 ) -> Result<u64, LnPayError> {
@@ -269,7 +269,7 @@ pub fn keysend(
         ln.spontaneous_payment().send_with_preimage_and_custom_tlvs(
             amount_msat,
             payee,
-            vec![record.to_tlv()],
+            vec![ln::session_tlv(record)],
             preimage,
             None,
         )

@@ -11,8 +11,8 @@ use integration::{Miner, SocketProcess, SocketSetup, OUTLET};
 use ln::ldk_node::lightning_invoice::Bolt11Invoice;
 use ln::ldk_node::payment::PaymentStatus;
 use ln::ldk_node::Node;
-use ln::SessionRecord;
 use proto::identity::session_hash;
+use proto::lightning::SessionRecord;
 use proto::v1::socket_client::SocketClient;
 use proto::v1::{self, OutletState};
 use regtest::Regtest;
@@ -81,7 +81,12 @@ impl Cable {
         let id = self
             .ln
             .spontaneous_payment()
-            .send_with_custom_tlvs(amount_msat, self.socket_id, None, vec![record.to_tlv()])
+            .send_with_custom_tlvs(
+                amount_msat,
+                self.socket_id,
+                None,
+                vec![ln::session_tlv(&record)],
+            )
             .unwrap();
         self.await_payment(id);
     }

@@ -15,12 +15,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use ldk_node;
-use ldk_node::bitcoin::hex::DisplayHex;
 use ldk_node::bitcoin::secp256k1::PublicKey;
 use ldk_node::config::Config;
 use ldk_node::lightning::ln::msgs::SocketAddress;
-use ldk_node::lightning_invoice::Bolt11Invoice;
 use ldk_node::{Builder, CustomTlvRecord, Node};
+use proto::lightning::{SessionRecord, SessionRecordError, SESSION_TLV_TYPE};
 use wallet::chain::ChainConfig;
 use wallet::keys::NodeKeys;
 
@@ -108,138 +107,20 @@ pub fn start_node(
     Ok(Arc::new(node))
 }
 
-/// Why the cable refuses an invoice.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvoiceError {
-    /// Not a BOLT11 invoice.
-    #[error("not a BOLT11 invoice: {0}")]
-    Malformed(String),
-    /// The invoice pays another node than the offer's.
-    #[error("the invoice pays node {got}, not the offer's {expected}")]
-    Payee {
-        /// The offer's node id.
-        expected: String,
-        /// The invoice's payee.
-        got: String,
-    },
-    /// The invoice asks for another amount than price × quota.
-    #[error("the invoice asks {got_msat:?} msat, not price x quota = {expected_msat} msat")]
-    Amount {
-        /// price × quota.
-        expected_msat: u64,
-        /// The invoice's amount (`None`: open amount).
-        got_msat: Option<u64>,
-    },
-    /// The invoice's payment hash was paid before: paying it again pays twice for one quota.
-    #[error("the invoice's payment hash {0} was already paid")]
-    AlreadyPaid(String),
-    /// The invoice expired.
-    #[error("the invoice has expired")]
-    Expired,
+/// A keysend's session record (`proto::lightning::SessionRecord`) as the custom TLV ldk-node
+/// sends, type `proto::lightning::SESSION_TLV_TYPE`.
+pub fn session_tlv(record: &SessionRecord) -> CustomTlvRecord {
+    CustomTlvRecord {
+        type_num: SESSION_TLV_TYPE,
+        value: record.tlv_value(),
+    }
 }
 
-/// The cable's checks of a socket's invoice (BOLT 11): payee = the offer's node id, amount =
-/// exactly `expected_msat`, a payment hash not in `paid_hashes`, not expired.
-pub fn check_invoice(
-    invoice: &str,
-    offer_node_id: &[u8],
-    expected_msat: u64,
-    already_paid: impl Fn(&str) -> bool,
-) -> Result<Bolt11Invoice, InvoiceError> {
-    let invoice: Bolt11Invoice =
-        invoice
-            .parse()
-            .map_err(|e: ldk_node::lightning_invoice::ParseOrSemanticError| {
-                InvoiceError::Malformed(e.to_string())
-            })?;
-    let payee = invoice.recover_payee_pub_key();
-    if payee.serialize().as_slice() != offer_node_id {
-        return Err(InvoiceError::Payee {
-            expected: offer_node_id.to_lower_hex_string(),
-            got: payee.to_string(),
-        });
-    }
-    if invoice.amount_milli_satoshis() != Some(expected_msat) {
-        return Err(InvoiceError::Amount {
-            expected_msat,
-            got_msat: invoice.amount_milli_satoshis(),
-        });
-    }
-    let hash = payment_hash_hex(&invoice);
-    if already_paid(&hash) {
-        return Err(InvoiceError::AlreadyPaid(hash));
-    }
-    if invoice.is_expired() {
-        return Err(InvoiceError::Expired);
-    }
-    Ok(invoice)
-}
-
-/// The payment hash of an invoice, hex, as stored by both nodes.
-pub fn payment_hash_hex(invoice: &Bolt11Invoice) -> String {
-    invoice.payment_hash().to_string()
-}
-
-/// Custom TLV type of [`SessionRecord`] in a keysend's onion payload (BOLT 4 `payload`; custom
-/// records live at types ≥ 2^16, and an odd type lets a node that does not know it still
-/// accept the payment). "t2t" in ASCII, then 01.
-pub const SESSION_TLV_TYPE: u64 = 0x7432_7401;
-
-/// Longest session id a [`SessionRecord`] carries, bytes.
-const MAX_SESSION_ID_LEN: usize = 64;
-
-/// What a keysend pays for (design.md `lightning`, the fast path): a session and the payment
-/// id within it. Encoded as the payment id (8 bytes, big-endian) then the session id (UTF-8,
-/// 1–64 bytes).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionRecord {
-    /// The session id the socket gave.
-    pub session_id: String,
-    /// The payment's id in the session, one above the last one paid.
-    pub payment_id: u64,
-}
-
-/// Why a keysend's session record is unusable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SessionRecordError {
-    /// No record of type [`SESSION_TLV_TYPE`]: a keysend that names no session.
-    #[error("the keysend carries no t2t session record")]
-    Missing,
-    /// A record of that type that does not decode.
-    #[error("malformed t2t session record: {0}")]
-    Malformed(&'static str),
-}
-
-impl SessionRecord {
-    /// The record as a custom TLV of a keysend.
-    pub fn to_tlv(&self) -> CustomTlvRecord {
-        let mut value = self.payment_id.to_be_bytes().to_vec();
-        value.extend_from_slice(self.session_id.as_bytes());
-        CustomTlvRecord {
-            type_num: SESSION_TLV_TYPE,
-            value,
-        }
-    }
-
-    /// Find and decode the record among a payment's custom TLVs.
-    pub fn from_tlvs(records: &[CustomTlvRecord]) -> Result<Self, SessionRecordError> {
-        let record = records
-            .iter()
-            .find(|r| r.type_num == SESSION_TLV_TYPE)
-            .ok_or(SessionRecordError::Missing)?;
-        if record.value.len() <= 8 || record.value.len() > 8 + MAX_SESSION_ID_LEN {
-            return Err(SessionRecordError::Malformed("length"));
-        }
-        let (id, session) = record.value.split_at(8);
-        let payment_id = u64::from_be_bytes(id.try_into().expect("split at 8"));
-        let session_id = std::str::from_utf8(session)
-            .map_err(|_| SessionRecordError::Malformed("session id is not UTF-8"))?
-            .to_owned();
-        Ok(SessionRecord {
-            session_id,
-            payment_id,
-        })
-    }
+/// The session record among the custom TLVs of a keysend ldk-node received.
+///
+/// Errors: see `proto::lightning::SessionRecord::from_tlvs`.
+pub fn session_record(records: &[CustomTlvRecord]) -> Result<SessionRecord, SessionRecordError> {
+    SessionRecord::from_tlvs(records.iter().map(|r| (r.type_num, r.value.as_slice())))
 }
 
 #[cfg(test)]
@@ -247,7 +128,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_session_record_survives_the_trip_and_bad_ones_are_named() {
+    fn a_session_record_goes_through_ldk_nodes_tlv_type() {
         let record = SessionRecord {
             session_id: "ef79697fb77c442607bfb2e178df4938".into(),
             payment_id: 7,
@@ -257,30 +138,9 @@ mod tests {
             value: vec![1, 2],
         };
         assert_eq!(
-            SessionRecord::from_tlvs(&[other.clone(), record.to_tlv()]),
+            session_record(&[other.clone(), session_tlv(&record)]),
             Ok(record)
         );
-        assert_eq!(
-            SessionRecord::from_tlvs(&[other]),
-            Err(SessionRecordError::Missing)
-        );
-        let short = CustomTlvRecord {
-            type_num: SESSION_TLV_TYPE,
-            value: vec![0; 8],
-        };
-        assert_eq!(
-            SessionRecord::from_tlvs(&[short]),
-            Err(SessionRecordError::Malformed("length"))
-        );
-        let mut bad_utf8 = vec![0; 8];
-        bad_utf8.push(0xff);
-        let bad = CustomTlvRecord {
-            type_num: SESSION_TLV_TYPE,
-            value: bad_utf8,
-        };
-        assert!(matches!(
-            SessionRecord::from_tlvs(&[bad]),
-            Err(SessionRecordError::Malformed(_))
-        ));
+        assert_eq!(session_record(&[other]), Err(SessionRecordError::Missing));
     }
 }

@@ -15,6 +15,7 @@
 //! - [`rules`]: the checks of the `onchain` scheme's terms and payments.
 //! - [`single_fee`]: the input sets of the `single-fee` scheme, seller and buyer side.
 //! - [`spillman`]: the deposit, refund and payments of the `spillman` payment channel.
+//! - [`lightning`]: the cable's checks of a BOLT 11 invoice and the keysend session record.
 //!
 //! One implementation of each protocol rule lives here and is called by both the cable and the
 //! socket, so the two sides cannot disagree (design.md, workspace table).
@@ -23,6 +24,7 @@
 
 pub mod errors;
 pub mod identity;
+pub mod lightning;
 pub mod receipt;
 pub mod registry;
 pub mod rules;

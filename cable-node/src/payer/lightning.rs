@@ -96,11 +96,18 @@ impl Cable {
             )));
         }
         let store = &self.store;
-        let invoice = ln::check_invoice(bolt11, &ln_offer.node_id, expected_msat, |hash| {
-            recorded.as_deref() != Some(hash) && store.ln_hash_used(hash).unwrap_or(true)
-        })
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let invoice = proto::lightning::check_invoice(
+            bolt11,
+            &ln_offer.node_id,
+            expected_msat,
+            |hash| recorded.as_deref() != Some(hash) && store.ln_hash_used(hash).unwrap_or(true),
+            now,
+        )
         .map_err(|e| refuse(e.to_string()))?;
-        let hash = ln::payment_hash_hex(&invoice);
+        let hash = proto::lightning::payment_hash_hex(&invoice);
         if recorded.as_deref().is_some_and(|r| r != hash) {
             return Err(refuse(format!(
                 "payment {} was already paid with another invoice",
@@ -185,7 +192,7 @@ impl Cable {
         let ln_offer = proto::terms::offered_lightning(offer)
             .map_err(|e| CableError::RefusedSocket(e.to_string()))?;
         let socket = crate::lightning::peer_of(&ln_offer.node_id, &ln_offer.address)?;
-        let record = ln::SessionRecord {
+        let record = proto::lightning::SessionRecord {
             session_id: session.id.clone(),
             payment_id,
         };

@@ -1,7 +1,7 @@
 //! Seller side of the `lightning` scheme (design.md; BOLT 11 via ldk-node): per quota a BOLT11
 //! invoice of exactly price × quota msat; the quota is credited when ldk-node reports the
 //! payment received, after the payment is recorded ([`crate::store::Store::receive_ln_payment`]).
-//! Keysends carrying the session record ([`ln::SessionRecord`]) are the fast path.
+//! Keysends carrying the session record ([`proto::lightning::SessionRecord`]) are the fast path.
 
 use crate::error::SocketError;
 use ln::ldk_node::lightning_invoice::{Bolt11InvoiceDescription, Description};
@@ -96,7 +96,7 @@ fn reply(
                 .issue_invoice(
                     &session_id,
                     payment_id,
-                    &ln::payment_hash_hex(&invoice),
+                    &proto::lightning::payment_hash_hex(&invoice),
                     &bolt11,
                     amount_msat,
                     terms.quota,
@@ -134,7 +134,7 @@ pub(crate) fn on_event(shared: &Shared, outlets: &Outlets, event: &ln::ldk_node:
             ..
         } if custom_records
             .iter()
-            .any(|r| r.type_num == ln::SESSION_TLV_TYPE) =>
+            .any(|r| r.type_num == proto::lightning::SESSION_TLV_TYPE) =>
         {
             let hash = payment_hash.to_string();
             match receive_keysend(shared, outlets, &hash, *amount_msat, custom_records) {
@@ -236,7 +236,7 @@ pub(crate) fn receive_keysend(
     if !shared.config.lightning.as_ref().is_some_and(|l| l.keysend) {
         return Err(stray("this socket does not take keysends".into()));
     }
-    let record = ln::SessionRecord::from_tlvs(records).map_err(|e| stray(e.to_string()))?;
+    let record = ln::session_record(records).map_err(|e| stray(e.to_string()))?;
     // ldk-node delivers an event again when the socket stopped before handling it: a keysend
     // recorded before was credited then.
     let known = shared.store().ln_hash_received(payment_hash);
@@ -258,7 +258,7 @@ fn credit_keysend(
     task: &mut OutletTask,
     payment_hash: &str,
     amount_msat: u64,
-    record: ln::SessionRecord,
+    record: proto::lightning::SessionRecord,
 ) -> Result<(), KeysendRefusal> {
     let stray = |reason: String| KeysendRefusal::Stray(reason);
     let cheat = |reason: String| KeysendRefusal::Cheat {
