@@ -1,6 +1,7 @@
 //! A real link between two hosts (issue 14): socket-node and cable-node each in a network
 //! namespace of its own, joined by a veth pair that `tc netem` gives a power-line link's delay
-//! and loss (a kernel without netem: a 256 kbit/s token bucket, see [`Link::shape`]); bitcoind
+//! and loss (a kernel without netem: a 256 kbit/s token bucket and nftables dropping frames at
+//! random, see [`Link::shape`]); bitcoind
 //! stays on this host, reached by each namespace over a veth of its own.
 //! For each on-chain scheme: a toast over the lossy link; the link flapped mid-session (down
 //! for a few seconds, shorter than the socket's link debounce: the session goes on); the link
@@ -8,7 +9,7 @@
 //! ended and goes on in a new one). Every toast ends, and the socket's credits and the cable's
 //! payments agree: nothing paid twice, nothing credited without a payment.
 //!
-//! Needs root and iproute2 (CI runs as root): a machine where the namespaces cannot be made
+//! Needs root, iproute2 and nftables (CI runs as root; `.ci/install` installs them): a machine where the namespaces cannot be made
 //! fails the test, saying so.
 
 use std::io::{Read, Write};
@@ -26,7 +27,10 @@ fn run(program: &str, args: &[&str]) {
         .args(args)
         .output()
         .unwrap_or_else(|e| {
-            panic!("{program} {args:?}: {e}: the link tests need iproute2 (apt install iproute2)")
+            panic!(
+                "{program} {args:?}: {e}: the link tests need iproute2 and nftables \
+                 (apt install iproute2 nftables)"
+            )
         });
     assert!(
         out.status.success(),
@@ -118,9 +122,12 @@ impl Link {
     }
 
     /// Shape both ends of the link as a power-line link: `tc netem` delay (`delay_ms`, ± a
-    /// quarter) and `loss_percent` loss. A kernel without netem (no `sch_netem`) gets a
-    /// 256 kbit/s token bucket instead, a narrowband power-line link's rate, whose queue
-    /// delays what the nodes send; it cannot lose packets. Returns what was applied.
+    /// quarter) and `loss_percent` loss. A kernel without netem (no `sch_netem`, as on this
+    /// project's CI machine) gets a 256 kbit/s token bucket instead, a narrowband power-line
+    /// link's rate, whose queue delays what the nodes send, and the loss from nftables: each
+    /// end drops `loss_percent` of the frames it receives at random (a `netdev` ingress rule,
+    /// `numgen random`), before any protocol sees them, as a lossy wire would. Returns what was
+    /// applied.
     fn shape(&self, delay_ms: u32, loss_percent: f32) -> String {
         let ends = [
             (self.socket_ns.clone(), self.socket_dev.clone()),
@@ -144,6 +151,7 @@ impl Link {
             return format!("netem delay {delay_ms} ms, loss {loss_percent} %");
         }
         let why = String::from_utf8_lossy(&tried.stderr).trim().to_owned();
+        let per_mille = (loss_percent * 10.0).round() as u32;
         for (ns, dev) in &ends {
             run(
                 "tc",
@@ -152,8 +160,40 @@ impl Link {
                     "burst", "8kbit", "latency", "400ms",
                 ],
             );
+            let nft = |command: &str| run("ip", &["netns", "exec", ns, "nft", command]);
+            nft("add table netdev t2t_link");
+            nft(&format!(
+                "add chain netdev t2t_link loss {{ type filter hook ingress device \"{dev}\" priority 0; }}"
+            ));
+            nft(&format!(
+                "add rule netdev t2t_link loss numgen random mod 1000 < {per_mille} counter drop"
+            ));
         }
-        format!("no netem in this kernel ({why}): a 256 kbit/s token bucket, no loss")
+        format!(
+            "no netem in this kernel ({why}): a 256 kbit/s token bucket, and nftables dropping \
+             {loss_percent} % of the frames each end receives"
+        )
+    }
+
+    /// Frames the loss rules dropped so far, both ends (0 where netem does the loss).
+    fn frames_dropped(&self) -> u64 {
+        let mut dropped = 0;
+        for ns in [&self.socket_ns, &self.cable_ns] {
+            let out = Command::new("ip")
+                .args([
+                    "netns", "exec", ns, "nft", "list", "table", "netdev", "t2t_link",
+                ])
+                .output()
+                .expect("ip netns exec nft");
+            let listing = String::from_utf8_lossy(&out.stdout);
+            dropped += listing
+                .split_whitespace()
+                .skip_while(|word| *word != "packets")
+                .nth(1)
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        dropped
     }
 
     /// The link down (both ends lose carrier) or up again.
@@ -341,5 +381,13 @@ fn sessions_survive_a_lossy_flapping_and_partitioned_link() {
             )
             .unwrap();
         assert_eq!((failed, banned), (0, 0), "{scheme}");
+    }
+    if shaped.contains("nftables") {
+        let dropped = link.frames_dropped();
+        eprintln!("the link lost {dropped} frames");
+        assert!(
+            dropped > 0,
+            "the loss rules dropped nothing: the link was not lossy"
+        );
     }
 }
