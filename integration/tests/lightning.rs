@@ -391,6 +391,121 @@ fn both_nodes_killed_mid_session_carry_on_and_nothing_is_paid_twice() {
     );
 }
 
+/// A cable stopped mid-session, back after the socket ended that session (the link went and
+/// the socket unplugged it): it must not pay the ended session a keysend (which the socket
+/// cannot refuse, and would only book against the ended session), nor wait for it for good at
+/// a standby outlet. It asks for terms, learns the session ended, and goes on in a new one.
+#[test]
+fn a_cable_back_after_its_session_ended_pays_it_nothing_more_and_opens_a_new_one() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // 100 W: a quota of 8 Wh lasts about 14 s at the setup's x20 clock, time to stop the cable
+    // between payments.
+    let setup = SocketSetup {
+        load_toml: "kind = \"constant\"\npower_w = 100.0".into(),
+        ..lightning_setup()
+    };
+    let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
+    // Two quotas a session: the invoice that opens it, then a keysend.
+    let cable = CableFiles::create(
+        &bitcoind,
+        &dir.path().join("cable"),
+        &socket.endpoint,
+        &CableSetup {
+            max_session_sat: 2_000,
+            ..lightning_cable()
+        },
+        Amount::from_sat(10_000),
+    )
+    .unwrap();
+    cable
+        .fund_lightning(&bitcoind, Amount::from_sat(300_000))
+        .unwrap();
+    let miner = Miner::start(&bitcoind, Duration::from_millis(500));
+    let mut child = cable.spawn_run().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let first = loop {
+        let status = socket.status().unwrap();
+        if status.payments >= 2 {
+            break socket
+                .session_of(&status)
+                .unwrap()
+                .expect("a session in progress");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no keysend:\n{}",
+            socket.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The link is gone: the socket unplugs the session.
+    wait_for_standby(&socket);
+
+    let mut child = cable.spawn_run().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!(
+                "the cable never finished:\n{}\nsocket:\n{}",
+                std::fs::read_to_string(&cable.log).unwrap_or_default(),
+                socket.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(miner);
+    let log = std::fs::read_to_string(&cable.log).unwrap();
+    assert!(status.success(), "{log}\n{}", socket.log_text());
+    assert!(log.contains("resuming the session"), "{log}");
+    assert!(
+        log.contains("ended the session while the cable was away"),
+        "{log}"
+    );
+    let report = report(&cable);
+    assert_ne!(report["session_id"], json!(first), "{report}");
+    assert_eq!(report["outcome"], "session budget spent", "{report}");
+
+    // The ended session: its invoice and its keysend, on both sides, nothing after; the new
+    // one paid in full.
+    let socket_db = rusqlite::Connection::open(socket.data_dir.join("socket.sqlite")).unwrap();
+    let received = |session: &str| -> (i64, i64) {
+        socket_db
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(amount_msat), 0) FROM ln_payments WHERE session_id = ?1",
+                [session],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    let second = report["session_id"].as_str().unwrap();
+    assert_eq!(received(&first), (2, 2_000_000));
+    assert_eq!(received(second), (2, 2_000_000));
+    let late: i64 = socket_db
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE event LIKE 'keysend-%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(late, 0, "a keysend the socket could not credit");
+    let cable_db = rusqlite::Connection::open(cable.data_dir.join("cable.sqlite")).unwrap();
+    let paid: i64 = cable_db
+        .query_row(
+            "SELECT COUNT(*) FROM ln_payments WHERE session_id = ?1 AND status = 'paid'",
+            [&first],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(paid, 2);
+}
+
 /// A plain ldk-node with a public alias, as a Lightning hub is: it forwards to announced
 /// channels (BOLT 7), the only ones LDK forwards to.
 fn start_hub(bitcoind: &Regtest, dir: &std::path::Path) -> std::sync::Arc<ln::ldk_node::Node> {

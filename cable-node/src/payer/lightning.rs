@@ -133,7 +133,11 @@ impl Cable {
     /// Pay the next quota by keysend (the fast path of design.md `lightning`) when the socket
     /// offers it, the policy allows it, and the session's last Lightning payment was paid (the
     /// first quota goes by invoice: it opens the session). A keysend cut short by a crash is
-    /// sent again with its stored preimage. `Ok(false)`: not a keysend case, ask for terms.
+    /// sent again with its stored preimage. A session resumed after the cable stopped pays its
+    /// next quota by invoice until a status shows the socket still has it: a keysend cannot be
+    /// refused, and the socket may have ended the session meanwhile (the `PowerRequest` then
+    /// says so, and the cable goes on in a new session). `Ok(false)`: not a keysend case, ask
+    /// for terms.
     pub(super) fn pay_keysend(
         &mut self,
         accepted: &AcceptedOffer,
@@ -162,7 +166,7 @@ impl Cable {
                 let preimage = <[u8; 32]>::from_hex(&hex).context("a stored preimage")?;
                 (last.payment_id, preimage)
             }
-            Some(last) if last.status == "paid" => {
+            Some(last) if last.status == "paid" && (!session.resumed || session.seen_in_status) => {
                 if !self
                     .config
                     .policy

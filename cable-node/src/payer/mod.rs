@@ -594,6 +594,13 @@ impl Cable {
             OutletState::Standby if session.seen_in_status && report.session_hash.is_empty() => {
                 return Ok(Some("the socket ended the session".into()));
             }
+            // Resumed after the cable stopped, and the outlet has no session: the socket ended
+            // it meanwhile (a session in progress shows in every status of its outlet).
+            OutletState::Standby if session.resumed && report.session_hash.is_empty() => {
+                return Ok(Some(
+                    "the socket ended the session while the cable was away".into(),
+                ));
+            }
             _ => {}
         }
         if status.power_mw > 0 {
