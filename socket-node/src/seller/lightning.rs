@@ -175,6 +175,10 @@ pub(crate) fn on_event(shared: &Shared, outlets: &Outlets, event: &ln::ldk_node:
                         tracing::warn!(%hash, "payment received for a session no longer in progress: {}", e);
                     }
                 }
+                // ldk-node hands the event again when the socket stopped after recording it.
+                Ok(None) if shared.store().ln_hash_received(&hash).unwrap_or(false) => {
+                    tracing::debug!(%hash, "Lightning payment recorded before")
+                }
                 Ok(None) => {
                     tracing::warn!(%hash, amount_msat, "Lightning payment not for an open invoice of ours, or short")
                 }
