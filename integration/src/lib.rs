@@ -256,6 +256,9 @@ pub struct SocketSetup {
     pub lightning: bool,
     /// `[lightning] alias`: a public node a hub can open an announced channel to.
     pub lightning_alias: Option<String>,
+    /// The IP the Lightning node listens on and its offer names (`[lightning] listen`); `None`:
+    /// 127.0.0.1. In a network namespace: the address peers reach it at over the link.
+    pub lightning_ip: Option<String>,
     /// Offer the `spillman` scheme too.
     pub spillman: bool,
     /// How many outlets the socket has: `outlet-1`, `outlet-2`, ... all with these settings,
@@ -289,6 +292,7 @@ impl Default for SocketSetup {
             single_fee_max_age_secs: 3_600,
             lightning: false,
             lightning_alias: None,
+            lightning_ip: None,
             spillman: false,
             outlets: 1,
             top_toml: String::new(),
@@ -374,7 +378,8 @@ impl SocketProcess {
         if setup.lightning {
             let mut config_text = fs::read_to_string(&config)?;
             config_text.push_str(&format!(
-                "\n[lightning]\nlisten = \"127.0.0.1:{}\"\n",
+                "\n[lightning]\nlisten = \"{}:{}\"\n",
+                setup.lightning_ip.as_deref().unwrap_or("127.0.0.1"),
                 free_port()?
             ));
             if let Some(alias) = &setup.lightning_alias {

@@ -1,16 +1,18 @@
 //! A real link between two hosts (issue 14): socket-node and cable-node each in a network
 //! namespace of its own, joined by a veth pair that `tc netem` gives a power-line link's delay
 //! and loss (a kernel without netem: a 256 kbit/s token bucket and nftables dropping frames at
-//! random, see [`Link::shape`]); bitcoind
-//! stays on this host, reached by each namespace over a veth of its own.
-//! For each on-chain scheme: a toast over the lossy link; the link flapped mid-session (down
-//! for a few seconds, shorter than the socket's link debounce: the session goes on); the link
-//! partitioned for longer than the debounce (the socket ends the session; the cable finds it
-//! ended and goes on in a new one). Every toast ends, and the socket's credits and the cable's
-//! payments agree: nothing paid twice, nothing credited without a payment.
+//! random, see [`Link::shape`]); bitcoind stays on this host, reached by each namespace over a
+//! veth of its own.
 //!
-//! Needs root, iproute2 and nftables (CI runs as root; `.ci/install` installs them): a machine where the namespaces cannot be made
-//! fails the test, saying so.
+//! For each scheme (Lightning: the cable's channel opened, and every payment made, over the
+//! link): a toast over the lossy link; the link flapped mid-session (down for a few seconds,
+//! shorter than the socket's link debounce: the session goes on); the link partitioned for
+//! longer than the debounce (the socket ends the session; the cable finds it ended and goes on
+//! in a new one). Every toast ends, and the socket's credits and the cable's payments agree:
+//! nothing paid twice, nothing credited without a payment.
+//!
+//! Needs root, iproute2 and nftables (CI runs as root; `.ci/install` installs them): a machine
+//! where the namespaces cannot be made fails the test, saying so.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -18,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bitcoin::Amount;
-use integration::{query_pairs, CableFiles, CableSetup, Host, SocketProcess, SocketSetup};
+use integration::{query_pairs, CableFiles, CableSetup, Host, Miner, SocketProcess, SocketSetup};
 use regtest::Regtest;
 
 /// Run `ip` (or `tc`) with `args`; panics with its error.
@@ -277,6 +279,9 @@ fn sessions_survive_a_lossy_flapping_and_partitioned_link() {
         &dir.path().join("socket"),
         &SocketSetup {
             spillman: true,
+            lightning: true,
+            // Cables open their channels, and pay, over the link.
+            lightning_ip: Some(SOCKET_LINK_IP.into()),
             link_debounce_ms: 5_000,
             grace_secs: 600,
             payment_timeout_secs: 1_200,
@@ -293,7 +298,7 @@ fn sessions_survive_a_lossy_flapping_and_partitioned_link() {
     let shaped = link.shape(20, 2.0);
     eprintln!("the link: {shaped}");
 
-    for scheme in ["onchain", "single-fee", "spillman"] {
+    for scheme in ["onchain", "single-fee", "spillman", "lightning"] {
         let cable = CableFiles::create(
             &bitcoind,
             &dir.path().join(scheme),
@@ -311,6 +316,13 @@ fn sessions_survive_a_lossy_flapping_and_partitioned_link() {
             Amount::from_sat(200_000),
         )
         .unwrap();
+        // Lightning: a channel of the cable's to open (over the link) and confirm.
+        let _miner = (scheme == "lightning").then(|| {
+            cable
+                .fund_lightning(&bitcoind, Amount::from_sat(300_000))
+                .unwrap();
+            Miner::start(&bitcoind, Duration::from_millis(500))
+        });
         // no fault but the lossy link; a flap; a partition.
         for (fault, down) in [("lossy", None), ("flap", Some(2)), ("partition", Some(12))] {
             let mut child = cable.spawn_run().unwrap();
@@ -351,24 +363,42 @@ fn sessions_survive_a_lossy_flapping_and_partitioned_link() {
         }
         // Every payment the socket credited is one the cable signed, and every one the cable
         // holds as accepted was credited.
+        // Lightning: every payment the socket received is one the cable sent, and every one
+        // the cable knows as paid (it has the preimage) the socket received.
         let socket_db = socket.data_dir.join("socket.sqlite");
         let cable_db = cable.data_dir.join("cable.sqlite");
-        let credited = query_pairs(
-            &socket_db,
-            &format!(
-                "SELECT p.session_id, p.payment_id FROM payments p
-                 JOIN sessions s ON s.id = p.session_id
-                 WHERE s.scheme = '{scheme}' AND p.status != 'failed'"
-            ),
-        );
-        let accepted = query_pairs(
-            &cable_db,
-            "SELECT session_id, payment_id FROM payments WHERE status = 'accepted'",
-        );
-        let signed = query_pairs(
-            &cable_db,
-            "SELECT session_id, payment_id FROM payments WHERE status IN ('accepted', 'signed')",
-        );
+        let (credited, accepted, signed) = if scheme == "lightning" {
+            (
+                query_pairs(&socket_db, "SELECT session_id, payment_id FROM ln_payments"),
+                query_pairs(
+                    &cable_db,
+                    "SELECT session_id, payment_id FROM ln_payments WHERE status = 'paid'",
+                ),
+                query_pairs(
+                    &cable_db,
+                    "SELECT session_id, payment_id FROM ln_payments WHERE status IN ('paid', 'sending')",
+                ),
+            )
+        } else {
+            (
+                query_pairs(
+                    &socket_db,
+                    &format!(
+                        "SELECT p.session_id, p.payment_id FROM payments p
+                         JOIN sessions s ON s.id = p.session_id
+                         WHERE s.scheme = '{scheme}' AND p.status != 'failed'"
+                    ),
+                ),
+                query_pairs(
+                    &cable_db,
+                    "SELECT session_id, payment_id FROM payments WHERE status = 'accepted'",
+                ),
+                query_pairs(
+                    &cable_db,
+                    "SELECT session_id, payment_id FROM payments WHERE status IN ('accepted', 'signed')",
+                ),
+            )
+        };
         assert!(credited.len() >= 9, "{scheme}: {credited:?}");
         assert!(
             accepted.is_subset(&credited) && credited.is_subset(&signed),
