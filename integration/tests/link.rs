@@ -155,11 +155,13 @@ impl Link {
         let why = String::from_utf8_lossy(&tried.stderr).trim().to_owned();
         let per_mille = (loss_percent * 10.0).round() as u32;
         for (ns, dev) in &ends {
+            // The bucket holds a few full frames: a frame larger than the bucket never passes
+            // (a Lightning `update_add_htlc` alone carries a 1366-byte onion).
             run(
                 "tc",
                 &[
                     "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", "256kbit",
-                    "burst", "8kbit", "latency", "400ms",
+                    "burst", "4kb", "latency", "400ms",
                 ],
             );
             let nft = |command: &str| run("ip", &["netns", "exec", ns, "nft", command]);
