@@ -415,7 +415,19 @@ fn sessions_survive_a_lossy_flapping_and_partitioned_link() {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
-        assert_eq!((failed, banned), (0, 0), "{scheme}");
+        assert_eq!(
+            (failed, banned),
+            (0, 0),
+            "{scheme}: the socket's audit log {:?}\nsocket:\n{}",
+            {
+                let mut audit = db
+                    .prepare("SELECT event || ': ' || detail FROM audit")
+                    .unwrap();
+                let rows = audit.query_map([], |r| r.get::<_, String>(0)).unwrap();
+                rows.map(Result::unwrap).collect::<Vec<_>>()
+            },
+            socket.log_text()
+        );
     }
     if shaped.contains("nftables") {
         let dropped = link.frames_dropped();
