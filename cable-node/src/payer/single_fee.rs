@@ -165,7 +165,11 @@ impl Cable {
     }
     /// Close an input set by broadcasting its highest accepted transaction ourselves (the
     /// socket should have; this pays nothing more than the socket accepted, and frees our
-    /// change).
+    /// change). When a higher payment of the set left the cable without an answer (the link
+    /// dropped, or the session ended before the socket's reply), the socket may hold it and
+    /// broadcast it: the cable then broadcasts nothing, as its lower transaction would
+    /// conflict with the socket's (and, first in the mempool, make an honest cable look like
+    /// a double spender).
     pub(super) fn settle_set(
         &mut self,
         session: &mut Session,
@@ -175,9 +179,8 @@ impl Cable {
             .store
             .payments(&set.session_id)
             .context("reading the store")?;
-        let highest = payments
+        let of_set: Vec<_> = payments
             .iter()
-            .filter(|p| p.status == "accepted")
             .filter_map(|p| {
                 let tx = bitcoin::psbt::Psbt::deserialize(&p.psbt)
                     .ok()?
@@ -187,7 +190,24 @@ impl Cable {
                 let value = value_paid(&tx, &set.payout_script).ok()?;
                 (inputs == set.inputs).then_some((value, tx, p))
             })
-            .max_by_key(|(value, _, _)| *value);
+            .collect();
+        let highest = of_set
+            .iter()
+            .filter(|(_, _, p)| p.status == "accepted")
+            .max_by_key(|(value, _, _)| *value)
+            .map(|(value, tx, p)| (*value, tx.clone(), *p));
+        let unanswered = of_set
+            .iter()
+            .filter(|(_, _, p)| p.status != "accepted")
+            .map(|(value, _, _)| *value)
+            .max();
+        let highest = match (highest, unanswered) {
+            (Some((accepted, ..)), Some(higher)) if higher > accepted => {
+                tracing::info!(set = set.index, %higher, "a higher payment of the input set got no answer: the socket may hold it, left to the socket to broadcast");
+                None
+            }
+            (highest, _) => highest,
+        };
         if let Some((value, tx, record)) = highest {
             tokio::task::block_in_place(|| {
                 self.chain.broadcast(&tx)?;
