@@ -37,6 +37,75 @@ fn report(cable: &CableFiles) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&cable.report).unwrap()).unwrap()
 }
 
+/// A Lightning cable of `socket` with a session budget of `max_session_sat`, its Lightning
+/// wallet funded for a channel.
+fn funded_cable(
+    bitcoind: &Regtest,
+    dir: &std::path::Path,
+    socket: &SocketProcess,
+    max_session_sat: u64,
+) -> CableFiles {
+    let cable = CableFiles::create(
+        bitcoind,
+        &dir.join("cable"),
+        &socket.endpoint,
+        &CableSetup {
+            max_session_sat,
+            ..lightning_cable()
+        },
+        Amount::from_sat(10_000),
+    )
+    .unwrap();
+    cable
+        .fund_lightning(bitcoind, Amount::from_sat(300_000))
+        .unwrap();
+    cable
+}
+
+/// The session in progress once the socket has credited `payments` in it (within 120 s).
+fn session_after(socket: &SocketProcess, payments: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = socket.status().unwrap();
+        if status.payments >= payments {
+            return socket
+                .session_of(&status)
+                .unwrap()
+                .expect("a session in progress");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no payment {payments}:\n{}",
+            socket.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `cable-node run` to its end (generous, 300 s: under a loaded CI both Lightning nodes first
+/// reestablish their channel); its log, asserting it succeeded.
+fn run_to_end(cable: &CableFiles, socket: &SocketProcess) -> String {
+    let mut child = cable.spawn_run().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!(
+                "the cable never finished:\n{}\nsocket:\n{}",
+                std::fs::read_to_string(&cable.log).unwrap_or_default(),
+                socket.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(&cable.log).unwrap();
+    assert!(status.success(), "{log}\n{}", socket.log_text());
+    log
+}
+
 #[test]
 fn the_first_visit_opens_a_channel_and_the_next_session_needs_no_chain() {
     let bitcoind = Regtest::start().unwrap();
@@ -302,38 +371,10 @@ fn both_nodes_killed_mid_session_carry_on_and_nothing_is_paid_twice() {
         ..lightning_setup()
     };
     let mut socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
-    let cable = CableFiles::create(
-        &bitcoind,
-        &dir.path().join("cable"),
-        &socket.endpoint,
-        &CableSetup {
-            max_session_sat: 6_000,
-            ..lightning_cable()
-        },
-        Amount::from_sat(10_000),
-    )
-    .unwrap();
-    cable
-        .fund_lightning(&bitcoind, Amount::from_sat(300_000))
-        .unwrap();
+    let cable = funded_cable(&bitcoind, dir.path(), &socket, 6_000);
     let miner = Miner::start(&bitcoind, Duration::from_millis(500));
     let mut child = cable.spawn_run().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let session = loop {
-        let status = socket.status().unwrap();
-        if status.payments >= 2 {
-            break socket
-                .session_of(&status)
-                .unwrap()
-                .expect("a session in progress");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no second payment:\n{}",
-            socket.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let session = session_after(&socket, 2);
     drop(miner);
 
     // A power cut takes both down at once.
@@ -341,25 +382,7 @@ fn both_nodes_killed_mid_session_carry_on_and_nothing_is_paid_twice() {
     child.wait().unwrap();
     socket.kill();
     socket.restart().unwrap();
-    let mut child = cable.spawn_run().unwrap();
-    // Generous: under a loaded CI both Lightning nodes first reestablish their channel.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!(
-                "the cable never finished:\n{}\nsocket:\n{}",
-                std::fs::read_to_string(&cable.log).unwrap_or_default(),
-                socket.log_text()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let log = std::fs::read_to_string(&cable.log).unwrap();
-    assert!(status.success(), "{log}\n{}", socket.log_text());
+    let log = run_to_end(&cable, &socket);
     assert!(log.contains("resuming the session"), "{log}");
     let report = report(&cable);
     assert_eq!(report["session_id"], json!(session));
@@ -407,38 +430,10 @@ fn a_cable_back_after_its_session_ended_pays_it_nothing_more_and_opens_a_new_one
     };
     let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
     // Two quotas a session: the invoice that opens it, then a keysend.
-    let cable = CableFiles::create(
-        &bitcoind,
-        &dir.path().join("cable"),
-        &socket.endpoint,
-        &CableSetup {
-            max_session_sat: 2_000,
-            ..lightning_cable()
-        },
-        Amount::from_sat(10_000),
-    )
-    .unwrap();
-    cable
-        .fund_lightning(&bitcoind, Amount::from_sat(300_000))
-        .unwrap();
+    let cable = funded_cable(&bitcoind, dir.path(), &socket, 2_000);
     let miner = Miner::start(&bitcoind, Duration::from_millis(500));
     let mut child = cable.spawn_run().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let first = loop {
-        let status = socket.status().unwrap();
-        if status.payments >= 2 {
-            break socket
-                .session_of(&status)
-                .unwrap()
-                .expect("a session in progress");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no keysend:\n{}",
-            socket.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let first = session_after(&socket, 2);
     // Stopped between payments: once the cable has booked the keysend as paid too (stopped
     // before, it would send that same keysend again on its return, and find the session ended
     // by its status alone).
@@ -453,6 +448,7 @@ fn a_cable_back_after_its_session_ended_pays_it_nothing_more_and_opens_a_new_one
             )
             .unwrap()
     };
+    let deadline = Instant::now() + Duration::from_secs(60);
     while paid_in(&first) < 2 {
         assert!(
             Instant::now() < deadline,
@@ -465,25 +461,8 @@ fn a_cable_back_after_its_session_ended_pays_it_nothing_more_and_opens_a_new_one
     // The link is gone: the socket unplugs the session.
     wait_for_standby(&socket);
 
-    let mut child = cable.spawn_run().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!(
-                "the cable never finished:\n{}\nsocket:\n{}",
-                std::fs::read_to_string(&cable.log).unwrap_or_default(),
-                socket.log_text()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let log = run_to_end(&cable, &socket);
     drop(miner);
-    let log = std::fs::read_to_string(&cable.log).unwrap();
-    assert!(status.success(), "{log}\n{}", socket.log_text());
     assert!(log.contains("resuming the session"), "{log}");
     assert!(
         log.contains("ended the session while the cable was away"),
