@@ -4,7 +4,6 @@
 #![deny(missing_docs)]
 
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -182,29 +181,7 @@ pub fn cable_signer() -> &'static cable_node::signer::RequestSigner {
     })
 }
 
-/// A free TCP port on 127.0.0.1 for a node to listen on, from 10000-32767: below Linux's
-/// ephemeral range (32768-60999), so no outgoing connection of another node takes it between
-/// this call and the node's own bind (the kernel's `:0` port is from that range and was, once,
-/// taken by a client socket in between: "Address already in use"). Each call in a test process
-/// gives a different port, starting at a place set by the process id so that test binaries run
-/// side by side do not pick the same ones.
-///
-/// Errors: no port in the range can be bound.
-pub fn free_port() -> anyhow::Result<u16> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const FIRST: u32 = 10_000;
-    const COUNT: u32 = 22_768;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id().wrapping_mul(7_919) % COUNT;
-    for _ in 0..COUNT {
-        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (FIRST + (start + offset) % COUNT) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    anyhow::bail!("no free port on 127.0.0.1 in {FIRST}-{}", FIRST + COUNT - 1)
-}
+pub use regtest::free_port;
 
 /// A node run inside a network namespace (`ip netns exec`), reached over a veth link instead
 /// of loopback (the link tests).

@@ -17,7 +17,11 @@ fn node(bitcoind: &Regtest, dir: &std::path::Path, listen: bool) -> std::sync::A
         rpc_url: bitcoind.rpc_url(),
         cookie_file: bitcoind.cookie_file().to_owned(),
     };
-    let listen = listen.then(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+    let listen = listen.then(|| {
+        format!("127.0.0.1:{}", regtest::free_port().unwrap())
+            .parse()
+            .unwrap()
+    });
     start_node(
         dir,
         &keys,
@@ -28,14 +32,6 @@ fn node(bitcoind: &Regtest, dir: &std::path::Path, listen: bool) -> std::sync::A
         },
     )
     .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn next_event(node: &Node, limit: Duration, mut want: impl FnMut(&Event) -> bool) -> Event {

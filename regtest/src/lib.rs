@@ -5,6 +5,7 @@
 //! - [`Regtest`]: a throwaway node for one test (temp datadir, free ports, no wallet,
 //!   `-txindex`), with [`Regtest::mine`] and [`Regtest::fund`]; stopped and deleted on drop, also
 //!   when the test panics.
+//! - [`free_port`]: a port for a node under test to listen on.
 //! - [`daemon`]: a persistent node under a data dir, behind the `regtest` binary's
 //!   `up` / `status` / `mine` / `fund` / `down`.
 
@@ -13,6 +14,7 @@
 pub mod daemon;
 pub mod exe;
 pub mod faucet;
+pub mod ports;
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +24,7 @@ pub use corepc_node::Client;
 
 pub use crate::exe::bitcoind_exe;
 pub use crate::faucet::{parse_regtest_address, rpc, scan_utxos, Faucet, Utxo};
+pub use crate::ports::free_port;
 
 /// Arguments every node we start gets: regtest, RPC on loopback only, a transaction index,
 /// and room for many RPC clients at once (a benchmark's swarm of cables syncs its wallets
