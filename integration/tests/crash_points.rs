@@ -22,6 +22,7 @@ use bitcoin::Amount;
 use integration::{
     binary, query_i64, query_pairs, CableFiles, CableSetup, Miner, SocketProcess, SocketSetup,
 };
+use proto::v1::OutletState;
 use regtest::Regtest;
 use serde_json::{json, Value};
 
@@ -471,6 +472,22 @@ fn every_scheme(
                          WHERE status = 'closed' AND close_confirmed_height IS NULL",
                     ) == 0
             });
+            // A lockout keeps the outlet locked for `lockout_secs`: the next toast starts once
+            // it is over. (An honest one: at this test's x20 clock the 60 s grace period is 3 s,
+            // less than a cable takes to restart with its Lightning node.)
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                crashes.keep_socket_up(socket);
+                let status = socket.status();
+                if status.is_ok_and(|s| s.state != OutletState::Lockout as i32) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{scheme}: the outlet stays locked out"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
             if fired == 0 {
                 // A toast with nothing armed left to fire goes through. Not asked of
                 // Lightning: at this test's two blocks a second, an HTLC cut short by a crash
