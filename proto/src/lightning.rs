@@ -249,6 +249,40 @@ mod tests {
         ));
     }
 
+    /// `proto/testvectors/keysend_record.json`: session records byte for byte, and values
+    /// that are not one, for implementers in other languages.
+    #[test]
+    fn the_keysend_record_test_vectors_hold() {
+        let vectors: serde_json::Value =
+            serde_json::from_str(include_str!("../testvectors/keysend_record.json")).unwrap();
+        assert_eq!(vectors["tlv_type"].as_u64(), Some(SESSION_TLV_TYPE));
+        let bytes = |v: &serde_json::Value| -> Vec<u8> {
+            <Vec<u8> as bitcoin::hex::FromHex>::from_hex(v["value_hex"].as_str().unwrap()).unwrap()
+        };
+        for vector in vectors["valid"].as_array().unwrap() {
+            let record = SessionRecord {
+                session_id: vector["session_id"].as_str().unwrap().to_owned(),
+                payment_id: vector["payment_id"].as_u64().unwrap(),
+            };
+            assert_eq!(record.tlv_value(), bytes(vector), "{vector}");
+            let value = bytes(vector);
+            assert_eq!(
+                SessionRecord::from_tlvs([(SESSION_TLV_TYPE, &value[..])]),
+                Ok(record)
+            );
+        }
+        for vector in vectors["invalid"].as_array().unwrap() {
+            let value = bytes(vector);
+            assert!(
+                matches!(
+                    SessionRecord::from_tlvs([(SESSION_TLV_TYPE, &value[..])]),
+                    Err(SessionRecordError::Malformed(_))
+                ),
+                "{vector}"
+            );
+        }
+    }
+
     #[test]
     fn a_session_record_survives_the_trip_and_bad_ones_are_named() {
         let record = SessionRecord {
