@@ -254,13 +254,17 @@ pub fn pay(
 
 /// Keysend `amount_msat` to `payee` with the t2t session record as a custom TLV (the fast
 /// path of design.md `lightning`), using `preimage`: a keysend sent again after a crash has the
-/// same payment hash, so it is awaited, never paid twice. Returns the fee paid in msat.
+/// same payment hash, so it is awaited, never paid twice. `auth` is the cable's signature of
+/// the record and payment hash (`RequestSigner::sign_keysend`), sent as a second custom TLV:
+/// a socket credits no keysend without it. Returns the fee paid in msat.
+#[allow(clippy::too_many_arguments)]
 pub fn keysend(
     ln: &Arc<Node>,
     events: &PaymentEvents,
     payee: PublicKey,
     amount_msat: u64,
     record: &proto::lightning::SessionRecord,
+    auth: Vec<u8>,
     preimage: [u8; 32],
     limit: Duration,
 ) -> Result<u64, LnPayError> {
@@ -269,7 +273,7 @@ pub fn keysend(
         ln.spontaneous_payment().send_with_preimage_and_custom_tlvs(
             amount_msat,
             payee,
-            vec![ln::session_tlv(record)],
+            vec![ln::session_tlv(record), ln::session_auth_tlv(auth.clone())],
             preimage,
             None,
         )

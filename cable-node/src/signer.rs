@@ -46,6 +46,17 @@ impl RequestSigner {
         sign_request(&mut request, &self.secret, sequence);
         request
     }
+
+    /// The authentication of a keysend paying `record` with `payment_hash` (socket.proto
+    /// `LightningOfferTerms.keysend`): the value of custom TLV
+    /// `proto::lightning::SESSION_AUTH_TLV_TYPE`, 64 bytes.
+    pub fn sign_keysend(
+        &self,
+        record: &proto::lightning::SessionRecord,
+        payment_hash: &[u8; 32],
+    ) -> Vec<u8> {
+        proto::lightning::sign_keysend(record, payment_hash, &self.secret)
+    }
 }
 
 #[cfg(test)]

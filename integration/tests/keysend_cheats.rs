@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bitcoin::Amount;
 use integration::{Miner, SocketProcess, SocketSetup, OUTLET};
 use ln::ldk_node::lightning_invoice::Bolt11Invoice;
+use ln::ldk_node::lightning_types::payment::{PaymentHash, PaymentPreimage};
 use ln::ldk_node::payment::PaymentStatus;
 use ln::ldk_node::Node;
 use proto::identity::session_hash;
@@ -72,20 +73,44 @@ impl Cable {
         terms.session_id
     }
 
-    /// Keysend `amount_msat` with the session record `(session_id, payment_id)`.
+    /// Keysend `amount_msat` with the session record `(session_id, payment_id)`, signed by
+    /// the cable's identity key (the one that opened its sessions), as the real cable does.
     fn keysend(&self, session_id: &str, payment_id: u64, amount_msat: u64) {
+        self.keysend_signed_by(
+            Some(integration::cable_signer()),
+            session_id,
+            payment_id,
+            amount_msat,
+        )
+    }
+
+    /// Keysend with the session record, its authentication signed by `signer` (`None`: none).
+    fn keysend_signed_by(
+        &self,
+        signer: Option<&cable_node::signer::RequestSigner>,
+        session_id: &str,
+        payment_id: u64,
+        amount_msat: u64,
+    ) {
         let record = SessionRecord {
             session_id: session_id.into(),
             payment_id,
         };
+        let preimage: [u8; 32] = bitcoin::secp256k1::rand::random();
+        let hash = PaymentHash::from(PaymentPreimage(preimage));
+        let mut tlvs = vec![ln::session_tlv(&record)];
+        if let Some(signer) = signer {
+            tlvs.push(ln::session_auth_tlv(signer.sign_keysend(&record, &hash.0)));
+        }
         let id = self
             .ln
             .spontaneous_payment()
-            .send_with_custom_tlvs(
+            .send_with_preimage_and_custom_tlvs(
                 amount_msat,
                 self.socket_id,
+                tlvs,
+                PaymentPreimage(preimage),
                 None,
-                vec![ln::session_tlv(&record)],
             )
             .unwrap();
         self.await_payment(id);
@@ -191,8 +216,27 @@ fn the_socket_credits_only_keysends_that_fit_the_session() {
         runtime,
     };
 
-    // Honest: the next payment id, exactly one quota.
+    // Strangers (design.md "Blame needs proof"): keysends naming the session in progress that
+    // its cable did not sign (none, or a stranger's signature) break every rule, one even pays
+    // the next quota exactly: none is credited, nothing is locked out, the honest session goes
+    // on and its own keysend after them is credited.
     let first = cable.open_session();
+    let stranger = cable_node::signer::RequestSigner::new(
+        bitcoin::secp256k1::SecretKey::from_slice(&[0x55; 32]).unwrap(),
+    );
+    cable.keysend_signed_by(None, &first, 2, 1);
+    cable.keysend_signed_by(Some(&stranger), &first, 9, QUOTA_MSAT);
+    cable.keysend_signed_by(None, &first, 2, QUOTA_MSAT);
+    std::thread::sleep(Duration::from_secs(1));
+    let status = cable.status();
+    assert_eq!(status.session_hash, session_hash(&first));
+    assert_eq!(
+        status.payments, 1,
+        "a stranger's keysend credited: {status:?}"
+    );
+    assert_ne!(status.state, OutletState::Lockout as i32, "{status:?}");
+
+    // Honest: the next payment id, exactly one quota, signed by the session's cable.
     cable.keysend(&first, 2, QUOTA_MSAT);
     cable.wait_for("the keysend credited", |s| s.payments == 2);
 
@@ -272,6 +316,18 @@ fn the_socket_credits_only_keysends_that_fit_the_session() {
         .unwrap()
     };
     assert_eq!(audited("keysend-after-end"), 1);
+    // Four keysends not credited (the strangers' three, the one naming no session) within a
+    // minute: one audit line, the rest summed into the next.
     assert_eq!(audited("keysend-not-credited"), 1);
+    // Nobody was flagged for the strangers' keysends: the three anomalies are the cable's
+    // own signed cheats.
+    let flagged: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM anomalies WHERE rule = 'payment-refused'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(flagged, 3);
     cable.ln.stop().unwrap();
 }

@@ -116,6 +116,20 @@ pub fn session_tlv(record: &SessionRecord) -> CustomTlvRecord {
     }
 }
 
+/// A keysend's authentication (`proto::lightning::sign_keysend`, 64 bytes) as the custom TLV
+/// ldk-node sends, type `proto::lightning::SESSION_AUTH_TLV_TYPE`.
+pub fn session_auth_tlv(signature: Vec<u8>) -> CustomTlvRecord {
+    CustomTlvRecord {
+        type_num: proto::lightning::SESSION_AUTH_TLV_TYPE,
+        value: signature,
+    }
+}
+
+/// The authentication among the custom TLVs of a keysend ldk-node received, if it carries one.
+pub fn session_auth(records: &[CustomTlvRecord]) -> Option<&[u8]> {
+    proto::lightning::keysend_auth(records.iter().map(|r| (r.type_num, r.value.as_slice())))
+}
+
 /// The session record among the custom TLVs of a keysend ldk-node received.
 ///
 /// Errors: see `proto::lightning::SessionRecord::from_tlvs`.

@@ -200,6 +200,9 @@ impl Cable {
             session_id: session.id.clone(),
             payment_id,
         };
+        let auth = self
+            .signer
+            .sign_keysend(&record, &PaymentHash::from(PaymentPreimage(preimage)).0);
         let ln = self.lightning()?;
         let started = Instant::now();
         let paid = tokio::task::block_in_place(|| {
@@ -209,6 +212,7 @@ impl Cable {
                 socket.node_id,
                 amount_msat,
                 &record,
+                auth,
                 preimage,
                 Duration::from_secs(60),
             )

@@ -141,12 +141,11 @@ pub(crate) fn on_event(shared: &Shared, outlets: &Outlets, event: &ln::ldk_node:
                 Ok(()) => {}
                 Err(KeysendRefusal::Stray(reason)) => {
                     tracing::warn!(%hash, amount_msat, %reason, "keysend kept, not credited");
-                    let _ = shared.store().audit(
-                        "",
-                        None,
-                        "keysend-not-credited",
-                        &format!("{hash}: {reason}"),
-                    );
+                    if let Some(line) = STRAY_KEYSENDS.tally(*amount_msat, &reason) {
+                        let _ = shared
+                            .store()
+                            .audit("", None, "keysend-not-credited", &line);
+                    }
                 }
                 Err(KeysendRefusal::Cheat { session_id, reason }) => {
                     if let Ok(outlet) = outlets.of_session(shared, &session_id) {
@@ -211,15 +210,63 @@ pub(crate) fn on_event(shared: &Shared, outlets: &Outlets, event: &ln::ldk_node:
 
 /// Why a keysend was not credited.
 pub(crate) enum KeysendRefusal {
-    /// It names no session here, breaks a rule for a session that ended, or keysend is off:
-    /// kept, audited, nothing else.
+    /// It is not signed by the cable of the session it names (anyone can keysend anything:
+    /// design.md "Blame needs proof"), names no session here, breaks a rule for a session that
+    /// ended, or keysend is off: kept, audited (aggregated), nobody blamed.
     Stray(String),
-    /// It names the session in progress but breaks a rule: the cable cheats, lock out.
+    /// Signed by the cable of the session in progress, yet it breaks a rule: the cable signed a
+    /// cheat, lock out.
     Cheat { session_id: String, reason: String },
 }
 
-/// A keysend received (design.md `lightning`, the fast path): credit one quota when its
-/// session record names the `lightning` session in progress on its outlet, its payment id is
+/// How often at most a line about keysends not credited goes to the audit log: a stranger can
+/// send 1-msat keysends by the thousand, and each would otherwise grow the log.
+const STRAY_AUDIT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Keysends kept but not credited since the last audit line about them.
+struct StrayTally {
+    count: u64,
+    amount_msat: u64,
+    last_line: Option<std::time::Instant>,
+}
+
+/// The socket's tally of stray keysends (one socket per process).
+struct StrayKeysends(std::sync::Mutex<StrayTally>);
+
+static STRAY_KEYSENDS: StrayKeysends = StrayKeysends(std::sync::Mutex::new(StrayTally {
+    count: 0,
+    amount_msat: 0,
+    last_line: None,
+}));
+
+impl StrayKeysends {
+    /// Count a stray keysend of `amount_msat`; the audit line to write now, if one is due:
+    /// the first at once, then at most one per [`STRAY_AUDIT_EVERY`], summing those between.
+    fn tally(&self, amount_msat: u64, reason: &str) -> Option<String> {
+        let mut tally = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        tally.count += 1;
+        tally.amount_msat = tally.amount_msat.saturating_add(amount_msat);
+        let due = tally
+            .last_line
+            .is_none_or(|at| at.elapsed() >= STRAY_AUDIT_EVERY);
+        if !due {
+            return None;
+        }
+        let line = format!(
+            "{} keysend(s), {} msat, kept and not credited; the last: {reason}",
+            tally.count, tally.amount_msat
+        );
+        *tally = StrayTally {
+            count: 0,
+            amount_msat: 0,
+            last_line: Some(std::time::Instant::now()),
+        };
+        Some(line)
+    }
+}
+
+/// A keysend received (design.md `lightning`, the fast path): credit one quota when it is
+/// signed by the cable that opened the session its record names, its record names the `lightning` session in progress on its outlet, its payment id is
 /// the next one (or the last one issued and still unpaid), and it pays exactly price × quota
 /// msat. The payment is recorded (with its terms) before the quota is credited; a payment hash
 /// recorded before (an event delivered again after a restart) credits nothing; a second
@@ -241,6 +288,7 @@ pub(crate) fn receive_keysend(
         return Err(stray("this socket does not take keysends".into()));
     }
     let record = ln::session_record(records).map_err(|e| stray(e.to_string()))?;
+    authenticate(shared, &record, payment_hash, records).map_err(stray)?;
     // ldk-node delivers an event again when the socket stopped before handling it: a keysend
     // recorded before was credited then.
     let known = shared.store().ln_hash_received(payment_hash);
@@ -257,7 +305,40 @@ pub(crate) fn receive_keysend(
         .map_err(|e| stray(e.to_string()))?
 }
 
-/// [`receive_keysend`] in the outlet's task.
+/// Whether the cable that opened the session `record` names signed this keysend
+/// (`proto::lightning::verify_keysend`). Errors: why not, for the audit log.
+fn authenticate(
+    shared: &Shared,
+    record: &proto::lightning::SessionRecord,
+    payment_hash: &str,
+    records: &[ln::ldk_node::CustomTlvRecord],
+) -> Result<(), String> {
+    use bitcoin::hex::FromHex;
+    let signature = ln::session_auth(records).ok_or_else(|| {
+        format!(
+            "a keysend for session {} that its cable did not sign",
+            record.session_id
+        )
+    })?;
+    let key_hex = shared
+        .store()
+        .session_cable_key(&record.session_id)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("a keysend for session {}, unknown here", record.session_id))?;
+    let key = bitcoin::secp256k1::PublicKey::from_slice(
+        &Vec::<u8>::from_hex(&key_hex).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let hash = <[u8; 32]>::from_hex(payment_hash).map_err(|e| e.to_string())?;
+    proto::lightning::verify_keysend(record, &hash, signature, &key).map_err(|_| {
+        format!(
+            "a keysend for session {} whose signature is not its cable's",
+            record.session_id
+        )
+    })
+}
+
+/// [`receive_keysend`] in the outlet's task, for a keysend its session's cable signed.
 fn credit_keysend(
     task: &mut OutletTask,
     payment_hash: &str,

@@ -82,6 +82,18 @@ impl Store {
         })
     }
 
+    /// The identity key (hex of the 33-byte compressed key) of the cable that opened a session,
+    /// if the session exists: the key its keysends must be signed by.
+    pub fn session_cable_key(&self, session_id: &str) -> Result<Option<String>> {
+        self.db
+            .query_row(
+                "SELECT cable_key_hex FROM sessions WHERE id = ?1",
+                params![session_id],
+                |r| r.get(0),
+            )
+            .optional()
+    }
+
     /// The outlet a session is on, if the session exists.
     pub fn session_outlet(&self, session_id: &str) -> Result<Option<String>> {
         self.db
