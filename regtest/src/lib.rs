@@ -113,9 +113,22 @@ impl Regtest {
     /// Start a node (finding or building bitcoind first, see [`bitcoind_exe`]) and wait until
     /// its RPC answers. The chain starts empty at height 0.
     pub fn start() -> Result<Self, RegtestError> {
+        Self::start_with(&[])
+    }
+
+    /// [`Regtest::start`] with `overrides` in place of the [`NODE_ARGS`] of the same name
+    /// (`-txindex=0`: a node without a transaction index, as on a pruned Raspberry Pi), or
+    /// added.
+    pub fn start_with(overrides: &[&'static str]) -> Result<Self, RegtestError> {
         let exe = bitcoind_exe()?;
         let mut conf = corepc_node::Conf::default();
-        conf.args = NODE_ARGS.to_vec();
+        let name = |arg: &str| arg.split('=').next().unwrap_or(arg).to_owned();
+        conf.args = NODE_ARGS
+            .iter()
+            .copied()
+            .filter(|arg| overrides.iter().all(|o| name(o) != name(arg)))
+            .chain(overrides.iter().copied())
+            .collect();
         conf.wallet = None;
         let node = corepc_node::Node::with_conf(&exe, &conf)
             .map_err(|e| RegtestError::Node(format!("starting {} failed: {e:#}", exe.display())))?;

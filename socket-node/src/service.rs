@@ -432,6 +432,8 @@ impl Socket for SocketService {
             Ok(deposit_txid) => Ok(Response::new(v1::FundChannelResponse { deposit_txid })),
             // Not checked (bitcoind, the store): no blame, the cable hands it over again.
             Err(Refusal::Unavailable(reason)) => Err(SocketError::unavailable(reason).into()),
+            // Mempool policy, an input not found: refused, nobody blamed.
+            Err(Refusal::Policy(reason)) => Err(SocketError::invalid(reason).into()),
             // A bad deposit for the session in progress locks out; one naming another session
             // is only refused (it must not lock out someone else's session).
             Err(Refusal::Cheat(reason)) if in_progress => {

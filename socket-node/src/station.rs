@@ -12,6 +12,7 @@ use anyhow::Context;
 use proto::rules::network_to_proto;
 use proto::v1;
 use wallet::chain::Chain;
+use wallet::facts::{Answer, Spender, SEARCH_DEPTH_BLOCKS as WATCH_DEPTH_BLOCKS};
 use wallet::keys::NodeKeys;
 use wallet::onchain::NodeWallet;
 use wallet::WalletError;
@@ -53,6 +54,13 @@ impl Station {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let chain = Arc::new(Chain::connect(&config.chain, config.network)?);
+        match chain.check_watch_needs().context("checking what the chain watch needs")? {
+            true => tracing::info!("bitcoind keeps -txindex"),
+            false => tracing::info!(
+                "bitcoind has no -txindex: the chain watch reads confirmations from outputs and the last {} blocks",
+                WATCH_DEPTH_BLOCKS
+            ),
+        }
         chain.observe(Box::new(|method, took, outcome| {
             crate::metrics::METRICS.rpc(method, took, outcome)
         }));
@@ -319,8 +327,9 @@ impl Station {
                     }
                 }
             }
-            match chain.confirmation_height(&txid) {
-                Ok(Some(height)) => {
+            let depth = final_confirmations.max(1) + WATCH_DEPTH_BLOCKS;
+            match chain.confirmation(&payment.tx, depth) {
+                Answer::Found(height) => {
                     if tip.saturating_sub(height) + 1 >= final_confirmations {
                         let _ = self.shared.store().set_payment_status(
                             session_id,
@@ -330,26 +339,37 @@ impl Station {
                     }
                     continue;
                 }
-                Ok(None) => {}
-                Err(_) => return,
+                Answer::NotFound => {}
+                Answer::NoAnswer(_) | Answer::Refused(_) => return,
             }
-            match chain.in_mempool(&txid) {
-                Ok(false) => {}
-                Ok(true) | Err(_) => continue,
+            match chain.mempool_entry(&txid) {
+                Answer::NotFound => {}
+                Answer::Found(()) => continue,
+                Answer::NoAnswer(_) | Answer::Refused(_) => return,
             }
-            let spent = payment
-                .tx
-                .input
-                .iter()
-                .map(|i| i.previous_output)
-                .find(|outpoint| matches!(chain.unspent_value(*outpoint), Ok(None)));
-            let Some(input) = spent else {
+            // Neither confirmed nor in the mempool: replaced only if a named transaction that
+            // is not this one spends one of its inputs (design.md "Blame needs proof").
+            let mut replaced = None;
+            for input in payment.tx.input.iter().map(|i| i.previous_output) {
+                match chain.spender(input, depth) {
+                    Answer::Found(Spender::Tx { txid: by, .. }) if by != txid => {
+                        replaced = Some((input, by));
+                        break;
+                    }
+                    Answer::Found(_) | Answer::NotFound => {}
+                    Answer::NoAnswer(_) | Answer::Refused(_) => return,
+                }
+            }
+            let Some((input, by)) = replaced else {
+                // Evicted (mempool full, fee floor risen), or its parent was: no blame.
                 tracing::info!(session = %session_id, %txid, "payment left the mempool: sending it again");
-                let _ = chain.broadcast(&payment.tx);
+                if let Err(e) = chain.broadcast(&payment.tx) {
+                    tracing::warn!(session = %session_id, %txid, "payment not sent again (evicted parent?): {e}");
+                }
                 continue;
             };
             let reason = format!(
-                "payment {payment_id} ({txid}) was replaced: its input {input} was spent by another transaction"
+                "payment {payment_id} ({txid}) was replaced: its input {input} was spent by {by}"
             );
             let outlet_id = self
                 .shared
@@ -414,19 +434,20 @@ impl Station {
                 .flatten();
             let Some(set) = held else { continue };
             let chain = &self.shared.chain;
-            let spent = set
-                .seller
-                .inputs()
-                .into_iter()
-                .find(|input| matches!(chain.unspent_value(*input), Ok(None)));
-            let Some(input) = spent else { continue };
             let latest = set.seller.latest().map(|tx| tx.compute_txid());
-            let ours = latest.is_some_and(|txid| {
-                chain.in_mempool(&txid).unwrap_or(false)
-                    || matches!(chain.confirmation_height(&txid), Ok(Some(_)))
+            let depth = self.shared.config.final_confirmations.max(1) + WATCH_DEPTH_BLOCKS;
+            // Spent by a named transaction: the one held (the cable broadcast it at its session
+            // end) or another (a double spend). An unknown or unanswered spender blames nobody.
+            let spent = set.seller.inputs().into_iter().find_map(|input| {
+                match chain.spender(input, depth) {
+                    Answer::Found(Spender::Tx { txid, .. }) => Some((input, txid)),
+                    _ => None,
+                }
             });
+            let Some((input, by)) = spent else { continue };
+            let ours = latest == Some(by);
             let reason = format!(
-                "double spend: input {input} of the held payments was spent elsewhere; {} held unpaid",
+                "double spend: input {input} of the held payments was spent by {by}; {} held unpaid",
                 set.seller.value()
             );
             let (session_id, index) = (set.session_id.clone(), set.index);

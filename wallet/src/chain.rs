@@ -63,6 +63,7 @@ pub struct Chain {
 fn rpc_error(method: &str, e: impl std::fmt::Display) -> WalletError {
     WalletError::Rpc {
         method: method.to_owned(),
+        code: None,
         message: e.to_string(),
     }
 }
@@ -165,12 +166,16 @@ impl Chain {
         if let Some(observer) = self.observer.get() {
             observer(method, started.elapsed(), outcome);
         }
-        result.map_err(|e| match outcome {
-            RpcOutcome::Failed => WalletError::Unreachable {
+        result.map_err(|e| match &e {
+            Error::JsonRpc(jsonrpc::Error::Rpc(rpc)) => WalletError::Rpc {
+                method: method.to_owned(),
+                code: Some(rpc.code),
+                message: rpc.message.clone(),
+            },
+            _ => WalletError::Unreachable {
                 method: method.to_owned(),
                 message: e.to_string(),
             },
-            _ => rpc_error(method, e),
         })
     }
 
@@ -234,13 +239,19 @@ impl Chain {
             .and_then(|btc| Amount::from_btc(btc).ok()))
     }
 
-    /// Height of the block that confirmed `txid`, `None` while unconfirmed or unknown
-    /// (needs `-txindex` for transactions without wallet or mempool entries), or in a block no
-    /// longer in the best chain (reorganized away).
+    /// Height of the block that confirmed `txid`, `None` while unconfirmed or unknown to
+    /// bitcoind (RPC error -5: without `-txindex` that includes every confirmed transaction
+    /// that is not its wallet's, so `None` proves nothing; [`Chain::confirmation`] does without
+    /// the index), or in a block no longer in the best chain (reorganized away). Errors: any
+    /// other RPC error, or no answer: never read as "not confirmed".
     pub fn confirmation_height(&self, txid: &Txid) -> Result<Option<u32>, WalletError> {
         let tx: Value = match self.call("getrawtransaction", &[json!(txid.to_string()), json!(1)]) {
             Ok(tx) => tx,
-            Err(_) => return Ok(None),
+            Err(WalletError::Rpc {
+                code: Some(crate::facts::RPC_NOT_FOUND),
+                ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
         };
         let Some(block) = tx["blockhash"].as_str() else {
             return Ok(None);
@@ -253,10 +264,21 @@ impl Chain {
         Ok(header["height"].as_u64().map(|h| h as u32))
     }
 
-    /// Whether `txid` is in bitcoind's mempool.
+    /// Whether `txid` is in bitcoind's mempool: `false` only when bitcoind says it is not
+    /// (RPC error -5). Errors: any other error, or no answer.
     pub fn in_mempool(&self, txid: &Txid) -> Result<bool, WalletError> {
-        Ok(self
-            .call::<Value>("getmempoolentry", &[json!(txid.to_string())])
-            .is_ok())
+        match self.mempool_entry(txid) {
+            crate::facts::Answer::Found(()) => Ok(true),
+            crate::facts::Answer::NotFound => Ok(false),
+            crate::facts::Answer::NoAnswer(message) => Err(WalletError::Unreachable {
+                method: "getmempoolentry".into(),
+                message,
+            }),
+            crate::facts::Answer::Refused(message) => Err(WalletError::Rpc {
+                method: "getmempoolentry".into(),
+                code: None,
+                message,
+            }),
+        }
     }
 }

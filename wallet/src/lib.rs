@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod chain;
+pub mod facts;
 pub mod keys;
 pub mod onchain;
 
@@ -38,6 +39,9 @@ pub enum WalletError {
     Rpc {
         /// The RPC method.
         method: String,
+        /// bitcoind's error code, when it gave one (Bitcoin Core `RPCErrorCode`: -5 is
+        /// `RPC_INVALID_ADDRESS_OR_KEY`, "no such transaction"; -26 `RPC_VERIFY_REJECTED`).
+        code: Option<i32>,
         /// What bitcoind said.
         message: String,
     },

@@ -13,10 +13,11 @@ pub mod spillman;
 use std::sync::Arc;
 
 use crate::error::SocketError;
-use bitcoin::{Amount, ScriptBuf, Transaction};
+use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction};
 use proto::units::EnergyMwh;
 use proto::v1;
 use proto::Scheme;
+use wallet::facts::{Answer, Spender, SEARCH_DEPTH_BLOCKS};
 
 use crate::outlet::{OpenSet, OutletHandle, OutletTask};
 use crate::shared::Shared;
@@ -198,6 +199,9 @@ impl SellerContext<'_> {
             Err(Refusal::Unavailable(reason)) => Err(SocketError::unavailable(format!(
                 "cannot check the payment now: {reason}"
             ))),
+            Err(Refusal::Policy(reason)) => Err(SocketError::invalid(format!(
+                "payment not taken (no blame): {reason}"
+            ))),
         }
     }
 
@@ -238,12 +242,65 @@ impl SellerContext<'_> {
     }
 }
 
-/// Why a payment was refused: the cable's fault (lock out) or ours (do not).
+/// Why a payment was refused: the cable's fault (lock out) or nobody's (do not); design.md
+/// "Blame needs proof".
 pub(crate) enum Refusal {
-    /// The payment breaks a rule: refuse and lock out.
+    /// The payment, in a request the cable signed, breaks a rule: refuse and lock out.
     Cheat(String),
-    /// We could not check it (bitcoind down, store error): refuse without blame.
+    /// We could not check it (bitcoind down, store error): refuse without blame, retry.
     Unavailable(String),
+    /// bitcoind will not take it now for a reason that proves nothing against the cable (its
+    /// mempool's fee floor or chain limits, a parent not found, a conflict in the mempool):
+    /// refuse without blame (`INVALID_ARGUMENT`), the cable pays again otherwise.
+    Policy(String),
+}
+
+/// `testmempoolaccept` or `sendrawtransaction` reject reasons that depend on the state of the
+/// mempool, not on the transaction's validity: nobody's fault (Bitcoin Core
+/// `validation.cpp`, `policy/`).
+const POLICY_REJECTS: &[&str] = &[
+    "min relay fee not met",
+    "mempool min fee not met",
+    "mempool full",
+    "too-long-mempool-chain",
+    "package-mempool-limits",
+    "insufficient fee",
+    "txn-mempool-conflict",
+    "txn-already-in-mempool",
+    "txn-already-known",
+    "replacement-adds-unconfirmed",
+    "too many potential replacements",
+];
+
+/// Judge bitcoind's refusal of `tx` (`reason`, its reject reason): a mempool policy refusal
+/// is nobody's fault; missing inputs are the cable's only when a named transaction spent one
+/// (it signed a payment from a coin already spent), else (a parent evicted or never sent, a
+/// wrong network) nobody's; anything else (a bad signature, an invalid script) breaks a rule.
+pub(crate) fn judge_reject(shared: &Shared, tx: &Transaction, reason: &str) -> Refusal {
+    if POLICY_REJECTS.iter().any(|p| reason.contains(p)) {
+        return Refusal::Policy(format!("bitcoind will not take it now: {reason}"));
+    }
+    if reason.contains("missing-inputs") || reason.contains("inputs-missingorspent") {
+        let depth = shared.config.final_confirmations.max(1) + SEARCH_DEPTH_BLOCKS;
+        for input in tx.input.iter().map(|i| i.previous_output) {
+            match shared.chain.spender(input, depth) {
+                Answer::Found(Spender::Tx { txid, .. }) if txid != tx.compute_txid() => {
+                    return Refusal::Cheat(format!("input {input} was spent before, by {txid}"));
+                }
+                Answer::Found(_) => {}
+                Answer::NotFound => {
+                    return Refusal::Policy(format!(
+                        "input {input} is not an unspent output on this {} chain or in its \
+                         mempool (wrong network, never broadcast, or its transaction evicted)",
+                        shared.config.network
+                    ))
+                }
+                Answer::NoAnswer(e) | Answer::Refused(e) => return Refusal::Unavailable(e),
+            }
+        }
+        return Refusal::Policy(format!("bitcoind will not take it now: {reason}"));
+    }
+    Refusal::Cheat(format!("bitcoind refuses the transaction: {reason}"))
 }
 
 /// The most inputs a payment or deposit from a cable may spend: far above what a wallet needs
@@ -278,28 +335,21 @@ pub(crate) fn check_on_chain(
     }
     let verdict = shared.chain.test_mempool_accept(tx).map_err(unavailable)?;
     if !verdict.allowed {
-        if verdict.reject_reason.contains("missing-inputs")
-            || verdict.reject_reason.contains("inputs-missingorspent")
-        {
-            for input in &tx.input {
-                if shared
-                    .chain
-                    .unspent_value(input.previous_output)
-                    .map_err(unavailable)?
-                    .is_none()
-                {
-                    return Err(Refusal::Cheat(format!(
-                        "input {} is not an unspent output on this {} chain (wrong network, \
-                         never broadcast, or already spent)",
-                        input.previous_output, shared.config.network
-                    )));
-                }
+        return Err(judge_reject(shared, tx, &verdict.reject_reason));
+    }
+    // bitcoind (full RBF) accepts a replacement of a mempool transaction that pays more: the
+    // socket never broadcasts one, lest it replace a payment it credited.
+    let inputs: Vec<OutPoint> = tx.input.iter().map(|i| i.previous_output).collect();
+    match shared.chain.mempool_spenders(&inputs) {
+        Answer::Found(spenders) => {
+            if let Some((input, by)) = spenders.first() {
+                return Err(Refusal::Policy(format!(
+                    "input {input} is spent by {by}, in the mempool: the socket replaces no transaction"
+                )));
             }
         }
-        return Err(Refusal::Cheat(format!(
-            "bitcoind refuses the transaction: {}",
-            verdict.reject_reason
-        )));
+        Answer::NotFound => {}
+        Answer::NoAnswer(e) | Answer::Refused(e) => return Err(Refusal::Unavailable(e)),
     }
     if verdict.fee.to_sat() < min_rate_sat_per_vb * verdict.vsize {
         return Err(Refusal::Cheat(format!(

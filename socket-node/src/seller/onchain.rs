@@ -113,9 +113,21 @@ async fn pay(
                 .store()
                 .set_payment_status(session_id, payment_id, PaymentStatus::Failed)
                 .map_err(SocketError::internal)?;
-            return Err(cx
-                .lock_out(session_id, &format!("broadcast failed: {e}"))
-                .await);
+            // Refused between the check and the broadcast: blame only on proof.
+            let (reason, refused) = (e.to_string(), tx.clone());
+            let judged = cx
+                .with_chain(move |shared| super::judge_reject(shared, &refused, &reason))
+                .await?;
+            return Err(match judged {
+                super::Refusal::Cheat(reason) => {
+                    cx.lock_out(session_id, &format!("broadcast failed: {reason}"))
+                        .await
+                }
+                super::Refusal::Policy(reason) => {
+                    SocketError::invalid(format!("payment not taken (no blame): {reason}"))
+                }
+                super::Refusal::Unavailable(reason) => SocketError::unavailable(reason),
+            });
         }
     };
     cx.credit(session_id, terms.quota, txid.to_string()).await?;

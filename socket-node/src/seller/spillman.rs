@@ -17,7 +17,8 @@ use super::{Issued, Refusal, Seller, SellerContext};
 use crate::config::OutletConfig;
 use crate::outlet::Outlets;
 use crate::shared::Shared;
-use crate::store::{ChannelStatus, Lost, Payout, StoredTerms};
+use crate::store::{ChannelStatus, Lost, Payout, StoredChannel, StoredTerms};
+use wallet::facts::{Answer, Spender, SEARCH_DEPTH_BLOCKS as DEPOSIT_SEARCH_BLOCKS};
 
 /// The seller of `spillman`.
 pub(crate) struct Spillman;
@@ -192,10 +193,18 @@ pub(crate) fn watch_channels(node: &Shared) {
         Err(e) => return tracing::error!("reading the channels: {e}"),
     };
     let chain = &node.chain;
+    let depth = node.config.final_confirmations.max(1) + DEPOSIT_SEARCH_BLOCKS;
     let settled = |tx: &Transaction| -> Result<Option<u32>, wallet::WalletError> {
         let txid = tx.compute_txid();
-        if let Some(height) = chain.confirmation_height(&txid)? {
-            return Ok(Some(height));
+        match chain.confirmation(tx, depth) {
+            Answer::Found(height) => return Ok(Some(height)),
+            Answer::NotFound => {}
+            Answer::NoAnswer(message) | Answer::Refused(message) => {
+                return Err(wallet::WalletError::Unreachable {
+                    method: "gettxout".into(),
+                    message,
+                })
+            }
         }
         if !chain.in_mempool(&txid)? {
             // Evicted, or never relayed: send it again (bitcoind refuses it when an input is
@@ -230,6 +239,19 @@ pub(crate) fn watch_channels(node: &Shared) {
             Err(_) => return,
         }
     }
+}
+
+/// The transaction that spent the deposit of `stored`, when one is named and is not the
+/// socket's own close (a payment of the channel).
+fn foreign_spender(node: &Shared, stored: &StoredChannel) -> Option<bitcoin::Txid> {
+    let depth = node.config.final_confirmations.max(1) + DEPOSIT_SEARCH_BLOCKS;
+    let Answer::Found(Spender::Tx { txid, .. }) = node.chain.spender(stored.channel.deposit, depth)
+    else {
+        return None;
+    };
+    let ours = stored.close.as_ref().map(|c| c.compute_txid()) == Some(txid)
+        || stored.highest.as_ref().map(|(tx, _)| tx.compute_txid()) == Some(txid);
+    (!ours).then_some(txid)
 }
 
 /// The socket's key of channel `index` (m/1017'/1'/index').
@@ -327,6 +349,7 @@ pub(crate) async fn fund(
                 "cannot check the deposit now: {reason}"
             )))
         }
+        Err(Refusal::Policy(reason)) => return Err(Refusal::Policy(format!("deposit: {reason}"))),
     }
     cx.shared
         .store()
@@ -341,6 +364,7 @@ pub(crate) async fn fund(
 /// (the cable hands it over again), [`Refusal::Cheat`] when it refuses it (an input spent
 /// meanwhile).
 async fn broadcast_deposit(cx: &SellerContext<'_>, deposit: Transaction) -> Result<(), Refusal> {
+    let deposit_again = deposit.clone();
     let broadcast = cx
         .with_chain_to_the_end(move |shared| {
             // Fault point for the tests: bitcoind never answers this broadcast.
@@ -359,7 +383,14 @@ async fn broadcast_deposit(cx: &SellerContext<'_>, deposit: Transaction) -> Resu
         Err(wallet::WalletError::Unreachable { message, .. }) => Err(Refusal::Unavailable(
             format!("bitcoind did not answer the deposit's broadcast: {message}"),
         )),
-        Err(e) => Err(Refusal::Cheat(format!("broadcasting the deposit: {e}"))),
+        Err(e) => {
+            let reason = e.to_string();
+            let deposit = deposit_again;
+            cx.with_chain(move |shared| super::judge_reject(shared, &deposit, &reason))
+                .await
+                .map_err(|e| Refusal::Unavailable(e.to_string()))
+                .and_then(Err)
+        }
     }
 }
 
@@ -430,38 +461,53 @@ async fn pay(
     // nothing: stop crediting (the loss is what was credited since the deposit was last seen,
     // bounded by min_confirmations).
     let min_confirmations = cx.outlet.config.spillman.min_confirmations;
-    let (confirmations, unspent) = {
-        let txid = channel.deposit.txid;
-        let outpoint = channel.deposit;
-        cx.with_chain(move |shared| {
-            let confirmations = match min_confirmations {
-                0 => 0,
-                _ => match shared.chain.confirmation_height(&txid)? {
-                    Some(height) => shared.chain.height()? + 1 - height,
-                    None => 0,
-                },
-            };
-            Ok::<_, wallet::WalletError>((confirmations, shared.chain.unspent_value(outpoint)?))
+    let outpoint = channel.deposit;
+    let depth = cx.shared.config.final_confirmations.max(1) + DEPOSIT_SEARCH_BLOCKS;
+    let deposit = cx
+        .with_chain(move |shared| match shared.chain.utxo(outpoint) {
+            Answer::Found(utxo) => Answer::Found(Ok(utxo)),
+            Answer::NotFound => match shared.chain.spender(outpoint, depth) {
+                Answer::Found(Spender::Tx { txid, .. }) => Answer::Found(Err(Some(txid))),
+                Answer::Found(Spender::Unspent) | Answer::NotFound => Answer::Found(Err(None)),
+                Answer::NoAnswer(e) => Answer::NoAnswer(e),
+                Answer::Refused(e) => Answer::Refused(e),
+            },
+            Answer::NoAnswer(e) => Answer::NoAnswer(e),
+            Answer::Refused(e) => Answer::Refused(e),
         })
-        .await?
-        .map_err(|e| SocketError::unavailable(e.to_string()))?
+        .await?;
+    let confirmations = match deposit {
+        Answer::Found(Ok(utxo)) => utxo.confirmations,
+        // Spent by a named transaction that is not our close: the cable double-spent it
+        // (design.md "Blame needs proof").
+        Answer::Found(Err(Some(by)))
+            if stored.close.as_ref().map(|c| c.compute_txid()) != Some(by) =>
+        {
+            let reason = format!("the deposit {} was spent by {by}", channel.deposit);
+            let outlet_id = cx.outlet.id();
+            cx.shared.payment_lost(
+                outlet_id,
+                session_id,
+                Lost::Value,
+                stored.highest_total,
+                "channel-lost",
+                &reason,
+            );
+            return Err(cx.lock_out(session_id, &reason).await);
+        }
+        Answer::Found(Err(Some(_))) => {
+            return Err(SocketError::wrong_state("the channel was closed"));
+        }
+        // Gone from the mempool, nobody spent it (evicted, or its parent was): the chain
+        // watch sends it again; no blame.
+        Answer::Found(Err(None)) | Answer::NotFound => {
+            return Err(SocketError::unavailable(format!(
+                "the deposit {} is not in the mempool or the chain (evicted?): it is sent again",
+                channel.deposit
+            )));
+        }
+        Answer::NoAnswer(e) | Answer::Refused(e) => return Err(SocketError::unavailable(e)),
     };
-    if unspent.is_none() {
-        let reason = format!(
-            "the deposit {} is spent or gone: double-spent?",
-            channel.deposit
-        );
-        let outlet_id = cx.outlet.id();
-        cx.shared.payment_lost(
-            outlet_id,
-            session_id,
-            Lost::Value,
-            stored.highest_total,
-            "channel-lost",
-            &reason,
-        );
-        return Err(cx.lock_out(session_id, &reason).await);
-    }
     if confirmations < min_confirmations {
         return Err(SocketError::unavailable(format!(
             "the deposit has {confirmations} of {min_confirmations} confirmations"
@@ -595,34 +641,33 @@ pub(crate) fn close_due(node: &Shared, outlets: &Outlets) {
                     &format!("{txid} pays {}", stored.highest_total),
                 );
             }
-            Err(e)
-                if node
-                    .chain
-                    .unspent_value(stored.channel.deposit)
-                    .is_ok_and(|v| v.is_none()) =>
-            {
-                tracing::error!(session = %session_id, "the deposit is gone, nothing to close with: {e}");
-                node.payment_lost(
-                    outlet_id,
-                    session_id,
-                    Lost::Channel,
-                    stored.highest_total,
-                    "channel-lost",
-                    &format!("deposit {} spent elsewhere: {e}", stored.channel.deposit),
-                );
-            }
-            Err(e) => {
-                tracing::error!(session = %session_id, "closing the channel: {e}");
-                let _ = node.store().audit(
-                    outlet_id,
-                    Some(session_id),
-                    "channel-close-failed",
-                    &format!(
-                        "{e}; signature {}",
-                        cable_signature.to_vec().to_lower_hex_string()
-                    ),
-                );
-            }
+            // Lost only to a named spender of the deposit that is not this close (design.md
+            // "Blame needs proof"); a deposit merely gone (evicted) is sent again by the watch.
+            Err(e) => match foreign_spender(node, &stored) {
+                Some(by) => {
+                    tracing::error!(session = %session_id, %by, "the deposit was spent elsewhere, nothing to close with: {e}");
+                    node.payment_lost(
+                        outlet_id,
+                        session_id,
+                        Lost::Channel,
+                        stored.highest_total,
+                        "channel-lost",
+                        &format!("deposit {} spent by {by}: {e}", stored.channel.deposit),
+                    );
+                }
+                None => {
+                    tracing::error!(session = %session_id, "closing the channel: {e}");
+                    let _ = node.store().audit(
+                        outlet_id,
+                        Some(session_id),
+                        "channel-close-failed",
+                        &format!(
+                            "{e}; signature {}",
+                            cable_signature.to_vec().to_lower_hex_string()
+                        ),
+                    );
+                }
+            },
         }
     }
 }
