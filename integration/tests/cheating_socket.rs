@@ -38,6 +38,10 @@ enum Cheat {
     /// Takes the first payment, then sends QuotaLow after QuotaLow while more than a quota is
     /// paid and unused (fishing for payments).
     QuotaLowStorm,
+    /// Takes each payment, and signs after it a count that says nothing is left
+    /// (`quota_remaining = 0`) though little energy was used (1 Wh): paid on its word, it
+    /// would take the whole budget for energy never delivered.
+    LyingQuotaLow,
 }
 
 impl Cheat {
@@ -167,7 +171,12 @@ impl Socket for FakeSocket {
         _: Request<v1::WatchStatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let storm = matches!(self.cheat, Cheat::QuotaLowStorm);
+        let storm = matches!(self.cheat, Cheat::QuotaLowStorm | Cheat::LyingQuotaLow);
+        // (quota left, energy used, QuotaLows sent) in the signed count after the first payment.
+        let (left_mwh, used_mwh, quota_lows) = match self.cheat {
+            Cheat::LyingQuotaLow => (0, 1_000, 6),
+            _ => (20_000, 0, 3),
+        };
         let pay_calls = Arc::clone(&self.pay_calls);
         tokio::spawn(async move {
             if storm {
@@ -180,7 +189,8 @@ impl Socket for FakeSocket {
                         outlet_id: OUTLET.into(),
                         state: OutletState::Paid as i32,
                         power_mw: 1_000_000,
-                        quota_remaining_mwh: 20_000,
+                        quota_remaining_mwh: left_mwh,
+                        energy_used_mwh: used_mwh,
                         relay_closed: true,
                         payments: 1,
                         ..Default::default()
@@ -188,9 +198,9 @@ impl Socket for FakeSocket {
                     "fake-session",
                 );
                 let mut events = vec![v1::watch_status_response::Event::Status(status.clone())];
-                for _ in 0..3 {
+                for _ in 0..quota_lows {
                     events.push(v1::watch_status_response::Event::QuotaLow(v1::QuotaLow {
-                        quota_remaining_mwh: 20_000,
+                        quota_remaining_mwh: left_mwh,
                         power_mw: 1_000_000,
                         signed: status.signed.clone(),
                     }));
@@ -228,7 +238,7 @@ impl Socket for FakeSocket {
     ) -> Result<Response<v1::PowerRequestResponse>, Status> {
         let mut terms = v1::PowerRequestResponse {
             session_id: "fake-session".into(),
-            payment_id: 1,
+            payment_id: self.pay_calls.load(Ordering::SeqCst) as u64 + 1,
             scheme: v1::Scheme::Onchain as i32,
             amount_msat: 1_000_000,
             quota_mwh: 8_000,
@@ -249,7 +259,8 @@ impl Socket for FakeSocket {
             | Cheat::RefundWrongSignature
             | Cheat::TamperedOffer
             | Cheat::ReplayedOffer
-            | Cheat::QuotaLowStorm => {}
+            | Cheat::QuotaLowStorm
+            | Cheat::LyingQuotaLow => {}
         }
         Ok(Response::new(terms))
     }
@@ -293,7 +304,7 @@ impl Socket for FakeSocket {
         request: Request<v1::PayTransactionRequest>,
     ) -> Result<Response<v1::PayTransactionResponse>, Status> {
         self.pay_calls.fetch_add(1, Ordering::SeqCst);
-        if !matches!(self.cheat, Cheat::QuotaLowStorm) {
+        if !matches!(self.cheat, Cheat::QuotaLowStorm | Cheat::LyingQuotaLow) {
             return Err(Status::internal("a fake socket takes no money"));
         }
         // Taken (and never broadcast): the txid the cable expects.
@@ -413,5 +424,54 @@ fn the_cable_pays_no_quota_low_storm_and_flags_the_socket() {
         serde_json::from_str(&cable.cli(&["sockets", "--json"]).unwrap()).unwrap();
     assert_eq!(registry[0]["status"], "flagged", "{registry}");
     assert_eq!(registry[0]["evidence"]["quota_remaining_mwh"], 20_000);
+    server.abort();
+}
+
+/// The cable keeps its own books (design.md "Blame needs proof"): a socket that signs "nothing
+/// left" after each payment while its own signed count shows 1 Wh used gets the second quota
+/// (one 8 Wh quota paid, 7 Wh unused: at most one left), then nothing more: two quotas paid
+/// and 1 Wh used is 15 Wh unused, whatever the socket signs. The third such QuotaLow flags it,
+/// with the cable's books in the evidence. Paid on the socket's word, the six QuotaLows would
+/// have taken seven quotas.
+#[test]
+fn the_cable_pays_by_its_own_books_not_by_a_lying_quota_low() {
+    let bitcoind = Regtest::start().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pay_calls = Arc::new(AtomicUsize::new(0));
+    let port = free_port().unwrap();
+    let fake = FakeSocket {
+        cheat: Cheat::LyingQuotaLow,
+        pay_calls: Arc::clone(&pay_calls),
+    };
+    let server = runtime.spawn(
+        tonic::transport::Server::builder()
+            .add_service(SocketServer::new(fake))
+            .serve(format!("127.0.0.1:{port}").parse().unwrap()),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cable = CableFiles::create(
+        &bitcoind,
+        dir.path(),
+        &format!("http://127.0.0.1:{port}"),
+        &CableSetup {
+            max_session_sat: 10_000,
+            ..CableSetup::default()
+        },
+        Amount::from_sat(50_000),
+    )
+    .unwrap();
+    let out = cable.run(Duration::from_secs(60)).unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("flagged the socket: a QuotaLow storm"),
+        "{log}"
+    );
+    assert_eq!(pay_calls.load(Ordering::SeqCst), 2, "{log}");
+    let registry: serde_json::Value =
+        serde_json::from_str(&cable.cli(&["sockets", "--json"]).unwrap()).unwrap();
+    assert_eq!(registry[0]["status"], "flagged", "{registry}");
+    assert_eq!(registry[0]["evidence"]["quota_remaining_mwh"], 0);
+    assert_eq!(registry[0]["evidence"]["cable_paid_unused_mwh"], "15000");
     server.abort();
 }

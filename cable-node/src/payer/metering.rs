@@ -20,6 +20,22 @@ pub(super) struct Latest {
     pub(super) cable_mwh: Option<u64>,
 }
 
+/// The cable's own books of a session (design.md "Blame needs proof": the cable trusts them
+/// over the socket's word): the energy paid for (whole quotas paid × quota) less the energy
+/// used, the lower of its own meter's count (when it has one) and the socket's signed count,
+/// in mWh; negative when the socket let the appliance draw past what was paid (its grace).
+pub(super) fn paid_unused_mwh(
+    session: &Session,
+    report: &v1::StatusReport,
+    accepted: &AcceptedOffer,
+) -> i128 {
+    let quotas_paid = session.paid.to_sat() / accepted.quota_amount.to_sat().max(1);
+    let paid_mwh = i128::from(quotas_paid) * i128::from(accepted.quota.0);
+    let cable_mwh = session.latest.as_ref().and_then(|l| l.cable_mwh);
+    let used_mwh = cable_mwh.map_or(report.energy_used_mwh, |c| c.min(report.energy_used_mwh));
+    paid_mwh - i128::from(used_mwh)
+}
+
 /// This many QuotaLows of a session with more than a quota left flag the socket.
 const QUOTA_LOW_STORM: u32 = 3;
 
@@ -70,8 +86,8 @@ impl Cable {
         Err(self.flag_socket(accepted, reason, evidence))
     }
 
-    /// A QuotaLow whose signed status shows more than a whole quota still paid and unused: a
-    /// socket fishing for payments (design.md "Attestation", QuotaLow storms; a real QuotaLow
+    /// A QuotaLow whose signed status, or the cable's own books ([`paid_unused_mwh`]), show
+    /// more than a whole quota still paid and unused: a socket fishing for payments (design.md "Attestation", QuotaLow storms; a real QuotaLow
     /// comes at the socket's threshold, below a quota). Never paid; the
     /// [`QUOTA_LOW_STORM`]th of a session flags the socket: [`CableError::SocketFlagged`].
     pub(super) fn unfounded_quota_low(
@@ -81,16 +97,19 @@ impl Cable {
         accepted: &AcceptedOffer,
     ) -> Result<(), CableError> {
         session.unfounded_quota_lows += 1;
+        let own_left_mwh = paid_unused_mwh(session, report, accepted);
         tracing::warn!(
             left_mwh = report.quota_remaining_mwh,
+            own_left_mwh = %own_left_mwh,
             quota_mwh = accepted.quota.0,
-            "a QuotaLow with more than a quota left: not paying"
+            "a QuotaLow with more than a quota left (by the socket's word or the cable's books): not paying"
         );
         if session.unfounded_quota_lows < QUOTA_LOW_STORM {
             return Ok(());
         }
         let reason = format!(
-            "a QuotaLow storm: {} QuotaLows with more than a quota ({} mWh) paid and unused",
+            "a QuotaLow storm: {} QuotaLows with more than a quota ({} mWh) paid and unused \
+             (the cable's books: {own_left_mwh} mWh)",
             session.unfounded_quota_lows, accepted.quota.0
         );
         let evidence = serde_json::json!({
@@ -98,6 +117,9 @@ impl Cable {
             "outlet_id": self.config.outlet_id,
             "quota_mwh": accepted.quota.0,
             "quota_remaining_mwh": report.quota_remaining_mwh,
+            "socket_energy_mwh": report.energy_used_mwh,
+            "cable_paid_sat": session.paid.to_sat(),
+            "cable_paid_unused_mwh": own_left_mwh.to_string(),
             "status_sequence": report.sequence,
             "signed_report_hex": session.latest.as_ref().map(|l| l.signed.report.to_lower_hex_string()),
         });

@@ -415,7 +415,11 @@ impl Cable {
                         };
                         if session.id.is_empty() || report.session_hash != session_hash(&session.id) {
                             tracing::debug!("quota low of another session");
-                        } else if report.quota_remaining_mwh > accepted.quota.0 {
+                        } else if report.quota_remaining_mwh > accepted.quota.0
+                            || metering::paid_unused_mwh(&session, &report, &accepted) > i128::from(accepted.quota.0)
+                        {
+                            // The socket's word or the cable's own books say more than a
+                            // quota is paid and unused: not paying.
                             self.unfounded_quota_low(&mut session, &report, &accepted)?;
                         } else if low.power_mw == 0 && low.quota_remaining_mwh == 0 && session.drew_power {
                             // Paid energy all used and the appliance is off: done, before the
