@@ -12,7 +12,7 @@ use anyhow::Context;
 use proto::rules::network_to_proto;
 use proto::v1;
 use wallet::chain::Chain;
-use wallet::facts::{Answer, Spender, SEARCH_DEPTH_BLOCKS as WATCH_DEPTH_BLOCKS};
+use wallet::facts::{Answer, Fate, Spender, SEARCH_DEPTH_BLOCKS as WATCH_DEPTH_BLOCKS};
 use wallet::keys::NodeKeys;
 use wallet::onchain::NodeWallet;
 use wallet::WalletError;
@@ -232,7 +232,7 @@ impl Station {
                     }
                     self.shared.save_energies();
                     self.watch_held_sets();
-                    self.watch_confirmations();
+                    self.watch_sets();
                     self.watch_payments();
                     crate::seller::spillman::close_due(&self.shared, &self.outlets);
                     crate::seller::spillman::watch_channels(&self.shared);
@@ -265,16 +265,20 @@ impl Station {
                 .err()
                 .map(|_| retry);
         };
-        let (status, txid, detail) = match self.shared.chain.broadcast(&tx) {
-            Ok(txid) => {
+        // Closed either way: a refused or unanswered broadcast is sent again by the chain
+        // watch, which also tells a replacement (named, blamed) from the rest (no blame).
+        let txid = tx.compute_txid();
+        let detail = match self.shared.chain.broadcast(&tx) {
+            Ok(_) => {
                 tracing::info!(session = %session_id, set = index, %txid, "input set broadcast");
-                (SetStatus::Broadcast, Some(txid), txid.to_string())
+                txid.to_string()
             }
             Err(e) => {
-                tracing::warn!(session = %session_id, set = index, "input set failed: {e}");
-                (SetStatus::Failed, None, e.to_string())
+                tracing::warn!(session = %session_id, set = index, %txid, "input set not taken yet ({e}): the chain watch sends it again");
+                format!("{txid}, not taken yet: {e}")
             }
         };
+        let (status, txid) = (SetStatus::Broadcast, Some(txid));
         let store = store();
         if let Err(e) = store.close_set(&session_id, index, status, txid) {
             tracing::error!(session = %session_id, set = index, "storing the set's close (again next round): {e}");
@@ -303,7 +307,6 @@ impl Station {
             return;
         }
         let chain = &self.shared.chain;
-        let Ok(tip) = chain.height() else { return };
         let final_confirmations = self.shared.config.final_confirmations;
         for payment in watched {
             let txid = payment.tx.compute_txid();
@@ -328,9 +331,9 @@ impl Station {
                 }
             }
             let depth = final_confirmations.max(1) + WATCH_DEPTH_BLOCKS;
-            match chain.confirmation(&payment.tx, depth) {
-                Answer::Found(height) => {
-                    if tip.saturating_sub(height) + 1 >= final_confirmations {
+            let (input, by) = match chain.fate(&payment.tx, depth) {
+                Answer::Found(Fate::Confirmed { depth, .. }) => {
+                    if depth >= final_confirmations {
                         let _ = self.shared.store().set_payment_status(
                             session_id,
                             payment_id,
@@ -339,34 +342,17 @@ impl Station {
                     }
                     continue;
                 }
-                Answer::NotFound => {}
-                Answer::NoAnswer(_) | Answer::Refused(_) => return,
-            }
-            match chain.mempool_entry(&txid) {
-                Answer::NotFound => {}
-                Answer::Found(()) => continue,
-                Answer::NoAnswer(_) | Answer::Refused(_) => return,
-            }
-            // Neither confirmed nor in the mempool: replaced only if a named transaction that
-            // is not this one spends one of its inputs (design.md "Blame needs proof").
-            let mut replaced = None;
-            for input in payment.tx.input.iter().map(|i| i.previous_output) {
-                match chain.spender(input, depth) {
-                    Answer::Found(Spender::Tx { txid: by, .. }) if by != txid => {
-                        replaced = Some((input, by));
-                        break;
-                    }
-                    Answer::Found(_) | Answer::NotFound => {}
-                    Answer::NoAnswer(_) | Answer::Refused(_) => return,
-                }
-            }
-            let Some((input, by)) = replaced else {
+                Answer::Found(Fate::InMempool) => continue,
                 // Evicted (mempool full, fee floor risen), or its parent was: no blame.
-                tracing::info!(session = %session_id, %txid, "payment left the mempool: sending it again");
-                if let Err(e) = chain.broadcast(&payment.tx) {
-                    tracing::warn!(session = %session_id, %txid, "payment not sent again (evicted parent?): {e}");
+                Answer::Found(Fate::Missing) => {
+                    tracing::info!(session = %session_id, %txid, "payment left the mempool: sending it again");
+                    if let Err(e) = chain.broadcast(&payment.tx) {
+                        tracing::warn!(session = %session_id, %txid, "payment not sent again (evicted parent?): {e}");
+                    }
+                    continue;
                 }
-                continue;
+                Answer::Found(Fate::Replaced { input, by }) => (input, by),
+                Answer::NotFound | Answer::NoAnswer(_) | Answer::Refused(_) => return,
             };
             let reason = format!(
                 "payment {payment_id} ({txid}) was replaced: its input {input} was spent by {by}"
@@ -393,26 +379,78 @@ impl Station {
         }
     }
 
-    fn watch_confirmations(&self) {
-        let Ok(unconfirmed) = self.shared.store().unconfirmed_sets() else {
+    /// The chain watch of closed single-fee sets (design.md "Trust"), like `onchain`
+    /// payments: each set's latest transaction is followed until `final_confirmations` deep;
+    /// missing (evicted, or its broadcast refused or unanswered) it is sent again; replaced by
+    /// a named transaction (the cable spent an input elsewhere) its value is recorded lost,
+    /// the cable banned, and its session locked out if still in progress.
+    fn watch_sets(&self) {
+        let Ok(sets) = self.shared.store().sets_not_final() else {
             return;
         };
-        for (session_id, index, txid) in unconfirmed {
-            if let Ok(Some(height)) = self.shared.chain.confirmation_height(&txid) {
-                tracing::info!(session = %session_id, set = index, %txid, height, "input set confirmed");
-                let store = self.shared.store();
-                let outlet_id = store
-                    .session_outlet(&session_id)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                let _ = store.set_confirmed(&session_id, index, height);
-                let _ = store.audit(
-                    &outlet_id,
-                    Some(&session_id),
-                    "set-confirmed",
-                    &format!("{txid} at {height}"),
-                );
+        let chain = &self.shared.chain;
+        let final_confirmations = self.shared.config.final_confirmations;
+        let depth = final_confirmations.max(1) + WATCH_DEPTH_BLOCKS;
+        for set in sets {
+            let Some(tx) = &set.latest else { continue };
+            let txid = tx.compute_txid();
+            let (session_id, index) = (set.session_id.as_str(), set.index);
+            let store = || self.shared.store();
+            let outlet_id = store()
+                .session_outlet(session_id)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            match chain.fate(tx, depth) {
+                Answer::Found(Fate::Confirmed { height, depth }) => {
+                    if depth >= final_confirmations {
+                        tracing::info!(session = %session_id, set = index, %txid, height, "input set final");
+                        let _ = store().set_confirmed(session_id, index, height);
+                        let _ = store().audit(
+                            &outlet_id,
+                            Some(session_id),
+                            "set-confirmed",
+                            &format!("{txid} at {height}"),
+                        );
+                    }
+                }
+                Answer::Found(Fate::InMempool) => {}
+                Answer::Found(Fate::Missing) => {
+                    if let Err(e) = chain.broadcast(tx) {
+                        tracing::debug!(session = %session_id, set = index, %txid, "sending the set again: {e}");
+                    }
+                }
+                Answer::Found(Fate::Replaced { input, by }) => {
+                    let reason = format!(
+                        "input set {index} ({txid}) was replaced: its input {input} was spent by {by}"
+                    );
+                    if store()
+                        .close_set(session_id, index, SetStatus::Failed, Some(txid))
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    let payout = store().session_payout(session_id).ok().flatten();
+                    let value = tx
+                        .output
+                        .iter()
+                        .filter(|o| Some(&o.script_pubkey) == payout.as_ref())
+                        .map(|o| o.value)
+                        .sum();
+                    self.shared.payment_lost(
+                        &outlet_id,
+                        session_id,
+                        Lost::Value,
+                        value,
+                        "set-lost",
+                        &reason,
+                    );
+                    if let Ok(outlet) = self.outlets.get(&outlet_id) {
+                        let session = session_id.to_owned();
+                        let _ = outlet.call_blocking(move |task| task.lock_out(&session, &reason));
+                    }
+                }
+                Answer::NotFound | Answer::NoAnswer(_) | Answer::Refused(_) => return,
             }
         }
     }

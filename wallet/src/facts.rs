@@ -81,7 +81,71 @@ pub struct Utxo {
     pub confirmations: u32,
 }
 
+/// What became of a transaction a node sent or watches: the chain watch's one reading of the
+/// chain (design.md "Blame needs proof"). Only [`Fate::Replaced`] blames anyone, and it names
+/// the replacing transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// In a block of the best chain at `height`, `depth` blocks deep (1: in the tip).
+    Confirmed {
+        /// Its block's height.
+        height: u32,
+        /// Confirmations.
+        depth: u32,
+    },
+    /// In bitcoind's mempool.
+    InMempool,
+    /// An input of it was spent by `by`, a transaction that is not it: it will never confirm.
+    Replaced {
+        /// The input spent elsewhere.
+        input: OutPoint,
+        /// The transaction that spent it.
+        by: Txid,
+    },
+    /// Neither confirmed, in the mempool, nor replaced: evicted, never relayed, or an input's
+    /// transaction is gone (an evicted parent). Send it again; nobody is to blame.
+    Missing,
+}
+
 impl Chain {
+    /// What became of `tx` ([`Fate`]), looking `search_depth` blocks back for it or a spender
+    /// of its inputs when bitcoind has no `-txindex`. `NoAnswer`/`Refused` when any call on the
+    /// way was not answered with a fact: then nothing is concluded.
+    pub fn fate(&self, tx: &Transaction, search_depth: u32) -> Answer<Fate> {
+        let txid = tx.compute_txid();
+        match self.confirmation(tx, search_depth) {
+            Answer::Found(height) => {
+                return match self.height() {
+                    Ok(tip) => Answer::Found(Fate::Confirmed {
+                        height,
+                        depth: tip.saturating_sub(height) + 1,
+                    }),
+                    Err(e) => Answer::of_error(e),
+                }
+            }
+            Answer::NotFound => {}
+            Answer::NoAnswer(e) => return Answer::NoAnswer(e),
+            Answer::Refused(e) => return Answer::Refused(e),
+        }
+        match self.mempool_entry(&txid) {
+            Answer::Found(()) => return Answer::Found(Fate::InMempool),
+            Answer::NotFound => {}
+            Answer::NoAnswer(e) => return Answer::NoAnswer(e),
+            Answer::Refused(e) => return Answer::Refused(e),
+        }
+        for input in tx.input.iter().map(|i| i.previous_output) {
+            match self.spender(input, search_depth) {
+                Answer::Found(Spender::Tx { txid: by, .. }) if by != txid => {
+                    return Answer::Found(Fate::Replaced { input, by })
+                }
+                Answer::Found(_) | Answer::NotFound => {}
+                Answer::NoAnswer(e) => return Answer::NoAnswer(e),
+                Answer::Refused(e) => return Answer::Refused(e),
+            }
+        }
+        Answer::Found(Fate::Missing)
+    }
+
     /// The unspent output `outpoint` (`gettxout` with the mempool): `NotFound` when it is
     /// spent or its transaction is neither confirmed nor in the mempool ([`Chain::spender`]
     /// tells those apart).

@@ -71,14 +71,12 @@ async fn pay(
     if let Err(e) = check_onchain_payment(&tx, &onchain_terms) {
         return Err(cx.lock_out(session_id, &e.to_string()).await);
     }
-    cx.within_unconfirmed_limit(session_id, terms.amount)?;
     let (fee, vsize) = cx.checked_on_chain(session_id, &tx).await?;
 
-    // Persist, then broadcast, then credit.
-    cx.shared
-        .store()
-        .accept_payment(session_id, payment_id, &tx, terms, fee, vsize)
-        .map_err(SocketError::internal)?;
+    // Persist (within the cable's unconfirmed limit), then broadcast, then credit.
+    cx.persist_within_unconfirmed_limit(session_id, terms.amount, |store| {
+        store.accept_payment(session_id, payment_id, &tx, terms, fee, vsize)
+    })?;
     let broadcast = {
         let tx = tx.clone();
         cx.with_chain_to_the_end(move |shared| {

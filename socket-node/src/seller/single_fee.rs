@@ -196,11 +196,11 @@ async fn pay(
     debug_assert_eq!(paid, value);
     let (fee, vsize) = cx.checked_on_chain(session_id, &tx).await?;
 
-    // Persist the new latest (one SQLite transaction) before crediting.
-    cx.shared
-        .store()
-        .hold_single_fee(session_id, payment_id, index, &tx, terms, value, fee, vsize)
-        .map_err(SocketError::internal)?;
+    // Persist the new latest (one SQLite transaction, within the cable's unconfirmed limit:
+    // a held set can be double-spent until it confirms) before crediting.
+    cx.persist_within_unconfirmed_limit(session_id, terms.amount, |store| {
+        store.hold_single_fee(session_id, payment_id, index, &tx, terms, value, fee, vsize)
+    })?;
     let txid = tx.compute_txid();
     let session = session_id.to_owned();
     cx.outlet

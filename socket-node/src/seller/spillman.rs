@@ -18,7 +18,7 @@ use crate::config::OutletConfig;
 use crate::outlet::Outlets;
 use crate::shared::Shared;
 use crate::store::{ChannelStatus, Lost, Payout, StoredChannel, StoredTerms};
-use wallet::facts::{Answer, Spender, SEARCH_DEPTH_BLOCKS as DEPOSIT_SEARCH_BLOCKS};
+use wallet::facts::{Answer, Fate, Spender, SEARCH_DEPTH_BLOCKS as DEPOSIT_SEARCH_BLOCKS};
 
 /// The seller of `spillman`.
 pub(crate) struct Spillman;
@@ -183,10 +183,13 @@ pub(crate) fn reopen(
     })
 }
 
-/// The chain watch of spillman channels (design.md "Trust"; seed 003): a funded channel's
-/// deposit that left the mempool unconfirmed with its inputs unspent (evicted) is sent again,
-/// not abandoned; a close is followed until it confirms, and sent again (with its deposit)
-/// while it is not in the mempool. bitcoind unreachable: try again next time.
+/// The chain watch of spillman channels (design.md "Trust"; seed 003), with the chain's one
+/// reading of a transaction ([`wallet::facts::Fate`]): a deposit or close missing from the
+/// mempool (evicted, or its parent was) is sent again; a deposit replaced by a named
+/// transaction (the cable double-spent it before it confirmed) loses what was credited on it:
+/// recorded, the cable banned (design.md "Blame needs proof"); a close is followed until it
+/// confirms, and one replaced (the deposit spent by the refund once it unlocked: the socket
+/// closed too late) is audited, blaming nobody. bitcoind unanswered: try again next time.
 pub(crate) fn watch_channels(node: &Shared) {
     let channels = match node.store().unsettled_channels() {
         Ok(channels) => channels,
@@ -194,49 +197,58 @@ pub(crate) fn watch_channels(node: &Shared) {
     };
     let chain = &node.chain;
     let depth = node.config.final_confirmations.max(1) + DEPOSIT_SEARCH_BLOCKS;
-    let settled = |tx: &Transaction| -> Result<Option<u32>, wallet::WalletError> {
-        let txid = tx.compute_txid();
-        match chain.confirmation(tx, depth) {
-            Answer::Found(height) => return Ok(Some(height)),
-            Answer::NotFound => {}
-            Answer::NoAnswer(message) | Answer::Refused(message) => {
-                return Err(wallet::WalletError::Unreachable {
-                    method: "gettxout".into(),
-                    message,
-                })
-            }
-        }
-        if !chain.in_mempool(&txid)? {
-            // Evicted, or never relayed: send it again (bitcoind refuses it when an input is
-            // spent elsewhere; the payment checks and the close find that and record the loss).
-            if let Err(e) = chain.broadcast(tx) {
-                tracing::debug!(%txid, "sending again: {e}");
-            } else {
-                tracing::info!(%txid, "sent again: it had left the mempool unconfirmed");
-            }
-        }
-        Ok(None)
-    };
     for stored in channels {
-        let watched = match (&stored.close, &stored.deposit) {
-            (Some(close), deposit) => {
-                if let Some(deposit) = deposit {
-                    if settled(deposit).is_err() {
-                        return;
-                    }
-                }
-                settled(close).map(|height| height.map(|h| (stored.session_id.as_str(), h)))
-            }
-            (None, Some(deposit)) => settled(deposit).map(|_| None),
-            (None, None) => Ok(None),
+        let session_id = stored.session_id.as_str();
+        let outlet_id = node
+            .store()
+            .session_outlet(session_id)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let resend = |tx: &Transaction| match chain.broadcast(tx) {
+            Ok(txid) => tracing::info!(%txid, "sent again: it had left the mempool unconfirmed"),
+            Err(e) => tracing::debug!(txid = %tx.compute_txid(), "sending again: {e}"),
         };
-        match watched {
-            Ok(Some((session_id, height))) => {
+        if let Some(deposit) = &stored.deposit {
+            match chain.fate(deposit, depth) {
+                Answer::Found(Fate::Replaced { input, by }) => {
+                    node.payment_lost(
+                        &outlet_id,
+                        session_id,
+                        Lost::Channel,
+                        stored.highest_total,
+                        "channel-lost",
+                        &format!(
+                            "the deposit {} was replaced: its input {input} was spent by {by}",
+                            deposit.compute_txid()
+                        ),
+                    );
+                    continue;
+                }
+                Answer::Found(Fate::Missing) => resend(deposit),
+                Answer::Found(Fate::Confirmed { .. } | Fate::InMempool) => {}
+                Answer::NotFound | Answer::NoAnswer(_) | Answer::Refused(_) => return,
+            }
+        }
+        let Some(close) = &stored.close else { continue };
+        match chain.fate(close, depth) {
+            Answer::Found(Fate::Confirmed { height, .. }) => {
                 tracing::info!(session = %session_id, height, "spillman close confirmed");
                 let _ = node.store().close_confirmed(session_id, height);
             }
-            Ok(None) => {}
-            Err(_) => return,
+            Answer::Found(Fate::Missing) => resend(close),
+            Answer::Found(Fate::InMempool) => {}
+            Answer::Found(Fate::Replaced { by, .. }) => {
+                tracing::warn!(session = %session_id, %by, "the channel's close was replaced (the refund, after it unlocked?)");
+                let _ = node.store().audit(
+                    &outlet_id,
+                    Some(session_id),
+                    "channel-close-replaced",
+                    &format!("{} replaced by {by}", close.compute_txid()),
+                );
+                let _ = node.store().close_confirmed(session_id, 0);
+            }
+            Answer::NotFound | Answer::NoAnswer(_) | Answer::Refused(_) => return,
         }
     }
 }

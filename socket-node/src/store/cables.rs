@@ -141,14 +141,20 @@ impl Store {
         })
     }
 
-    /// What the cable `key` (compressed, hex) has in on-chain payments credited and not yet
-    /// final (`accepted` or `broadcast`: not `final_confirmations` deep), over all its
-    /// sessions: the socket's exposure to it (`max_unconfirmed_sat`).
+    /// What the cable `key` (compressed, hex) has credited and not yet final, over all its
+    /// sessions: the socket's exposure to it (`max_unconfirmed_sat`, design.md "Trust"): its
+    /// `onchain` payments `accepted` or `broadcast` (not `final_confirmations` deep), and the
+    /// value of its single-fee sets held or broadcast and not yet final (a set the cable could
+    /// still double-spend).
     pub fn unconfirmed_of_cable(&self, key_hex: &str) -> Result<Amount> {
         let sat: i64 = self.db.query_row(
-            "SELECT COALESCE(SUM(p.amount_sat), 0) FROM payments p
-             JOIN sessions s ON s.id = p.session_id
-             WHERE s.cable_key_hex = ?1 AND p.status IN ('accepted', 'broadcast')",
+            "SELECT (SELECT COALESCE(SUM(p.amount_sat), 0) FROM payments p
+                     JOIN sessions s ON s.id = p.session_id
+                     WHERE s.cable_key_hex = ?1 AND p.status IN ('accepted', 'broadcast'))
+                  + (SELECT COALESCE(SUM(f.latest_value_sat), 0) FROM single_fee_sets f
+                     JOIN sessions s ON s.id = f.session_id
+                     WHERE s.cable_key_hex = ?1 AND f.status IN ('open', 'broadcast')
+                       AND f.confirmed_height IS NULL)",
             params![key_hex],
             |r| r.get(0),
         )?;

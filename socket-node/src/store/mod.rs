@@ -398,7 +398,8 @@ pub struct Store {
     db: Connection,
 }
 
-type Result<T> = std::result::Result<T, rusqlite::Error>;
+/// What a store call returns: SQLite's errors as they are.
+pub type Result<T> = std::result::Result<T, rusqlite::Error>;
 
 /// Errors of the store: SQLite's, or a schema migration that failed.
 #[derive(Debug, thiserror::Error)]

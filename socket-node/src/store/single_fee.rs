@@ -113,7 +113,8 @@ impl Store {
         })
     }
 
-    /// Record the height at which a set's transaction confirmed.
+    /// Record the height at which a set's transaction confirmed, once `final_confirmations`
+    /// deep: no longer watched, no longer counted unconfirmed.
     pub fn set_confirmed(&self, session_id: &str, index: u32, height: u32) -> Result<()> {
         persist("socket-set-confirmed", || {
             self.db.execute(
@@ -129,29 +130,14 @@ impl Store {
         self.sets_where("status = 'open' ORDER BY opened_at_unix_ms", &[])
     }
 
-    /// Sets broadcast whose transaction has not been seen confirmed.
-    pub fn unconfirmed_sets(&self) -> Result<Vec<(String, u32, Txid)>> {
-        let mut statement = self.db.prepare(
-            "SELECT session_id, set_index, txid FROM single_fee_sets
-             WHERE status = 'broadcast' AND confirmed_height IS NULL AND txid IS NOT NULL",
-        )?;
-        let rows = statement.query_map([], |r| {
-            let txid: String = r.get(2)?;
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u32, txid))
-        })?;
-        rows.map(|row| {
-            row.and_then(|(session, index, txid)| {
-                let txid = txid.parse().map_err(|e: bitcoin::hex::HexToArrayError| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        2,
-                        rusqlite::types::Type::Text,
-                        Box::new(e),
-                    )
-                })?;
-                Ok((session, index, txid))
-            })
-        })
-        .collect()
+    /// Sets closed and sent (status `broadcast`) whose latest transaction is not yet final
+    /// (`confirmed_height` is set at `final_confirmations`): the chain watch follows them.
+    pub fn sets_not_final(&self) -> Result<Vec<StoredSet>> {
+        self.sets_where(
+            "status = 'broadcast' AND confirmed_height IS NULL AND latest_tx_hex IS NOT NULL
+             ORDER BY opened_at_unix_ms",
+            &[],
+        )
     }
 
     /// The latest set of a session, if any.

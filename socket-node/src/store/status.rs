@@ -71,9 +71,11 @@ status_enum! {
     SetStatus {
         /// Taking payments.
         Open = "open",
-        /// Its latest transaction was broadcast.
+        /// Closed, its latest transaction sent (or sent again by the chain watch until
+        /// bitcoind takes it) and watched until final.
         Broadcast = "broadcast",
-        /// Its latest transaction was refused by bitcoind.
+        /// Its latest transaction was replaced by a named transaction of the cable (an input
+        /// spent elsewhere): the value is lost, the cable banned.
         Failed = "failed",
         /// Closed with nothing paid.
         Empty = "empty",
