@@ -385,13 +385,14 @@ impl Station {
     /// a named transaction (the cable spent an input elsewhere) its value is recorded lost,
     /// the cable banned, and its session locked out if still in progress.
     fn watch_sets(&self) {
-        let Ok(sets) = self.shared.store().sets_not_final() else {
-            return;
-        };
         let chain = &self.shared.chain;
         let final_confirmations = self.shared.config.final_confirmations;
+        let Ok(tip) = chain.height() else { return };
+        let Ok(sets) = self.shared.store().sets_not_final(tip, final_confirmations) else {
+            return;
+        };
         let depth = final_confirmations.max(1) + WATCH_DEPTH_BLOCKS;
-        for set in sets {
+        for (set, seen_at) in sets {
             let Some(tx) = &set.latest else { continue };
             let txid = tx.compute_txid();
             let (session_id, index) = (set.session_id.as_str(), set.index);
@@ -401,11 +402,16 @@ impl Station {
                 .ok()
                 .flatten()
                 .unwrap_or_default();
-            match chain.fate(tx, depth) {
-                Answer::Found(Fate::Confirmed { height, depth }) => {
-                    if depth >= final_confirmations {
-                        tracing::info!(session = %session_id, set = index, %txid, height, "input set final");
-                        let _ = store().set_confirmed(session_id, index, height);
+            let fate = chain.fate(tx, depth);
+            if let (Some(_), Answer::Found(Fate::InMempool | Fate::Missing)) = (seen_at, &fate) {
+                tracing::warn!(session = %session_id, set = index, %txid, "input set's block reorganized away: watched again");
+                let _ = store().set_confirmed(session_id, index, None);
+            }
+            match fate {
+                Answer::Found(Fate::Confirmed { height, .. }) => {
+                    if seen_at != Some(height) {
+                        tracing::info!(session = %session_id, set = index, %txid, height, "input set confirmed");
+                        let _ = store().set_confirmed(session_id, index, Some(height));
                         let _ = store().audit(
                             &outlet_id,
                             Some(session_id),

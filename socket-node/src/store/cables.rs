@@ -144,8 +144,8 @@ impl Store {
     /// What the cable `key` (compressed, hex) has credited and not yet final, over all its
     /// sessions: the socket's exposure to it (`max_unconfirmed_sat`, design.md "Trust"): its
     /// `onchain` payments `accepted` or `broadcast` (not `final_confirmations` deep), and the
-    /// value of its single-fee sets held or broadcast and not yet final (a set the cable could
-    /// still double-spend).
+    /// value of its single-fee sets held, or broadcast and not yet confirmed (a set the cable
+    /// could still double-spend; a confirmed one is still watched until final).
     pub fn unconfirmed_of_cable(&self, key_hex: &str) -> Result<Amount> {
         let sat: i64 = self.db.query_row(
             "SELECT (SELECT COALESCE(SUM(p.amount_sat), 0) FROM payments p

@@ -113,13 +113,14 @@ impl Store {
         })
     }
 
-    /// Record the height at which a set's transaction confirmed, once `final_confirmations`
-    /// deep: no longer watched, no longer counted unconfirmed.
-    pub fn set_confirmed(&self, session_id: &str, index: u32, height: u32) -> Result<()> {
+    /// Record the height at which a set's transaction confirmed (no longer counted
+    /// unconfirmed; watched until `final_confirmations` deep), or `None`: its block was
+    /// reorganized away.
+    pub fn set_confirmed(&self, session_id: &str, index: u32, height: Option<u32>) -> Result<()> {
         persist("socket-set-confirmed", || {
             self.db.execute(
                 "UPDATE single_fee_sets SET confirmed_height = ?3 WHERE session_id = ?1 AND set_index = ?2",
-                params![session_id, index as i64, height as i64],
+                params![session_id, index as i64, height.map(i64::from)],
             )?;
             Ok(())
         })
@@ -130,14 +131,32 @@ impl Store {
         self.sets_where("status = 'open' ORDER BY opened_at_unix_ms", &[])
     }
 
-    /// Sets closed and sent (status `broadcast`) whose latest transaction is not yet final
-    /// (`confirmed_height` is set at `final_confirmations`): the chain watch follows them.
-    pub fn sets_not_final(&self) -> Result<Vec<StoredSet>> {
-        self.sets_where(
-            "status = 'broadcast' AND confirmed_height IS NULL AND latest_tx_hex IS NOT NULL
+    /// Sets closed and sent (status `broadcast`) whose latest transaction is not yet final at
+    /// chain height `tip`: unconfirmed, or confirmed less than `final_confirmations` deep. The
+    /// chain watch follows them, with the height each was first seen confirmed.
+    pub fn sets_not_final(
+        &self,
+        tip: u32,
+        final_confirmations: u32,
+    ) -> Result<Vec<(StoredSet, Option<u32>)>> {
+        let final_height = i64::from(tip) + 1 - i64::from(final_confirmations);
+        let sets = self.sets_where(
+            "status = 'broadcast' AND latest_tx_hex IS NOT NULL
+             AND (confirmed_height IS NULL OR confirmed_height > ?1)
              ORDER BY opened_at_unix_ms",
-            &[],
-        )
+            &[&final_height],
+        )?;
+        sets.into_iter()
+            .map(|set| {
+                let height: Option<i64> = self.db.query_row(
+                    "SELECT confirmed_height FROM single_fee_sets
+                     WHERE session_id = ?1 AND set_index = ?2",
+                    params![set.session_id, set.index as i64],
+                    |r| r.get(0),
+                )?;
+                Ok((set, height.map(|h| h as u32)))
+            })
+            .collect()
     }
 
     /// The latest set of a session, if any.
