@@ -966,9 +966,12 @@ pub fn pay_a_quota_by_hand(
         .block_on(SocketClient::connect(endpoint.to_owned()))
         .expect("the socket");
     let link = runtime
-        .block_on(client.watch_status(v1::WatchStatusRequest {
-            outlet_id: OUTLET.into(),
-        }))
+        .block_on(
+            client.watch_status(cable_signer().sign(v1::WatchStatusRequest {
+                outlet_id: OUTLET.into(),
+                auth: None,
+            })),
+        )
         .expect("WatchStatus")
         .into_inner();
     let terms = runtime

@@ -67,9 +67,12 @@ fn an_honest_cable_is_not_locked_out_while_bitcoind_does_not_answer() {
         .block_on(SocketClient::connect(socket.endpoint.clone()))
         .unwrap();
     let _link = runtime
-        .block_on(client.watch_status(v1::WatchStatusRequest {
-            outlet_id: OUTLET.into(),
-        }))
+        .block_on(
+            client.watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
+                outlet_id: OUTLET.into(),
+                auth: None,
+            })),
+        )
         .unwrap();
     let request_terms = |session_id: &str| {
         runtime

@@ -138,9 +138,10 @@ fn the_socket_refuses_a_cheating_cable_and_locks_out() {
 
             // Plug in, and watch the relay for the whole attempt.
             let mut stream = client
-                .watch_status(v1::WatchStatusRequest {
+                .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
                     outlet_id: OUTLET.into(),
-                })
+                    auth: None,
+                }))
                 .await
                 .unwrap()
                 .into_inner();

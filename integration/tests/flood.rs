@@ -40,6 +40,7 @@ async fn flood(endpoint: String, stop: Arc<AtomicBool>, counts: Arc<Counts>) {
                 let stream = client
                     .watch_status(v1::WatchStatusRequest {
                         outlet_id: "outlet-1".into(),
+                        auth: None,
                     })
                     .await;
                 // Held open until the test ends.

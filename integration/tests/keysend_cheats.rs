@@ -38,9 +38,10 @@ impl Cable {
         let mut client = self.client.clone();
         let (link, terms) = self.runtime.block_on(async move {
             let link = client
-                .watch_status(v1::WatchStatusRequest {
+                .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
                     outlet_id: OUTLET.into(),
-                })
+                    auth: None,
+                }))
                 .await
                 .unwrap()
                 .into_inner();

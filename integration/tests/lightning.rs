@@ -243,9 +243,10 @@ fn a_cable_that_never_pays_its_invoice_gets_nothing_and_is_locked_out() {
             .await
             .unwrap();
         let _link = client
-            .watch_status(v1::WatchStatusRequest {
+            .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
                 outlet_id: OUTLET.into(),
-            })
+                auth: None,
+            }))
             .await
             .unwrap();
         let terms = client

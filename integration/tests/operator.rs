@@ -327,9 +327,10 @@ async fn the_owner_lists_devices_and_revokes_one_whose_next_session_is_refused()
     };
     // A cable plugs in and opens a session.
     let _link = client
-        .watch_status(v1::WatchStatusRequest {
+        .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
             outlet_id: "outlet-1".into(),
-        })
+            auth: None,
+        }))
         .await
         .unwrap();
     let terms = client
@@ -383,9 +384,10 @@ async fn the_owner_lists_devices_and_revokes_one_whose_next_session_is_refused()
     // Its next session, on the other outlet, is refused at opening, with the reason and the
     // reason code.
     let _link2 = client
-        .watch_status(v1::WatchStatusRequest {
+        .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
             outlet_id: "outlet-2".into(),
-        })
+            auth: None,
+        }))
         .await
         .unwrap();
     let refused = client
@@ -458,9 +460,10 @@ async fn a_revocation_travels_to_another_socket_in_a_signed_registry_refused_who
     };
     let mut to_a = SocketClient::connect(a.endpoint.clone()).await.unwrap();
     let _link = to_a
-        .watch_status(v1::WatchStatusRequest {
+        .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
             outlet_id: "outlet-1".into(),
-        })
+            auth: None,
+        }))
         .await
         .unwrap();
     to_a.power_request(signer.sign(open())).await.unwrap();
@@ -542,9 +545,10 @@ async fn a_revocation_travels_to_another_socket_in_a_signed_registry_refused_who
     assert_eq!(lamp_on_b, (60, 500));
     let mut to_b = SocketClient::connect(b.endpoint.clone()).await.unwrap();
     let _link = to_b
-        .watch_status(v1::WatchStatusRequest {
+        .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
             outlet_id: "outlet-1".into(),
-        })
+            auth: None,
+        }))
         .await
         .unwrap();
     let refused = to_b.power_request(signer.sign(open())).await.unwrap_err();

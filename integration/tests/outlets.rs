@@ -26,9 +26,10 @@ fn cheat_on_outlet_3(socket: &SocketProcess) -> String {
         let outlet_id = "outlet-3".to_owned();
         // Plugged in while the stream is open.
         let _link = client
-            .watch_status(v1::WatchStatusRequest {
+            .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
                 outlet_id: outlet_id.clone(),
-            })
+                auth: None,
+            }))
             .await
             .unwrap();
         let terms = client

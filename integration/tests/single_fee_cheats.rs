@@ -139,9 +139,10 @@ fn the_socket_refuses_cheating_single_fee_payments() {
             })
             .await;
             let _link = client
-                .watch_status(v1::WatchStatusRequest {
+                .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
                     outlet_id: OUTLET.into(),
-                })
+                    auth: None,
+                }))
                 .await
                 .unwrap();
             let first = power_request(&mut client, "").await;
@@ -259,9 +260,10 @@ fn a_double_spend_of_the_held_inputs_is_locked_out_at_bounded_loss() {
             .await
             .unwrap();
         let _link = client
-            .watch_status(v1::WatchStatusRequest {
+            .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
                 outlet_id: OUTLET.into(),
-            })
+                auth: None,
+            }))
             .await
             .unwrap();
         let mut terms = power_request(&mut client, "").await;
@@ -344,6 +346,110 @@ fn a_double_spend_of_the_held_inputs_is_locked_out_at_bounded_loss() {
         let pool = mempool(&bitcoind);
         assert!(pool.contains(&escape.tx.compute_txid().to_string()));
         assert!(!pool.contains(&held.unwrap().compute_txid().to_string()));
+    });
+}
+
+/// A set the socket has broadcast is watched until final (design.md "Trust"): the cable that
+/// unplugs and then replaces the set's transaction with one paying itself (full RBF, a higher
+/// fee) is found, the set recorded lost and the cable banned. Before, a broadcast set was
+/// forgotten: free energy, again at every session.
+#[test]
+fn a_broadcast_set_the_cable_replaces_is_found_and_recorded_as_lost() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let setup = SocketSetup {
+        time_scale: 1.0,
+        link_debounce_ms: 200,
+        ..SocketSetup::default()
+    };
+    let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
+    let mut payer = funded_payer(&bitcoind, 3, 40_000);
+    let rate = FeeRate::from_sat_per_vb(RATE).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let db = || rusqlite::Connection::open(socket.data_dir.join("socket.sqlite")).unwrap();
+    let set_row = || -> (String, i64, Option<String>) {
+        db().query_row(
+            "SELECT status, latest_value_sat, txid FROM single_fee_sets",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+    };
+    runtime.block_on(async {
+        let mut client = SocketClient::connect(socket.endpoint.clone())
+            .await
+            .unwrap();
+        let link = client
+            .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
+                outlet_id: OUTLET.into(),
+                auth: None,
+            }))
+            .await
+            .unwrap();
+        let mut terms = power_request(&mut client, "").await;
+        let payout = ScriptBuf::from_bytes(terms.payout_script.clone());
+        let (inputs, fee) = payer
+            .wallet
+            .plan_input_set(
+                &payout,
+                Amount::from_sat(5_000),
+                rate,
+                Amount::from_sat(5_000),
+            )
+            .unwrap();
+        for k in 1..=2u64 {
+            let payment = payer
+                .wallet
+                .pay_from(&inputs, &payout, Amount::from_sat(k * 1_000), fee)
+                .unwrap();
+            pay(&mut client, &terms, &payment.psbt).await.unwrap();
+            terms = power_request(&mut client, &terms.session_id).await;
+        }
+        // Unplug: the session ends and the socket broadcasts the set it holds.
+        drop(link);
+        integration::wait_until("the set broadcast", Duration::from_secs(30), || {
+            set_row().0 == "broadcast"
+        });
+        let sent: Txid = set_row().2.unwrap().parse().unwrap();
+        assert!(mempool(&bitcoind).contains(&sent.to_string()));
+
+        // The cable takes it back: the same inputs to itself, a higher fee (full RBF).
+        let own = payer.wallet.receive_address(9).unwrap().script_pubkey();
+        let back = payer
+            .wallet
+            .pay_from(
+                &inputs,
+                &own,
+                Amount::from_sat(1_000),
+                fee + Amount::from_sat(2_000),
+            )
+            .unwrap();
+        payer.chain.broadcast(&back.tx).unwrap();
+        let pool = mempool(&bitcoind);
+        assert!(!pool.contains(&sent.to_string()), "not replaced: {pool:?}");
+
+        integration::wait_until("the set recorded lost", Duration::from_secs(30), || {
+            set_row().0 == "failed"
+        });
+        let (lost_sat, banned): (i64, Option<String>) = db()
+            .query_row(
+                "SELECT lost_sat, banned_reason FROM cables WHERE key_hex = ?1",
+                [integration::cable_signer().public_key().to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(lost_sat, 2_000);
+        let banned = banned.unwrap();
+        assert!(
+            banned.contains(&back.tx.compute_txid().to_string()),
+            "{banned}"
+        );
+        let refused = power_request_err(&mut client, "").await;
+        assert_eq!(
+            proto::errors::reason_of(&refused),
+            Some(v1::ErrorReason::CableBanned),
+            "{refused:?}"
+        );
     });
 }
 

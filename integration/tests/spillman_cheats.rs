@@ -168,9 +168,10 @@ fn the_socket_refuses_every_payment_that_is_not_the_channels_next() {
         let status = runtime.block_on(async {
             let mut client = SocketClient::connect(endpoint).await.unwrap();
             let _link = client
-                .watch_status(v1::WatchStatusRequest {
+                .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
                     outlet_id: OUTLET.into(),
-                })
+                    auth: None,
+                }))
                 .await
                 .unwrap();
             let open = open_channel(&mut client, &offer, &mut payer, height).await;
@@ -304,9 +305,10 @@ fn a_refused_channel_counts_against_the_cable_across_a_crash() {
         runtime.block_on(async {
             let mut client = SocketClient::connect(endpoint).await.unwrap();
             let _link = client
-                .watch_status(v1::WatchStatusRequest {
+                .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
                     outlet_id: OUTLET.into(),
-                })
+                    auth: None,
+                }))
                 .await
                 .unwrap();
             client

@@ -64,9 +64,10 @@ fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
             .unwrap();
         // The owner plugs in (the link stays open) and opens a session.
         let _link = client
-            .watch_status(v1::WatchStatusRequest {
+            .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
                 outlet_id: OUTLET.into(),
-            })
+                auth: None,
+            }))
             .await
             .unwrap();
         let opening = owner.sign(v1::PowerRequestRequest {
@@ -196,4 +197,73 @@ fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
     let log = socket.log_text();
     assert!(log.contains("ended by the cable"), "{log}");
     assert!(!log.contains("lockout"), "{log}");
+}
+
+/// Presence is the cable's, not the link's (design.md "Blame needs proof"; found by a client
+/// written from `proto/` alone): a cable pays, then its link drops without `EndSession` while
+/// a stranger holds streams of its own on the outlet, one unsigned and one with the cable's
+/// signed `WatchStatus` played back. The replay is refused, the unsigned stream only watches,
+/// and the session ends as an unplug: nobody else draws the cable's quota.
+#[test]
+fn a_strangers_stream_keeps_no_departed_cables_session_alive() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = SocketProcess::start(
+        &bitcoind,
+        &dir.path().join("socket"),
+        &SocketSetup {
+            time_scale: 1.0,
+            link_debounce_ms: 300,
+            ..SocketSetup::default()
+        },
+    )
+    .unwrap();
+    let mut payer = integration::funded_payer(&bitcoind, 1, 50_000);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let paid = integration::pay_a_quota_by_hand(&runtime, &socket.endpoint, &mut payer);
+    runtime.block_on(async {
+        let mut client = SocketClient::connect(socket.endpoint.clone())
+            .await
+            .unwrap();
+        // The cable's own second stream, signed: taken, and a copy played back is refused.
+        let signed = integration::cable_signer().sign(v1::WatchStatusRequest {
+            outlet_id: OUTLET.into(),
+            auth: None,
+        });
+        let own = client.watch_status(signed.clone()).await.unwrap();
+        refused_unauthenticated(
+            client.watch_status(signed).await,
+            "a signed WatchStatus played back",
+        );
+        // A stranger watches, unsigned.
+        let _stranger = client
+            .watch_status(v1::WatchStatusRequest {
+                outlet_id: OUTLET.into(),
+                auth: None,
+            })
+            .await
+            .unwrap();
+        let status = outlet_status(&mut client).await;
+        assert_eq!(status.state, OutletState::Paid as i32, "{status:?}");
+        assert!(status.relay_closed, "{status:?}");
+
+        // The cable leaves: both its streams close, the stranger's stays.
+        drop(own);
+        drop(paid);
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            let status = outlet_status(&mut client).await;
+            if status.session_hash.is_empty() || std::time::Instant::now() > deadline {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            status.session_hash.is_empty(),
+            "a stranger's stream kept the session: {status:?}"
+        );
+        assert!(!status.relay_closed, "{status:?}");
+    });
+    let log = socket.log_text();
+    assert!(log.contains("unplugged"), "{log}");
 }

@@ -190,6 +190,7 @@ session_request! {
     v1::OpenChannelRequest => "/t2t.v1.Socket/OpenChannel", |_| "";
     v1::FundChannelRequest => "/t2t.v1.Socket/FundChannel", |r| &r.session_id;
     v1::EndSessionRequest => "/t2t.v1.Socket/EndSession", |r| &r.session_id;
+    v1::WatchStatusRequest => "/t2t.v1.Socket/WatchStatus", |_| "";
 }
 
 /// The message m a request's signature covers: u32-BE length ‖ `session_id` ‖ u32-BE length ‖

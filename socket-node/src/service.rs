@@ -221,12 +221,23 @@ impl Socket for SocketService {
         request: Request<v1::WatchStatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
         let station = Arc::clone(&self.0);
-        let outlet_id = request.into_inner().outlet_id;
+        let request = request.into_inner();
+        // Signed: this stream is the cable's presence (socket.proto WatchStatusRequest.auth);
+        // unsigned: it only watches.
+        let cable = match &request.auth {
+            None => None,
+            Some(_) => {
+                let (key, sequence) = proto::identity::verify_request(&request)
+                    .map_err(|e| SocketError::Unauthenticated(e.to_string()))?;
+                Some((key.to_string(), sequence))
+            }
+        };
+        let outlet_id = request.outlet_id;
         let outlet = station.outlet(&outlet_id)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        // Counted as plugged in from now on, before the reply, so a PowerRequest that follows
-        // finds the cable plugged in.
-        let (mut events, plugged) = outlet.watch();
+        // Counted from now on, before the reply, so a PowerRequest that follows finds the
+        // cable plugged in.
+        let (mut events, plugged) = outlet.watch(cable)?;
         tokio::spawn(async move {
             let _plugged = plugged;
             let Ok(outlet) = station.outlet(&outlet_id) else {

@@ -242,9 +242,10 @@ impl Cable {
             let attempt = async {
                 let mut client = self.connect().await?;
                 let stream = client
-                    .watch_status(v1::WatchStatusRequest {
+                    .watch_status(self.signer.sign(v1::WatchStatusRequest {
                         outlet_id: self.config.outlet_id.clone(),
-                    })
+                        auth: None,
+                    }))
                     .await?
                     .into_inner();
                 anyhow::Ok((client, stream))
@@ -318,9 +319,10 @@ impl Cable {
         }
 
         let mut stream = client
-            .watch_status(v1::WatchStatusRequest {
+            .watch_status(self.signer.sign(v1::WatchStatusRequest {
                 outlet_id: self.config.outlet_id.clone(),
-            })
+                auth: None,
+            }))
             .await
             .map_err(|s| anyhow::anyhow!("WatchStatus: {}", s.message()))?
             .into_inner();

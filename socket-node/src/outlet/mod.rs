@@ -12,10 +12,10 @@
 
 pub(crate) mod hardware;
 pub mod machine;
+pub(crate) mod presence;
 pub(crate) mod rules;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use crate::shared::{Settle, Shared};
 use crate::store::{unix_ms, CableAuth, Lost, Payout, SessionProfile};
 use hardware::Hardware;
 pub use machine::{Event, Outlet, OutletParams};
+use presence::{Presence, PresenceGuard};
 use proto::Scheme;
 
 /// How often an outlet is driven, in real time.
@@ -169,7 +170,10 @@ pub(crate) struct OutletTask {
     status_sequence: u64,
     shared: Arc<Shared>,
     events: broadcast::Sender<v1::WatchStatusResponse>,
-    watchers: Arc<AtomicUsize>,
+    presence: Arc<Presence>,
+    /// The session in progress and its cable's identity key (hex), read from the store once
+    /// per session: the cable whose presence keeps it alive.
+    session_cable: Option<(String, String)>,
     stopped: bool,
 }
 
@@ -180,7 +184,7 @@ pub struct OutletHandle {
     /// Its offer, but for the payout script and nonce (filled in per request).
     offer: v1::Offer,
     events: broadcast::Sender<v1::WatchStatusResponse>,
-    watchers: Arc<AtomicUsize>,
+    presence: Arc<Presence>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -227,7 +231,7 @@ impl OutletHandle {
             }
         }
         let (events, _) = broadcast::channel(256);
-        let watchers = Arc::new(AtomicUsize::new(0));
+        let presence = Arc::new(Presence::default());
         let (commands, receiver) = mpsc::unbounded_channel();
         let mut task = OutletTask {
             config: config.clone(),
@@ -245,7 +249,8 @@ impl OutletHandle {
             status_sequence: 0,
             shared,
             events: events.clone(),
-            watchers: Arc::clone(&watchers),
+            presence: Arc::clone(&presence),
+            session_cable: None,
             stopped: false,
         };
         if let Some(reason) = halted {
@@ -258,7 +263,7 @@ impl OutletHandle {
             config,
             offer,
             events,
-            watchers,
+            presence,
             commands,
         })
     }
@@ -326,14 +331,15 @@ impl OutletHandle {
         Ok(offer)
     }
 
-    /// Subscribe to status changes and QuotaLow; counts as a plugged-in cable on the simulator
-    /// while the guard lives.
-    pub(crate) fn watch(&self) -> (broadcast::Receiver<v1::WatchStatusResponse>, WatcherGuard) {
-        self.watchers.fetch_add(1, Ordering::SeqCst);
-        (
-            self.events.subscribe(),
-            WatcherGuard(Arc::clone(&self.watchers)),
-        )
+    /// Subscribe to status changes and QuotaLow while the guard lives: a watcher, and the
+    /// presence of `cable` (identity key hex, sequence) when the stream was signed
+    /// ([`presence`]). Errors: `UNAUTHENTICATED` for a replayed signed request.
+    pub(crate) fn watch(
+        &self,
+        cable: Option<(String, u64)>,
+    ) -> Result<(broadcast::Receiver<v1::WatchStatusResponse>, PresenceGuard), SocketError> {
+        let guard = self.presence.watch(cable)?;
+        Ok((self.events.subscribe(), guard))
     }
 
     /// Status now and whether QuotaLow holds, for a new watcher or `GetStatus`.
@@ -371,15 +377,6 @@ impl OutletHandle {
 
 fn stopped() -> SocketError {
     SocketError::unavailable("the outlet has stopped")
-}
-
-/// Counts a watcher while it lives.
-pub(crate) struct WatcherGuard(Arc<AtomicUsize>);
-
-impl Drop for WatcherGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 impl OutletTask {
@@ -449,8 +446,7 @@ impl OutletTask {
         // and then while nothing changes.
         self.apply(events);
         self.check_rules(now);
-        if self.ticks.is_multiple_of(STATUS_EVERY_TICKS) && self.watchers.load(Ordering::SeqCst) > 0
-        {
+        if self.ticks.is_multiple_of(STATUS_EVERY_TICKS) && self.presence.watchers() > 0 {
             let status = self.status();
             let _ = self.events.send(v1::WatchStatusResponse {
                 event: Some(v1::watch_status_response::Event::Status(status)),
@@ -462,13 +458,42 @@ impl OutletTask {
         if let Some(plug) = &mut self.hw.plug {
             return plug.is_plugged().unwrap_or(false);
         }
-        // Simulator: plugged while a cable holds the link, debounced against reconnects.
-        if self.watchers.load(Ordering::SeqCst) > 0 {
+        // Simulator: plugged while the session's own cable holds a signed stream (any stream
+        // when no session is in progress), debounced against reconnects.
+        if self.cable_present() {
             self.link_lost_at = None;
             return true;
         }
         let lost = *self.link_lost_at.get_or_insert_with(Instant::now);
         lost.elapsed() < self.hw.link_debounce
+    }
+
+    /// Whether the cable of the session in progress holds a signed stream; with no session
+    /// (or one stored without a cable key), whether anyone watches.
+    fn cable_present(&mut self) -> bool {
+        let Some(session_id) = self.machine.session().map(|s| s.id.clone()) else {
+            self.session_cable = None;
+            return self.presence.watchers() > 0;
+        };
+        if self
+            .session_cable
+            .as_ref()
+            .is_none_or(|(id, _)| *id != session_id)
+        {
+            let key = self
+                .shared
+                .store()
+                .session_cable(&session_id)
+                .ok()
+                .flatten();
+            match key {
+                Some(key) => self.session_cable = Some((session_id, key)),
+                // Not stored yet, or unreadable now: judged by any watcher this tick.
+                None => return self.presence.watchers() > 0,
+            }
+        }
+        let (_, key) = self.session_cable.as_ref().expect("set above");
+        self.presence.present(key)
     }
 
     /// What the outlets share (store, chain).
@@ -618,9 +643,11 @@ impl OutletTask {
     }
 
     /// The held set of `session_id`, `index` had an input spent: by its own latest
-    /// transaction (`ours`: the cable broadcast it), settle it; by another, settle what we
-    /// hold, record the set's value as lost against the cable (banned) and lock out (the
-    /// cable double-spent).
+    /// transaction (`ours`: the cable broadcast it), settle it (the chain watch follows it);
+    /// by another, named by the caller in `reason` (the cable double-spent), the set is lost:
+    /// recorded `failed` with its value lost against the cable (banned), and lock out. What we
+    /// hold is not sent: it pays the same fee as the set's other transactions, so bitcoind
+    /// would not take it over the double spend.
     pub(crate) fn set_spent(&mut self, session_id: &str, index: u32, ours: bool, reason: String) {
         let Some(set) = self
             .set
@@ -629,10 +656,19 @@ impl OutletTask {
             return;
         };
         let value = set.seller.value();
-        self.settle(set);
         if ours {
+            self.settle(set);
             tracing::info!(outlet = %self.config.id, session = %session_id, set = index, "input set broadcast by the cable");
         } else {
+            let txid = set.seller.latest().map(|tx| tx.compute_txid());
+            if let Err(e) = self.shared.store().close_set(
+                session_id,
+                index,
+                crate::store::SetStatus::Failed,
+                txid,
+            ) {
+                tracing::error!(outlet = %self.config.id, session = %session_id, "storing the lost set: {e}");
+            }
             self.shared.payment_lost(
                 &self.config.id,
                 session_id,
