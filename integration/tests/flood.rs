@@ -1,6 +1,6 @@
-//! A flood on the power-line link (design.md "Trust", the socket's `[limits]`): one peer opens
-//! many connections on loopback and sends requests and status streams as fast as it can, for as
-//! long as an honest cable's session on another outlet lasts. The flooder is rate limited
+//! A flood on the power-line link (design.md "Trust", the socket's `[limits]`): one host (its
+//! own loopback address) opens many connections and sends requests and status streams as fast
+//! as it can, for as long as an honest cable's session on another outlet lasts. The flooder is rate limited
 //! (RESOURCE_EXHAUSTED, RATE_LIMITED); the honest cable pays every quota and is never locked
 //! out. The honest cable's payment latencies are printed beside the flood's size.
 
@@ -26,10 +26,38 @@ struct Counts {
     other_errors: AtomicU64,
 }
 
+/// The flooder's host: another loopback address than the honest cable's 127.0.0.1, as two
+/// devices on the power-line link have two addresses (the socket limits requests per host).
+const FLOODER_HOST: &str = "127.0.0.2";
+
+/// A client of the socket at `endpoint` whose connection comes from `host` (a loopback
+/// address: Linux routes all of 127.0.0.0/8 to the loopback interface).
+async fn connect_from(
+    host: &'static str,
+    endpoint: &str,
+) -> Result<SocketClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+        .connect_with_connector(tower::service_fn(move |uri: tonic::transport::Uri| async move {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(std::net::SocketAddr::new(host.parse().expect("an IP"), 0))?;
+            let to = format!(
+                "{}:{}",
+                uri.host().unwrap_or("127.0.0.1"),
+                uri.port_u16().unwrap_or(80)
+            );
+            let stream = socket
+                .connect(to.parse().map_err(std::io::Error::other)?)
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }))
+        .await?;
+    Ok(SocketClient::new(channel))
+}
+
 async fn flood(endpoint: String, stop: Arc<AtomicBool>, counts: Arc<Counts>) {
     let mut tasks = Vec::new();
     for _ in 0..CONNECTIONS {
-        let Ok(client) = SocketClient::connect(endpoint.clone()).await else {
+        let Ok(client) = connect_from(FLOODER_HOST, &endpoint).await else {
             continue;
         };
         // Status streams held open on another outlet (half the streams allowed per connection,

@@ -223,6 +223,10 @@ pub struct OutletConfig {
 pub struct LimitsConfig {
     /// Connections open at once; one more is closed when accepted.
     pub max_connections: usize,
+    /// Connections open at once from one host (IP address).
+    pub max_connections_per_host: usize,
+    /// `WatchStatus` streams open at once from one host (IP address).
+    pub max_watch_streams_per_host: usize,
     /// HTTP/2 streams (calls in progress, `WatchStatus` included) per connection.
     pub max_streams_per_connection: u32,
     /// Largest request message, in bytes (a PSBT or deposit transaction is far smaller).
@@ -232,7 +236,7 @@ pub struct LimitsConfig {
     pub request_timeout_secs: u64,
     /// HTTP/2 keepalive ping interval; a peer that does not answer within it is dropped.
     pub keepalive_secs: u64,
-    /// Requests per second from one peer, and the burst above it.
+    /// Requests per second from one host (IP address), and the burst above it.
     pub peer_requests_per_sec: u32,
     /// See `peer_requests_per_sec`.
     pub peer_burst: u32,
@@ -246,6 +250,8 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_connections: 4_096,
+            max_connections_per_host: 64,
+            max_watch_streams_per_host: 32,
             max_streams_per_connection: 16,
             max_message_bytes: 256 * 1024,
             request_timeout_secs: 60,

@@ -1,16 +1,18 @@
 //! Limits on the cable-facing server (design.md "Trust"): the power-line link is a shared
 //! medium, so one peer flooding it must not stop honest cables. Cheap checks come first:
-//! connections are capped when accepted, HTTP/2 streams per connection, message size, request
-//! time and keepalive are set on the server ([`crate::config::LimitsConfig`]), requests per
-//! second are limited per peer (its address) before anything is decoded further, and per cable
-//! identity once its signature is checked. Over a rate: `RESOURCE_EXHAUSTED`
-//! (`ERROR_REASON_RATE_LIMITED`), nothing changed, no lockout.
+//! connections are capped when accepted, in all and per host (IP address: a host opening many
+//! connections is one peer); HTTP/2 streams per connection, message size, request time and
+//! keepalive are set on the server ([`crate::config::LimitsConfig`]); requests per second are
+//! limited per host before anything is decoded further, and per cable identity once its
+//! signature is checked; `WatchStatus` streams are capped per host. Over a limit:
+//! `RESOURCE_EXHAUSTED` (`ERROR_REASON_RATE_LIMITED`), nothing changed, no lockout.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bitcoin::secp256k1::PublicKey;
@@ -24,10 +26,51 @@ use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use crate::config::LimitsConfig;
 use crate::error::SocketError;
 
-/// Request rates per peer address and per cable identity (token buckets, `governor`).
+/// Request rates per host and per cable identity (token buckets, `governor`), and the
+/// `WatchStatus` streams each host holds.
 pub struct RequestLimits {
-    peers: DefaultKeyedRateLimiter<SocketAddr>,
+    peers: DefaultKeyedRateLimiter<IpAddr>,
     identities: DefaultKeyedRateLimiter<PublicKey>,
+    streams: Arc<HostCounts>,
+    max_streams_per_host: usize,
+}
+
+/// How many of something (connections, streams) each host holds.
+#[derive(Default)]
+struct HostCounts(Mutex<HashMap<IpAddr, usize>>);
+
+impl HostCounts {
+    /// One more for `host`, unless it holds `max` already.
+    fn take(self: &Arc<Self>, host: IpAddr, max: usize) -> Option<HostSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(host).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(HostSlot {
+            counts: Arc::clone(self),
+            host,
+        })
+    }
+}
+
+/// A host's place under a per-host limit, given back when dropped.
+pub struct HostSlot {
+    counts: Arc<HostCounts>,
+    host: IpAddr,
+}
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.host) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.host);
+            }
+        }
+    }
 }
 
 /// Requests of its identity's rate that a refused `OpenChannel` costs a cable.
@@ -50,18 +93,40 @@ impl RequestLimits {
                 config.identity_requests_per_sec,
                 config.identity_burst,
             )),
+            streams: Arc::default(),
+            max_streams_per_host: config.max_watch_streams_per_host,
         }
     }
 
-    /// One more request from `peer` (none known: not limited). Errors:
+    /// One more request from `peer`'s host (none known: not limited). Errors:
     /// [`SocketError::RateLimited`].
     pub fn check_peer(&self, peer: Option<SocketAddr>) -> Result<(), SocketError> {
         match peer {
-            Some(peer) if self.peers.check_key(&peer).is_err() => Err(SocketError::RateLimited(
-                format!("too many requests from {peer}; slow down"),
-            )),
+            Some(peer) if self.peers.check_key(&peer.ip()).is_err() => {
+                Err(SocketError::RateLimited(format!(
+                    "too many requests from {}; slow down",
+                    peer.ip()
+                )))
+            }
             _ => Ok(()),
         }
+    }
+
+    /// One more `WatchStatus` stream from `peer`'s host, held while the slot lives (none
+    /// known: not limited). Errors: [`SocketError::RateLimited`] past
+    /// `max_watch_streams_per_host`.
+    pub fn watch_stream(&self, peer: Option<SocketAddr>) -> Result<Option<HostSlot>, SocketError> {
+        let Some(peer) = peer else { return Ok(None) };
+        self.streams
+            .take(peer.ip(), self.max_streams_per_host)
+            .map(Some)
+            .ok_or_else(|| {
+                SocketError::RateLimited(format!(
+                    "{} holds {} status streams already; close one",
+                    peer.ip(),
+                    self.max_streams_per_host
+                ))
+            })
     }
 
     /// One more signed request of the cable `key`. Errors: [`SocketError::RateLimited`].
@@ -84,37 +149,54 @@ impl RequestLimits {
     }
 }
 
-/// The accepted connections of `incoming`, at most `max` open at once: one more is closed as
-/// soon as accepted (logged), so a flood of connections cannot queue up.
+/// The accepted connections of `incoming`, at most `max` open at once and `max_per_host` from
+/// one IP address: one more is closed as soon as accepted (logged), so a flood of connections
+/// cannot queue up, and one host cannot take every place.
 pub fn limit_connections(
     incoming: TcpIncoming,
     max: usize,
+    max_per_host: usize,
 ) -> impl Stream<Item = io::Result<LimitedStream>> {
     let permits = Arc::new(Semaphore::new(max));
+    let hosts = Arc::new(HostCounts::default());
     incoming.filter_map(move |accepted| {
-        let permits = Arc::clone(&permits);
+        let (permits, hosts) = (Arc::clone(&permits), Arc::clone(&hosts));
         async move {
-            match accepted {
-                Ok(stream) => match permits.try_acquire_owned() {
-                    Ok(permit) => Some(Ok(LimitedStream {
-                        stream,
-                        _permit: permit,
-                    })),
-                    Err(_) => {
-                        tracing::warn!(peer = ?stream.peer_addr().ok(), max, "connection refused: at the connection limit");
-                        None
+            let stream = match accepted {
+                Ok(stream) => stream,
+                Err(e) => return Some(Err(e)),
+            };
+            let peer = stream.peer_addr().ok();
+            let host = match peer {
+                Some(peer) => match hosts.take(peer.ip(), max_per_host) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        tracing::warn!(?peer, max_per_host, "connection refused: its host is at its connection limit");
+                        return None;
                     }
                 },
-                Err(e) => Some(Err(e)),
+                None => None,
+            };
+            match permits.try_acquire_owned() {
+                Ok(permit) => Some(Ok(LimitedStream {
+                    stream,
+                    _permit: permit,
+                    _host: host,
+                })),
+                Err(_) => {
+                    tracing::warn!(?peer, max, "connection refused: at the connection limit");
+                    None
+                }
             }
         }
     })
 }
 
-/// An accepted connection holding its place under the connection limit until it closes.
+/// An accepted connection holding its place under the connection limits until it closes.
 pub struct LimitedStream {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    _host: Option<HostSlot>,
 }
 
 impl Connected for LimitedStream {
@@ -179,12 +261,18 @@ mod tests {
             ..LimitsConfig::default()
         });
         let flooder: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let honest: SocketAddr = "127.0.0.1:4001".parse().unwrap();
+        let flooders_other_connection: SocketAddr = "127.0.0.1:4002".parse().unwrap();
+        let honest: SocketAddr = "127.0.0.2:4001".parse().unwrap();
         for _ in 0..3 {
             limits.check_peer(Some(flooder)).unwrap();
         }
         assert!(matches!(
             limits.check_peer(Some(flooder)),
+            Err(SocketError::RateLimited(_))
+        ));
+        // A new connection of the same host is the same peer.
+        assert!(matches!(
+            limits.check_peer(Some(flooders_other_connection)),
             Err(SocketError::RateLimited(_))
         ));
         limits.check_peer(Some(honest)).unwrap();
@@ -199,5 +287,23 @@ mod tests {
         limits.check_identity(&key(1)).unwrap();
         assert!(limits.check_identity(&key(1)).is_err());
         limits.check_identity(&key(2)).unwrap();
+    }
+
+    #[test]
+    fn a_host_holds_at_most_its_streams_and_gets_them_back_when_they_close() {
+        let limits = RequestLimits::new(&LimitsConfig {
+            max_watch_streams_per_host: 2,
+            ..LimitsConfig::default()
+        });
+        let host: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let same_host: SocketAddr = "127.0.0.1:4001".parse().unwrap();
+        let other: SocketAddr = "127.0.0.2:4000".parse().unwrap();
+        let first = limits.watch_stream(Some(host)).unwrap();
+        let _second = limits.watch_stream(Some(same_host)).unwrap();
+        assert!(limits.watch_stream(Some(host)).is_err());
+        let _theirs = limits.watch_stream(Some(other)).unwrap();
+        drop(first);
+        let _again = limits.watch_stream(Some(same_host)).unwrap();
+        assert!(limits.watch_stream(None).unwrap().is_none());
     }
 }

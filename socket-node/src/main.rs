@@ -614,6 +614,7 @@ async fn run(
                     .with_nodelay(Some(true))
                     .with_keepalive(Some(keepalive)),
                 limits.max_connections,
+                limits.max_connections_per_host,
             ),
             stopped(stop_rx.clone()),
         );

@@ -221,6 +221,7 @@ impl Socket for SocketService {
         request: Request<v1::WatchStatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
         let station = Arc::clone(&self.0);
+        let host_slot = station.shared.limits.watch_stream(request.remote_addr())?;
         let request = request.into_inner();
         // Signed: this stream is the cable's presence (socket.proto WatchStatusRequest.auth);
         // unsigned: it only watches.
@@ -239,7 +240,7 @@ impl Socket for SocketService {
         // cable plugged in.
         let (mut events, plugged) = outlet.watch(cable)?;
         tokio::spawn(async move {
-            let _plugged = plugged;
+            let (_plugged, _host_slot) = (plugged, host_slot);
             let Ok(outlet) = station.outlet(&outlet_id) else {
                 return;
             };

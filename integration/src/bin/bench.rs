@@ -184,6 +184,12 @@ fn socket_setup(outlets: usize, lightning: bool) -> SocketSetup {
         lightning,
         spillman: true,
         outlets,
+        // Every cable of the bench connects from this one host (127.0.0.1): lift the per-host
+        // limits a power-line link puts on one device.
+        top_toml: "limits = { max_connections_per_host = 100000, \
+                   max_watch_streams_per_host = 100000, peer_requests_per_sec = 100000, \
+                   peer_burst = 100000 }"
+            .into(),
         ..SocketSetup::default()
     }
 }

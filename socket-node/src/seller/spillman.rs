@@ -253,6 +253,52 @@ pub(crate) fn watch_channels(node: &Shared) {
     }
 }
 
+/// What the chain says of a channel's deposit output.
+enum DepositState {
+    /// Unspent (in the mempool or confirmed).
+    Unspent(wallet::facts::Utxo),
+    /// Spent by this transaction (a close or the refund: both need the socket's signature).
+    Spent(bitcoin::Txid),
+    /// The deposit transaction itself replaced: its `input` spent by `by`.
+    Replaced { input: OutPoint, by: bitcoin::Txid },
+    /// Neither there nor replaced (evicted, or its parent was).
+    Missing,
+}
+
+/// The state of the deposit output `outpoint` of `deposit` (the stored deposit transaction,
+/// when handed over), looking `depth` blocks back. Blocking (bitcoind RPC).
+fn deposit_state(
+    shared: &Shared,
+    outpoint: OutPoint,
+    deposit: Option<&Transaction>,
+    depth: u32,
+) -> Answer<DepositState> {
+    let chain = &shared.chain;
+    match chain.utxo(outpoint) {
+        Answer::Found(utxo) => return Answer::Found(DepositState::Unspent(utxo)),
+        Answer::NotFound => {}
+        Answer::NoAnswer(e) => return Answer::NoAnswer(e),
+        Answer::Refused(e) => return Answer::Refused(e),
+    }
+    match chain.spender(outpoint, depth) {
+        Answer::Found(Spender::Tx { txid, .. }) => return Answer::Found(DepositState::Spent(txid)),
+        Answer::Found(Spender::Unspent) | Answer::NotFound => {}
+        Answer::NoAnswer(e) => return Answer::NoAnswer(e),
+        Answer::Refused(e) => return Answer::Refused(e),
+    }
+    let Some(deposit) = deposit else {
+        return Answer::Found(DepositState::Missing);
+    };
+    match chain.fate(deposit, depth) {
+        Answer::Found(Fate::Replaced { input, by }) => {
+            Answer::Found(DepositState::Replaced { input, by })
+        }
+        Answer::Found(_) | Answer::NotFound => Answer::Found(DepositState::Missing),
+        Answer::NoAnswer(e) => Answer::NoAnswer(e),
+        Answer::Refused(e) => Answer::Refused(e),
+    }
+}
+
 /// The transaction that spent the deposit of `stored`, when one is named and is not the
 /// socket's own close (a payment of the channel).
 fn foreign_spender(node: &Shared, stored: &StoredChannel) -> Option<bitcoin::Txid> {
@@ -475,27 +521,18 @@ async fn pay(
     let min_confirmations = cx.outlet.config.spillman.min_confirmations;
     let outpoint = channel.deposit;
     let depth = cx.shared.config.final_confirmations.max(1) + DEPOSIT_SEARCH_BLOCKS;
+    let deposit_tx = stored.deposit.clone();
     let deposit = cx
-        .with_chain(move |shared| match shared.chain.utxo(outpoint) {
-            Answer::Found(utxo) => Answer::Found(Ok(utxo)),
-            Answer::NotFound => match shared.chain.spender(outpoint, depth) {
-                Answer::Found(Spender::Tx { txid, .. }) => Answer::Found(Err(Some(txid))),
-                Answer::Found(Spender::Unspent) | Answer::NotFound => Answer::Found(Err(None)),
-                Answer::NoAnswer(e) => Answer::NoAnswer(e),
-                Answer::Refused(e) => Answer::Refused(e),
-            },
-            Answer::NoAnswer(e) => Answer::NoAnswer(e),
-            Answer::Refused(e) => Answer::Refused(e),
-        })
+        .with_chain(move |shared| deposit_state(shared, outpoint, deposit_tx.as_ref(), depth))
         .await?;
     let confirmations = match deposit {
-        Answer::Found(Ok(utxo)) => utxo.confirmations,
-        // Spent by a named transaction that is not our close: the cable double-spent it
-        // (design.md "Blame needs proof").
-        Answer::Found(Err(Some(by)))
-            if stored.close.as_ref().map(|c| c.compute_txid()) != Some(by) =>
-        {
-            let reason = format!("the deposit {} was spent by {by}", channel.deposit);
+        Answer::Found(DepositState::Unspent(utxo)) => utxo.confirmations,
+        // The deposit replaced by a named transaction: the cable double-spent it before it
+        // confirmed (design.md "Blame needs proof").
+        Answer::Found(DepositState::Replaced { input, by }) => {
+            let reason = format!(
+                "the deposit was double-spent: its input {input} was spent by {by}"
+            );
             let outlet_id = cx.outlet.id();
             cx.shared.payment_lost(
                 outlet_id,
@@ -507,12 +544,16 @@ async fn pay(
             );
             return Err(cx.lock_out(session_id, &reason).await);
         }
-        Answer::Found(Err(Some(_))) => {
-            return Err(SocketError::wrong_state("the channel was closed"));
+        // The deposit's output spent: by the close, or by the refund the socket signed (it
+        // unlocked before the socket closed): no more payments on it, nobody to blame.
+        Answer::Found(DepositState::Spent(by)) => {
+            return Err(SocketError::wrong_state(format!(
+                "the channel's deposit was spent by {by}: the channel is closed"
+            )));
         }
         // Gone from the mempool, nobody spent it (evicted, or its parent was): the chain
         // watch sends it again; no blame.
-        Answer::Found(Err(None)) | Answer::NotFound => {
+        Answer::Found(DepositState::Missing) | Answer::NotFound => {
             return Err(SocketError::unavailable(format!(
                 "the deposit {} is not in the mempool or the chain (evicted?): it is sent again",
                 channel.deposit
