@@ -96,7 +96,7 @@ fn with_lightning<T>(
     config: &CableConfig,
     f: impl FnOnce(&std::sync::Arc<ln::ldk_node::Node>) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    std::fs::create_dir_all(&cli.data_dir)
+    wallet::keys::private_data_dir(&cli.data_dir)
         .with_context(|| format!("creating {}", cli.data_dir.display()))?;
     let keys = NodeKeys::load_or_create(&cli.data_dir, config.network)?;
     let node = tokio::task::block_in_place(|| {
@@ -159,7 +159,7 @@ async fn run(cli: Cli) -> Result<(), CableError> {
             }
         }
         Command::Address { lightning } => {
-            std::fs::create_dir_all(&cli.data_dir)
+            wallet::keys::private_data_dir(&cli.data_dir)
                 .with_context(|| format!("creating {}", cli.data_dir.display()))?;
             let keys = NodeKeys::load_or_create(&cli.data_dir, config.network)
                 .map_err(anyhow::Error::from)?;
@@ -321,7 +321,7 @@ async fn run(cli: Cli) -> Result<(), CableError> {
             }
         }
         Command::Seed { qr } => {
-            std::fs::create_dir_all(&cli.data_dir)
+            wallet::keys::private_data_dir(&cli.data_dir)
                 .with_context(|| format!("creating {}", cli.data_dir.display()))?;
             let keys = NodeKeys::load_or_create(&cli.data_dir, config.network)
                 .map_err(anyhow::Error::from)?;
@@ -339,7 +339,7 @@ async fn run(cli: Cli) -> Result<(), CableError> {
             let mut words = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut words)
                 .context("reading the words from standard input")?;
-            std::fs::create_dir_all(&cli.data_dir)
+            wallet::keys::private_data_dir(&cli.data_dir)
                 .with_context(|| format!("creating {}", cli.data_dir.display()))?;
             let keys = NodeKeys::restore(&cli.data_dir, &words, config.network)
                 .map_err(anyhow::Error::from)?;

@@ -37,19 +37,21 @@ async fn connect_from(
     endpoint: &str,
 ) -> Result<SocketClient<tonic::transport::Channel>, tonic::transport::Error> {
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
-        .connect_with_connector(tower::service_fn(move |uri: tonic::transport::Uri| async move {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind(std::net::SocketAddr::new(host.parse().expect("an IP"), 0))?;
-            let to = format!(
-                "{}:{}",
-                uri.host().unwrap_or("127.0.0.1"),
-                uri.port_u16().unwrap_or(80)
-            );
-            let stream = socket
-                .connect(to.parse().map_err(std::io::Error::other)?)
-                .await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-        }))
+        .connect_with_connector(tower::service_fn(
+            move |uri: tonic::transport::Uri| async move {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(std::net::SocketAddr::new(host.parse().expect("an IP"), 0))?;
+                let to = format!(
+                    "{}:{}",
+                    uri.host().unwrap_or("127.0.0.1"),
+                    uri.port_u16().unwrap_or(80)
+                );
+                let stream = socket
+                    .connect(to.parse().map_err(std::io::Error::other)?)
+                    .await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            },
+        ))
         .await?;
     Ok(SocketClient::new(channel))
 }

@@ -468,6 +468,24 @@ impl OutletConfig {
             !self.schemes.contains(&Scheme::Lightning) || has_lightning,
             "schemes has lightning but there is no [lightning] section"
         );
+        if self.schemes.contains(&Scheme::Spillman) {
+            let spillman = &self.spillman;
+            anyhow::ensure!(
+                spillman.min_lock_blocks <= spillman.max_lock_blocks,
+                "spillman.min_lock_blocks = {} is above max_lock_blocks = {}",
+                spillman.min_lock_blocks,
+                spillman.max_lock_blocks
+            );
+            // A channel whose refund unlocks within the close margin would be closed at once,
+            // or (margin above the lock) never in time: the cable would take its refund.
+            anyhow::ensure!(
+                spillman.close_margin_blocks < spillman.min_lock_blocks,
+                "spillman.close_margin_blocks = {} must be below min_lock_blocks = {}: the \
+                 socket must close a channel before its refund unlocks",
+                spillman.close_margin_blocks,
+                spillman.min_lock_blocks
+            );
+        }
         Ok(())
     }
 }
@@ -475,6 +493,26 @@ impl OutletConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spillman_close_margin_at_or_above_the_lock_is_refused() {
+        let spillman = |margin: u32, min_lock: u32| {
+            format!(
+                "{CONFIG}schemes = [\"spillman\"]\n[outlets.spillman]\n\
+                 close_margin_blocks = {margin}\nmin_lock_blocks = {min_lock}\n"
+            )
+        };
+        SocketConfig::parse(&spillman(6, 12))
+            .unwrap()
+            .check()
+            .unwrap();
+        let error = SocketConfig::parse(&spillman(12, 12))
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("close_margin_blocks"), "{error}");
+    }
 
     const CONFIG: &str = r#"
 network = "regtest"

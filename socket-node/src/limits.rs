@@ -171,7 +171,11 @@ pub fn limit_connections(
                 Some(peer) => match hosts.take(peer.ip(), max_per_host) {
                     Some(slot) => Some(slot),
                     None => {
-                        tracing::warn!(?peer, max_per_host, "connection refused: its host is at its connection limit");
+                        tracing::warn!(
+                            ?peer,
+                            max_per_host,
+                            "connection refused: its host is at its connection limit"
+                        );
                         return None;
                     }
                 },

@@ -393,7 +393,7 @@ fn audit_verify(
 /// The identity key of the node whose seed is in `data_dir` (derivation does not depend on the
 /// network).
 fn keys_of(data_dir: &std::path::Path) -> anyhow::Result<wallet::keys::NodeKeys> {
-    std::fs::create_dir_all(data_dir)
+    wallet::keys::private_data_dir(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     Ok(wallet::keys::NodeKeys::load_or_create(
         data_dir,
@@ -538,7 +538,7 @@ async fn run(
     let address = config.listen;
     let operator_address = config.operator_listen;
     let http_address = config.http_listen;
-    std::fs::create_dir_all(&data_dir)
+    wallet::keys::private_data_dir(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let tokens = Tokens::load_or_create(&data_dir).context("the operator tokens")?;
     let http_tokens = tokens.clone();

@@ -41,7 +41,7 @@ impl Station {
     /// Lightning node; broadcast what was persisted but not yet broadcast; then every outlet's
     /// task with its hardware, resuming its open session.
     pub fn start(config: SocketConfig, data_dir: &Path) -> anyhow::Result<Arc<Self>> {
-        std::fs::create_dir_all(data_dir)
+        wallet::keys::private_data_dir(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
         let keys = NodeKeys::load_or_create(data_dir, config.network)?;
         let wallet = NodeWallet::open(data_dir, &keys)?;

@@ -33,6 +33,28 @@ pub struct NodeKeys {
     network: Network,
 }
 
+/// Create a node's data directory `dir` (with its parents) if missing, and make it private:
+/// the directory mode 0700 and the files directly in it 0600, so that its seed, databases and
+/// tokens are its user's alone whatever the umask it was started with (systemd's units set
+/// `UMask=0077`; a shell's is usually 022, which leaves new files readable by all).
+///
+/// Errors: the file system's, when `dir` cannot be created or its modes set.
+pub fn private_data_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 impl NodeKeys {
     /// Read the seed of `data_dir`, or create one there (12 words from the OS's randomness)
     /// when there is none. Errors: [`WalletError::Seed`] for a malformed seed file,
@@ -171,6 +193,24 @@ fn write_seed(path: &PathBuf, mnemonic: Mnemonic) -> Result<Mnemonic, WalletErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_dir_is_made_private_with_what_it_holds() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/b");
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(dir.join("socket.sqlite"), b"x").unwrap();
+        fs::set_permissions(dir.join("socket.sqlite"), fs::Permissions::from_mode(0o644)).unwrap();
+        private_data_dir(&dir).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("socket.sqlite")), 0o600);
+        let fresh = root.path().join("fresh/data");
+        private_data_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+    }
 
     #[test]
     fn the_seed_is_created_once_and_reloaded() {

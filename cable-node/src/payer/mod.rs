@@ -198,7 +198,7 @@ impl Cable {
     /// Open the cable of `data_dir` (seed, wallet and store created on first start) and connect
     /// to bitcoind.
     pub fn open(config: CableConfig, data_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir)
+        wallet::keys::private_data_dir(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
         let keys = NodeKeys::load_or_create(data_dir, config.network)?;
         let wallet = NodeWallet::open(data_dir, &keys)?;

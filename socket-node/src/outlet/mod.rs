@@ -138,6 +138,11 @@ impl Outlets {
 /// A command: a closure run by the outlet's task on its state.
 type Command = Box<dyn FnOnce(&mut OutletTask) + Send>;
 
+/// Calls of the cable-facing server that may wait for one outlet at once; reads are refused
+/// from half of it ([`OutletHandle::read`]). The settler's and Lightning's calls are not
+/// counted: they are the socket's own, few, and must not be refused.
+const QUEUE_LIMIT: usize = 256;
+
 /// The state one outlet's task owns. Only the task touches it: through the closures sent with
 /// [`OutletHandle::call`].
 pub(crate) struct OutletTask {
@@ -186,6 +191,8 @@ pub struct OutletHandle {
     events: broadcast::Sender<v1::WatchStatusResponse>,
     presence: Arc<Presence>,
     commands: mpsc::UnboundedSender<Command>,
+    /// Calls from the cable-facing server queued and not yet run ([`QUEUE_LIMIT`]).
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl OutletHandle {
@@ -265,6 +272,7 @@ impl OutletHandle {
             events,
             presence,
             commands,
+            queued: Arc::default(),
         })
     }
 
@@ -274,13 +282,61 @@ impl OutletHandle {
     }
 
     /// Run `f` on the outlet's state, in its task, brought up to date first (meter, plug,
-    /// timers). Errors: `UNAVAILABLE` when the outlet has stopped.
+    /// timers). Errors: `UNAVAILABLE` when the outlet has stopped, or has [`QUEUE_LIMIT`] calls
+    /// waiting (nothing changed: ask again).
     pub(crate) async fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut OutletTask) -> R + Send + 'static,
     ) -> Result<R, SocketError> {
+        self.call_within(QUEUE_LIMIT, f).await
+    }
+
+    /// [`OutletHandle::call`] for a call that only reads (a status): shed first, once half of
+    /// [`QUEUE_LIMIT`] calls wait, so that a flood of reads cannot delay a payment past its
+    /// grace period. Errors: `RESOURCE_EXHAUSTED` then.
+    pub(crate) async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut OutletTask) -> R + Send + 'static,
+    ) -> Result<R, SocketError> {
+        use std::sync::atomic::Ordering;
+        if self.queued.load(Ordering::SeqCst) >= QUEUE_LIMIT / 2 {
+            return Err(SocketError::RateLimited(format!(
+                "outlet {} is busy; ask for its status again later",
+                self.config.id
+            )));
+        }
+        self.call_within(QUEUE_LIMIT, f).await
+    }
+
+    async fn call_within<R: Send + 'static>(
+        &self,
+        limit: usize,
+        f: impl FnOnce(&mut OutletTask) -> R + Send + 'static,
+    ) -> Result<R, SocketError> {
+        use std::sync::atomic::Ordering;
+        if self.queued.fetch_add(1, Ordering::SeqCst) >= limit {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(SocketError::unavailable(format!(
+                "outlet {} has {limit} calls waiting; ask again",
+                self.config.id
+            )));
+        }
+        /// Gives the call's place in the queue back however it ends (run, or dropped).
+        struct Place(Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Place {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let place = Place(Arc::clone(&self.queued));
         let (reply, answer) = oneshot::channel();
-        self.send(f, reply)?;
+        self.send(
+            move |task| {
+                drop(place);
+                f(task)
+            },
+            reply,
+        )?;
         answer.await.map_err(|_| stopped())
     }
 
@@ -342,11 +398,12 @@ impl OutletHandle {
         Ok((self.events.subscribe(), guard))
     }
 
-    /// Status now and whether QuotaLow holds, for a new watcher or `GetStatus`.
+    /// Status now and whether QuotaLow holds, for a new watcher or `GetStatus` (a read: shed
+    /// first when the outlet is busy, [`OutletHandle::read`]).
     pub(crate) async fn snapshot(
         &self,
     ) -> Result<(v1::GetStatusResponse, Option<v1::QuotaLow>), SocketError> {
-        self.call(|task| {
+        self.read(|task| {
             let status = task.status();
             let low = task.machine.quota_is_low().then(|| v1::QuotaLow {
                 quota_remaining_mwh: status.quota_remaining_mwh,

@@ -530,9 +530,8 @@ async fn pay(
         // The deposit replaced by a named transaction: the cable double-spent it before it
         // confirmed (design.md "Blame needs proof").
         Answer::Found(DepositState::Replaced { input, by }) => {
-            let reason = format!(
-                "the deposit was double-spent: its input {input} was spent by {by}"
-            );
+            let reason =
+                format!("the deposit was double-spent: its input {input} was spent by {by}");
             let outlet_id = cx.outlet.id();
             cx.shared.payment_lost(
                 outlet_id,
