@@ -6,22 +6,42 @@ use std::sync::Mutex;
 
 use bitcoin::secp256k1::SecretKey;
 use proto::identity::{sign_request, SessionRequest};
+use wallet::sequence::HighWaterMark;
 
 /// Signs requests with the cable's identity key and a strictly increasing sequence: the
-/// clock's milliseconds, or one above the last used when the clock has not moved on, so that
-/// no counter needs storing across restarts.
+/// clock's milliseconds, or one above the last used when the clock has not moved on. A
+/// persistent signer ([`RequestSigner::persistent`]) also never goes below a high-water mark
+/// kept in a file, so that a device without a real-time clock (a Raspberry Pi starts in 1970
+/// until NTP answers) never signs a sequence a socket has seen, and refuses, again.
 pub struct RequestSigner {
     secret: SecretKey,
     last_sequence: Mutex<u64>,
+    /// Every sequence used is below this stored mark (a persistent signer).
+    mark: Option<HighWaterMark>,
 }
 
 impl RequestSigner {
-    /// A signer with the identity secret `secret` (seed path m/1017'/0').
+    /// A signer with the identity secret `secret` (seed path m/1017'/0'), its sequences from
+    /// the clock only (tests, and tools that sign once).
     pub fn new(secret: SecretKey) -> Self {
         RequestSigner {
             secret,
             last_sequence: Mutex::new(0),
+            mark: None,
         }
+    }
+
+    /// A signer whose sequences also stay above the high-water mark kept in the file `path`
+    /// ([`HighWaterMark`]).
+    ///
+    /// Errors: an unreadable or malformed file.
+    pub fn persistent(secret: SecretKey, path: std::path::PathBuf) -> std::io::Result<Self> {
+        let mark = HighWaterMark::load(path)?;
+        Ok(RequestSigner {
+            secret,
+            last_sequence: Mutex::new(mark.floor()),
+            mark: Some(mark),
+        })
     }
 
     /// The identity key that signs (33-byte compressed on the wire).
@@ -41,6 +61,9 @@ impl RequestSigner {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             *last = (*last + 1).max(now_ms);
+            if let Some(mark) = &self.mark {
+                mark.reserve(*last);
+            }
             *last
         };
         sign_request(&mut request, &self.secret, sequence);
@@ -78,5 +101,29 @@ mod tests {
             assert!(sequence > last, "{sequence} after {last}");
             last = sequence;
         }
+    }
+
+    #[test]
+    fn a_persistent_signer_never_repeats_a_sequence_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("request_sequence");
+        let secret = SecretKey::from_slice(&[4; 32]).unwrap();
+        let sequence_of = |signer: &RequestSigner| {
+            let request = signer.sign(v1::EndSessionRequest::default());
+            proto::identity::verify_request(&request).unwrap().1
+        };
+        let first = RequestSigner::persistent(secret, path.clone()).unwrap();
+        let used = sequence_of(&first);
+        let mark: u64 = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+        assert!(
+            mark > used,
+            "the mark {mark} is above what was used ({used})"
+        );
+        // A clock set back after a restart: the mark keeps the next sequence above.
+        std::fs::write(&path, (u64::MAX / 2).to_string()).unwrap();
+        let restarted = RequestSigner::persistent(secret, path.clone()).unwrap();
+        assert!(sequence_of(&restarted) > u64::MAX / 2);
+        std::fs::write(&path, "not a number").unwrap();
+        assert!(RequestSigner::persistent(secret, path).is_err());
     }
 }

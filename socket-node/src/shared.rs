@@ -52,6 +52,9 @@ pub struct Shared {
     /// The latest energy of each session in progress, saved by the settler once a second in
     /// one SQLite transaction for all outlets.
     pub(crate) energy: Mutex<HashMap<String, EnergyMwh>>,
+    /// Status sequences (`StatusReport.sequence`) of every outlet stay above this stored mark
+    /// across restarts, whatever the clock says (a Pi without a real-time clock).
+    pub(crate) status_mark: wallet::sequence::HighWaterMark,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

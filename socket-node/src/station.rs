@@ -87,7 +87,10 @@ impl Station {
         rebroadcast(&store, &chain)?;
         let held_sets = store.open_sets()?;
         let (settle_tx, settle_rx) = mpsc::channel();
+        let status_mark = wallet::sequence::HighWaterMark::load(data_dir.join("status_sequence"))
+            .context("the status sequence")?;
         let shared = Arc::new(Shared {
+            status_mark,
             chain_permits: tokio::sync::Semaphore::new(config.max_chain_calls),
             limits: crate::limits::RequestLimits::new(&config.limits),
             config,

@@ -208,7 +208,11 @@ impl Cable {
         Ok(Cable {
             config,
             data_dir: data_dir.to_owned(),
-            signer: RequestSigner::new(keys.identity_secret()),
+            signer: RequestSigner::persistent(
+                keys.identity_secret(),
+                data_dir.join("request_sequence"),
+            )
+            .context("the request sequence")?,
             keys,
             ln: None,
             ln_events: Arc::default(),

@@ -253,7 +253,8 @@ impl OutletHandle {
             profile: None,
             ticks: 0,
             unstored_ends: Vec::new(),
-            status_sequence: 0,
+            // Above every status signed before a restart, whatever the clock says.
+            status_sequence: shared.status_mark.floor(),
             shared,
             events: events.clone(),
             presence: Arc::clone(&presence),
@@ -837,6 +838,7 @@ impl OutletTask {
     pub(crate) fn status(&mut self) -> v1::GetStatusResponse {
         let now_unix_ms = u64::try_from(unix_ms()).unwrap_or_default();
         self.status_sequence = (self.status_sequence + 1).max(now_unix_ms);
+        self.shared.status_mark.reserve(self.status_sequence);
         let session = self.machine.session();
         let session_hash = proto::identity::session_hash(session.map_or("", |s| s.id.as_str()));
         let (reason, lockout_remaining_secs) = match self.machine.lockout() {
