@@ -259,6 +259,25 @@ impl Policy {
         FeeRate::from_sat_per_vb(self.fee_rate_sat_per_vb).unwrap_or(FeeRate::BROADCAST_MIN)
     }
 
+    /// The fee rate, sat/vB, of on-chain payments of the `accepted` offer: the policy's, or
+    /// the offer's minimum for its scheme (`SchemeTerms.min_fee_rate_sat_per_vb`) when that is
+    /// higher; the fee cap ([`Policy::max_fee`]) still bounds each payment.
+    pub fn fee_rate_sat_per_vb_for(&self, accepted: &AcceptedOffer) -> u64 {
+        let offered = accepted
+            .offer
+            .schemes
+            .iter()
+            .find(|s| s.scheme == accepted.scheme as i32)
+            .map_or(0, |s| s.min_fee_rate_sat_per_vb);
+        self.fee_rate_sat_per_vb.max(offered)
+    }
+
+    /// [`Policy::fee_rate_sat_per_vb_for`] as a [`FeeRate`].
+    pub fn fee_rate_for(&self, accepted: &AcceptedOffer) -> FeeRate {
+        FeeRate::from_sat_per_vb(self.fee_rate_sat_per_vb_for(accepted))
+            .unwrap_or(FeeRate::BROADCAST_MIN)
+    }
+
     /// The fee cap of one payment.
     pub fn max_fee(&self) -> Amount {
         Amount::from_sat(self.max_fee_sat)
@@ -297,6 +316,7 @@ mod tests {
             schemes: vec![v1::SchemeTerms {
                 scheme: v1::Scheme::Onchain as i32,
                 min_payment_sat: 546,
+                min_fee_rate_sat_per_vb: 0,
                 terms: Some(v1::scheme_terms::Terms::Onchain(v1::OnchainOfferTerms {})),
             }],
             socket_identity_key: key(1).to_bytes(),

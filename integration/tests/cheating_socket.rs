@@ -99,6 +99,7 @@ impl FakeSocket {
             schemes: vec![v1::SchemeTerms {
                 scheme: v1::Scheme::Onchain as i32,
                 min_payment_sat: 546,
+                min_fee_rate_sat_per_vb: 0,
                 terms: Some(v1::scheme_terms::Terms::Onchain(v1::OnchainOfferTerms {})),
             }],
             payout_script: payout().to_bytes(),
@@ -108,6 +109,7 @@ impl FakeSocket {
             offer.schemes = vec![v1::SchemeTerms {
                 scheme: v1::Scheme::Spillman as i32,
                 min_payment_sat: 546,
+                min_fee_rate_sat_per_vb: 0,
                 terms: Some(v1::scheme_terms::Terms::Spillman(v1::SpillmanOfferTerms {
                     socket_channel_key: bitcoin::PublicKey::new(
                         channel_secret().public_key(&bitcoin::secp256k1::Secp256k1::signing_only()),

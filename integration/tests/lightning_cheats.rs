@@ -58,6 +58,7 @@ impl Socket for FakeSocket {
             schemes: vec![v1::SchemeTerms {
                 scheme: v1::Scheme::Lightning as i32,
                 min_payment_sat: 1,
+                min_fee_rate_sat_per_vb: 0,
                 terms: Some(v1::scheme_terms::Terms::Lightning(
                     v1::LightningOfferTerms {
                         node_id: self.ln.node_id().serialize().to_vec(),

@@ -505,6 +505,7 @@ impl Socket for FakeSocket {
             schemes: vec![v1::SchemeTerms {
                 scheme: v1::Scheme::SingleFee as i32,
                 min_payment_sat: 546,
+                min_fee_rate_sat_per_vb: 0,
                 terms: Some(v1::scheme_terms::Terms::SingleFee(
                     v1::SingleFeeOfferTerms {
                         max_amount_sat: 5_000,

@@ -138,3 +138,55 @@ fn payout_script(socket: &SocketProcess) -> String {
     });
     ScriptBuf::from_bytes(offer.payout_script).to_hex_string()
 }
+
+/// The socket publishes its minimum fee rate in the offer (`SchemeTerms.min_fee_rate_sat_per_vb`)
+/// and the cable pays at least that: a socket asking 5 sat/vB of a cable whose policy pays 2
+/// gets every quota at 5 or more, and locks nobody out (before, the rule was the socket's
+/// secret and the honest cable was locked out for breaking it).
+#[test]
+fn the_cable_pays_at_least_the_fee_rate_the_offer_names() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = SocketProcess::start(
+        &bitcoind,
+        &dir.path().join("socket"),
+        &SocketSetup {
+            outlet_toml: "min_fee_rate_sat_per_vb = 5".into(),
+            ..SocketSetup::default()
+        },
+    )
+    .unwrap();
+    let offer = socket.offer().unwrap();
+    assert!(offer.schemes.iter().all(|s| s.min_fee_rate_sat_per_vb == 5));
+    let cable = CableFiles::create(
+        &bitcoind,
+        &dir.path().join("cable"),
+        &socket.endpoint,
+        &CableSetup {
+            schemes: vec!["onchain".into()],
+            policy_toml: "fee_rate_sat_per_vb = 2".into(),
+            ..CableSetup::default()
+        },
+        Amount::from_sat(100_000),
+    )
+    .unwrap();
+    let out = cable.run(Duration::from_secs(120)).unwrap();
+    assert!(
+        out.status.success(),
+        "cable failed:\n{}\nsocket:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        socket.log_text()
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cable.report).unwrap()).unwrap();
+    let payments = report["payments"].as_array().unwrap();
+    assert_eq!(payments.len(), 5, "{report}");
+    for payment in payments {
+        let (fee, vsize) = (
+            payment["fee_sat"].as_u64().unwrap(),
+            payment["vsize"].as_u64().unwrap(),
+        );
+        assert!(fee >= 5 * vsize, "{fee} sat for {vsize} vB: {payment}");
+    }
+    assert!(!socket.log_text().contains("lockout"));
+}

@@ -501,6 +501,7 @@ mod tests {
             schemes: vec![v1::SchemeTerms {
                 scheme: v1::Scheme::Onchain as i32,
                 min_payment_sat: 546,
+                min_fee_rate_sat_per_vb: 0,
                 terms: Some(v1::scheme_terms::Terms::Onchain(v1::OnchainOfferTerms {})),
             }],
             payout_script: Vec::from_hex("0014751e76e8199196d454941c45d1b3a323f1433bd6").unwrap(),

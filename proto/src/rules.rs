@@ -269,6 +269,7 @@ mod tests {
             schemes: vec![v1::SchemeTerms {
                 scheme: v1::Scheme::Onchain as i32,
                 min_payment_sat: 546,
+                min_fee_rate_sat_per_vb: 0,
                 terms: Some(v1::scheme_terms::Terms::Onchain(v1::OnchainOfferTerms {})),
             }],
             ..Default::default()

@@ -233,6 +233,7 @@ mod tests {
         v1::SchemeTerms {
             scheme: scheme as i32,
             min_payment_sat: 546,
+            min_fee_rate_sat_per_vb: 0,
             terms: Some(terms),
         }
     }

@@ -544,6 +544,10 @@ fn offer_of(shared: &Shared, outlet: &OutletConfig, keys: &NodeKeys) -> v1::Offe
             .map(|scheme| v1::SchemeTerms {
                 scheme: scheme.to_proto() as i32,
                 min_payment_sat: outlet.min_payment_sat,
+                min_fee_rate_sat_per_vb: match scheme {
+                    Scheme::Lightning => 0,
+                    _ => outlet.min_fee_rate_sat_per_vb,
+                },
                 terms: Some(terms_of(scheme)),
             })
             .collect(),

@@ -138,14 +138,38 @@ impl NodeWallet {
         fee_rate: FeeRate,
         max_fee: Amount,
     ) -> Result<SignedPayment, WalletError> {
-        let mut builder = self.wallet.build_tx();
-        builder
-            .add_recipient(payee.clone(), amount)
-            .fee_rate(fee_rate);
-        let psbt = builder
-            .finish()
-            .map_err(|e| WalletError::CannotPay(e.to_string()))?;
+        let psbt = self.confirmed_first(|builder| {
+            builder
+                .add_recipient(payee.clone(), amount)
+                .fee_rate(fee_rate);
+        })?;
         self.sign_and_check(psbt, payee, max_fee)
+    }
+
+    /// Build a transaction with `build` from confirmed coins only when they suffice, else from
+    /// any: a payment whose unconfirmed parent is evicted (a mempool's fee floor rising) would
+    /// never confirm, and the payee could only refuse it (design.md "Blame needs proof").
+    ///
+    /// Errors: [`WalletError::CannotPay`] when no coins suffice.
+    fn confirmed_first(
+        &mut self,
+        build: impl Fn(
+            &mut bdk_wallet::TxBuilder<
+                '_,
+                bdk_wallet::coin_selection::DefaultCoinSelectionAlgorithm,
+            >,
+        ),
+    ) -> Result<Psbt, WalletError> {
+        let mut confirmed = self.wallet.build_tx();
+        build(&mut confirmed);
+        confirmed.exclude_unconfirmed();
+        if let Ok(psbt) = confirmed.finish() {
+            return Ok(psbt);
+        }
+        let mut any = self.wallet.build_tx();
+        build(&mut any);
+        any.finish()
+            .map_err(|e| WalletError::CannotPay(e.to_string()))
     }
 
     /// Build and sign a transaction whose one output besides our change is
@@ -178,11 +202,9 @@ impl NodeWallet {
         fee_rate: FeeRate,
         max_fee: Amount,
     ) -> Result<(Vec<OutPoint>, Amount), WalletError> {
-        let mut builder = self.wallet.build_tx();
-        builder.add_recipient(payee.clone(), max).fee_rate(fee_rate);
-        let psbt = builder
-            .finish()
-            .map_err(|e| WalletError::CannotPay(e.to_string()))?;
+        let psbt = self.confirmed_first(|builder| {
+            builder.add_recipient(payee.clone(), max).fee_rate(fee_rate);
+        })?;
         let fee = psbt.fee().map_err(wallet_error)?;
         if fee > max_fee {
             return Err(WalletError::CannotPay(format!(

@@ -23,17 +23,19 @@ impl Payer for Onchain {
     ) -> Result<SignedRecord, CableError> {
         let checked = check_terms(&accepted.offer, terms)
             .map_err(|e| CableError::RefusedSocket(format!("terms: {e}")))?;
-        cable.sign(&session.id, terms.payment_id, &checked)
+        let fee_rate = cable.config.policy.fee_rate_for(accepted);
+        cable.sign(&session.id, terms.payment_id, &checked, fee_rate)
     }
 }
 
 impl Cable {
-    /// Build, check, sign and store a payment of the checked terms.
+    /// Build, check, sign and store a payment of the checked terms at `fee_rate`.
     pub(super) fn sign(
         &mut self,
         session_id: &str,
         payment_id: u64,
         terms: &OnchainTerms,
+        fee_rate: bitcoin::FeeRate,
     ) -> Result<SignedRecord, CableError> {
         let policy = &self.config.policy;
         let patience = std::time::Duration::from_secs(self.config.session.reconnect_secs);
@@ -42,7 +44,7 @@ impl Cable {
             self.wallet.pay(
                 &terms.payout_script,
                 terms.amount,
-                policy.fee_rate(),
+                fee_rate,
                 policy.max_fee(),
             )
         })

@@ -75,7 +75,7 @@ impl Cable {
                 let (inputs, fee) = self.wallet.plan_input_set(
                     &payout,
                     max,
-                    policy.fee_rate(),
+                    policy.fee_rate_for(accepted),
                     policy.max_fee(),
                 )?;
                 let signed = self.wallet.pay_from(&inputs, &payout, value, fee)?;

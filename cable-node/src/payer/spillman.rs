@@ -76,7 +76,7 @@ pub async fn open(
         socket_script: bitcoin::ScriptBuf::from_bytes(accepted.offer.payout_script.clone()),
     };
     channel.fee = channel
-        .fee_at(policy.fee_rate_sat_per_vb)
+        .fee_at(policy.fee_rate_sat_per_vb_for(accepted))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     channel.deposit_value = Amount::from_sat(policy.max_session_sat) + channel.fee;
     let script = channel
@@ -86,7 +86,7 @@ pub async fn open(
         wallet.pay(
             &script,
             channel.deposit_value,
-            policy.fee_rate(),
+            policy.fee_rate_for(accepted),
             policy.max_fee(),
         )
     })
