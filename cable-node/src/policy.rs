@@ -259,9 +259,11 @@ impl Policy {
         FeeRate::from_sat_per_vb(self.fee_rate_sat_per_vb).unwrap_or(FeeRate::BROADCAST_MIN)
     }
 
-    /// The fee rate, sat/vB, of on-chain payments of the `accepted` offer: the policy's, or
-    /// the offer's minimum for its scheme (`SchemeTerms.min_fee_rate_sat_per_vb`) when that is
-    /// higher; the fee cap ([`Policy::max_fee`]) still bounds each payment.
+    /// The fee rate, sat/vB, of on-chain payments of the `accepted` offer: the policy's when
+    /// it is above the offer's minimum for its scheme (`SchemeTerms.min_fee_rate_sat_per_vb`),
+    /// else one above that minimum: the wallet sets fees by weight (sat per 1000 weight
+    /// units) and the socket checks them per vsize rounded up, which can fall just short of
+    /// the minimum. The fee cap ([`Policy::max_fee`]) still bounds each payment.
     pub fn fee_rate_sat_per_vb_for(&self, accepted: &AcceptedOffer) -> u64 {
         let offered = accepted
             .offer
@@ -269,7 +271,11 @@ impl Policy {
             .iter()
             .find(|s| s.scheme == accepted.scheme as i32)
             .map_or(0, |s| s.min_fee_rate_sat_per_vb);
-        self.fee_rate_sat_per_vb.max(offered)
+        if self.fee_rate_sat_per_vb > offered {
+            self.fee_rate_sat_per_vb
+        } else {
+            offered + 1
+        }
     }
 
     /// [`Policy::fee_rate_sat_per_vb_for`] as a [`FeeRate`].
