@@ -267,3 +267,98 @@ fn a_strangers_stream_keeps_no_departed_cables_session_alive() {
     let log = socket.log_text();
     assert!(log.contains("unplugged"), "{log}");
 }
+
+/// Raw bytes as a gRPC message, to send what no protobuf encoder would.
+#[derive(Clone, Copy, Default)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        let bytes = src.chunk().to_vec();
+        src.advance(bytes.len());
+        Ok(Some(bytes))
+    }
+}
+
+/// Hostile bytes get a clear answer (socket.proto, "Ids" and `ErrorReason`): a request that
+/// does not decode is `INVALID_ARGUMENT` with `ERROR_REASON_INVALID_REQUEST` (tonic's own
+/// answer was `INTERNAL`, which tells a client to retry), and a 200 KB outlet id is refused
+/// without being echoed into the error (which then passed a client's header limit).
+#[test]
+fn undecodable_requests_and_huge_ids_are_refused_as_invalid_and_not_echoed() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = SocketProcess::start(
+        &bitcoind,
+        &dir.path().join("socket"),
+        &SocketSetup::default(),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(socket.endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        // Field 1 (outlet_id) as a length-delimited value claiming 100 bytes, then nothing.
+        let refused = grpc
+            .unary(
+                tonic::Request::new(vec![0x0a, 0x64, 0x41]),
+                tonic::codegen::http::uri::PathAndQuery::from_static("/t2t.v1.Socket/GetStatus"),
+                Raw,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert_eq!(
+            proto::errors::reason_of(&refused),
+            Some(v1::ErrorReason::InvalidRequest),
+            "{refused:?}"
+        );
+
+        let mut client = SocketClient::new(channel);
+        let refused = client
+            .get_status(v1::GetStatusRequest {
+                outlet_id: "x".repeat(200_000),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().len() < 200, "{}", refused.message());
+    });
+}

@@ -114,3 +114,29 @@ impl From<SocketError> for Status {
         proto::errors::status(code, reason, error.to_string())
     }
 }
+
+/// tonic answers a request whose bytes do not decode as its message with `INTERNAL` ("failed
+/// to decode Protobuf message"), which tells a cable to retry the same bytes: rewrite that
+/// answer to `INVALID_ARGUMENT` with `ERROR_REASON_INVALID_REQUEST` in its `ErrorInfo`
+/// (socket.proto), as every other malformed request gets. Other responses pass unchanged.
+pub fn undecodable_is_invalid<B>(
+    mut response: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    if status.code() != Code::Internal || !status.message().starts_with("failed to decode") {
+        return response;
+    }
+    let invalid = proto::errors::status(
+        Code::InvalidArgument,
+        ErrorReason::InvalidRequest,
+        format!("the request does not decode: {}", status.message()),
+    );
+    let headers = response.headers_mut();
+    headers.remove("grpc-status-details-bin");
+    if invalid.add_header(headers).is_err() {
+        tracing::warn!("an undecodable request's answer could not be rewritten");
+    }
+    response
+}

@@ -598,6 +598,9 @@ async fn run(
         .timeout(std::time::Duration::from_secs(limits.request_timeout_secs))
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive))
+        .layer(tower::util::MapResponseLayer::new(
+            socket_node::error::undecodable_is_invalid::<tonic::body::Body>,
+        ))
         .add_service(health_service)
         .add_service(reflection()?)
         .add_service(tonic::service::interceptor::InterceptedService::new(

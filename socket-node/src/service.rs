@@ -31,6 +31,7 @@ impl SocketService {
     /// Returns who signed. Errors: `UNAUTHENTICATED` (no lockout), `NOT_FOUND` for an unknown
     /// session, `PERMISSION_DENIED` (`CABLE_BANNED`) for a banned cable.
     fn authenticate<R: SessionRequest>(&self, request: &R) -> Result<CableAuth, SocketError> {
+        crate::outlet::check_id_len("session id", request.session_id())?;
         let (key, sequence) = proto::identity::verify_request(request)
             .map_err(|e| SocketError::Unauthenticated(e.to_string()))?;
         self.0.shared.limits.check_identity(&key)?;

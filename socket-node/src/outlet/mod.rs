@@ -100,17 +100,20 @@ impl Outlets {
 
     /// The outlet `id`. Errors: `NOT_FOUND`.
     pub fn get(&self, id: &str) -> Result<&OutletHandle, SocketError> {
+        check_id_len("outlet id", id)?;
         self.0
             .get(id)
             .ok_or_else(|| SocketError::not_found(format!("no outlet {id:?} here")))
     }
 
-    /// The outlet a stored session belongs to. Errors: `NOT_FOUND` for an unknown session.
+    /// The outlet a stored session belongs to. Errors: `NOT_FOUND` for an unknown session,
+    /// `INVALID_ARGUMENT` for an id longer than [`MAX_ID_BYTES`].
     pub(crate) fn of_session(
         &self,
         shared: &Shared,
         session_id: &str,
     ) -> Result<&OutletHandle, SocketError> {
+        check_id_len("session id", session_id)?;
         let outlet_id = shared
             .store()
             .session_outlet(session_id)
@@ -137,6 +140,21 @@ impl Outlets {
 
 /// A command: a closure run by the outlet's task on its state.
 type Command = Box<dyn FnOnce(&mut OutletTask) + Send>;
+
+/// The longest outlet or session id, bytes (socket.proto): a longer one is refused as
+/// malformed, and never echoed (a 200 KB id in an error would pass a client's header limit).
+pub const MAX_ID_BYTES: usize = 64;
+
+/// Refuse an id longer than [`MAX_ID_BYTES`]. Errors: `INVALID_ARGUMENT`, naming its length.
+pub(crate) fn check_id_len(what: &str, id: &str) -> Result<(), SocketError> {
+    if id.len() > MAX_ID_BYTES {
+        return Err(SocketError::invalid(format!(
+            "{what} of {} bytes: at most {MAX_ID_BYTES}",
+            id.len()
+        )));
+    }
+    Ok(())
+}
 
 /// Calls of the cable-facing server that may wait for one outlet at once; reads are refused
 /// from half of it ([`OutletHandle::read`]). The settler's and Lightning's calls are not
