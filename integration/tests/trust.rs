@@ -197,6 +197,17 @@ fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
     let log = socket.log_text();
     assert!(log.contains("ended by the cable"), "{log}");
     assert!(!log.contains("lockout"), "{log}");
+    // The stranger's opening request for the busy outlet was refused before anything was
+    // written: no row of its key in the store.
+    let db = rusqlite::Connection::open(socket.data_dir.join("socket.sqlite")).unwrap();
+    let rows: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM cables WHERE key_hex = ?1",
+            [stranger.public_key().to_string()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 0);
 }
 
 /// Presence is the cable's, not the link's (design.md "Blame needs proof"; found by a client

@@ -278,9 +278,12 @@ impl Socket for SocketService {
         request: Request<v1::PowerRequestRequest>,
     ) -> Result<Response<v1::PowerRequestResponse>, Status> {
         let request = request.into_inner();
-        let cable = self.authenticate(&request)?;
         let outlet = self.0.outlet(&request.outlet_id)?;
         let scheme = offered_scheme(outlet, request.scheme)?;
+        if request.session_id.is_empty() {
+            takes_openings(outlet, &request).await?;
+        }
+        let cable = self.authenticate(&request)?;
         self.take_receipt(
             outlet,
             &request.session_id,
@@ -365,9 +368,10 @@ impl Socket for SocketService {
         request: Request<v1::OpenChannelRequest>,
     ) -> Result<Response<v1::OpenChannelResponse>, Status> {
         let request = request.into_inner();
-        let cable = self.authenticate(&request)?;
         let outlet = self.0.outlet(&request.outlet_id)?;
         let scheme = offered_scheme(outlet, v1::Scheme::Spillman as i32)?;
+        takes_openings(outlet, &request).await?;
+        let cable = self.authenticate(&request)?;
         // The cable's own unpaid session in progress: the reply that opened it was lost. For
         // this very deposit its refund is signed again; for another the cable lost it, and it
         // is ended before the new one opens (socket.proto `OpenChannel`). One outlet call.
@@ -654,4 +658,24 @@ fn issue_terms(
         terms,
         set: task.set.clone(),
     })
+}
+
+/// Whether `outlet` could open a session for the cable that signed `request` now: not locked
+/// out, plugged in, and no other cable's session in progress (its own may be resumed). Checked
+/// before the opening request is admitted, so that a request for an outlet that cannot take it
+/// writes nothing to the store (no `cables` row, no opening sequence). The signature is checked
+/// here too (statelessly); [`SocketService::authenticate`] checks it again with the store.
+/// Errors: `UNAUTHENTICATED` for a bad signature, `FAILED_PRECONDITION` with the reason.
+async fn takes_openings<R: SessionRequest>(
+    outlet: &OutletHandle,
+    request: &R,
+) -> Result<(), SocketError> {
+    let (key, _) = proto::identity::verify_request(request)
+        .map_err(|e| SocketError::Unauthenticated(e.to_string()))?;
+    let key = key.to_string();
+    let refusal = outlet.read(move |task| task.opening_refusal(&key)).await?;
+    match refusal {
+        Some(reason) => Err(SocketError::wrong_state(reason)),
+        None => Ok(()),
+    }
 }

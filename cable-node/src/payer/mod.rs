@@ -630,8 +630,13 @@ impl Cable {
                 ));
             }
         }
+        // Spent: nothing left, no more may be paid, and the socket has credited every quota
+        // paid (a status sent while the last payment was on its way shows 0 left before the
+        // credit; ending then would give up a quota paid for).
+        let quotas_paid = session.paid.to_sat() / accepted.quota_amount.to_sat().max(1);
         if state == OutletState::Paid
             && report.quota_remaining_mwh == 0
+            && report.payments >= quotas_paid
             && !self
                 .config
                 .policy

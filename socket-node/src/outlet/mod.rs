@@ -544,6 +544,23 @@ impl OutletTask {
         lost.elapsed() < self.hw.link_debounce
     }
 
+    /// Why the outlet could not open a session for the cable `key` (hex) now, if it could not:
+    /// locked out, nothing plugged in, or another cable's session in progress.
+    pub(crate) fn opening_refusal(&mut self, key: &str) -> Option<String> {
+        if let Some((reason, _)) = self.machine.lockout() {
+            return Some(format!("outlet is locked out: {reason}"));
+        }
+        if !self.machine.plugged() {
+            return Some("no cable is plugged in (open WatchStatus first)".into());
+        }
+        let session = self.machine.session().map(|s| s.id.clone())?;
+        self.cable_present();
+        match &self.session_cable {
+            Some((id, own)) if *id == session && own == key => None,
+            _ => Some("another session is in progress on this outlet".into()),
+        }
+    }
+
     /// Whether the cable of the session in progress holds a signed stream; with no session
     /// (or one stored without a cable key), whether anyone watches.
     fn cable_present(&mut self) -> bool {
