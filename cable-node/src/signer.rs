@@ -70,15 +70,16 @@ impl RequestSigner {
         request
     }
 
-    /// The authentication of a keysend paying `record` with `payment_hash` (socket.proto
-    /// `LightningOfferTerms.keysend`): the value of custom TLV
+    /// The authentication of a keysend of `amount_msat` paying `record` with `payment_hash`
+    /// (socket.proto `LightningOfferTerms.keysend`): the value of custom TLV
     /// `proto::lightning::SESSION_AUTH_TLV_TYPE`, 64 bytes.
     pub fn sign_keysend(
         &self,
         record: &proto::lightning::SessionRecord,
+        amount_msat: u64,
         payment_hash: &[u8; 32],
     ) -> Vec<u8> {
-        proto::lightning::sign_keysend(record, payment_hash, &self.secret)
+        proto::lightning::sign_keysend(record, amount_msat, payment_hash, &self.secret)
     }
 }
 

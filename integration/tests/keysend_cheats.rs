@@ -101,7 +101,11 @@ impl Cable {
         let hash = PaymentHash::from(PaymentPreimage(preimage));
         let mut tlvs = vec![ln::session_tlv(&record)];
         if let Some(signer) = signer {
-            tlvs.push(ln::session_auth_tlv(signer.sign_keysend(&record, &hash.0)));
+            tlvs.push(ln::session_auth_tlv(signer.sign_keysend(
+                &record,
+                amount_msat,
+                &hash.0,
+            )));
         }
         let id = self
             .ln

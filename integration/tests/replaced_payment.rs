@@ -105,6 +105,12 @@ fn a_credited_payment_the_cable_replaces_is_found_and_recorded_as_lost() {
         .unwrap();
     assert_eq!(lost_sat as u64, paid.amount.to_sat());
     assert!(banned.unwrap().contains("was replaced"));
+    // Listed as banned (for good: no `ban_secs`), not as revoked by the operator.
+    let listed = socket.operator_cli("devices", &[]).unwrap();
+    assert!(
+        listed.contains(&format!("{cable_key} cable banned (")),
+        "{listed}"
+    );
     // The socket was started again since the first connection: a new one.
     let client = runtime
         .block_on(SocketClient::connect(socket.endpoint.clone()))

@@ -168,54 +168,68 @@ bitcoin::hashes::sha256t_hash_newtype! {
 }
 
 /// The message m a keysend's authentication signs: u32-BE length ‖ session id (UTF-8) ‖
-/// payment id u64-BE ‖ the keysend's payment hash (32 bytes, SHA256 of its preimage, in the
-/// order BOLT 4 carries it). Binding the payment hash makes a signature good for one payment
-/// only: nobody but the payer and the payee knows the preimage that makes that hash.
-pub fn keysend_message(record: &SessionRecord, payment_hash: &[u8; 32]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(4 + record.session_id.len() + 8 + 32);
+/// payment id u64-BE ‖ amount in msat u64-BE (what the cable sends: the socket blames a wrong
+/// amount only when the cable signed it, not when a node on the route changed it) ‖ the
+/// keysend's payment hash (32 bytes, SHA256 of its preimage, in the order BOLT 4 carries it).
+/// Binding the payment hash makes a signature good for one payment only: nobody but the payer
+/// and the payee knows the preimage that makes that hash.
+pub fn keysend_message(
+    record: &SessionRecord,
+    amount_msat: u64,
+    payment_hash: &[u8; 32],
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(4 + record.session_id.len() + 16 + 32);
     m.extend_from_slice(&(record.session_id.len() as u32).to_be_bytes());
     m.extend_from_slice(record.session_id.as_bytes());
     m.extend_from_slice(&record.payment_id.to_be_bytes());
+    m.extend_from_slice(&amount_msat.to_be_bytes());
     m.extend_from_slice(payment_hash);
     m
 }
 
 /// `TaggedHash("t2t/keysend", m)` of [`keysend_message`].
-pub fn keysend_hash(record: &SessionRecord, payment_hash: &[u8; 32]) -> KeysendHash {
+pub fn keysend_hash(
+    record: &SessionRecord,
+    amount_msat: u64,
+    payment_hash: &[u8; 32],
+) -> KeysendHash {
     use bitcoin::hashes::Hash;
-    KeysendHash::hash(&keysend_message(record, payment_hash))
+    KeysendHash::hash(&keysend_message(record, amount_msat, payment_hash))
 }
 
 /// The value of the [`SESSION_AUTH_TLV_TYPE`] record: the cable's signature, by its identity
-/// secret `cable_secret`, of the keysend paying `record` with `payment_hash`.
+/// secret `cable_secret`, of the keysend of `amount_msat` paying `record` with `payment_hash`.
 pub fn sign_keysend(
     record: &SessionRecord,
+    amount_msat: u64,
     payment_hash: &[u8; 32],
     cable_secret: &bitcoin::secp256k1::SecretKey,
 ) -> Vec<u8> {
     use bitcoin::hashes::Hash;
     crate::identity::sign(
-        keysend_hash(record, payment_hash).to_byte_array(),
+        keysend_hash(record, amount_msat, payment_hash).to_byte_array(),
         &crate::identity::keypair(cable_secret),
     )
 }
 
 /// The socket's check that the cable whose identity key is `cable_key` (the key that opened
-/// the session) signed the keysend paying `record` with `payment_hash`: `signature` is the
-/// value of the first custom TLV of type [`SESSION_AUTH_TLV_TYPE`].
+/// the session) signed the keysend of `amount_msat` (as received) paying `record` with
+/// `payment_hash`: `signature` is the value of the first custom TLV of type
+/// [`SESSION_AUTH_TLV_TYPE`].
 ///
 /// Errors: [`crate::identity::IdentityError::Signature`] when it is not 64 bytes or not that
 /// key's BIP 340 signature of [`keysend_hash`]. A keysend that fails this is a stranger's:
 /// booked, never blamed on the session's cable (design.md "Blame needs proof").
 pub fn verify_keysend(
     record: &SessionRecord,
+    amount_msat: u64,
     payment_hash: &[u8; 32],
     signature: &[u8],
     cable_key: &bitcoin::secp256k1::PublicKey,
 ) -> Result<(), crate::identity::IdentityError> {
     use bitcoin::hashes::Hash;
     crate::identity::verify(
-        keysend_hash(record, payment_hash).to_byte_array(),
+        keysend_hash(record, amount_msat, payment_hash).to_byte_array(),
         signature,
         cable_key,
         "keysend",
@@ -385,11 +399,12 @@ mod tests {
             payment_id: signed["payment_id"].as_u64().unwrap(),
         };
         let payment_hash: [u8; 32] = hex(&signed["payment_hash_hex"]).try_into().unwrap();
+        let amount_msat = signed["amount_msat"].as_u64().unwrap();
         assert_eq!(
-            keysend_message(&record, &payment_hash),
+            keysend_message(&record, amount_msat, &payment_hash),
             hex(&signed["message_hex"])
         );
-        let digest = keysend_hash(&record, &payment_hash);
+        let digest = keysend_hash(&record, amount_msat, &payment_hash);
         assert_eq!(digest.to_byte_array().to_vec(), hex(&signed["digest_hex"]));
         let signature = hex(&signed["signature_hex"]);
         let no_aux = Secp256k1::new().sign_schnorr_no_aux_rand(
@@ -397,26 +412,31 @@ mod tests {
             &bitcoin::secp256k1::Keypair::from_secret_key(&Secp256k1::new(), &secret),
         );
         assert_eq!(no_aux.as_ref().to_vec(), signature);
-        verify_keysend(&record, &payment_hash, &signature, &key).unwrap();
-        let fresh = sign_keysend(&record, &payment_hash, &secret);
-        verify_keysend(&record, &payment_hash, &fresh, &key).unwrap();
+        verify_keysend(&record, amount_msat, &payment_hash, &signature, &key).unwrap();
+        let fresh = sign_keysend(&record, amount_msat, &payment_hash, &secret);
+        verify_keysend(&record, amount_msat, &payment_hash, &fresh, &key).unwrap();
 
-        // Each field is bound: another payment id, session, payment hash or key fails.
+        // Each field is bound: another payment id, session, amount, payment hash or key fails.
+        assert!(verify_keysend(&record, amount_msat + 1, &payment_hash, &signature, &key).is_err());
         let other_id = SessionRecord {
             payment_id: record.payment_id + 1,
             ..record.clone()
         };
-        assert!(verify_keysend(&other_id, &payment_hash, &signature, &key).is_err());
+        assert!(verify_keysend(&other_id, amount_msat, &payment_hash, &signature, &key).is_err());
         let other_session = SessionRecord {
             session_id: "x".into(),
             ..record.clone()
         };
-        assert!(verify_keysend(&other_session, &payment_hash, &signature, &key).is_err());
-        assert!(verify_keysend(&record, &[0; 32], &signature, &key).is_err());
+        assert!(
+            verify_keysend(&other_session, amount_msat, &payment_hash, &signature, &key).is_err()
+        );
+        assert!(verify_keysend(&record, amount_msat, &[0; 32], &signature, &key).is_err());
         let stranger = SecretKey::from_slice(&[0x22; 32]).unwrap();
-        let forged = sign_keysend(&record, &payment_hash, &stranger);
-        assert!(verify_keysend(&record, &payment_hash, &forged, &key).is_err());
-        assert!(verify_keysend(&record, &payment_hash, &signature[..63], &key).is_err());
+        let forged = sign_keysend(&record, amount_msat, &payment_hash, &stranger);
+        assert!(verify_keysend(&record, amount_msat, &payment_hash, &forged, &key).is_err());
+        assert!(
+            verify_keysend(&record, amount_msat, &payment_hash, &signature[..63], &key).is_err()
+        );
         let tlvs: [(u64, &[u8]); 2] = [(SESSION_TLV_TYPE, b"x"), (SESSION_AUTH_TLV_TYPE, &fresh)];
         assert_eq!(keysend_auth(tlvs), Some(&fresh[..]));
         assert_eq!(keysend_auth([(SESSION_TLV_TYPE, &b"x"[..])]), None);

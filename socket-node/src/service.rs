@@ -231,11 +231,34 @@ impl Socket for SocketService {
             Some(_) => {
                 let (key, sequence) = proto::identity::verify_request(&request)
                     .map_err(|e| SocketError::Unauthenticated(e.to_string()))?;
-                Some((key.to_string(), sequence))
+                Some((key, sequence))
             }
         };
         let outlet_id = request.outlet_id;
         let outlet = station.outlet(&outlet_id)?;
+        // The stream of the cable whose session is in progress: its sequence is checked and
+        // kept with the session's (persisted), like any request of the session, so that a
+        // captured one played back, even after a restart, keeps nothing alive.
+        if let Some((key, sequence)) = cable {
+            let key_hex = key.to_string();
+            let session = outlet
+                .read(move |task| task.session_of_cable(&key_hex))
+                .await?;
+            if let Some(session_id) = session {
+                let authorized = station
+                    .shared
+                    .store()
+                    .authorize(&session_id, &CableAuth { key, sequence })
+                    .map_err(SocketError::internal)?;
+                if let Authorized::Replay { last_sequence } = authorized {
+                    return Err(SocketError::Unauthenticated(format!(
+                        "replayed WatchStatus: sequence {sequence} is not above {last_sequence}"
+                    ))
+                    .into());
+                }
+            }
+        }
+        let cable = cable.map(|(key, sequence)| (key.to_string(), sequence));
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         // Counted from now on, before the reply, so a PowerRequest that follows finds the
         // cable plugged in.

@@ -281,9 +281,9 @@ impl Station {
                 format!("{txid}, not taken yet: {e}")
             }
         };
-        let (status, txid) = (SetStatus::Broadcast, Some(txid));
+        let status = SetStatus::Broadcast;
         let store = store();
-        if let Err(e) = store.close_set(&session_id, index, status, txid) {
+        if let Err(e) = store.close_set_sent(&session_id, index, &tx) {
             tracing::error!(session = %session_id, set = index, "storing the set's close (again next round): {e}");
             return Some(retry);
         }
@@ -481,7 +481,6 @@ impl Station {
                 .flatten();
             let Some(set) = held else { continue };
             let chain = &self.shared.chain;
-            let latest = set.seller.latest().map(|tx| tx.compute_txid());
             let depth = self.shared.config.final_confirmations.max(1) + WATCH_DEPTH_BLOCKS;
             // Spent by a named transaction: the one held (the cable broadcast it at its session
             // end) or another (a double spend). An unknown or unanswered spender blames nobody.
@@ -492,14 +491,13 @@ impl Station {
                 }
             });
             let Some((input, by)) = spent else { continue };
-            let ours = latest == Some(by);
             let reason = format!(
                 "double spend: input {input} of the held payments was spent by {by}; {} held unpaid",
                 set.seller.value()
             );
             let (session_id, index) = (set.session_id.clone(), set.index);
             let _ =
-                outlet.call_blocking(move |task| task.set_spent(&session_id, index, ours, reason));
+                outlet.call_blocking(move |task| task.set_spent(&session_id, index, by, reason));
         }
     }
 }

@@ -200,9 +200,11 @@ impl Cable {
             session_id: session.id.clone(),
             payment_id,
         };
-        let auth = self
-            .signer
-            .sign_keysend(&record, &PaymentHash::from(PaymentPreimage(preimage)).0);
+        let auth = self.signer.sign_keysend(
+            &record,
+            amount_msat,
+            &PaymentHash::from(PaymentPreimage(preimage)).0,
+        );
         let ln = self.lightning()?;
         let started = Instant::now();
         let paid = tokio::task::block_in_place(|| {

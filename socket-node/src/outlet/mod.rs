@@ -544,6 +544,16 @@ impl OutletTask {
         lost.elapsed() < self.hw.link_debounce
     }
 
+    /// The session in progress, when the cable `key` (hex) opened it.
+    pub(crate) fn session_of_cable(&mut self, key: &str) -> Option<String> {
+        self.cable_present();
+        let session = self.machine.session()?.id.clone();
+        match &self.session_cable {
+            Some((id, own)) if *id == session && own == key => Some(session),
+            _ => None,
+        }
+    }
+
     /// Why the outlet could not open a session for the cable `key` (hex) now, if it could not:
     /// locked out, nothing plugged in, or another cable's session in progress.
     pub(crate) fn opening_refusal(&mut self, key: &str) -> Option<String> {
@@ -735,19 +745,28 @@ impl OutletTask {
         }
     }
 
-    /// The held set of `session_id`, `index` had an input spent: by its own latest
-    /// transaction (`ours`: the cable broadcast it), settle it (the chain watch follows it);
-    /// by another, named by the caller in `reason` (the cable double-spent), the set is lost:
+    /// The held set of `session_id`, `index` had an input spent by `by`: by its latest
+    /// transaction as held now (the cable broadcast it), settle it (the chain watch follows
+    /// it); by another (the cable double-spent; `reason` names it), the set is lost:
     /// recorded `failed` with its value lost against the cable (banned), and lock out. What we
     /// hold is not sent: it pays the same fee as the set's other transactions, so bitcoind
     /// would not take it over the double spend.
-    pub(crate) fn set_spent(&mut self, session_id: &str, index: u32, ours: bool, reason: String) {
+    pub(crate) fn set_spent(
+        &mut self,
+        session_id: &str,
+        index: u32,
+        by: bitcoin::Txid,
+        reason: String,
+    ) {
         let Some(set) = self
             .set
             .take_if(|s| s.session_id == session_id && s.index == index)
         else {
             return;
         };
+        // Decided here, in the outlet, on the set as it is now: a payment held since the
+        // caller looked may be the very transaction that spent the inputs.
+        let ours = set.seller.latest().map(|tx| tx.compute_txid()) == Some(by);
         let value = set.seller.value();
         if ours {
             self.settle(set);

@@ -288,7 +288,7 @@ pub(crate) fn receive_keysend(
         return Err(stray("this socket does not take keysends".into()));
     }
     let record = ln::session_record(records).map_err(|e| stray(e.to_string()))?;
-    authenticate(shared, &record, payment_hash, records).map_err(stray)?;
+    authenticate(shared, &record, amount_msat, payment_hash, records).map_err(stray)?;
     // ldk-node delivers an event again when the socket stopped before handling it: a keysend
     // recorded before was credited then.
     let known = shared.store().ln_hash_received(payment_hash);
@@ -310,6 +310,7 @@ pub(crate) fn receive_keysend(
 fn authenticate(
     shared: &Shared,
     record: &proto::lightning::SessionRecord,
+    amount_msat: u64,
     payment_hash: &str,
     records: &[ln::ldk_node::CustomTlvRecord],
 ) -> Result<(), String> {
@@ -330,7 +331,7 @@ fn authenticate(
     )
     .map_err(|e| e.to_string())?;
     let hash = <[u8; 32]>::from_hex(payment_hash).map_err(|e| e.to_string())?;
-    proto::lightning::verify_keysend(record, &hash, signature, &key).map_err(|_| {
+    proto::lightning::verify_keysend(record, amount_msat, &hash, signature, &key).map_err(|_| {
         format!(
             "a keysend for session {} whose signature is not its cable's",
             record.session_id

@@ -17,7 +17,7 @@ use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction};
 use proto::units::EnergyMwh;
 use proto::v1;
 use proto::Scheme;
-use wallet::facts::{Answer, Spender, SEARCH_DEPTH_BLOCKS};
+use wallet::facts::Answer;
 
 use crate::outlet::{OpenSet, OutletHandle, OutletTask};
 use crate::shared::Shared;
@@ -258,9 +258,11 @@ pub(crate) enum Refusal {
     Policy(String),
 }
 
-/// `testmempoolaccept` or `sendrawtransaction` reject reasons that depend on the state of the
-/// mempool, not on the transaction's validity: nobody's fault (Bitcoin Core
-/// `validation.cpp`, `policy/`).
+/// `testmempoolaccept` or `sendrawtransaction` reject reasons that prove nothing against the
+/// cable (Bitcoin Core `validation.cpp`, `policy/`): the state of this node's mempool (fee
+/// floor, chain limits, a conflict, the transaction already there), this node's view of the
+/// chain (a lock time or sequence not final at our tip, an input it does not know: an evicted
+/// or unseen parent, another network) and this node's standardness policy. Nobody's fault.
 const POLICY_REJECTS: &[&str] = &[
     "min relay fee not met",
     "mempool min fee not met",
@@ -273,34 +275,26 @@ const POLICY_REJECTS: &[&str] = &[
     "txn-already-known",
     "replacement-adds-unconfirmed",
     "too many potential replacements",
+    "non-final",
+    "non-BIP68-final",
+    "missing-inputs",
+    "inputs-missingorspent",
+    "dust",
+    "scriptpubkey",
+    "tx-size-small",
+    "non-mandatory-script-verify-flag",
+    "bad-txns-nonstandard-inputs",
+    "bare-multisig",
+    "multi-op-return",
 ];
 
-/// Judge bitcoind's refusal of `tx` (`reason`, its reject reason): a mempool policy refusal
-/// is nobody's fault; missing inputs are the cable's only when a named transaction spent one
-/// (it signed a payment from a coin already spent), else (a parent evicted or never sent, a
-/// wrong network) nobody's; anything else (a bad signature, an invalid script) breaks a rule.
-pub(crate) fn judge_reject(shared: &Shared, tx: &Transaction, reason: &str) -> Refusal {
+/// Judge bitcoind's refusal of a payment (`reason`, its reject reason): a refusal of policy or
+/// of this node's view ([`POLICY_REJECTS`]) is nobody's fault and is only refused; anything
+/// else (a bad signature, an invalid script, an input spent twice inside it) breaks a rule of
+/// consensus in a transaction the cable signed. Cheap: no chain lookups (a cable can send
+/// made-up inputs as often as its rate allows).
+pub(crate) fn judge_reject(reason: &str) -> Refusal {
     if POLICY_REJECTS.iter().any(|p| reason.contains(p)) {
-        return Refusal::Policy(format!("bitcoind will not take it now: {reason}"));
-    }
-    if reason.contains("missing-inputs") || reason.contains("inputs-missingorspent") {
-        let depth = shared.config.final_confirmations.max(1) + SEARCH_DEPTH_BLOCKS;
-        for input in tx.input.iter().map(|i| i.previous_output) {
-            match shared.chain.spender(input, depth) {
-                Answer::Found(Spender::Tx { txid, .. }) if txid != tx.compute_txid() => {
-                    return Refusal::Cheat(format!("input {input} was spent before, by {txid}"));
-                }
-                Answer::Found(_) => {}
-                Answer::NotFound => {
-                    return Refusal::Policy(format!(
-                        "input {input} is not an unspent output on this {} chain or in its \
-                         mempool (wrong network, never broadcast, or its transaction evicted)",
-                        shared.config.network
-                    ))
-                }
-                Answer::NoAnswer(e) | Answer::Refused(e) => return Refusal::Unavailable(e),
-            }
-        }
         return Refusal::Policy(format!("bitcoind will not take it now: {reason}"));
     }
     Refusal::Cheat(format!("bitcoind refuses the transaction: {reason}"))
@@ -338,7 +332,7 @@ pub(crate) fn check_on_chain(
     }
     let verdict = shared.chain.test_mempool_accept(tx).map_err(unavailable)?;
     if !verdict.allowed {
-        return Err(judge_reject(shared, tx, &verdict.reject_reason));
+        return Err(judge_reject(&verdict.reject_reason));
     }
     // bitcoind (full RBF) accepts a replacement of a mempool transaction that pays more: the
     // socket never broadcasts one, lest it replace a payment it credited.

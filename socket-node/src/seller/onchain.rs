@@ -112,11 +112,7 @@ async fn pay(
                 .set_payment_status(session_id, payment_id, PaymentStatus::Failed)
                 .map_err(SocketError::internal)?;
             // Refused between the check and the broadcast: blame only on proof.
-            let (reason, refused) = (e.to_string(), tx.clone());
-            let judged = cx
-                .with_chain(move |shared| super::judge_reject(shared, &refused, &reason))
-                .await?;
-            return Err(match judged {
+            return Err(match super::judge_reject(&e.to_string()) {
                 super::Refusal::Cheat(reason) => {
                     cx.lock_out(session_id, &format!("broadcast failed: {reason}"))
                         .await

@@ -299,17 +299,18 @@ fn deposit_state(
     }
 }
 
-/// The transaction that spent the deposit of `stored`, when one is named and is not the
-/// socket's own close (a payment of the channel).
-fn foreign_spender(node: &Shared, stored: &StoredChannel) -> Option<bitcoin::Txid> {
+/// Why a channel's close was refused, when the chain tells: the deposit replaced, or its
+/// output spent by another transaction than the close (the refund).
+fn closing_failed_because(node: &Shared, stored: &StoredChannel) -> Option<DepositState> {
     let depth = node.config.final_confirmations.max(1) + DEPOSIT_SEARCH_BLOCKS;
-    let Answer::Found(Spender::Tx { txid, .. }) = node.chain.spender(stored.channel.deposit, depth)
-    else {
-        return None;
-    };
-    let ours = stored.close.as_ref().map(|c| c.compute_txid()) == Some(txid)
-        || stored.highest.as_ref().map(|(tx, _)| tx.compute_txid()) == Some(txid);
-    (!ours).then_some(txid)
+    let close = stored.close.as_ref().map(|c| c.compute_txid());
+    match deposit_state(node, stored.channel.deposit, stored.deposit.as_ref(), depth) {
+        Answer::Found(DepositState::Spent(by)) if Some(by) == close => None,
+        Answer::Found(state @ (DepositState::Replaced { .. } | DepositState::Spent(_))) => {
+            Some(state)
+        }
+        _ => None,
+    }
 }
 
 /// The socket's key of channel `index` (m/1017'/1'/index').
@@ -422,7 +423,6 @@ pub(crate) async fn fund(
 /// (the cable hands it over again), [`Refusal::Cheat`] when it refuses it (an input spent
 /// meanwhile).
 async fn broadcast_deposit(cx: &SellerContext<'_>, deposit: Transaction) -> Result<(), Refusal> {
-    let deposit_again = deposit.clone();
     let broadcast = cx
         .with_chain_to_the_end(move |shared| {
             // Fault point for the tests: bitcoind never answers this broadcast.
@@ -441,14 +441,7 @@ async fn broadcast_deposit(cx: &SellerContext<'_>, deposit: Transaction) -> Resu
         Err(wallet::WalletError::Unreachable { message, .. }) => Err(Refusal::Unavailable(
             format!("bitcoind did not answer the deposit's broadcast: {message}"),
         )),
-        Err(e) => {
-            let reason = e.to_string();
-            let deposit = deposit_again;
-            cx.with_chain(move |shared| super::judge_reject(shared, &deposit, &reason))
-                .await
-                .map_err(|e| Refusal::Unavailable(e.to_string()))
-                .and_then(Err)
-        }
+        Err(e) => Err(super::judge_reject(&e.to_string())),
     }
 }
 
@@ -536,7 +529,7 @@ async fn pay(
             cx.shared.payment_lost(
                 outlet_id,
                 session_id,
-                Lost::Value,
+                Lost::Channel,
                 stored.highest_total,
                 "channel-lost",
                 &reason,
@@ -693,21 +686,42 @@ pub(crate) fn close_due(node: &Shared, outlets: &Outlets) {
                     &format!("{txid} pays {}", stored.highest_total),
                 );
             }
-            // Lost only to a named spender of the deposit that is not this close (design.md
-            // "Blame needs proof"); a deposit merely gone (evicted) is sent again by the watch.
-            Err(e) => match foreign_spender(node, &stored) {
-                Some(by) => {
-                    tracing::error!(session = %session_id, %by, "the deposit was spent elsewhere, nothing to close with: {e}");
+            // Lost, and blamed, only when the deposit itself was replaced by a named
+            // transaction (the cable double-spent it before it confirmed). A spend of the
+            // deposit's output is a close or the refund, both signed by the socket: the cable
+            // took its refund because the socket closed too late; nobody is blamed (design.md
+            // "Blame needs proof"). A deposit merely gone (evicted) is sent again by the watch.
+            Err(e) => match closing_failed_because(node, &stored) {
+                Some(DepositState::Replaced { input, by }) => {
+                    tracing::error!(session = %session_id, %by, "the deposit was double-spent, nothing to close with: {e}");
                     node.payment_lost(
                         outlet_id,
                         session_id,
                         Lost::Channel,
                         stored.highest_total,
                         "channel-lost",
-                        &format!("deposit {} spent by {by}: {e}", stored.channel.deposit),
+                        &format!(
+                            "the deposit {} was replaced: its input {input} was spent by {by}: {e}",
+                            stored.channel.deposit
+                        ),
                     );
                 }
-                None => {
+                Some(DepositState::Spent(by)) => {
+                    tracing::warn!(session = %session_id, %by, "the deposit was spent (the refund, after it unlocked?): not closed");
+                    let _ = node.store().audit(
+                        outlet_id,
+                        Some(session_id),
+                        "channel-refunded",
+                        &format!(
+                            "deposit {} spent by {by} before the socket closed",
+                            stored.channel.deposit
+                        ),
+                    );
+                    let _ = node
+                        .store()
+                        .close_channel(session_id, ChannelStatus::Unpaid, None);
+                }
+                _ => {
                     tracing::error!(session = %session_id, "closing the channel: {e}");
                     let _ = node.store().audit(
                         outlet_id,

@@ -115,9 +115,10 @@ pub enum DeviceStatus {
     Allowed,
     /// It may, but a rule found an anomaly in one of its sessions (the session was halted).
     Flagged,
-    /// Refused until a time: it made the socket lose a payment (`ban_secs`).
+    /// Refused until a time, or for good (`ban_secs` unset): it made the socket lose a payment
+    /// (a payment of its own replaced by a named transaction).
     Banned,
-    /// Refused for good: revoked by the operator, or banned with no end.
+    /// Refused for good by an operator: here (`revoke`), or in an imported registry.
     Revoked,
 }
 
@@ -177,6 +178,10 @@ fn u(value: i64) -> u64 {
 
 /// Revoke `key_hex` for good with `banned_reason` inside the caller's transaction, audited;
 /// its sessions still open, with their outlets.
+/// How the reason of an operator's revocation begins (`revoke`, a registry import): what tells
+/// it from a ban for a loss, which has no end either when `ban_secs` is unset.
+const REVOKED_PREFIX: &str = "revoked by";
+
 fn revoke_in(
     tx: &rusqlite::Connection,
     key_hex: &str,
@@ -307,8 +312,12 @@ impl Store {
             let banned: Option<String> = r.get(7)?;
             let until: Option<i64> = r.get(9)?;
             let flagged: Option<String> = r.get(12)?;
+            let revoked = banned
+                .as_deref()
+                .is_some_and(|b| b.starts_with(REVOKED_PREFIX));
             let (status, reason, since) = match (&banned, until) {
-                (Some(_), None) => (DeviceStatus::Revoked, banned, r.get(8)?),
+                (Some(_), None) if revoked => (DeviceStatus::Revoked, banned, r.get(8)?),
+                (Some(_), None) => (DeviceStatus::Banned, banned, r.get(8)?),
                 (Some(_), Some(until)) if until > now => (DeviceStatus::Banned, banned, r.get(8)?),
                 _ if flagged.is_some() => (DeviceStatus::Flagged, flagged, r.get(13)?),
                 _ => (DeviceStatus::Allowed, None, None),
@@ -408,6 +417,9 @@ impl Store {
             .filter_map(|d| {
                 let status = match d.status {
                     DeviceStatus::Revoked => EntryStatus::Revoked,
+                    // Banned for good: it replaced a payment of its own (a named transaction),
+                    // which travels as a revocation with its reason.
+                    DeviceStatus::Banned if d.until_unix_ms.is_none() => EntryStatus::Revoked,
                     DeviceStatus::Flagged => EntryStatus::Flagged,
                     _ => EntryStatus::Allowed,
                 };

@@ -96,7 +96,26 @@ impl Store {
         })
     }
 
-    /// Record how a set ended: `broadcast` with the txid sent, or `failed`.
+    /// Record the set as closed and sent (`broadcast`) with `tx`, the transaction the socket
+    /// sent: it becomes the set's latest, the one the chain watch follows (a payment held
+    /// after the outlet closed the set, racing the close, was never sent and is not followed).
+    pub fn close_set_sent(&self, session_id: &str, index: u32, tx: &Transaction) -> Result<()> {
+        persist("socket-close-set", || {
+            self.db.execute(
+                "UPDATE single_fee_sets SET status = 'broadcast', txid = ?3, latest_tx_hex = ?4
+                 WHERE session_id = ?1 AND set_index = ?2",
+                params![
+                    session_id,
+                    index as i64,
+                    tx.compute_txid().to_string(),
+                    encode::serialize_hex(tx)
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Record how a set ended: `empty`, or `failed` with the txid it held.
     pub fn close_set(
         &self,
         session_id: &str,
