@@ -304,7 +304,7 @@ impl Socket for SocketService {
         let outlet = self.0.outlet(&request.outlet_id)?;
         let scheme = offered_scheme(outlet, request.scheme)?;
         if request.session_id.is_empty() {
-            takes_openings(outlet, &request).await?;
+            takes_openings(&self.0.shared, outlet, &request).await?;
         }
         let cable = self.authenticate(&request)?;
         self.take_receipt(
@@ -393,7 +393,7 @@ impl Socket for SocketService {
         let request = request.into_inner();
         let outlet = self.0.outlet(&request.outlet_id)?;
         let scheme = offered_scheme(outlet, v1::Scheme::Spillman as i32)?;
-        takes_openings(outlet, &request).await?;
+        takes_openings(&self.0.shared, outlet, &request).await?;
         let cable = self.authenticate(&request)?;
         // The cable's own unpaid session in progress: the reply that opened it was lost. For
         // this very deposit its refund is signed again; for another the cable lost it, and it
@@ -683,19 +683,30 @@ fn issue_terms(
     })
 }
 
-/// Whether `outlet` could open a session for the cable that signed `request` now: not locked
-/// out, plugged in, and no other cable's session in progress (its own may be resumed). Checked
+/// Whether `outlet` could open a session for the cable that signed `request` now: the cable
+/// not banned, the outlet not locked out, plugged in, and no other cable's session in progress
+/// (its own may be resumed). Checked
 /// before the opening request is admitted, so that a request for an outlet that cannot take it
 /// writes nothing to the store (no `cables` row, no opening sequence). The signature is checked
 /// here too (statelessly); [`SocketService::authenticate`] checks it again with the store.
-/// Errors: `UNAUTHENTICATED` for a bad signature, `FAILED_PRECONDITION` with the reason.
+/// Errors: `UNAUTHENTICATED` for a bad signature, `PERMISSION_DENIED` (`CABLE_BANNED`) for a
+/// banned cable, `FAILED_PRECONDITION` with the reason.
 async fn takes_openings<R: SessionRequest>(
+    shared: &Shared,
     outlet: &OutletHandle,
     request: &R,
 ) -> Result<(), SocketError> {
     let (key, _) = proto::identity::verify_request(request)
         .map_err(|e| SocketError::Unauthenticated(e.to_string()))?;
     let key = key.to_string();
+    // A banned cable hears that first, whatever the outlet's state.
+    let ban = shared.store().ban_of(&key).map_err(SocketError::internal)?;
+    if let Some((reason, until)) = ban {
+        return Err(SocketError::Banned(match until {
+            Some(until) => format!("{reason} (until Unix ms {until})"),
+            None => format!("{reason} (for good)"),
+        }));
+    }
     let refusal = outlet.read(move |task| task.opening_refusal(&key)).await?;
     match refusal {
         Some(reason) => Err(SocketError::wrong_state(reason)),

@@ -28,6 +28,25 @@ pub(super) fn ensure_cable(db: &rusqlite::Connection, key_hex: &str) -> Result<(
 }
 
 impl Store {
+    /// The ban on the cable `key_hex` in force now, if any: (reason, until Unix ms; `None`:
+    /// for good). Reads only.
+    pub fn ban_of(&self, key_hex: &str) -> Result<Option<(String, Option<i64>)>> {
+        let row: Option<(Option<String>, Option<i64>)> = self
+            .db
+            .query_row(
+                "SELECT banned_reason, banned_until_unix_ms FROM cables WHERE key_hex = ?1",
+                params![key_hex],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(match row {
+            Some((Some(reason), until)) if until.is_none_or(|until| unix_ms() < until) => {
+                Some((reason, until))
+            }
+            _ => None,
+        })
+    }
+
     /// May the cable of `cable` open a session now? Not while banned; not with a sequence at or
     /// below its last opening request's (a request recorded on the link and played back).
     /// When admitted, `cable.sequence` becomes the last opening sequence (persisted first).
