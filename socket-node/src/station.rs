@@ -283,7 +283,7 @@ impl Station {
         };
         let status = SetStatus::Broadcast;
         let store = store();
-        if let Err(e) = store.close_set_sent(&session_id, index, &tx) {
+        if let Err(e) = store.close_set(&session_id, index, status, Some(&tx)) {
             tracing::error!(session = %session_id, set = index, "storing the set's close (again next round): {e}");
             return Some(retry);
         }
@@ -434,7 +434,7 @@ impl Station {
                         "input set {index} ({txid}) was replaced: its input {input} was spent by {by}"
                     );
                     if store()
-                        .close_set(session_id, index, SetStatus::Failed, Some(txid))
+                        .close_set(session_id, index, SetStatus::Failed, Some(tx))
                         .is_err()
                     {
                         continue;

@@ -267,6 +267,23 @@ impl Cable {
             }
         }
     }
+    /// A new connection to the socket for calls, retried until `reconnect_secs` have passed,
+    /// without a new `WatchStatus` stream: the link stays the stream the session loop reads
+    /// (the socket counts the cable's newest signed stream as its presence, so a second one
+    /// opened and dropped here would read as the cable leaving).
+    async fn reconnect_client(&self) -> anyhow::Result<SocketClient<Channel>> {
+        let deadline = Instant::now() + Duration::from_secs(self.config.session.reconnect_secs);
+        loop {
+            match self.connect().await {
+                Ok(client) => return Ok(client),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::warn!("socket unreachable, retrying: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e.context("the socket stayed unreachable")),
+            }
+        }
+    }
     /// Plug in and run one session to its end.
     pub async fn run_session(&mut self) -> Result<SessionReport, CableError> {
         let mut client = self.connect().await?;
@@ -684,7 +701,7 @@ impl Cable {
                 Err(status) if retryable(&status) => {
                     tracing::warn!("PowerRequest: {}; asking again", status.message());
                     tokio::time::sleep(Duration::from_millis(250)).await;
-                    *client = self.reconnect().await?.0;
+                    *client = self.reconnect_client().await?;
                 }
                 Err(status) if session.resumed && status.code() == Code::FailedPrecondition => {
                     tracing::warn!(session = %session.id, "the socket ended the session while the cable was away: {}", status.message());
@@ -852,7 +869,7 @@ impl Cable {
                     // The socket may be waiting on its chain (or on blocks, past its limit of
                     // unconfirmed payments): do not hammer it.
                     tokio::time::sleep(Duration::from_millis(250)).await;
-                    *client = self.reconnect().await?.0;
+                    *client = self.reconnect_client().await?;
                 }
                 Err(status)
                     if proto::errors::reason_of(&status)

@@ -772,12 +772,12 @@ impl OutletTask {
             self.settle(set);
             tracing::info!(outlet = %self.config.id, session = %session_id, set = index, "input set broadcast by the cable");
         } else {
-            let txid = set.seller.latest().map(|tx| tx.compute_txid());
+            let latest = set.seller.latest().cloned();
             if let Err(e) = self.shared.store().close_set(
                 session_id,
                 index,
                 crate::store::SetStatus::Failed,
-                txid,
+                latest.as_ref(),
             ) {
                 tracing::error!(outlet = %self.config.id, session = %session_id, "storing the lost set: {e}");
             }

@@ -1,7 +1,7 @@
 //! single-fee input sets (paper §VI): opened, the latest held, broadcast, confirmed.
 
 use bitcoin::consensus::encode;
-use bitcoin::{Amount, Transaction, Txid};
+use bitcoin::{Amount, Transaction};
 use rusqlite::params;
 
 use super::payments::insert_payment;
@@ -96,37 +96,29 @@ impl Store {
         })
     }
 
-    /// Record the set as closed and sent (`broadcast`) with `tx`, the transaction the socket
-    /// sent: it becomes the set's latest, the one the chain watch follows (a payment held
-    /// after the outlet closed the set, racing the close, was never sent and is not followed).
-    pub fn close_set_sent(&self, session_id: &str, index: u32, tx: &Transaction) -> Result<()> {
-        persist("socket-close-set", || {
-            self.db.execute(
-                "UPDATE single_fee_sets SET status = 'broadcast', txid = ?3, latest_tx_hex = ?4
-                 WHERE session_id = ?1 AND set_index = ?2",
-                params![
-                    session_id,
-                    index as i64,
-                    tx.compute_txid().to_string(),
-                    encode::serialize_hex(tx)
-                ],
-            )?;
-            Ok(())
-        })
-    }
-
-    /// Record how a set ended: `empty`, or `failed` with the txid it held.
+    /// Record how a set ended: `empty` (no `tx`), `broadcast` with `tx`, the transaction the
+    /// socket sent, or `failed` with `tx`, the one it held when a named transaction replaced
+    /// it. `tx` becomes the set's latest, the one the chain watch follows (a payment held after
+    /// the outlet closed the set, racing the close, was never sent and is not followed).
     pub fn close_set(
         &self,
         session_id: &str,
         index: u32,
         status: SetStatus,
-        txid: Option<Txid>,
+        tx: Option<&Transaction>,
     ) -> Result<()> {
         persist("socket-close-set", || {
             self.db.execute(
-                "UPDATE single_fee_sets SET status = ?3, txid = ?4 WHERE session_id = ?1 AND set_index = ?2",
-                params![session_id, index as i64, status, txid.map(|t| t.to_string())],
+                "UPDATE single_fee_sets SET status = ?3, txid = ?4,
+                     latest_tx_hex = COALESCE(?5, latest_tx_hex)
+                 WHERE session_id = ?1 AND set_index = ?2",
+                params![
+                    session_id,
+                    index as i64,
+                    status,
+                    tx.map(|t| t.compute_txid().to_string()),
+                    tx.map(encode::serialize_hex)
+                ],
             )?;
             Ok(())
         })
