@@ -121,12 +121,14 @@ impl Shared {
             Ok(None) => tracing::warn!(session = %session_id, %amount, "{event}: {reason}"),
             Err(e) => tracing::error!(session = %session_id, "recording a loss of {amount}: {e}"),
         }
-        let _ = store.audit(
+        if let Err(e) = store.audit(
             outlet_id,
             Some(session_id),
             event,
             &format!("{amount} lost: {reason}"),
-        );
+        ) {
+            tracing::error!("the audit log did not take a row: {e}");
+        }
     }
 
     /// Hand a closed input set to the settler thread, which broadcasts it.

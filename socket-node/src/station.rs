@@ -287,12 +287,14 @@ impl Station {
             tracing::error!(session = %session_id, set = index, "storing the set's close (again next round): {e}");
             return Some(retry);
         }
-        let _ = store.audit(
+        if let Err(e) = store.audit(
             &outlet_id,
             Some(&session_id),
             &format!("set-{status}"),
             &detail,
-        );
+        ) {
+            tracing::error!("the audit log did not take a row: {e}");
+        }
         None
     }
 
@@ -319,11 +321,13 @@ impl Station {
                 match chain.broadcast(&payment.tx) {
                     Ok(_) => {
                         tracing::info!(session = %session_id, %txid, "payment sent, after bitcoind did not answer");
-                        let _ = self.shared.store().set_payment_status(
+                        if let Err(e) = self.shared.store().set_payment_status(
                             session_id,
                             payment_id,
                             PaymentStatus::Broadcast,
-                        );
+                        ) {
+                            tracing::error!("store (written again on the next round): {e}");
+                        }
                         continue;
                     }
                     Err(WalletError::Unreachable { .. }) => return,
@@ -337,11 +341,13 @@ impl Station {
             let (input, by) = match chain.fate(&payment.tx, depth) {
                 Answer::Found(Fate::Confirmed { depth, .. }) => {
                     if depth >= final_confirmations {
-                        let _ = self.shared.store().set_payment_status(
+                        if let Err(e) = self.shared.store().set_payment_status(
                             session_id,
                             payment_id,
                             PaymentStatus::Confirmed,
-                        );
+                        ) {
+                            tracing::error!("store (written again on the next round): {e}");
+                        }
                     }
                     continue;
                 }
@@ -408,19 +414,25 @@ impl Station {
             let fate = chain.fate(tx, depth);
             if let (Some(_), Answer::Found(Fate::InMempool | Fate::Missing)) = (seen_at, &fate) {
                 tracing::warn!(session = %session_id, set = index, %txid, "input set's block reorganized away: watched again");
-                let _ = store().set_confirmed(session_id, index, None);
+                if let Err(e) = store().set_confirmed(session_id, index, None) {
+                    tracing::error!("store (written again on the next round): {e}");
+                }
             }
             match fate {
                 Answer::Found(Fate::Confirmed { height, .. }) => {
                     if seen_at != Some(height) {
                         tracing::info!(session = %session_id, set = index, %txid, height, "input set confirmed");
-                        let _ = store().set_confirmed(session_id, index, Some(height));
-                        let _ = store().audit(
+                        if let Err(e) = store().set_confirmed(session_id, index, Some(height)) {
+                            tracing::error!("store (written again on the next round): {e}");
+                        }
+                        if let Err(e) = store().audit(
                             &outlet_id,
                             Some(session_id),
                             "set-confirmed",
                             &format!("{txid} at {height}"),
-                        );
+                        ) {
+                            tracing::error!("the audit log did not take a row: {e}");
+                        }
                     }
                 }
                 Answer::Found(Fate::InMempool) => {}

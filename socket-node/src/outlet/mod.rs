@@ -665,12 +665,14 @@ impl OutletTask {
             .map_err(SocketError::wrong_state)?;
         self.apply(events);
         tracing::info!(outlet = %self.config.id, session = %session_id, %quota, %detail, "payment credited");
-        let _ = self.shared.store().audit(
+        if let Err(e) = self.shared.store().audit(
             &self.config.id,
             Some(session_id),
             "payment-credited",
             detail,
-        );
+        ) {
+            tracing::error!("the audit log did not take a row: {e}");
+        }
         Ok(())
     }
 
@@ -842,7 +844,9 @@ impl OutletTask {
                         tracing::error!(outlet = %outlet_id, "ending session {id} (written again shortly): {e}");
                         self.unstored_ends.push((id.clone(), used, reason.clone()));
                     }
-                    let _ = store.audit(&outlet_id, Some(&id), "session-ended", &reason);
+                    if let Err(e) = store.audit(&outlet_id, Some(&id), "session-ended", &reason) {
+                        tracing::error!("the audit log did not take a row: {e}");
+                    }
                 }
             }
         }

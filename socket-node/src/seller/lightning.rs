@@ -142,9 +142,13 @@ pub(crate) fn on_event(shared: &Shared, outlets: &Outlets, event: &ln::ldk_node:
                 Err(KeysendRefusal::Stray(reason)) => {
                     tracing::warn!(%hash, amount_msat, %reason, "keysend kept, not credited");
                     if let Some(line) = STRAY_KEYSENDS.tally(*amount_msat, &reason) {
-                        let _ = shared
-                            .store()
-                            .audit("", None, "keysend-not-credited", &line);
+                        if let Err(e) =
+                            shared
+                                .store()
+                                .audit("", None, "keysend-not-credited", &line)
+                        {
+                            tracing::error!("the audit log did not take a row: {e}");
+                        }
                     }
                 }
                 Err(KeysendRefusal::Cheat { session_id, reason }) => {
@@ -426,12 +430,14 @@ fn credit_keysend(
     }
     if let Some(why) = ended {
         tracing::warn!(%payment_hash, session_id = %record.session_id, %why, "keysend recorded after its session ended");
-        let _ = task.shared().store().audit(
+        if let Err(e) = task.shared().store().audit(
             &task.config.id,
             Some(&record.session_id),
             "keysend-after-end",
             &format!("payment {} ({payment_hash}): {why}", record.payment_id),
-        );
+        ) {
+            tracing::error!("the audit log did not take a row: {e}");
+        }
         return Ok(());
     }
     if let Ok(session) = task.machine.active_session(&record.session_id) {

@@ -234,19 +234,25 @@ pub(crate) fn watch_channels(node: &Shared) {
         match chain.fate(close, depth) {
             Answer::Found(Fate::Confirmed { height, .. }) => {
                 tracing::info!(session = %session_id, height, "spillman close confirmed");
-                let _ = node.store().close_confirmed(session_id, height);
+                if let Err(e) = node.store().close_confirmed(session_id, height) {
+                    tracing::error!("store (written again on the next round): {e}");
+                }
             }
             Answer::Found(Fate::Missing) => resend(close),
             Answer::Found(Fate::InMempool) => {}
             Answer::Found(Fate::Replaced { by, .. }) => {
                 tracing::warn!(session = %session_id, %by, "the channel's close was replaced (the refund, after it unlocked?)");
-                let _ = node.store().audit(
+                if let Err(e) = node.store().audit(
                     &outlet_id,
                     Some(session_id),
                     "channel-close-replaced",
                     &format!("{} replaced by {by}", close.compute_txid()),
-                );
-                let _ = node.store().close_confirmed(session_id, 0);
+                ) {
+                    tracing::error!("the audit log did not take a row: {e}");
+                }
+                if let Err(e) = node.store().close_confirmed(session_id, 0) {
+                    tracing::error!("store (written again on the next round): {e}");
+                }
             }
             Answer::NotFound | Answer::NoAnswer(_) | Answer::Refused(_) => return,
         }
@@ -649,15 +655,20 @@ pub(crate) fn close_due(node: &Shared, outlets: &Outlets) {
             continue;
         }
         let Some((tx, cable_signature)) = &stored.highest else {
-            let _ = node
+            if let Err(e) = node
                 .store()
-                .close_channel(session_id, ChannelStatus::Unpaid, None);
-            let _ = node.store().audit(
+                .close_channel(session_id, ChannelStatus::Unpaid, None)
+            {
+                tracing::error!("store (written again on the next round): {e}");
+            }
+            if let Err(e) = node.store().audit(
                 outlet_id,
                 Some(session_id),
                 "channel-unpaid",
                 "no payment to close with",
-            );
+            ) {
+                tracing::error!("the audit log did not take a row: {e}");
+            }
             continue;
         };
         let Some(secret) = channel_secret_of(node, session_id, &stored.channel.socket_key) else {
@@ -679,12 +690,14 @@ pub(crate) fn close_due(node: &Shared, outlets: &Outlets) {
                 let _ =
                     node.store()
                         .close_channel(session_id, ChannelStatus::Closed, Some(&signed));
-                let _ = node.store().audit(
+                if let Err(e) = node.store().audit(
                     outlet_id,
                     Some(session_id),
                     "channel-closed",
                     &format!("{txid} pays {}", stored.highest_total),
-                );
+                ) {
+                    tracing::error!("the audit log did not take a row: {e}");
+                }
             }
             // Lost, and blamed, only when the deposit itself was replaced by a named
             // transaction (the cable double-spent it before it confirmed). A spend of the
@@ -708,7 +721,7 @@ pub(crate) fn close_due(node: &Shared, outlets: &Outlets) {
                 }
                 Some(DepositState::Spent(by)) => {
                     tracing::warn!(session = %session_id, %by, "the deposit was spent (the refund, after it unlocked?): not closed");
-                    let _ = node.store().audit(
+                    if let Err(e) = node.store().audit(
                         outlet_id,
                         Some(session_id),
                         "channel-refunded",
@@ -716,14 +729,19 @@ pub(crate) fn close_due(node: &Shared, outlets: &Outlets) {
                             "deposit {} spent by {by} before the socket closed",
                             stored.channel.deposit
                         ),
-                    );
-                    let _ = node
-                        .store()
-                        .close_channel(session_id, ChannelStatus::Unpaid, None);
+                    ) {
+                        tracing::error!("the audit log did not take a row: {e}");
+                    }
+                    if let Err(e) =
+                        node.store()
+                            .close_channel(session_id, ChannelStatus::Unpaid, None)
+                    {
+                        tracing::error!("store (written again on the next round): {e}");
+                    }
                 }
                 _ => {
                     tracing::error!(session = %session_id, "closing the channel: {e}");
-                    let _ = node.store().audit(
+                    if let Err(e) = node.store().audit(
                         outlet_id,
                         Some(session_id),
                         "channel-close-failed",
@@ -731,7 +749,9 @@ pub(crate) fn close_due(node: &Shared, outlets: &Outlets) {
                             "{e}; signature {}",
                             cable_signature.to_vec().to_lower_hex_string()
                         ),
-                    );
+                    ) {
+                        tracing::error!("the audit log did not take a row: {e}");
+                    }
                 }
             },
         }
