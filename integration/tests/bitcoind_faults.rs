@@ -128,7 +128,7 @@ fn bitcoind_restarting_mid_session_locks_no_honest_cable_out() {
     // Every cable funded first: the harness's RPC client keeps bitcoind's first cookie. The
     // Lightning session first: the socket's Lightning node (ldk-node) reads the cookie once,
     // when the socket starts, so after a restart of bitcoind it no longer follows the chain
-    // (README "Reliability"); its channel must be open before.
+    // (docs/testing.md "Reliability"); its channel must be open before.
     let schemes = ["lightning", "onchain", "single-fee", "spillman"];
     let cables: Vec<CableFiles> = schemes
         .iter()

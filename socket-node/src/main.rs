@@ -37,7 +37,7 @@ enum Command {
     /// reflection; the operator API wants a token from the data dir (`admin.token`,
     /// `readonly.token`, created at first start).
     Run {
-        /// TOML config (see README.md for an example).
+        /// TOML config (see docs/operating.md for an example).
         #[arg(long)]
         config: PathBuf,
         /// Folder of the seed, wallet and store; created on first start.

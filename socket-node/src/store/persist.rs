@@ -1,6 +1,6 @@
 //! Persistence points: every write of the store runs through [`persist`] under a name
 //! (`socket-<method>`, e.g. `socket-accept-payment`), for the crash and store-failure tests
-//! (design.md "Durability before action"; README "Reliability").
+//! (design.md "Durability before action"; docs/testing.md "Reliability").
 //!
 //! In builds with the `failpoints` feature (tests only; inert otherwise), `FAILPOINTS` arms them:
 //! - `<point>=return` aborts the process right after the write committed, before the node acts
