@@ -501,7 +501,7 @@ mod tests {
             schemes: vec![v1::SchemeTerms {
                 scheme: v1::Scheme::Onchain as i32,
                 min_payment_sat: 546,
-                min_fee_rate_sat_per_vb: 0,
+                min_fee_rate_sat_per_vb: 2,
                 terms: Some(v1::scheme_terms::Terms::Onchain(v1::OnchainOfferTerms {})),
             }],
             payout_script: Vec::from_hex("0014751e76e8199196d454941c45d1b3a323f1433bd6").unwrap(),
@@ -617,6 +617,20 @@ mod tests {
         )
         .to_byte_array();
         let opening_sig = deterministic(opening_hash, &secret(0x33));
+        // A signed WatchStatus: the stream that is the cable's presence at the outlet.
+        let watch = v1::WatchStatusRequest {
+            outlet_id: "outlet-1".into(),
+            auth: None,
+        };
+        let watch_body = body_sha256(&watch);
+        let watch_hash = super::request_hash(
+            "",
+            "/t2t.v1.Socket/WatchStatus",
+            1_795_000_000_001,
+            &watch_body,
+        )
+        .to_byte_array();
+        let watch_sig = deterministic(watch_hash, &secret(0x33));
         let report_bytes = report().encode_to_vec();
         let status_hash = status_hash(&report_bytes).to_byte_array();
         let status_sig = deterministic(status_hash, &secret(0x11));
@@ -625,7 +639,7 @@ mod tests {
         let mut tampered_report = report_bytes.clone();
         *tampered_report.last_mut().unwrap() ^= 1;
         json!({
-            "about": "Signatures of t2t.v1 (socket.proto GetOfferResponse, RequestAuth, SignedStatus, SocketCertificate, MeteringReceipt; operator.proto SignedRegistry): BIP 340 Schnorr by the x-only form of the 33-byte key, over the BIP 340 tagged hash SHA256(SHA256(tag) || SHA256(tag) || message_hex bytes) with tag \"t2t/offer\", \"t2t/request\", \"t2t/status\", \"t2t/cert\", \"t2t/registry\" or \"t2t/receipt\". For t2t/offer, t2t/status, t2t/cert, t2t/registry and t2t/receipt, message_hex is the exact protobuf encoding carried (GetOfferResponse.offer, SignedStatus.report, SocketCertificate.body, SignedRegistry.body, MeteringReceipt.body); decode it, never re-encode it. For t2t/request, message_hex is u32-BE len(session_id) || session_id || u32-BE len(method) || method || u64-BE sequence || SHA256(body_hex bytes), body_hex being the request encoded with auth unset (body_sha256_hex its hash). The signatures here were made without auxiliary randomness; real ones use fresh aux randomness and differ: verify, do not compare. secret_key_hex is given to reproduce them.",
+            "about": "Signatures of t2t.v1 (socket.proto GetOfferResponse, RequestAuth, SignedStatus, SocketCertificate, MeteringReceipt; operator.proto SignedRegistry): BIP 340 Schnorr by the x-only form of the 33-byte key, over the BIP 340 tagged hash SHA256(SHA256(tag) || SHA256(tag) || message_hex bytes) with tag \"t2t/offer\", \"t2t/request\", \"t2t/status\", \"t2t/cert\", \"t2t/registry\" or \"t2t/receipt\". For t2t/offer, t2t/status, t2t/cert, t2t/registry and t2t/receipt, message_hex is the exact protobuf encoding carried (GetOfferResponse.offer, SignedStatus.report, SocketCertificate.body, SignedRegistry.body, MeteringReceipt.body); decode it, never re-encode it. For t2t/request (PowerRequest, PayTransaction, OpenChannel, FundChannel, EndSession, and WatchStatus when signed), message_hex is u32-BE len(session_id) || session_id || u32-BE len(method) || method || u64-BE sequence || SHA256(body_hex bytes), body_hex being the request encoded with auth unset (body_sha256_hex its hash). The signatures here were made without auxiliary randomness; real ones use fresh aux randomness and differ: verify, do not compare. secret_key_hex is given to reproduce them.",
             "session_hash": {
                 "about": "GetStatusResponse.session_hash and StatusReport.session_hash: SHA256 (single, untagged) of the session id's UTF-8 bytes; empty bytes for no session",
                 "session_id": "5e55",
@@ -672,6 +686,18 @@ mod tests {
                     "message_hex": request_message("", "/t2t.v1.Socket/PowerRequest", 1_795_000_000_000, &opening_body).to_lower_hex_string(),
                     "tagged_hash_hex": opening_hash.to_lower_hex_string(),
                     "signature_hex": opening_sig.to_lower_hex_string(),
+                    "valid": true
+                },
+                {
+                    "tag": "t2t/request",
+                    "message": "WatchStatusRequest {outlet_id \"outlet-1\"} with auth unset (body_hex); session_id empty, method /t2t.v1.Socket/WatchStatus, sequence 1795000000001: the stream that is the cable's presence (socket.proto WatchStatusRequest.auth)",
+                    "secret_key_hex": ([0x33u8; 32]).to_lower_hex_string(),
+                    "public_key_hex": public(0x33).to_lower_hex_string(),
+                    "body_hex": watch.encode_to_vec().to_lower_hex_string(),
+                    "body_sha256_hex": watch_body.to_lower_hex_string(),
+                    "message_hex": request_message("", "/t2t.v1.Socket/WatchStatus", 1_795_000_000_001, &watch_body).to_lower_hex_string(),
+                    "tagged_hash_hex": watch_hash.to_lower_hex_string(),
+                    "signature_hex": watch_sig.to_lower_hex_string(),
                     "valid": true
                 },
                 {
