@@ -94,8 +94,9 @@ fn default_max_fee() -> u64 {
 pub struct AcceptedOffer {
     /// The offer as received.
     pub offer: v1::Offer,
-    /// The socket's identity key (`offer.socket_identity_key`): what signs its status reports.
-    pub socket_key: bitcoin::secp256k1::PublicKey,
+    /// The socket: its identity key (`offer.socket_identity_key`, what signs its status
+    /// reports) and network, to which the cable addresses its signed requests.
+    pub socket: proto::request_auth::Recipient,
     /// What one quota costs on chain.
     pub quota_amount: Amount,
     /// Energy of one quota.
@@ -178,10 +179,9 @@ impl Policy {
             }
             Scheme::Onchain | Scheme::Spillman | Scheme::Lightning => Amount::ZERO,
         };
-        let socket_key = bitcoin::secp256k1::PublicKey::from_slice(&offer.socket_identity_key)
-            .map_err(|e| format!("the socket identity key: {e}"))?;
+        let socket = proto::request_auth::Recipient::of_offer(offer).map_err(|e| e.to_string())?;
         Ok(AcceptedOffer {
-            socket_key,
+            socket,
             offer: offer.clone(),
             quota_amount: amount,
             quota,

@@ -1,11 +1,13 @@
 //! The cable's signature on every request that changes its session (design.md "Trust";
-//! socket.proto `RequestAuth`): its identity key signs the session, method, a sequence number
-//! and the request's body, so that nobody else on the power-line link can act on its session.
+//! socket.proto `RequestAuth`): its identity key signs the socket it addresses (identity key
+//! and network), the session, method, a sequence number and the request's body, so that
+//! nobody else on the power-line link can act on its session, nor play its request at another
+//! socket.
 
 use std::sync::Mutex;
 
 use bitcoin::secp256k1::SecretKey;
-use proto::identity::{sign_request, SessionRequest};
+use proto::request_auth::{sign_request, Recipient, SessionRequest};
 use wallet::sequence::HighWaterMark;
 
 /// Signs requests with the cable's identity key and a strictly increasing sequence: the
@@ -50,8 +52,9 @@ impl RequestSigner {
             .public_key(&bitcoin::secp256k1::Secp256k1::signing_only())
     }
 
-    /// `request` with its auth set: signed with the next sequence.
-    pub fn sign<R: SessionRequest>(&self, mut request: R) -> R {
+    /// `request` with its auth set: addressed to the socket `to` (from its verified offer,
+    /// [`Recipient::of_offer`]) and signed with the next sequence.
+    pub fn sign<R: SessionRequest>(&self, to: &Recipient, mut request: R) -> R {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -66,7 +69,7 @@ impl RequestSigner {
             }
             *last
         };
-        sign_request(&mut request, &self.secret, sequence);
+        sign_request(&mut request, to, &self.secret, sequence);
         request
     }
 
@@ -88,17 +91,29 @@ mod tests {
     use super::*;
     use proto::v1;
 
+    fn socket() -> Recipient {
+        Recipient {
+            socket_identity_key: SecretKey::from_slice(&[0x11; 32])
+                .unwrap()
+                .public_key(&bitcoin::secp256k1::Secp256k1::signing_only()),
+            network: v1::Network::Regtest,
+        }
+    }
+
     #[test]
     fn each_request_gets_a_higher_sequence_and_verifies() {
         let signer = RequestSigner::new(SecretKey::from_slice(&[4; 32]).unwrap());
         let mut last = 0;
         for _ in 0..100 {
-            let request = signer.sign(v1::EndSessionRequest {
-                session_id: "s".into(),
-                auth: None,
-                receipt: None,
-            });
-            let (_, sequence) = proto::identity::verify_request(&request).unwrap();
+            let request = signer.sign(
+                &socket(),
+                v1::EndSessionRequest {
+                    session_id: "s".into(),
+                    auth: None,
+                    receipt: None,
+                },
+            );
+            let (_, sequence) = proto::request_auth::verify_request(&request, &socket()).unwrap();
             assert!(sequence > last, "{sequence} after {last}");
             last = sequence;
         }
@@ -110,8 +125,10 @@ mod tests {
         let path = dir.path().join("request_sequence");
         let secret = SecretKey::from_slice(&[4; 32]).unwrap();
         let sequence_of = |signer: &RequestSigner| {
-            let request = signer.sign(v1::EndSessionRequest::default());
-            proto::identity::verify_request(&request).unwrap().1
+            let request = signer.sign(&socket(), v1::EndSessionRequest::default());
+            proto::request_auth::verify_request(&request, &socket())
+                .unwrap()
+                .1
         };
         let first = RequestSigner::persistent(secret, path.clone()).unwrap();
         let used = sequence_of(&first);

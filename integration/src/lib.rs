@@ -562,6 +562,18 @@ impl SocketProcess {
             .find(|id| proto::identity::session_hash(id) == status.session_hash))
     }
 
+    /// The socket as a cable addresses its signed requests to it (socket.proto `RequestAuth`):
+    /// its identity key, read from its data dir, on regtest.
+    pub fn recipient(&self) -> proto::request_auth::Recipient {
+        let keys =
+            wallet::keys::NodeKeys::load_or_create(&self.data_dir, bitcoin::Network::Regtest)
+                .expect("the socket's keys, created at its start");
+        proto::request_auth::Recipient {
+            socket_identity_key: keys.identity_key().inner,
+            network: proto::v1::Network::Regtest,
+        }
+    }
+
     /// The offer of the outlet, its signature checked.
     pub fn offer(&self) -> anyhow::Result<proto::v1::Offer> {
         self.call(|mut client| async move { signed_offer(&mut client, OUTLET).await })
@@ -953,35 +965,38 @@ impl PaidByHand {
     }
 }
 
-/// Plug a hand-made cable into [`OUTLET`] of the socket at `endpoint` (`WatchStatus`), open an
-/// `onchain` session signed by [`cable_signer`] and pay its first quota from `payer`'s coin
-/// (2 sat/vB); panics unless the socket credits it (outlet `Paid`).
+/// Plug a hand-made cable into [`OUTLET`] of `socket` (`WatchStatus`), open an `onchain`
+/// session signed by [`cable_signer`] and pay its first quota from `payer`'s coin (2 sat/vB);
+/// panics unless the socket credits it (outlet `Paid`).
 pub fn pay_a_quota_by_hand(
     runtime: &tokio::runtime::Runtime,
-    endpoint: &str,
+    socket: &SocketProcess,
     payer: &mut Payer,
 ) -> PaidByHand {
     use proto::v1;
+    let to = socket.recipient();
     let mut client = runtime
-        .block_on(SocketClient::connect(endpoint.to_owned()))
+        .block_on(SocketClient::connect(socket.endpoint.clone()))
         .expect("the socket");
     let link = runtime
-        .block_on(
-            client.watch_status(cable_signer().sign(v1::WatchStatusRequest {
+        .block_on(client.watch_status(cable_signer().sign(
+            &to,
+            v1::WatchStatusRequest {
                 outlet_id: OUTLET.into(),
                 auth: None,
-            })),
-        )
+            },
+        )))
         .expect("WatchStatus")
         .into_inner();
     let terms = runtime
-        .block_on(
-            client.power_request(cable_signer().sign(v1::PowerRequestRequest {
+        .block_on(client.power_request(cable_signer().sign(
+            &to,
+            v1::PowerRequestRequest {
                 outlet_id: OUTLET.into(),
                 scheme: v1::Scheme::Onchain as i32,
                 ..Default::default()
-            })),
-        )
+            },
+        )))
         .expect("terms")
         .into_inner();
     let payout = bitcoin::ScriptBuf::from_bytes(terms.payout_script.clone());
@@ -996,14 +1011,15 @@ pub fn pay_a_quota_by_hand(
         .pay_from(&inputs, &payout, amount, fee)
         .expect("a payment");
     let paid = runtime
-        .block_on(
-            client.pay_transaction(cable_signer().sign(v1::PayTransactionRequest {
+        .block_on(client.pay_transaction(cable_signer().sign(
+            &to,
+            v1::PayTransactionRequest {
                 session_id: terms.session_id.clone(),
                 payment_id: terms.payment_id,
                 psbt: signed.psbt.serialize(),
                 auth: None,
-            })),
-        )
+            },
+        )))
         .expect("credited")
         .into_inner();
     assert_eq!(paid.state, v1::OutletState::Paid as i32, "{paid:?}");

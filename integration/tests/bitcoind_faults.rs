@@ -287,7 +287,7 @@ fn a_reorganized_payment_stays_credited_and_a_conflict_in_the_new_chain_is_found
         .enable_all()
         .build()
         .unwrap();
-    let paid = integration::pay_a_quota_by_hand(&runtime, &socket.endpoint, &mut payer);
+    let paid = integration::pay_a_quota_by_hand(&runtime, &socket, &mut payer);
     let block = mine(&bitcoind, 1).remove(0);
     let _: Value = regtest::rpc(bitcoind.client(), "invalidateblock", &[json!(block)]).unwrap();
     let spent_back = paid.spent_back(&mut payer);

@@ -59,6 +59,7 @@ fn an_honest_cable_is_not_locked_out_while_bitcoind_does_not_answer() {
     let mut payer = integration::funded_payer(&bitcoind, 1, 50_000);
     let mut other = integration::funded_payer(&bitcoind, 1, 50_000);
     let signer = integration::cable_signer();
+    let to = socket.recipient();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -67,25 +68,25 @@ fn an_honest_cable_is_not_locked_out_while_bitcoind_does_not_answer() {
         .block_on(SocketClient::connect(socket.endpoint.clone()))
         .unwrap();
     let _link = runtime
-        .block_on(
-            client.watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
+        .block_on(client.watch_status(integration::cable_signer().sign(
+            &to,
+            v1::WatchStatusRequest {
                 outlet_id: OUTLET.into(),
                 auth: None,
-            })),
-        )
+            },
+        )))
         .unwrap();
     let request_terms = |session_id: &str| {
         runtime
-            .block_on(
-                client
-                    .clone()
-                    .power_request(signer.sign(v1::PowerRequestRequest {
-                        outlet_id: OUTLET.into(),
-                        scheme: v1::Scheme::Onchain as i32,
-                        session_id: session_id.into(),
-                        ..Default::default()
-                    })),
-            )
+            .block_on(client.clone().power_request(signer.sign(
+                &to,
+                v1::PowerRequestRequest {
+                    outlet_id: OUTLET.into(),
+                    scheme: v1::Scheme::Onchain as i32,
+                    session_id: session_id.into(),
+                    ..Default::default()
+                },
+            )))
             .unwrap()
             .into_inner()
     };
@@ -108,12 +109,15 @@ fn an_honest_cable_is_not_locked_out_while_bitcoind_does_not_answer() {
     };
     let one = sign(&mut payer);
     let pay = |payment_id: u64, psbt: Vec<u8>| {
-        let request = signer.sign(v1::PayTransactionRequest {
-            session_id: session_id.clone(),
-            payment_id,
-            psbt,
-            auth: None,
-        });
+        let request = signer.sign(
+            &to,
+            v1::PayTransactionRequest {
+                session_id: session_id.clone(),
+                payment_id,
+                psbt,
+                auth: None,
+            },
+        );
         let mut client = client.clone();
         runtime.block_on(async move { client.pay_transaction(request).await })
     };

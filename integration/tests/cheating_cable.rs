@@ -112,6 +112,7 @@ fn the_socket_refuses_a_cheating_cable_and_locks_out() {
         ..SocketSetup::default()
     };
     let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
+    let to = socket.recipient();
     let mut payer = funded_payer(&bitcoind, 1, 50_000);
     let mut other = funded_payer(&bitcoind, 1, 50_000);
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -135,10 +136,13 @@ fn the_socket_refuses_a_cheating_cable_and_locks_out() {
 
             // Plug in, and watch the relay for the whole attempt.
             let mut stream = client
-                .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
-                    outlet_id: OUTLET.into(),
-                    auth: None,
-                }))
+                .watch_status(integration::cable_signer().sign(
+                    &to,
+                    v1::WatchStatusRequest {
+                        outlet_id: OUTLET.into(),
+                        auth: None,
+                    },
+                ))
                 .await
                 .unwrap()
                 .into_inner();
@@ -160,26 +164,32 @@ fn the_socket_refuses_a_cheating_cable_and_locks_out() {
                 })
             };
             let terms = client
-                .power_request(integration::cable_signer().sign(v1::PowerRequestRequest {
-                    outlet_id: OUTLET.into(),
-                    scheme: v1::Scheme::Onchain as i32,
-                    session_id: String::new(),
-                    max_amount_sat: 0,
-                    auth: None,
-                    receipt: None,
-                    offer_payout_script: Vec::new(),
-                }))
+                .power_request(integration::cable_signer().sign(
+                    &to,
+                    v1::PowerRequestRequest {
+                        outlet_id: OUTLET.into(),
+                        scheme: v1::Scheme::Onchain as i32,
+                        session_id: String::new(),
+                        max_amount_sat: 0,
+                        auth: None,
+                        receipt: None,
+                        offer_payout_script: Vec::new(),
+                    },
+                ))
                 .await
                 .unwrap()
                 .into_inner();
             let psbt = crafted(cheat, &terms, &mut payer, &mut other);
             let refused = client
-                .pay_transaction(integration::cable_signer().sign(v1::PayTransactionRequest {
-                    session_id: terms.session_id.clone(),
-                    payment_id: terms.payment_id,
-                    psbt,
-                    auth: None,
-                }))
+                .pay_transaction(integration::cable_signer().sign(
+                    &to,
+                    v1::PayTransactionRequest {
+                        session_id: terms.session_id.clone(),
+                        payment_id: terms.payment_id,
+                        psbt,
+                        auth: None,
+                    },
+                ))
                 .await
                 .expect_err("the socket must refuse");
             assert!(

@@ -28,6 +28,8 @@ struct Cable {
     ln: Arc<Node>,
     socket_id: ln::ldk_node::bitcoin::secp256k1::PublicKey,
     client: SocketClient<Channel>,
+    /// The socket as the cable's requests address it.
+    to: proto::request_auth::Recipient,
     link: Option<tonic::Streaming<v1::WatchStatusResponse>>,
     runtime: Runtime,
 }
@@ -36,25 +38,32 @@ impl Cable {
     /// Plug in, open a session and pay its first quota by invoice, as the real cable does.
     fn open_session(&mut self) -> String {
         let mut client = self.client.clone();
+        let to = self.to;
         let (link, terms) = self.runtime.block_on(async move {
             let link = client
-                .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
-                    outlet_id: OUTLET.into(),
-                    auth: None,
-                }))
+                .watch_status(integration::cable_signer().sign(
+                    &to,
+                    v1::WatchStatusRequest {
+                        outlet_id: OUTLET.into(),
+                        auth: None,
+                    },
+                ))
                 .await
                 .unwrap()
                 .into_inner();
             let terms = client
-                .power_request(integration::cable_signer().sign(v1::PowerRequestRequest {
-                    outlet_id: OUTLET.into(),
-                    scheme: v1::Scheme::Lightning as i32,
-                    session_id: String::new(),
-                    max_amount_sat: 0,
-                    auth: None,
-                    receipt: None,
-                    offer_payout_script: Vec::new(),
-                }))
+                .power_request(integration::cable_signer().sign(
+                    &to,
+                    v1::PowerRequestRequest {
+                        outlet_id: OUTLET.into(),
+                        scheme: v1::Scheme::Lightning as i32,
+                        session_id: String::new(),
+                        max_amount_sat: 0,
+                        auth: None,
+                        receipt: None,
+                        offer_payout_script: Vec::new(),
+                    },
+                ))
                 .await
                 .unwrap()
                 .into_inner();
@@ -217,6 +226,7 @@ fn the_socket_credits_only_keysends_that_fit_the_session() {
         ln,
         socket_id,
         client,
+        to: socket.recipient(),
         link: None,
         runtime,
     };

@@ -237,28 +237,35 @@ fn a_cable_that_never_pays_its_invoice_gets_nothing_and_is_locked_out() {
         ..lightning_setup()
     };
     let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
+    let to = socket.recipient();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let mut client = SocketClient::connect(socket.endpoint.clone())
             .await
             .unwrap();
         let _link = client
-            .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
-                outlet_id: OUTLET.into(),
-                auth: None,
-            }))
+            .watch_status(integration::cable_signer().sign(
+                &to,
+                v1::WatchStatusRequest {
+                    outlet_id: OUTLET.into(),
+                    auth: None,
+                },
+            ))
             .await
             .unwrap();
         let terms = client
-            .power_request(integration::cable_signer().sign(v1::PowerRequestRequest {
-                outlet_id: OUTLET.into(),
-                scheme: v1::Scheme::Lightning as i32,
-                session_id: String::new(),
-                max_amount_sat: 0,
-                auth: None,
-                receipt: None,
-                offer_payout_script: Vec::new(),
-            }))
+            .power_request(integration::cable_signer().sign(
+                &to,
+                v1::PowerRequestRequest {
+                    outlet_id: OUTLET.into(),
+                    scheme: v1::Scheme::Lightning as i32,
+                    session_id: String::new(),
+                    max_amount_sat: 0,
+                    auth: None,
+                    receipt: None,
+                    offer_payout_script: Vec::new(),
+                },
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -272,12 +279,15 @@ fn a_cable_that_never_pays_its_invoice_gets_nothing_and_is_locked_out() {
         assert_eq!(terms.amount_msat, 1_000_000);
         // An on-chain "payment" of a Lightning quota is refused without credit.
         let refused = client
-            .pay_transaction(integration::cable_signer().sign(v1::PayTransactionRequest {
-                session_id: terms.session_id.clone(),
-                payment_id: terms.payment_id,
-                psbt: vec![],
-                auth: None,
-            }))
+            .pay_transaction(integration::cable_signer().sign(
+                &to,
+                v1::PayTransactionRequest {
+                    session_id: terms.session_id.clone(),
+                    payment_id: terms.payment_id,
+                    psbt: vec![],
+                    auth: None,
+                },
+            ))
             .await
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::InvalidArgument);

@@ -316,6 +316,7 @@ async fn the_owner_lists_devices_and_revokes_one_whose_next_session_is_refused()
     })
     .unwrap();
     let signer = integration::cable_signer();
+    let to = socket.recipient();
     let key = bitcoin::hex::DisplayHex::to_lower_hex_string(&signer.public_key().serialize()[..]);
     let mut client = SocketClient::connect(socket.endpoint.clone())
         .await
@@ -327,14 +328,17 @@ async fn the_owner_lists_devices_and_revokes_one_whose_next_session_is_refused()
     };
     // A cable plugs in and opens a session.
     let _link = client
-        .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
-            outlet_id: "outlet-1".into(),
-            auth: None,
-        }))
+        .watch_status(integration::cable_signer().sign(
+            &to,
+            v1::WatchStatusRequest {
+                outlet_id: "outlet-1".into(),
+                auth: None,
+            },
+        ))
         .await
         .unwrap();
     let terms = client
-        .power_request(signer.sign(open("outlet-1")))
+        .power_request(signer.sign(&to, open("outlet-1")))
         .await
         .unwrap()
         .into_inner();
@@ -384,14 +388,17 @@ async fn the_owner_lists_devices_and_revokes_one_whose_next_session_is_refused()
     // Its next session, on the other outlet, is refused at opening, with the reason and the
     // reason code.
     let _link2 = client
-        .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
-            outlet_id: "outlet-2".into(),
-            auth: None,
-        }))
+        .watch_status(integration::cable_signer().sign(
+            &to,
+            v1::WatchStatusRequest {
+                outlet_id: "outlet-2".into(),
+                auth: None,
+            },
+        ))
         .await
         .unwrap();
     let refused = client
-        .power_request(signer.sign(open("outlet-2")))
+        .power_request(signer.sign(&to, open("outlet-2")))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
@@ -460,13 +467,18 @@ async fn a_revocation_travels_to_another_socket_in_a_signed_registry_refused_who
     };
     let mut to_a = SocketClient::connect(a.endpoint.clone()).await.unwrap();
     let _link = to_a
-        .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
-            outlet_id: "outlet-1".into(),
-            auth: None,
-        }))
+        .watch_status(integration::cable_signer().sign(
+            &a.recipient(),
+            v1::WatchStatusRequest {
+                outlet_id: "outlet-1".into(),
+                auth: None,
+            },
+        ))
         .await
         .unwrap();
-    to_a.power_request(signer.sign(open())).await.unwrap();
+    to_a.power_request(signer.sign(&a.recipient(), open()))
+        .await
+        .unwrap();
     tokio::task::block_in_place(|| a.operator_cli("revoke", &[&key, "--reason", "stolen"]))
         .unwrap();
     // A's owner declares another cable's profile (a 60 W lamp, at most 500 Wh a session).
@@ -545,13 +557,19 @@ async fn a_revocation_travels_to_another_socket_in_a_signed_registry_refused_who
     assert_eq!(lamp_on_b, (60, 500));
     let mut to_b = SocketClient::connect(b.endpoint.clone()).await.unwrap();
     let _link = to_b
-        .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
-            outlet_id: "outlet-1".into(),
-            auth: None,
-        }))
+        .watch_status(integration::cable_signer().sign(
+            &b.recipient(),
+            v1::WatchStatusRequest {
+                outlet_id: "outlet-1".into(),
+                auth: None,
+            },
+        ))
         .await
         .unwrap();
-    let refused = to_b.power_request(signer.sign(open())).await.unwrap_err();
+    let refused = to_b
+        .power_request(signer.sign(&b.recipient(), open()))
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     assert_eq!(
         proto::errors::reason_of(&refused),

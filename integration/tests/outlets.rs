@@ -15,6 +15,7 @@ use serde_json::Value;
 /// A stranger on outlet-3: plugs in, asks for terms and sends bytes that are no payment. The
 /// outlet must lock out; returns the reason the socket gave.
 fn cheat_on_outlet_3(socket: &SocketProcess) -> String {
+    let to = socket.recipient();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -26,29 +27,38 @@ fn cheat_on_outlet_3(socket: &SocketProcess) -> String {
         let outlet_id = "outlet-3".to_owned();
         // Plugged in while the stream is open.
         let _link = client
-            .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
-                outlet_id: outlet_id.clone(),
-                auth: None,
-            }))
+            .watch_status(integration::cable_signer().sign(
+                &to,
+                v1::WatchStatusRequest {
+                    outlet_id: outlet_id.clone(),
+                    auth: None,
+                },
+            ))
             .await
             .unwrap();
         let terms = client
-            .power_request(integration::cable_signer().sign(v1::PowerRequestRequest {
-                outlet_id,
-                scheme: v1::Scheme::Onchain as i32,
-                auth: None,
-                ..Default::default()
-            }))
+            .power_request(integration::cable_signer().sign(
+                &to,
+                v1::PowerRequestRequest {
+                    outlet_id,
+                    scheme: v1::Scheme::Onchain as i32,
+                    auth: None,
+                    ..Default::default()
+                },
+            ))
             .await
             .unwrap()
             .into_inner();
         let refused = client
-            .pay_transaction(integration::cable_signer().sign(v1::PayTransactionRequest {
-                session_id: terms.session_id,
-                payment_id: terms.payment_id,
-                psbt: b"psbt\xff but not really".to_vec(),
-                auth: None,
-            }))
+            .pay_transaction(integration::cable_signer().sign(
+                &to,
+                v1::PayTransactionRequest {
+                    session_id: terms.session_id,
+                    payment_id: terms.payment_id,
+                    psbt: b"psbt\xff but not really".to_vec(),
+                    auth: None,
+                },
+            ))
             .await
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");

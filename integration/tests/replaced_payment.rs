@@ -33,7 +33,7 @@ fn a_credited_payment_the_cable_replaces_is_found_and_recorded_as_lost() {
         .enable_all()
         .build()
         .unwrap();
-    let paid = integration::pay_a_quota_by_hand(&runtime, &socket.endpoint, &mut payer);
+    let paid = integration::pay_a_quota_by_hand(&runtime, &socket, &mut payer);
 
     // The cable takes the money back: the same input, to itself, a higher fee.
     let spent_back = paid.spent_back(&mut payer);
@@ -115,13 +115,17 @@ fn a_credited_payment_the_cable_replaces_is_found_and_recorded_as_lost() {
     let client = runtime
         .block_on(SocketClient::connect(socket.endpoint.clone()))
         .unwrap();
+    let to = socket.recipient();
     let open = |signer: &cable_node::signer::RequestSigner| {
         let mut client = client.clone();
-        let request = signer.sign(v1::PowerRequestRequest {
-            outlet_id: OUTLET.into(),
-            scheme: v1::Scheme::Onchain as i32,
-            ..Default::default()
-        });
+        let request = signer.sign(
+            &to,
+            v1::PowerRequestRequest {
+                outlet_id: OUTLET.into(),
+                scheme: v1::Scheme::Onchain as i32,
+                ..Default::default()
+            },
+        );
         runtime
             .block_on(client.power_request(request))
             .expect_err("no session now")

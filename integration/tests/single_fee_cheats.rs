@@ -5,6 +5,7 @@
 //! - a fake socket asking the real `cable-node` for more than the rules allow: refused, never
 //!   signed.
 
+use proto::request_auth::Recipient;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,18 +38,22 @@ enum CableCheat {
 
 async fn power_request(
     client: &mut SocketClient<Channel>,
+    to: Recipient,
     session: &str,
 ) -> v1::PowerRequestResponse {
     client
-        .power_request(integration::cable_signer().sign(v1::PowerRequestRequest {
-            outlet_id: OUTLET.into(),
-            scheme: v1::Scheme::SingleFee as i32,
-            session_id: session.into(),
-            max_amount_sat: 5_000,
-            auth: None,
-            receipt: None,
-            offer_payout_script: Vec::new(),
-        }))
+        .power_request(integration::cable_signer().sign(
+            &to,
+            v1::PowerRequestRequest {
+                outlet_id: OUTLET.into(),
+                scheme: v1::Scheme::SingleFee as i32,
+                session_id: session.into(),
+                max_amount_sat: 5_000,
+                auth: None,
+                receipt: None,
+                offer_payout_script: Vec::new(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -56,16 +61,20 @@ async fn power_request(
 
 async fn pay(
     client: &mut SocketClient<Channel>,
+    to: Recipient,
     terms: &v1::PowerRequestResponse,
     psbt: &Psbt,
 ) -> Result<v1::PayTransactionResponse, Status> {
     client
-        .pay_transaction(integration::cable_signer().sign(v1::PayTransactionRequest {
-            session_id: terms.session_id.clone(),
-            payment_id: terms.payment_id,
-            psbt: psbt.serialize(),
-            auth: None,
-        }))
+        .pay_transaction(integration::cable_signer().sign(
+            &to,
+            v1::PayTransactionRequest {
+                session_id: terms.session_id.clone(),
+                payment_id: terms.payment_id,
+                psbt: psbt.serialize(),
+                auth: None,
+            },
+        ))
         .await
         .map(Response::into_inner)
 }
@@ -111,6 +120,7 @@ fn the_socket_refuses_cheating_single_fee_payments() {
         ..SocketSetup::default()
     };
     let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
+    let to = socket.recipient();
     let mut payer = funded_payer(&bitcoind, 3, 40_000);
     let mut other = funded_payer(&bitcoind, 3, 40_000);
     let rate = FeeRate::from_sat_per_vb(RATE).unwrap();
@@ -139,13 +149,16 @@ fn the_socket_refuses_cheating_single_fee_payments() {
             })
             .await;
             let _link = client
-                .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
-                    outlet_id: OUTLET.into(),
-                    auth: None,
-                }))
+                .watch_status(integration::cable_signer().sign(
+                    &to,
+                    v1::WatchStatusRequest {
+                        outlet_id: OUTLET.into(),
+                        auth: None,
+                    },
+                ))
                 .await
                 .unwrap();
-            let first = power_request(&mut client, "").await;
+            let first = power_request(&mut client, to, "").await;
             let first_terms = proto::terms::single_fee_terms(&first).unwrap();
             assert!(
                 first_terms.inputs.is_empty() && first_terms.value_sat == 1_000,
@@ -160,17 +173,17 @@ fn the_socket_refuses_cheating_single_fee_payments() {
                 .wallet
                 .pay_from(&inputs, &payout, Amount::from_sat(1_000), fee)
                 .unwrap();
-            pay(&mut client, &first, &one.psbt).await.unwrap();
+            pay(&mut client, to, &first, &one.psbt).await.unwrap();
             let mut held = one.tx.clone();
-            let mut next = power_request(&mut client, &first.session_id).await;
+            let mut next = power_request(&mut client, to, &first.session_id).await;
             if let CableCheat::LowerValue = cheat {
                 let two = payer
                     .wallet
                     .pay_from(&inputs, &payout, Amount::from_sat(2_000), fee)
                     .unwrap();
-                pay(&mut client, &next, &two.psbt).await.unwrap();
+                pay(&mut client, to, &next, &two.psbt).await.unwrap();
                 held = two.tx.clone();
-                next = power_request(&mut client, &first.session_id).await;
+                next = power_request(&mut client, to, &first.session_id).await;
             }
             let value = Amount::from_sat(proto::terms::single_fee_terms(&next).unwrap().value_sat);
             let crafted = match cheat {
@@ -201,7 +214,7 @@ fn the_socket_refuses_cheating_single_fee_payments() {
                     payer.wallet.pay_from(&inputs, &own, value, fee).unwrap()
                 }
             };
-            let refused = pay(&mut client, &next, &crafted.psbt)
+            let refused = pay(&mut client, to, &next, &crafted.psbt)
                 .await
                 .expect_err("the socket must refuse");
             assert_eq!(
@@ -252,6 +265,7 @@ fn a_double_spend_of_the_held_inputs_is_locked_out_at_bounded_loss() {
         ..SocketSetup::default()
     };
     let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
+    let to = socket.recipient();
     let mut payer = funded_payer(&bitcoind, 3, 40_000);
     let rate = FeeRate::from_sat_per_vb(RATE).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -260,13 +274,16 @@ fn a_double_spend_of_the_held_inputs_is_locked_out_at_bounded_loss() {
             .await
             .unwrap();
         let _link = client
-            .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
-                outlet_id: OUTLET.into(),
-                auth: None,
-            }))
+            .watch_status(integration::cable_signer().sign(
+                &to,
+                v1::WatchStatusRequest {
+                    outlet_id: OUTLET.into(),
+                    auth: None,
+                },
+            ))
             .await
             .unwrap();
-        let mut terms = power_request(&mut client, "").await;
+        let mut terms = power_request(&mut client, to, "").await;
         let payout = ScriptBuf::from_bytes(terms.payout_script.clone());
         let (inputs, fee) = payer
             .wallet
@@ -283,9 +300,9 @@ fn a_double_spend_of_the_held_inputs_is_locked_out_at_bounded_loss() {
                 .wallet
                 .pay_from(&inputs, &payout, Amount::from_sat(k * 1_000), fee)
                 .unwrap();
-            pay(&mut client, &terms, &payment.psbt).await.unwrap();
+            pay(&mut client, to, &terms, &payment.psbt).await.unwrap();
             held = Some(payment.tx);
-            terms = power_request(&mut client, &terms.session_id).await;
+            terms = power_request(&mut client, to, &terms.session_id).await;
         }
         // Mid-session the cable spends the set's inputs to itself, paying the same fee.
         let own = payer.wallet.receive_address(9).unwrap().script_pubkey();
@@ -302,7 +319,7 @@ fn a_double_spend_of_the_held_inputs_is_locked_out_at_bounded_loss() {
         assert!(locked.reason.contains("double spend"), "{}", locked.reason);
         assert!(!locked.relay_closed);
         // Nothing is credited after the escape: two payments, and the next one is refused.
-        let after = power_request_err(&mut client, &terms.session_id).await;
+        let after = power_request_err(&mut client, to, &terms.session_id).await;
         assert_eq!(after.code(), tonic::Code::FailedPrecondition);
 
         // The socket tried its held payment and lost the race: its loss is the two increments
@@ -337,7 +354,7 @@ fn a_double_spend_of_the_held_inputs_is_locked_out_at_bounded_loss() {
             .unwrap();
         assert_eq!(lost_sat, 2_000);
         assert!(banned.unwrap().contains("double spend"));
-        let banned = power_request_err(&mut client, "").await;
+        let banned = power_request_err(&mut client, to, "").await;
         assert_eq!(
             proto::errors::reason_of(&banned),
             Some(v1::ErrorReason::CableBanned),
@@ -363,6 +380,7 @@ fn a_broadcast_set_the_cable_replaces_is_found_and_recorded_as_lost() {
         ..SocketSetup::default()
     };
     let socket = SocketProcess::start(&bitcoind, &dir.path().join("socket"), &setup).unwrap();
+    let to = socket.recipient();
     let mut payer = funded_payer(&bitcoind, 3, 40_000);
     let rate = FeeRate::from_sat_per_vb(RATE).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -380,13 +398,16 @@ fn a_broadcast_set_the_cable_replaces_is_found_and_recorded_as_lost() {
             .await
             .unwrap();
         let link = client
-            .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
-                outlet_id: OUTLET.into(),
-                auth: None,
-            }))
+            .watch_status(integration::cable_signer().sign(
+                &to,
+                v1::WatchStatusRequest {
+                    outlet_id: OUTLET.into(),
+                    auth: None,
+                },
+            ))
             .await
             .unwrap();
-        let mut terms = power_request(&mut client, "").await;
+        let mut terms = power_request(&mut client, to, "").await;
         let payout = ScriptBuf::from_bytes(terms.payout_script.clone());
         let (inputs, fee) = payer
             .wallet
@@ -402,8 +423,8 @@ fn a_broadcast_set_the_cable_replaces_is_found_and_recorded_as_lost() {
                 .wallet
                 .pay_from(&inputs, &payout, Amount::from_sat(k * 1_000), fee)
                 .unwrap();
-            pay(&mut client, &terms, &payment.psbt).await.unwrap();
-            terms = power_request(&mut client, &terms.session_id).await;
+            pay(&mut client, to, &terms, &payment.psbt).await.unwrap();
+            terms = power_request(&mut client, to, &terms.session_id).await;
         }
         // Unplug: the session ends and the socket broadcasts the set it holds.
         drop(link);
@@ -444,7 +465,7 @@ fn a_broadcast_set_the_cable_replaces_is_found_and_recorded_as_lost() {
             banned.contains(&back.tx.compute_txid().to_string()),
             "{banned}"
         );
-        let refused = power_request_err(&mut client, "").await;
+        let refused = power_request_err(&mut client, to, "").await;
         assert_eq!(
             proto::errors::reason_of(&refused),
             Some(v1::ErrorReason::CableBanned),
@@ -453,17 +474,24 @@ fn a_broadcast_set_the_cable_replaces_is_found_and_recorded_as_lost() {
     });
 }
 
-async fn power_request_err(client: &mut SocketClient<Channel>, session: &str) -> Status {
+async fn power_request_err(
+    client: &mut SocketClient<Channel>,
+    to: Recipient,
+    session: &str,
+) -> Status {
     client
-        .power_request(integration::cable_signer().sign(v1::PowerRequestRequest {
-            outlet_id: OUTLET.into(),
-            scheme: v1::Scheme::SingleFee as i32,
-            session_id: session.into(),
-            max_amount_sat: 5_000,
-            auth: None,
-            receipt: None,
-            offer_payout_script: Vec::new(),
-        }))
+        .power_request(integration::cable_signer().sign(
+            &to,
+            v1::PowerRequestRequest {
+                outlet_id: OUTLET.into(),
+                scheme: v1::Scheme::SingleFee as i32,
+                session_id: session.into(),
+                max_amount_sat: 5_000,
+                auth: None,
+                receipt: None,
+                offer_payout_script: Vec::new(),
+            },
+        ))
         .await
         .expect_err("no terms in a locked-out session")
 }

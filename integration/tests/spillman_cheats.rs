@@ -31,6 +31,8 @@ enum Cheat {
 
 /// The hand-made cable's channel, open with the socket.
 struct OpenChannel {
+    /// The socket as the cable's requests address it.
+    to: proto::request_auth::Recipient,
     session_id: String,
     channel: Channel,
     secret: SecretKey,
@@ -44,6 +46,7 @@ async fn open_channel(
     height: u32,
 ) -> OpenChannel {
     let terms = proto::terms::offered_spillman(offer).unwrap();
+    let to = proto::request_auth::Recipient::of_offer(offer).unwrap();
     let secret = SecretKey::new(&mut rand::thread_rng());
     let mut channel = Channel {
         cable_key: PublicKey::new(secret.public_key(&Secp256k1::signing_only())),
@@ -74,32 +77,39 @@ async fn open_channel(
     channel.deposit = OutPoint::new(deposit.compute_txid(), vout as u32);
     let refund = channel.refund().unwrap();
     let opened = client
-        .open_channel(integration::cable_signer().sign(v1::OpenChannelRequest {
-            outlet_id: OUTLET.into(),
-            cable_channel_key: channel.cable_key.to_bytes(),
-            deposit_txid: channel.deposit.txid.to_string(),
-            deposit_vout: channel.deposit.vout,
-            deposit_sat: channel.deposit_value.to_sat(),
-            refund_lock_height: channel.refund_lock_height,
-            fee_sat: channel.fee.to_sat(),
-            cable_script: channel.cable_script.to_bytes(),
-            refund_tx: encode::serialize(&refund),
-            auth: None,
-        }))
+        .open_channel(integration::cable_signer().sign(
+            &to,
+            v1::OpenChannelRequest {
+                outlet_id: OUTLET.into(),
+                cable_channel_key: channel.cable_key.to_bytes(),
+                deposit_txid: channel.deposit.txid.to_string(),
+                deposit_vout: channel.deposit.vout,
+                deposit_sat: channel.deposit_value.to_sat(),
+                refund_lock_height: channel.refund_lock_height,
+                fee_sat: channel.fee.to_sat(),
+                cable_script: channel.cable_script.to_bytes(),
+                refund_tx: encode::serialize(&refund),
+                auth: None,
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
     let signature = bitcoin::ecdsa::Signature::from_slice(&opened.refund_signature).unwrap();
     channel.verify(&refund, Signer::Socket, &signature).unwrap();
     client
-        .fund_channel(integration::cable_signer().sign(v1::FundChannelRequest {
-            session_id: opened.session_id.clone(),
-            deposit_tx: encode::serialize(&deposit),
-            auth: None,
-        }))
+        .fund_channel(integration::cable_signer().sign(
+            &to,
+            v1::FundChannelRequest {
+                session_id: opened.session_id.clone(),
+                deposit_tx: encode::serialize(&deposit),
+                auth: None,
+            },
+        ))
         .await
         .unwrap();
     OpenChannel {
+        to,
         session_id: opened.session_id,
         channel,
         secret,
@@ -115,15 +125,18 @@ async fn pay(
     key: &SecretKey,
 ) -> Result<v1::PayTransactionResponse, tonic::Status> {
     let terms = client
-        .power_request(integration::cable_signer().sign(v1::PowerRequestRequest {
-            outlet_id: OUTLET.into(),
-            scheme: v1::Scheme::Spillman as i32,
-            session_id: open.session_id.clone(),
-            max_amount_sat: 0,
-            auth: None,
-            receipt: None,
-            offer_payout_script: Vec::new(),
-        }))
+        .power_request(integration::cable_signer().sign(
+            &open.to,
+            v1::PowerRequestRequest {
+                outlet_id: OUTLET.into(),
+                scheme: v1::Scheme::Spillman as i32,
+                session_id: open.session_id.clone(),
+                max_amount_sat: 0,
+                auth: None,
+                receipt: None,
+                offer_payout_script: Vec::new(),
+            },
+        ))
         .await?
         .into_inner();
     let tx = make(Amount::from_sat(
@@ -135,12 +148,15 @@ async fn pay(
         .partial_sigs
         .insert(open.channel.cable_key, signature);
     client
-        .pay_transaction(integration::cable_signer().sign(v1::PayTransactionRequest {
-            session_id: open.session_id.clone(),
-            payment_id: terms.payment_id,
-            psbt: psbt.serialize(),
-            auth: None,
-        }))
+        .pay_transaction(integration::cable_signer().sign(
+            &open.to,
+            v1::PayTransactionRequest {
+                session_id: open.session_id.clone(),
+                payment_id: terms.payment_id,
+                psbt: psbt.serialize(),
+                auth: None,
+            },
+        ))
         .await
         .map(|r| r.into_inner())
 }
@@ -161,6 +177,7 @@ fn the_socket_refuses_every_payment_that_is_not_the_channels_next() {
             ..SocketSetup::default()
         };
         let socket = SocketProcess::start(&bitcoind, dir.path(), &setup).unwrap();
+        let to = socket.recipient();
         let offer = socket.offer().unwrap();
         let mut payer = funded_payer(&bitcoind, 1, 50_000);
         let height = bitcoind.height().unwrap();
@@ -168,10 +185,13 @@ fn the_socket_refuses_every_payment_that_is_not_the_channels_next() {
         let status = runtime.block_on(async {
             let mut client = SocketClient::connect(endpoint).await.unwrap();
             let _link = client
-                .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
-                    outlet_id: OUTLET.into(),
-                    auth: None,
-                }))
+                .watch_status(integration::cable_signer().sign(
+                    &to,
+                    v1::WatchStatusRequest {
+                        outlet_id: OUTLET.into(),
+                        auth: None,
+                    },
+                ))
                 .await
                 .unwrap();
             let open = open_channel(&mut client, &offer, &mut payer, height).await;
@@ -300,23 +320,30 @@ fn a_refused_channel_counts_against_the_cable_across_a_crash() {
     .unwrap();
     socket.env = vec![("FAILPOINTS".into(), "socket-count-refusal=return".into())];
     socket.restart().unwrap();
+    let to = socket.recipient();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let refuse = |endpoint: String| {
         runtime.block_on(async {
             let mut client = SocketClient::connect(endpoint).await.unwrap();
             let _link = client
-                .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
-                    outlet_id: OUTLET.into(),
-                    auth: None,
-                }))
+                .watch_status(integration::cable_signer().sign(
+                    &to,
+                    v1::WatchStatusRequest {
+                        outlet_id: OUTLET.into(),
+                        auth: None,
+                    },
+                ))
                 .await
                 .unwrap();
             client
-                .open_channel(integration::cable_signer().sign(v1::OpenChannelRequest {
-                    outlet_id: OUTLET.into(),
-                    cable_channel_key: vec![2; 33],
-                    ..Default::default()
-                }))
+                .open_channel(integration::cable_signer().sign(
+                    &to,
+                    v1::OpenChannelRequest {
+                        outlet_id: OUTLET.into(),
+                        cable_channel_key: vec![2; 33],
+                        ..Default::default()
+                    },
+                ))
                 .await
                 .expect_err("no channel")
         })

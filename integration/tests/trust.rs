@@ -51,6 +51,7 @@ fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
     let socket_key =
         bitcoin::secp256k1::PublicKey::from_slice(&socket.offer().unwrap().socket_identity_key)
             .unwrap();
+    let to = socket.recipient();
     let owner = integration::cable_signer();
     let stranger =
         RequestSigner::new(bitcoin::secp256k1::SecretKey::from_slice(&[0x66; 32]).unwrap());
@@ -64,17 +65,23 @@ fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
             .unwrap();
         // The owner plugs in (the link stays open) and opens a session.
         let _link = client
-            .watch_status(integration::cable_signer().sign(v1::WatchStatusRequest {
-                outlet_id: OUTLET.into(),
-                auth: None,
-            }))
+            .watch_status(integration::cable_signer().sign(
+                &to,
+                v1::WatchStatusRequest {
+                    outlet_id: OUTLET.into(),
+                    auth: None,
+                },
+            ))
             .await
             .unwrap();
-        let opening = owner.sign(v1::PowerRequestRequest {
-            outlet_id: OUTLET.into(),
-            scheme: v1::Scheme::Onchain as i32,
-            ..Default::default()
-        });
+        let opening = owner.sign(
+            &to,
+            v1::PowerRequestRequest {
+                outlet_id: OUTLET.into(),
+                scheme: v1::Scheme::Onchain as i32,
+                ..Default::default()
+            },
+        );
         let terms = client
             .power_request(opening.clone())
             .await
@@ -102,62 +109,77 @@ fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
             "an unsigned payment",
         );
         refused_unauthenticated(
-            client.pay_transaction(stranger.sign(garbage())).await,
+            client.pay_transaction(stranger.sign(&to, garbage())).await,
             "a payment signed by a stranger",
         );
         refused_unauthenticated(
             client
-                .end_session(stranger.sign(v1::EndSessionRequest {
-                    session_id: session_id.clone(),
-                    auth: None,
-                    receipt: None,
-                }))
+                .end_session(stranger.sign(
+                    &to,
+                    v1::EndSessionRequest {
+                        session_id: session_id.clone(),
+                        auth: None,
+                        receipt: None,
+                    },
+                ))
                 .await,
             "a stranger ending the session",
         );
         refused_unauthenticated(
             client
-                .fund_channel(stranger.sign(v1::FundChannelRequest {
-                    session_id: session_id.clone(),
-                    deposit_tx: b"not a deposit".to_vec(),
-                    auth: None,
-                }))
+                .fund_channel(stranger.sign(
+                    &to,
+                    v1::FundChannelRequest {
+                        session_id: session_id.clone(),
+                        deposit_tx: b"not a deposit".to_vec(),
+                        auth: None,
+                    },
+                ))
                 .await,
             "a stranger handing a deposit to the session",
         );
         // A channel of its own on the busy outlet opens nothing and ends nothing.
         let busy = client
-            .open_channel(stranger.sign(v1::OpenChannelRequest {
-                outlet_id: OUTLET.into(),
-                ..Default::default()
-            }))
+            .open_channel(stranger.sign(
+                &to,
+                v1::OpenChannelRequest {
+                    outlet_id: OUTLET.into(),
+                    ..Default::default()
+                },
+            ))
             .await
             .expect_err("the outlet is busy");
         assert_ne!(busy.code(), Code::Ok);
         refused_unauthenticated(
             client
-                .power_request(stranger.sign(v1::PowerRequestRequest {
-                    outlet_id: OUTLET.into(),
-                    scheme: v1::Scheme::Onchain as i32,
-                    session_id: session_id.clone(),
-                    ..Default::default()
-                }))
+                .power_request(stranger.sign(
+                    &to,
+                    v1::PowerRequestRequest {
+                        outlet_id: OUTLET.into(),
+                        scheme: v1::Scheme::Onchain as i32,
+                        session_id: session_id.clone(),
+                        ..Default::default()
+                    },
+                ))
                 .await,
             "a stranger asking terms for the session",
         );
         // A request of the owner's, copied off the link and changed, or played back.
-        let mut tampered = owner.sign(garbage());
+        let mut tampered = owner.sign(&to, garbage());
         tampered.payment_id += 1;
         refused_unauthenticated(
             client.pay_transaction(tampered).await,
             "an owner's request changed on the way",
         );
-        let next_terms = owner.sign(v1::PowerRequestRequest {
-            outlet_id: OUTLET.into(),
-            scheme: v1::Scheme::Onchain as i32,
-            session_id: session_id.clone(),
-            ..Default::default()
-        });
+        let next_terms = owner.sign(
+            &to,
+            v1::PowerRequestRequest {
+                outlet_id: OUTLET.into(),
+                scheme: v1::Scheme::Onchain as i32,
+                session_id: session_id.clone(),
+                ..Default::default()
+            },
+        );
         let again = client
             .power_request(next_terms.clone())
             .await
@@ -174,11 +196,14 @@ fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
 
         // The owner ends it cleanly.
         client
-            .end_session(owner.sign(v1::EndSessionRequest {
-                session_id: session_id.clone(),
-                auth: None,
-                receipt: None,
-            }))
+            .end_session(owner.sign(
+                &to,
+                v1::EndSessionRequest {
+                    session_id: session_id.clone(),
+                    auth: None,
+                    receipt: None,
+                },
+            ))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -191,6 +216,38 @@ fn a_stranger_on_the_link_cannot_touch_a_cables_session() {
             client.power_request(opening).await,
             "a replayed opening request",
         );
+        let status = outlet_status(&mut client).await;
+        assert!(status.session_hash.is_empty(), "{status:?}");
+        // The owner's opening request for another socket (recorded there, same outlet id) or
+        // another network, played here, opens nothing: the signature names its socket.
+        let elsewhere = proto::request_auth::Recipient {
+            socket_identity_key: RequestSigner::new(
+                bitcoin::secp256k1::SecretKey::from_slice(&[0x12; 32]).unwrap(),
+            )
+            .public_key(),
+            ..to
+        };
+        let other_network = proto::request_auth::Recipient {
+            network: v1::Network::Signet,
+            ..to
+        };
+        for (recipient, what) in [
+            (elsewhere, "an opening request signed for another socket"),
+            (
+                other_network,
+                "an opening request signed for another network",
+            ),
+        ] {
+            let played = owner.sign(
+                &recipient,
+                v1::PowerRequestRequest {
+                    outlet_id: OUTLET.into(),
+                    scheme: v1::Scheme::Onchain as i32,
+                    ..Default::default()
+                },
+            );
+            refused_unauthenticated(client.power_request(played).await, what);
+        }
         let status = outlet_status(&mut client).await;
         assert!(status.session_hash.is_empty(), "{status:?}");
     });
@@ -231,16 +288,20 @@ fn a_strangers_stream_keeps_no_departed_cables_session_alive() {
     .unwrap();
     let mut payer = integration::funded_payer(&bitcoind, 1, 50_000);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let paid = integration::pay_a_quota_by_hand(&runtime, &socket.endpoint, &mut payer);
+    let paid = integration::pay_a_quota_by_hand(&runtime, &socket, &mut payer);
+    let to = socket.recipient();
     runtime.block_on(async {
         let mut client = SocketClient::connect(socket.endpoint.clone())
             .await
             .unwrap();
         // The cable's own second stream, signed: taken, and a copy played back is refused.
-        let signed = integration::cable_signer().sign(v1::WatchStatusRequest {
-            outlet_id: OUTLET.into(),
-            auth: None,
-        });
+        let signed = integration::cable_signer().sign(
+            &to,
+            v1::WatchStatusRequest {
+                outlet_id: OUTLET.into(),
+                auth: None,
+            },
+        );
         let own = client.watch_status(signed.clone()).await.unwrap();
         refused_unauthenticated(
             client.watch_status(signed).await,

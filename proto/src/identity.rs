@@ -5,9 +5,9 @@
 //!
 //! - an [`v1::Offer`] in `GetOfferResponse.offer`, tag `t2t/offer`, by the socket identity key,
 //!   answering the cable's nonce ([`sign_offer`], [`verify_offer`]);
-//! - a request that changes a session ([`SessionRequest`]: `PowerRequest`, `PayTransaction`,
-//!   `OpenChannel`, `FundChannel`, `EndSession`), tag `t2t/request`, by the cable identity key
-//!   over its session, method, sequence and body ([`sign_request`], [`verify_request`]);
+//! - a request that changes a session, tag `t2t/request`, by the cable identity key over the
+//!   socket it is addressed to, its session, method, sequence and body
+//!   ([`crate::request_auth`]);
 //! - a [`v1::CertificateBody`] in `SocketCertificate.body`, tag `t2t/cert`, by an operator key
 //!   ([`certify`], [`verify_certificate`]);
 //! - a [`v1::StatusReport`] in `SignedStatus.report`, tag `t2t/status`, by the socket identity
@@ -28,11 +28,6 @@ sha256t_hash_newtype! {
     pub struct OfferTag = hash_str("t2t/offer");
     /// BIP 340 tagged hash of an encoded [`v1::Offer`].
     pub struct OfferHash(_);
-
-    /// Tag `t2t/request`.
-    pub struct RequestTag = hash_str("t2t/request");
-    /// BIP 340 tagged hash of a request's signed digest ([`request_hash`]).
-    pub struct RequestHash(_);
 
     /// Tag `t2t/cert`.
     pub struct CertTag = hash_str("t2t/cert");
@@ -157,114 +152,6 @@ impl CertificateFile {
             signature: Vec::from_hex(&file.signature_hex).map_err(|e| invalid(e.to_string()))?,
         })
     }
-}
-
-/// A request that changes a session and so carries a [`v1::RequestAuth`] (socket.proto).
-pub trait SessionRequest: prost::Message + Clone + Default {
-    /// Its gRPC method path, e.g. `/t2t.v1.Socket/PayTransaction`.
-    const METHOD: &'static str;
-    /// The session it changes; empty for a request that opens one.
-    fn session_id(&self) -> &str;
-    /// Its auth field.
-    fn auth_mut(&mut self) -> &mut Option<v1::RequestAuth>;
-}
-
-macro_rules! session_request {
-    ($($message:ty => $method:literal, $session:expr;)+) => {$(
-        impl SessionRequest for $message {
-            const METHOD: &'static str = $method;
-            fn session_id(&self) -> &str {
-                let session: fn(&Self) -> &str = $session;
-                session(self)
-            }
-            fn auth_mut(&mut self) -> &mut Option<v1::RequestAuth> {
-                &mut self.auth
-            }
-        }
-    )+};
-}
-
-session_request! {
-    v1::PowerRequestRequest => "/t2t.v1.Socket/PowerRequest", |r| &r.session_id;
-    v1::PayTransactionRequest => "/t2t.v1.Socket/PayTransaction", |r| &r.session_id;
-    v1::OpenChannelRequest => "/t2t.v1.Socket/OpenChannel", |_| "";
-    v1::FundChannelRequest => "/t2t.v1.Socket/FundChannel", |r| &r.session_id;
-    v1::EndSessionRequest => "/t2t.v1.Socket/EndSession", |r| &r.session_id;
-    v1::WatchStatusRequest => "/t2t.v1.Socket/WatchStatus", |_| "";
-}
-
-/// The message m a request's signature covers: u32-BE length ‖ `session_id` ‖ u32-BE length ‖
-/// `method` ‖ `sequence` u64-BE ‖ `body_sha256` (socket.proto `RequestAuth`).
-pub fn request_message(
-    session_id: &str,
-    method: &str,
-    sequence: u64,
-    body_sha256: &[u8; 32],
-) -> Vec<u8> {
-    let mut m = Vec::with_capacity(8 + session_id.len() + method.len() + 8 + 32);
-    m.extend_from_slice(&(session_id.len() as u32).to_be_bytes());
-    m.extend_from_slice(session_id.as_bytes());
-    m.extend_from_slice(&(method.len() as u32).to_be_bytes());
-    m.extend_from_slice(method.as_bytes());
-    m.extend_from_slice(&sequence.to_be_bytes());
-    m.extend_from_slice(body_sha256);
-    m
-}
-
-/// `TaggedHash("t2t/request", m)` of [`request_message`].
-pub fn request_hash(
-    session_id: &str,
-    method: &str,
-    sequence: u64,
-    body_sha256: &[u8; 32],
-) -> RequestHash {
-    RequestHash::hash(&request_message(session_id, method, sequence, body_sha256))
-}
-
-/// SHA256 of `request` encoded with its auth unset.
-fn body_sha256<R: SessionRequest>(request: &R) -> [u8; 32] {
-    let mut body = request.clone();
-    *body.auth_mut() = None;
-    bitcoin::hashes::sha256::Hash::hash(&body.encode_to_vec()).to_byte_array()
-}
-
-/// Sign `request` as the cable whose identity secret is `cable_secret`, with `sequence`
-/// (strictly increasing per session): sets its auth.
-pub fn sign_request<R: SessionRequest>(request: &mut R, cable_secret: &SecretKey, sequence: u64) {
-    let hash = request_hash(
-        request.session_id(),
-        R::METHOD,
-        sequence,
-        &body_sha256(request),
-    );
-    let key = cable_secret.public_key(&SECP);
-    *request.auth_mut() = Some(v1::RequestAuth {
-        cable_identity_key: key.serialize().to_vec(),
-        sequence,
-        signature: sign(hash.to_byte_array(), &keypair(cable_secret)),
-    });
-}
-
-/// The socket's stateless check of a request's auth: present, a valid key, a signature by it
-/// over this request, session and method. Returns the cable key and the sequence; whether the
-/// key is the session's and the sequence new is the caller's check against its store.
-///
-/// Errors: [`IdentityError::Key`], [`IdentityError::Signature`].
-pub fn verify_request<R: SessionRequest>(request: &R) -> Result<(PublicKey, u64), IdentityError> {
-    let mut request = request.clone();
-    let auth = request
-        .auth_mut()
-        .clone()
-        .ok_or(IdentityError::Signature("request (it carries no auth)"))?;
-    let key = key_of(&auth.cable_identity_key, "the cable identity key")?;
-    let hash = request_hash(
-        request.session_id(),
-        R::METHOD,
-        auth.sequence,
-        &body_sha256(&request),
-    );
-    verify(hash.to_byte_array(), &auth.signature, &key, "request")?;
-    Ok((key, auth.sequence))
 }
 
 /// `TaggedHash("t2t/offer", offer_bytes)`.
@@ -478,6 +365,8 @@ mod tests {
     use bitcoin::hex::{DisplayHex, FromHex};
     use serde_json::{json, Value};
 
+    use crate::request_auth;
+
     const VECTORS: &str = "testvectors/signatures.json";
 
     fn secret(byte: u8) -> SecretKey {
@@ -544,6 +433,15 @@ mod tests {
     }
 
     fn vectors() -> Value {
+        // Requests are addressed to the socket of the offer vector, on regtest.
+        let to = request_auth::Recipient {
+            socket_identity_key: PublicKey::from_slice(&public(0x11)).unwrap(),
+            network: v1::Network::Regtest,
+        };
+        let elsewhere = request_auth::Recipient {
+            socket_identity_key: PublicKey::from_slice(&public(0x12)).unwrap(),
+            ..to
+        };
         let offer_bytes = offer().encode_to_vec();
         let offer_hash = offer_hash(&offer_bytes).to_byte_array();
         let offer_sig = deterministic(offer_hash, &secret(0x11));
@@ -592,8 +490,9 @@ mod tests {
             psbt: vec![0x70, 0x73, 0x62, 0x74, 0xff],
             auth: None,
         };
-        let body = body_sha256(&request);
-        let request_hash = super::request_hash(
+        let body = request_auth::body_sha256(&request);
+        let request_hash = request_auth::request_hash(
+            &to,
             &request.session_id,
             "/t2t.v1.Socket/PayTransaction",
             7,
@@ -608,8 +507,9 @@ mod tests {
             offer_payout_script: offer().payout_script,
             ..Default::default()
         };
-        let opening_body = body_sha256(&opening);
-        let opening_hash = super::request_hash(
+        let opening_body = request_auth::body_sha256(&opening);
+        let opening_hash = request_auth::request_hash(
+            &to,
             "",
             "/t2t.v1.Socket/PowerRequest",
             1_795_000_000_000,
@@ -622,8 +522,9 @@ mod tests {
             outlet_id: "outlet-1".into(),
             auth: None,
         };
-        let watch_body = body_sha256(&watch);
-        let watch_hash = super::request_hash(
+        let watch_body = request_auth::body_sha256(&watch);
+        let watch_hash = request_auth::request_hash(
+            &to,
             "",
             "/t2t.v1.Socket/WatchStatus",
             1_795_000_000_001,
@@ -639,7 +540,7 @@ mod tests {
         let mut tampered_report = report_bytes.clone();
         *tampered_report.last_mut().unwrap() ^= 1;
         json!({
-            "about": "Signatures of t2t.v1 (socket.proto GetOfferResponse, RequestAuth, SignedStatus, SocketCertificate, MeteringReceipt; operator.proto SignedRegistry): BIP 340 Schnorr by the x-only form of the 33-byte key, over the BIP 340 tagged hash SHA256(SHA256(tag) || SHA256(tag) || message_hex bytes) with tag \"t2t/offer\", \"t2t/request\", \"t2t/status\", \"t2t/cert\", \"t2t/registry\" or \"t2t/receipt\". For t2t/offer, t2t/status, t2t/cert, t2t/registry and t2t/receipt, message_hex is the exact protobuf encoding carried (GetOfferResponse.offer, SignedStatus.report, SocketCertificate.body, SignedRegistry.body, MeteringReceipt.body); decode it, never re-encode it. For t2t/request (PowerRequest, PayTransaction, OpenChannel, FundChannel, EndSession, and WatchStatus when signed), message_hex is u32-BE len(session_id) || session_id || u32-BE len(method) || method || u64-BE sequence || SHA256(body_hex bytes), body_hex being the request encoded with auth unset (body_sha256_hex its hash). The signatures here were made without auxiliary randomness; real ones use fresh aux randomness and differ: verify, do not compare. secret_key_hex is given to reproduce them.",
+            "about": "Signatures of t2t.v1 (socket.proto GetOfferResponse, RequestAuth, SignedStatus, SocketCertificate, MeteringReceipt; operator.proto SignedRegistry): BIP 340 Schnorr by the x-only form of the 33-byte key, over the BIP 340 tagged hash SHA256(SHA256(tag) || SHA256(tag) || message_hex bytes) with tag \"t2t/offer\", \"t2t/request\", \"t2t/status\", \"t2t/cert\", \"t2t/registry\" or \"t2t/receipt\". For t2t/offer, t2t/status, t2t/cert, t2t/registry and t2t/receipt, message_hex is the exact protobuf encoding carried (GetOfferResponse.offer, SignedStatus.report, SocketCertificate.body, SignedRegistry.body, MeteringReceipt.body); decode it, never re-encode it. For t2t/request (PowerRequest, PayTransaction, OpenChannel, FundChannel, EndSession, and WatchStatus when signed), message_hex is (encoding version 2) the byte 0x02 || the socket identity key the request is addressed to (33 bytes: the Offer vector's key, public_key_hex of its vector) || u32-BE Network enum number (4 = NETWORK_REGTEST) || u32-BE len(session_id) || session_id || u32-BE len(method) || method || u64-BE sequence || SHA256(body_hex bytes), body_hex being the request encoded with auth unset (body_sha256_hex its hash). The signatures here were made without auxiliary randomness; real ones use fresh aux randomness and differ: verify, do not compare. secret_key_hex is given to reproduce them.",
             "session_hash": {
                 "about": "GetStatusResponse.session_hash and StatusReport.session_hash: SHA256 (single, untagged) of the session id's UTF-8 bytes; empty bytes for no session",
                 "session_id": "5e55",
@@ -666,39 +567,56 @@ mod tests {
                 },
                 {
                     "tag": "t2t/request",
+                    "socket_identity_key_hex": public(0x11).to_lower_hex_string(),
+                    "network": "NETWORK_REGTEST",
                     "message": "PayTransactionRequest {session_id \"5e55\", payment_id 2, psbt 70736274ff} with auth unset (body_hex); method /t2t.v1.Socket/PayTransaction, sequence 7",
                     "secret_key_hex": ([0x33u8; 32]).to_lower_hex_string(),
                     "public_key_hex": public(0x33).to_lower_hex_string(),
                     "body_hex": request.encode_to_vec().to_lower_hex_string(),
                     "body_sha256_hex": body.to_lower_hex_string(),
-                    "message_hex": request_message("5e55", "/t2t.v1.Socket/PayTransaction", 7, &body).to_lower_hex_string(),
+                    "message_hex": request_auth::request_message(&to, "5e55", "/t2t.v1.Socket/PayTransaction", 7, &body).to_lower_hex_string(),
                     "tagged_hash_hex": request_hash.to_lower_hex_string(),
                     "signature_hex": request_sig.to_lower_hex_string(),
                     "valid": true
                 },
                 {
                     "tag": "t2t/request",
+                    "socket_identity_key_hex": public(0x11).to_lower_hex_string(),
+                    "network": "NETWORK_REGTEST",
                     "message": "PowerRequestRequest opening a session {outlet_id \"outlet-1\", scheme SCHEME_ONCHAIN, session_id empty, offer_payout_script = the Offer vector's payout_script} with auth unset (body_hex); method /t2t.v1.Socket/PowerRequest, sequence 1795000000000 (a clock's milliseconds)",
                     "secret_key_hex": ([0x33u8; 32]).to_lower_hex_string(),
                     "public_key_hex": public(0x33).to_lower_hex_string(),
                     "body_hex": opening.encode_to_vec().to_lower_hex_string(),
                     "body_sha256_hex": opening_body.to_lower_hex_string(),
-                    "message_hex": request_message("", "/t2t.v1.Socket/PowerRequest", 1_795_000_000_000, &opening_body).to_lower_hex_string(),
+                    "message_hex": request_auth::request_message(&to, "", "/t2t.v1.Socket/PowerRequest", 1_795_000_000_000, &opening_body).to_lower_hex_string(),
                     "tagged_hash_hex": opening_hash.to_lower_hex_string(),
                     "signature_hex": opening_sig.to_lower_hex_string(),
                     "valid": true
                 },
                 {
                     "tag": "t2t/request",
+                    "socket_identity_key_hex": public(0x11).to_lower_hex_string(),
+                    "network": "NETWORK_REGTEST",
                     "message": "WatchStatusRequest {outlet_id \"outlet-1\"} with auth unset (body_hex); session_id empty, method /t2t.v1.Socket/WatchStatus, sequence 1795000000001: the stream that is the cable's presence (socket.proto WatchStatusRequest.auth)",
                     "secret_key_hex": ([0x33u8; 32]).to_lower_hex_string(),
                     "public_key_hex": public(0x33).to_lower_hex_string(),
                     "body_hex": watch.encode_to_vec().to_lower_hex_string(),
                     "body_sha256_hex": watch_body.to_lower_hex_string(),
-                    "message_hex": request_message("", "/t2t.v1.Socket/WatchStatus", 1_795_000_000_001, &watch_body).to_lower_hex_string(),
+                    "message_hex": request_auth::request_message(&to, "", "/t2t.v1.Socket/WatchStatus", 1_795_000_000_001, &watch_body).to_lower_hex_string(),
                     "tagged_hash_hex": watch_hash.to_lower_hex_string(),
                     "signature_hex": watch_sig.to_lower_hex_string(),
                     "valid": true
+                },
+                {
+                    "tag": "t2t/request",
+                    "socket_identity_key_hex": public(0x12).to_lower_hex_string(),
+                    "network": "NETWORK_REGTEST",
+                    "message": "The PayTransactionRequest vector's signature, the message addressed to another socket (a captured request played elsewhere)",
+                    "public_key_hex": public(0x33).to_lower_hex_string(),
+                    "body_hex": request.encode_to_vec().to_lower_hex_string(),
+                    "message_hex": request_auth::request_message(&elsewhere, "5e55", "/t2t.v1.Socket/PayTransaction", 7, &body).to_lower_hex_string(),
+                    "signature_hex": request_sig.to_lower_hex_string(),
+                    "valid": false
                 },
                 {
                     "tag": "t2t/status",
@@ -782,7 +700,7 @@ mod tests {
             let message = hex("message_hex");
             let digest = match v["tag"].as_str().unwrap() {
                 "t2t/offer" => offer_hash(&message).to_byte_array(),
-                "t2t/request" => RequestHash::hash(&message).to_byte_array(),
+                "t2t/request" => request_auth::RequestHash::hash(&message).to_byte_array(),
                 "t2t/status" => super::status_hash(&message).to_byte_array(),
                 "t2t/registry" => crate::registry::RegistryHash::hash(&message).to_byte_array(),
                 "t2t/receipt" => crate::receipt::receipt_hash(&message).to_byte_array(),
@@ -857,40 +775,6 @@ mod tests {
             session_hash("abc").to_lower_hex_string(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-    }
-
-    #[test]
-    fn a_request_verifies_only_unchanged_and_signed_by_its_key() {
-        let mut request = v1::PayTransactionRequest {
-            session_id: "s".into(),
-            payment_id: 1,
-            psbt: vec![1, 2, 3],
-            auth: None,
-        };
-        assert!(verify_request(&request).is_err(), "no auth");
-        sign_request(&mut request, &secret(0x33), 5);
-        let (key, sequence) = verify_request(&request).unwrap();
-        assert_eq!(key.serialize().to_vec(), public(0x33));
-        assert_eq!(sequence, 5);
-        let mut other_payment = request.clone();
-        other_payment.payment_id = 2;
-        assert_eq!(
-            verify_request(&other_payment),
-            Err(IdentityError::Signature("request"))
-        );
-        let mut other_session = request.clone();
-        other_session.session_id = "t".into();
-        assert!(verify_request(&other_session).is_err());
-        let mut other_sequence = request.clone();
-        other_sequence.auth.as_mut().unwrap().sequence = 6;
-        assert!(verify_request(&other_sequence).is_err());
-        // The same fields and signature as another method's request do not verify.
-        let as_fund = v1::FundChannelRequest {
-            session_id: "s".into(),
-            deposit_tx: vec![],
-            auth: request.auth.clone(),
-        };
-        assert!(verify_request(&as_fund).is_err());
     }
 
     #[test]

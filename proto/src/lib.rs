@@ -7,6 +7,8 @@
 //! - [`Scheme`]: the payment schemes by name, parsed and printed in one place.
 //! - [`units`]: energy, power, price and amount newtypes with checked arithmetic.
 //! - [`identity`]: signed offers and operator certificates (BIP 340 over tagged hashes).
+//! - [`request_auth`]: the cable's signature on each request that changes a session,
+//!   addressed to one socket on one network.
 //! - [`receipt`]: metering receipts (the cable's countersignature of the socket's count) and
 //!   the meter-agreement rule.
 //! - [`registry`]: an operator's signed registry of revoked and flagged device identities.
@@ -27,6 +29,7 @@ pub mod identity;
 pub mod lightning;
 pub mod receipt;
 pub mod registry;
+pub mod request_auth;
 pub mod rules;
 pub mod scheme;
 pub mod single_fee;

@@ -17,8 +17,8 @@ use crate::seller::{seller_of, spillman, Issued, Refusal, SellerContext};
 use crate::shared::Shared;
 use crate::station::Station;
 use crate::store::{Admitted, Authorized, CableAuth, PaymentStatus, ReceiptTaken};
-use proto::identity::SessionRequest;
 use proto::receipt::MeterCheck;
+use proto::request_auth::SessionRequest;
 use proto::Scheme;
 
 /// The tonic service over a running [`Station`].
@@ -32,8 +32,9 @@ impl SocketService {
     /// session, `PERMISSION_DENIED` (`CABLE_BANNED`) for a banned cable.
     fn authenticate<R: SessionRequest>(&self, request: &R) -> Result<CableAuth, SocketError> {
         crate::outlet::check_id_len("session id", request.session_id())?;
-        let (key, sequence) = proto::identity::verify_request(request)
-            .map_err(|e| SocketError::Unauthenticated(e.to_string()))?;
+        let (key, sequence) =
+            proto::request_auth::verify_request(request, &self.0.shared.recipient())
+                .map_err(|e| SocketError::Unauthenticated(e.to_string()))?;
         self.0.shared.limits.check_identity(&key)?;
         let cable = CableAuth { key, sequence };
         let session_id = request.session_id();
@@ -229,8 +230,9 @@ impl Socket for SocketService {
         let cable = match &request.auth {
             None => None,
             Some(_) => {
-                let (key, sequence) = proto::identity::verify_request(&request)
-                    .map_err(|e| SocketError::Unauthenticated(e.to_string()))?;
+                let (key, sequence) =
+                    proto::request_auth::verify_request(&request, &station.shared.recipient())
+                        .map_err(|e| SocketError::Unauthenticated(e.to_string()))?;
                 Some((key, sequence))
             }
         };
@@ -696,7 +698,7 @@ async fn takes_openings<R: SessionRequest>(
     outlet: &OutletHandle,
     request: &R,
 ) -> Result<(), SocketError> {
-    let (key, _) = proto::identity::verify_request(request)
+    let (key, _) = proto::request_auth::verify_request(request, &shared.recipient())
         .map_err(|e| SocketError::Unauthenticated(e.to_string()))?;
     let key = key.to_string();
     // A banned cable hears that first, whatever the outlet's state.

@@ -64,6 +64,15 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// The socket as cables address their signed requests to it (socket.proto `RequestAuth`):
+    /// its identity key and network, those of its offers.
+    pub(crate) fn recipient(&self) -> proto::request_auth::Recipient {
+        proto::request_auth::Recipient {
+            socket_identity_key: self.identity.public_key(),
+            network: proto::rules::network_to_proto(self.config.network),
+        }
+    }
+
     /// The store. Held only for one store call at a time, never across I/O.
     pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
         lock(&self.store)

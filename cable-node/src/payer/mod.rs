@@ -240,16 +240,20 @@ impl Cable {
     /// Reach the socket again and reopen the link, until `reconnect_secs` have passed.
     async fn reconnect(
         &self,
+        to: &proto::request_auth::Recipient,
     ) -> anyhow::Result<(SocketClient<Channel>, Streaming<v1::WatchStatusResponse>)> {
         let deadline = Instant::now() + Duration::from_secs(self.config.session.reconnect_secs);
         loop {
             let attempt = async {
                 let mut client = self.connect().await?;
                 let stream = client
-                    .watch_status(self.signer.sign(v1::WatchStatusRequest {
-                        outlet_id: self.config.outlet_id.clone(),
-                        auth: None,
-                    }))
+                    .watch_status(self.signer.sign(
+                        to,
+                        v1::WatchStatusRequest {
+                            outlet_id: self.config.outlet_id.clone(),
+                            auth: None,
+                        },
+                    ))
                     .await?
                     .into_inner();
                 anyhow::Ok((client, stream))
@@ -340,10 +344,13 @@ impl Cable {
         }
 
         let mut stream = client
-            .watch_status(self.signer.sign(v1::WatchStatusRequest {
-                outlet_id: self.config.outlet_id.clone(),
-                auth: None,
-            }))
+            .watch_status(self.signer.sign(
+                &accepted.socket,
+                v1::WatchStatusRequest {
+                    outlet_id: self.config.outlet_id.clone(),
+                    auth: None,
+                },
+            ))
             .await
             .map_err(|s| anyhow::anyhow!("WatchStatus: {}", s.message()))?
             .into_inner();
@@ -376,6 +383,7 @@ impl Cable {
             spillman::resume(
                 &mut client,
                 &self.signer,
+                &accepted.socket,
                 &session.id,
                 &self.store,
                 &mut self.wallet,
@@ -422,7 +430,7 @@ impl Cable {
                     Ok(Some(message)) => message,
                     Ok(None) | Err(_) => {
                         tracing::warn!("link to the socket lost");
-                        (client, stream) = self.reconnect().await?;
+                        (client, stream) = self.reconnect(&accepted.socket).await?;
                         continue;
                     }
                 };
@@ -470,11 +478,14 @@ impl Cable {
                 tracing::warn!("the final receipt: {e}");
                 None
             });
-            let request = self.signer.sign(v1::EndSessionRequest {
-                session_id: session.id.clone(),
-                auth: None,
-                receipt,
-            });
+            let request = self.signer.sign(
+                &accepted.socket,
+                v1::EndSessionRequest {
+                    session_id: session.id.clone(),
+                    auth: None,
+                    receipt,
+                },
+            );
             match client.end_session(request).await {
                 Ok(reply) => Some(reply.into_inner().energy_used_mwh),
                 Err(status) => {
@@ -546,9 +557,12 @@ impl Cable {
     ) -> Result<Option<v1::StatusReport>, CableError> {
         let signed = signed
             .ok_or_else(|| CableError::RefusedSocket("a status the socket did not sign".into()))?;
-        let report =
-            proto::identity::verify_status(signed, &accepted.socket_key, &self.config.outlet_id)
-                .map_err(|e| CableError::RefusedSocket(format!("status: {e}")))?;
+        let report = proto::identity::verify_status(
+            signed,
+            &accepted.socket.socket_identity_key,
+            &self.config.outlet_id,
+        )
+        .map_err(|e| CableError::RefusedSocket(format!("status: {e}")))?;
         // A QuotaLow may carry the very report of the status before it: equal is not stale.
         if report.sequence < session.last_status_sequence {
             tracing::debug!(sequence = report.sequence, "stale status");
@@ -678,24 +692,27 @@ impl Cable {
             } else {
                 self.receipt(session)?
             };
-            let request = self.signer.sign(v1::PowerRequestRequest {
-                outlet_id: self.config.outlet_id.clone(),
-                scheme: accepted.scheme as i32,
-                session_id: session.id.clone(),
-                max_amount_sat: match accepted.scheme {
-                    v1::Scheme::SingleFee => accepted.single_fee_max.to_sat(),
-                    _ => 0,
+            let request = self.signer.sign(
+                &accepted.socket,
+                v1::PowerRequestRequest {
+                    outlet_id: self.config.outlet_id.clone(),
+                    scheme: accepted.scheme as i32,
+                    session_id: session.id.clone(),
+                    max_amount_sat: match accepted.scheme {
+                        v1::Scheme::SingleFee => accepted.single_fee_max.to_sat(),
+                        _ => 0,
+                    },
+                    auth: None,
+                    receipt,
+                    // An opening request: the socket resumes a session it opened for this offer
+                    // whose reply was lost.
+                    offer_payout_script: if session.id.is_empty() {
+                        accepted.offer.payout_script.clone()
+                    } else {
+                        Vec::new()
+                    },
                 },
-                auth: None,
-                receipt,
-                // An opening request: the socket resumes a session it opened for this offer
-                // whose reply was lost.
-                offer_payout_script: if session.id.is_empty() {
-                    accepted.offer.payout_script.clone()
-                } else {
-                    Vec::new()
-                },
-            });
+            );
             match client.power_request(request).await {
                 Ok(reply) => return Ok(reply.into_inner()),
                 Err(status) if retryable(&status) => {
@@ -856,12 +873,15 @@ impl Cable {
                 .sign(self, session, &terms, accepted)?,
         };
         let reply = loop {
-            let request = self.signer.sign(v1::PayTransactionRequest {
-                session_id: session.id.clone(),
-                payment_id: terms.payment_id,
-                psbt: record.psbt.clone(),
-                auth: None,
-            });
+            let request = self.signer.sign(
+                &accepted.socket,
+                v1::PayTransactionRequest {
+                    session_id: session.id.clone(),
+                    payment_id: terms.payment_id,
+                    psbt: record.psbt.clone(),
+                    auth: None,
+                },
+            );
             match client.pay_transaction(request).await {
                 Ok(reply) => break reply.into_inner(),
                 Err(status) if retryable(&status) => {

@@ -11,6 +11,7 @@ use bitcoin::hex::DisplayHex;
 use bitcoin::psbt::Psbt;
 use bitcoin::secp256k1::{rand, Secp256k1, SecretKey};
 use bitcoin::{Amount, OutPoint, PublicKey, Txid};
+use proto::request_auth::Recipient;
 use proto::spillman::{Channel, Signer};
 use proto::v1;
 use proto::v1::socket_client::SocketClient;
@@ -115,18 +116,21 @@ pub async fn open(
     let deadline = std::time::Instant::now() + FUND_PATIENCE;
     let reply = loop {
         let reply = client
-            .open_channel(signer.sign(v1::OpenChannelRequest {
-                outlet_id: outlet_id.to_owned(),
-                cable_channel_key: cable_key.to_bytes(),
-                deposit_txid: deposit_txid.clone(),
-                deposit_vout: channel.deposit.vout,
-                deposit_sat: channel.deposit_value.to_sat(),
-                refund_lock_height: channel.refund_lock_height,
-                fee_sat: channel.fee.to_sat(),
-                cable_script: channel.cable_script.to_bytes(),
-                refund_tx: encode::serialize(&refund),
-                auth: None,
-            }))
+            .open_channel(signer.sign(
+                &accepted.socket,
+                v1::OpenChannelRequest {
+                    outlet_id: outlet_id.to_owned(),
+                    cable_channel_key: cable_key.to_bytes(),
+                    deposit_txid: deposit_txid.clone(),
+                    deposit_vout: channel.deposit.vout,
+                    deposit_sat: channel.deposit_value.to_sat(),
+                    refund_lock_height: channel.refund_lock_height,
+                    fee_sat: channel.fee.to_sat(),
+                    cable_script: channel.cable_script.to_bytes(),
+                    refund_tx: encode::serialize(&refund),
+                    auth: None,
+                },
+            ))
             .await;
         match reply {
             Err(status) if super::retryable(&status) && std::time::Instant::now() < deadline => {
@@ -182,7 +186,16 @@ pub async fn open(
             &accepted.offer.payout_script,
         )
         .context("storing the session")?;
-    fund(client, signer, &reply.session_id, &deposit, store, wallet).await?;
+    fund(
+        client,
+        signer,
+        &accepted.socket,
+        &reply.session_id,
+        &deposit,
+        store,
+        wallet,
+    )
+    .await?;
     tracing::info!(deposit = %deposit_txid, value = %channel.deposit_value, lock_height = channel.refund_lock_height, "spillman channel open");
     Ok((reply.session_id, deposit))
 }
@@ -195,6 +208,7 @@ const FUND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 async fn fund(
     client: &mut SocketClient<transport::Channel>,
     signer: &RequestSigner,
+    to: &Recipient,
     session_id: &str,
     deposit: &bitcoin::Transaction,
     store: &CableStore,
@@ -206,11 +220,14 @@ async fn fund(
     let deadline = std::time::Instant::now() + FUND_PATIENCE;
     let funded = loop {
         let reply = client
-            .fund_channel(signer.sign(v1::FundChannelRequest {
-                session_id: session_id.to_owned(),
-                deposit_tx: encode::serialize(deposit),
-                auth: None,
-            }))
+            .fund_channel(signer.sign(
+                to,
+                v1::FundChannelRequest {
+                    session_id: session_id.to_owned(),
+                    deposit_tx: encode::serialize(deposit),
+                    auth: None,
+                },
+            ))
             .await;
         match reply {
             Ok(reply) => break reply.into_inner(),
@@ -242,6 +259,7 @@ async fn fund(
 pub async fn resume(
     client: &mut SocketClient<transport::Channel>,
     signer: &RequestSigner,
+    to: &Recipient,
     session_id: &str,
     store: &CableStore,
     wallet: &mut NodeWallet,
@@ -251,7 +269,16 @@ pub async fn resume(
         .context("reading the store")?;
     if let Some(stored) = stored.filter(|c| c.status == "refund-signed") {
         tracing::info!(deposit = %stored.channel.deposit.txid, "handing the deposit over again");
-        fund(client, signer, session_id, &stored.deposit, store, wallet).await?;
+        fund(
+            client,
+            signer,
+            to,
+            session_id,
+            &stored.deposit,
+            store,
+            wallet,
+        )
+        .await?;
     }
     Ok(())
 }

@@ -321,7 +321,7 @@ pub struct StoredSession {
     pub last_payment_id: u64,
 }
 
-/// Who signed a request, as checked by `proto::identity::verify_request`.
+/// Who signed a request, as checked by `proto::request_auth::verify_request`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CableAuth {
     /// The cable's identity key.
