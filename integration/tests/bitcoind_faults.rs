@@ -2,7 +2,9 @@
 //! (with a new RPC cookie, as Bitcoin Core writes one at every start), and a block holding
 //! credited payments is reorganized away (`invalidateblock`). No honest cable is locked out,
 //! every session ends paid, and a credited payment that goes back to the mempool stays
-//! credited; one replaced by a conflict in the new chain is found and recorded as lost.
+//! credited; one replaced by a conflict in the new chain is found and recorded as lost. A
+//! credited payment whose unconfirmed parent leaves the mempool (evicted: here bitcoind
+//! restarts without its saved mempool) blames nobody and is sent again once the parent is back.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -49,8 +51,9 @@ fn client(bitcoind: &Regtest) -> regtest::Client {
 }
 
 /// Stop bitcoind (RPC `stop`), wait until it is gone, start it again with the same command
-/// line (same data dir and port, a new cookie), and wait until it answers.
-fn restart_bitcoind(bitcoind: &Regtest, previous: Option<Restarted>) -> Restarted {
+/// line (same data dir and port, a new cookie) and `extra` arguments, and wait until it
+/// answers.
+fn restart_bitcoind(bitcoind: &Regtest, previous: Option<Restarted>, extra: &[&str]) -> Restarted {
     let pid = bitcoind_pid(bitcoind);
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let args: Vec<String> = cmdline
@@ -70,6 +73,7 @@ fn restart_bitcoind(bitcoind: &Regtest, previous: Option<Restarted>) -> Restarte
     drop(previous);
     let child = Command::new(&args[0])
         .args(&args[1..])
+        .args(extra)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -172,7 +176,7 @@ fn bitcoind_restarting_mid_session_locks_no_honest_cable_out() {
             std::thread::sleep(Duration::from_millis(50));
         }
         drop(miner);
-        restarted = Some(restart_bitcoind(&bitcoind, restarted.take()));
+        restarted = Some(restart_bitcoind(&bitcoind, restarted.take(), &[]));
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
                 break status;
@@ -324,4 +328,114 @@ fn a_reorganized_payment_stays_credited_and_a_conflict_in_the_new_chain_is_found
         ),
         1
     );
+}
+
+#[test]
+fn a_payment_whose_parent_is_evicted_blames_nobody_and_is_sent_again() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = SocketProcess::start(
+        &bitcoind,
+        &dir.path().join("socket"),
+        &SocketSetup {
+            lockout_secs: 600,
+            ..SocketSetup::default()
+        },
+    )
+    .unwrap();
+    // The cable's only coin moves to itself first (the parent, unconfirmed); the payment
+    // spends the parent's output.
+    let mut payer = integration::funded_payer(&bitcoind, 1, 50_000);
+    let own = payer.wallet.receive_address(3).unwrap().script_pubkey();
+    let parent = payer
+        .wallet
+        .pay(
+            &own,
+            Amount::from_sat(45_000),
+            bitcoin::FeeRate::from_sat_per_vb(2).unwrap(),
+            Amount::from_sat(2_000),
+        )
+        .unwrap()
+        .tx;
+    payer.chain.broadcast(&parent).unwrap();
+    payer.wallet.record_sent(&parent).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let paid = integration::pay_a_quota_by_hand(&runtime, &socket, &mut payer);
+    let parent_txid = parent.compute_txid();
+    assert!(
+        paid.inputs.iter().all(|i| i.txid == parent_txid),
+        "the payment spends the unconfirmed parent: {:?}",
+        paid.inputs
+    );
+    let txid = paid.tx.compute_txid().to_string();
+
+    // Both leave the mempool: bitcoind starts again without the mempool it saved.
+    let restarted = restart_bitcoind(&bitcoind, None, &["-persistmempool=0"]);
+    let mempool: Vec<String> = regtest::rpc(&client(&bitcoind), "getrawmempool", &[]).unwrap();
+    assert!(mempool.is_empty(), "{mempool:?}");
+    // The socket finds the payment missing and cannot send it without its parent: it keeps it
+    // credited and watched, and blames nobody, through blocks too.
+    std::thread::sleep(Duration::from_secs(3));
+    mine(&bitcoind, 1);
+    std::thread::sleep(Duration::from_secs(3));
+    let blamed = |what: &str| {
+        (
+            count(
+                &socket,
+                "SELECT COUNT(*) FROM payments WHERE status = 'lost'",
+            ),
+            count(
+                &socket,
+                "SELECT COUNT(*) FROM cables WHERE banned_reason IS NOT NULL",
+            ),
+            count(&socket, "SELECT COUNT(*) FROM anomalies"),
+            what.to_owned(),
+        )
+    };
+    assert_eq!(
+        blamed("evicted"),
+        (0, 0, 0, "evicted".into()),
+        "{}",
+        socket.log_text()
+    );
+    assert_eq!(
+        count(
+            &socket,
+            &format!(
+                "SELECT COUNT(*) FROM payments WHERE txid = '{txid}' AND status = 'broadcast'"
+            )
+        ),
+        1,
+        "{}",
+        socket.log_text()
+    );
+    // The cable sends its parent again: the socket's chain watch sends the payment again, and
+    // it confirms.
+    payer.chain.broadcast(&parent).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mempool: Vec<String> = regtest::rpc(&client(&bitcoind), "getrawmempool", &[]).unwrap();
+        if mempool.contains(&txid) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the payment is not sent again\n{}",
+            socket.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    mine(&bitcoind, 1);
+    let tx: Value = regtest::rpc(
+        &client(&bitcoind),
+        "getrawtransaction",
+        &[json!(txid), json!(1)],
+    )
+    .unwrap();
+    assert!(tx["confirmations"].as_u64().unwrap_or(0) >= 1, "{tx}");
+    assert_eq!(blamed("confirmed"), (0, 0, 0, "confirmed".into()));
+    drop(restarted);
 }

@@ -324,3 +324,108 @@ fn a_deposit_broadcast_bitcoind_does_not_answer_is_handed_over_again() {
         "bitcoind does not know the deposit {txid}"
     );
 }
+
+/// bitcoind's work queue overflows (`-rpcworkqueue=1`, other callers hammering it, as a busy
+/// node's wallet or explorer would): its refusals (HTTP 503) are no answers, never facts. The
+/// socket bans, flags and charges nobody, and every payment it credited confirms once the load
+/// is gone.
+#[test]
+fn a_bitcoind_whose_work_queue_overflows_bans_nobody() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let bitcoind = Regtest::start_with(&["-rpcworkqueue=1", "-rpcthreads=1"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = SocketProcess::start(
+        &bitcoind,
+        &dir.path().join("socket"),
+        &SocketSetup::default(),
+    )
+    .unwrap();
+    let cable = integration::CableFiles::create(
+        &bitcoind,
+        &dir.path().join("cable"),
+        &socket.endpoint,
+        &integration::CableSetup::default(),
+        Amount::from_sat(100_000),
+    )
+    .unwrap();
+    let count = |sql: &str| integration::query_i64(&socket.data_dir.join("socket.sqlite"), sql);
+    let mut run = cable.spawn_run().unwrap();
+    integration::wait_until(
+        "the first payment credited",
+        Duration::from_secs(60),
+        || count("SELECT COUNT(*) FROM payments") >= 1,
+    );
+    // The load: three callers that never pause.
+    let stop = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let (stop, refused) = (Arc::clone(&stop), Arc::clone(&refused));
+            let client = regtest::Client::new_with_auth(
+                &bitcoind.rpc_url(),
+                regtest::Auth::CookieFile(bitcoind.cookie_file().to_owned()),
+            )
+            .unwrap();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if regtest::rpc::<serde_json::Value>(&client, "getblockchaininfo", &[]).is_err()
+                    {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    // The rest of the session, blocks and the chain watch's rounds, all under the load.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while run.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = run.kill();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mine = |blocks: u32| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while bitcoind.mine(blocks).is_err() {
+            assert!(Instant::now() < deadline, "bitcoind mines nothing");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    mine(2);
+    std::thread::sleep(Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    for thread in load {
+        thread.join().unwrap();
+    }
+    assert!(
+        refused.load(Ordering::Relaxed) > 0,
+        "bitcoind's work queue never overflowed"
+    );
+    let log = socket.log_text();
+    assert_eq!(
+        count("SELECT COUNT(*) FROM payments WHERE status = 'lost'"),
+        0,
+        "{log}"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM cables WHERE banned_reason IS NOT NULL"),
+        0,
+        "{log}"
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM anomalies"), 0, "{log}");
+    // Without the load every credited payment is sent (one whose broadcast got no answer, by
+    // the chain watch) and confirms.
+    integration::wait_until(
+        "every credited payment sent",
+        Duration::from_secs(30),
+        || count("SELECT COUNT(*) FROM payments WHERE status = 'accepted'") == 0,
+    );
+    mine(8);
+    integration::wait_until(
+        "every credited payment confirmed",
+        Duration::from_secs(60),
+        || count("SELECT COUNT(*) FROM payments WHERE status != 'confirmed'") == 0,
+    );
+    assert!(count("SELECT COUNT(*) FROM payments") >= 1);
+}

@@ -312,6 +312,39 @@ pub(crate) const MAX_WEIGHT_WU: u64 = 40_000;
 /// [`MAX_WEIGHT_WU`]; bitcoind would accept the transaction (one `testmempoolaccept`; when it
 /// names missing inputs, each input is looked up to say which); the fee rate is at least
 /// `min_rate_sat_per_vb`. Returns the fee and vsize. Blocking (bitcoind RPC).
+/// Send first each payment `tx` spends from that the socket credited but could not send yet
+/// (bitcoind did not answer its broadcast; the chain watch would send it within a second):
+/// without it bitcoind knows none of its outputs, and the honest cable's next payment, paid
+/// from its change, would be refused as `missing-inputs`. Blocking (bitcoind RPC); failures
+/// are left to the check that follows and to the chain watch.
+fn send_unsent_parents(shared: &Shared, tx: &Transaction) {
+    let parents: std::collections::BTreeSet<bitcoin::Txid> =
+        tx.input.iter().map(|i| i.previous_output.txid).collect();
+    let unsent = match shared.store().unbroadcast_payments() {
+        Ok(unsent) => unsent,
+        Err(e) => return tracing::error!("reading the payments not yet sent: {e}"),
+    };
+    for parent in unsent {
+        let txid = parent.tx.compute_txid();
+        if !parents.contains(&txid) {
+            continue;
+        }
+        match shared.chain.broadcast(&parent.tx) {
+            Ok(_) => {
+                tracing::info!(session = %parent.session_id, %txid, "payment sent before the payment that spends it");
+                if let Err(e) = shared.store().set_payment_status(
+                    &parent.session_id,
+                    parent.payment_id,
+                    crate::store::PaymentStatus::Broadcast,
+                ) {
+                    tracing::error!("store (the chain watch writes it again): {e}");
+                }
+            }
+            Err(e) => tracing::debug!(%txid, "sending a parent first: {e}"),
+        }
+    }
+}
+
 pub(crate) fn check_on_chain(
     shared: &Shared,
     tx: &Transaction,
@@ -330,6 +363,7 @@ pub(crate) fn check_on_chain(
             "{weight} weight units: at most {MAX_WEIGHT_WU}"
         )));
     }
+    send_unsent_parents(shared, tx);
     let verdict = shared.chain.test_mempool_accept(tx).map_err(unavailable)?;
     if !verdict.allowed {
         return Err(judge_reject(&verdict.reject_reason));
