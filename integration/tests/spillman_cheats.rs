@@ -374,3 +374,82 @@ fn a_refused_channel_counts_against_the_cable_across_a_crash() {
     );
     assert_eq!(refusals(&socket), 2);
 }
+
+/// What a channel credits on a deposit not yet confirmed counts in the cable's
+/// `max_unconfirmed_sat` (a double spend of the deposit would take it back): past it the
+/// socket answers UNAVAILABLE, blaming nobody, and takes the same payment once the deposit
+/// confirms.
+#[test]
+fn credit_on_an_unconfirmed_deposit_stays_within_the_unconfirmed_limit() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = SocketProcess::start(
+        &bitcoind,
+        dir.path(),
+        &SocketSetup {
+            spillman: true,
+            // Two quotas of 1000 sat; real time, so that no quota runs out meanwhile.
+            top_toml: "max_unconfirmed_sat = 2000".into(),
+            time_scale: 1.0,
+            ..SocketSetup::default()
+        },
+    )
+    .unwrap();
+    let to = socket.recipient();
+    let offer = socket.offer().unwrap();
+    let mut payer = funded_payer(&bitcoind, 1, 50_000);
+    let height = bitcoind.height().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (mut client, _link, open) = runtime.block_on(async {
+        let mut client = SocketClient::connect(socket.endpoint.clone())
+            .await
+            .unwrap();
+        let link = client
+            .watch_status(integration::cable_signer().sign(
+                &to,
+                v1::WatchStatusRequest {
+                    outlet_id: OUTLET.into(),
+                    auth: None,
+                },
+            ))
+            .await
+            .unwrap();
+        let open = open_channel(&mut client, &offer, &mut payer, height).await;
+        (client, link, open)
+    });
+    let channel = open.channel.clone();
+    let mut next = || {
+        runtime.block_on(pay(
+            &mut client,
+            &open,
+            |total| channel.payment(total).unwrap(),
+            &open.secret,
+        ))
+    };
+    next().unwrap();
+    next().unwrap();
+    let refused = next().unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("await confirmation"),
+        "{refused:?}"
+    );
+    // The deposit confirms: the same payment is taken.
+    bitcoind.mine(1).unwrap();
+    next().unwrap();
+    let db = rusqlite::Connection::open(socket.data_dir.join("socket.sqlite")).unwrap();
+    let (held, anomalies, banned): (i64, i64, i64) = db
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM payments), (SELECT COUNT(*) FROM anomalies),
+                    (SELECT COUNT(*) FROM cables WHERE banned_reason IS NOT NULL)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (held, anomalies, banned),
+        (3, 0, 0),
+        "{}",
+        socket.log_text()
+    );
+}

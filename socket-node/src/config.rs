@@ -65,10 +65,11 @@ pub struct SocketConfig {
     /// by a conflicting transaction before then is found and recorded as lost.
     #[serde(default = "default_final_confirmations")]
     pub final_confirmations: u32,
-    /// The most one cable identity may have in `onchain` payments credited and not yet final
-    /// (`final_confirmations` deep), over all its sessions: above it the socket answers
-    /// `UNAVAILABLE` (no lockout) until blocks bury some. What a cable that replaces its
-    /// payments can take at most.
+    /// The most one cable identity may have credited and not yet final, over all its
+    /// sessions: `onchain` payments not `final_confirmations` deep, single-fee sets held or not
+    /// yet confirmed, spillman credit on a deposit not yet confirmed. Above it the socket
+    /// answers `UNAVAILABLE` (no lockout) until blocks bury some. What a cable that replaces
+    /// its payments can take at most.
     #[serde(default = "default_max_unconfirmed_sat")]
     pub max_unconfirmed_sat: u64,
     /// How long a cable identity that made the socket lose a payment (replaced, double-spent)

@@ -582,18 +582,26 @@ async fn pay(
     if let Err(e) = channel.check_payment(&tx, total, &signature) {
         return Err(cx.lock_out(session_id, &e.to_string()).await);
     }
-    cx.shared
-        .store()
-        .hold_channel_payment(
+    // Held before it is credited; on a deposit not yet confirmed, only within the cable's
+    // unconfirmed limit (a double spend of the deposit would take the channel's credit back).
+    let deposit_confirmed = confirmations > 0;
+    let hold = |store: &mut crate::store::Store| {
+        store.hold_channel_payment(
             session_id,
             payment_id,
             &tx,
             &signature,
             total,
+            deposit_confirmed,
             terms,
             channel.fee,
         )
-        .map_err(SocketError::internal)?;
+    };
+    if deposit_confirmed {
+        hold(&mut cx.shared.store()).map_err(SocketError::internal)?;
+    } else {
+        cx.persist_within_unconfirmed_limit(session_id, terms.amount, hold)?;
+    }
     let txid = tx.compute_txid().to_string();
     cx.credit(session_id, terms.quota, txid.clone()).await?;
     Ok(v1::PayTransactionResponse {

@@ -162,9 +162,11 @@ impl Store {
 
     /// What the cable `key` (compressed, hex) has credited and not yet final, over all its
     /// sessions: the socket's exposure to it (`max_unconfirmed_sat`, design.md "Trust"): its
-    /// `onchain` payments `accepted` or `broadcast` (not `final_confirmations` deep), and the
+    /// `onchain` payments `accepted` or `broadcast` (not `final_confirmations` deep), the
     /// value of its single-fee sets held, or broadcast and not yet confirmed (a set the cable
-    /// could still double-spend; a confirmed one is still watched until final).
+    /// could still double-spend; a confirmed one is still watched until final), and what its
+    /// spillman channels credited on a deposit not yet seen confirmed (open, or closed with
+    /// the close not yet confirmed).
     pub fn unconfirmed_of_cable(&self, key_hex: &str) -> Result<Amount> {
         let sat: i64 = self.db.query_row(
             "SELECT (SELECT COALESCE(SUM(p.amount_sat), 0) FROM payments p
@@ -173,7 +175,11 @@ impl Store {
                   + (SELECT COALESCE(SUM(f.latest_value_sat), 0) FROM single_fee_sets f
                      JOIN sessions s ON s.id = f.session_id
                      WHERE s.cable_key_hex = ?1 AND f.status IN ('open', 'broadcast')
-                       AND f.confirmed_height IS NULL)",
+                       AND f.confirmed_height IS NULL)
+                  + (SELECT COALESCE(SUM(c.highest_total_sat), 0) FROM spillman_channels c
+                     JOIN sessions s ON s.id = c.session_id
+                     WHERE s.cable_key_hex = ?1 AND c.status IN ('funded', 'closed')
+                       AND c.deposit_confirmed = 0 AND c.close_confirmed_height IS NULL)",
             params![key_hex],
             |r| r.get(0),
         )?;

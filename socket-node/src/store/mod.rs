@@ -58,7 +58,7 @@ pub use status::{ChannelStatus, PaymentStatus, SetStatus};
 /// existed take it as is).
 pub const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
-    SCHEMA_V9, SCHEMA_V10,
+    SCHEMA_V9, SCHEMA_V10, SCHEMA_V11,
 ];
 
 const SCHEMA_V1: &str = "
@@ -297,6 +297,13 @@ ALTER TABLE cables ADD COLUMN profile_max_energy_per_session_wh INTEGER;
 -- When the profile was declared (a registry's issued_at, or the owner's clock), Unix seconds:
 -- an older registry played back does not replace a newer profile.
 ALTER TABLE cables ADD COLUMN profile_declared_at_unix_secs INTEGER;
+";
+
+/// Version 11: whether a spillman channel's deposit was seen confirmed (at a payment): until
+/// then what the channel credited counts in the cable's `max_unconfirmed_sat`, as a double
+/// spend of the deposit would take it back (design.md "Trust").
+const SCHEMA_V11: &str = "
+ALTER TABLE spillman_channels ADD COLUMN deposit_confirmed INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// Milliseconds since the Unix epoch.

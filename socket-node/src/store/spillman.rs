@@ -68,6 +68,8 @@ impl Store {
 
     /// Hold a spillman payment as the channel's highest, with its payment row, in one SQLite
     /// transaction (steps 13–14): what is credited is what a close can broadcast.
+    /// `deposit_confirmed`: the deposit was seen confirmed for this payment (from then on the
+    /// channel no longer counts in [`Store::unconfirmed_of_cable`]).
     #[allow(clippy::too_many_arguments)]
     pub fn hold_channel_payment(
         &mut self,
@@ -76,6 +78,7 @@ impl Store {
         tx: &Transaction,
         cable_signature: &bitcoin::ecdsa::Signature,
         total: Amount,
+        deposit_confirmed: bool,
         terms: StoredTerms,
         fee: Amount,
     ) -> Result<()> {
@@ -93,13 +96,15 @@ impl Store {
             )?;
             db.execute(
                 "UPDATE spillman_channels SET highest_total_sat = ?2, highest_tx_hex = ?3,
-                     highest_cable_signature_hex = ?4
+                     highest_cable_signature_hex = ?4,
+                     deposit_confirmed = MAX(deposit_confirmed, ?5)
                  WHERE session_id = ?1 AND status = 'funded'",
                 params![
                     session_id,
                     total.to_sat() as i64,
                     encode::serialize_hex(tx),
-                    cable_signature.to_string()
+                    cable_signature.to_string(),
+                    deposit_confirmed
                 ],
             )?;
             db.commit()
