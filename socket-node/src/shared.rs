@@ -83,12 +83,19 @@ impl Shared {
         lock(&self.wallet)
     }
 
-    /// A fresh payout address for `outlet_id`: the next BIP84 receive index of the wallet
-    /// (revealed and persisted there), recorded in the store as the one the outlet offers.
+    /// A payout address for `outlet_id` that no session holds: one a session nothing paid gave
+    /// back (`Store::end_session`), else the next BIP84 receive index of the wallet (revealed
+    /// and persisted there), recorded in the store as the one the outlet offers.
     /// Errors: `INTERNAL` when the wallet or the store cannot persist it.
     pub(crate) fn fresh_payout(&self, outlet_id: &str) -> Result<Payout, SocketError> {
         let mut wallet = lock(&self.wallet);
         let store = self.store();
+        if let Some(given_back) = store
+            .offered_payout(outlet_id)
+            .map_err(SocketError::internal)?
+        {
+            return Ok(given_back);
+        }
         let index = store.next_payout_index().map_err(SocketError::internal)?;
         let address = wallet
             .receive_address(index)

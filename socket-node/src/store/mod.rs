@@ -729,12 +729,31 @@ mod tests {
             Some(first.script.clone())
         );
         assert_eq!(store.next_payout_index().unwrap(), 2);
-        // An address is bound to one session only: a second session opening with it is not
-        // stored at all.
+        // An address is bound to one session at a time: a second session opening with it is
+        // not stored at all.
         assert!(store
             .open_session("s2", "outlet-1", Scheme::Onchain, &first, &cable(1))
             .is_err());
         assert_eq!(store.session_outlet("s2").unwrap(), None);
         assert_eq!(store.session_payout("nope").unwrap(), None);
+        // A session nothing paid gives its address back when it ends; it is offered again.
+        store.end_session("s1", EnergyMwh(0), "unplugged").unwrap();
+        assert_eq!(
+            store.offered_payout("outlet-1").unwrap(),
+            Some(first.clone())
+        );
+        store
+            .open_session("s3", "outlet-1", Scheme::Onchain, &first, &cable(1))
+            .unwrap();
+        // A paid one keeps it.
+        store.issue_terms("s3", 1, terms()).unwrap();
+        store
+            .accept_payment("s3", 1, &tx(1_000), terms(), Amount::ONE_SAT, 100)
+            .unwrap();
+        store
+            .end_session("s3", EnergyMwh(8_000), "unplugged")
+            .unwrap();
+        assert_eq!(store.offered_payout("outlet-1").unwrap(), None);
+        assert_eq!(store.session_payout("s3").unwrap(), Some(first.script));
     }
 }

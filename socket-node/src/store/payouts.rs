@@ -1,7 +1,9 @@
 //! Payout addresses: each session is paid to a fresh BIP84 receive address of the socket's
 //! wallet. An outlet offers one until a session opens on it (bound to that session), and gets
 //! the next index when the session ends, so the chain tells sessions apart and no address is
-//! paid twice.
+//! paid twice. A session that ends with nothing paid gives its address back to its outlet
+//! (`Store::end_session`), so that openings never paid do not walk the receive index past the
+//! gap a restore from the seed scans.
 
 use bitcoin::ScriptBuf;
 use rusqlite::{params, OptionalExtension};

@@ -42,7 +42,7 @@ impl Store {
                  WHERE payout_index = ?2 AND session_id IS NULL",
                 params![id, payout.index],
             )?;
-            // An address already bound to a session is never bound again.
+            // An address is bound to one session at a time (one nothing paid gives it back).
             if bound != 1 {
                 return Err(rusqlite::Error::StatementChangedRows(bound));
             }
@@ -141,12 +141,26 @@ impl Store {
     /// Close a session with its final energy and why it ended.
     pub fn end_session(&self, session_id: &str, used: EnergyMwh, reason: &str) -> Result<()> {
         persist("socket-end-session", || {
-            self.db.execute(
+            let tx = self.db.unchecked_transaction()?;
+            tx.execute(
                 "UPDATE sessions SET ended_at_unix_ms = ?2, end_reason = ?3, energy_used_mwh = ?4
                  WHERE id = ?1 AND ended_at_unix_ms IS NULL",
                 params![session_id, unix_ms(), reason, used.0 as i64],
             )?;
-            Ok(())
+            // A session nothing paid (no payment, input set or channel of any kind: an
+            // abandoned opening, maybe a stranger's) gives its payout address back to its
+            // outlet, so that openings never paid do not walk the wallet's receive index past
+            // what a restore from the seed scans.
+            tx.execute(
+                "UPDATE payout_addresses SET session_id = NULL
+                 WHERE session_id = ?1
+                   AND NOT EXISTS (SELECT 1 FROM payments WHERE session_id = ?1)
+                   AND NOT EXISTS (SELECT 1 FROM single_fee_sets WHERE session_id = ?1)
+                   AND NOT EXISTS (SELECT 1 FROM spillman_channels WHERE session_id = ?1)
+                   AND NOT EXISTS (SELECT 1 FROM ln_payments WHERE session_id = ?1)",
+                params![session_id],
+            )?;
+            tx.commit()
         })
     }
 
