@@ -752,14 +752,29 @@ async fn close_channel(
 }
 
 async fn devices(endpoint: String, data_dir: &std::path::Path) -> anyhow::Result<()> {
-    let request = authorized(proto::v1::ListDevicesRequest {}, data_dir, Scope::ReadOnly)?;
-    let devices = operator_client(&endpoint)
-        .await?
-        .list_devices(request)
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-        .into_inner()
-        .devices;
+    let mut client = operator_client(&endpoint).await?;
+    let mut devices = Vec::new();
+    let mut after = Vec::new();
+    loop {
+        let request = authorized(
+            proto::v1::ListDevicesRequest {
+                limit: 1_000,
+                after_identity_key: after,
+            },
+            data_dir,
+            Scope::ReadOnly,
+        )?;
+        let page = client
+            .list_devices(request)
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        devices.extend(page.devices);
+        if page.next_after_identity_key.is_empty() {
+            break;
+        }
+        after = page.next_after_identity_key;
+    }
     if devices.is_empty() {
         println!("no devices yet");
     }

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::SocketError;
 use crate::station::Station;
-use crate::store::{DeviceRow, DeviceStatus};
+use crate::store::{DevicePage, DeviceRow, DeviceStatus};
 
 /// The tonic service over a running [`Station`].
 pub struct OperatorService(pub Arc<Station>);
@@ -83,15 +83,38 @@ fn device_of(d: &DeviceRow) -> Result<v1::Device, Status> {
 impl Operator for OperatorService {
     async fn list_devices(
         &self,
-        _: Request<v1::ListDevicesRequest>,
+        request: Request<v1::ListDevicesRequest>,
     ) -> Result<Response<v1::ListDevicesResponse>, Status> {
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => 100,
+            n => n.min(1_000),
+        };
+        let after = if request.after_identity_key.is_empty() {
+            None
+        } else {
+            let key = bitcoin::secp256k1::PublicKey::from_slice(&request.after_identity_key)
+                .map_err(|e| Status::invalid_argument(format!("after_identity_key: {e}")))?;
+            Some(key.to_string())
+        };
         let station = Arc::clone(&self.0);
-        let devices = tokio::task::spawn_blocking(move || station.shared.store().devices())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let devices = tokio::task::spawn_blocking(move || {
+            station.shared.store().devices(DevicePage::ByKey {
+                after_key_hex: after.as_deref(),
+                limit,
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let devices: Vec<v1::Device> = devices.iter().map(device_of).collect::<Result<_, _>>()?;
+        let next_after_identity_key = match devices.last() {
+            Some(last) if devices.len() == limit as usize => last.identity_key.clone(),
+            _ => Vec::new(),
+        };
         Ok(Response::new(v1::ListDevicesResponse {
-            devices: devices.iter().map(device_of).collect::<Result<_, _>>()?,
+            devices,
+            next_after_identity_key,
         }))
     }
 

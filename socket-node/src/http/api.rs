@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{require_admin, ApiError, Http};
-use crate::store::{PaymentRow, Store};
+use crate::store::{DevicePage, PaymentRow, Store};
 use crate::tokens::Scope;
 
 /// `?limit=N`.
@@ -195,9 +195,19 @@ pub async fn channels(State(http): State<Http>) -> Result<Json<Value>, ApiError>
         .collect::<Vec<_>>())))
 }
 
-/// `GET /api/v1/devices`.
-pub async fn devices(State(http): State<Http>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(read(&http, |store| store.devices()).await?)))
+/// `GET /api/v1/devices?limit=N`: the `N` (default 50, at most 500) most recently seen cable
+/// identities, most recent first (the operator API's `ListDevices` lists them all, page by
+/// page).
+pub async fn devices(
+    State(http): State<Http>,
+    Query(limit): Query<Limit>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = limit.rows();
+    Ok(Json(json!(
+        read(&http, move |store| store
+            .devices(DevicePage::Recent { limit }))
+        .await?
+    )))
 }
 
 /// The body of a revoke.

@@ -47,7 +47,8 @@ pub use payouts::Payout;
 pub use profiles::SessionProfile;
 pub use receipts::ReceiptTaken;
 pub use report::{
-    AuditRow, DeviceRow, DeviceStatus, OutletTotals, PaymentRow, RegistryRow, SessionRow,
+    AuditRow, DevicePage, DeviceRow, DeviceStatus, OutletTotals, PaymentRow, RegistryRow,
+    SessionRow,
 };
 pub use single_fee::StoredSet;
 pub use spillman::StoredChannel;

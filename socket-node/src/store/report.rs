@@ -122,6 +122,26 @@ pub enum DeviceStatus {
     Revoked,
 }
 
+/// Which devices [`Store::devices`] lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevicePage<'a> {
+    /// The `limit` most recently seen (a session opened, or first seen), most recent first:
+    /// what the dashboard shows.
+    Recent {
+        /// At most this many.
+        limit: u32,
+    },
+    /// Up to `limit` in the order of their keys (compressed, lower-case hex), after
+    /// `after_key_hex` (`None`: from the first): a complete listing page by page, stable while
+    /// devices are added.
+    ByKey {
+        /// The last key of the previous page.
+        after_key_hex: Option<&'a str>,
+        /// At most this many.
+        limit: u32,
+    },
+}
+
 /// A cable identity the socket has seen (a device), with what it did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeviceRow {
@@ -294,9 +314,17 @@ impl Store {
         rows.collect()
     }
 
-    /// Every cable identity seen, most recently seen first, with its sessions and status.
-    pub fn devices(&self) -> Result<Vec<DeviceRow>> {
+    /// The cable identities seen, with their sessions and status: one page of them, as `page`
+    /// says.
+    pub fn devices(&self, page: DevicePage<'_>) -> Result<Vec<DeviceRow>> {
         let now = unix_ms();
+        let (after, order, limit) = match page {
+            DevicePage::Recent { limit } => (None, "seen DESC, c.key_hex", limit),
+            DevicePage::ByKey {
+                after_key_hex,
+                limit,
+            } => (after_key_hex, "c.key_hex", limit),
+        };
         let mut statement = self.db.prepare(&format!(
             "SELECT c.key_hex, c.first_seen_unix_ms, COUNT(s.id), COALESCE(SUM(s.energy_used_mwh), 0),
                     COALESCE(SUM(r.revenue_msat), 0), c.refusals, c.lost_sat, c.banned_reason,
@@ -306,9 +334,10 @@ impl Store {
              FROM cables c
              LEFT JOIN sessions s ON s.cable_key_hex = c.key_hex
              LEFT JOIN ({SESSION_REVENUE}) r ON r.session_id = s.id
-             GROUP BY c.key_hex ORDER BY seen DESC"
+             WHERE ?1 IS NULL OR c.key_hex > ?1
+             GROUP BY c.key_hex ORDER BY {order} LIMIT ?2"
         ))?;
-        let rows = statement.query_map([], |r| {
+        let rows = statement.query_map(params![after, limit], |r| {
             let banned: Option<String> = r.get(7)?;
             let until: Option<i64> = r.get(9)?;
             let flagged: Option<String> = r.get(12)?;
@@ -412,7 +441,18 @@ impl Store {
     /// The cable identities revoked or flagged here, or with a declared profile, for a
     /// registry.
     pub fn registry_entries(&self) -> Result<Vec<RegistryRow>> {
-        self.devices()?
+        let mut devices = Vec::new();
+        loop {
+            let page = self.devices(DevicePage::ByKey {
+                after_key_hex: devices.last().map(|d: &DeviceRow| d.key_hex.as_str()),
+                limit: 1_000,
+            })?;
+            if page.is_empty() {
+                break;
+            }
+            devices.extend(page);
+        }
+        devices
             .into_iter()
             .filter_map(|d| {
                 let status = match d.status {
@@ -489,10 +529,13 @@ mod tests {
             store.admit_cable(&cable).unwrap(),
             super::super::Admitted::Yes
         );
-        assert_eq!(store.devices().unwrap()[0].status, DeviceStatus::Allowed);
+        assert_eq!(
+            store.devices(DevicePage::Recent { limit: 10 }).unwrap()[0].status,
+            DeviceStatus::Allowed
+        );
         let open = store.revoke_cable(&key.to_string(), "stolen").unwrap();
         assert!(open.is_empty());
-        let devices = store.devices().unwrap();
+        let devices = store.devices(DevicePage::Recent { limit: 10 }).unwrap();
         assert_eq!(devices.len(), 1);
         assert_eq!(devices[0].status, DeviceStatus::Revoked);
         assert_eq!(
@@ -510,5 +553,51 @@ mod tests {
         let audit = store.audit_tail(10).unwrap();
         assert_eq!(audit[0].event, "revoked");
         assert_eq!(store.audit_counts().unwrap()[0].2, 1);
+    }
+
+    #[test]
+    fn devices_list_page_by_page_in_key_order_or_the_most_recent_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let secp = bitcoin::secp256k1::Secp256k1::new();
+        let mut keys: Vec<String> = (1..=5u8)
+            .map(|byte| {
+                let key = bitcoin::secp256k1::PublicKey::from_secret_key(
+                    &secp,
+                    &bitcoin::secp256k1::SecretKey::from_slice(&[byte; 32]).unwrap(),
+                );
+                store.admit_cable(&CableAuth { key, sequence: 1 }).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                key.to_string()
+            })
+            .collect();
+        let newest = keys.last().unwrap().clone();
+        keys.sort();
+        let mut listed = Vec::new();
+        loop {
+            let page = store
+                .devices(DevicePage::ByKey {
+                    after_key_hex: listed.last().map(String::as_str),
+                    limit: 2,
+                })
+                .unwrap();
+            assert!(page.len() <= 2);
+            if page.is_empty() {
+                break;
+            }
+            listed.extend(page.into_iter().map(|d| d.key_hex));
+        }
+        assert_eq!(listed, keys);
+        // Seen at the same millisecond or later: the last admitted is among the most recent.
+        let recent = store.devices(DevicePage::Recent { limit: 5 }).unwrap();
+        assert_eq!(recent.len(), 5);
+        assert!(recent.iter().any(|d| d.key_hex == newest));
+        assert_eq!(
+            store
+                .devices(DevicePage::Recent { limit: 1 })
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }
