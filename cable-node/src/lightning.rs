@@ -35,6 +35,15 @@ pub struct CableLightning {
     /// trip fewer per quota.
     #[serde(default = "default_keysend")]
     pub keysend: bool,
+    /// The most channels the cable has at once, open or opening, to sockets and hubs
+    /// together: a socket that would make it open one more (under a new node id each visit,
+    /// or closing its channel after each) is refused, and no coin is locked for it.
+    #[serde(default = "default_max_channels")]
+    pub max_channels: usize,
+}
+
+fn default_max_channels() -> usize {
+    8
 }
 
 fn default_keysend() -> bool {
@@ -55,6 +64,7 @@ impl Default for CableLightning {
             channel_wait_secs: default_channel_wait(),
             hub: None,
             keysend: default_keysend(),
+            max_channels: default_max_channels(),
         }
     }
 }
@@ -169,8 +179,8 @@ pub fn ensure_route(
 }
 
 /// Make sure a usable channel to `to` can send `amount_msat`: connect, reuse a channel, wait
-/// for one pending, or open one of `settings.channel_sat`. Returns the funding txid of a channel
-/// opened now.
+/// for one pending, or open one of `settings.channel_sat` (within `settings.max_channels`).
+/// Returns the funding txid of a channel opened now.
 fn ensure_channel(
     ln: &Arc<Node>,
     to: &LnPeer,
@@ -194,6 +204,14 @@ fn ensure_channel(
     // and it never became ready.
     let mut report_funding = channels.clone().any(|c| !c.is_channel_ready);
     if channels.next().is_none() {
+        let held = ln.list_channels().len();
+        if held >= settings.max_channels {
+            bail!(
+                "the cable has {held} Lightning channels, its policy's [lightning] max_channels: \
+                 it opens none to {peer} (close one with `cable-node close-channel`, or pay \
+                 through a hub)"
+            );
+        }
         // A node just started has not synced its on-chain wallet yet: a confirmed deposit
         // would read as nothing.
         ln.sync_wallets().context("syncing the Lightning wallet")?;

@@ -124,6 +124,21 @@ fn the_first_visit_opens_a_channel_and_the_next_session_needs_no_chain() {
         .fund_lightning(&bitcoind, Amount::from_sat(300_000))
         .unwrap();
 
+    // A policy that allows the cable no channel: it opens none, and locks no coin.
+    let config = std::fs::read_to_string(&cable.config).unwrap();
+    std::fs::write(
+        &cable.config,
+        format!("{config}\n[lightning]\nmax_channels = 0\n"),
+    )
+    .unwrap();
+    let out = cable.run(Duration::from_secs(120)).unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("max_channels"), "{log}");
+    let mempool: Vec<String> = regtest::rpc(bitcoind.client(), "getrawmempool", &[]).unwrap();
+    assert!(mempool.is_empty(), "{mempool:?}");
+    std::fs::write(&cable.config, config).unwrap();
+
     // First visit: the channel is opened and confirmed, then the toast is paid over it.
     let miner = Miner::start(&bitcoind, Duration::from_millis(500));
     let out = cable.run(Duration::from_secs(180)).unwrap();
