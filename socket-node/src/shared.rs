@@ -83,6 +83,38 @@ impl Shared {
         lock(&self.wallet)
     }
 
+    /// Persist a payment that credits `amount` more unconfirmed to the cable of `session_id`
+    /// (`write`, a store write) only when the cable's exposure with it stays within
+    /// `max_unconfirmed_sat` ([`Store::unconfirmed_of_cable`], design.md "Trust"): the check
+    /// and the write under one hold of the store, so two payments of one cable at once cannot
+    /// both pass on the same headroom. Errors: `UNAVAILABLE` above it (no blame: the cable pays
+    /// again once blocks confirm some), `INTERNAL` for the store.
+    pub(crate) fn persist_within_unconfirmed_limit(
+        &self,
+        session_id: &str,
+        amount: Amount,
+        write: impl FnOnce(&mut Store) -> crate::store::Result<()>,
+    ) -> Result<(), SocketError> {
+        let limit = Amount::from_sat(self.config.max_unconfirmed_sat);
+        let mut store = self.store();
+        if let Some(cable) = store
+            .session_cable(session_id)
+            .map_err(SocketError::internal)?
+        {
+            let unconfirmed = store
+                .unconfirmed_of_cable(&cable)
+                .map_err(SocketError::internal)?;
+            if unconfirmed + amount > limit {
+                return Err(SocketError::unavailable(format!(
+                    "{unconfirmed} of this cable's payments await confirmation; {amount} more \
+                     would pass the socket's limit of {limit} unconfirmed: pay again after the \
+                     next block"
+                )));
+            }
+        }
+        write(&mut store).map_err(SocketError::internal)
+    }
+
     /// A payout address for `outlet_id` that no session holds: one a session nothing paid gave
     /// back (`Store::end_session`), else the next BIP84 receive index of the wallet (revealed
     /// and persisted there), recorded in the store as the one the outlet offers.

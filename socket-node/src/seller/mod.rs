@@ -141,38 +141,6 @@ impl SellerContext<'_> {
             .await?
     }
 
-    /// Persist a payment that credits `amount` more unconfirmed to the cable of `session_id`
-    /// (`write`, a store write) only when the cable's exposure with it stays within
-    /// `max_unconfirmed_sat` ([`Store::unconfirmed_of_cable`], design.md "Trust"): the check
-    /// and the write under one hold of the store, so two payments of one cable at once cannot
-    /// both pass on the same headroom. Errors: `UNAVAILABLE` above it (no blame: the cable pays
-    /// again once blocks confirm some), `INTERNAL` for the store.
-    pub(crate) fn persist_within_unconfirmed_limit(
-        &self,
-        session_id: &str,
-        amount: Amount,
-        write: impl FnOnce(&mut Store) -> crate::store::Result<()>,
-    ) -> Result<(), SocketError> {
-        let limit = Amount::from_sat(self.shared.config.max_unconfirmed_sat);
-        let mut store = self.shared.store();
-        if let Some(cable) = store
-            .session_cable(session_id)
-            .map_err(SocketError::internal)?
-        {
-            let unconfirmed = store
-                .unconfirmed_of_cable(&cable)
-                .map_err(SocketError::internal)?;
-            if unconfirmed + amount > limit {
-                return Err(SocketError::unavailable(format!(
-                    "{unconfirmed} of this cable's payments await confirmation; {amount} more \
-                     would pass the socket's limit of {limit} unconfirmed: pay again after the \
-                     next block"
-                )));
-            }
-        }
-        write(&mut store).map_err(SocketError::internal)
-    }
-
     /// Where `session_id` is paid. Errors: `NOT_FOUND` for a session without a payout address.
     pub(crate) fn session_payout(&self, session_id: &str) -> Result<ScriptBuf, SocketError> {
         self.shared

@@ -74,9 +74,10 @@ async fn pay(
     let (fee, vsize) = cx.checked_on_chain(session_id, &tx).await?;
 
     // Persist (within the cable's unconfirmed limit), then broadcast, then credit.
-    cx.persist_within_unconfirmed_limit(session_id, terms.amount, |store| {
-        store.accept_payment(session_id, payment_id, &tx, terms, fee, vsize)
-    })?;
+    cx.shared
+        .persist_within_unconfirmed_limit(session_id, terms.amount, |store| {
+            store.accept_payment(session_id, payment_id, &tx, terms, fee, vsize)
+        })?;
     let broadcast = {
         let tx = tx.clone();
         cx.with_chain_to_the_end(move |shared| {

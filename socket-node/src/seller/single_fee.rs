@@ -196,18 +196,26 @@ async fn pay(
     debug_assert_eq!(paid, value);
     let (fee, vsize) = cx.checked_on_chain(session_id, &tx).await?;
 
-    // Persist the new latest (one SQLite transaction, within the cable's unconfirmed limit:
-    // a held set can be double-spent until it confirms) before crediting.
-    cx.persist_within_unconfirmed_limit(session_id, terms.amount, |store| {
-        store.hold_single_fee(session_id, payment_id, index, &tx, terms, value, fee, vsize)
-    })?;
     let txid = tx.compute_txid();
     let session = session_id.to_owned();
     cx.outlet
         .call(move |task| {
-            let set = task.set.as_mut().filter(|s| this_set(s)).ok_or_else(|| {
-                SocketError::InputSetClosed("the input set closed meanwhile".into())
-            })?;
+            // Held and credited on the outlet that owns the set, so that no close of the set
+            // comes between them (a payment held into a set already closed would be neither
+            // sent nor credited).
+            if !task.set.as_ref().is_some_and(&this_set) {
+                return Err(SocketError::InputSetClosed(
+                    "the input set closed meanwhile; ask for new terms".into(),
+                ));
+            }
+            // Persist the new latest (one SQLite transaction, within the cable's unconfirmed
+            // limit: a held set can be double-spent until it confirms) before crediting.
+            task.shared()
+                .persist_within_unconfirmed_limit(&session, terms.amount, |store| {
+                    store
+                        .hold_single_fee(&session, payment_id, index, &tx, terms, value, fee, vsize)
+                })?;
+            let set = task.set.as_mut().expect("checked above");
             set.seller = seller;
             set.fee.get_or_insert(fee);
             let full = set.seller.is_full();

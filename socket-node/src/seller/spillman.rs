@@ -600,7 +600,8 @@ async fn pay(
     if deposit_confirmed {
         hold(&mut cx.shared.store()).map_err(SocketError::internal)?;
     } else {
-        cx.persist_within_unconfirmed_limit(session_id, terms.amount, hold)?;
+        cx.shared
+            .persist_within_unconfirmed_limit(session_id, terms.amount, hold)?;
     }
     let txid = tx.compute_txid().to_string();
     cx.credit(session_id, terms.quota, txid.clone()).await?;
