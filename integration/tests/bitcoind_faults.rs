@@ -330,6 +330,73 @@ fn a_reorganized_payment_stays_credited_and_a_conflict_in_the_new_chain_is_found
     );
 }
 
+/// A hand-made cable pays the socket one quota from the output of a transaction of its own
+/// still unconfirmed (the parent); returns the parent, a replacement of the parent (its input
+/// back to the payer at a higher fee, not sent) and the payment.
+fn paid_from_an_unconfirmed_parent(
+    bitcoind: &Regtest,
+    socket: &SocketProcess,
+    runtime: &tokio::runtime::Runtime,
+) -> (
+    bitcoin::Transaction,
+    bitcoin::Transaction,
+    integration::PaidByHand,
+) {
+    let mut payer = integration::funded_payer(bitcoind, 1, 50_000);
+    let own = payer.wallet.receive_address(3).unwrap().script_pubkey();
+    let parent = payer
+        .wallet
+        .pay(
+            &own,
+            Amount::from_sat(45_000),
+            bitcoin::FeeRate::from_sat_per_vb(2).unwrap(),
+            Amount::from_sat(2_000),
+        )
+        .unwrap()
+        .tx;
+    let inputs: Vec<bitcoin::OutPoint> = parent.input.iter().map(|i| i.previous_output).collect();
+    let elsewhere = payer.wallet.receive_address(9).unwrap().script_pubkey();
+    let replacement = payer
+        .wallet
+        .pay_from(
+            &inputs,
+            &elsewhere,
+            Amount::from_sat(40_000),
+            Amount::from_sat(5_000),
+        )
+        .unwrap()
+        .tx;
+    payer.chain.broadcast(&parent).unwrap();
+    payer.wallet.record_sent(&parent).unwrap();
+    let paid = integration::pay_a_quota_by_hand(runtime, socket, &mut payer);
+    let parent_txid = parent.compute_txid();
+    assert!(
+        paid.inputs.iter().all(|i| i.txid == parent_txid),
+        "the payment spends the unconfirmed parent: {:?}",
+        paid.inputs
+    );
+    (parent, replacement, paid)
+}
+
+/// Lost payments, banned cables and anomalies in the socket's store.
+fn blamed(socket: &SocketProcess) -> (i64, i64, i64) {
+    (
+        count(
+            socket,
+            "SELECT COUNT(*) FROM payments WHERE status = 'lost'",
+        ),
+        count(
+            socket,
+            "SELECT COUNT(*) FROM cables WHERE banned_reason IS NOT NULL",
+        ),
+        count(socket, "SELECT COUNT(*) FROM anomalies"),
+    )
+}
+
+fn mempool(bitcoind: &Regtest) -> Vec<String> {
+    regtest::rpc(&client(bitcoind), "getrawmempool", &[]).unwrap()
+}
+
 #[test]
 fn a_payment_whose_parent_is_evicted_blames_nobody_and_is_sent_again() {
     let bitcoind = Regtest::start().unwrap();
@@ -343,91 +410,30 @@ fn a_payment_whose_parent_is_evicted_blames_nobody_and_is_sent_again() {
         },
     )
     .unwrap();
-    // The cable's only coin moves to itself first (the parent, unconfirmed); the payment
-    // spends the parent's output.
-    let mut payer = integration::funded_payer(&bitcoind, 1, 50_000);
-    let own = payer.wallet.receive_address(3).unwrap().script_pubkey();
-    let parent = payer
-        .wallet
-        .pay(
-            &own,
-            Amount::from_sat(45_000),
-            bitcoin::FeeRate::from_sat_per_vb(2).unwrap(),
-            Amount::from_sat(2_000),
-        )
-        .unwrap()
-        .tx;
-    payer.chain.broadcast(&parent).unwrap();
-    payer.wallet.record_sent(&parent).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let paid = integration::pay_a_quota_by_hand(&runtime, &socket, &mut payer);
-    let parent_txid = parent.compute_txid();
-    assert!(
-        paid.inputs.iter().all(|i| i.txid == parent_txid),
-        "the payment spends the unconfirmed parent: {:?}",
-        paid.inputs
+    let (parent, _, paid) = paid_from_an_unconfirmed_parent(&bitcoind, &socket, &runtime);
+    let (parent_txid, txid) = (
+        parent.compute_txid().to_string(),
+        paid.tx.compute_txid().to_string(),
     );
-    let txid = paid.tx.compute_txid().to_string();
 
     // Both leave the mempool: bitcoind starts again without the mempool it saved.
     let restarted = restart_bitcoind(&bitcoind, None, &["-persistmempool=0"]);
-    let mempool: Vec<String> = regtest::rpc(&client(&bitcoind), "getrawmempool", &[]).unwrap();
-    assert!(mempool.is_empty(), "{mempool:?}");
-    // The socket finds the payment missing and cannot send it without its parent: it keeps it
-    // credited and watched, and blames nobody, through blocks too.
-    std::thread::sleep(Duration::from_secs(3));
-    mine(&bitcoind, 1);
-    std::thread::sleep(Duration::from_secs(3));
-    let blamed = |what: &str| {
-        (
-            count(
-                &socket,
-                "SELECT COUNT(*) FROM payments WHERE status = 'lost'",
-            ),
-            count(
-                &socket,
-                "SELECT COUNT(*) FROM cables WHERE banned_reason IS NOT NULL",
-            ),
-            count(&socket, "SELECT COUNT(*) FROM anomalies"),
-            what.to_owned(),
-        )
-    };
-    assert_eq!(
-        blamed("evicted"),
-        (0, 0, 0, "evicted".into()),
-        "{}",
-        socket.log_text()
+    assert!(mempool(&bitcoind).is_empty());
+    // The socket kept the parent with the payment: its chain watch sends both again, blaming
+    // nobody, and the payment confirms.
+    integration::wait_until(
+        "the parent and the payment sent again",
+        Duration::from_secs(30),
+        || {
+            let mempool = mempool(&bitcoind);
+            mempool.contains(&parent_txid) && mempool.contains(&txid)
+        },
     );
-    assert_eq!(
-        count(
-            &socket,
-            &format!(
-                "SELECT COUNT(*) FROM payments WHERE txid = '{txid}' AND status = 'broadcast'"
-            )
-        ),
-        1,
-        "{}",
-        socket.log_text()
-    );
-    // The cable sends its parent again: the socket's chain watch sends the payment again, and
-    // it confirms.
-    payer.chain.broadcast(&parent).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mempool: Vec<String> = regtest::rpc(&client(&bitcoind), "getrawmempool", &[]).unwrap();
-        if mempool.contains(&txid) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the payment is not sent again\n{}",
-            socket.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert_eq!(blamed(&socket), (0, 0, 0), "{}", socket.log_text());
     mine(&bitcoind, 1);
     let tx: Value = regtest::rpc(
         &client(&bitcoind),
@@ -436,6 +442,61 @@ fn a_payment_whose_parent_is_evicted_blames_nobody_and_is_sent_again() {
     )
     .unwrap();
     assert!(tx["confirmations"].as_u64().unwrap_or(0) >= 1, "{tx}");
-    assert_eq!(blamed("confirmed"), (0, 0, 0, "confirmed".into()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(blamed(&socket), (0, 0, 0), "{}", socket.log_text());
     drop(restarted);
+}
+
+/// Whoever can spend the parent's input replaces the parent (here the cable itself, which the
+/// socket cannot tell from anyone else): the payment can never confirm. The socket records it
+/// lost and counts it against the cable's unconfirmed limit for good, and blames nobody.
+#[test]
+fn a_payment_whose_parent_is_replaced_is_recorded_lost_and_blames_nobody() {
+    let bitcoind = Regtest::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = SocketProcess::start(
+        &bitcoind,
+        &dir.path().join("socket"),
+        &SocketSetup {
+            lockout_secs: 600,
+            ..SocketSetup::default()
+        },
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_, replacement, paid) = paid_from_an_unconfirmed_parent(&bitcoind, &socket, &runtime);
+    regtest::rpc::<Value>(
+        &client(&bitcoind),
+        "sendrawtransaction",
+        &[json!(bitcoin::consensus::encode::serialize_hex(
+            &replacement
+        ))],
+    )
+    .unwrap();
+    let txid = paid.tx.compute_txid().to_string();
+    assert!(!mempool(&bitcoind).contains(&txid));
+    integration::wait_until("the payment recorded lost", Duration::from_secs(30), || {
+        count(
+            &socket,
+            &format!("SELECT COUNT(*) FROM payments WHERE txid = '{txid}' AND status = 'lost'"),
+        ) == 1
+    });
+    let log = socket.log_text();
+    assert_eq!(blamed(&socket), (1, 0, 0), "{log}");
+    assert_eq!(
+        count(
+            &socket,
+            "SELECT COUNT(*) FROM audit WHERE event = 'payment-lost-unproven'"
+        ),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        count(&socket, "SELECT lost_sat FROM cables"),
+        paid.amount.to_sat() as i64,
+        "{log}"
+    );
 }

@@ -28,6 +28,7 @@
 
 pub mod anchor;
 pub mod backup;
+pub mod chain_watch;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -157,12 +157,47 @@ impl Shared {
         event: &str,
         reason: &str,
     ) {
-        let until = self
+        let until_unix_ms = self
             .config
             .ban_secs
             .map(|secs| crate::store::unix_ms() + (secs as i64).saturating_mul(1_000));
+        let blame = crate::store::Blame::Ban { until_unix_ms };
+        self.record_loss(outlet_id, session_id, lost, amount, event, reason, blame);
+    }
+
+    /// What the socket credited is lost, but not by a proven act of the cable (a parent of its
+    /// payment was replaced: design.md "Blame needs proof"): recorded and audited as
+    /// `payment-lost-unproven`, counted against the cable's `max_unconfirmed_sat` for good;
+    /// nobody is flagged, banned or locked out.
+    pub(crate) fn payment_lost_unproven(
+        &self,
+        outlet_id: &str,
+        session_id: &str,
+        lost: crate::store::Lost,
+        amount: Amount,
+        reason: &str,
+    ) {
+        let event = "payment-lost-unproven";
+        let blame = crate::store::Blame::Unproven;
+        self.record_loss(outlet_id, session_id, lost, amount, event, reason, blame);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_loss(
+        &self,
+        outlet_id: &str,
+        session_id: &str,
+        lost: crate::store::Lost,
+        amount: Amount,
+        event: &str,
+        reason: &str,
+        blame: crate::store::Blame,
+    ) {
         let store = self.store();
-        match store.record_loss(session_id, lost, amount, reason, until) {
+        match store.record_loss(session_id, lost, amount, reason, blame) {
+            Ok(Some(cable)) if blame == crate::store::Blame::Unproven => {
+                tracing::warn!(session = %session_id, %cable, %amount, "{event}: {reason}")
+            }
             Ok(Some(cable)) => {
                 tracing::warn!(session = %session_id, %cable, %amount, "{event}: cable banned: {reason}")
             }

@@ -12,7 +12,7 @@ use anyhow::Context;
 use proto::rules::network_to_proto;
 use proto::v1;
 use wallet::chain::Chain;
-use wallet::facts::{Answer, Fate, Spender, SEARCH_DEPTH_BLOCKS as WATCH_DEPTH_BLOCKS};
+use wallet::facts::SEARCH_DEPTH_BLOCKS as WATCH_DEPTH_BLOCKS;
 use wallet::keys::NodeKeys;
 use wallet::onchain::NodeWallet;
 use wallet::WalletError;
@@ -20,7 +20,7 @@ use wallet::WalletError;
 use crate::config::{OutletConfig, SocketConfig};
 use crate::outlet::{OutletHandle, Outlets};
 use crate::shared::{Settle, Shared};
-use crate::store::{Lost, PaymentStatus, SetStatus, Store};
+use crate::store::{PaymentStatus, SetStatus, Store};
 use proto::Scheme;
 
 /// How often the settler looks at held sets, broadcast transactions and channels when it has
@@ -163,7 +163,6 @@ impl Station {
         self.outlets.get(id)
     }
 
-    /// The outlet a stored session belongs to. Errors: `NOT_FOUND` for an unknown session.
     /// The first check of every call on the cable-facing server: `peer` within its request
     /// rate ([`crate::limits`]). Errors: `RESOURCE_EXHAUSTED`.
     pub fn check_peer(&self, peer: Option<std::net::SocketAddr>) -> Result<(), SocketError> {
@@ -296,221 +295,6 @@ impl Station {
             tracing::error!("the audit log did not take a row: {e}");
         }
         None
-    }
-
-    /// The chain watch of credited `onchain` payments (design.md "Trust"): each is followed
-    /// until `final_confirmations` deep. One that left the mempool unconfirmed with an input
-    /// spent elsewhere was replaced by the cable (full RBF): recorded as lost, and the session
-    /// locked out if still in progress. One merely evicted (inputs unspent) is sent again, as is
-    /// one whose broadcast bitcoind did not answer (still `accepted`). bitcoind unreachable: try
-    /// again next time, blame nobody.
-    fn watch_payments(&self) {
-        let Ok(watched) = self.shared.store().watched_payments() else {
-            return;
-        };
-        if watched.is_empty() {
-            return;
-        }
-        let chain = &self.shared.chain;
-        let final_confirmations = self.shared.config.final_confirmations;
-        for payment in watched {
-            let txid = payment.tx.compute_txid();
-            let (session_id, payment_id) = (payment.session_id.as_str(), payment.payment_id);
-            if payment.status == PaymentStatus::Accepted {
-                // Credited while bitcoind did not answer its broadcast: send it now.
-                match chain.broadcast(&payment.tx) {
-                    Ok(_) => {
-                        tracing::info!(session = %session_id, %txid, "payment sent, after bitcoind did not answer");
-                        if let Err(e) = self.shared.store().set_payment_status(
-                            session_id,
-                            payment_id,
-                            PaymentStatus::Broadcast,
-                        ) {
-                            tracing::error!("store (written again on the next round): {e}");
-                        }
-                        continue;
-                    }
-                    Err(WalletError::Unreachable { .. }) => return,
-                    // Refused: the checks below tell a replacement from the rest.
-                    Err(e) => {
-                        tracing::warn!(session = %session_id, %txid, "payment refused on sending: {e}")
-                    }
-                }
-            }
-            let depth = final_confirmations.max(1) + WATCH_DEPTH_BLOCKS;
-            let (input, by) = match chain.fate(&payment.tx, depth) {
-                Answer::Found(Fate::Confirmed { depth, .. }) => {
-                    if depth >= final_confirmations {
-                        if let Err(e) = self.shared.store().set_payment_status(
-                            session_id,
-                            payment_id,
-                            PaymentStatus::Confirmed,
-                        ) {
-                            tracing::error!("store (written again on the next round): {e}");
-                        }
-                    }
-                    continue;
-                }
-                Answer::Found(Fate::InMempool) => continue,
-                // Evicted (mempool full, fee floor risen), or its parent was: no blame.
-                Answer::Found(Fate::Missing) => {
-                    tracing::info!(session = %session_id, %txid, "payment left the mempool: sending it again");
-                    if let Err(e) = chain.broadcast(&payment.tx) {
-                        tracing::warn!(session = %session_id, %txid, "payment not sent again (evicted parent?): {e}");
-                    }
-                    continue;
-                }
-                Answer::Found(Fate::Replaced { input, by }) => (input, by),
-                Answer::NotFound | Answer::NoAnswer(_) | Answer::Refused(_) => return,
-            };
-            let reason = format!(
-                "payment {payment_id} ({txid}) was replaced: its input {input} was spent by {by}"
-            );
-            let outlet_id = self
-                .shared
-                .store()
-                .session_outlet(session_id)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            self.shared.payment_lost(
-                &outlet_id,
-                session_id,
-                Lost::Payment(payment_id),
-                payment.amount,
-                "payment-lost",
-                &reason,
-            );
-            if let Ok(outlet) = self.outlets.get(&outlet_id) {
-                let session = session_id.to_owned();
-                let _ = outlet.call_blocking(move |task| task.lock_out(&session, &reason));
-            }
-        }
-    }
-
-    /// The chain watch of closed single-fee sets (design.md "Trust"), like `onchain`
-    /// payments: each set's latest transaction is followed until `final_confirmations` deep;
-    /// missing (evicted, or its broadcast refused or unanswered) it is sent again; replaced by
-    /// a named transaction (the cable spent an input elsewhere) its value is recorded lost,
-    /// the cable banned, and its session locked out if still in progress.
-    fn watch_sets(&self) {
-        let chain = &self.shared.chain;
-        let final_confirmations = self.shared.config.final_confirmations;
-        let Ok(tip) = chain.height() else { return };
-        let Ok(sets) = self.shared.store().sets_not_final(tip, final_confirmations) else {
-            return;
-        };
-        let depth = final_confirmations.max(1) + WATCH_DEPTH_BLOCKS;
-        for (set, seen_at) in sets {
-            let Some(tx) = &set.latest else { continue };
-            let txid = tx.compute_txid();
-            let (session_id, index) = (set.session_id.as_str(), set.index);
-            let store = || self.shared.store();
-            let outlet_id = store()
-                .session_outlet(session_id)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            let fate = chain.fate(tx, depth);
-            if let (Some(_), Answer::Found(Fate::InMempool | Fate::Missing)) = (seen_at, &fate) {
-                tracing::warn!(session = %session_id, set = index, %txid, "input set's block reorganized away: watched again");
-                if let Err(e) = store().set_confirmed(session_id, index, None) {
-                    tracing::error!("store (written again on the next round): {e}");
-                }
-            }
-            match fate {
-                Answer::Found(Fate::Confirmed { height, .. }) => {
-                    if seen_at != Some(height) {
-                        tracing::info!(session = %session_id, set = index, %txid, height, "input set confirmed");
-                        if let Err(e) = store().set_confirmed(session_id, index, Some(height)) {
-                            tracing::error!("store (written again on the next round): {e}");
-                        }
-                        if let Err(e) = store().audit(
-                            &outlet_id,
-                            Some(session_id),
-                            "set-confirmed",
-                            &format!("{txid} at {height}"),
-                        ) {
-                            tracing::error!("the audit log did not take a row: {e}");
-                        }
-                    }
-                }
-                Answer::Found(Fate::InMempool) => {}
-                Answer::Found(Fate::Missing) => {
-                    if let Err(e) = chain.broadcast(tx) {
-                        tracing::debug!(session = %session_id, set = index, %txid, "sending the set again: {e}");
-                    }
-                }
-                Answer::Found(Fate::Replaced { input, by }) => {
-                    let reason = format!(
-                        "input set {index} ({txid}) was replaced: its input {input} was spent by {by}"
-                    );
-                    if store()
-                        .close_set(session_id, index, SetStatus::Failed, Some(tx))
-                        .is_err()
-                    {
-                        continue;
-                    }
-                    let payout = store().session_payout(session_id).ok().flatten();
-                    let value = tx
-                        .output
-                        .iter()
-                        .filter(|o| Some(&o.script_pubkey) == payout.as_ref())
-                        .map(|o| o.value)
-                        .sum();
-                    self.shared.payment_lost(
-                        &outlet_id,
-                        session_id,
-                        Lost::Value,
-                        value,
-                        "set-lost",
-                        &reason,
-                    );
-                    if let Ok(outlet) = self.outlets.get(&outlet_id) {
-                        let session = session_id.to_owned();
-                        let _ = outlet.call_blocking(move |task| task.lock_out(&session, &reason));
-                    }
-                }
-                Answer::NotFound | Answer::NoAnswer(_) | Answer::Refused(_) => return,
-            }
-        }
-    }
-
-    /// Check each outlet's held single-fee set against the chain, outside the outlet: inputs
-    /// spent by the very transaction held (the cable broadcast it at its session end) settle
-    /// the set; spent elsewhere, the cable double-spent them: broadcast what we hold (it
-    /// fails) and lock out.
-    fn watch_held_sets(&self) {
-        for outlet in self.outlets.iter() {
-            let held = outlet
-                .call_blocking(|task| {
-                    task.set
-                        .as_ref()
-                        .filter(|s| s.seller.latest().is_some())
-                        .cloned()
-                })
-                .ok()
-                .flatten();
-            let Some(set) = held else { continue };
-            let chain = &self.shared.chain;
-            let depth = self.shared.config.final_confirmations.max(1) + WATCH_DEPTH_BLOCKS;
-            // Spent by a named transaction: the one held (the cable broadcast it at its session
-            // end) or another (a double spend). An unknown or unanswered spender blames nobody.
-            let spent = set.seller.inputs().into_iter().find_map(|input| {
-                match chain.spender(input, depth) {
-                    Answer::Found(Spender::Tx { txid, .. }) => Some((input, txid)),
-                    _ => None,
-                }
-            });
-            let Some((input, by)) = spent else { continue };
-            let reason = format!(
-                "double spend: input {input} of the held payments was spent by {by}; {} held unpaid",
-                set.seller.value()
-            );
-            let (session_id, index) = (set.session_id.clone(), set.index);
-            let _ =
-                outlet.call_blocking(move |task| task.set_spent(&session_id, index, by, reason));
-        }
     }
 }
 

@@ -234,6 +234,44 @@ impl Chain {
         }
     }
 
+    /// The transactions `tx` spends from that are in bitcoind's mempool (unconfirmed), each
+    /// once: what a node must keep to tell, should `tx` go missing, whether a parent was
+    /// evicted (send it again) or replaced (by a named transaction). `NotFound` is never
+    /// returned: a confirmed or unknown parent is simply not among them.
+    pub fn unconfirmed_parents(&self, tx: &Transaction) -> Answer<Vec<Transaction>> {
+        let mut txids: Vec<Txid> = tx.input.iter().map(|i| i.previous_output.txid).collect();
+        txids.sort();
+        txids.dedup();
+        let mut parents = Vec::new();
+        for txid in txids {
+            match self.mempool_entry(&txid) {
+                Answer::Found(()) => {}
+                Answer::NotFound => continue,
+                Answer::NoAnswer(e) => return Answer::NoAnswer(e),
+                Answer::Refused(e) => return Answer::Refused(e),
+            }
+            // In the mempool: getrawtransaction finds it without -txindex.
+            let hex: String = match self.call(
+                "getrawtransaction",
+                &[json!(txid.to_string()), json!(false)],
+            ) {
+                Ok(hex) => hex,
+                // Confirmed or gone since the line above: not a mempool parent now.
+                Err(e) => match Answer::<()>::of_error(e) {
+                    Answer::NotFound => continue,
+                    Answer::NoAnswer(e) => return Answer::NoAnswer(e),
+                    Answer::Refused(e) => return Answer::Refused(e),
+                    Answer::Found(()) => continue,
+                },
+            };
+            match bitcoin::consensus::encode::deserialize_hex(&hex) {
+                Ok(parent) => parents.push(parent),
+                Err(e) => return Answer::NoAnswer(format!("getrawtransaction {txid}: {e}")),
+            }
+        }
+        Answer::Found(parents)
+    }
+
     /// The height of the best-chain block that confirmed `tx`, found without `-txindex`: from
     /// an unspent output of it (`gettxout` counts its confirmations), else in the `depth` most
     /// recent blocks. `NotFound`: neither in the UTXO set with a confirmation nor in those

@@ -127,8 +127,8 @@ impl NodeWallet {
 
     /// Build and sign a transaction paying exactly `amount` to `payee` at `fee_rate`, the rest
     /// back to ourselves, then check what was built: one output pays `payee` exactly `amount`,
-    /// every other output is ours, the fee is at most `max_fee`. Records the transaction as
-    /// unconfirmed so the next payment can spend its change.
+    /// every other output is ours, the fee is at most `max_fee`. Not recorded: once it is sent,
+    /// [`NodeWallet::record_sent`] lets the next payment spend its change.
     ///
     /// Errors: [`WalletError::CannotPay`] for too little money or a fee above `max_fee`.
     pub fn pay(

@@ -7,13 +7,14 @@
 
 pub mod lightning;
 pub mod onchain;
+pub mod parents;
 pub mod single_fee;
 pub mod spillman;
 
 use std::sync::Arc;
 
 use crate::error::SocketError;
-use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction};
+use bitcoin::{OutPoint, ScriptBuf, Transaction};
 use proto::units::EnergyMwh;
 use proto::v1;
 use proto::Scheme;
@@ -21,7 +22,7 @@ use wallet::facts::Answer;
 
 use crate::outlet::{OpenSet, OutletHandle, OutletTask};
 use crate::shared::Shared;
-use crate::store::{Store, StoredTerms};
+use crate::store::{CheckedTx, Store, StoredTerms};
 
 /// The seller side of one payment scheme (design.md "Architecture v2"). Adding a scheme is
 /// one implementation of this trait (its rules live in `proto`), named in [`seller_of`].
@@ -157,7 +158,7 @@ impl SellerContext<'_> {
         &self,
         session_id: &str,
         tx: &Transaction,
-    ) -> Result<(Amount, u64), SocketError> {
+    ) -> Result<CheckedTx, SocketError> {
         let checked = {
             let tx = tx.clone();
             let min_rate = self.outlet.config.min_fee_rate_sat_per_vb;
@@ -280,44 +281,11 @@ pub(crate) const MAX_WEIGHT_WU: u64 = 40_000;
 /// [`MAX_WEIGHT_WU`]; bitcoind would accept the transaction (one `testmempoolaccept`; when it
 /// names missing inputs, each input is looked up to say which); the fee rate is at least
 /// `min_rate_sat_per_vb`. Returns the fee and vsize. Blocking (bitcoind RPC).
-/// Send first each payment `tx` spends from that the socket credited but could not send yet
-/// (bitcoind did not answer its broadcast; the chain watch would send it within a second):
-/// without it bitcoind knows none of its outputs, and the honest cable's next payment, paid
-/// from its change, would be refused as `missing-inputs`. Blocking (bitcoind RPC); failures
-/// are left to the check that follows and to the chain watch.
-fn send_unsent_parents(shared: &Shared, tx: &Transaction) {
-    let parents: std::collections::BTreeSet<bitcoin::Txid> =
-        tx.input.iter().map(|i| i.previous_output.txid).collect();
-    let unsent = match shared.store().unbroadcast_payments() {
-        Ok(unsent) => unsent,
-        Err(e) => return tracing::error!("reading the payments not yet sent: {e}"),
-    };
-    for parent in unsent {
-        let txid = parent.tx.compute_txid();
-        if !parents.contains(&txid) {
-            continue;
-        }
-        match shared.chain.broadcast(&parent.tx) {
-            Ok(_) => {
-                tracing::info!(session = %parent.session_id, %txid, "payment sent before the payment that spends it");
-                if let Err(e) = shared.store().set_payment_status(
-                    &parent.session_id,
-                    parent.payment_id,
-                    crate::store::PaymentStatus::Broadcast,
-                ) {
-                    tracing::error!("store (the chain watch writes it again): {e}");
-                }
-            }
-            Err(e) => tracing::debug!(%txid, "sending a parent first: {e}"),
-        }
-    }
-}
-
 pub(crate) fn check_on_chain(
     shared: &Shared,
     tx: &Transaction,
     min_rate_sat_per_vb: u64,
-) -> Result<(Amount, u64), Refusal> {
+) -> Result<CheckedTx, Refusal> {
     let unavailable = |e: wallet::WalletError| Refusal::Unavailable(e.to_string());
     if tx.input.len() > MAX_INPUTS {
         return Err(Refusal::Cheat(format!(
@@ -331,7 +299,7 @@ pub(crate) fn check_on_chain(
             "{weight} weight units: at most {MAX_WEIGHT_WU}"
         )));
     }
-    send_unsent_parents(shared, tx);
+    parents::send_unsent_parents(shared, tx);
     let verdict = shared.chain.test_mempool_accept(tx).map_err(unavailable)?;
     if !verdict.allowed {
         return Err(judge_reject(&verdict.reject_reason));
@@ -356,5 +324,15 @@ pub(crate) fn check_on_chain(
             verdict.fee, verdict.vsize
         )));
     }
-    Ok((verdict.fee, verdict.vsize))
+    // Kept with it: should it go missing, they tell an evicted parent from a replaced one.
+    let parents = match shared.chain.unconfirmed_parents(tx) {
+        Answer::Found(parents) => parents,
+        Answer::NotFound => Vec::new(),
+        Answer::NoAnswer(e) | Answer::Refused(e) => return Err(Refusal::Unavailable(e)),
+    };
+    Ok(CheckedTx {
+        fee: verdict.fee,
+        vsize: verdict.vsize,
+        parents,
+    })
 }

@@ -71,12 +71,12 @@ async fn pay(
     if let Err(e) = check_onchain_payment(&tx, &onchain_terms) {
         return Err(cx.lock_out(session_id, &e.to_string()).await);
     }
-    let (fee, vsize) = cx.checked_on_chain(session_id, &tx).await?;
+    let checked = cx.checked_on_chain(session_id, &tx).await?;
 
     // Persist (within the cable's unconfirmed limit), then broadcast, then credit.
     cx.shared
         .persist_within_unconfirmed_limit(session_id, terms.amount, |store| {
-            store.accept_payment(session_id, payment_id, &tx, terms, fee, vsize)
+            store.accept_payment(session_id, payment_id, &tx, terms, &checked)
         })?;
     let broadcast = {
         let tx = tx.clone();

@@ -194,7 +194,8 @@ async fn pay(
         Err(e) => return Err(cx.lock_out(session_id, &e.to_string()).await),
     };
     debug_assert_eq!(paid, value);
-    let (fee, vsize) = cx.checked_on_chain(session_id, &tx).await?;
+    let checked = cx.checked_on_chain(session_id, &tx).await?;
+    let fee = checked.fee;
 
     let txid = tx.compute_txid();
     let session = session_id.to_owned();
@@ -212,8 +213,7 @@ async fn pay(
             // limit: a held set can be double-spent until it confirms) before crediting.
             task.shared()
                 .persist_within_unconfirmed_limit(&session, terms.amount, |store| {
-                    store
-                        .hold_single_fee(&session, payment_id, index, &tx, terms, value, fee, vsize)
+                    store.hold_single_fee(&session, payment_id, index, &tx, terms, value, &checked)
                 })?;
             let set = task.set.as_mut().expect("checked above");
             set.seller = seller;

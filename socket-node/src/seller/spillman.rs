@@ -225,7 +225,25 @@ pub(crate) fn watch_channels(node: &Shared) {
                     );
                     continue;
                 }
-                Answer::Found(Fate::Missing) => resend(deposit),
+                Answer::Found(Fate::Missing) => {
+                    match super::parents::why_missing(node, deposit, depth) {
+                        super::parents::Missing::ParentReplaced { parent, input, by } => {
+                            node.payment_lost_unproven(
+                                &outlet_id,
+                                session_id,
+                                Lost::Channel,
+                                stored.highest_total,
+                                &format!(
+                                    "the deposit {} can never confirm: its parent {parent} was \
+                                 replaced (its input {input} spent by {by})",
+                                    deposit.compute_txid()
+                                ),
+                            );
+                            continue;
+                        }
+                        super::parents::Missing::SendAgain => resend(deposit),
+                    }
+                }
                 Answer::Found(Fate::Confirmed { .. } | Fate::InMempool) => {}
                 Answer::NotFound | Answer::NoAnswer(_) | Answer::Refused(_) => return,
             }
@@ -406,8 +424,8 @@ pub(crate) async fn fund(
             .await
             .map_err(|e| unavailable(&e))?
     };
-    match checked {
-        Ok(_) => {}
+    let checked = match checked {
+        Ok(checked) => checked,
         Err(Refusal::Cheat(reason)) => return Err(Refusal::Cheat(format!("deposit: {reason}"))),
         Err(Refusal::Unavailable(reason)) => {
             return Err(Refusal::Unavailable(format!(
@@ -415,10 +433,10 @@ pub(crate) async fn fund(
             )))
         }
         Err(Refusal::Policy(reason)) => return Err(Refusal::Policy(format!("deposit: {reason}"))),
-    }
+    };
     cx.shared
         .store()
-        .fund_channel(&request.session_id, &deposit)
+        .fund_channel(&request.session_id, &deposit, &checked.parents)
         .map_err(|e| unavailable(&e))?;
     broadcast_deposit(cx, deposit).await?;
     tracing::info!(outlet = %cx.outlet.id(), session = %request.session_id, %txid, "spillman deposit broadcast");

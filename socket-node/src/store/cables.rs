@@ -18,6 +18,21 @@ pub enum Lost {
     Value,
 }
 
+/// What a recorded loss does to the cable of the session (design.md "Blame needs proof").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// Proven its doing (a named transaction replaced a payment of its own): the anomaly
+    /// `payment-lost` and a ban until `until_unix_ms` (`None`: for good).
+    Ban {
+        /// End of the ban, Unix ms; `None`: for good.
+        until_unix_ms: Option<i64>,
+    },
+    /// Not proven its doing (a parent of its payment replaced, by whoever could spend the
+    /// parent's inputs): recorded in its losses, which count against its `max_unconfirmed_sat`
+    /// for good; nobody flagged or banned.
+    Unproven,
+}
+
 /// The row of cable `key_hex`, created when first seen.
 pub(super) fn ensure_cable(db: &rusqlite::Connection, key_hex: &str) -> Result<()> {
     db.execute(
@@ -84,19 +99,18 @@ impl Store {
         })
     }
 
-    /// The cable of `session_id` made the socket lose `amount`: `lost` marked lost, the anomaly
-    /// `payment-lost` (evidence, audit row), added to the cable's losses, and the cable banned
-    /// until `until_unix_ms` or for good (`None`), in one transaction: a crash cannot keep the
-    /// mark and lose the ban (the chain watch stops looking at what is marked lost). Returns
-    /// the cable's key (hex), or `None` for a session bound to no key (opened before sessions
-    /// were; only the mark is written).
+    /// The socket lost `amount` of the cable of `session_id`: `lost` marked lost, added to the
+    /// cable's losses, and, as `blame` says, the anomaly `payment-lost` (evidence, audit row)
+    /// and a ban, in one transaction: a crash cannot keep the mark and lose the ban (the chain
+    /// watch stops looking at what is marked lost). Returns the cable's key (hex), or `None`
+    /// for a session bound to no key (opened before sessions were; only the mark is written).
     pub fn record_loss(
         &self,
         session_id: &str,
         lost: Lost,
         amount: Amount,
         reason: &str,
-        until_unix_ms: Option<i64>,
+        blame: Blame,
     ) -> Result<Option<String>> {
         persist("socket-record-loss", || {
             let tx = self.db.unchecked_transaction()?;
@@ -114,6 +128,14 @@ impl Store {
             let Some(key) = self.session_cable(session_id)? else {
                 tx.commit()?;
                 return Ok(None);
+            };
+            let Blame::Ban { until_unix_ms } = blame else {
+                tx.execute(
+                    "UPDATE cables SET lost_sat = lost_sat + ?2 WHERE key_hex = ?1",
+                    params![key, amount.to_sat() as i64],
+                )?;
+                tx.commit()?;
+                return Ok(Some(key));
             };
             let outlet_id = self.session_outlet(session_id)?.unwrap_or_default();
             super::anomalies::anomaly_in(
@@ -164,9 +186,9 @@ impl Store {
     /// sessions: the socket's exposure to it (`max_unconfirmed_sat`, design.md "Trust"): its
     /// `onchain` payments `accepted` or `broadcast` (not `final_confirmations` deep), the
     /// value of its single-fee sets held, or broadcast and not yet confirmed (a set the cable
-    /// could still double-spend; a confirmed one is still watched until final), and what its
+    /// could still double-spend; a confirmed one is still watched until final), what its
     /// spillman channels credited on a deposit not yet seen confirmed (open, or closed with
-    /// the close not yet confirmed).
+    /// the close not yet confirmed), and what it made the socket lose, for good.
     pub fn unconfirmed_of_cable(&self, key_hex: &str) -> Result<Amount> {
         let sat: i64 = self.db.query_row(
             "SELECT (SELECT COALESCE(SUM(p.amount_sat), 0) FROM payments p
@@ -179,7 +201,8 @@ impl Store {
                   + (SELECT COALESCE(SUM(c.highest_total_sat), 0) FROM spillman_channels c
                      JOIN sessions s ON s.id = c.session_id
                      WHERE s.cable_key_hex = ?1 AND c.status IN ('funded', 'closed')
-                       AND c.deposit_confirmed = 0 AND c.close_confirmed_height IS NULL)",
+                       AND c.deposit_confirmed = 0 AND c.close_confirmed_height IS NULL)
+                  + (SELECT COALESCE(MAX(lost_sat), 0) FROM cables WHERE key_hex = ?1)",
             params![key_hex],
             |r| r.get(0),
         )?;

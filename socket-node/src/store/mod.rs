@@ -42,7 +42,7 @@ use persist::persist;
 
 pub use anomalies::AnomalyRow;
 pub use audit::{AuditAnchor, AuditBreak};
-pub use cables::Lost;
+pub use cables::{Blame, Lost};
 pub use payouts::Payout;
 pub use profiles::SessionProfile;
 pub use receipts::ReceiptTaken;
@@ -59,7 +59,7 @@ pub use status::{ChannelStatus, PaymentStatus, SetStatus};
 /// existed take it as is).
 pub const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
-    SCHEMA_V9, SCHEMA_V10, SCHEMA_V11,
+    SCHEMA_V9, SCHEMA_V10, SCHEMA_V11, SCHEMA_V12,
 ];
 
 const SCHEMA_V1: &str = "
@@ -307,6 +307,19 @@ const SCHEMA_V11: &str = "
 ALTER TABLE spillman_channels ADD COLUMN deposit_confirmed INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// Version 12: the unconfirmed parents of each transaction the socket credits (a payment, a
+/// single-fee set's transaction, a spillman deposit), kept with it: should it go missing from
+/// the mempool, the chain watch sends an evicted parent again, or finds the parent replaced by
+/// a named transaction and records the loss (design.md "Blame needs proof").
+const SCHEMA_V12: &str = "
+CREATE TABLE parent_txs (
+    child_txid TEXT NOT NULL,
+    txid TEXT NOT NULL,
+    tx_hex TEXT NOT NULL,
+    PRIMARY KEY (child_txid, txid)
+);
+";
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> i64 {
     SystemTime::now()
@@ -327,6 +340,18 @@ pub struct StoredSession {
     pub payments: u64,
     /// The highest payment id issued in terms.
     pub last_payment_id: u64,
+}
+
+/// What the chain check of a transaction the socket is about to credit found
+/// (`seller::check_on_chain`), persisted with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedTx {
+    /// Its fee.
+    pub fee: Amount,
+    /// Its virtual size, vB.
+    pub vsize: u64,
+    /// The transactions it spends from that were unconfirmed (in the mempool) at the check.
+    pub parents: Vec<Transaction>,
 }
 
 /// Who signed a request, as checked by `proto::request_auth::verify_request`.
@@ -462,6 +487,15 @@ mod tests {
         }
     }
 
+    /// A chain check that found a fee of 1 sat, 100 vB and no unconfirmed parent.
+    fn checked() -> CheckedTx {
+        CheckedTx {
+            fee: Amount::ONE_SAT,
+            vsize: 100,
+            parents: Vec::new(),
+        }
+    }
+
     fn terms() -> StoredTerms {
         StoredTerms {
             amount: Amount::from_sat(1_000),
@@ -540,14 +574,7 @@ mod tests {
         for (session, payment_id, value) in [("a", 1, 1_000), ("a", 2, 1_001), ("b", 1, 1_002)] {
             store.issue_terms(session, payment_id, terms()).unwrap();
             store
-                .accept_payment(
-                    session,
-                    payment_id,
-                    &tx(value),
-                    terms(),
-                    Amount::ONE_SAT,
-                    100,
-                )
+                .accept_payment(session, payment_id, &tx(value), terms(), &checked())
                 .unwrap();
         }
         store
@@ -558,7 +585,7 @@ mod tests {
         assert_eq!(store.open_session_of("outlet-2").unwrap().unwrap().id, "b");
         // A payment id is recorded once: a replay cannot be credited twice.
         assert!(store
-            .accept_payment("b", 1, &tx(1_002), terms(), Amount::ONE_SAT, 100)
+            .accept_payment("b", 1, &tx(1_002), terms(), &checked())
             .is_err());
         store
             .end_session("a", EnergyMwh(7_000), "unplugged")
@@ -641,7 +668,7 @@ mod tests {
             .unwrap();
         store.issue_terms("s", 1, terms()).unwrap();
         store
-            .accept_payment("s", 1, &tx(1_000), terms(), Amount::ONE_SAT, 100)
+            .accept_payment("s", 1, &tx(1_000), terms(), &checked())
             .unwrap();
         let key = cable(1).key.to_string();
         assert_eq!(
@@ -655,7 +682,15 @@ mod tests {
         // A loss bans the cable: for good, or until a time.
         assert_eq!(
             store
-                .record_loss("s", Lost::Value, Amount::from_sat(1_000), "replaced", None)
+                .record_loss(
+                    "s",
+                    Lost::Value,
+                    Amount::from_sat(1_000),
+                    "replaced",
+                    Blame::Ban {
+                        until_unix_ms: None
+                    },
+                )
                 .unwrap(),
             Some(key)
         );
@@ -672,13 +707,51 @@ mod tests {
                 Lost::Value,
                 Amount::from_sat(1),
                 "again",
-                Some(unix_ms() - 1),
+                Blame::Ban {
+                    until_unix_ms: Some(unix_ms() - 1),
+                },
             )
             .unwrap();
         assert_eq!(store.admit_cable(&at(13)).unwrap(), Admitted::Yes);
+        // A loss not proven the cable's: counted in its losses and against its limit for good,
+        // and no ban.
+        let (lost_before, unconfirmed_before) = (
+            store.devices(DevicePage::Recent { limit: 9 }).unwrap()[0].lost_sat,
+            store
+                .unconfirmed_of_cable(&cable(1).key.to_string())
+                .unwrap(),
+        );
+        store
+            .record_loss(
+                "s",
+                Lost::Value,
+                Amount::from_sat(500),
+                "its parent was replaced",
+                Blame::Unproven,
+            )
+            .unwrap();
+        assert_eq!(store.admit_cable(&at(14)).unwrap(), Admitted::Yes);
+        assert_eq!(
+            store.devices(DevicePage::Recent { limit: 9 }).unwrap()[0].lost_sat,
+            lost_before + 500
+        );
         assert_eq!(
             store
-                .record_loss("nope", Lost::Value, Amount::ONE_SAT, "x", None)
+                .unconfirmed_of_cable(&cable(1).key.to_string())
+                .unwrap(),
+            unconfirmed_before + Amount::from_sat(500)
+        );
+        assert_eq!(
+            store
+                .record_loss(
+                    "nope",
+                    Lost::Value,
+                    Amount::ONE_SAT,
+                    "x",
+                    Blame::Ban {
+                        until_unix_ms: None
+                    },
+                )
                 .unwrap(),
             None
         );
@@ -746,11 +819,20 @@ mod tests {
         store
             .open_session("s3", "outlet-1", Scheme::Onchain, &first, &cable(1))
             .unwrap();
-        // A paid one keeps it.
+        // A paid one keeps it. Its unconfirmed parents are kept with it.
         store.issue_terms("s3", 1, terms()).unwrap();
+        let with_parent = CheckedTx {
+            parents: vec![tx(5)],
+            ..checked()
+        };
         store
-            .accept_payment("s3", 1, &tx(1_000), terms(), Amount::ONE_SAT, 100)
+            .accept_payment("s3", 1, &tx(1_000), terms(), &with_parent)
             .unwrap();
+        assert_eq!(
+            store.parents_of(&tx(1_000).compute_txid()).unwrap(),
+            vec![tx(5)]
+        );
+        assert!(store.parents_of(&tx(5).compute_txid()).unwrap().is_empty());
         store
             .end_session("s3", EnergyMwh(8_000), "unplugged")
             .unwrap();

@@ -6,7 +6,22 @@ use proto::units::EnergyMwh;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::persist;
-use super::{unix_ms, PaymentStatus, Result, Store, StoredPayment, StoredTerms};
+use super::{unix_ms, CheckedTx, PaymentStatus, Result, Store, StoredPayment, StoredTerms};
+
+/// Keep `parents`, the unconfirmed transactions `child` spends from (schema version 12).
+pub(super) fn insert_parents(db: &Connection, child: &Txid, parents: &[Transaction]) -> Result<()> {
+    for parent in parents {
+        db.execute(
+            "INSERT OR IGNORE INTO parent_txs (child_txid, txid, tx_hex) VALUES (?1, ?2, ?3)",
+            params![
+                child.to_string(),
+                parent.compute_txid().to_string(),
+                encode::serialize_hex(parent)
+            ],
+        )?;
+    }
+    Ok(())
+}
 
 /// Insert a payment row with `status`: `accepted` (broadcast by the socket) or `held` (kept
 /// unbroadcast: a single-fee set's latest, a spillman channel's highest). Either counts as
@@ -101,28 +116,51 @@ impl Store {
             .optional()
     }
 
-    /// Persist an accepted payment (status `accepted`) — before it is broadcast or credited.
+    /// Persist an accepted payment (status `accepted`) with its unconfirmed parents, in one
+    /// SQLite transaction — before it is broadcast or credited.
     pub fn accept_payment(
         &self,
         session_id: &str,
         payment_id: u64,
         tx: &Transaction,
         terms: StoredTerms,
-        fee: Amount,
-        vsize: u64,
+        checked: &CheckedTx,
     ) -> Result<()> {
         persist("socket-accept-payment", || {
+            let db = self.db.unchecked_transaction()?;
             insert_payment(
-                &self.db,
+                &db,
                 PaymentStatus::Accepted,
                 session_id,
                 payment_id,
                 tx,
                 terms,
-                fee,
-                vsize,
-            )
+                checked.fee,
+                checked.vsize,
+            )?;
+            insert_parents(&db, &tx.compute_txid(), &checked.parents)?;
+            db.commit()
         })
+    }
+
+    /// The unconfirmed parents kept with `child` (empty: none, or kept before version 12).
+    pub fn parents_of(&self, child: &Txid) -> Result<Vec<Transaction>> {
+        let mut statement = self
+            .db
+            .prepare("SELECT tx_hex FROM parent_txs WHERE child_txid = ?1")?;
+        let rows = statement.query_map(params![child.to_string()], |r| r.get::<_, String>(0))?;
+        rows.map(|hex| {
+            hex.and_then(|h| {
+                encode::deserialize_hex(&h).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        0,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })
+            })
+        })
+        .collect()
     }
 
     /// Mark a payment `broadcast` or `failed`.

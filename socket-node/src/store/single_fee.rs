@@ -6,7 +6,7 @@ use rusqlite::params;
 
 use super::payments::insert_payment;
 use super::persist;
-use super::{unix_ms, PaymentStatus, Result, SetStatus, Store, StoredTerms};
+use super::{unix_ms, CheckedTx, PaymentStatus, Result, SetStatus, Store, StoredTerms};
 
 /// A single-fee input set as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +56,8 @@ impl Store {
     }
 
     /// Hold a single-fee payment: in one SQLite transaction, record the payment (status `held`,
-    /// credited) and make `tx` the set's latest, replacing the one before.
+    /// credited) with its unconfirmed parents and make `tx` the set's latest, replacing the one
+    /// before.
     #[allow(clippy::too_many_arguments)]
     pub fn hold_single_fee(
         &mut self,
@@ -66,9 +67,9 @@ impl Store {
         tx: &Transaction,
         terms: StoredTerms,
         value: Amount,
-        fee: Amount,
-        vsize: u64,
+        checked: &CheckedTx,
     ) -> Result<()> {
+        let fee = checked.fee;
         persist("socket-hold-single-fee", || {
             let db = self.db.transaction()?;
             insert_payment(
@@ -79,8 +80,9 @@ impl Store {
                 tx,
                 terms,
                 fee,
-                vsize,
+                checked.vsize,
             )?;
+            super::payments::insert_parents(&db, &tx.compute_txid(), &checked.parents)?;
             db.execute(
                 "UPDATE single_fee_sets SET latest_tx_hex = ?3, latest_value_sat = ?4, fee_sat = ?5
                  WHERE session_id = ?1 AND set_index = ?2 AND status = 'open'",

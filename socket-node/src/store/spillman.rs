@@ -54,15 +54,23 @@ impl Store {
         })
     }
 
-    /// Record the deposit of a channel, before it is broadcast (step 10).
-    pub fn fund_channel(&self, session_id: &str, deposit: &Transaction) -> Result<()> {
+    /// Record the deposit of a channel with its unconfirmed `parents`, in one SQLite
+    /// transaction, before it is broadcast (step 10).
+    pub fn fund_channel(
+        &self,
+        session_id: &str,
+        deposit: &Transaction,
+        parents: &[Transaction],
+    ) -> Result<()> {
         persist("socket-fund-channel", || {
-            self.db.execute(
+            let db = self.db.unchecked_transaction()?;
+            db.execute(
                 "UPDATE spillman_channels SET deposit_tx_hex = ?2, status = 'funded'
                  WHERE session_id = ?1 AND status = 'refund-signed'",
                 params![session_id, encode::serialize_hex(deposit)],
             )?;
-            Ok(())
+            super::payments::insert_parents(&db, &deposit.compute_txid(), parents)?;
+            db.commit()
         })
     }
 
