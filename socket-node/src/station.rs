@@ -125,10 +125,16 @@ impl Station {
             std::thread::Builder::new()
                 .name("lightning-events".into())
                 .spawn(move || loop {
+                    use crate::seller::lightning::{on_event, EventOutcome};
                     let event = ln.wait_next_event();
-                    crate::seller::lightning::on_event(&station.shared, &station.outlets, &event);
-                    if let Err(e) = ln.event_handled() {
-                        tracing::error!("Lightning event not marked handled: {e}");
+                    match on_event(&station.shared, &station.outlets, &event) {
+                        EventOutcome::Handled => {
+                            if let Err(e) = ln.event_handled() {
+                                tracing::error!("Lightning event not marked handled: {e}");
+                            }
+                        }
+                        // ldk-node hands the same event again.
+                        EventOutcome::RetryLater => std::thread::sleep(Duration::from_secs(1)),
                     }
                 })
                 .context("starting the Lightning event thread")?;

@@ -15,8 +15,8 @@ use crate::config::HwConfig;
 pub(crate) struct Hardware {
     pub(crate) relay: Box<dyn Relay>,
     pub(crate) meter: Box<dyn Meter>,
-    /// A plug sensor; `None` on the simulator, where a cable counts as plugged in while it
-    /// holds a `WatchStatus` stream.
+    /// A plug sensor; `None` on the simulator. A cable counts as plugged in while it holds a
+    /// signed `WatchStatus` stream and, with a sensor, while the sensor says so.
     pub(crate) plug: Option<Box<dyn PlugSense>>,
     /// The simulator's outlet and appliance: each plug-in brings a fresh appliance.
     pub(crate) sim: Option<(SimOutlet, LoadProfile)>,

@@ -530,12 +530,17 @@ impl OutletTask {
         }
     }
 
+    /// Whether the session's cable is plugged in: on real hardware the plug sensor must say so
+    /// (an unreadable sensor says no); and, there as on the simulator, the session's own cable
+    /// holds a signed stream (any stream when no session is in progress), debounced against
+    /// reconnects, so that another appliance plugged into the outlet after the cable left
+    /// draws nothing of its session (socket.proto `WatchStatusRequest.auth`).
     fn plugged(&mut self) -> bool {
         if let Some(plug) = &mut self.hw.plug {
-            return plug.is_plugged().unwrap_or(false);
+            if !plug.is_plugged().unwrap_or(false) {
+                return false;
+            }
         }
-        // Simulator: plugged while the session's own cable holds a signed stream (any stream
-        // when no session is in progress), debounced against reconnects.
         if self.cable_present() {
             self.link_lost_at = None;
             return true;

@@ -120,11 +120,25 @@ fn reply(
     })
 }
 
+/// What became of a Lightning event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventOutcome {
+    /// Done with: mark it handled.
+    Handled,
+    /// A payment received that the store did not take: leave it unhandled, so that ldk-node
+    /// hands it again, and try again in a moment (a payment received is never dropped).
+    RetryLater,
+}
+
 /// Handle a Lightning event (on the Lightning event thread): a payment received for one of our
 /// invoices is recorded, then credited to its session's outlet; a keysend goes to
 /// [`receive_keysend`]. ldk-node hands an event again after a crash until it is marked handled;
 /// the record keyed by payment hash keeps that from crediting twice.
-pub(crate) fn on_event(shared: &Shared, outlets: &Outlets, event: &ln::ldk_node::Event) {
+pub(crate) fn on_event(
+    shared: &Shared,
+    outlets: &Outlets,
+    event: &ln::ldk_node::Event,
+) -> EventOutcome {
     use ln::ldk_node::Event;
     match event {
         Event::PaymentReceived {
@@ -157,6 +171,10 @@ pub(crate) fn on_event(shared: &Shared, outlets: &Outlets, event: &ln::ldk_node:
                             outlet.call_blocking(move |task| task.lock_out(&session_id, &reason));
                     }
                 }
+                Err(KeysendRefusal::NotStored(reason)) => {
+                    tracing::error!(%hash, amount_msat, "keysend not recorded, tried again: {reason}");
+                    return EventOutcome::RetryLater;
+                }
             }
         }
         Event::PaymentReceived {
@@ -185,7 +203,10 @@ pub(crate) fn on_event(shared: &Shared, outlets: &Outlets, event: &ln::ldk_node:
                 Ok(None) => {
                     tracing::warn!(%hash, amount_msat, "Lightning payment not for an open invoice of ours, or short")
                 }
-                Err(e) => tracing::error!(%hash, "recording a Lightning payment: {e}"),
+                Err(e) => {
+                    tracing::error!(%hash, "recording a Lightning payment, tried again: {e}");
+                    return EventOutcome::RetryLater;
+                }
             }
         }
         Event::ChannelPending {
@@ -210,6 +231,7 @@ pub(crate) fn on_event(shared: &Shared, outlets: &Outlets, event: &ln::ldk_node:
         }
         _ => {}
     }
+    EventOutcome::Handled
 }
 
 /// Why a keysend was not credited.
@@ -221,6 +243,8 @@ pub(crate) enum KeysendRefusal {
     /// Signed by the cable of the session in progress, yet it breaks a rule: the cable signed a
     /// cheat, lock out.
     Cheat { session_id: String, reason: String },
+    /// The store did not answer or take it: handled again later, nothing concluded.
+    NotStored(String),
 }
 
 /// How often at most a line about keysends not credited goes to the audit log: a stranger can
@@ -296,7 +320,7 @@ pub(crate) fn receive_keysend(
     // ldk-node delivers an event again when the socket stopped before handling it: a keysend
     // recorded before was credited then.
     let known = shared.store().ln_hash_received(payment_hash);
-    if known.map_err(|e| stray(e.to_string()))? {
+    if known.map_err(|e| KeysendRefusal::NotStored(e.to_string()))? {
         tracing::debug!(%payment_hash, "keysend recorded before");
         return Ok(());
     }
@@ -426,7 +450,7 @@ fn credit_keysend(
                 record.payment_id
             )))
         }
-        Err(e) => return Err(stray(format!("recording the keysend: {e}"))),
+        Err(e) => return Err(KeysendRefusal::NotStored(e.to_string())),
     }
     if let Some(why) = ended {
         tracing::warn!(%payment_hash, session_id = %record.session_id, %why, "keysend recorded after its session ended");
