@@ -36,8 +36,9 @@ pub struct CableLightning {
     #[serde(default = "default_keysend")]
     pub keysend: bool,
     /// The most channels the cable has at once, open or opening, to sockets and hubs
-    /// together: a socket that would make it open one more (under a new node id each visit,
-    /// or closing its channel after each) is refused, and no coin is locked for it.
+    /// together: a socket that would make it open one more (under a new node id each visit)
+    /// is refused, and no coin is locked for it. (A socket that closes its channel after each
+    /// visit is not bounded by this: the cable would open one again.)
     #[serde(default = "default_max_channels")]
     pub max_channels: usize,
 }

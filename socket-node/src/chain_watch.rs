@@ -7,7 +7,7 @@ use wallet::WalletError;
 
 use crate::seller::parents::{self, Missing};
 use crate::station::Station;
-use crate::store::{Lost, PaymentStatus, SetStatus};
+use crate::store::{Lost, PaymentStatus};
 
 impl Station {
     /// The chain watch of credited `onchain` payments (design.md "Trust"): each is followed
@@ -190,19 +190,14 @@ impl Station {
                             "input set {index} ({txid}) can never confirm: its parent {parent} \
                              was replaced (its input {input} spent by {by})"
                         );
-                        if store()
-                            .close_set(session_id, index, SetStatus::Failed, Some(tx))
-                            .is_ok()
-                        {
-                            let value = self.value_to_payout(session_id, tx);
-                            self.shared.payment_lost_unproven(
-                                &outlet_id,
-                                session_id,
-                                Lost::Value,
-                                value,
-                                &reason,
-                            );
-                        }
+                        let value = self.value_to_payout(session_id, tx);
+                        self.shared.payment_lost_unproven(
+                            &outlet_id,
+                            session_id,
+                            Lost::Set(index),
+                            value,
+                            &reason,
+                        );
                     }
                     Missing::SendAgain => {
                         if let Err(e) = chain.broadcast(tx) {
@@ -214,17 +209,11 @@ impl Station {
                     let reason = format!(
                         "input set {index} ({txid}) was replaced: its input {input} was spent by {by}"
                     );
-                    if store()
-                        .close_set(session_id, index, SetStatus::Failed, Some(tx))
-                        .is_err()
-                    {
-                        continue;
-                    }
                     let value = self.value_to_payout(session_id, tx);
                     self.shared.payment_lost(
                         &outlet_id,
                         session_id,
-                        Lost::Value,
+                        Lost::Set(index),
                         value,
                         "set-lost",
                         &reason,

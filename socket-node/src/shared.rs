@@ -89,12 +89,12 @@ impl Shared {
     /// and the write under one hold of the store, so two payments of one cable at once cannot
     /// both pass on the same headroom. Errors: `UNAVAILABLE` above it (no blame: the cable pays
     /// again once blocks confirm some), `INTERNAL` for the store.
-    pub(crate) fn persist_within_unconfirmed_limit(
+    pub(crate) fn persist_within_unconfirmed_limit<T>(
         &self,
         session_id: &str,
         amount: Amount,
-        write: impl FnOnce(&mut Store) -> crate::store::Result<()>,
-    ) -> Result<(), SocketError> {
+        write: impl FnOnce(&mut Store) -> crate::store::Result<T>,
+    ) -> Result<T, SocketError> {
         let limit = Amount::from_sat(self.config.max_unconfirmed_sat);
         let mut store = self.store();
         if let Some(cable) = store

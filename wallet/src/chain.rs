@@ -58,6 +58,8 @@ pub struct Chain {
     cookie: std::sync::Mutex<Option<String>>,
     network: Network,
     observer: std::sync::OnceLock<RpcObserver>,
+    /// Scans of the recent blocks at the current tip ([`crate::facts`]).
+    pub(crate) scans: std::sync::Mutex<crate::facts::ScanMemo>,
 }
 
 fn rpc_error(method: &str, e: impl std::fmt::Display) -> WalletError {
@@ -85,6 +87,7 @@ impl Chain {
             cookie: std::sync::Mutex::new(cookie),
             network,
             observer: std::sync::OnceLock::new(),
+            scans: std::sync::Mutex::default(),
         };
         let info: Value = chain.call("getblockchaininfo", &[])?;
         let got = info["chain"].as_str().unwrap_or_default().to_owned();

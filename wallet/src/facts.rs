@@ -24,6 +24,34 @@ pub const RPC_NOT_FOUND: i32 = -5;
 /// may find a payment neither confirmed nor replaced, and blames nobody.
 pub const SEARCH_DEPTH_BLOCKS: u32 = 144;
 
+/// How many outputs of a transaction [`Chain::confirmation`] asks `gettxout` about before it
+/// looks in the recent blocks: a transaction with many outputs costs no more calls.
+const OUTPUTS_ASKED: usize = 4;
+
+/// What a scan of the recent blocks looked for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum ScanKey {
+    /// The transaction itself.
+    Tx(Txid, u32),
+    /// A spender of the outpoint.
+    Spender(OutPoint, u32),
+    /// The transaction, or a spender of any of its inputs ([`Chain::fate`]).
+    Fate(Txid, u32),
+}
+
+/// The scans of the recent blocks made at one tip, with what each found (the transaction and
+/// its block's height, or nothing): asked again before the next block, the answer is the same,
+/// so a chain watch that asks every second scans each transaction once per block, however many
+/// inputs it has.
+#[derive(Debug, Default)]
+pub struct ScanMemo {
+    tip: Option<bitcoin::BlockHash>,
+    found: std::collections::HashMap<ScanKey, Option<(Transaction, u32)>>,
+}
+
+/// At most this many scans are remembered at one tip (then the memo starts again).
+const SCANS_REMEMBERED: usize = 10_000;
+
 /// bitcoind's answer to a question about the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer<T> {
@@ -113,16 +141,15 @@ impl Chain {
     /// way was not answered with a fact: then nothing is concluded.
     pub fn fate(&self, tx: &Transaction, search_depth: u32) -> Answer<Fate> {
         let txid = tx.compute_txid();
-        match self.confirmation(tx, search_depth) {
-            Answer::Found(height) => {
-                return match self.height() {
-                    Ok(tip) => Answer::Found(Fate::Confirmed {
-                        height,
-                        depth: tip.saturating_sub(height) + 1,
-                    }),
-                    Err(e) => Answer::of_error(e),
-                }
-            }
+        let confirmed = |height: u32| match self.height() {
+            Ok(tip) => Answer::Found(Fate::Confirmed {
+                height,
+                depth: tip.saturating_sub(height) + 1,
+            }),
+            Err(e) => Answer::of_error(e),
+        };
+        match self.confirmation_from_outputs(tx) {
+            Answer::Found(height) => return confirmed(height),
             Answer::NotFound => {}
             Answer::NoAnswer(e) => return Answer::NoAnswer(e),
             Answer::Refused(e) => return Answer::Refused(e),
@@ -133,17 +160,46 @@ impl Chain {
             Answer::NoAnswer(e) => return Answer::NoAnswer(e),
             Answer::Refused(e) => return Answer::Refused(e),
         }
-        for input in tx.input.iter().map(|i| i.previous_output) {
-            match self.spender(input, search_depth) {
-                Answer::Found(Spender::Tx { txid: by, .. }) if by != txid => {
-                    return Answer::Found(Fate::Replaced { input, by })
+        let inputs: Vec<OutPoint> = tx.input.iter().map(|i| i.previous_output).collect();
+        match self.mempool_spenders(&inputs) {
+            Answer::Found(spenders) => {
+                if let Some((input, by)) = spenders.into_iter().find(|(_, by)| *by != txid) {
+                    return Answer::Found(Fate::Replaced { input, by });
                 }
-                Answer::Found(_) | Answer::NotFound => {}
-                Answer::NoAnswer(e) => return Answer::NoAnswer(e),
-                Answer::Refused(e) => return Answer::Refused(e),
             }
+            Answer::NotFound => {}
+            Answer::NoAnswer(e) => return Answer::NoAnswer(e),
+            Answer::Refused(e) => return Answer::Refused(e),
         }
-        Answer::Found(Fate::Missing)
+        // One pass over the recent blocks for the transaction or a spender of any input.
+        let found =
+            self.find_in_recent_blocks(ScanKey::Fate(txid, search_depth), search_depth, |t| {
+                t.compute_txid() == txid
+                    || t.input.iter().any(|i| inputs.contains(&i.previous_output))
+            });
+        match found {
+            Answer::Found((block_tx, height)) if block_tx.compute_txid() == txid => {
+                confirmed(height)
+            }
+            Answer::Found((by, _)) => match by
+                .input
+                .iter()
+                .map(|i| i.previous_output)
+                .find(|o| inputs.contains(o))
+            {
+                Some(input) => Answer::Found(Fate::Replaced {
+                    input,
+                    by: by.compute_txid(),
+                }),
+                None => Answer::Refused(format!(
+                    "{} matched, spending none of {txid}",
+                    by.compute_txid()
+                )),
+            },
+            Answer::NotFound => Answer::Found(Fate::Missing),
+            Answer::NoAnswer(e) => Answer::NoAnswer(e),
+            Answer::Refused(e) => Answer::Refused(e),
+        }
     }
 
     /// The unspent output `outpoint` (`gettxout` with the mempool): `NotFound` when it is
@@ -277,8 +333,27 @@ impl Chain {
     /// recent blocks. `NotFound`: neither in the UTXO set with a confirmation nor in those
     /// blocks (unconfirmed, or deeper than `depth` with every output spent).
     pub fn confirmation(&self, tx: &Transaction, depth: u32) -> Answer<u32> {
+        match self.confirmation_from_outputs(tx) {
+            Answer::NotFound => {}
+            known => return known,
+        }
         let txid = tx.compute_txid();
-        for vout in 0..tx.output.len() as u32 {
+        match self.find_in_recent_blocks(ScanKey::Tx(txid, depth), depth, |t| {
+            t.compute_txid() == txid
+        }) {
+            Answer::Found((_, height)) => Answer::Found(height),
+            Answer::NotFound => Answer::NotFound,
+            Answer::NoAnswer(e) => Answer::NoAnswer(e),
+            Answer::Refused(e) => Answer::Refused(e),
+        }
+    }
+
+    /// The confirmation height of `tx` read from an unspent output of it (`gettxout` counts
+    /// its confirmations; at most [`OUTPUTS_ASKED`] outputs asked). `NotFound`: in the mempool,
+    /// or none of those outputs unspent.
+    fn confirmation_from_outputs(&self, tx: &Transaction) -> Answer<u32> {
+        let txid = tx.compute_txid();
+        for vout in 0..tx.output.len().min(OUTPUTS_ASKED) as u32 {
             let out: Value = match self.call(
                 "gettxout",
                 &[json!(txid.to_string()), json!(vout), json!(true)],
@@ -298,12 +373,7 @@ impl Chain {
             };
             return Answer::Found(tip.saturating_add(1).saturating_sub(confirmations as u32));
         }
-        match self.find_in_recent_blocks(depth, |t| t.compute_txid() == txid) {
-            Answer::Found((_, height)) => Answer::Found(height),
-            Answer::NotFound => Answer::NotFound,
-            Answer::NoAnswer(e) => Answer::NoAnswer(e),
-            Answer::Refused(e) => Answer::Refused(e),
-        }
+        Answer::NotFound
     }
 
     /// The mempool transactions that spend any of `outpoints` (`gettxspendingprevout`, one
@@ -356,9 +426,9 @@ impl Chain {
             Answer::Refused(e) => return Answer::Refused(e),
         }
         let spends = |tx: &Transaction| tx.input.iter().any(|i| i.previous_output == outpoint);
-        match self.find_in_recent_blocks(depth, spends) {
-            Answer::Found((txid, height)) => Answer::Found(Spender::Tx {
-                txid,
+        match self.find_in_recent_blocks(ScanKey::Spender(outpoint, depth), depth, spends) {
+            Answer::Found((tx, height)) => Answer::Found(Spender::Tx {
+                txid: tx.compute_txid(),
                 height: Some(height),
             }),
             Answer::NotFound => Answer::NotFound,
@@ -369,21 +439,37 @@ impl Chain {
 
     /// The first transaction that `matches`, with its block's height, in the `depth` most
     /// recent blocks of the best chain, newest first (`getblockhash`, `getblock` with
-    /// verbosity 0, decoded with rust-bitcoin).
+    /// verbosity 0, decoded with rust-bitcoin). Remembered under `key` until the next block
+    /// ([`ScanMemo`]).
     fn find_in_recent_blocks(
         &self,
+        key: ScanKey,
         depth: u32,
         matches: impl Fn(&Transaction) -> bool,
-    ) -> Answer<(Txid, u32)> {
-        let tip = match self.height() {
-            Ok(tip) => tip,
+    ) -> Answer<(Transaction, u32)> {
+        let tip_hash: bitcoin::BlockHash = match self.call("getbestblockhash", &[]) {
+            Ok(hash) => hash,
             Err(e) => return Answer::of_error(e),
         };
+        let memo = |scans: &ScanMemo| {
+            (scans.tip == Some(tip_hash))
+                .then(|| scans.found.get(&key).cloned())
+                .flatten()
+        };
+        if let Some(known) = memo(&self.scans.lock().unwrap_or_else(|p| p.into_inner())) {
+            return known.map_or(Answer::NotFound, Answer::Found);
+        }
+        let header: Value = match self.call("getblockheader", &[json!(tip_hash)]) {
+            Ok(header) => header,
+            Err(e) => return Answer::of_error(e),
+        };
+        let Some(tip) = header["height"].as_u64().map(|h| h as u32) else {
+            return Answer::Refused(format!("getblockheader {tip_hash}: no height"));
+        };
+        let mut found = None;
+        let mut hash = tip_hash;
         for height in (tip.saturating_sub(depth.saturating_sub(1))..=tip).rev() {
-            let block = self
-                .call::<bitcoin::BlockHash>("getblockhash", &[json!(height)])
-                .and_then(|hash| self.call::<String>("getblock", &[json!(hash), json!(0)]));
-            let hex = match block {
+            let hex = match self.call::<String>("getblock", &[json!(hash), json!(0)]) {
                 Ok(hex) => hex,
                 Err(e) => return Answer::of_error(e),
             };
@@ -391,10 +477,18 @@ impl Chain {
                 Ok(block) => block,
                 Err(e) => return Answer::Refused(format!("block {height} does not decode: {e}")),
             };
-            if let Some(tx) = block.txdata.iter().find(|tx| matches(tx)) {
-                return Answer::Found((tx.compute_txid(), height));
+            if let Some(tx) = block.txdata.into_iter().find(|tx| matches(tx)) {
+                found = Some((tx, height));
+                break;
             }
+            hash = block.header.prev_blockhash;
         }
-        Answer::NotFound
+        let mut scans = self.scans.lock().unwrap_or_else(|p| p.into_inner());
+        if scans.tip != Some(tip_hash) || scans.found.len() >= SCANS_REMEMBERED {
+            scans.tip = Some(tip_hash);
+            scans.found.clear();
+        }
+        scans.found.insert(key, found.clone());
+        found.map_or(Answer::NotFound, Answer::Found)
     }
 }

@@ -779,19 +779,11 @@ impl OutletTask {
             self.settle(set);
             tracing::info!(outlet = %self.config.id, session = %session_id, set = index, "input set broadcast by the cable");
         } else {
-            let latest = set.seller.latest().cloned();
-            if let Err(e) = self.shared.store().close_set(
-                session_id,
-                index,
-                crate::store::SetStatus::Failed,
-                latest.as_ref(),
-            ) {
-                tracing::error!(outlet = %self.config.id, session = %session_id, "storing the lost set: {e}");
-            }
+            // The set marked failed with the loss and the ban, in one transaction.
             self.shared.payment_lost(
                 &self.config.id,
                 session_id,
-                Lost::Value,
+                Lost::Set(index),
                 value,
                 "set-lost",
                 &reason,

@@ -316,7 +316,7 @@ pub(crate) fn receive_keysend(
         return Err(stray("this socket does not take keysends".into()));
     }
     let record = ln::session_record(records).map_err(|e| stray(e.to_string()))?;
-    authenticate(shared, &record, amount_msat, payment_hash, records).map_err(stray)?;
+    authenticate(shared, &record, amount_msat, payment_hash, records)?;
     // ldk-node delivers an event again when the socket stopped before handling it: a keysend
     // recorded before was credited then.
     let known = shared.store().ln_hash_received(payment_hash);
@@ -328,42 +328,50 @@ pub(crate) fn receive_keysend(
         .of_session(shared, &record.session_id)
         .map_err(|e| stray(e.to_string()))?;
     let hash = payment_hash.to_owned();
+    // An outlet that does not answer (the socket stopping) takes it after the restart.
     outlet
         .call_blocking(move |task| credit_keysend(task, &hash, amount_msat, record))
-        .map_err(|e| stray(e.to_string()))?
+        .map_err(|e| KeysendRefusal::NotStored(e.to_string()))?
 }
 
 /// Whether the cable that opened the session `record` names signed this keysend
-/// (`proto::lightning::verify_keysend`). Errors: why not, for the audit log.
+/// (`proto::lightning::verify_keysend`). Errors: why not ([`KeysendRefusal::Stray`], for the
+/// audit log), or [`KeysendRefusal::NotStored`] when the store does not answer.
 fn authenticate(
     shared: &Shared,
     record: &proto::lightning::SessionRecord,
     amount_msat: u64,
     payment_hash: &str,
     records: &[ln::ldk_node::CustomTlvRecord],
-) -> Result<(), String> {
+) -> Result<(), KeysendRefusal> {
     use bitcoin::hex::FromHex;
+    let stray = KeysendRefusal::Stray;
     let signature = ln::session_auth(records).ok_or_else(|| {
-        format!(
+        stray(format!(
             "a keysend for session {} that its cable did not sign",
             record.session_id
-        )
+        ))
     })?;
     let key_hex = shared
         .store()
         .session_cable_key(&record.session_id)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("a keysend for session {}, unknown here", record.session_id))?;
+        .map_err(|e| KeysendRefusal::NotStored(e.to_string()))?
+        .ok_or_else(|| {
+            stray(format!(
+                "a keysend for session {}, unknown here",
+                record.session_id
+            ))
+        })?;
     let key = bitcoin::secp256k1::PublicKey::from_slice(
-        &Vec::<u8>::from_hex(&key_hex).map_err(|e| e.to_string())?,
+        &Vec::<u8>::from_hex(&key_hex).map_err(|e| stray(e.to_string()))?,
     )
-    .map_err(|e| e.to_string())?;
-    let hash = <[u8; 32]>::from_hex(payment_hash).map_err(|e| e.to_string())?;
+    .map_err(|e| stray(e.to_string()))?;
+    let hash = <[u8; 32]>::from_hex(payment_hash).map_err(|e| stray(e.to_string()))?;
     proto::lightning::verify_keysend(record, amount_msat, &hash, signature, &key).map_err(|_| {
-        format!(
+        stray(format!(
             "a keysend for session {} whose signature is not its cable's",
             record.session_id
-        )
+        ))
     })
 }
 
@@ -390,7 +398,7 @@ fn credit_keysend(
             .shared()
             .store()
             .last_payment_id(&record.session_id)
-            .map_err(|e| stray(e.to_string()))?,
+            .map_err(|e| KeysendRefusal::NotStored(e.to_string()))?,
     };
     let cheat = |reason: String| match &ended {
         None => cheat(reason),
@@ -400,7 +408,7 @@ fn credit_keysend(
         .shared()
         .store()
         .session_scheme(&record.session_id)
-        .map_err(|e| stray(e.to_string()))?;
+        .map_err(|e| KeysendRefusal::NotStored(e.to_string()))?;
     if scheme != Some(Scheme::Lightning) {
         return Err(cheat(format!(
             "a keysend for session {}, which pays with {scheme:?}",

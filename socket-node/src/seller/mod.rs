@@ -277,6 +277,11 @@ pub(crate) const MAX_INPUTS: usize = 50;
 /// standard limit).
 pub(crate) const MAX_WEIGHT_WU: u64 = 40_000;
 
+/// The most unconfirmed transactions a payment or deposit may spend from (each at most
+/// [`MAX_WEIGHT_WU`]): the socket keeps them, and the chain watch judges them, should the
+/// payment go missing ([`parents`]). More is refused without blame until a block confirms some.
+pub(crate) const MAX_UNCONFIRMED_PARENTS: usize = 4;
+
 /// Checks against the chain, cheap ones first: at most [`MAX_INPUTS`] inputs and
 /// [`MAX_WEIGHT_WU`]; bitcoind would accept the transaction (one `testmempoolaccept`; when it
 /// names missing inputs, each input is looked up to say which); the fee rate is at least
@@ -324,12 +329,23 @@ pub(crate) fn check_on_chain(
             verdict.fee, verdict.vsize
         )));
     }
-    // Kept with it: should it go missing, they tell an evicted parent from a replaced one.
+    // Kept with it: should it go missing, they tell an evicted parent from a replaced one. As
+    // many and as large as the chain watch can judge each second: more waits for a block.
     let parents = match shared.chain.unconfirmed_parents(tx) {
         Answer::Found(parents) => parents,
         Answer::NotFound => Vec::new(),
         Answer::NoAnswer(e) | Answer::Refused(e) => return Err(Refusal::Unavailable(e)),
     };
+    if parents.len() > MAX_UNCONFIRMED_PARENTS
+        || parents.iter().any(|p| p.weight().to_wu() > MAX_WEIGHT_WU)
+    {
+        return Err(Refusal::Unavailable(format!(
+            "it spends from {} unconfirmed transactions (at most {MAX_UNCONFIRMED_PARENTS}, each \
+             of at most {MAX_WEIGHT_WU} weight units): pay from confirmed coins, or after the \
+             next block",
+            parents.len()
+        )));
+    }
     Ok(CheckedTx {
         fee: verdict.fee,
         vsize: verdict.vsize,

@@ -74,10 +74,16 @@ async fn pay(
     let checked = cx.checked_on_chain(session_id, &tx).await?;
 
     // Persist (within the cable's unconfirmed limit), then broadcast, then credit.
-    cx.shared
-        .persist_within_unconfirmed_limit(session_id, terms.amount, |store| {
-            store.accept_payment(session_id, payment_id, &tx, terms, &checked)
-        })?;
+    let accepted =
+        cx.shared
+            .persist_within_unconfirmed_limit(session_id, terms.amount, |store| {
+                store.accept_payment(session_id, payment_id, &tx, terms, &checked)
+            })?;
+    if !accepted {
+        return Err(SocketError::wrong_state(
+            "the session ended while its payment was checked: not taken",
+        ));
+    }
     let broadcast = {
         let tx = tx.clone();
         cx.with_chain_to_the_end(move |shared| {

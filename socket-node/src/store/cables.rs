@@ -14,7 +14,10 @@ pub enum Lost {
     Payment(u64),
     /// The session's spillman channel: status `lost`.
     Channel,
-    /// Value only: nothing to mark (a single-fee set is settled with what it holds).
+    /// A single-fee set of the session, by index: status `failed` (no longer watched; its
+    /// latest transaction as stored).
+    Set(u32),
+    /// Value only: nothing to mark.
     Value,
 }
 
@@ -28,8 +31,8 @@ pub enum Blame {
         until_unix_ms: Option<i64>,
     },
     /// Not proven its doing (a parent of its payment replaced, by whoever could spend the
-    /// parent's inputs): recorded in its losses, which count against its `max_unconfirmed_sat`
-    /// for good; nobody flagged or banned.
+    /// parent's inputs): recorded in its losses and in `unproven_lost_sat`, which counts
+    /// against its `max_unconfirmed_sat` for good; nobody flagged or banned.
     Unproven,
 }
 
@@ -123,6 +126,10 @@ impl Store {
                     "UPDATE spillman_channels SET status = ?2 WHERE session_id = ?1",
                     params![session_id, ChannelStatus::Lost],
                 )?,
+                Lost::Set(index) => tx.execute(
+                    "UPDATE single_fee_sets SET status = ?3 WHERE session_id = ?1 AND set_index = ?2",
+                    params![session_id, index as i64, super::SetStatus::Failed],
+                )?,
                 Lost::Value => 0,
             };
             let Some(key) = self.session_cable(session_id)? else {
@@ -131,7 +138,9 @@ impl Store {
             };
             let Blame::Ban { until_unix_ms } = blame else {
                 tx.execute(
-                    "UPDATE cables SET lost_sat = lost_sat + ?2 WHERE key_hex = ?1",
+                    "UPDATE cables SET lost_sat = lost_sat + ?2,
+                         unproven_lost_sat = unproven_lost_sat + ?2
+                     WHERE key_hex = ?1",
                     params![key, amount.to_sat() as i64],
                 )?;
                 tx.commit()?;
@@ -188,7 +197,9 @@ impl Store {
     /// value of its single-fee sets held, or broadcast and not yet confirmed (a set the cable
     /// could still double-spend; a confirmed one is still watched until final), what its
     /// spillman channels credited on a deposit not yet seen confirmed (open, or closed with
-    /// the close not yet confirmed), and what it made the socket lose, for good.
+    /// the close not yet confirmed), and what the socket lost on its payments without proof it
+    /// was the cable's doing (a parent replaced), for good. A proven loss bans the cable
+    /// instead, for `ban_secs`.
     pub fn unconfirmed_of_cable(&self, key_hex: &str) -> Result<Amount> {
         let sat: i64 = self.db.query_row(
             "SELECT (SELECT COALESCE(SUM(p.amount_sat), 0) FROM payments p
@@ -202,7 +213,7 @@ impl Store {
                      JOIN sessions s ON s.id = c.session_id
                      WHERE s.cable_key_hex = ?1 AND c.status IN ('funded', 'closed')
                        AND c.deposit_confirmed = 0 AND c.close_confirmed_height IS NULL)
-                  + (SELECT COALESCE(MAX(lost_sat), 0) FROM cables WHERE key_hex = ?1)",
+                  + (SELECT COALESCE(MAX(unproven_lost_sat), 0) FROM cables WHERE key_hex = ?1)",
             params![key_hex],
             |r| r.get(0),
         )?;

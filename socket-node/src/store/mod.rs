@@ -308,16 +308,21 @@ ALTER TABLE spillman_channels ADD COLUMN deposit_confirmed INTEGER NOT NULL DEFA
 ";
 
 /// Version 12: the unconfirmed parents of each transaction the socket credits (a payment, a
-/// single-fee set's transaction, a spillman deposit), kept with it: should it go missing from
-/// the mempool, the chain watch sends an evicted parent again, or finds the parent replaced by
-/// a named transaction and records the loss (design.md "Blame needs proof").
+/// single-fee set's transaction, a spillman deposit), kept once each and linked to it: should
+/// it go missing from the mempool, the chain watch sends an evicted parent again, or finds the
+/// parent replaced by a named transaction and records the loss, not proven the cable's
+/// (design.md "Blame needs proof"), in `unproven_lost_sat`.
 const SCHEMA_V12: &str = "
 CREATE TABLE parent_txs (
-    child_txid TEXT NOT NULL,
-    txid TEXT NOT NULL,
-    tx_hex TEXT NOT NULL,
-    PRIMARY KEY (child_txid, txid)
+    txid TEXT PRIMARY KEY,
+    tx_hex TEXT NOT NULL
 );
+CREATE TABLE tx_parents (
+    child_txid TEXT NOT NULL,
+    parent_txid TEXT NOT NULL REFERENCES parent_txs(txid),
+    PRIMARY KEY (child_txid, parent_txid)
+);
+ALTER TABLE cables ADD COLUMN unproven_lost_sat INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// Milliseconds since the Unix epoch.

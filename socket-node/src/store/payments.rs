@@ -8,16 +8,18 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::persist;
 use super::{unix_ms, CheckedTx, PaymentStatus, Result, Store, StoredPayment, StoredTerms};
 
-/// Keep `parents`, the unconfirmed transactions `child` spends from (schema version 12).
+/// Keep `parents`, the unconfirmed transactions `child` spends from (schema version 12): each
+/// parent once, however many children name it.
 pub(super) fn insert_parents(db: &Connection, child: &Txid, parents: &[Transaction]) -> Result<()> {
     for parent in parents {
+        let parent_txid = parent.compute_txid().to_string();
         db.execute(
-            "INSERT OR IGNORE INTO parent_txs (child_txid, txid, tx_hex) VALUES (?1, ?2, ?3)",
-            params![
-                child.to_string(),
-                parent.compute_txid().to_string(),
-                encode::serialize_hex(parent)
-            ],
+            "INSERT OR IGNORE INTO parent_txs (txid, tx_hex) VALUES (?1, ?2)",
+            params![parent_txid, encode::serialize_hex(parent)],
+        )?;
+        db.execute(
+            "INSERT OR IGNORE INTO tx_parents (child_txid, parent_txid) VALUES (?1, ?2)",
+            params![child.to_string(), parent_txid],
         )?;
     }
     Ok(())
@@ -117,7 +119,9 @@ impl Store {
     }
 
     /// Persist an accepted payment (status `accepted`) with its unconfirmed parents, in one
-    /// SQLite transaction — before it is broadcast or credited.
+    /// SQLite transaction — before it is broadcast or credited. Returns `false`, writing
+    /// nothing, when the session has ended meanwhile (its payout address may be another
+    /// session's by now).
     pub fn accept_payment(
         &self,
         session_id: &str,
@@ -125,9 +129,20 @@ impl Store {
         tx: &Transaction,
         terms: StoredTerms,
         checked: &CheckedTx,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         persist("socket-accept-payment", || {
             let db = self.db.unchecked_transaction()?;
+            let open: bool = db
+                .query_row(
+                    "SELECT ended_at_unix_ms IS NULL FROM sessions WHERE id = ?1",
+                    params![session_id],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(false);
+            if !open {
+                return Ok(false);
+            }
             insert_payment(
                 &db,
                 PaymentStatus::Accepted,
@@ -139,15 +154,17 @@ impl Store {
                 checked.vsize,
             )?;
             insert_parents(&db, &tx.compute_txid(), &checked.parents)?;
-            db.commit()
+            db.commit()?;
+            Ok(true)
         })
     }
 
     /// The unconfirmed parents kept with `child` (empty: none, or kept before version 12).
     pub fn parents_of(&self, child: &Txid) -> Result<Vec<Transaction>> {
-        let mut statement = self
-            .db
-            .prepare("SELECT tx_hex FROM parent_txs WHERE child_txid = ?1")?;
+        let mut statement = self.db.prepare(
+            "SELECT p.tx_hex FROM tx_parents c JOIN parent_txs p ON p.txid = c.parent_txid
+                 WHERE c.child_txid = ?1",
+        )?;
         let rows = statement.query_map(params![child.to_string()], |r| r.get::<_, String>(0))?;
         rows.map(|hex| {
             hex.and_then(|h| {
