@@ -720,8 +720,18 @@ mod tests {
         assert_eq!(store.admit_cable(&at(13)).unwrap(), Admitted::Yes);
         // A loss not proven the cable's: counted in its losses and against its limit for good,
         // and no ban.
+        let lost_of = |key: &str| {
+            store
+                .devices(DevicePage::Recent { limit: 9 })
+                .unwrap()
+                .into_iter()
+                .find(|d| d.key_hex == key)
+                .unwrap()
+                .lost_sat
+        };
+        let key = cable(1).key.to_string();
         let (lost_before, unconfirmed_before) = (
-            store.devices(DevicePage::Recent { limit: 9 }).unwrap()[0].lost_sat,
+            lost_of(&key),
             store
                 .unconfirmed_of_cable(&cable(1).key.to_string())
                 .unwrap(),
@@ -736,10 +746,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(store.admit_cable(&at(14)).unwrap(), Admitted::Yes);
-        assert_eq!(
-            store.devices(DevicePage::Recent { limit: 9 }).unwrap()[0].lost_sat,
-            lost_before + 500
-        );
+        assert_eq!(lost_of(&key), lost_before + 500);
         assert_eq!(
             store
                 .unconfirmed_of_cable(&cable(1).key.to_string())
