@@ -111,6 +111,20 @@ fn mine(bitcoind: &Regtest, blocks: u32) -> Vec<String> {
     .unwrap()
 }
 
+/// A socket whose lockouts last long enough that none ends during a test (one found here is
+/// one that happened).
+fn socket_with_long_lockout(bitcoind: &Regtest, dir: &std::path::Path) -> SocketProcess {
+    SocketProcess::start(
+        bitcoind,
+        &dir.join("socket"),
+        &SocketSetup {
+            lockout_secs: 600,
+            ..SocketSetup::default()
+        },
+    )
+    .unwrap()
+}
+
 fn count(socket: &SocketProcess, sql: &str) -> i64 {
     integration::query_i64(&socket.data_dir.join("socket.sqlite"), sql)
 }
@@ -226,15 +240,7 @@ fn bitcoind_restarting_mid_session_locks_no_honest_cable_out() {
 fn a_reorganized_payment_stays_credited_and_a_conflict_in_the_new_chain_is_found() {
     let bitcoind = Regtest::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let socket = SocketProcess::start(
-        &bitcoind,
-        &dir.path().join("socket"),
-        &SocketSetup {
-            lockout_secs: 600,
-            ..SocketSetup::default()
-        },
-    )
-    .unwrap();
+    let socket = socket_with_long_lockout(&bitcoind, dir.path());
     // An honest toast, its five payments confirmed in one block.
     let cable = CableFiles::create(
         &bitcoind,
@@ -401,15 +407,7 @@ fn mempool(bitcoind: &Regtest) -> Vec<String> {
 fn a_payment_whose_parent_is_evicted_blames_nobody_and_is_sent_again() {
     let bitcoind = Regtest::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let socket = SocketProcess::start(
-        &bitcoind,
-        &dir.path().join("socket"),
-        &SocketSetup {
-            lockout_secs: 600,
-            ..SocketSetup::default()
-        },
-    )
-    .unwrap();
+    let socket = socket_with_long_lockout(&bitcoind, dir.path());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -454,15 +452,7 @@ fn a_payment_whose_parent_is_evicted_blames_nobody_and_is_sent_again() {
 fn a_payment_whose_parent_is_replaced_is_recorded_lost_and_blames_nobody() {
     let bitcoind = Regtest::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let socket = SocketProcess::start(
-        &bitcoind,
-        &dir.path().join("socket"),
-        &SocketSetup {
-            lockout_secs: 600,
-            ..SocketSetup::default()
-        },
-    )
-    .unwrap();
+    let socket = socket_with_long_lockout(&bitcoind, dir.path());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -6,8 +6,25 @@ use wallet::facts::{Answer, Fate, Spender, SEARCH_DEPTH_BLOCKS as WATCH_DEPTH_BL
 use wallet::WalletError;
 
 use crate::seller::parents::{self, Missing};
+use crate::shared::Shared;
 use crate::station::Station;
-use crate::store::{Lost, PaymentStatus};
+use crate::store::{Lost, PaymentStatus, StoredPayment};
+
+/// Send a payment the socket credited but could not send yet (`accepted`: bitcoind did not
+/// answer its broadcast) and mark it `broadcast`; a store that does not take the mark is
+/// logged (the chain watch writes it again). Blocking (bitcoind RPC). Errors: bitcoind's.
+pub(crate) fn send_accepted(shared: &Shared, payment: &StoredPayment) -> Result<(), WalletError> {
+    let txid = shared.chain.broadcast(&payment.tx)?;
+    tracing::info!(session = %payment.session_id, %txid, "payment sent, after bitcoind did not answer");
+    if let Err(e) = shared.store().set_payment_status(
+        &payment.session_id,
+        payment.payment_id,
+        PaymentStatus::Broadcast,
+    ) {
+        tracing::error!("store (the chain watch writes it again): {e}");
+    }
+    Ok(())
+}
 
 impl Station {
     /// The chain watch of credited `onchain` payments (design.md "Trust"): each is followed
@@ -31,18 +48,8 @@ impl Station {
             let (session_id, payment_id) = (payment.session_id.as_str(), payment.payment_id);
             if payment.status == PaymentStatus::Accepted {
                 // Credited while bitcoind did not answer its broadcast: send it now.
-                match chain.broadcast(&payment.tx) {
-                    Ok(_) => {
-                        tracing::info!(session = %session_id, %txid, "payment sent, after bitcoind did not answer");
-                        if let Err(e) = self.shared.store().set_payment_status(
-                            session_id,
-                            payment_id,
-                            PaymentStatus::Broadcast,
-                        ) {
-                            tracing::error!("store (written again on the next round): {e}");
-                        }
-                        continue;
-                    }
+                match send_accepted(&self.shared, &payment) {
+                    Ok(()) => continue,
                     Err(WalletError::Unreachable { .. }) => return,
                     // Refused: the checks below tell a replacement from the rest.
                     Err(e) => {

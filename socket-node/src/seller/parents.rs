@@ -22,23 +22,12 @@ pub(crate) fn send_unsent_parents(shared: &Shared, tx: &Transaction) {
         Ok(unsent) => unsent,
         Err(e) => return tracing::error!("reading the payments not yet sent: {e}"),
     };
-    for parent in unsent {
-        let txid = parent.tx.compute_txid();
-        if !parents.contains(&txid) {
-            continue;
-        }
-        match shared.chain.broadcast(&parent.tx) {
-            Ok(_) => {
-                tracing::info!(session = %parent.session_id, %txid, "payment sent before the payment that spends it");
-                if let Err(e) = shared.store().set_payment_status(
-                    &parent.session_id,
-                    parent.payment_id,
-                    crate::store::PaymentStatus::Broadcast,
-                ) {
-                    tracing::error!("store (the chain watch writes it again): {e}");
-                }
-            }
-            Err(e) => tracing::debug!(%txid, "sending a parent first: {e}"),
+    for parent in unsent
+        .iter()
+        .filter(|p| parents.contains(&p.tx.compute_txid()))
+    {
+        if let Err(e) = crate::chain_watch::send_accepted(shared, parent) {
+            tracing::debug!(txid = %parent.tx.compute_txid(), "sending a parent first: {e}");
         }
     }
 }
