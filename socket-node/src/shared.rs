@@ -204,6 +204,10 @@ impl Shared {
             Ok(None) => tracing::warn!(session = %session_id, %amount, "{event}: {reason}"),
             Err(e) => tracing::error!(session = %session_id, "recording a loss of {amount}: {e}"),
         }
+        // An unproven loss is audited in the store's own transaction.
+        if blame == crate::store::Blame::Unproven {
+            return;
+        }
         if let Err(e) = store.audit(
             outlet_id,
             Some(session_id),

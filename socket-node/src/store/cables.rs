@@ -32,7 +32,8 @@ pub enum Blame {
     },
     /// Not proven its doing (a parent of its payment replaced, by whoever could spend the
     /// parent's inputs): recorded in its losses and in `unproven_lost_sat`, which counts
-    /// against its `max_unconfirmed_sat` for good; nobody flagged or banned.
+    /// against its `max_unconfirmed_sat` for good, and audited (`payment-lost-unproven`);
+    /// nobody flagged or banned.
     Unproven,
 }
 
@@ -142,6 +143,15 @@ impl Store {
                          unproven_lost_sat = unproven_lost_sat + ?2
                      WHERE key_hex = ?1",
                     params![key, amount.to_sat() as i64],
+                )?;
+                // Audited in the same transaction: no loss recorded without its row.
+                let outlet_id = self.session_outlet(session_id)?.unwrap_or_default();
+                super::audit::append(
+                    &tx,
+                    &outlet_id,
+                    Some(session_id),
+                    "payment-lost-unproven",
+                    &format!("{amount} lost: {reason}"),
                 )?;
                 tx.commit()?;
                 return Ok(Some(key));
