@@ -8,7 +8,7 @@
 //! - `<point>-fails=return` fails the write before it touches the database, with an
 //!   `SQLITE_IOERR` that names the point (an injected store failure).
 //!
-//! The test `integration/tests/crash_points.rs` finds every point in the source, fails when a
+//! The test `integration/tests/it/crash_points.rs` finds every point in the source, fails when a
 //! write of the store has none, and crashes the node at each.
 
 use super::Result;
