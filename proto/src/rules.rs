@@ -2,7 +2,6 @@
 //! schemes"), one implementation called by both nodes so that cable and socket cannot disagree.
 //!
 //! - [`quota_amount`]: what one quota costs on chain.
-//! - [`check_terms`]: the cable's check of the socket's `PowerRequest` reply against its offer.
 //! - [`decode_payment`]: a `PayTransaction` PSBT (BIP 174) turned into the transaction it carries.
 //! - [`check_onchain_payment`]: the transaction pays exactly the terms to the payout script.
 
@@ -10,7 +9,7 @@ use bitcoin::hex::DisplayHex;
 use bitcoin::psbt::Psbt;
 use bitcoin::{Amount, Network, ScriptBuf, Transaction};
 
-use crate::units::{AmountMsat, EnergyMwh, PriceMsatPerWh, UnitsError};
+use crate::units::{EnergyMwh, PriceMsatPerWh, UnitsError};
 use crate::v1;
 
 /// A message or transaction that breaks a protocol rule. The text says which rule, for logs,
@@ -159,56 +158,6 @@ pub struct OnchainTerms {
     pub quota: EnergyMwh,
 }
 
-/// The cable's check of a `PowerRequest` reply against the offer it accepted: scheme `onchain`
-/// with its terms, then [`check_quota`]. Returns the terms to pay.
-pub fn check_terms(
-    offer: &v1::Offer,
-    terms: &v1::PowerRequestResponse,
-) -> Result<OnchainTerms, RuleError> {
-    crate::terms::onchain_terms(terms)?;
-    check_quota(offer, terms, crate::Scheme::Onchain)
-}
-
-/// The part of a reply every on-chain scheme shares, checked against the offer: the offer's
-/// payout script and quota, amount = price × quota ([`quota_amount`]), at least the smallest
-/// payment of `scheme` in the offer. Returns the script, amount (per quota) and quota.
-pub fn check_quota(
-    offer: &v1::Offer,
-    terms: &v1::PowerRequestResponse,
-    scheme: crate::Scheme,
-) -> Result<OnchainTerms, RuleError> {
-    if terms.payout_script != offer.payout_script {
-        return Err(RuleError::PayoutScript {
-            expected: hex_of(&offer.payout_script),
-            got: hex_of(&terms.payout_script),
-        });
-    }
-    if terms.quota_mwh != offer.quota_mwh {
-        return Err(RuleError::Quota {
-            expected_mwh: offer.quota_mwh,
-            got_mwh: terms.quota_mwh,
-        });
-    }
-    let quota = EnergyMwh(offer.quota_mwh);
-    let amount = quota_amount(PriceMsatPerWh(offer.price_msat_per_wh), quota)?;
-    let expected_msat = AmountMsat::try_from(amount)?.0;
-    if terms.amount_msat != expected_msat {
-        return Err(RuleError::Amount {
-            expected_msat,
-            got_msat: terms.amount_msat,
-        });
-    }
-    let min = Amount::from_sat(crate::terms::offered(offer, scheme)?.min_payment_sat);
-    if amount < min {
-        return Err(RuleError::BelowMinimum { amount, min });
-    }
-    Ok(OnchainTerms {
-        payout_script: ScriptBuf::from_bytes(terms.payout_script.clone()),
-        amount,
-        quota,
-    })
-}
-
 /// Decode the PSBT of a `PayTransaction` and take out its transaction. Every input must be
 /// finalized (BIP 174 "Input Finalizer"); the fee is not checked here, as the PSBT's own input
 /// values are the payer's word: the socket checks fees against the chain.
@@ -246,13 +195,14 @@ pub fn check_onchain_payment(tx: &Transaction, terms: &OnchainTerms) -> Result<(
     Ok(())
 }
 
-fn hex_of(bytes: &[u8]) -> String {
+pub(crate) fn hex_of(bytes: &[u8]) -> String {
     bytes.to_lower_hex_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::terms::check_terms;
     use bitcoin::absolute::LockTime;
     use bitcoin::transaction::Version;
     use bitcoin::TxOut;

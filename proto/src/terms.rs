@@ -4,11 +4,12 @@
 //! - [`check_offer`]: every rule socket.proto states for a `GetOfferResponse`.
 //! - [`offered`] and `offered_*`: one scheme's terms of an offer, the variant its scheme names.
 //! - `*_terms`: one scheme's terms of a `PowerRequest` reply, the variant its scheme names.
+//! - [`check_terms`] and [`check_quota`]: a reply's on-chain terms against the offer.
 
 use bitcoin::{Amount, PublicKey, ScriptBuf};
 
-use crate::rules::{quota_amount, RuleError};
-use crate::units::{EnergyMwh, PriceMsatPerWh};
+use crate::rules::{hex_of, quota_amount, OnchainTerms, RuleError};
+use crate::units::{AmountMsat, EnergyMwh, PriceMsatPerWh};
 use crate::v1::{self, power_request_response, scheme_terms};
 use crate::Scheme;
 
@@ -214,6 +215,56 @@ pub fn lightning_terms(
             "lightning reply with another scheme's terms",
         )),
     }
+}
+
+/// The cable's check of a `PowerRequest` reply against the offer it accepted: scheme `onchain`
+/// with its terms, then [`check_quota`]. Returns the terms to pay.
+pub fn check_terms(
+    offer: &v1::Offer,
+    terms: &v1::PowerRequestResponse,
+) -> Result<OnchainTerms, RuleError> {
+    onchain_terms(terms)?;
+    check_quota(offer, terms, Scheme::Onchain)
+}
+
+/// The part of a reply every on-chain scheme shares, checked against the offer: the offer's
+/// payout script and quota, amount = price × quota ([`quota_amount`]), at least the smallest
+/// payment of `scheme` in the offer. Returns the script, amount (per quota) and quota.
+pub fn check_quota(
+    offer: &v1::Offer,
+    terms: &v1::PowerRequestResponse,
+    scheme: Scheme,
+) -> Result<OnchainTerms, RuleError> {
+    if terms.payout_script != offer.payout_script {
+        return Err(RuleError::PayoutScript {
+            expected: hex_of(&offer.payout_script),
+            got: hex_of(&terms.payout_script),
+        });
+    }
+    if terms.quota_mwh != offer.quota_mwh {
+        return Err(RuleError::Quota {
+            expected_mwh: offer.quota_mwh,
+            got_mwh: terms.quota_mwh,
+        });
+    }
+    let quota = EnergyMwh(offer.quota_mwh);
+    let amount = quota_amount(PriceMsatPerWh(offer.price_msat_per_wh), quota)?;
+    let expected_msat = AmountMsat::try_from(amount)?.0;
+    if terms.amount_msat != expected_msat {
+        return Err(RuleError::Amount {
+            expected_msat,
+            got_msat: terms.amount_msat,
+        });
+    }
+    let min = Amount::from_sat(offered(offer, scheme)?.min_payment_sat);
+    if amount < min {
+        return Err(RuleError::BelowMinimum { amount, min });
+    }
+    Ok(OnchainTerms {
+        payout_script: ScriptBuf::from_bytes(terms.payout_script.clone()),
+        amount,
+        quota,
+    })
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use prometheus_client::registry::Registry;
 use proto::v1::ErrorReason;
 use wallet::chain::RpcOutcome;
 
-use crate::station::Station;
+use crate::store::Store;
 
 /// Labels: a scheme.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -166,14 +166,11 @@ impl Metrics {
     }
 }
 
-/// The whole exposition: the live metrics, then what the store and the Lightning node say now.
-/// Blocking (SQLite, ldk-node): call off the async workers. Errors: the store's.
-pub fn encode(station: &Station) -> anyhow::Result<String> {
+/// The whole exposition: the live metrics, then what `store` and the Lightning node `ln` say
+/// now. Blocking (SQLite, ldk-node): call off the async workers. Errors: the store's.
+pub fn encode(store: &Store, ln: Option<&ln::ldk_node::Node>) -> anyhow::Result<String> {
     let mut now = Registry::with_prefix("t2t");
-    let (totals, events) = {
-        let store = station.shared.store();
-        (store.outlet_totals()?, store.audit_counts()?)
-    };
+    let (totals, events) = (store.outlet_totals()?, store.audit_counts()?);
     let energy = Family::<OutletSchemeLabel, Counter<f64>>::default();
     let revenue = Family::<OutletSchemeLabel, Counter<f64>>::default();
     let sessions = Family::<OutletSchemeLabel, Counter>::default();
@@ -225,7 +222,7 @@ pub fn encode(station: &Station) -> anyhow::Result<String> {
         "Rows of the audit log by outlet and event (payment-refused, payment-lost, revoked, ...)",
         audit,
     );
-    if let Some(ln) = &station.shared.ln {
+    if let Some(ln) = ln {
         let outbound = Family::<ChannelLabel, Gauge>::default();
         let inbound = Family::<ChannelLabel, Gauge>::default();
         for channel in ln.list_channels() {

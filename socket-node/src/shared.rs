@@ -73,6 +73,12 @@ impl Shared {
         }
     }
 
+    /// The socket's key in spillman channel `index` (m/1017'/1'/index'), compressed.
+    pub(crate) fn spillman_key(&self, index: u32) -> bitcoin::PublicKey {
+        let secp = bitcoin::secp256k1::Secp256k1::signing_only();
+        bitcoin::PublicKey::new(self.keys.channel_secret(index).public_key(&secp))
+    }
+
     /// The store. Held only for one store call at a time, never across I/O.
     pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
         lock(&self.store)

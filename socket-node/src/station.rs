@@ -241,9 +241,13 @@ impl Station {
                     self.shared.save_energies();
                     // Closes due first: a spillman close must not wait on the watches.
                     crate::seller::spillman::close_due(&self.shared, &self.outlets);
-                    self.watch_held_sets();
-                    self.watch_sets();
-                    self.watch_payments();
+                    let watch = crate::chain_watch::ChainWatch {
+                        shared: &self.shared,
+                        outlets: &self.outlets,
+                    };
+                    watch.watch_held_sets();
+                    watch.watch_sets();
+                    watch.watch_payments();
                     crate::seller::spillman::watch_channels(&self.shared);
                     self.shared.limits.forget_idle();
                     crate::anchor::anchor_due(&self.shared, &mut last_anchor_try);

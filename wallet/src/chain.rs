@@ -59,7 +59,7 @@ pub struct Chain {
     network: Network,
     observer: std::sync::OnceLock<RpcObserver>,
     /// Scans of the recent blocks at the current tip ([`crate::facts`]).
-    pub(crate) scans: std::sync::Mutex<crate::facts::ScanMemo>,
+    pub(crate) scans: std::sync::Mutex<ScanMemo>,
 }
 
 fn rpc_error(method: &str, e: impl std::fmt::Display) -> WalletError {
@@ -251,7 +251,7 @@ impl Chain {
         let tx: Value = match self.call("getrawtransaction", &[json!(txid.to_string()), json!(1)]) {
             Ok(tx) => tx,
             Err(WalletError::Rpc {
-                code: Some(crate::facts::RPC_NOT_FOUND),
+                code: Some(RPC_NOT_FOUND),
                 ..
             }) => return Ok(None),
             Err(e) => return Err(e),
@@ -266,22 +266,32 @@ impl Chain {
         }
         Ok(header["height"].as_u64().map(|h| h as u32))
     }
-
-    /// Whether `txid` is in bitcoind's mempool: `false` only when bitcoind says it is not
-    /// (RPC error -5). Errors: any other error, or no answer.
-    pub fn in_mempool(&self, txid: &Txid) -> Result<bool, WalletError> {
-        match self.mempool_entry(txid) {
-            crate::facts::Answer::Found(()) => Ok(true),
-            crate::facts::Answer::NotFound => Ok(false),
-            crate::facts::Answer::NoAnswer(message) => Err(WalletError::Unreachable {
-                method: "getmempoolentry".into(),
-                message,
-            }),
-            crate::facts::Answer::Refused(message) => Err(WalletError::Rpc {
-                method: "getmempoolentry".into(),
-                code: None,
-                message,
-            }),
-        }
-    }
 }
+
+/// Bitcoin Core's `RPC_INVALID_ADDRESS_OR_KEY`: "No such mempool or blockchain transaction",
+/// "Transaction not in mempool", "Block not found".
+pub const RPC_NOT_FOUND: i32 = -5;
+
+/// What a scan of the recent blocks looked for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum ScanKey {
+    /// The transaction itself.
+    Tx(Txid, u32),
+    /// A spender of the outpoint.
+    Spender(OutPoint, u32),
+    /// The transaction, or a spender of any of its inputs (`Chain::fate`).
+    Fate(Txid, u32),
+}
+
+/// The scans of the recent blocks made at one tip, with what each found (the transaction and
+/// its block's height, or nothing): asked again before the next block, the answer is the same,
+/// so a chain watch that asks every second scans each transaction once per block, however many
+/// inputs it has.
+#[derive(Debug, Default)]
+pub struct ScanMemo {
+    pub(crate) tip: Option<bitcoin::BlockHash>,
+    pub(crate) found: std::collections::HashMap<ScanKey, Option<(Transaction, u32)>>,
+}
+
+/// At most this many scans are remembered at one tip (then the memo starts again).
+pub(crate) const SCANS_REMEMBERED: usize = 10_000;

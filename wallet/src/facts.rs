@@ -12,12 +12,9 @@
 use bitcoin::{OutPoint, Transaction, Txid};
 use serde_json::{json, Value};
 
-use crate::chain::Chain;
+pub use crate::chain::RPC_NOT_FOUND;
+use crate::chain::{Chain, ScanKey, ScanMemo, SCANS_REMEMBERED};
 use crate::WalletError;
-
-/// Bitcoin Core's `RPC_INVALID_ADDRESS_OR_KEY`: "No such mempool or blockchain transaction",
-/// "Transaction not in mempool", "Block not found".
-pub const RPC_NOT_FOUND: i32 = -5;
 
 /// How many blocks below the depth it needs a node looks for a transaction or the spender of
 /// an output when bitcoind has no `-txindex` (a day of blocks): a node stopped longer than that
@@ -27,30 +24,6 @@ pub const SEARCH_DEPTH_BLOCKS: u32 = 144;
 /// How many outputs of a transaction [`Chain::confirmation`] asks `gettxout` about before it
 /// looks in the recent blocks: a transaction with many outputs costs no more calls.
 const OUTPUTS_ASKED: usize = 4;
-
-/// What a scan of the recent blocks looked for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) enum ScanKey {
-    /// The transaction itself.
-    Tx(Txid, u32),
-    /// A spender of the outpoint.
-    Spender(OutPoint, u32),
-    /// The transaction, or a spender of any of its inputs ([`Chain::fate`]).
-    Fate(Txid, u32),
-}
-
-/// The scans of the recent blocks made at one tip, with what each found (the transaction and
-/// its block's height, or nothing): asked again before the next block, the answer is the same,
-/// so a chain watch that asks every second scans each transaction once per block, however many
-/// inputs it has.
-#[derive(Debug, Default)]
-pub struct ScanMemo {
-    tip: Option<bitcoin::BlockHash>,
-    found: std::collections::HashMap<ScanKey, Option<(Transaction, u32)>>,
-}
-
-/// At most this many scans are remembered at one tip (then the memo starts again).
-const SCANS_REMEMBERED: usize = 10_000;
 
 /// bitcoind's answer to a question about the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +109,24 @@ pub enum Fate {
 }
 
 impl Chain {
+    /// Whether `txid` is in bitcoind's mempool: `false` only when bitcoind says it is not
+    /// (RPC error -5). Errors: any other error, or no answer.
+    pub fn in_mempool(&self, txid: &Txid) -> Result<bool, WalletError> {
+        match self.mempool_entry(txid) {
+            Answer::Found(()) => Ok(true),
+            Answer::NotFound => Ok(false),
+            Answer::NoAnswer(message) => Err(WalletError::Unreachable {
+                method: "getmempoolentry".into(),
+                message,
+            }),
+            Answer::Refused(message) => Err(WalletError::Rpc {
+                method: "getmempoolentry".into(),
+                code: None,
+                message,
+            }),
+        }
+    }
+
     /// What became of `tx` ([`Fate`]), looking `search_depth` blocks back for it or a spender
     /// of its inputs when bitcoind has no `-txindex`. `NoAnswer`/`Refused` when any call on the
     /// way was not answered with a fact: then nothing is concluded.

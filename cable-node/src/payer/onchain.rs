@@ -3,7 +3,8 @@
 //! before it is sent.
 
 use anyhow::Context;
-use proto::rules::{check_onchain_payment, check_terms, OnchainTerms};
+use proto::rules::{check_onchain_payment, OnchainTerms};
+use proto::terms::check_terms;
 use proto::v1;
 
 use super::{Cable, CableError, Payer, Session};

@@ -4,8 +4,8 @@
 
 use anyhow::Context;
 use bitcoin::Amount;
-use proto::rules::check_quota;
 use proto::single_fee::{value_paid, BuyerSet, SetTerms};
+use proto::terms::check_quota;
 use proto::v1;
 use proto::Scheme;
 

@@ -3,6 +3,7 @@
 //! `cargo test -p integration --test it MODULE::` runs one.
 
 mod anomaly;
+mod architecture;
 mod audit;
 mod bitcoind_faults;
 mod chain_outage;

@@ -278,10 +278,13 @@ pub async fn anchors(State(http): State<Http>) -> Result<Json<Value>, ApiError> 
 /// `GET /metrics`: Prometheus text exposition ([`crate::metrics`]).
 pub async fn metrics(State(http): State<Http>) -> Result<Response, ApiError> {
     let station = std::sync::Arc::clone(&http.station);
-    let text = tokio::task::spawn_blocking(move || crate::metrics::encode(&station))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let text = tokio::task::spawn_blocking(move || {
+        let ln = station.shared.ln.as_deref();
+        crate::metrics::encode(&station.shared.store(), ln)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -388,7 +388,7 @@ impl OutletHandle {
         let (payout, channel_key) = self
             .call(|task| {
                 let payout = task.offered_payout()?.clone();
-                let key = crate::seller::spillman::socket_key(task.shared(), payout.index);
+                let key = task.shared().spillman_key(payout.index);
                 Ok::<_, SocketError>((payout, key))
             })
             .await??;

@@ -7,7 +7,6 @@
 
 pub mod lightning;
 pub mod onchain;
-pub mod parents;
 pub mod single_fee;
 pub mod spillman;
 
@@ -304,7 +303,7 @@ pub(crate) fn check_on_chain(
             "{weight} weight units: at most {MAX_WEIGHT_WU}"
         )));
     }
-    parents::send_unsent_parents(shared, tx);
+    crate::chain_watch::parents::send_unsent_parents(shared, tx);
     let verdict = shared.chain.test_mempool_accept(tx).map_err(unavailable)?;
     if !verdict.allowed {
         return Err(judge_reject(&verdict.reject_reason));

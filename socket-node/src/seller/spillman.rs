@@ -60,7 +60,7 @@ pub(crate) fn offer_terms(
 ) -> v1::SpillmanOfferTerms {
     let terms = &outlet.spillman;
     v1::SpillmanOfferTerms {
-        socket_channel_key: socket_key(shared, index).to_bytes(),
+        socket_channel_key: shared.spillman_key(index).to_bytes(),
         min_deposit_sat: terms.min_deposit_sat,
         min_lock_blocks: terms.min_lock_blocks,
         max_lock_blocks: terms.max_lock_blocks,
@@ -81,7 +81,7 @@ pub(crate) async fn open(
         .map_err(|e| refused(format!("cable channel key: {e}")))?;
     let channel = Channel {
         cable_key,
-        socket_key: socket_key(cx.shared, payout.index),
+        socket_key: cx.shared.spillman_key(payout.index),
         deposit: OutPoint::new(
             request
                 .deposit_txid
@@ -226,8 +226,12 @@ pub(crate) fn watch_channels(node: &Shared) {
                     continue;
                 }
                 Answer::Found(Fate::Missing) => {
-                    match super::parents::why_missing(node, deposit, depth) {
-                        super::parents::Missing::ParentReplaced { parent, input, by } => {
+                    match crate::chain_watch::parents::why_missing(node, deposit, depth) {
+                        crate::chain_watch::parents::Missing::ParentReplaced {
+                            parent,
+                            input,
+                            by,
+                        } => {
                             node.payment_lost_unproven(
                                 &outlet_id,
                                 session_id,
@@ -241,7 +245,7 @@ pub(crate) fn watch_channels(node: &Shared) {
                             );
                             continue;
                         }
-                        super::parents::Missing::SendAgain => resend(deposit),
+                        crate::chain_watch::parents::Missing::SendAgain => resend(deposit),
                     }
                 }
                 Answer::Found(Fate::Confirmed { .. } | Fate::InMempool) => {}
@@ -335,16 +339,6 @@ fn closing_failed_because(node: &Shared, stored: &StoredChannel) -> Option<Depos
         }
         _ => None,
     }
-}
-
-/// The socket's key of channel `index` (m/1017'/1'/index').
-pub(crate) fn socket_key(shared: &Shared, index: u32) -> PublicKey {
-    PublicKey::new(
-        shared
-            .keys
-            .channel_secret(index)
-            .public_key(&bitcoin::secp256k1::Secp256k1::signing_only()),
-    )
 }
 
 /// The secret of the socket's key in the channel of `session_id` whose key is `key`: the key of

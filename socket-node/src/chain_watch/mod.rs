@@ -1,13 +1,15 @@
 //! The socket's chain watch of what it credited on chain (design.md "Trust", "Blame needs
 //! proof"): `onchain` payments, closed single-fee sets, and the held set of each outlet, each
-//! followed until final. Run by the settler thread every second ([`Station`]'s `run_settler`).
+//! followed until final. Run by the settler thread every second (`Station::run_settler`), on
+//! the handles it needs: the shared state and the outlets.
+
+pub mod parents;
 
 use wallet::facts::{Answer, Fate, Spender, SEARCH_DEPTH_BLOCKS as WATCH_DEPTH_BLOCKS};
 use wallet::WalletError;
 
-use crate::seller::parents::{self, Missing};
+use crate::outlet::Outlets;
 use crate::shared::Shared;
-use crate::station::Station;
 use crate::store::{Lost, PaymentStatus, StoredPayment};
 
 /// Send a payment the socket credited but could not send yet (`accepted`: bitcoind did not
@@ -26,7 +28,18 @@ pub(crate) fn send_accepted(shared: &Shared, payment: &StoredPayment) -> Result<
     Ok(())
 }
 
-impl Station {
+use self::parents::Missing;
+
+/// The chain watch's handles: the socket's shared state and its outlets (to lock out a
+/// session whose payment its cable replaced).
+pub(crate) struct ChainWatch<'a> {
+    /// The store, bitcoind and the config.
+    pub shared: &'a Shared,
+    /// The outlets by id.
+    pub outlets: &'a Outlets,
+}
+
+impl ChainWatch<'_> {
     /// The chain watch of credited `onchain` payments (design.md "Trust"): each is followed
     /// until `final_confirmations` deep. One that left the mempool unconfirmed with an input
     /// spent elsewhere was replaced by the cable (full RBF): recorded as lost, and the session
@@ -48,7 +61,7 @@ impl Station {
             let (session_id, payment_id) = (payment.session_id.as_str(), payment.payment_id);
             if payment.status == PaymentStatus::Accepted {
                 // Credited while bitcoind did not answer its broadcast: send it now.
-                match send_accepted(&self.shared, &payment) {
+                match send_accepted(self.shared, &payment) {
                     Ok(()) => continue,
                     Err(WalletError::Unreachable { .. }) => return,
                     // Refused: the checks below tell a replacement from the rest.
@@ -75,7 +88,7 @@ impl Station {
                 // Evicted (mempool full, fee floor risen), or its parent was (sent again with
                 // it): no blame. A parent replaced: lost, not proven the cable's.
                 Answer::Found(Fate::Missing) => {
-                    match parents::why_missing(&self.shared, &payment.tx, depth) {
+                    match parents::why_missing(self.shared, &payment.tx, depth) {
                         Missing::ParentReplaced { parent, input, by } => {
                             let outlet_id = self.outlet_of(session_id);
                             self.shared.payment_lost_unproven(
@@ -190,28 +203,29 @@ impl Station {
                     }
                 }
                 Answer::Found(Fate::InMempool) => {}
-                Answer::Found(Fate::Missing) => match parents::why_missing(&self.shared, tx, depth)
-                {
-                    Missing::ParentReplaced { parent, input, by } => {
-                        let reason = format!(
+                Answer::Found(Fate::Missing) => {
+                    match parents::why_missing(self.shared, tx, depth) {
+                        Missing::ParentReplaced { parent, input, by } => {
+                            let reason = format!(
                             "input set {index} ({txid}) can never confirm: its parent {parent} \
                              was replaced (its input {input} spent by {by})"
                         );
-                        let value = self.value_to_payout(session_id, tx);
-                        self.shared.payment_lost_unproven(
-                            &outlet_id,
-                            session_id,
-                            Lost::Set(index),
-                            value,
-                            &reason,
-                        );
-                    }
-                    Missing::SendAgain => {
-                        if let Err(e) = chain.broadcast(tx) {
-                            tracing::debug!(session = %session_id, set = index, %txid, "sending the set again: {e}");
+                            let value = self.value_to_payout(session_id, tx);
+                            self.shared.payment_lost_unproven(
+                                &outlet_id,
+                                session_id,
+                                Lost::Set(index),
+                                value,
+                                &reason,
+                            );
+                        }
+                        Missing::SendAgain => {
+                            if let Err(e) = chain.broadcast(tx) {
+                                tracing::debug!(session = %session_id, set = index, %txid, "sending the set again: {e}");
+                            }
                         }
                     }
-                },
+                }
                 Answer::Found(Fate::Replaced { input, by }) => {
                     let reason = format!(
                         "input set {index} ({txid}) was replaced: its input {input} was spent by {by}"

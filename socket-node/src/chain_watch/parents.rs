@@ -26,7 +26,7 @@ pub(crate) fn send_unsent_parents(shared: &Shared, tx: &Transaction) {
         .iter()
         .filter(|p| parents.contains(&p.tx.compute_txid()))
     {
-        if let Err(e) = crate::chain_watch::send_accepted(shared, parent) {
+        if let Err(e) = super::send_accepted(shared, parent) {
             tracing::debug!(txid = %parent.tx.compute_txid(), "sending a parent first: {e}");
         }
     }
