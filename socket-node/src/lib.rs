@@ -34,6 +34,7 @@ pub mod error;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod node;
 pub mod operator;
 pub mod outlet;
 pub mod receipts;
