@@ -15,6 +15,7 @@
 pub mod config;
 pub mod error;
 pub mod lightning;
+pub mod link;
 pub mod payer;
 pub mod policy;
 pub mod signer;

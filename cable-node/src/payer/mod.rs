@@ -3,7 +3,9 @@
 //! [`single_fee`], [`spillman`] (each a [`Payer`]: check the terms, sign, store before
 //! sending) and [`lightning`] (invoices and keysends over the cable's Lightning node);
 //! [`metering`] holds the cable's checks of its socket (its own meter, QuotaLow storms, the
-//! receipts it countersigns).
+//! receipts it countersigns), [`status`] its reading of the socket's signed statuses, [`pay`]
+//! one quota's payment, [`session`] the session's record and report; the link to the socket
+//! is [`crate::link`].
 //!
 //! `GetOffer` → policy check → `WatchStatus` (plugging in opens the link) → `PowerRequest` →
 //! check the terms → build the payment with the wallet → check it → persist → `PayTransaction`;
@@ -15,8 +17,14 @@
 mod lightning;
 mod metering;
 mod onchain;
+mod pay;
+mod session;
 mod single_fee;
 pub mod spillman;
+mod status;
+
+use session::Session;
+pub use session::{PaymentReport, SessionReport};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,23 +34,21 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::signer::RequestSigner;
 use anyhow::Context;
 use bitcoin::hex::DisplayHex;
-use bitcoin::{Amount, ScriptBuf};
+use bitcoin::ScriptBuf;
 use hw::cable::CableHardware;
-use metering::Latest;
 use proto::identity::session_hash;
-use proto::receipt::MeterCheck;
 use proto::units::PriceMsatPerWh;
 use proto::v1::socket_client::SocketClient;
-use proto::v1::{self, watch_status_response::Event, OutletState};
-use serde::Serialize;
+use proto::v1::{self, watch_status_response::Event};
 use tonic::transport::Channel;
-use tonic::{Code, Streaming};
+use tonic::Code;
 use wallet::chain::Chain;
 use wallet::keys::NodeKeys;
 use wallet::onchain::NodeWallet;
 
 use crate::config::CableConfig;
 pub use crate::error::CableError;
+use crate::link::Link;
 use crate::policy::AcceptedOffer;
 use crate::store::{CableStore, SignedRecord};
 
@@ -71,43 +77,6 @@ fn payer_of(scheme: v1::Scheme) -> Option<&'static dyn Payer> {
     }
 }
 
-/// What a session did, for people and for the demo (`--report FILE`, JSON).
-#[derive(Debug, Clone, Serialize)]
-pub struct SessionReport {
-    /// The socket's session id.
-    pub session_id: String,
-    /// How it ended.
-    pub outcome: String,
-    /// Each payment the socket accepted.
-    pub payments: Vec<PaymentReport>,
-    /// The transactions that went on chain: each payment for `onchain`, one per input set
-    /// for `single-fee` (its highest value, with the fee paid once).
-    pub onchain_txs: Vec<PaymentReport>,
-    /// Real time from plug-in to the appliance relay closing.
-    pub plug_in_to_paid_ms: Option<u64>,
-    /// Energy the socket metered in the session.
-    pub energy_used_mwh: u64,
-}
-
-/// One accepted payment.
-#[derive(Debug, Clone, Serialize)]
-pub struct PaymentReport {
-    /// Payment id within the session.
-    pub payment_id: u64,
-    /// Transaction id.
-    pub txid: String,
-    /// Paid to the socket.
-    pub amount_sat: u64,
-    /// Paid to miners.
-    pub fee_sat: u64,
-    /// Virtual size.
-    pub vsize: u64,
-    /// Time from the cable's request of the quota (`PowerRequest`, or the keysend) to the
-    /// socket's credit (its `PayTransaction` reply, or the Lightning payment's success).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_ms: Option<u64>,
-}
-
 /// A cable: wallet, chain, store, policy and the relay to its appliance.
 pub struct Cable {
     config: CableConfig,
@@ -123,75 +92,8 @@ pub struct Cable {
     store: CableStore,
     /// The relay to the appliance and the cable's own meter.
     hw: CableHardware,
-}
-
-struct Session {
-    id: String,
-    paid: Amount,
-    payments: Vec<PaymentReport>,
-    plug_in_to_paid: Option<Duration>,
-    drew_power: bool,
-    idle_since: Option<Instant>,
-    energy_used_mwh: u64,
-    /// Whether a status has shown this session (older statuses may predate it).
-    seen_in_status: bool,
-    /// The sequence of the newest signed status seen: older ones are stale.
-    last_status_sequence: u64,
-    /// Transactions that went on chain for the session.
-    onchain_txs: Vec<PaymentReport>,
-    /// Whether the session was resumed from the store after a restart.
-    resumed: bool,
-    /// A resumed session: the payout script of the offer it opened with, which its terms pay
-    /// (the socket's offer has the next session's address by now).
-    payout_script: Option<Vec<u8>>,
-    /// The socket's count against the cable's meter (socket.proto "Meter agreement").
-    meter: MeterCheck,
-    /// The cable's meter when the session started.
-    meter_base_mwh: u64,
-    /// QuotaLows received while more than a quota was paid and unused.
-    unfounded_quota_lows: u32,
-    /// What the next receipt countersigns.
-    latest: Option<Latest>,
-}
-
-impl Session {
-    fn new() -> Self {
-        Session {
-            id: String::new(),
-            paid: Amount::ZERO,
-            payments: Vec::new(),
-            plug_in_to_paid: None,
-            drew_power: false,
-            idle_since: None,
-            energy_used_mwh: 0,
-            seen_in_status: false,
-            last_status_sequence: 0,
-            onchain_txs: Vec::new(),
-            resumed: false,
-            payout_script: None,
-            meter: MeterCheck::default(),
-            meter_base_mwh: 0,
-            unfounded_quota_lows: 0,
-            latest: None,
-        }
-    }
-}
-
-/// How long a quota's payment waits for the cable's own store to work again.
-const STORE_PATIENCE: Duration = Duration::from_secs(10);
-
-fn retryable(status: &tonic::Status) -> bool {
-    // RESOURCE_EXHAUSTED: over the socket's request rate; changes nothing, so resend later.
-    // INTERNAL: the socket's own trouble (its store failed a write): nothing was credited, and
-    // every request is answered the same when sent again (socket.proto `ErrorReason`).
-    matches!(
-        status.code(),
-        Code::Unavailable
-            | Code::Unknown
-            | Code::Cancelled
-            | Code::ResourceExhausted
-            | Code::Internal
-    )
+    /// The link to the socket.
+    link: Link,
 }
 
 impl Cable {
@@ -205,6 +107,10 @@ impl Cable {
         let chain = Chain::connect(&config.chain, config.network)?;
         let store = CableStore::open(data_dir).context("opening the store")?;
         let hw = CableHardware::open(&config.hw).context("the cable's hardware ([hw])")?;
+        let link = Link::new(
+            config.socket.clone(),
+            Duration::from_secs(config.session.reconnect_secs),
+        );
         Ok(Cable {
             config,
             data_dir: data_dir.to_owned(),
@@ -220,77 +126,12 @@ impl Cable {
             chain,
             store,
             hw,
+            link,
         })
-    }
-    async fn connect(&self) -> anyhow::Result<SocketClient<Channel>> {
-        // A link that drops without a word (a power-line link) leaves TCP retrying for many
-        // seconds: HTTP/2 pings find it dead within ~10 s, and the cable reconnects and
-        // resumes its session within the socket's grace period.
-        let channel = tonic::transport::Endpoint::from_shared(self.config.socket.clone())
-            .with_context(|| format!("the socket's address {}", self.config.socket))?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .connect()
-            .await
-            .with_context(|| format!("no socket answers at {}", self.config.socket))?;
-        Ok(SocketClient::new(channel))
-    }
-    /// Reach the socket again and reopen the link, until `reconnect_secs` have passed.
-    async fn reconnect(
-        &self,
-        to: &proto::request_auth::Recipient,
-    ) -> anyhow::Result<(SocketClient<Channel>, Streaming<v1::WatchStatusResponse>)> {
-        let deadline = Instant::now() + Duration::from_secs(self.config.session.reconnect_secs);
-        loop {
-            let attempt = async {
-                let mut client = self.connect().await?;
-                let stream = client
-                    .watch_status(self.signer.sign(
-                        to,
-                        v1::WatchStatusRequest {
-                            outlet_id: self.config.outlet_id.clone(),
-                            auth: None,
-                        },
-                    ))
-                    .await?
-                    .into_inner();
-                anyhow::Ok((client, stream))
-            };
-            match attempt.await {
-                Ok(pair) => {
-                    tracing::info!("link to the socket restored");
-                    return Ok(pair);
-                }
-                Err(e) if Instant::now() < deadline => {
-                    tracing::warn!("socket unreachable, retrying: {e:#}");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(e) => return Err(e.context("the socket stayed unreachable")),
-            }
-        }
-    }
-    /// A new connection to the socket for calls, retried until `reconnect_secs` have passed,
-    /// without a new `WatchStatus` stream: the link stays the stream the session loop reads
-    /// (the socket counts the cable's newest signed stream as its presence, so a second one
-    /// opened and dropped here would read as the cable leaving).
-    async fn reconnect_client(&self) -> anyhow::Result<SocketClient<Channel>> {
-        let deadline = Instant::now() + Duration::from_secs(self.config.session.reconnect_secs);
-        loop {
-            match self.connect().await {
-                Ok(client) => return Ok(client),
-                Err(e) if Instant::now() < deadline => {
-                    tracing::warn!("socket unreachable, retrying: {e:#}");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(e) => return Err(e.context("the socket stayed unreachable")),
-            }
-        }
     }
     /// Plug in and run one session to its end.
     pub async fn run_session(&mut self) -> Result<SessionReport, CableError> {
-        let mut client = self.connect().await?;
+        let mut client = self.link.connect().await?;
         let nonce: [u8; 32] = bitcoin::secp256k1::rand::random();
         let signed = client
             .get_offer(v1::GetOfferRequest {
@@ -430,7 +271,7 @@ impl Cable {
                     Ok(Some(message)) => message,
                     Ok(None) | Err(_) => {
                         tracing::warn!("link to the socket lost");
-                        (client, stream) = self.reconnect(&accepted.socket).await?;
+                        (client, stream) = self.link.reconnect(&self.signer, &accepted.socket, &self.config.outlet_id).await?;
                         continue;
                     }
                 };
@@ -543,140 +384,6 @@ impl Cable {
             energy_used_mwh: session.energy_used_mwh,
         })
     }
-    /// Check a status the socket signed (design.md "Trust"): by the key of the accepted offer,
-    /// about this outlet. A report of this session is kept in the store, as proof of what the
-    /// socket counted. Returns `None` for a report older than the newest seen (a stream may
-    /// deliver an event queued before the snapshot that follows it). Errors:
-    /// [`CableError::RefusedSocket`] when the status is unsigned or its signature fails: the
-    /// cable acts on nothing it cannot prove.
-    fn check_status(
-        &mut self,
-        signed: Option<&v1::SignedStatus>,
-        accepted: &AcceptedOffer,
-        session: &mut Session,
-    ) -> Result<Option<v1::StatusReport>, CableError> {
-        let signed = signed
-            .ok_or_else(|| CableError::RefusedSocket("a status the socket did not sign".into()))?;
-        let report = proto::identity::verify_status(
-            signed,
-            &accepted.socket.socket_identity_key,
-            &self.config.outlet_id,
-        )
-        .map_err(|e| CableError::RefusedSocket(format!("status: {e}")))?;
-        // A QuotaLow may carry the very report of the status before it: equal is not stale.
-        if report.sequence < session.last_status_sequence {
-            tracing::debug!(sequence = report.sequence, "stale status");
-            return Ok(None);
-        }
-        session.last_status_sequence = report.sequence;
-        if !session.id.is_empty() && report.session_hash == session_hash(&session.id) {
-            self.store
-                .record_status(&session.id, &report, signed)
-                .context("storing a signed status")?;
-            let cable_mwh = self.meter_now(session);
-            session.latest = Some(Latest {
-                signed: signed.clone(),
-                report: report.clone(),
-                cable_mwh,
-            });
-            if let Some(cable_mwh) = cable_mwh {
-                self.check_count(session, &report, cable_mwh, accepted)?;
-            }
-        }
-        Ok(Some(report))
-    }
-
-    /// React to a status: close the appliance relay once Paid, stop on Lockout, and decide
-    /// whether the session is over.
-    fn on_status(
-        &mut self,
-        status: &v1::GetStatusResponse,
-        accepted: &AcceptedOffer,
-        session: &mut Session,
-        plugged_at: Instant,
-        idle: Duration,
-    ) -> Result<Option<String>, CableError> {
-        let Some(report) = self.check_status(status.signed.as_ref(), accepted, session)? else {
-            return Ok(None);
-        };
-        // Mains reaches the cable while the socket's relay is closed (the simulator's meter
-        // counts only then; real hardware simply measures).
-        self.hw.set_mains(status.relay_closed);
-        let state = OutletState::try_from(report.state).unwrap_or(OutletState::Unspecified);
-        let ours = !session.id.is_empty() && report.session_hash == session_hash(&session.id);
-        tracing::debug!(
-            state = state.as_str_name(),
-            ours,
-            power_mw = status.power_mw,
-            left_mwh = report.quota_remaining_mwh,
-            "status"
-        );
-        if ours {
-            session.energy_used_mwh = report.energy_used_mwh;
-            session.seen_in_status = true;
-        }
-        match state {
-            OutletState::Paid if !self.hw.relay.is_closed() => {
-                self.hw.relay.close().map_err(anyhow::Error::from)?;
-                let elapsed = plugged_at.elapsed();
-                session.plug_in_to_paid.get_or_insert(elapsed);
-                tracing::info!(
-                    after_ms = elapsed.as_millis() as u64,
-                    "appliance relay closed"
-                );
-            }
-            OutletState::Lockout => {
-                self.hw.relay.open().map_err(anyhow::Error::from)?;
-                return Err(CableError::SocketRefused(format!(
-                    "locked out: {}",
-                    status.reason
-                )));
-            }
-            OutletState::Standby if session.seen_in_status && report.session_hash.is_empty() => {
-                return Ok(Some("the socket ended the session".into()));
-            }
-            // Resumed after the cable stopped, and the outlet has no session: the socket ended
-            // it meanwhile (a session in progress shows in every status of its outlet).
-            OutletState::Standby if session.resumed && report.session_hash.is_empty() => {
-                return Ok(Some(
-                    "the socket ended the session while the cable was away".into(),
-                ));
-            }
-            _ => {}
-        }
-        if status.power_mw > 0 {
-            session.drew_power = true;
-            session.idle_since = None;
-        } else if session.drew_power || self.hw.relay.is_closed() {
-            // Idle after drawing power: done. Idle from the start, once paid: nothing to power.
-            let since = *session.idle_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= idle {
-                return Ok(Some(
-                    if session.drew_power {
-                        "appliance done"
-                    } else {
-                        "appliance idle"
-                    }
-                    .into(),
-                ));
-            }
-        }
-        // Spent: nothing left, no more may be paid, and the socket has credited every quota
-        // paid (a status sent while the last payment was on its way shows 0 left before the
-        // credit; ending then would give up a quota paid for).
-        let quotas_paid = session.paid.to_sat() / accepted.quota_amount.to_sat().max(1);
-        if state == OutletState::Paid
-            && report.quota_remaining_mwh == 0
-            && report.payments >= quotas_paid
-            && !self
-                .config
-                .policy
-                .allows(session.paid, accepted.quota_amount)
-        {
-            return Ok(Some("session budget spent".into()));
-        }
-        Ok(None)
-    }
     /// `PowerRequest`, reconnecting while the socket is unreachable. A resumed session the
     /// socket no longer knows is ended here and a new one asked for.
     async fn request_terms(
@@ -715,10 +422,10 @@ impl Cable {
             );
             match client.power_request(request).await {
                 Ok(reply) => return Ok(reply.into_inner()),
-                Err(status) if retryable(&status) => {
+                Err(status) if crate::link::retryable(&status) => {
                     tracing::warn!("PowerRequest: {}; asking again", status.message());
                     tokio::time::sleep(Duration::from_millis(250)).await;
-                    *client = self.reconnect_client().await?;
+                    *client = self.link.reconnect_client().await?;
                 }
                 Err(status) if session.resumed && status.code() == Code::FailedPrecondition => {
                     tracing::warn!(session = %session.id, "the socket ended the session while the cable was away: {}", status.message());
@@ -733,215 +440,6 @@ impl Cable {
                 }
             }
         }
-    }
-    /// Ask for one quota, check the terms, and pay them (or resend what was signed for them).
-    async fn pay_quota(
-        &mut self,
-        client: &mut SocketClient<Channel>,
-        accepted: &AcceptedOffer,
-        session: &mut Session,
-    ) -> Result<(), CableError> {
-        if self
-            .pay_quota_store_patient(client, accepted, session)
-            .await?
-        {
-            return Ok(());
-        }
-        // The input set of those terms closed meanwhile (the socket restarted or aged it):
-        // the signature is void; ask again, which starts a new set.
-        match self.pay_quota_once(client, accepted, session).await? {
-            true => Ok(()),
-            false => Err(CableError::SocketRefused(
-                "the socket keeps closing input sets".into(),
-            )),
-        }
-    }
-    /// [`Cable::pay_quota_once`], again after a failed write of the cable's own store (nothing
-    /// left the cable: every signature is stored before it is sent), for up to
-    /// `STORE_PATIENCE`: a store that works again lets the session go on.
-    async fn pay_quota_store_patient(
-        &mut self,
-        client: &mut SocketClient<Channel>,
-        accepted: &AcceptedOffer,
-        session: &mut Session,
-    ) -> Result<bool, CableError> {
-        let deadline = Instant::now() + STORE_PATIENCE;
-        loop {
-            match self.pay_quota_once(client, accepted, session).await {
-                Err(CableError::Other(e))
-                    if Instant::now() < deadline
-                        && e.chain().any(|c| c.is::<rusqlite::Error>()) =>
-                {
-                    tracing::warn!("the cable's store failed, trying again: {e:#}");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                done => return done,
-            }
-        }
-    }
-    /// One attempt of [`Cable::pay_quota`]; `Ok(false)` when the terms' input set closed.
-    async fn pay_quota_once(
-        &mut self,
-        client: &mut SocketClient<Channel>,
-        accepted: &AcceptedOffer,
-        session: &mut Session,
-    ) -> Result<bool, CableError> {
-        // Latency of a quota: from the cable's request to the socket's credit.
-        let quota_started = Instant::now();
-        if self.pay_keysend(accepted, session)? {
-            return Ok(true);
-        }
-        let terms = self.request_terms(client, accepted, session).await?;
-        if session.id.is_empty() {
-            session.id = terms.session_id.clone();
-            self.store
-                .open_session(
-                    &session.id,
-                    &accepted.offer.socket_identity_key.to_lower_hex_string(),
-                    &self.config.outlet_id,
-                    &accepted.offer.payout_script,
-                )
-                .context("storing the session")?;
-        } else if terms.session_id != session.id {
-            return Err(CableError::RefusedSocket(format!(
-                "terms for session {} while session {} is in progress",
-                terms.session_id, session.id
-            )));
-        }
-        // A resumed session's terms are checked against the offer it opened with.
-        let opened_with;
-        let accepted = match &session.payout_script {
-            Some(script) if *script != accepted.offer.payout_script => {
-                let mut offer = accepted.clone();
-                offer.offer.payout_script = script.clone();
-                opened_with = offer;
-                &opened_with
-            }
-            _ => accepted,
-        };
-        if accepted.scheme == v1::Scheme::Lightning {
-            self.pay_lightning(accepted, session, &terms, quota_started)?;
-            return Ok(true);
-        }
-        // A payment signed before (and maybe taken) is already counted: sending it again
-        // spends nothing new.
-        let resend = self
-            .store
-            .payment(&session.id, terms.payment_id)
-            .context("reading the store")?
-            .is_some();
-        if !resend
-            && !self
-                .config
-                .policy
-                .allows(session.paid, accepted.quota_amount)
-        {
-            return Err(CableError::RefusedSocket(format!(
-                "paying {} more would pass the session budget of {} sat",
-                accepted.quota_amount, self.config.policy.max_session_sat
-            )));
-        }
-        let record = match self
-            .store
-            .payment(&session.id, terms.payment_id)
-            .context("reading the store")?
-        {
-            Some(record) => {
-                tracing::info!(
-                    payment_id = terms.payment_id,
-                    "sending the payment signed before again"
-                );
-                if accepted.scheme == v1::Scheme::Onchain {
-                    // Spent for the wallet before it leaves again: the cable may have stopped
-                    // between storing the signature and telling the wallet
-                    // (`onchain::sign`); recording it twice changes nothing.
-                    let tx = bitcoin::psbt::Psbt::deserialize(&record.psbt)
-                        .context("a stored payment's PSBT")?
-                        .unsigned_tx;
-                    tokio::task::block_in_place(|| self.wallet.record_sent(&tx))
-                        .map_err(anyhow::Error::from)?;
-                }
-                record
-            }
-            None => payer_of(accepted.scheme)
-                .ok_or_else(|| {
-                    CableError::RefusedSocket(format!(
-                        "terms: {} is not paid with PayTransaction",
-                        accepted.scheme.as_str_name()
-                    ))
-                })?
-                .sign(self, session, &terms, accepted)?,
-        };
-        let reply = loop {
-            let request = self.signer.sign(
-                &accepted.socket,
-                v1::PayTransactionRequest {
-                    session_id: session.id.clone(),
-                    payment_id: terms.payment_id,
-                    psbt: record.psbt.clone(),
-                    auth: None,
-                },
-            );
-            match client.pay_transaction(request).await {
-                Ok(reply) => break reply.into_inner(),
-                Err(status) if retryable(&status) => {
-                    tracing::warn!("PayTransaction: {}; resending", status.message());
-                    // The socket may be waiting on its chain (or on blocks, past its limit of
-                    // unconfirmed payments): do not hammer it.
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    *client = self.reconnect_client().await?;
-                }
-                Err(status)
-                    if proto::errors::reason_of(&status)
-                        == Some(v1::ErrorReason::InputSetClosed) =>
-                {
-                    tracing::warn!(payment_id = terms.payment_id, "{}", status.message());
-                    let _ = self
-                        .store
-                        .set_status(&session.id, terms.payment_id, "refused");
-                    return Ok(false);
-                }
-                Err(status) => {
-                    let _ = self
-                        .store
-                        .set_status(&session.id, terms.payment_id, "refused");
-                    return Err(CableError::SocketRefused(status.message().to_owned()));
-                }
-            }
-        };
-        if reply.txid != record.txid.to_string() {
-            return Err(CableError::RefusedSocket(format!(
-                "the socket reports transaction {} for our payment {}",
-                reply.txid, record.txid
-            )));
-        }
-        // Bookkeeping only: the signature is stored (`signed`) and counts as committed either
-        // way, so a failed write here does not stop the session.
-        if let Err(e) = self
-            .store
-            .set_status(&session.id, terms.payment_id, "accepted")
-        {
-            tracing::warn!(payment_id = terms.payment_id, "storing the acceptance: {e}");
-        }
-        let report = PaymentReport {
-            payment_id: record.payment_id,
-            txid: record.txid.to_string(),
-            amount_sat: record.amount.to_sat(),
-            fee_sat: record.fee.to_sat(),
-            vsize: record.vsize,
-            latency_ms: Some(quota_started.elapsed().as_millis() as u64),
-        };
-        if accepted.scheme == v1::Scheme::Onchain {
-            // The wallet counts it spent since it was signed (`onchain::sign`).
-            session.onchain_txs.push(report.clone());
-        }
-        session.paid = self
-            .store
-            .committed(&session.id)
-            .context("reading the store")?;
-        session.payments.push(report);
-        tracing::info!(txid = %record.txid, amount = %record.amount, fee = %record.fee, "payment accepted");
-        Ok(true)
     }
     /// End a session in the store, settling its open input set.
     fn finish_session(&mut self, session: &mut Session, outcome: &str) {
@@ -972,26 +470,5 @@ impl Cable {
     /// Sync the wallet with bitcoind.
     pub fn sync(&mut self) -> anyhow::Result<()> {
         Ok(self.wallet.sync(&self.chain)?)
-    }
-}
-
-/// Sync `wallet` before signing a payment, trying again each second while bitcoind does not
-/// answer, for up to `patience` (`session.reconnect_secs`: bitcoind restarting is no reason to
-/// give up a session). Blocking: call inside `block_in_place`.
-fn sync_for_payment(
-    wallet: &mut NodeWallet,
-    chain: &Chain,
-    patience: Duration,
-) -> Result<(), wallet::WalletError> {
-    let deadline = Instant::now() + patience;
-    loop {
-        match wallet.sync(chain) {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() < deadline => {
-                tracing::warn!("bitcoind unreachable, syncing again: {e}");
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            Err(e) => return Err(e),
-        }
     }
 }

@@ -41,7 +41,7 @@ impl Cable {
         let policy = &self.config.policy;
         let patience = std::time::Duration::from_secs(self.config.session.reconnect_secs);
         let signed = tokio::task::block_in_place(|| {
-            super::sync_for_payment(&mut self.wallet, &self.chain, patience)?;
+            super::pay::sync_for_payment(&mut self.wallet, &self.chain, patience)?;
             self.wallet.pay(
                 &terms.payout_script,
                 terms.amount,

@@ -71,7 +71,7 @@ impl Cable {
             let patience = std::time::Duration::from_secs(self.config.session.reconnect_secs);
             let payout = checked.payout_script;
             let signed = tokio::task::block_in_place(|| {
-                super::sync_for_payment(&mut self.wallet, &self.chain, patience)?;
+                super::pay::sync_for_payment(&mut self.wallet, &self.chain, patience)?;
                 let (inputs, fee) = self.wallet.plan_input_set(
                     &payout,
                     max,

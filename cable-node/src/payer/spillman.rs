@@ -133,7 +133,9 @@ pub async fn open(
             ))
             .await;
         match reply {
-            Err(status) if super::retryable(&status) && std::time::Instant::now() < deadline => {
+            Err(status)
+                if crate::link::retryable(&status) && std::time::Instant::now() < deadline =>
+            {
                 tracing::warn!("OpenChannel: {}; proposing it again", status.message());
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
@@ -231,7 +233,9 @@ async fn fund(
             .await;
         match reply {
             Ok(reply) => break reply.into_inner(),
-            Err(status) if super::retryable(&status) && std::time::Instant::now() < deadline => {
+            Err(status)
+                if crate::link::retryable(&status) && std::time::Instant::now() < deadline =>
+            {
                 tracing::warn!(
                     "FundChannel: {}; handing the deposit over again",
                     status.message()
