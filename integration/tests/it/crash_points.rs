@@ -98,7 +98,7 @@ fn every_store_write_is_a_persistence_point() {
         assert!(all.contains(&point.to_string()), "{point} is no point");
         let text = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests")
+                .join("tests/it")
                 .join(test),
         )
         .unwrap();
