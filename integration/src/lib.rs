@@ -25,7 +25,7 @@ pub use fake_socket::{
 pub use ln_nodes::{fund_ln_node, ln_node};
 pub use miner::Miner;
 pub use setup::{CableSetup, Host, SocketSetup};
-pub use socket_process::{signed_offer, SocketProcess};
+pub use socket_process::{signed_offer, write_socket_config, SocketConfigFile, SocketProcess};
 pub use stores::{query_i64, query_pairs};
 
 /// The outlet every scenario uses.

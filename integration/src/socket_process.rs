@@ -31,6 +31,92 @@ pub async fn signed_offer(
     Ok(proto::identity::verify_offer(&signed, outlet_id, &nonce)?)
 }
 
+/// A socket's config written by [`write_socket_config`], and the ports it listens on.
+pub struct SocketConfigFile {
+    /// The config file (`socket.toml`).
+    pub config: PathBuf,
+    /// `listen`: the cable-facing server.
+    pub port: u16,
+    /// `operator_listen`.
+    pub operator_port: u16,
+    /// `http_listen`.
+    pub http_port: u16,
+}
+
+/// Write the config of `setup` for a socket of `bitcoind` to `dir/socket.toml`, on free ports.
+pub fn write_socket_config(
+    bitcoind: &Regtest,
+    dir: &Path,
+    setup: &SocketSetup,
+) -> anyhow::Result<SocketConfigFile> {
+    let port = free_port()?;
+    let operator_port = free_port()?;
+    let http_port = free_port()?;
+    let config = dir.join("socket.toml");
+    fs::create_dir_all(dir)?;
+    let mut schemes = vec!["onchain", "single-fee"];
+    if setup.lightning {
+        schemes.push("lightning");
+    }
+    if setup.spillman {
+        schemes.push("spillman");
+    }
+    // In a namespace: every address, reached at the host's (and the veth peer's) address.
+    let (listen_ip, rpc_url) = match &setup.host {
+        Some(host) => ("0.0.0.0", host.rpc_url.clone()),
+        None => ("127.0.0.1", bitcoind.rpc_url()),
+    };
+    let mut text = format!(
+        "network = \"regtest\"\nlisten = \"{listen_ip}:{port}\"\n\
+         operator_listen = \"127.0.0.1:{operator_port}\"\n\
+         http_listen = \"127.0.0.1:{http_port}\"\n{}\n\n\
+         [chain]\nrpc_url = \"{rpc_url}\"\ncookie_file = \"{}\"\n",
+        setup.top_toml,
+        bitcoind.cookie_file().display(),
+    );
+    for number in 1..=setup.outlets.max(1) {
+        text.push_str(&format!(
+            "\n[[outlets]]\nid = \"outlet-{number}\"\nprice_msat_per_wh = {}\nquota_mwh = {}\n\
+             quota_low_mwh = {}\ngrace_secs = {}\nlockout_secs = {}\npayment_timeout_secs = {}\n\
+             single_fee_max_sat = {}\nsingle_fee_max_age_secs = {}\nschemes = {schemes:?}\n{}\n\n\
+             [outlets.hw]\nkind = \"sim\"\ntime_scale = {:?}\nlink_debounce_ms = {}\n{}\n\n\
+             [outlets.hw.load]\n{}\n",
+            setup.price_msat_per_wh,
+            setup.quota_mwh,
+            setup.quota_low_mwh,
+            setup.grace_secs,
+            setup.lockout_secs,
+            setup.payment_timeout_secs,
+            setup.single_fee_max_sat,
+            setup.single_fee_max_age_secs,
+            setup.outlet_toml,
+            setup.time_scale,
+            setup.link_debounce_ms,
+            setup.hw_toml,
+            setup.load_toml,
+        ));
+    }
+    fs::write(&config, text)?;
+    if setup.lightning {
+        let mut config_text = fs::read_to_string(&config)?;
+        config_text.push_str(&format!(
+            "\n[lightning]\nlisten = \"{}:{}\"\n",
+            setup.lightning_ip.as_deref().unwrap_or("127.0.0.1"),
+            free_port()?
+        ));
+        if let Some(alias) = &setup.lightning_alias {
+            config_text.push_str(&format!("alias = {alias:?}\n"));
+        }
+        fs::write(&config, config_text)?;
+    }
+    Ok(SocketConfigFile {
+        config,
+        port,
+        operator_port,
+        http_port,
+    })
+}
+
 /// A socket-node process.
 pub struct SocketProcess {
     child: Option<Child>,
@@ -55,66 +141,18 @@ impl SocketProcess {
     /// Write the config of `setup` under `dir` and start the socket against `bitcoind`; returns
     /// once it answers `GetOffer`.
     pub fn start(bitcoind: &Regtest, dir: &Path, setup: &SocketSetup) -> anyhow::Result<Self> {
-        let port = free_port()?;
-        let operator_port = free_port()?;
-        let http_port = free_port()?;
-        let config = dir.join("socket.toml");
-        fs::create_dir_all(dir)?;
-        let mut schemes = vec!["onchain", "single-fee"];
-        if setup.lightning {
-            schemes.push("lightning");
-        }
-        if setup.spillman {
-            schemes.push("spillman");
-        }
-        // In a namespace: every address, reached at the host's (and the veth peer's) address.
-        let (listen_ip, reach_ip, rpc_url) = match &setup.host {
-            Some(host) => ("0.0.0.0", host.ip.as_str(), host.rpc_url.clone()),
-            None => ("127.0.0.1", "127.0.0.1", bitcoind.rpc_url()),
-        };
-        let mut text = format!(
-            "network = \"regtest\"\nlisten = \"{listen_ip}:{port}\"\n\
-             operator_listen = \"127.0.0.1:{operator_port}\"\n\
-             http_listen = \"127.0.0.1:{http_port}\"\n{}\n\n\
-             [chain]\nrpc_url = \"{rpc_url}\"\ncookie_file = \"{}\"\n",
-            setup.top_toml,
-            bitcoind.cookie_file().display(),
+        let written = write_socket_config(bitcoind, dir, setup)?;
+        let (config, port, operator_port, http_port) = (
+            written.config,
+            written.port,
+            written.operator_port,
+            written.http_port,
         );
-        for number in 1..=setup.outlets.max(1) {
-            text.push_str(&format!(
-                "\n[[outlets]]\nid = \"outlet-{number}\"\nprice_msat_per_wh = {}\nquota_mwh = {}\n\
-                 quota_low_mwh = {}\ngrace_secs = {}\nlockout_secs = {}\npayment_timeout_secs = {}\n\
-                 single_fee_max_sat = {}\nsingle_fee_max_age_secs = {}\nschemes = {schemes:?}\n{}\n\n\
-                 [outlets.hw]\nkind = \"sim\"\ntime_scale = {:?}\nlink_debounce_ms = {}\n{}\n\n\
-                 [outlets.hw.load]\n{}\n",
-                setup.price_msat_per_wh,
-                setup.quota_mwh,
-                setup.quota_low_mwh,
-                setup.grace_secs,
-                setup.lockout_secs,
-                setup.payment_timeout_secs,
-                setup.single_fee_max_sat,
-                setup.single_fee_max_age_secs,
-                setup.outlet_toml,
-                setup.time_scale,
-                setup.link_debounce_ms,
-                setup.hw_toml,
-                setup.load_toml,
-            ));
-        }
-        fs::write(&config, text)?;
-        if setup.lightning {
-            let mut config_text = fs::read_to_string(&config)?;
-            config_text.push_str(&format!(
-                "\n[lightning]\nlisten = \"{}:{}\"\n",
-                setup.lightning_ip.as_deref().unwrap_or("127.0.0.1"),
-                free_port()?
-            ));
-            if let Some(alias) = &setup.lightning_alias {
-                config_text.push_str(&format!("alias = {alias:?}\n"));
-            }
-            fs::write(&config, config_text)?;
-        }
+        // In a namespace: reached at the host's (and the veth peer's) address.
+        let reach_ip = match &setup.host {
+            Some(host) => host.ip.as_str(),
+            None => "127.0.0.1",
+        };
         let mut socket = SocketProcess {
             child: None,
             endpoint: format!("http://{reach_ip}:{port}"),

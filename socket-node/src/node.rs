@@ -159,6 +159,11 @@ impl Node {
         &self.station
     }
 
+    /// The socket's identity key, 33-byte compressed (`Offer.socket_identity_key`).
+    pub fn identity_key(&self) -> [u8; 33] {
+        self.station.shared.identity_key
+    }
+
     /// Stop: the cable-facing server says NOT_SERVING, every server stops taking requests,
     /// every relay opens and the outlets' sessions are saved (`Station::stop`); returns once
     /// every server has ended. Errors: a server that failed while it ran.

@@ -18,6 +18,7 @@ mod lightning_cheats;
 mod link;
 mod metering;
 mod no_txindex;
+mod node;
 mod operator;
 mod outlets;
 mod recovery;
