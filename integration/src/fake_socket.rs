@@ -1,7 +1,10 @@
-//! Hand-made sockets of the cheat tests: a fake socket's identity, signed offers and status
-//! reports, and its `WatchStatus` stream.
+//! Hand-made sockets of the cheat tests: one server ([`Fake`], [`serve_fake`]) whose calls a
+//! test writes, a fake socket's identity, signed offers and status reports, and its
+//! `WatchStatus` stream.
 
+use proto::v1::socket_server::{Socket, SocketServer};
 use proto::v1::{GetOfferRequest, GetStatusResponse};
+use tonic::{Request, Response, Status};
 
 use crate::OUTLET;
 
@@ -108,4 +111,173 @@ pub fn watch_stream(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The `WatchStatus` stream a fake socket returns.
+pub type FakeWatchStream =
+    tokio_stream::wrappers::ReceiverStream<Result<proto::v1::WatchStatusResponse, Status>>;
+
+/// A hand-made socket of a cheat test: its offer, and the calls it answers. Each call it does
+/// not write answers `UNIMPLEMENTED` ("not needed"); its offer is signed by the fake identity
+/// ([`fake_signed_offer`]). Serve it with [`serve_fake`].
+#[tonic::async_trait]
+pub trait Fake: Send + Sync + 'static {
+    /// The offer, before the request's nonce and outlet and the signature are filled in.
+    fn offer(&self) -> proto::v1::Offer;
+
+    /// `GetOffer`: [`Fake::offer`] signed for `request` (a cheat may tamper with it).
+    fn signed_offer(&self, request: &GetOfferRequest) -> proto::v1::GetOfferResponse {
+        fake_signed_offer(self.offer(), request)
+    }
+
+    /// `GetStatus`.
+    async fn get_status(&self) -> Result<GetStatusResponse, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
+
+    /// `WatchStatus`: the stream of the cable's link.
+    async fn watch_status(&self) -> Result<FakeWatchStream, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
+
+    /// `PowerRequest`.
+    async fn power_request(
+        &self,
+        _request: proto::v1::PowerRequestRequest,
+    ) -> Result<proto::v1::PowerRequestResponse, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
+
+    /// `PayTransaction`.
+    async fn pay_transaction(
+        &self,
+        _request: proto::v1::PayTransactionRequest,
+    ) -> Result<proto::v1::PayTransactionResponse, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
+
+    /// `OpenChannel` (spillman).
+    async fn open_channel(
+        &self,
+        _request: proto::v1::OpenChannelRequest,
+    ) -> Result<proto::v1::OpenChannelResponse, Status> {
+        Err(Status::unimplemented(
+            "this fake socket has no spillman channels",
+        ))
+    }
+
+    /// `FundChannel` (spillman).
+    async fn fund_channel(
+        &self,
+        _request: proto::v1::FundChannelRequest,
+    ) -> Result<proto::v1::FundChannelResponse, Status> {
+        Err(Status::unimplemented(
+            "this fake socket has no spillman channels",
+        ))
+    }
+
+    /// `EndSession`.
+    async fn end_session(
+        &self,
+        _request: proto::v1::EndSessionRequest,
+    ) -> Result<proto::v1::EndSessionResponse, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
+}
+
+/// The `t2t.v1.Socket` service over a [`Fake`].
+struct FakeService<F>(F);
+
+#[tonic::async_trait]
+impl<F: Fake> Socket for FakeService<F> {
+    async fn get_offer(
+        &self,
+        request: Request<GetOfferRequest>,
+    ) -> Result<Response<proto::v1::GetOfferResponse>, Status> {
+        Ok(Response::new(self.0.signed_offer(request.get_ref())))
+    }
+
+    async fn get_status(
+        &self,
+        _: Request<proto::v1::GetStatusRequest>,
+    ) -> Result<Response<GetStatusResponse>, Status> {
+        self.0.get_status().await.map(Response::new)
+    }
+
+    type WatchStatusStream = FakeWatchStream;
+
+    async fn watch_status(
+        &self,
+        _: Request<proto::v1::WatchStatusRequest>,
+    ) -> Result<Response<FakeWatchStream>, Status> {
+        self.0.watch_status().await.map(Response::new)
+    }
+
+    async fn power_request(
+        &self,
+        request: Request<proto::v1::PowerRequestRequest>,
+    ) -> Result<Response<proto::v1::PowerRequestResponse>, Status> {
+        self.0
+            .power_request(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn pay_transaction(
+        &self,
+        request: Request<proto::v1::PayTransactionRequest>,
+    ) -> Result<Response<proto::v1::PayTransactionResponse>, Status> {
+        self.0
+            .pay_transaction(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn open_channel(
+        &self,
+        request: Request<proto::v1::OpenChannelRequest>,
+    ) -> Result<Response<proto::v1::OpenChannelResponse>, Status> {
+        self.0
+            .open_channel(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn fund_channel(
+        &self,
+        request: Request<proto::v1::FundChannelRequest>,
+    ) -> Result<Response<proto::v1::FundChannelResponse>, Status> {
+        self.0
+            .fund_channel(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn end_session(
+        &self,
+        request: Request<proto::v1::EndSessionRequest>,
+    ) -> Result<Response<proto::v1::EndSessionResponse>, Status> {
+        self.0
+            .end_session(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}
+
+/// Serve `fake` on a free port of 127.0.0.1 on `runtime`. Returns its URL (a cable's
+/// `socket`) and the server's task (abort it to stop the socket). Errors: no free port.
+pub fn serve_fake(
+    runtime: &tokio::runtime::Runtime,
+    fake: impl Fake,
+) -> anyhow::Result<(
+    String,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+)> {
+    let port = crate::free_port()?;
+    let server = runtime.spawn(
+        tonic::transport::Server::builder()
+            .add_service(SocketServer::new(FakeService(fake)))
+            .serve(([127, 0, 0, 1], port).into()),
+    );
+    Ok((format!("http://127.0.0.1:{port}"), server))
 }

@@ -20,7 +20,8 @@ mod stores;
 pub use by_hand::{cable_signer, funded_payer, pay_a_quota_by_hand, PaidByHand, Payer};
 pub use cable_files::{funding_address, CableFiles};
 pub use fake_socket::{
-    fake_paid_and_quota_low, fake_public_key, fake_signed_offer, fake_signed_status, watch_stream,
+    fake_paid_and_quota_low, fake_public_key, fake_signed_offer, fake_signed_status, serve_fake,
+    watch_stream, Fake, FakeWatchStream,
 };
 pub use ln_nodes::{fund_ln_node, ln_node};
 pub use miner::Miner;

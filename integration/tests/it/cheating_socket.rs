@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use bitcoin::hashes::Hash;
 use bitcoin::{Amount, ScriptBuf, WPubkeyHash};
-use integration::{free_port, CableFiles, CableSetup, OUTLET};
-use proto::v1::socket_server::{Socket, SocketServer};
+use integration::{CableFiles, CableSetup, Fake, FakeWatchStream, OUTLET};
 use proto::v1::{self, OutletState};
 use regtest::Regtest;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::Status;
 
 #[derive(Clone, Copy, Debug)]
 enum Cheat {
@@ -83,7 +82,8 @@ fn payout() -> ScriptBuf {
 }
 
 impl FakeSocket {
-    fn offer(&self) -> v1::Offer {
+    /// The offer of this cheat.
+    fn offer_of_cheat(&self) -> v1::Offer {
         let mut offer = v1::Offer {
             socket_identity_key: integration::fake_public_key(1),
             outlet_id: OUTLET.into(),
@@ -127,12 +127,13 @@ impl FakeSocket {
 }
 
 #[tonic::async_trait]
-impl Socket for FakeSocket {
-    async fn get_offer(
-        &self,
-        request: Request<v1::GetOfferRequest>,
-    ) -> Result<Response<v1::GetOfferResponse>, Status> {
-        let mut signed = integration::fake_signed_offer(self.offer(), request.get_ref());
+impl Fake for FakeSocket {
+    fn offer(&self) -> v1::Offer {
+        self.offer_of_cheat()
+    }
+
+    fn signed_offer(&self, request: &v1::GetOfferRequest) -> v1::GetOfferResponse {
+        let mut signed = integration::fake_signed_offer(self.offer(), request);
         match self.cheat {
             Cheat::TamperedOffer => {
                 use prost::Message;
@@ -143,35 +144,27 @@ impl Socket for FakeSocket {
             Cheat::ReplayedOffer => {
                 let earlier = v1::GetOfferRequest {
                     cable_nonce: vec![9; 32],
-                    ..request.get_ref().clone()
+                    ..request.clone()
                 };
                 signed = integration::fake_signed_offer(self.offer(), &earlier);
             }
             _ => {}
         }
-        Ok(Response::new(signed))
+        signed
     }
 
-    async fn get_status(
-        &self,
-        _: Request<v1::GetStatusRequest>,
-    ) -> Result<Response<v1::GetStatusResponse>, Status> {
-        Ok(Response::new(integration::fake_signed_status(
+    async fn get_status(&self) -> Result<v1::GetStatusResponse, Status> {
+        Ok(integration::fake_signed_status(
             v1::GetStatusResponse {
                 outlet_id: OUTLET.into(),
                 state: OutletState::Standby as i32,
                 ..Default::default()
             },
             "",
-        )))
+        ))
     }
 
-    type WatchStatusStream = ReceiverStream<Result<v1::WatchStatusResponse, Status>>;
-
-    async fn watch_status(
-        &self,
-        _: Request<v1::WatchStatusRequest>,
-    ) -> Result<Response<Self::WatchStatusStream>, Status> {
+    async fn watch_status(&self) -> Result<FakeWatchStream, Status> {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let storm = matches!(self.cheat, Cheat::QuotaLowStorm | Cheat::LyingQuotaLow);
         // (quota left, energy used, QuotaLows sent) in the signed count after the first payment.
@@ -231,13 +224,13 @@ impl Socket for FakeSocket {
                 .await;
             tx.closed().await;
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(ReceiverStream::new(rx))
     }
 
     async fn power_request(
         &self,
-        _: Request<v1::PowerRequestRequest>,
-    ) -> Result<Response<v1::PowerRequestResponse>, Status> {
+        _: v1::PowerRequestRequest,
+    ) -> Result<v1::PowerRequestResponse, Status> {
         let mut terms = v1::PowerRequestResponse {
             session_id: "fake-session".into(),
             payment_id: self.pay_calls.load(Ordering::SeqCst) as u64 + 1,
@@ -264,14 +257,13 @@ impl Socket for FakeSocket {
             | Cheat::QuotaLowStorm
             | Cheat::LyingQuotaLow => {}
         }
-        Ok(Response::new(terms))
+        Ok(terms)
     }
 
     async fn open_channel(
         &self,
-        request: Request<v1::OpenChannelRequest>,
-    ) -> Result<Response<v1::OpenChannelResponse>, Status> {
-        let request = request.into_inner();
+        request: v1::OpenChannelRequest,
+    ) -> Result<v1::OpenChannelResponse, Status> {
         if !matches!(self.cheat, Cheat::RefundWrongSignature) {
             return Err(Status::permission_denied("no refund for you"));
         }
@@ -279,23 +271,16 @@ impl Socket for FakeSocket {
         channel.refund_lock_height += 1_000;
         let later = channel.refund().unwrap();
         let signature = channel.sign(&later, &channel_secret()).unwrap();
-        Ok(Response::new(v1::OpenChannelResponse {
+        Ok(v1::OpenChannelResponse {
             session_id: "fake-session".into(),
             refund_signature: signature.to_vec(),
-        }))
-    }
-
-    async fn end_session(
-        &self,
-        _: Request<v1::EndSessionRequest>,
-    ) -> Result<Response<v1::EndSessionResponse>, Status> {
-        Err(Status::unimplemented("not needed"))
+        })
     }
 
     async fn fund_channel(
         &self,
-        _: Request<v1::FundChannelRequest>,
-    ) -> Result<Response<v1::FundChannelResponse>, Status> {
+        _: v1::FundChannelRequest,
+    ) -> Result<v1::FundChannelResponse, Status> {
         // Handing over the deposit is a payment.
         self.pay_calls.fetch_add(1, Ordering::SeqCst);
         Err(Status::internal("the cable should never get here"))
@@ -303,19 +288,19 @@ impl Socket for FakeSocket {
 
     async fn pay_transaction(
         &self,
-        request: Request<v1::PayTransactionRequest>,
-    ) -> Result<Response<v1::PayTransactionResponse>, Status> {
+        request: v1::PayTransactionRequest,
+    ) -> Result<v1::PayTransactionResponse, Status> {
         self.pay_calls.fetch_add(1, Ordering::SeqCst);
         if !matches!(self.cheat, Cheat::QuotaLowStorm | Cheat::LyingQuotaLow) {
             return Err(Status::internal("a fake socket takes no money"));
         }
         // Taken (and never broadcast): the txid the cable expects.
-        let psbt = bitcoin::Psbt::deserialize(&request.get_ref().psbt).unwrap();
-        Ok(Response::new(v1::PayTransactionResponse {
+        let psbt = bitcoin::Psbt::deserialize(&request.psbt).unwrap();
+        Ok(v1::PayTransactionResponse {
             txid: psbt.unsigned_tx.compute_txid().to_string(),
             quota_credited_mwh: 8_000,
             state: OutletState::Paid as i32,
-        }))
+        })
     }
 }
 
@@ -334,21 +319,16 @@ fn the_cable_pays_a_cheating_socket_nothing() {
         (Cheat::ReplayedOffer, "not our nonce"),
     ] {
         let pay_calls = Arc::new(AtomicUsize::new(0));
-        let port = free_port().unwrap();
         let fake = FakeSocket {
             cheat,
             pay_calls: Arc::clone(&pay_calls),
         };
-        let server = runtime.spawn(
-            tonic::transport::Server::builder()
-                .add_service(SocketServer::new(fake))
-                .serve(format!("127.0.0.1:{port}").parse().unwrap()),
-        );
+        let (endpoint, server) = integration::serve_fake(&runtime, fake).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let cable = CableFiles::create(
             &bitcoind,
             dir.path(),
-            &format!("http://127.0.0.1:{port}"),
+            &endpoint,
             &CableSetup {
                 schemes: if cheat.spillman() {
                     vec!["spillman".into()]
@@ -391,21 +371,16 @@ fn the_cable_pays_no_quota_low_storm_and_flags_the_socket() {
     let bitcoind = Regtest::start().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let pay_calls = Arc::new(AtomicUsize::new(0));
-    let port = free_port().unwrap();
     let fake = FakeSocket {
         cheat: Cheat::QuotaLowStorm,
         pay_calls: Arc::clone(&pay_calls),
     };
-    let server = runtime.spawn(
-        tonic::transport::Server::builder()
-            .add_service(SocketServer::new(fake))
-            .serve(format!("127.0.0.1:{port}").parse().unwrap()),
-    );
+    let (endpoint, server) = integration::serve_fake(&runtime, fake).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cable = CableFiles::create(
         &bitcoind,
         dir.path(),
-        &format!("http://127.0.0.1:{port}"),
+        &endpoint,
         &CableSetup {
             max_session_sat: 10_000,
             ..CableSetup::default()
@@ -440,21 +415,16 @@ fn the_cable_pays_by_its_own_books_not_by_a_lying_quota_low() {
     let bitcoind = Regtest::start().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let pay_calls = Arc::new(AtomicUsize::new(0));
-    let port = free_port().unwrap();
     let fake = FakeSocket {
         cheat: Cheat::LyingQuotaLow,
         pay_calls: Arc::clone(&pay_calls),
     };
-    let server = runtime.spawn(
-        tonic::transport::Server::builder()
-            .add_service(SocketServer::new(fake))
-            .serve(format!("127.0.0.1:{port}").parse().unwrap()),
-    );
+    let (endpoint, server) = integration::serve_fake(&runtime, fake).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cable = CableFiles::create(
         &bitcoind,
         dir.path(),
-        &format!("http://127.0.0.1:{port}"),
+        &endpoint,
         &CableSetup {
             max_session_sat: 10_000,
             ..CableSetup::default()

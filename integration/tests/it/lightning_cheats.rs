@@ -6,15 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bitcoin::Amount;
-use integration::{free_port, CableFiles, CableSetup, OUTLET};
+use integration::{free_port, CableFiles, CableSetup, Fake, FakeWatchStream, OUTLET};
 use ln::ldk_node::lightning_invoice::{Bolt11InvoiceDescription, Description};
 use ln::ldk_node::payment::PaymentDirection;
 use ln::ldk_node::Node;
 use proto::v1;
-use proto::v1::socket_server::{Socket, SocketServer};
 use regtest::Regtest;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::Status;
 
 #[derive(Clone, Copy, Debug)]
 enum Cheat {
@@ -44,12 +42,9 @@ fn invoice(node: &Node, msat: u64) -> String {
 }
 
 #[tonic::async_trait]
-impl Socket for FakeSocket {
-    async fn get_offer(
-        &self,
-        request: Request<v1::GetOfferRequest>,
-    ) -> Result<Response<v1::GetOfferResponse>, Status> {
-        let offer = v1::Offer {
+impl Fake for FakeSocket {
+    fn offer(&self) -> v1::Offer {
+        v1::Offer {
             socket_identity_key: integration::fake_public_key(1),
             outlet_id: OUTLET.into(),
             network: v1::Network::Regtest as i32,
@@ -68,33 +63,17 @@ impl Socket for FakeSocket {
                 )),
             }],
             ..Default::default()
-        };
-        Ok(Response::new(integration::fake_signed_offer(
-            offer,
-            request.get_ref(),
-        )))
+        }
     }
 
-    async fn get_status(
-        &self,
-        _: Request<v1::GetStatusRequest>,
-    ) -> Result<Response<v1::GetStatusResponse>, Status> {
-        Err(Status::unimplemented("not needed"))
-    }
-
-    type WatchStatusStream = ReceiverStream<Result<v1::WatchStatusResponse, Status>>;
-
-    async fn watch_status(
-        &self,
-        _: Request<v1::WatchStatusRequest>,
-    ) -> Result<Response<Self::WatchStatusStream>, Status> {
-        Ok(Response::new(integration::watch_stream(&self.events)))
+    async fn watch_status(&self) -> Result<FakeWatchStream, Status> {
+        Ok(integration::watch_stream(&self.events))
     }
 
     async fn power_request(
         &self,
-        _: Request<v1::PowerRequestRequest>,
-    ) -> Result<Response<v1::PowerRequestResponse>, Status> {
+        _: v1::PowerRequestRequest,
+    ) -> Result<v1::PowerRequestResponse, Status> {
         let mut issued = self.issued.lock().unwrap();
         let bolt11 = match (self.cheat, issued.first()) {
             (Cheat::MoreThanPrice, _) => invoice(&self.ln, 2_000_000),
@@ -123,7 +102,7 @@ impl Socket for FakeSocket {
                 }
             });
         }
-        Ok(Response::new(v1::PowerRequestResponse {
+        Ok(v1::PowerRequestResponse {
             session_id: "fake".into(),
             payment_id,
             scheme: v1::Scheme::Lightning as i32,
@@ -135,38 +114,13 @@ impl Socket for FakeSocket {
                     bolt11_invoice: bolt11,
                 },
             )),
-        }))
-    }
-
-    async fn open_channel(
-        &self,
-        _: Request<v1::OpenChannelRequest>,
-    ) -> Result<Response<v1::OpenChannelResponse>, Status> {
-        Err(Status::unimplemented(
-            "this fake socket has no spillman channels",
-        ))
-    }
-
-    async fn end_session(
-        &self,
-        _: Request<v1::EndSessionRequest>,
-    ) -> Result<Response<v1::EndSessionResponse>, Status> {
-        Err(Status::unimplemented("not needed"))
-    }
-
-    async fn fund_channel(
-        &self,
-        _: Request<v1::FundChannelRequest>,
-    ) -> Result<Response<v1::FundChannelResponse>, Status> {
-        Err(Status::unimplemented(
-            "this fake socket has no spillman channels",
-        ))
+        })
     }
 
     async fn pay_transaction(
         &self,
-        _: Request<v1::PayTransactionRequest>,
-    ) -> Result<Response<v1::PayTransactionResponse>, Status> {
+        _: v1::PayTransactionRequest,
+    ) -> Result<v1::PayTransactionResponse, Status> {
         Err(Status::unimplemented("invoices are paid over Lightning"))
     }
 }
@@ -214,7 +168,6 @@ fn the_cable_refuses_cheating_invoices() {
         (Cheat::AlreadyPaid, "already paid", 1),
     ] {
         let before = inbound_succeeded(&fake_ln);
-        let port = free_port().unwrap();
         let (events, _) = tokio::sync::broadcast::channel(16);
         let fake = FakeSocket {
             cheat,
@@ -224,16 +177,12 @@ fn the_cable_refuses_cheating_invoices() {
             issued: Mutex::default(),
             events,
         };
-        let server = runtime.spawn(
-            tonic::transport::Server::builder()
-                .add_service(SocketServer::new(fake))
-                .serve(format!("127.0.0.1:{port}").parse().unwrap()),
-        );
+        let (endpoint, server) = integration::serve_fake(&runtime, fake).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let cable = CableFiles::create(
             &bitcoind,
             dir.path(),
-            &format!("http://127.0.0.1:{port}"),
+            &endpoint,
             &CableSetup {
                 schemes: vec!["lightning".into()],
                 ..CableSetup::default()

@@ -14,16 +14,14 @@ use bitcoin::hashes::Hash;
 use bitcoin::psbt::Psbt;
 use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Txid, WPubkeyHash};
 use integration::{
-    free_port, funded_payer, CableFiles, CableSetup, SocketProcess, SocketSetup, OUTLET,
+    funded_payer, CableFiles, CableSetup, Fake, FakeWatchStream, SocketProcess, SocketSetup, OUTLET,
 };
 use proto::single_fee::outpoints_to_proto;
 use proto::v1::socket_client::SocketClient;
-use proto::v1::socket_server::{Socket, SocketServer};
 use proto::v1::{self, OutletState};
 use regtest::Regtest;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
+use tonic::{Response, Status};
 
 const RATE: u64 = 2;
 
@@ -519,12 +517,9 @@ fn fake_payout() -> ScriptBuf {
 }
 
 #[tonic::async_trait]
-impl Socket for FakeSocket {
-    async fn get_offer(
-        &self,
-        request: Request<v1::GetOfferRequest>,
-    ) -> Result<Response<v1::GetOfferResponse>, Status> {
-        let offer = v1::Offer {
+impl Fake for FakeSocket {
+    fn offer(&self) -> v1::Offer {
+        v1::Offer {
             socket_identity_key: integration::fake_public_key(1),
             outlet_id: OUTLET.into(),
             network: v1::Network::Regtest as i32,
@@ -542,33 +537,17 @@ impl Socket for FakeSocket {
             }],
             payout_script: fake_payout().to_bytes(),
             cable_nonce: Vec::new(),
-        };
-        Ok(Response::new(integration::fake_signed_offer(
-            offer,
-            request.get_ref(),
-        )))
+        }
     }
 
-    async fn get_status(
-        &self,
-        _: Request<v1::GetStatusRequest>,
-    ) -> Result<Response<v1::GetStatusResponse>, Status> {
-        Err(Status::unimplemented("not needed"))
-    }
-
-    type WatchStatusStream = ReceiverStream<Result<v1::WatchStatusResponse, Status>>;
-
-    async fn watch_status(
-        &self,
-        _: Request<v1::WatchStatusRequest>,
-    ) -> Result<Response<Self::WatchStatusStream>, Status> {
-        Ok(Response::new(integration::watch_stream(&self.events)))
+    async fn watch_status(&self) -> Result<FakeWatchStream, Status> {
+        Ok(integration::watch_stream(&self.events))
     }
 
     async fn power_request(
         &self,
-        _: Request<v1::PowerRequestRequest>,
-    ) -> Result<Response<v1::PowerRequestResponse>, Status> {
+        _: v1::PowerRequestRequest,
+    ) -> Result<v1::PowerRequestResponse, Status> {
         let mut payment_id = 1;
         let mut terms = v1::SingleFeePaymentTerms {
             value_sat: 1_000,
@@ -591,7 +570,7 @@ impl Socket for FakeSocket {
                 SocketCheat::HigherFee => terms.fee_sat += 500,
             }
         }
-        Ok(Response::new(v1::PowerRequestResponse {
+        Ok(v1::PowerRequestResponse {
             session_id: "fake".into(),
             payment_id,
             scheme: v1::Scheme::SingleFee as i32,
@@ -599,40 +578,15 @@ impl Socket for FakeSocket {
             quota_mwh: 8_000,
             payout_script: fake_payout().to_bytes(),
             terms: Some(v1::power_request_response::Terms::SingleFee(terms)),
-        }))
-    }
-
-    async fn open_channel(
-        &self,
-        _: Request<v1::OpenChannelRequest>,
-    ) -> Result<Response<v1::OpenChannelResponse>, Status> {
-        Err(Status::unimplemented(
-            "this fake socket has no spillman channels",
-        ))
-    }
-
-    async fn end_session(
-        &self,
-        _: Request<v1::EndSessionRequest>,
-    ) -> Result<Response<v1::EndSessionResponse>, Status> {
-        Err(Status::unimplemented("not needed"))
-    }
-
-    async fn fund_channel(
-        &self,
-        _: Request<v1::FundChannelRequest>,
-    ) -> Result<Response<v1::FundChannelResponse>, Status> {
-        Err(Status::unimplemented(
-            "this fake socket has no spillman channels",
-        ))
+        })
     }
 
     async fn pay_transaction(
         &self,
-        request: Request<v1::PayTransactionRequest>,
-    ) -> Result<Response<v1::PayTransactionResponse>, Status> {
+        request: v1::PayTransactionRequest,
+    ) -> Result<v1::PayTransactionResponse, Status> {
         self.pay_calls.fetch_add(1, Ordering::SeqCst);
-        let psbt = Psbt::deserialize(&request.get_ref().psbt)
+        let psbt = Psbt::deserialize(&request.psbt)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let fee = psbt
             .fee()
@@ -644,11 +598,11 @@ impl Socket for FakeSocket {
         for event in integration::fake_paid_and_quota_low("fake") {
             let _ = self.events.send(event);
         }
-        Ok(Response::new(v1::PayTransactionResponse {
+        Ok(v1::PayTransactionResponse {
             txid: tx.compute_txid().to_string(),
             quota_credited_mwh: 8_000,
             state: OutletState::Paid as i32,
-        }))
+        })
     }
 }
 
@@ -662,7 +616,6 @@ fn the_cable_refuses_a_single_fee_socket_asking_too_much() {
         (SocketCheat::HigherFee, "the fee changed"),
     ] {
         let pay_calls = Arc::new(AtomicUsize::new(0));
-        let port = free_port().unwrap();
         let (events, _) = tokio::sync::broadcast::channel(16);
         let fake = FakeSocket {
             cheat,
@@ -670,16 +623,12 @@ fn the_cable_refuses_a_single_fee_socket_asking_too_much() {
             set: Arc::default(),
             events,
         };
-        let server = runtime.spawn(
-            tonic::transport::Server::builder()
-                .add_service(SocketServer::new(fake))
-                .serve(format!("127.0.0.1:{port}").parse().unwrap()),
-        );
+        let (endpoint, server) = integration::serve_fake(&runtime, fake).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let cable = CableFiles::create(
             &bitcoind,
             dir.path(),
-            &format!("http://127.0.0.1:{port}"),
+            &endpoint,
             &CableSetup {
                 schemes: vec!["single-fee".into()],
                 ..CableSetup::default()
