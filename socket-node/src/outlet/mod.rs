@@ -14,6 +14,8 @@
 pub(crate) mod handle;
 pub(crate) mod hardware;
 pub mod machine;
+#[cfg(test)]
+mod machine_props;
 pub(crate) mod presence;
 pub(crate) mod rules;
 pub(crate) mod view;
