@@ -18,7 +18,7 @@ use wallet::onchain::NodeWallet;
 #[derive(Parser)]
 #[command(version, propagate_version = true)]
 struct Cli {
-    /// TOML config (see docs/operating.md for an example).
+    /// TOML config (every key: docs/configuration.md).
     #[arg(long, global = true, default_value = "cable.toml")]
     config: PathBuf,
     /// Folder of the seed, wallet and store; created on first start.

@@ -573,10 +573,13 @@ quota_mwh = 8000
 
     #[test]
     fn the_documented_socket_config_loads() {
-        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operating.md"));
+        let readme = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/configuration.md"
+        ));
         let start = readme
             .find("```toml\nnetwork = ")
-            .expect("docs/operating.md shows a socket config");
+            .expect("docs/configuration.md shows a socket config");
         let text = &readme[start + "```toml\n".len()..];
         let text = &text[..text.find("```").expect("closed")];
         let config = SocketConfig::parse(text).unwrap();

@@ -35,7 +35,7 @@ enum Command {
     /// reflection; the operator API wants a token from the data dir (`admin.token`,
     /// `readonly.token`, created at first start).
     Run {
-        /// TOML config (see docs/operating.md for an example).
+        /// TOML config (every key: docs/configuration.md).
         #[arg(long)]
         config: PathBuf,
         /// Folder of the seed, wallet and store; created on first start.
