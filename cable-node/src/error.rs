@@ -3,12 +3,13 @@
 /// Why a session failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CableError {
-    /// The cable refused the socket's offer or terms: nothing was paid for them.
+    /// The cable refused the socket (its offer, terms, status or invoice broke a rule): nothing
+    /// was paid for them.
     #[error("refused the socket: {0}")]
-    RefusedSocket(String),
-    /// The socket refused a payment or locked the cable out.
+    CableRefusedSocket(String),
+    /// The socket refused the cable (a payment or request) or locked it out.
     #[error("the socket refused: {0}")]
-    SocketRefused(String),
+    SocketRefusedCable(String),
     /// The socket misbehaved (its count ran ahead of the cable's own meter beyond the
     /// tolerance, seed 000 §VII.B; a QuotaLow storm): the cable paid no more and flagged it in
     /// its registry of sockets.

@@ -51,7 +51,7 @@ impl Cable {
         terms: &v1::PowerRequestResponse,
         started: Instant,
     ) -> Result<(), CableError> {
-        let refuse = |reason: String| CableError::RefusedSocket(format!("terms: {reason}"));
+        let refuse = |reason: String| CableError::CableRefusedSocket(format!("terms: {reason}"));
         let offer = &accepted.offer;
         let expected_msat = PriceMsatPerWh(offer.price_msat_per_wh)
             .cost_of(accepted.quota)
@@ -90,7 +90,7 @@ impl Cable {
                 .policy
                 .allows(session.paid, accepted.quota_amount)
         {
-            return Err(CableError::RefusedSocket(format!(
+            return Err(CableError::CableRefusedSocket(format!(
                 "paying {} more would pass the session budget of {} sat",
                 accepted.quota_amount, self.config.policy.max_session_sat
             )));
@@ -157,7 +157,7 @@ impl Cable {
         let offer = &accepted.offer;
         let amount_msat = PriceMsatPerWh(offer.price_msat_per_wh)
             .cost_of(accepted.quota)
-            .map_err(|e| CableError::RefusedSocket(e.to_string()))?
+            .map_err(|e| CableError::CableRefusedSocket(e.to_string()))?
             .0;
         let (payment_id, preimage) = match last {
             // A keysend cut short: the same one again.
@@ -172,7 +172,7 @@ impl Cable {
                     .policy
                     .allows(session.paid, accepted.quota_amount)
                 {
-                    return Err(CableError::RefusedSocket(format!(
+                    return Err(CableError::CableRefusedSocket(format!(
                         "paying {} more would pass the session budget of {} sat",
                         accepted.quota_amount, self.config.policy.max_session_sat
                     )));
@@ -194,7 +194,7 @@ impl Cable {
         };
         let hash = PaymentHash::from(PaymentPreimage(preimage)).to_string();
         let ln_offer = proto::terms::offered_lightning(offer)
-            .map_err(|e| CableError::RefusedSocket(e.to_string()))?;
+            .map_err(|e| CableError::CableRefusedSocket(e.to_string()))?;
         let socket = crate::lightning::peer_of(&ln_offer.node_id, &ln_offer.address)?;
         let record = proto::lightning::SessionRecord {
             session_id: session.id.clone(),

@@ -57,7 +57,7 @@ use crate::store::{CableStore, SignedRecord};
 /// cable. Adding such a scheme is one module implementing this trait, named in [`payer_of`].
 trait Payer {
     /// Check `terms` against the accepted offer and the session, sign the payment, and store
-    /// it. Errors: [`CableError::RefusedSocket`] for terms that break a rule (nothing signed).
+    /// it. Errors: [`CableError::CableRefusedSocket`] for terms that break a rule (nothing signed).
     fn sign(
         &self,
         cable: &mut Cable,
@@ -145,7 +145,7 @@ impl Cable {
             .config
             .policy
             .check_signed_offer(&signed, &self.config.outlet_id, &nonce, self.config.network)
-            .map_err(|reason| CableError::RefusedSocket(format!("offer: {reason}")))?;
+            .map_err(|reason| CableError::CableRefusedSocket(format!("offer: {reason}")))?;
         let offer = accepted.offer.clone();
         let socket_key = offer.socket_identity_key.to_lower_hex_string();
         if let Some(reason) = self
@@ -153,7 +153,7 @@ impl Cable {
             .meet_socket(&socket_key)
             .context("reading the registry of sockets")?
         {
-            return Err(CableError::RefusedSocket(format!(
+            return Err(CableError::CableRefusedSocket(format!(
                 "socket {socket_key} is flagged in the cable's registry: {reason} \
                  (`cable-node sockets --allow {socket_key}` trusts it again)"
             )));
@@ -172,7 +172,7 @@ impl Cable {
             // The channel is ready before plugging in: no session waits for confirmations.
             let ln = self.lightning()?;
             let terms = proto::terms::offered_lightning(&offer)
-                .map_err(|e| CableError::RefusedSocket(e.to_string()))?;
+                .map_err(|e| CableError::CableRefusedSocket(e.to_string()))?;
             let socket = crate::lightning::peer_of(&terms.node_id, &terms.address)?;
             let amount_msat = PriceMsatPerWh(offer.price_msat_per_wh)
                 .cost_of(accepted.quota)
@@ -433,7 +433,7 @@ impl Cable {
                     *session = Session::new();
                 }
                 Err(status) => {
-                    return Err(CableError::SocketRefused(format!(
+                    return Err(CableError::SocketRefusedCable(format!(
                         "PowerRequest: {}",
                         status.message()
                     )))

@@ -23,7 +23,7 @@ impl Payer for Onchain {
         accepted: &AcceptedOffer,
     ) -> Result<SignedRecord, CableError> {
         let checked = check_terms(&accepted.offer, terms)
-            .map_err(|e| CableError::RefusedSocket(format!("terms: {e}")))?;
+            .map_err(|e| CableError::CableRefusedSocket(format!("terms: {e}")))?;
         let fee_rate = cable.config.policy.fee_rate_for(accepted);
         cable.sign(&session.id, terms.payment_id, &checked, fee_rate)
     }

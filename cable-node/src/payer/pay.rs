@@ -38,7 +38,7 @@ impl Cable {
         // the signature is void; ask again, which starts a new set.
         match self.pay_quota_once(client, accepted, session).await? {
             true => Ok(()),
-            false => Err(CableError::SocketRefused(
+            false => Err(CableError::SocketRefusedCable(
                 "the socket keeps closing input sets".into(),
             )),
         }
@@ -90,7 +90,7 @@ impl Cable {
                 )
                 .context("storing the session")?;
         } else if terms.session_id != session.id {
-            return Err(CableError::RefusedSocket(format!(
+            return Err(CableError::CableRefusedSocket(format!(
                 "terms for session {} while session {} is in progress",
                 terms.session_id, session.id
             )));
@@ -123,7 +123,7 @@ impl Cable {
                 .policy
                 .allows(session.paid, accepted.quota_amount)
         {
-            return Err(CableError::RefusedSocket(format!(
+            return Err(CableError::CableRefusedSocket(format!(
                 "paying {} more would pass the session budget of {} sat",
                 accepted.quota_amount, self.config.policy.max_session_sat
             )));
@@ -152,7 +152,7 @@ impl Cable {
             }
             None => payer_of(accepted.scheme)
                 .ok_or_else(|| {
-                    CableError::RefusedSocket(format!(
+                    CableError::CableRefusedSocket(format!(
                         "terms: {} is not paid with PayTransaction",
                         accepted.scheme.as_str_name()
                     ))
@@ -192,12 +192,12 @@ impl Cable {
                     let _ = self
                         .store
                         .set_status(&session.id, terms.payment_id, "refused");
-                    return Err(CableError::SocketRefused(status.message().to_owned()));
+                    return Err(CableError::SocketRefusedCable(status.message().to_owned()));
                 }
             }
         };
         if reply.txid != record.txid.to_string() {
-            return Err(CableError::RefusedSocket(format!(
+            return Err(CableError::CableRefusedSocket(format!(
                 "the socket reports transaction {} for our payment {}",
                 reply.txid, record.txid
             )));

@@ -38,7 +38,8 @@ impl Cable {
         terms: &v1::PowerRequestResponse,
         accepted: &AcceptedOffer,
     ) -> Result<SignedRecord, CableError> {
-        let refuse = |e: proto::rules::RuleError| CableError::RefusedSocket(format!("terms: {e}"));
+        let refuse =
+            |e: proto::rules::RuleError| CableError::CableRefusedSocket(format!("terms: {e}"));
         let reply = terms;
         let terms = proto::terms::single_fee_terms(reply).map_err(refuse)?;
         let increment = accepted.quota_amount;
@@ -109,7 +110,7 @@ impl Cable {
             return Ok(record);
         }
         let set = current.ok_or_else(|| {
-            CableError::RefusedSocket(
+            CableError::CableRefusedSocket(
                 "terms: the socket continues an input set this cable never opened".into(),
             )
         })?;

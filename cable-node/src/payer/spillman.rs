@@ -55,7 +55,7 @@ pub async fn open(
     chain: &Chain,
     store: &CableStore,
 ) -> Result<(String, bitcoin::Transaction), CableError> {
-    let refuse = |reason: String| CableError::RefusedSocket(format!("channel: {reason}"));
+    let refuse = |reason: String| CableError::CableRefusedSocket(format!("channel: {reason}"));
     let terms =
         proto::terms::offered_spillman(&accepted.offer).map_err(|e| refuse(e.to_string()))?;
     let socket_key =
@@ -242,11 +242,11 @@ async fn fund(
                 );
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
-            Err(status) => return Err(CableError::SocketRefused(status.message().to_owned())),
+            Err(status) => return Err(CableError::SocketRefusedCable(status.message().to_owned())),
         }
     };
     if funded.deposit_txid != deposit_txid {
-        return Err(CableError::RefusedSocket(format!(
+        return Err(CableError::CableRefusedSocket(format!(
             "channel: the socket reports deposit {} for ours {deposit_txid}",
             funded.deposit_txid
         )));
@@ -295,7 +295,7 @@ pub fn sign_payment(
     terms: &v1::PowerRequestResponse,
     accepted: &AcceptedOffer,
 ) -> Result<SignedRecord, CableError> {
-    let refuse = |reason: String| CableError::RefusedSocket(format!("terms: {reason}"));
+    let refuse = |reason: String| CableError::CableRefusedSocket(format!("terms: {reason}"));
     let value_sat = proto::terms::spillman_terms(terms)
         .map_err(|e| refuse(e.to_string()))?
         .value_sat;

@@ -18,7 +18,7 @@ impl Cable {
     /// about this outlet. A report of this session is kept in the store, as proof of what the
     /// socket counted. Returns `None` for a report older than the newest seen (a stream may
     /// deliver an event queued before the snapshot that follows it). Errors:
-    /// [`CableError::RefusedSocket`] when the status is unsigned or its signature fails: the
+    /// [`CableError::CableRefusedSocket`] when the status is unsigned or its signature fails: the
     /// cable acts on nothing it cannot prove.
     pub(super) fn check_status(
         &mut self,
@@ -26,14 +26,15 @@ impl Cable {
         accepted: &AcceptedOffer,
         session: &mut Session,
     ) -> Result<Option<v1::StatusReport>, CableError> {
-        let signed = signed
-            .ok_or_else(|| CableError::RefusedSocket("a status the socket did not sign".into()))?;
+        let signed = signed.ok_or_else(|| {
+            CableError::CableRefusedSocket("a status the socket did not sign".into())
+        })?;
         let report = proto::identity::verify_status(
             signed,
             &accepted.socket.socket_identity_key,
             &self.config.outlet_id,
         )
-        .map_err(|e| CableError::RefusedSocket(format!("status: {e}")))?;
+        .map_err(|e| CableError::CableRefusedSocket(format!("status: {e}")))?;
         // A QuotaLow may carry the very report of the status before it: equal is not stale.
         if report.sequence < session.last_status_sequence {
             tracing::debug!(sequence = report.sequence, "stale status");
@@ -98,7 +99,7 @@ impl Cable {
             }
             OutletState::Lockout => {
                 self.hw.relay.open().map_err(anyhow::Error::from)?;
-                return Err(CableError::SocketRefused(format!(
+                return Err(CableError::SocketRefusedCable(format!(
                     "locked out: {}",
                     status.reason
                 )));
