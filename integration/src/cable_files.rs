@@ -158,6 +158,13 @@ impl CableFiles {
 }
 
 impl CableFiles {
+    /// The report of the cable's last `run` (`--report`): its session, outcome and payments.
+    /// Errors: no report written, or one that does not parse.
+    pub fn session_report(&self) -> anyhow::Result<cable_node::payer::SessionReport> {
+        let text = std::fs::read_to_string(&self.report)?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
     /// Run `cable-node <args>` on this cable to its end; its stdout, or an error with its
     /// stderr.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {

@@ -5,12 +5,12 @@ use std::time::{Duration, Instant};
 
 use bitcoin::Amount;
 use proto::receipt::MeterCheck;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::metering::Latest;
 
 /// What a session did, for people and for the demo (`--report FILE`, JSON).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionReport {
     /// The socket's session id.
     pub session_id: String,
@@ -28,7 +28,7 @@ pub struct SessionReport {
 }
 
 /// One accepted payment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PaymentReport {
     /// Payment id within the session.
     pub payment_id: u64,

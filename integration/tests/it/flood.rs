@@ -13,7 +13,6 @@ use integration::{CableFiles, CableSetup, SocketProcess, SocketSetup};
 use proto::v1::socket_client::SocketClient;
 use proto::v1::{self};
 use regtest::Regtest;
-use serde_json::Value;
 
 /// Connections the flooder opens, and calls it keeps in flight on each.
 const CONNECTIONS: usize = 8;
@@ -183,15 +182,11 @@ fn a_flooding_peer_is_rate_limited_and_an_honest_cable_pays_on() {
         "cable failed:\n{log}\nsocket:\n{}",
         socket.log_text()
     );
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&cable.report).unwrap()).unwrap();
-    assert_eq!(report["outcome"], "appliance done", "{report}");
-    let payments = report["payments"].as_array().unwrap();
-    assert_eq!(payments.len(), 5, "{report}");
-    let mut latencies: Vec<u64> = payments
-        .iter()
-        .map(|p| p["latency_ms"].as_u64().unwrap())
-        .collect();
+    let report = cable.session_report().unwrap();
+    assert_eq!(report.outcome, "appliance done", "{report:?}");
+    let payments = &report.payments;
+    assert_eq!(payments.len(), 5, "{report:?}");
+    let mut latencies: Vec<u64> = payments.iter().map(|p| p.latency_ms.unwrap()).collect();
     latencies.sort_unstable();
     let (answered, limited, other) = (
         counts.answered.load(Ordering::Relaxed),

@@ -33,10 +33,6 @@ fn wait_for_standby(socket: &SocketProcess) {
     }
 }
 
-fn report(cable: &CableFiles) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(&cable.report).unwrap()).unwrap()
-}
-
 /// A Lightning cable of `socket` with a session budget of `max_session_sat`, its Lightning
 /// wallet funded for a channel.
 fn funded_cable(
@@ -171,22 +167,22 @@ fn the_first_visit_opens_a_channel_and_the_next_session_needs_no_chain() {
         String::from_utf8_lossy(&out.stderr),
         socket.log_text()
     );
-    let first = report(&cable);
-    assert_eq!(first["outcome"], "appliance done", "{first}");
-    let payments = first["payments"].as_array().unwrap();
-    assert_eq!(payments.len(), 5, "{first}");
+    let first = cable.session_report().unwrap();
+    assert_eq!(first.outcome, "appliance done", "{first:?}");
+    let payments = &first.payments;
+    assert_eq!(payments.len(), 5, "{first:?}");
     assert!(
         payments
             .iter()
-            .all(|p| p["amount_sat"] == 1_000 && p["latency_ms"].is_u64()),
-        "{first}"
+            .all(|p| p.amount_sat == 1_000 && p.latency_ms.is_some()),
+        "{first:?}"
     );
-    let onchain = first["onchain_txs"].as_array().unwrap();
-    assert_eq!(onchain.len(), 1, "the channel open: {first}");
+    let onchain = &first.onchain_txs;
+    assert_eq!(onchain.len(), 1, "the channel open: {first:?}");
     let funding: Value = regtest::rpc(
         bitcoind.client(),
         "getrawtransaction",
-        &[onchain[0]["txid"].clone(), json!(1)],
+        &[json!(onchain[0].txid), json!(1)],
     )
     .unwrap();
     assert!(funding["confirmations"].as_u64().unwrap() >= 1);
@@ -221,13 +217,9 @@ fn the_first_visit_opens_a_channel_and_the_next_session_needs_no_chain() {
         String::from_utf8_lossy(&out.stderr),
         socket.log_text()
     );
-    let second = report(&cable);
-    assert_eq!(second["payments"].as_array().unwrap().len(), 5, "{second}");
-    assert_eq!(
-        second["onchain_txs"].as_array().unwrap().len(),
-        0,
-        "{second}"
-    );
+    let second = cable.session_report().unwrap();
+    assert_eq!(second.payments.len(), 5, "{second:?}");
+    assert_eq!(second.onchain_txs.len(), 0, "{second:?}");
     let mempool: Vec<String> = regtest::rpc(bitcoind.client(), "getrawmempool", &[]).unwrap();
     assert!(mempool.is_empty(), "{mempool:?}");
     let after: u64 = regtest::rpc(bitcoind.client(), "getblockcount", &[]).unwrap();
@@ -445,9 +437,9 @@ fn both_nodes_killed_mid_session_carry_on_and_nothing_is_paid_twice() {
         "the cut came within a payment after all:\n{}",
         socket.log_text()
     );
-    let report = report(&cable);
-    assert_eq!(report["session_id"], json!(session));
-    assert_eq!(report["outcome"], "session budget spent", "{report}");
+    let report = cable.session_report().unwrap();
+    assert_eq!(report.session_id, session);
+    assert_eq!(report.outcome, "session budget spent", "{report:?}");
 
     // Six quotas, six invoices, each paid and credited once; both sides agree on the sum.
     let socket_db = rusqlite::Connection::open(socket.data_dir.join("socket.sqlite")).unwrap();
@@ -529,9 +521,9 @@ fn a_cable_back_after_its_session_ended_pays_it_nothing_more_and_opens_a_new_one
         log.contains("ended the session while the cable was away"),
         "{log}"
     );
-    let report = report(&cable);
-    assert_ne!(report["session_id"], json!(first), "{report}");
-    assert_eq!(report["outcome"], "session budget spent", "{report}");
+    let report = cable.session_report().unwrap();
+    assert_ne!(report.session_id, first, "{report:?}");
+    assert_eq!(report.outcome, "session budget spent", "{report:?}");
 
     // The ended session: its invoice and its keysend, on both sides, nothing after; the new
     // one paid in full.
@@ -545,7 +537,7 @@ fn a_cable_back_after_its_session_ended_pays_it_nothing_more_and_opens_a_new_one
             )
             .unwrap()
     };
-    let second = report["session_id"].as_str().unwrap();
+    let second = report.session_id.as_str();
     assert_eq!(received(&first), (2, 2_000_000));
     assert_eq!(received(second), (2, 2_000_000));
     let late: i64 = socket_db
@@ -643,18 +635,10 @@ fn through_a_hub_a_cable_pays_a_socket_it_has_no_channel_with() {
         String::from_utf8_lossy(&out.stderr),
         socket.log_text()
     );
-    let session = report(&cable);
-    assert_eq!(session["outcome"], "appliance done", "{session}");
-    assert_eq!(
-        session["payments"].as_array().unwrap().len(),
-        5,
-        "{session}"
-    );
-    assert_eq!(
-        session["onchain_txs"].as_array().unwrap().len(),
-        0,
-        "{session}"
-    );
+    let session = cable.session_report().unwrap();
+    assert_eq!(session.outcome, "appliance done", "{session:?}");
+    assert_eq!(session.payments.len(), 5, "{session:?}");
+    assert_eq!(session.onchain_txs.len(), 0, "{session:?}");
     let mempool: Vec<String> = regtest::rpc(bitcoind.client(), "getrawmempool", &[]).unwrap();
     assert!(mempool.is_empty(), "{mempool:?}");
     let after: u64 = regtest::rpc(bitcoind.client(), "getblockcount", &[]).unwrap();
@@ -716,16 +700,9 @@ fn a_socket_that_trusts_the_cable_takes_its_channel_before_it_confirms() {
         String::from_utf8_lossy(&out.stderr),
         socket.log_text()
     );
-    let session = report(&cable);
-    assert_eq!(
-        session["payments"].as_array().unwrap().len(),
-        5,
-        "{session}"
-    );
-    let funding = session["onchain_txs"][0]["txid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let session = cable.session_report().unwrap();
+    assert_eq!(session.payments.len(), 5, "{session:?}");
+    let funding = session.onchain_txs[0].txid.clone();
     let mempool: Vec<String> = regtest::rpc(bitcoind.client(), "getrawmempool", &[]).unwrap();
     assert!(mempool.contains(&funding), "{mempool:?}");
     let after: u64 = regtest::rpc(bitcoind.client(), "getblockcount", &[]).unwrap();

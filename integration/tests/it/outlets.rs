@@ -10,7 +10,6 @@ use integration::{CableFiles, CableSetup, SocketProcess, SocketSetup};
 use proto::v1::socket_client::SocketClient;
 use proto::v1::{self, OutletState};
 use regtest::Regtest;
-use serde_json::Value;
 
 /// A stranger on outlet-3: plugs in, asks for terms and sends bytes that are no payment. The
 /// outlet must lock out; returns the reason the socket gave.
@@ -118,10 +117,6 @@ fn sessions_of(socket: &SocketProcess) -> Vec<(String, String, u64, BTreeSet<Str
         .collect()
 }
 
-fn report_of(cable: &CableFiles) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(&cable.report).unwrap()).unwrap()
-}
-
 #[test]
 fn two_cables_pay_two_outlets_at_once_and_a_lockout_stays_on_its_outlet() {
     let bitcoind = Regtest::start().unwrap();
@@ -192,16 +187,19 @@ fn two_cables_pay_two_outlets_at_once_and_a_lockout_stays_on_its_outlet() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    let reports = [report_of(&onchain), report_of(&single_fee)];
+    let reports = [
+        onchain.session_report().unwrap(),
+        single_fee.session_report().unwrap(),
+    ];
     for (report, cable) in reports.iter().zip([&onchain, &single_fee]) {
         assert_eq!(
-            report["outcome"],
+            report.outcome,
             "appliance done",
-            "{report}\n{}\nSOCKET:\n{}",
+            "{report:?}\n{}\nSOCKET:\n{}",
             std::fs::read_to_string(&cable.log).unwrap_or_default(),
             socket.log_text()
         );
-        assert_eq!(report["payments"].as_array().unwrap().len(), 5, "{report}");
+        assert_eq!(report.payments.len(), 5, "{report:?}");
     }
 
     // Each session is on its own outlet, paid with its own scheme, credited exactly the five
@@ -217,12 +215,7 @@ fn two_cables_pay_two_outlets_at_once_and_a_lockout_stays_on_its_outlet() {
         let (_, stored_scheme, credited_mwh, txids) = mine[0];
         assert_eq!(stored_scheme, scheme);
         assert_eq!(*credited_mwh, 5 * 8_000, "{outlet}");
-        let paid: BTreeSet<String> = report["payments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["txid"].as_str().unwrap().to_owned())
-            .collect();
+        let paid: BTreeSet<String> = report.payments.iter().map(|p| p.txid.clone()).collect();
         assert_eq!(txids, &paid, "{outlet}");
     }
     let cheat: Vec<_> = sessions.iter().filter(|s| s.0 == "outlet-3").collect();

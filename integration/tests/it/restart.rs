@@ -76,18 +76,14 @@ fn socket_killed_mid_session_loses_and_doubles_nothing() {
         "cable failed:\n{log}\nsocket:\n{}",
         socket.log_text()
     );
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&cable.report).unwrap()).unwrap();
-    assert_eq!(report["outcome"], "session budget spent", "{report}");
-    assert_eq!(report["session_id"], json!(session_id));
+    let report = cable.session_report().unwrap();
+    assert_eq!(report.outcome, "session budget spent", "{report:?}");
+    assert_eq!(report.session_id, session_id);
 
     // Six payments, six distinct transactions, all on the chain, each credited once.
-    let payments = report["payments"].as_array().unwrap();
-    assert_eq!(payments.len(), 6, "{report}");
-    let txids: HashSet<&str> = payments
-        .iter()
-        .map(|p| p["txid"].as_str().unwrap())
-        .collect();
+    let payments = &report.payments;
+    assert_eq!(payments.len(), 6, "{report:?}");
+    let txids: HashSet<&str> = payments.iter().map(|p| p.txid.as_str()).collect();
     assert_eq!(txids.len(), 6);
     bitcoind.mine(1).unwrap();
     for txid in &txids {

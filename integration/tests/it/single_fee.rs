@@ -15,10 +15,6 @@ fn single_fee_cable() -> CableSetup {
     }
 }
 
-fn report(cable: &CableFiles) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(&cable.report).unwrap()).unwrap()
-}
-
 fn transaction(bitcoind: &Regtest, txid: &str) -> (Transaction, Value) {
     let verbose: Value = regtest::rpc(
         bitcoind.client(),
@@ -75,19 +71,19 @@ fn the_toast_is_one_transaction_with_one_fee() {
         socket.log_text()
     );
 
-    let report = report(&cable);
-    assert_eq!(report["outcome"], "appliance done", "{report}");
-    assert_eq!(report["payments"].as_array().unwrap().len(), 5, "{report}");
-    let onchain = report["onchain_txs"].as_array().unwrap();
-    assert_eq!(onchain.len(), 1, "{report}");
-    assert_eq!(onchain[0]["amount_sat"], 5_000);
+    let report = cable.session_report().unwrap();
+    assert_eq!(report.outcome, "appliance done", "{report:?}");
+    assert_eq!(report.payments.len(), 5, "{report:?}");
+    let onchain = &report.onchain_txs;
+    assert_eq!(onchain.len(), 1, "{report:?}");
+    assert_eq!(onchain[0].amount_sat, 5_000);
 
     bitcoind.mine(1).unwrap();
-    let txid = onchain[0]["txid"].as_str().unwrap();
+    let txid = onchain[0].txid.as_str();
     let (tx, verbose) = transaction(&bitcoind, txid);
     assert!(verbose["confirmations"].as_u64().unwrap() >= 1);
     // Every payment of the toast spent the inputs of the one that confirmed.
-    let first: String = report["payments"][0]["txid"].as_str().unwrap().into();
+    let first: String = report.payments[0].txid.as_str().into();
     let cable_db = rusqlite::Connection::open(cable.data_dir.join("cable.sqlite")).unwrap();
     let first_psbt: Vec<u8> = cable_db
         .query_row("SELECT psbt FROM payments WHERE txid = ?1", [&first], |r| {
@@ -161,16 +157,13 @@ fn a_session_past_the_maximum_pays_in_two_transactions() {
         socket.log_text()
     );
 
-    let report = report(&cable);
-    let onchain = report["onchain_txs"].as_array().unwrap();
-    let values: Vec<u64> = onchain
-        .iter()
-        .map(|t| t["amount_sat"].as_u64().unwrap())
-        .collect();
-    assert_eq!(values, vec![3_000, 2_000], "{report}");
+    let report = cable.session_report().unwrap();
+    let onchain = &report.onchain_txs;
+    let values: Vec<u64> = onchain.iter().map(|t| t.amount_sat).collect();
+    assert_eq!(values, vec![3_000, 2_000], "{report:?}");
     bitcoind.mine(1).unwrap();
     for t in onchain {
-        let (_, verbose) = transaction(&bitcoind, t["txid"].as_str().unwrap());
+        let (_, verbose) = transaction(&bitcoind, &t.txid);
         assert!(verbose["confirmations"].as_u64().unwrap() >= 1);
     }
     wait_until("the socket to settle", Duration::from_secs(15), || {

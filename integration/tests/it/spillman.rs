@@ -80,15 +80,11 @@ fn the_toast_is_one_deposit_five_payments_and_one_close() {
         String::from_utf8_lossy(&out.stderr),
         socket.log_text()
     );
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&cable.report).unwrap()).unwrap();
-    assert_eq!(report["payments"].as_array().unwrap().len(), 5, "{report}");
-    let onchain = report["onchain_txs"].as_array().unwrap();
-    assert_eq!(onchain.len(), 2, "the deposit and the close: {report}");
-    let (deposit_txid, close_txid) = (
-        onchain[0]["txid"].as_str().unwrap(),
-        onchain[1]["txid"].as_str().unwrap(),
-    );
+    let report = cable.session_report().unwrap();
+    assert_eq!(report.payments.len(), 5, "{report:?}");
+    let onchain = &report.onchain_txs;
+    assert_eq!(onchain.len(), 2, "the deposit and the close: {report:?}");
+    let (deposit_txid, close_txid) = (onchain[0].txid.as_str(), onchain[1].txid.as_str());
     wait_for_tx(&bitcoind, close_txid);
     bitcoind.mine(1).unwrap();
 

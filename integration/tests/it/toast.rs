@@ -38,25 +38,21 @@ fn toast_is_paid_with_five_confirmed_transactions() {
         socket.log_text()
     );
 
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&cable.report).unwrap()).unwrap();
-    if report["outcome"] != "appliance done" {
+    let report = cable.session_report().unwrap();
+    if report.outcome != "appliance done" {
         eprintln!("CABLE:\n{log}\nSOCKET:\n{}", socket.log_text());
     }
-    assert_eq!(report["outcome"], "appliance done", "{report}");
-    let payments = report["payments"].as_array().unwrap();
-    assert_eq!(payments.len(), 5, "{report}");
-    assert!(
-        report["energy_used_mwh"].as_u64().unwrap() >= 40_000,
-        "{report}"
-    );
+    assert_eq!(report.outcome, "appliance done", "{report:?}");
+    let payments = &report.payments;
+    assert_eq!(payments.len(), 5, "{report:?}");
+    assert!(report.energy_used_mwh >= 40_000, "{report:?}");
 
     // The cable kept what the socket reported of its session, signed by the socket's identity
     // key: proof of the energy the socket counted, rising with each quota.
     let socket_key =
         bitcoin::secp256k1::PublicKey::from_slice(&socket.offer().unwrap().socket_identity_key)
             .unwrap();
-    let session_id = report["session_id"].as_str().unwrap();
+    let session_id = report.session_id.as_str();
     let store = cable_node::store::CableStore::open(&cable.data_dir).unwrap();
     let reports: Vec<_> = store
         .status_reports(session_id)
@@ -84,7 +80,7 @@ fn toast_is_paid_with_five_confirmed_transactions() {
     // Every payment confirms and pays the socket's payout script exactly 1000 sat.
     bitcoind.mine(1).unwrap();
     for payment in payments {
-        let txid: Txid = payment["txid"].as_str().unwrap().parse().unwrap();
+        let txid: Txid = payment.txid.as_str().parse().unwrap();
         let tx: Value = regtest::rpc(
             bitcoind.client(),
             "getrawtransaction",
@@ -177,16 +173,12 @@ fn the_cable_pays_at_least_the_fee_rate_the_offer_names() {
         String::from_utf8_lossy(&out.stderr),
         socket.log_text()
     );
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&cable.report).unwrap()).unwrap();
-    let payments = report["payments"].as_array().unwrap();
-    assert_eq!(payments.len(), 5, "{report}");
+    let report = cable.session_report().unwrap();
+    let payments = &report.payments;
+    assert_eq!(payments.len(), 5, "{report:?}");
     for payment in payments {
-        let (fee, vsize) = (
-            payment["fee_sat"].as_u64().unwrap(),
-            payment["vsize"].as_u64().unwrap(),
-        );
-        assert!(fee >= 5 * vsize, "{fee} sat for {vsize} vB: {payment}");
+        let (fee, vsize) = (payment.fee_sat, payment.vsize);
+        assert!(fee >= 5 * vsize, "{fee} sat for {vsize} vB: {payment:?}");
     }
     assert!(!socket.log_text().contains("lockout"));
 }
