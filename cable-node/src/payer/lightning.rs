@@ -235,7 +235,9 @@ impl Cable {
         let fee_msat = match paid {
             Ok(fee) => fee,
             Err(e @ crate::lightning::LnPayError::Failed(_)) => {
-                let _ = self.store.ln_done(hash, "failed", None);
+                if let Err(e) = self.store.ln_done(hash, "failed", None) {
+                    tracing::error!(%hash, "the store did not mark the payment failed: {e}");
+                }
                 return Err(anyhow::Error::from(e).into());
             }
             // Stays `sending`: counted as spent, and awaited (never paid again) next time.

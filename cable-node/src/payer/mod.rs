@@ -451,7 +451,10 @@ impl Cable {
                 tracing::warn!("settling the input set: {e}");
             }
         }
-        let _ = self.store.end_session(&session.id, outcome);
+        if let Err(e) = self.store.end_session(&session.id, outcome) {
+            // The session stays open in the store: the next run resumes and ends it.
+            tracing::error!(session = %session.id, "the store did not end the session: {e}");
+        }
     }
     /// Take back the deposit of every spillman channel the socket left open past its refund's
     /// lock height (seed 003 "Protocol Peculiarities"). Returns the refunds broadcast.

@@ -146,7 +146,9 @@ pub async fn open(
         Ok(reply) => reply.into_inner(),
         Err(status) => {
             // Without a signed refund the deposit never leaves the cable.
-            let _ = store.set_channel_status(&deposit_txid, "abandoned");
+            if let Err(e) = store.set_channel_status(&deposit_txid, "abandoned") {
+                tracing::error!(%deposit_txid, "the store did not mark the channel abandoned: {e}");
+            }
             return Err(refuse(format!(
                 "the socket would not sign the refund: {}",
                 status.message()
@@ -165,7 +167,9 @@ pub async fn open(
         Ok(signature) => signature,
         Err(reason) => {
             // The deposit never leaves the cable.
-            let _ = store.set_channel_status(&deposit_txid, "abandoned");
+            if let Err(e) = store.set_channel_status(&deposit_txid, "abandoned") {
+                tracing::error!(%deposit_txid, "the store did not mark the channel abandoned: {e}");
+            }
             return Err(refuse(format!("the socket's refund signature: {reason}")));
         }
     };

@@ -474,10 +474,11 @@ impl OutletTask {
                         .lockout()
                         .map(|(r, _)| r.to_owned())
                         .unwrap_or_default();
-                    let _ =
-                        self.shared
-                            .store()
-                            .audit(&outlet_id, None, state.as_str_name(), &reason);
+                    let store = self.shared.store();
+                    if let Err(e) = store.audit(&outlet_id, None, state.as_str_name(), &reason) {
+                        tracing::error!(outlet = %outlet_id, "the audit log did not take a row: {e}");
+                    }
+                    drop(store);
                     let status = self.status();
                     let _ = self.events.send(v1::WatchStatusResponse {
                         event: Some(v1::watch_status_response::Event::Status(status)),
