@@ -23,7 +23,7 @@ use prometheus_client::registry::Registry;
 use proto::v1::ErrorReason;
 use wallet::chain::RpcOutcome;
 
-use crate::store::Store;
+use crate::store::OutletTotals;
 
 /// Labels: a scheme.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -166,18 +166,22 @@ impl Metrics {
     }
 }
 
-/// The whole exposition: the live metrics, then what `store` and the Lightning node `ln` say
-/// now. Blocking (SQLite, ldk-node): call off the async workers. Errors: the store's.
-pub fn encode(store: &Store, ln: Option<&ln::ldk_node::Node>) -> anyhow::Result<String> {
+/// The whole exposition: the live metrics, then what the store said (`totals` by outlet and
+/// scheme, audit `events` by outlet and event) and what the Lightning node `ln` says now.
+/// Blocking (ldk-node): call off the async workers. Errors: the text encoder's.
+pub fn encode(
+    totals: &[OutletTotals],
+    events: &[(String, String, u64)],
+    ln: Option<&ln::ldk_node::Node>,
+) -> anyhow::Result<String> {
     let mut now = Registry::with_prefix("t2t");
-    let (totals, events) = (store.outlet_totals()?, store.audit_counts()?);
     let energy = Family::<OutletSchemeLabel, Counter<f64>>::default();
     let revenue = Family::<OutletSchemeLabel, Counter<f64>>::default();
     let sessions = Family::<OutletSchemeLabel, Counter>::default();
     let lockouts = Family::<OutletSchemeLabel, Counter>::default();
     let payments = Family::<OutletSchemeLabel, Counter>::default();
     let lost = Family::<OutletSchemeLabel, Counter>::default();
-    for t in &totals {
+    for t in totals {
         let label = OutletSchemeLabel {
             outlet: t.outlet_id.clone(),
             scheme: t.scheme.clone(),
@@ -214,8 +218,11 @@ pub fn encode(store: &Store, ln: Option<&ln::ldk_node::Node>) -> anyhow::Result<
     let audit = Family::<OutletEventLabel, Counter>::default();
     for (outlet, event, count) in events {
         audit
-            .get_or_create(&OutletEventLabel { outlet, event })
-            .inc_by(count);
+            .get_or_create(&OutletEventLabel {
+                outlet: outlet.clone(),
+                event: event.clone(),
+            })
+            .inc_by(*count);
     }
     now.register(
         "events",

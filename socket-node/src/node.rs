@@ -55,9 +55,21 @@ impl Node {
                 .await
                 .with_context(|| format!("cannot listen on {address} ({what})"))
         };
-        let listener = bind(address, "listen").await?;
-        let operator_listener = bind(operator_address, "operator_listen").await?;
-        let http_listener = bind(http_address, "http_listen").await?;
+        let bound = async {
+            anyhow::Ok((
+                bind(address, "listen").await?,
+                bind(operator_address, "operator_listen").await?,
+                bind(http_address, "http_listen").await?,
+            ))
+        };
+        let (listener, operator_listener, http_listener) = match bound.await {
+            Ok(listeners) => listeners,
+            Err(e) => {
+                // Nothing serves: the outlets, jobs and Lightning node stop before the error.
+                station.stop().await;
+                return Err(e);
+            }
+        };
         let (cable_address, operator_address, http_address) = (
             listener.local_addr()?,
             operator_listener.local_addr()?,

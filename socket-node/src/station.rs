@@ -1,6 +1,7 @@
 //! The running socket (design.md, "Architecture v2"): its outlets, each an actor
-//! ([`crate::outlet`]), and what they share ([`Shared`]); the start-up recovery, and the
-//! settler thread that broadcasts held transactions and watches them confirm.
+//! ([`crate::outlet`]), and what they share ([`Shared`]); the start-up recovery, and its jobs,
+//! ended and joined by [`Station::stop`]: the settler thread that broadcasts held transactions
+//! and watches them confirm, and the task that hands Lightning events to the sellers.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,12 +28,68 @@ use proto::Scheme;
 /// nothing to broadcast.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
+/// How long [`Station::stop`] waits for the settler to end its round.
+const SETTLER_STOP: Duration = Duration::from_secs(10);
+
+/// Hand each event of the Lightning node to the sellers until the station stops; an event
+/// they could not take yet (store or outlet busy) is handed again a second later.
+async fn lightning_events(station: Arc<Station>, ln: Arc<ln::ldk_node::Node>) {
+    use crate::seller::lightning::{on_event, EventOutcome};
+    loop {
+        let event = tokio::select! {
+            event = ln.next_event_async() => event,
+            _ = station.jobs.stop_lightning.notified() => return,
+        };
+        if station
+            .jobs
+            .stopping
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        // The sellers block (store, outlet calls): off the async workers.
+        let job = Arc::clone(&station);
+        let outcome =
+            tokio::task::spawn_blocking(move || on_event(&job.shared, &job.outlets, &event)).await;
+        match outcome {
+            Ok(EventOutcome::Handled) => {
+                if let Err(e) = ln.event_handled() {
+                    tracing::error!("Lightning event not marked handled: {e}");
+                }
+            }
+            // ldk-node hands the same event again.
+            Ok(EventOutcome::RetryLater) => tokio::time::sleep(Duration::from_secs(1)).await,
+            // Not handled: ldk-node hands it again (after a pause, not in a spin).
+            Err(e) => {
+                tracing::error!("a Lightning event's handler failed: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 /// A running socket node: its outlets by id and what they share.
 pub struct Station {
     /// What the outlets and sellers share.
     pub shared: Arc<Shared>,
     /// The outlets, by id.
     pub outlets: Arc<Outlets>,
+    /// The station's jobs (the settler thread, the Lightning event task), stopped and joined
+    /// by [`Station::stop`].
+    jobs: Jobs,
+}
+
+/// The station's running jobs and the flag that ends them.
+#[derive(Default)]
+struct Jobs {
+    /// Set by [`Station::stop`]: every job ends at its next turn.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Wakes the Lightning event task, which may wait for an event that never comes.
+    stop_lightning: Arc<tokio::sync::Notify>,
+    /// The settler thread.
+    settler: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The task that hands the Lightning node's events to the sellers.
+    lightning: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Station {
@@ -118,33 +175,20 @@ impl Station {
         let station = Arc::new(Station {
             shared,
             outlets: Arc::new(Outlets::new(outlets)),
+            jobs: Jobs::default(),
         });
         crate::seller::spillman::rebroadcast_deposits(&station.shared);
         if let Some(ln) = station.shared.ln.clone() {
-            let station = Arc::clone(&station);
-            std::thread::Builder::new()
-                .name("lightning-events".into())
-                .spawn(move || loop {
-                    use crate::seller::lightning::{on_event, EventOutcome};
-                    let event = ln.wait_next_event();
-                    match on_event(&station.shared, &station.outlets, &event) {
-                        EventOutcome::Handled => {
-                            if let Err(e) = ln.event_handled() {
-                                tracing::error!("Lightning event not marked handled: {e}");
-                            }
-                        }
-                        // ldk-node hands the same event again.
-                        EventOutcome::RetryLater => std::thread::sleep(Duration::from_secs(1)),
-                    }
-                })
-                .context("starting the Lightning event thread")?;
+            let task = tokio::spawn(lightning_events(Arc::clone(&station), ln));
+            *crate::shared::lock(&station.jobs.lightning) = Some(task);
         }
         {
-            let station = Arc::clone(&station);
-            std::thread::Builder::new()
+            let job = Arc::clone(&station);
+            let settler = std::thread::Builder::new()
                 .name("settler".into())
-                .spawn(move || station.run_settler(settle_rx))
+                .spawn(move || job.run_settler(settle_rx))
                 .context("starting the settler")?;
+            *crate::shared::lock(&station.jobs.settler) = Some(settler);
         }
         // Sets held when the socket stopped are broadcast now (paper §VI: the socket must not
         // sit on them); the session's next payment starts a new set.
@@ -210,11 +254,37 @@ impl Station {
         Ok(open.into_iter().map(|(session, _)| session).collect())
     }
 
-    /// Shut down: open every relay (saving each session's energy), then stop the Lightning
-    /// node. The store's writes are synchronous, so nothing is in flight after this.
+    /// Shut down: open every relay (saving each session's energy), end the jobs (the settler
+    /// broadcasts what it was handed first) and wait for them, then stop the Lightning node.
+    /// The store's writes are synchronous, so nothing is in flight after this.
     pub async fn stop(&self) {
         for outlet in self.outlets.iter() {
             outlet.stop().await;
+        }
+        self.jobs
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.jobs.stop_lightning.notify_one();
+        let lightning = crate::shared::lock(&self.jobs.lightning).take();
+        if let Some(task) = lightning {
+            if let Err(e) = task.await {
+                tracing::error!("the Lightning event task failed: {e}");
+            }
+        }
+        // The settler ends after its round (bitcoind calls included): waited for at most
+        // SETTLER_STOP; one stuck on a frozen bitcoind is left to end with the process.
+        let settler = crate::shared::lock(&self.jobs.settler).take();
+        if let Some(thread) = settler {
+            let joined = tokio::time::timeout(
+                SETTLER_STOP,
+                tokio::task::spawn_blocking(move || thread.join()),
+            )
+            .await;
+            match joined {
+                Ok(Ok(Ok(()))) => {}
+                Ok(_) => tracing::error!("the settler thread panicked"),
+                Err(_) => tracing::warn!("the settler did not end within {SETTLER_STOP:?}"),
+            }
         }
         if let Some(ln) = self.shared.ln.clone() {
             let _ = tokio::task::spawn_blocking(move || ln.stop()).await;
@@ -232,6 +302,15 @@ impl Station {
         // Sets whose closing the store did not take: settled again each round.
         let mut unstored: Vec<Settle> = Vec::new();
         loop {
+            if self.jobs.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                // What it was handed is broadcast before it ends; the rest waits for the next
+                // start (held sets are broadcast then).
+                while let Ok(settle) = requests.try_recv() {
+                    self.broadcast_set(settle);
+                }
+                self.shared.save_energies();
+                return;
+            }
             match requests.recv_timeout(WATCH_EVERY) {
                 Ok(settle) => unstored.extend(self.broadcast_set(settle)),
                 Err(mpsc::RecvTimeoutError::Timeout) => {

@@ -1,6 +1,6 @@
 //! A socket started in-process as a library (design.md "Architecture v3"): the same
 //! `socket_node::node::Node` that `socket-node run` starts, on ports the system chooses, and
-//! stopped with every server joined.
+//! stopped with every server and job joined.
 
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ fn a_socket_starts_in_process_serves_a_signed_offer_and_stops_with_every_server(
         .enable_all()
         .build()
         .unwrap();
+    let settlers_before = threads_named("settler");
     runtime.block_on(async {
         let node = Node::start(config, &dir.path().join("socket-data"))
             .await
@@ -52,4 +53,16 @@ fn a_socket_starts_in_process_serves_a_signed_offer_and_stops_with_every_server(
             .unwrap();
         assert!(tokio::net::TcpStream::connect(http).await.is_err());
     });
+    // Its jobs ended with it: no settler thread left behind.
+    assert_eq!(threads_named("settler"), settlers_before);
+}
+
+/// How many threads of this process are named `name` (Linux: /proc/self/task/*/comm). Only
+/// this test starts a socket in-process.
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
 }

@@ -279,8 +279,12 @@ pub async fn anchors(State(http): State<Http>) -> Result<Json<Value>, ApiError> 
 pub async fn metrics(State(http): State<Http>) -> Result<Response, ApiError> {
     let station = std::sync::Arc::clone(&http.station);
     let text = tokio::task::spawn_blocking(move || {
-        let ln = station.shared.ln.as_deref();
-        crate::metrics::encode(&station.shared.store(), ln)
+        // The store's lock only for its two reads, not while the Lightning node answers.
+        let (totals, events) = {
+            let store = station.shared.store();
+            (store.outlet_totals()?, store.audit_counts()?)
+        };
+        crate::metrics::encode(&totals, &events, station.shared.ln.as_deref())
     })
     .await
     .map_err(ApiError::internal)?
