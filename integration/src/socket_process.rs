@@ -310,6 +310,19 @@ impl SocketProcess {
             .is_some_and(|child| child.try_wait().is_ok_and(|status| status.is_none()))
     }
 
+    /// Wait up to `limit` for the process to end by itself (a crash point: its client sees the
+    /// connection drop a moment before the process is gone). Returns whether it ended.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.is_running() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     /// Append `text` to the socket's config file (read again on [`SocketProcess::restart`]);
     /// its last section is `[lightning]` when the socket has Lightning.
     pub fn append_config(&self, text: &str) -> anyhow::Result<()> {

@@ -13,6 +13,7 @@ pub mod chain;
 pub mod facts;
 pub mod keys;
 pub mod onchain;
+pub mod persist;
 pub mod sequence;
 
 use std::path::PathBuf;

@@ -12,7 +12,6 @@ use rusqlite::Connection;
 mod channels;
 mod ln;
 mod payments;
-mod persist;
 mod schema;
 mod sessions;
 mod single_fee;
@@ -21,11 +20,11 @@ mod sockets;
 pub use channels::CableChannel;
 pub use ln::LnRecord;
 pub use payments::SignedRecord;
-use persist::persist;
 pub use schema::MIGRATIONS;
 pub use sessions::Unfinished;
 pub use single_fee::CableSet;
 pub use sockets::{SocketRow, SocketStatus};
+use wallet::persist::persist;
 
 fn unix_ms() -> i64 {
     SystemTime::now()

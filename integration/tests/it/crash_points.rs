@@ -1,6 +1,6 @@
 //! Crash points at every persistence point of both nodes (design.md "Durability before action";
 //! issue 14). Every write of either store runs through `persist("<point>", ...)`
-//! (`socket-node/src/store/persist.rs`, `cable-node/src/store/persist.rs`); in the test build
+//! (`wallet/src/persist.rs`, one for both stores); in the test build
 //! `FAILPOINTS=<point>=return` aborts the node right after that write committed.
 //!
 //! - [`every_store_write_is_a_persistence_point`] reads both stores' source: a write outside
@@ -645,6 +645,11 @@ fn a_crash_at_every_persistence_point_loses_nothing() {
     crashes.note(&out);
     // A revocation through the running socket: it crashes right after storing it.
     let revoked = socket.operator_cli("revoke", &[&key, "--reason", "stolen"]);
+    // The CLI sees the connection drop a moment before the process is gone: wait for it.
+    assert!(
+        socket.wait_for_exit(Duration::from_secs(30)),
+        "the socket survived the revocation: {revoked:?}"
+    );
     assert!(crashes.keep_socket_up(&mut socket), "{revoked:?}");
     assert_eq!(
         query_i64(

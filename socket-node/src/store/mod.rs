@@ -22,7 +22,6 @@ mod devices;
 mod lightning;
 mod payments;
 mod payouts;
-mod persist;
 mod profiles;
 mod receipts;
 mod report;
@@ -39,7 +38,7 @@ use proto::units::EnergyMwh;
 use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
 
-use persist::persist;
+use wallet::persist::persist;
 
 pub use anomalies::AnomalyRow;
 pub use audit::{AuditAnchor, AuditBreak};

@@ -1,6 +1,7 @@
-//! Persistence points: every write of the store runs through [`persist`] under a name
-//! (`cable-<method>`, e.g. `cable-record-signed`), for the crash and store-failure tests
-//! (design.md "Durability before action"; docs/testing.md "Reliability").
+//! Persistence points of both nodes' stores: every write of a store runs through [`persist`]
+//! under a name (`socket-<method>` or `cable-<method>`, e.g. `socket-accept-payment`), for the
+//! crash and store-failure tests (design.md "Durability before action"; docs/testing.md
+//! "Reliability").
 //!
 //! In builds with the `failpoints` feature (tests only; inert otherwise), `FAILPOINTS` arms them:
 //! - `<point>=return` aborts the process right after the write committed, before the node acts
@@ -11,12 +12,13 @@
 //! The test `integration/tests/it/crash_points.rs` finds every point in the source, fails when a
 //! write of the store has none, and crashes the node at each.
 
-use super::Result;
-
 /// Run `write` (one write of the store, committed when it returns `Ok`) as the persistence
 /// point `point`. Errors: `write`'s, or the injected failure of `<point>-fails`.
 #[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
-pub(super) fn persist<T>(point: &'static str, write: impl FnOnce() -> Result<T>) -> Result<T> {
+pub fn persist<T>(
+    point: &'static str,
+    write: impl FnOnce() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
     #[cfg(feature = "failpoints")]
     if fail::eval(&format!("{point}-fails"), |_| ()).is_some() {
         eprintln!("injected store failure at {point}");
