@@ -27,7 +27,13 @@ pub(crate) fn plug_in(rounds: u32) -> anyhow::Result<Vec<Row>> {
             &bitcoind,
             &dir.path().join(scheme),
             &socket.endpoint,
-            &cable_setup(scheme, integration::OUTLET, 1),
+            // A spillman budget of one quota is below the socket's smallest deposit (2 000
+            // sat): two quotas, or the cable refuses the offer and nothing is measured.
+            &cable_setup(
+                scheme,
+                integration::OUTLET,
+                if scheme == "spillman" { 2 } else { 1 },
+            ),
             Amount::from_sat(500_000),
         )?;
         if scheme == "lightning" {
