@@ -41,14 +41,26 @@ fn funded_cable(
     socket: &SocketProcess,
     max_session_sat: u64,
 ) -> CableFiles {
+    let setup = CableSetup {
+        max_session_sat,
+        ..lightning_cable()
+    };
+    funded_cable_of(bitcoind, dir, socket, &setup)
+}
+
+/// A cable of `setup` for `socket` (10 000 sat on chain), its Lightning wallet funded with
+/// 300 000 sat for a channel.
+fn funded_cable_of(
+    bitcoind: &Regtest,
+    dir: &std::path::Path,
+    socket: &SocketProcess,
+    setup: &CableSetup,
+) -> CableFiles {
     let cable = CableFiles::create(
         bitcoind,
         &dir.join("cable"),
         &socket.endpoint,
-        &CableSetup {
-            max_session_sat,
-            ..lightning_cable()
-        },
+        setup,
         Amount::from_sat(10_000),
     )
     .unwrap();
@@ -130,17 +142,7 @@ fn the_first_visit_opens_a_channel_and_the_next_session_needs_no_chain() {
     let dir = tempfile::tempdir().unwrap();
     let socket =
         SocketProcess::start(&bitcoind, &dir.path().join("socket"), &lightning_setup()).unwrap();
-    let cable = CableFiles::create(
-        &bitcoind,
-        &dir.path().join("cable"),
-        &socket.endpoint,
-        &lightning_cable(),
-        Amount::from_sat(10_000),
-    )
-    .unwrap();
-    cable
-        .fund_lightning(&bitcoind, Amount::from_sat(300_000))
-        .unwrap();
+    let cable = funded_cable_of(&bitcoind, dir.path(), &socket, &lightning_cable());
 
     // A policy that allows the cable no channel: it opens none, and locks no coin.
     let config = std::fs::read_to_string(&cable.config).unwrap();
@@ -349,17 +351,7 @@ fn a_cable_whose_socket_is_gone_force_closes_and_gets_its_funds_back_on_chain() 
     let dir = tempfile::tempdir().unwrap();
     let mut socket =
         SocketProcess::start(&bitcoind, &dir.path().join("socket"), &lightning_setup()).unwrap();
-    let cable = CableFiles::create(
-        &bitcoind,
-        &dir.path().join("cable"),
-        &socket.endpoint,
-        &lightning_cable(),
-        Amount::from_sat(10_000),
-    )
-    .unwrap();
-    cable
-        .fund_lightning(&bitcoind, Amount::from_sat(300_000))
-        .unwrap();
+    let cable = funded_cable_of(&bitcoind, dir.path(), &socket, &lightning_cable());
     let miner = Miner::start(&bitcoind, Duration::from_millis(500));
     let out = cable.run(Duration::from_secs(180)).unwrap();
     drop(miner);
@@ -597,20 +589,11 @@ fn through_a_hub_a_cable_pays_a_socket_it_has_no_channel_with() {
         None,
     )
     .unwrap();
-    let cable = CableFiles::create(
-        &bitcoind,
-        &dir.path().join("cable"),
-        &socket.endpoint,
-        &CableSetup {
-            lightning_hub: Some(hub_peer),
-            ..lightning_cable()
-        },
-        Amount::from_sat(10_000),
-    )
-    .unwrap();
-    cable
-        .fund_lightning(&bitcoind, Amount::from_sat(300_000))
-        .unwrap();
+    let setup = CableSetup {
+        lightning_hub: Some(hub_peer),
+        ..lightning_cable()
+    };
+    let cable = funded_cable_of(&bitcoind, dir.path(), &socket, &setup);
 
     // The cable's one channel goes to the hub, opened before it is plugged in; it is ready once
     // the hub's channel to the socket has been gossiped to it.
@@ -669,17 +652,7 @@ fn a_socket_that_trusts_the_cable_takes_its_channel_before_it_confirms() {
     let dir = tempfile::tempdir().unwrap();
     let mut socket =
         SocketProcess::start(&bitcoind, &dir.path().join("socket"), &lightning_setup()).unwrap();
-    let cable = CableFiles::create(
-        &bitcoind,
-        &dir.path().join("cable"),
-        &socket.endpoint,
-        &lightning_cable(),
-        Amount::from_sat(10_000),
-    )
-    .unwrap();
-    cable
-        .fund_lightning(&bitcoind, Amount::from_sat(300_000))
-        .unwrap();
+    let cable = funded_cable_of(&bitcoind, dir.path(), &socket, &lightning_cable());
 
     // The socket's operator trusts this cable (its Lightning node id, from its seed).
     let cable_ln = integration::ln_node(&bitcoind, &cable.data_dir, &ln::LnSettings::default());
