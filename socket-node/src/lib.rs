@@ -11,6 +11,7 @@
 //!   `Lockout`, paper §III), hardware and timers; the rest sends it commands.
 //! - [`seller`]: the seller side of each scheme, `onchain`, `single-fee`, `spillman` and
 //!   `lightning`, each seeing only its store, chain and outlet.
+//! - [`sets`]: the single-fee input set in progress on each outlet.
 //! - [`store`]: sessions, terms, payments and the audit log in SQLite.
 //! - [`service`]: the gRPC service `t2t.v1.Socket`, for cables: routes each request to its
 //!   outlet.
@@ -40,6 +41,7 @@ pub mod outlet;
 pub mod receipts;
 pub mod seller;
 pub mod service;
+pub(crate) mod sets;
 pub mod shared;
 pub mod station;
 pub mod store;

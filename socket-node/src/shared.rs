@@ -10,6 +10,7 @@ use wallet::chain::Chain;
 
 use crate::config::SocketConfig;
 use crate::error::SocketError;
+use crate::sets::{OpenSet, Sets};
 use crate::store::{Payout, Store};
 use wallet::onchain::NodeWallet;
 
@@ -55,6 +56,8 @@ pub struct Shared {
     /// Status sequences (`StatusReport.sequence`) of every outlet stay above this stored mark
     /// across restarts, whatever the clock says (a Pi without a real-time clock).
     pub(crate) status_mark: wallet::sequence::HighWaterMark,
+    /// The single-fee input set in progress on each outlet ([`Sets`]).
+    pub(crate) sets: Sets,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -222,6 +225,15 @@ impl Shared {
         ) {
             tracing::error!("the audit log did not take a row: {e}");
         }
+    }
+
+    /// Hand a closed input set to the settler thread, which broadcasts what it holds.
+    pub(crate) fn settle(&self, set: OpenSet) {
+        self.send_settle(Settle {
+            session_id: set.session_id,
+            index: set.index,
+            tx: set.seller.latest().cloned(),
+        });
     }
 
     /// Hand a closed input set to the settler thread, which broadcasts it.

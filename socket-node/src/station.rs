@@ -20,6 +20,7 @@ use wallet::WalletError;
 
 use crate::config::{OutletConfig, SocketConfig};
 use crate::outlet::{OutletHandle, Outlets};
+use crate::sets::Sets;
 use crate::shared::{Settle, Shared};
 use crate::store::{PaymentStatus, SetStatus, Store};
 use proto::Scheme;
@@ -47,10 +48,16 @@ async fn lightning_events(station: Arc<Station>, ln: Arc<ln::ldk_node::Node>) {
         {
             return;
         }
-        // The sellers block (store, outlet calls): off the async workers.
+        // The seller and the outlet's reply block (store, ldk-node): off the async workers.
         let job = Arc::clone(&station);
-        let outcome =
-            tokio::task::spawn_blocking(move || on_event(&job.shared, &job.outlets, &event)).await;
+        let outcome = tokio::task::spawn_blocking(move || {
+            let (outcome, verdict) = on_event(&job.shared, &event);
+            if let Some(verdict) = verdict {
+                job.apply_ln(verdict);
+            }
+            outcome
+        })
+        .await;
         match outcome {
             Ok(EventOutcome::Handled) => {
                 if let Err(e) = ln.event_handled() {
@@ -146,6 +153,7 @@ impl Station {
         let (settle_tx, settle_rx) = mpsc::channel();
         let status_mark = wallet::sequence::HighWaterMark::load(data_dir.join("status_sequence"))
             .context("the status sequence")?;
+        let config_outlet_ids: Vec<String> = config.outlets.iter().map(|o| o.id.clone()).collect();
         let shared = Arc::new(Shared {
             status_mark,
             chain_permits: tokio::sync::Semaphore::new(config.max_chain_calls),
@@ -164,6 +172,7 @@ impl Station {
             keys: keys.clone(),
             settler: Mutex::new(settle_tx),
             energy: Mutex::default(),
+            sets: Sets::new(config_outlet_ids.iter().map(String::as_str)),
         });
         let mut outlets = BTreeMap::new();
         for outlet in &shared.config.outlets {
@@ -208,6 +217,52 @@ impl Station {
         Ok(station)
     }
 
+    /// Apply a Lightning seller's verdict on its session's outlet (blocking: the Lightning
+    /// event thread). A payment recorded whose session is no longer in progress stays
+    /// recorded: credited at a restart of that session, audited for a keysend.
+    fn apply_ln(&self, verdict: crate::seller::lightning::LnVerdict) {
+        use crate::seller::lightning::LnVerdict;
+        match verdict {
+            LnVerdict::Credit {
+                session_id,
+                quota,
+                payment_hash,
+                keysend_payment_id,
+            } => {
+                let credited =
+                    self.outlets
+                        .of_session(&self.shared, &session_id)
+                        .and_then(|outlet| {
+                            outlet.credit_blocking(session_id.clone(), quota, payment_hash.clone())
+                        });
+                let Err(why) = credited else { return };
+                tracing::warn!(hash = %payment_hash, session = %session_id, "payment received for a session no longer in progress: {why}");
+                if let Some(payment_id) = keysend_payment_id {
+                    let outlet_id = self
+                        .shared
+                        .store()
+                        .session_outlet(&session_id)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
+                    if let Err(e) = self.shared.store().audit(
+                        &outlet_id,
+                        Some(&session_id),
+                        "keysend-after-end",
+                        &format!("payment {payment_id} ({payment_hash}): {why}"),
+                    ) {
+                        tracing::error!("the audit log did not take a row: {e}");
+                    }
+                }
+            }
+            LnVerdict::LockOut { session_id, reason } => {
+                if let Ok(outlet) = self.outlets.of_session(&self.shared, &session_id) {
+                    outlet.lock_out_blocking(session_id, reason);
+                }
+            }
+        }
+    }
+
     /// The outlet `id`. Errors: `NOT_FOUND`.
     pub fn outlet(&self, id: &str) -> Result<&OutletHandle, SocketError> {
         self.outlets.get(id)
@@ -248,7 +303,7 @@ impl Station {
             if let Ok(outlet) = self.outlet(outlet_id) {
                 let session = session_id.clone();
                 let why = format!("cable revoked by the operator: {reason}");
-                let _ = outlet.call(move |task| task.lock_out(&session, &why)).await;
+                outlet.lock_out(session, why).await;
             }
         }
         Ok(open.into_iter().map(|(session, _)| session).collect())
@@ -319,7 +374,7 @@ impl Station {
                     }
                     self.shared.save_energies();
                     // Closes due first: a spillman close must not wait on the watches.
-                    crate::seller::spillman::close_due(&self.shared, &self.outlets);
+                    crate::seller::spillman::close_due(&self.shared);
                     let watch = crate::chain_watch::ChainWatch {
                         shared: &self.shared,
                         outlets: &self.outlets,

@@ -127,8 +127,7 @@ impl ChainWatch<'_> {
                 &reason,
             );
             if let Ok(outlet) = self.outlets.get(&outlet_id) {
-                let session = session_id.to_owned();
-                let _ = outlet.call_blocking(move |task| task.lock_out(&session, &reason));
+                outlet.lock_out_blocking(session_id.to_owned(), reason);
             }
         }
     }
@@ -240,8 +239,7 @@ impl ChainWatch<'_> {
                         &reason,
                     );
                     if let Ok(outlet) = self.outlets.get(&outlet_id) {
-                        let session = session_id.to_owned();
-                        let _ = outlet.call_blocking(move |task| task.lock_out(&session, &reason));
+                        outlet.lock_out_blocking(session_id.to_owned(), reason);
                     }
                 }
                 Answer::NotFound | Answer::NoAnswer(_) | Answer::Refused(_) => return,
@@ -249,26 +247,23 @@ impl ChainWatch<'_> {
         }
     }
 
-    /// Check each outlet's held single-fee set against the chain, outside the outlet: inputs
-    /// spent by the very transaction held (the cable broadcast it at its session end) settle
-    /// the set; spent elsewhere, the cable double-spent them: broadcast what we hold (it
-    /// fails) and lock out.
+    /// Check each outlet's held single-fee set against the chain: inputs spent by the very
+    /// transaction held (the cable broadcast it at its session end) settle the set; spent by
+    /// another named transaction, the cable double-spent them: the set is lost (recorded
+    /// `failed` with its value lost against the cable, banned) and its session locked out.
+    /// What we hold is not sent: it pays the same fee as the set's other transactions, so
+    /// bitcoind would not take it over the double spend. An unknown or unanswered spender
+    /// blames nobody.
     pub(crate) fn watch_held_sets(&self) {
         for outlet in self.outlets.iter() {
-            let held = outlet
-                .call_blocking(|task| {
-                    task.set
-                        .as_ref()
-                        .filter(|s| s.seller.latest().is_some())
-                        .cloned()
-                })
-                .ok()
-                .flatten();
+            let held = self
+                .shared
+                .sets
+                .snapshot(outlet.id())
+                .filter(|s| s.seller.latest().is_some());
             let Some(set) = held else { continue };
             let chain = &self.shared.chain;
             let depth = self.shared.config.final_confirmations.max(1) + WATCH_DEPTH_BLOCKS;
-            // Spent by a named transaction: the one held (the cable broadcast it at its session
-            // end) or another (a double spend). An unknown or unanswered spender blames nobody.
             let spent = set.seller.inputs().into_iter().find_map(|input| {
                 match chain.spender(input, depth) {
                     Answer::Found(Spender::Tx { txid, .. }) => Some((input, txid)),
@@ -276,13 +271,35 @@ impl ChainWatch<'_> {
                 }
             });
             let Some((input, by)) = spent else { continue };
+            // Decided on the set as it is now, under its lock: a payment held since the
+            // snapshot may be the very transaction that spent the inputs.
+            let (session_id, index) = (set.session_id.clone(), set.index);
+            let Some(set) = self
+                .shared
+                .sets
+                .take_if(outlet.id(), |s| s.is(&session_id, index))
+            else {
+                continue;
+            };
+            if set.seller.latest().map(|tx| tx.compute_txid()) == Some(by) {
+                tracing::info!(outlet = %outlet.id(), session = %session_id, set = index, "input set broadcast by the cable");
+                self.shared.settle(set);
+                continue;
+            }
             let reason = format!(
                 "double spend: input {input} of the held payments was spent by {by}; {} held unpaid",
                 set.seller.value()
             );
-            let (session_id, index) = (set.session_id.clone(), set.index);
-            let _ =
-                outlet.call_blocking(move |task| task.set_spent(&session_id, index, by, reason));
+            // The set marked failed with the loss and the ban, in one transaction.
+            self.shared.payment_lost(
+                outlet.id(),
+                &session_id,
+                Lost::Set(index),
+                set.seller.value(),
+                "set-lost",
+                &reason,
+            );
+            outlet.lock_out_blocking(session_id, reason);
         }
     }
 }

@@ -2,19 +2,23 @@
 //! outlet's task and waits for their replies; [`Outlets`] holds every outlet's handle by id.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use proto::units::EnergyMwh;
 use proto::v1;
+use proto::Scheme;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::hardware::Hardware;
+use super::command::OutletCommand;
 use super::presence::{Presence, PresenceGuard};
-use super::{check_id_len, Outlet, OutletParams, OutletTask, OutletView};
+use super::terms::Opened;
+use super::{check_id_len, OutletTask, OutletView};
 use crate::config::OutletConfig;
 use crate::error::SocketError;
+use crate::seller::Issued;
 use crate::shared::Shared;
+use crate::store::CableAuth;
 
 /// The outlets of a socket, by id.
 pub struct Outlets(BTreeMap<String, OutletHandle>);
@@ -65,11 +69,8 @@ impl Outlets {
     }
 }
 
-/// A command: a closure run by the outlet's task on its state.
-pub(super) type Command = Box<dyn FnOnce(&mut OutletTask) + Send>;
-
 /// Calls of the cable-facing server that may wait for one outlet at once; reads are refused
-/// from half of it ([`OutletHandle::read`]). The settler's and Lightning's calls are not
+/// from half of it ([`OutletHandle::snapshot`]). The settler's and Lightning's calls are not
 /// counted: they are the socket's own, few, and must not be refused.
 const QUEUE_LIMIT: usize = 256;
 
@@ -81,9 +82,33 @@ pub struct OutletHandle {
     offer: v1::Offer,
     events: broadcast::Sender<v1::WatchStatusResponse>,
     presence: Arc<Presence>,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::UnboundedSender<Envelope>,
     /// Calls from the cable-facing server queued and not yet run ([`QUEUE_LIMIT`]).
-    queued: Arc<std::sync::atomic::AtomicUsize>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// A command on its way to the outlet's task, and its place in the queue when it counts.
+pub(super) struct Envelope {
+    pub(super) command: OutletCommand,
+    pub(super) place: Option<Place>,
+}
+
+/// Gives a call's place in the queue back however it ends (run, or dropped).
+pub(super) struct Place(Arc<AtomicUsize>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Who asks: the cable-facing server (counted against [`QUEUE_LIMIT`]; a read is shed from
+/// half of it) or the socket itself (never refused).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Cable,
+    CableRead,
+    Socket,
 }
 
 impl OutletHandle {
@@ -94,69 +119,15 @@ impl OutletHandle {
         offer: v1::Offer,
         shared: Arc<Shared>,
     ) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let mut hw = Hardware::open(&config.hw)
-            .with_context(|| format!("outlet {}: opening its hardware", config.id))?;
-        hw.relay
-            .open()
-            .with_context(|| format!("outlet {}: opening the relay", config.id))?;
-        let reading = hw
-            .meter
-            .read()
-            .with_context(|| format!("outlet {}: reading the meter", config.id))?;
-        let clock = Arc::clone(&hw.clock);
-        let mut machine = Outlet::new(OutletParams {
-            quota_low: EnergyMwh(config.quota_low_mwh),
-            grace_ms: config.grace_secs * 1_000,
-            lockout_ms: config.lockout_secs * 1_000,
-            payment_timeout_ms: config.payment_timeout_secs * 1_000,
-        });
-        let offered = shared.store().offered_payout(&config.id)?;
-        let payout = match offered {
-            Some(payout) => payout,
-            None => shared.fresh_payout(&config.id)?,
-        };
-        // A session with a halting anomaly (the socket stopped between recording it and the
-        // lockout) is resumed only to be locked out at once.
-        let mut halted = None;
-        {
-            let store = shared.store();
-            if let Some(session) = store.open_session_of(&config.id)? {
-                tracing::info!(outlet = %config.id, session = %session.id, credited = %session.credited, used = %session.energy_used, "resuming session");
-                store.audit(&config.id, Some(&session.id), "resumed", "after restart")?;
-                machine.resume(&session, clock.now_ms(), reading.energy);
-                halted = store.halting_anomaly(&session.id)?;
-            }
-        }
         let (events, _) = broadcast::channel(256);
         let presence = Arc::new(Presence::default());
         let (commands, receiver) = mpsc::unbounded_channel();
-        let mut task = OutletTask {
-            config: config.clone(),
-            machine,
-            hw,
-            last_reading: reading,
-            set: None,
-            payout: Some(payout),
-            paying: false,
-            link_lost_at: Some(Instant::now()),
-            over_power_since_ms: None,
-            profile: None,
-            ticks: 0,
-            unstored_ends: Vec::new(),
-            // Above every status signed before a restart, whatever the clock says.
-            status_sequence: shared.status_mark.floor(),
+        let task = OutletTask::new(
+            config.clone(),
             shared,
-            events: events.clone(),
-            presence: Arc::clone(&presence),
-            session_cable: None,
-            stopped: false,
-        };
-        if let Some(reason) = halted {
-            let now = task.hw.clock.now_ms();
-            let events = task.machine.lock_out(&reason, now);
-            task.apply(events);
-        }
+            events.clone(),
+            Arc::clone(&presence),
+        )?;
         tokio::spawn(task.run(receiver));
         Ok(OutletHandle {
             config,
@@ -173,98 +144,62 @@ impl OutletHandle {
         &self.config.id
     }
 
-    /// Run `f` on the outlet's state, in its task, brought up to date first (meter, plug,
-    /// timers). Errors: `UNAVAILABLE` when the outlet has stopped, or has [`QUEUE_LIMIT`] calls
-    /// waiting (nothing changed: ask again).
-    pub(crate) async fn call<R: Send + 'static>(
+    /// Send the command `make` builds and wait for its reply. Errors: `UNAVAILABLE` when the
+    /// outlet has stopped, or has [`QUEUE_LIMIT`] calls of the cable-facing server waiting
+    /// (nothing changed: ask again); `RESOURCE_EXHAUSTED` for a read once half of them wait,
+    /// so that a flood of reads cannot delay a payment past its grace period.
+    async fn ask<R>(
         &self,
-        f: impl FnOnce(&mut OutletTask) -> R + Send + 'static,
+        caller: Caller,
+        make: impl FnOnce(oneshot::Sender<R>) -> OutletCommand,
     ) -> Result<R, SocketError> {
-        self.call_within(QUEUE_LIMIT, f).await
-    }
-
-    /// [`OutletHandle::call`] for a call that only reads (a status): shed first, once half of
-    /// [`QUEUE_LIMIT`] calls wait, so that a flood of reads cannot delay a payment past its
-    /// grace period. Errors: `RESOURCE_EXHAUSTED` then.
-    pub(crate) async fn read<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut OutletTask) -> R + Send + 'static,
-    ) -> Result<R, SocketError> {
-        use std::sync::atomic::Ordering;
-        if self.queued.load(Ordering::SeqCst) >= QUEUE_LIMIT / 2 {
-            return Err(SocketError::RateLimited(format!(
-                "outlet {} is busy; ask for its status again later",
-                self.config.id
-            )));
-        }
-        self.call_within(QUEUE_LIMIT, f).await
-    }
-
-    async fn call_within<R: Send + 'static>(
-        &self,
-        limit: usize,
-        f: impl FnOnce(&mut OutletTask) -> R + Send + 'static,
-    ) -> Result<R, SocketError> {
-        use std::sync::atomic::Ordering;
-        if self.queued.fetch_add(1, Ordering::SeqCst) >= limit {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(SocketError::unavailable(format!(
-                "outlet {} has {limit} calls waiting; ask again",
-                self.config.id
-            )));
-        }
-        /// Gives the call's place in the queue back however it ends (run, or dropped).
-        struct Place(Arc<std::sync::atomic::AtomicUsize>);
-        impl Drop for Place {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-        let place = Place(Arc::clone(&self.queued));
         let (reply, answer) = oneshot::channel();
-        self.send(
-            move |task| {
-                drop(place);
-                f(task)
-            },
-            reply,
-        )?;
+        self.send(caller, make(reply))?;
         answer.await.map_err(|_| stopped())
     }
 
-    /// [`OutletHandle::call`] from a thread outside the runtime (the settler, Lightning events).
-    pub(crate) fn call_blocking<R: Send + 'static>(
+    /// [`OutletHandle::ask`] from a thread outside the runtime (the settler's chain watch), for
+    /// the socket's own commands.
+    fn ask_blocking<R>(
         &self,
-        f: impl FnOnce(&mut OutletTask) -> R + Send + 'static,
+        make: impl FnOnce(oneshot::Sender<R>) -> OutletCommand,
     ) -> Result<R, SocketError> {
         let (reply, answer) = oneshot::channel();
-        self.send(f, reply)?;
+        self.send(Caller::Socket, make(reply))?;
         answer.blocking_recv().map_err(|_| stopped())
     }
 
-    fn send<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut OutletTask) -> R + Send + 'static,
-        reply: oneshot::Sender<R>,
-    ) -> Result<(), SocketError> {
+    fn send(&self, caller: Caller, command: OutletCommand) -> Result<(), SocketError> {
+        let place = match caller {
+            Caller::Socket => None,
+            Caller::Cable | Caller::CableRead => {
+                if caller == Caller::CableRead
+                    && self.queued.load(Ordering::SeqCst) >= QUEUE_LIMIT / 2
+                {
+                    return Err(SocketError::RateLimited(format!(
+                        "outlet {} is busy; ask for its status again later",
+                        self.config.id
+                    )));
+                }
+                if self.queued.fetch_add(1, Ordering::SeqCst) >= QUEUE_LIMIT {
+                    self.queued.fetch_sub(1, Ordering::SeqCst);
+                    return Err(SocketError::unavailable(format!(
+                        "outlet {} has {QUEUE_LIMIT} calls waiting; ask again",
+                        self.config.id
+                    )));
+                }
+                Some(Place(Arc::clone(&self.queued)))
+            }
+        };
         self.commands
-            .send(Box::new(move |task: &mut OutletTask| {
-                task.tick();
-                let _ = reply.send(f(task));
-            }))
+            .send(Envelope { command, place })
             .map_err(|_| stopped())
     }
 
     /// The offer now, answering `cable_nonce`: the outlet's terms and the payout address it
     /// offers (signed by the caller).
     pub(crate) async fn offer(&self, cable_nonce: Vec<u8>) -> Result<v1::Offer, SocketError> {
-        let (payout, channel_key) = self
-            .call(|task| {
-                let payout = task.offered_payout()?.clone();
-                let key = task.shared().spillman_key(payout.index);
-                Ok::<_, SocketError>((payout, key))
-            })
-            .await??;
+        let (payout, channel_key) = self.ask(Caller::Cable, OutletCommand::Offer).await??;
         let mut offer = v1::Offer {
             payout_script: payout.script.to_bytes(),
             cable_nonce,
@@ -291,18 +226,32 @@ impl OutletHandle {
     }
 
     /// Status now and whether QuotaLow holds, for a new watcher or `GetStatus` (a read: shed
-    /// first when the outlet is busy, [`OutletHandle::read`]).
+    /// first when the outlet is busy, [`OutletHandle::ask`]).
     pub(crate) async fn snapshot(
         &self,
     ) -> Result<(v1::GetStatusResponse, Option<v1::QuotaLow>), SocketError> {
-        self.read(|task| {
-            let status = task.status();
-            let low = task.machine.quota_is_low().then(|| v1::QuotaLow {
-                quota_remaining_mwh: status.quota_remaining_mwh,
-                power_mw: status.power_mw,
-                signed: status.signed.clone(),
-            });
-            (status, low)
+        self.ask(Caller::CableRead, OutletCommand::Status).await
+    }
+
+    /// Why the outlet could not open a session for the cable `key` (hex) now, if it could not
+    /// (a read, [`OutletHandle::snapshot`]).
+    pub(crate) async fn opening_refusal(&self, key: String) -> Result<Option<String>, SocketError> {
+        self.ask(Caller::CableRead, |reply| OutletCommand::OpeningRefusal {
+            key,
+            reply,
+        })
+        .await
+    }
+
+    /// The session in progress, when the cable `key` (hex) opened it (a read,
+    /// [`OutletHandle::snapshot`]).
+    pub(crate) async fn session_of_cable(
+        &self,
+        key: String,
+    ) -> Result<Option<String>, SocketError> {
+        self.ask(Caller::CableRead, |reply| OutletCommand::SessionOfCable {
+            key,
+            reply,
         })
         .await
     }
@@ -310,17 +259,149 @@ impl OutletHandle {
     /// The outlet as its owner sees it now ([`OutletView`]). Errors: `UNAVAILABLE` when the
     /// outlet has stopped.
     pub async fn view(&self) -> Result<OutletView, SocketError> {
-        self.call(|task| task.view()).await
+        self.ask(Caller::Cable, OutletCommand::View).await
     }
 
-    /// Run `f` on the outlet's state without waiting for it (for guards that cannot await).
-    pub(crate) fn post(&self, f: impl FnOnce(&mut OutletTask) + Send + 'static) {
-        let _ = self.commands.send(Box::new(f));
+    /// Issue the terms of a `PowerRequest` of `cable` paying with `scheme`
+    /// ([`OutletCommand::IssueTerms`]).
+    pub(crate) async fn issue_terms(
+        &self,
+        scheme: Scheme,
+        request: v1::PowerRequestRequest,
+        cable: CableAuth,
+    ) -> Result<Issued, SocketError> {
+        self.ask(Caller::Cable, |reply| OutletCommand::IssueTerms {
+            scheme,
+            request: Box::new(request),
+            cable,
+            reply,
+        })
+        .await?
+    }
+
+    /// Open session `session_id` of `scheme` for `cable` on an `OpenChannel`
+    /// ([`OutletCommand::OpenForChannel`]).
+    pub(crate) async fn open_for_channel(
+        &self,
+        session_id: String,
+        scheme: Scheme,
+        cable: CableAuth,
+        deposit_txid: String,
+    ) -> Result<Opened, SocketError> {
+        self.ask(Caller::Cable, |reply| OutletCommand::OpenForChannel {
+            session_id,
+            scheme,
+            cable,
+            deposit_txid,
+            reply,
+        })
+        .await?
+    }
+
+    /// Mark a payment of `session_id` in flight ([`OutletCommand::BeginPayment`]).
+    pub(crate) async fn begin_payment(&self, session_id: String) -> Result<(), SocketError> {
+        self.ask(Caller::Cable, |reply| OutletCommand::BeginPayment {
+            session_id,
+            reply,
+        })
+        .await?
+    }
+
+    /// The payment of `session_id` in flight is done with; `judged` when it was refused for
+    /// good (not for want of a check). Does not wait (a guard's drop sends it).
+    pub(crate) fn end_payment(&self, session_id: String, judged: bool) {
+        let _ = self.send(
+            Caller::Socket,
+            OutletCommand::EndPayment { session_id, judged },
+        );
+    }
+
+    /// Credit `quota` to `session_id`, whose payment (`detail`: its txid or payment hash) is
+    /// persisted. Errors: `FAILED_PRECONDITION` when it is not the session in progress.
+    pub(crate) async fn credit(
+        &self,
+        session_id: String,
+        quota: EnergyMwh,
+        detail: String,
+    ) -> Result<(), SocketError> {
+        self.ask(Caller::Socket, |reply| OutletCommand::Credit {
+            session_id,
+            quota,
+            detail,
+            reply,
+        })
+        .await?
+    }
+
+    /// [`OutletHandle::credit`] from outside the runtime.
+    pub(crate) fn credit_blocking(
+        &self,
+        session_id: String,
+        quota: EnergyMwh,
+        detail: String,
+    ) -> Result<(), SocketError> {
+        self.ask_blocking(|reply| OutletCommand::Credit {
+            session_id,
+            quota,
+            detail,
+            reply,
+        })?
+    }
+
+    /// Lock the outlet out for `reason` when `session_id` is the session in progress (proof in
+    /// hand: design.md "Blame needs proof"), recording the anomaly.
+    pub(crate) async fn lock_out(&self, session_id: String, reason: String) {
+        let _ = self
+            .ask(Caller::Socket, |reply| OutletCommand::LockOut {
+                session_id,
+                reason,
+                reply,
+            })
+            .await;
+    }
+
+    /// [`OutletHandle::lock_out`] from outside the runtime.
+    pub(crate) fn lock_out_blocking(&self, session_id: String, reason: String) {
+        let _ = self.ask_blocking(|reply| OutletCommand::LockOut {
+            session_id,
+            reason,
+            reply,
+        });
+    }
+
+    /// End `session_id` before anything was paid, with no blame.
+    pub(crate) async fn abandon(&self, session_id: String, reason: String) {
+        let _ = self
+            .ask(Caller::Socket, |reply| OutletCommand::Abandon {
+                session_id,
+                reason,
+                reply,
+            })
+            .await;
+    }
+
+    /// End `session_id` at its cable's request; the energy it used. Errors:
+    /// `FAILED_PRECONDITION` when it is not the session in progress.
+    pub(crate) async fn end_session(&self, session_id: String) -> Result<EnergyMwh, SocketError> {
+        self.ask(Caller::Cable, |reply| OutletCommand::EndSession {
+            session_id,
+            reply,
+        })
+        .await?
+    }
+
+    /// Whether `session_id` is the session in progress.
+    pub(crate) async fn in_progress(&self, session_id: String) -> Result<bool, SocketError> {
+        self.ask(Caller::Cable, |reply| OutletCommand::InProgress {
+            session_id,
+            reply,
+        })
+        .await
     }
 
     /// Open the relay and stop the task (shutdown). Waits until the relay is open.
     pub(crate) async fn stop(&self) {
-        let _ = self.call(|task| task.stop()).await;
+        let _ = self.ask(Caller::Socket, OutletCommand::Stop).await;
     }
 }
 

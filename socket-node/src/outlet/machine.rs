@@ -46,8 +46,6 @@ pub struct Session {
     pub used: EnergyMwh,
     /// Payments credited.
     pub payments: u64,
-    /// The last payment id issued in terms.
-    pub last_payment_id: u64,
     /// Meter reading at which `used` was last brought up to date.
     meter_base: EnergyMwh,
     opened_at_ms: u64,
@@ -147,7 +145,6 @@ impl Outlet {
             credited: stored.credited,
             used: stored.energy_used,
             payments: stored.payments,
-            last_payment_id: stored.last_payment_id,
             meter_base: meter,
             opened_at_ms: now_ms,
             exhausted_since_ms: None,
@@ -178,7 +175,6 @@ impl Outlet {
             credited: EnergyMwh::ZERO,
             used: EnergyMwh::ZERO,
             payments: 0,
-            last_payment_id: 0,
             meter_base: meter,
             opened_at_ms: now_ms,
             exhausted_since_ms: None,
@@ -527,7 +523,6 @@ mod tests {
                 energy_used: EnergyMwh(3_000),
                 credited: EnergyMwh(8_000),
                 payments: 1,
-                last_payment_id: 1,
             },
             0,
             EnergyMwh(0),

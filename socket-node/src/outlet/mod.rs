@@ -5,12 +5,14 @@
 //! - [`rules`]: the verification interface of seed 004 on every meter tick: power and energy
 //!   against the outlet's rating and the cable's profile.
 //! - [`view`]: what it shows: its [`OutletView`] and signed status.
-//! - [`OutletHandle`] ([`handle`]): how the rest of the node talks to it. One tokio task per outlet owns
-//!   the state machine, the hardware, the timers and the single-fee set in progress; every
-//!   other task sends it commands ([`OutletHandle::call`]) and never holds its state across I/O.
-//!   Chain checks run before a command, outside the outlet; a slow bitcoind call for one outlet
-//!   stalls no other.
+//! - [`OutletHandle`] ([`handle`]): how the rest of the node talks to it. One tokio task per
+//!   outlet owns the state machine, the hardware, the timers and the payment in flight; every
+//!   other task sends it typed commands ([`command::OutletCommand`]) and never holds its state
+//!   across I/O. Chain checks run before a command, outside the outlet; a slow bitcoind call
+//!   for one outlet stalls no other.
+//! - [`terms`]: a `PowerRequest`'s terms and an `OpenChannel`'s session, decided in the task.
 
+pub(crate) mod command;
 pub(crate) mod handle;
 pub(crate) mod hardware;
 pub mod machine;
@@ -18,6 +20,7 @@ pub mod machine;
 mod machine_props;
 pub(crate) mod presence;
 pub(crate) mod rules;
+pub(crate) mod terms;
 pub(crate) mod view;
 
 use std::sync::Arc;
@@ -30,9 +33,9 @@ use proto::v1;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::config::OutletConfig;
-use crate::shared::{Settle, Shared};
-use crate::store::{unix_ms, CableAuth, Lost, Payout, SessionProfile};
-use handle::Command;
+use crate::shared::Shared;
+use crate::store::{unix_ms, CableAuth, Payout, SessionProfile};
+use handle::Envelope;
 pub use handle::{OutletHandle, Outlets};
 use hardware::Hardware;
 pub use machine::{Event, Outlet, OutletParams};
@@ -47,22 +50,6 @@ const STATUS_EVERY_TICKS: u32 = 5;
 /// How often the energy of a session is noted for saving (and a held set checked for its age),
 /// in ticks.
 const SAVE_EVERY_TICKS: u32 = 10;
-
-/// The single-fee input set the outlet's session is paying into (paper §VI), owned by the
-/// outlet's task.
-#[derive(Debug, Clone)]
-pub(crate) struct OpenSet {
-    /// Session id.
-    pub(crate) session_id: String,
-    /// Index of the set within the session, from 1.
-    pub(crate) index: u32,
-    /// What the socket holds.
-    pub(crate) seller: proto::single_fee::SellerSet,
-    /// The set's fee, once its first payment is held.
-    pub(crate) fee: Option<bitcoin::Amount>,
-    /// When it was opened.
-    pub(crate) opened_at_unix_ms: i64,
-}
 
 /// The longest outlet or session id, bytes (socket.proto): a longer one is refused as
 /// malformed, and never echoed (a 200 KB id in an error would pass a client's header limit).
@@ -79,24 +66,22 @@ pub(crate) fn check_id_len(what: &str, id: &str) -> Result<(), SocketError> {
     Ok(())
 }
 
-/// The state one outlet's task owns. Only the task touches it: through the closures sent with
-/// [`OutletHandle::call`].
+/// The state one outlet's task owns. Only the task touches it, running the commands sent
+/// with [`OutletHandle`] ([`command::OutletCommand`]).
 pub(crate) struct OutletTask {
     /// The outlet's config.
-    pub(crate) config: OutletConfig,
+    config: OutletConfig,
     /// The state machine.
-    pub(crate) machine: Outlet,
+    machine: Outlet,
     hw: Hardware,
     /// The meter as last read.
-    pub(crate) last_reading: MeterReading,
-    /// The single-fee input set of the session, while open.
-    pub(crate) set: Option<OpenSet>,
+    last_reading: MeterReading,
     /// The payout address the outlet offers; `None` once a session bound it, until a fresh
     /// one is taken (lazily, by the next offer or session).
     payout: Option<Payout>,
-    /// A payment of the session is being checked (at most one at a time: each builds on the
+    /// The session whose payment is being checked (at most one at a time: each builds on the
     /// one before).
-    pub(crate) paying: bool,
+    paying: Option<String>,
     link_lost_at: Option<Instant>,
     /// Since when (outlet clock, ms) the session draws above its power limit.
     over_power_since_ms: Option<u64>,
@@ -119,16 +104,88 @@ pub(crate) struct OutletTask {
 }
 
 impl OutletTask {
+    /// The task of one outlet with its hardware: relay opened, meter read, the stored open
+    /// session resumed (locked out at once when it has a halting anomaly).
+    fn new(
+        config: OutletConfig,
+        shared: Arc<Shared>,
+        events: broadcast::Sender<v1::WatchStatusResponse>,
+        presence: Arc<Presence>,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let mut hw = Hardware::open(&config.hw)
+            .with_context(|| format!("outlet {}: opening its hardware", config.id))?;
+        hw.relay
+            .open()
+            .with_context(|| format!("outlet {}: opening the relay", config.id))?;
+        let reading = hw
+            .meter
+            .read()
+            .with_context(|| format!("outlet {}: reading the meter", config.id))?;
+        let mut machine = Outlet::new(OutletParams {
+            quota_low: EnergyMwh(config.quota_low_mwh),
+            grace_ms: config.grace_secs * 1_000,
+            lockout_ms: config.lockout_secs * 1_000,
+            payment_timeout_ms: config.payment_timeout_secs * 1_000,
+        });
+        let offered = shared.store().offered_payout(&config.id)?;
+        let payout = match offered {
+            Some(payout) => payout,
+            None => shared.fresh_payout(&config.id)?,
+        };
+        // A session with a halting anomaly (the socket stopped between recording it and the
+        // lockout) is resumed only to be locked out at once.
+        let mut halted = None;
+        {
+            let store = shared.store();
+            if let Some(session) = store.open_session_of(&config.id)? {
+                tracing::info!(outlet = %config.id, session = %session.id, credited = %session.credited, used = %session.energy_used, "resuming session");
+                store.audit(&config.id, Some(&session.id), "resumed", "after restart")?;
+                machine.resume(&session, hw.clock.now_ms(), reading.energy);
+                halted = store.halting_anomaly(&session.id)?;
+            }
+        }
+        let mut task = OutletTask {
+            config,
+            machine,
+            hw,
+            last_reading: reading,
+            payout: Some(payout),
+            paying: None,
+            link_lost_at: Some(Instant::now()),
+            over_power_since_ms: None,
+            profile: None,
+            ticks: 0,
+            unstored_ends: Vec::new(),
+            // Above every status signed before a restart, whatever the clock says.
+            status_sequence: shared.status_mark.floor(),
+            shared,
+            events,
+            presence,
+            session_cable: None,
+            stopped: false,
+        };
+        if let Some(reason) = halted {
+            let now = task.hw.clock.now_ms();
+            let events = task.machine.lock_out(&reason, now);
+            task.apply(events);
+        }
+        Ok(task)
+    }
+
     /// The task: tick every [`TICK`], run commands as they come, until stopped or every handle
     /// is gone; the relay is open when it ends.
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Envelope>) {
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         while !self.stopped {
             tokio::select! {
                 _ = interval.tick() => self.tick(),
-                command = commands.recv() => match command {
-                    Some(command) => command(&mut self),
+                envelope = commands.recv() => match envelope {
+                    Some(Envelope { command, place }) => {
+                        drop(place);
+                        self.handle(command);
+                    }
                     None => self.stop(),
                 },
             }
@@ -147,7 +204,7 @@ impl OutletTask {
     }
 
     /// Drive the outlet once: meter, plug, timers; apply the relay; store and announce events.
-    pub(crate) fn tick(&mut self) {
+    fn tick(&mut self) {
         if self.stopped {
             return;
         }
@@ -213,7 +270,7 @@ impl OutletTask {
     }
 
     /// The session in progress, when the cable `key` (hex) opened it.
-    pub(crate) fn session_of_cable(&mut self, key: &str) -> Option<String> {
+    fn session_of_cable(&mut self, key: &str) -> Option<String> {
         self.cable_present();
         let session = self.machine.session()?.id.clone();
         match &self.session_cable {
@@ -224,7 +281,7 @@ impl OutletTask {
 
     /// Why the outlet could not open a session for the cable `key` (hex) now, if it could not:
     /// locked out, nothing plugged in, or another cable's session in progress.
-    pub(crate) fn opening_refusal(&mut self, key: &str) -> Option<String> {
+    fn opening_refusal(&mut self, key: &str) -> Option<String> {
         if let Some((reason, _)) = self.machine.lockout() {
             return Some(format!("outlet is locked out: {reason}"));
         }
@@ -267,19 +324,14 @@ impl OutletTask {
         self.presence.present(key)
     }
 
-    /// What the outlets share (store, chain).
-    pub(crate) fn shared(&self) -> &Shared {
-        &self.shared
-    }
-
     /// The outlet clock's time now, ms.
-    pub(crate) fn now_ms(&self) -> u64 {
+    fn now_ms(&self) -> u64 {
         self.hw.clock.now_ms()
     }
 
     /// The payout address the outlet offers, taking a fresh one when the last was bound to a
     /// session. Errors: `INTERNAL` when no fresh one can be persisted.
-    pub(crate) fn offered_payout(&mut self) -> Result<&Payout, SocketError> {
+    fn offered_payout(&mut self) -> Result<&Payout, SocketError> {
         if self.payout.is_none() {
             self.payout = Some(self.shared.fresh_payout(&self.config.id)?);
         }
@@ -289,7 +341,7 @@ impl OutletTask {
     /// Open a session of `scheme` for `id` on the state machine and in the store, bound to the
     /// payout address the outlet offers and to the cable that signed the opening request;
     /// returns that address.
-    pub(crate) fn open_session(
+    fn open_session(
         &mut self,
         id: &str,
         scheme: Scheme,
@@ -321,7 +373,7 @@ impl OutletTask {
 
     /// Credit `quota` to the session in progress: Paid, relay closed. Refused when `session_id`
     /// is not the session in progress.
-    pub(crate) fn credit(
+    fn credit(
         &mut self,
         session_id: &str,
         quota: EnergyMwh,
@@ -346,7 +398,7 @@ impl OutletTask {
 
     /// Lock the outlet out for a refused payment of `session_id` and record why; only when
     /// that session is the one in progress (a request about another session locks nothing).
-    pub(crate) fn lock_out(&mut self, session_id: &str, reason: &str) {
+    fn lock_out(&mut self, session_id: &str, reason: &str) {
         if self.machine.session().is_none_or(|s| s.id != session_id) {
             tracing::warn!(outlet = %self.config.id, session = %session_id, %reason, "refused; not the session in progress, no lockout");
             return;
@@ -371,7 +423,7 @@ impl OutletTask {
     /// End session `id` at its cable's request (authenticated by the caller): relay open, what
     /// was paid settles. Returns the energy delivered. Errors: `FAILED_PRECONDITION` when `id`
     /// is not the session in progress.
-    pub(crate) fn end_session(&mut self, id: &str) -> Result<EnergyMwh, SocketError> {
+    fn end_session(&mut self, id: &str) -> Result<EnergyMwh, SocketError> {
         let used = self
             .machine
             .session()
@@ -387,76 +439,26 @@ impl OutletTask {
     }
 
     /// End session `id` before anything was paid, with no blame.
-    pub(crate) fn abandon(&mut self, id: &str, reason: &str) {
+    fn abandon(&mut self, id: &str, reason: &str) {
         let events = self.machine.abandon(id, reason);
         self.apply(events);
-    }
-
-    /// Hand a closed single-fee set to the settler, which broadcasts what it holds.
-    pub(crate) fn settle(&self, set: OpenSet) {
-        self.shared.send_settle(Settle {
-            session_id: set.session_id,
-            index: set.index,
-            tx: set.seller.latest().cloned(),
-        });
     }
 
     /// A held single-fee set past its age limit is broadcast (paper §VI: the socket must not
     /// sit on it); the next payment starts a new set.
     fn age_set(&mut self) {
         let limit_ms = self.config.single_fee_max_age_secs as i64 * 1_000;
-        let aged = self.set.as_ref().is_some_and(|set| {
+        let aged = self.shared.sets.take_if(&self.config.id, |set| {
             set.seller.latest().is_some() && unix_ms() - set.opened_at_unix_ms >= limit_ms
         });
-        if aged {
-            let set = self.set.take().expect("checked");
+        if let Some(set) = aged {
             tracing::info!(outlet = %self.config.id, session = %set.session_id, set = set.index, "input set reached its age limit");
-            self.settle(set);
-        }
-    }
-
-    /// The held set of `session_id`, `index` had an input spent by `by`: by its latest
-    /// transaction as held now (the cable broadcast it), settle it (the chain watch follows
-    /// it); by another (the cable double-spent; `reason` names it), the set is lost:
-    /// recorded `failed` with its value lost against the cable (banned), and lock out. What we
-    /// hold is not sent: it pays the same fee as the set's other transactions, so bitcoind
-    /// would not take it over the double spend.
-    pub(crate) fn set_spent(
-        &mut self,
-        session_id: &str,
-        index: u32,
-        by: bitcoin::Txid,
-        reason: String,
-    ) {
-        let Some(set) = self
-            .set
-            .take_if(|s| s.session_id == session_id && s.index == index)
-        else {
-            return;
-        };
-        // Decided here, in the outlet, on the set as it is now: a payment held since the
-        // caller looked may be the very transaction that spent the inputs.
-        let ours = set.seller.latest().map(|tx| tx.compute_txid()) == Some(by);
-        let value = set.seller.value();
-        if ours {
-            self.settle(set);
-            tracing::info!(outlet = %self.config.id, session = %session_id, set = index, "input set broadcast by the cable");
-        } else {
-            // The set marked failed with the loss and the ban, in one transaction.
-            self.shared.payment_lost(
-                &self.config.id,
-                session_id,
-                Lost::Set(index),
-                value,
-                "set-lost",
-                &reason,
-            );
-            self.lock_out(session_id, &reason);
+            self.shared.settle(set);
         }
     }
 
     /// Apply the state machine's events: relay, store, watchers.
-    pub(crate) fn apply(&mut self, events: Vec<Event>) {
+    fn apply(&mut self, events: Vec<Event>) {
         let outlet_id = self.config.id.clone();
         let want_closed = self.machine.relay_closed();
         if self.hw.relay.is_closed() != want_closed {
@@ -497,8 +499,11 @@ impl OutletTask {
                 }
                 Event::SessionEnded { id, used, reason } => {
                     tracing::info!(outlet = %outlet_id, session = %id, %used, %reason, "session ended");
-                    if let Some(set) = self.set.take_if(|s| s.session_id == id) {
-                        self.settle(set);
+                    // The set's lock is taken before the store's: a payment being held into
+                    // it is held before it closes, or finds it closed.
+                    let set = self.shared.sets.take_if(&outlet_id, |s| s.session_id == id);
+                    if let Some(set) = set {
+                        self.shared.settle(set);
                     }
                     let store = self.shared.store();
                     if let Err(e) = store.end_session(&id, used, &reason) {

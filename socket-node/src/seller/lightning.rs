@@ -8,11 +8,11 @@ use ln::ldk_node::lightning_invoice::{Bolt11InvoiceDescription, Description};
 use proto::units::PriceMsatPerWh;
 use proto::v1;
 
-use super::{Issued, Seller, SellerContext};
-use crate::outlet::OutletTask;
-use crate::outlet::Outlets;
+use super::{Issued, Seller, SellerContext, Verdict};
+use crate::config::OutletConfig;
 use crate::shared::Shared;
 use crate::store::StoredTerms;
+use proto::units::EnergyMwh;
 use proto::Scheme;
 
 /// The seller of `lightning`.
@@ -40,7 +40,7 @@ impl Seller for Lightning {
         _payment_id: u64,
         _psbt: &[u8],
         _terms: StoredTerms,
-    ) -> Result<v1::PayTransactionResponse, SocketError> {
+    ) -> Verdict {
         Err(SocketError::invalid(
             "this payment is a Lightning invoice: pay it over Lightning",
         ))
@@ -60,7 +60,7 @@ fn reply(
         .ln
         .as_ref()
         .ok_or_else(|| SocketError::wrong_state("this socket has no Lightning node"))?;
-    let amount_msat = PriceMsatPerWh(cx.outlet.config.price_msat_per_wh)
+    let amount_msat = PriceMsatPerWh(cx.outlet.price_msat_per_wh)
         .cost_of(terms.quota)
         .map_err(SocketError::internal)?
         .0;
@@ -75,7 +75,7 @@ fn reply(
         None => {
             let text = format!(
                 "t2t {} session {session_id} payment {payment_id}",
-                cx.outlet.id()
+                cx.outlet.id
             );
             let description = Bolt11InvoiceDescription::Direct(
                 Description::new(text).map_err(SocketError::internal)?,
@@ -130,15 +130,33 @@ pub(crate) enum EventOutcome {
     RetryLater,
 }
 
+/// What the station is to apply on a session's outlet after a Lightning event: the seller
+/// never calls the outlet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LnVerdict {
+    /// Credit `quota` to `session_id`: its payment (`payment_hash`) is recorded. A keysend
+    /// (`keysend_payment_id`) whose session is no longer in progress stays recorded against it
+    /// and is audited (`keysend-after-end`): there is no energy left to credit.
+    Credit {
+        session_id: String,
+        quota: EnergyMwh,
+        payment_hash: String,
+        keysend_payment_id: Option<u64>,
+    },
+    /// The cable of `session_id` signed a keysend that breaks a rule: lock out when it is the
+    /// session in progress (after its end, nobody is blamed).
+    LockOut { session_id: String, reason: String },
+}
+
 /// Handle a Lightning event (on the Lightning event thread): a payment received for one of our
-/// invoices is recorded, then credited to its session's outlet; a keysend goes to
+/// invoices is recorded, then its quota is to be credited; a keysend goes to
 /// [`receive_keysend`]. ldk-node hands an event again after a crash until it is marked handled;
-/// the record keyed by payment hash keeps that from crediting twice.
+/// the record keyed by payment hash keeps that from crediting twice. Returns what became of
+/// the event and what the station is to apply on the outlet.
 pub(crate) fn on_event(
     shared: &Shared,
-    outlets: &Outlets,
     event: &ln::ldk_node::Event,
-) -> EventOutcome {
+) -> (EventOutcome, Option<LnVerdict>) {
     use ln::ldk_node::Event;
     match event {
         Event::PaymentReceived {
@@ -151,8 +169,8 @@ pub(crate) fn on_event(
             .any(|r| r.type_num == proto::lightning::SESSION_TLV_TYPE) =>
         {
             let hash = payment_hash.to_string();
-            match receive_keysend(shared, outlets, &hash, *amount_msat, custom_records) {
-                Ok(()) => {}
+            match receive_keysend(shared, &hash, *amount_msat, custom_records) {
+                Ok(verdict) => return (EventOutcome::Handled, verdict),
                 Err(KeysendRefusal::Stray(reason)) => {
                     tracing::warn!(%hash, amount_msat, %reason, "keysend kept, not credited");
                     if let Some(line) = STRAY_KEYSENDS.tally(*amount_msat, &reason) {
@@ -166,14 +184,14 @@ pub(crate) fn on_event(
                     }
                 }
                 Err(KeysendRefusal::Cheat { session_id, reason }) => {
-                    if let Ok(outlet) = outlets.of_session(shared, &session_id) {
-                        let _ =
-                            outlet.call_blocking(move |task| task.lock_out(&session_id, &reason));
-                    }
+                    return (
+                        EventOutcome::Handled,
+                        Some(LnVerdict::LockOut { session_id, reason }),
+                    )
                 }
                 Err(KeysendRefusal::NotStored(reason)) => {
                     tracing::error!(%hash, amount_msat, "keysend not recorded, tried again: {reason}");
-                    return EventOutcome::RetryLater;
+                    return (EventOutcome::RetryLater, None);
                 }
             }
         }
@@ -187,14 +205,15 @@ pub(crate) fn on_event(
             let received = shared.store().receive_ln_payment(&hash, *amount_msat);
             match received {
                 Ok(Some((session_id, quota))) => {
-                    let credited = outlets.of_session(shared, &session_id).and_then(|outlet| {
-                        let detail = hash.clone();
-                        outlet
-                            .call_blocking(move |task| task.credit(&session_id, quota, &detail))?
-                    });
-                    if let Err(e) = credited {
-                        tracing::warn!(%hash, "payment received for a session no longer in progress: {}", e);
-                    }
+                    return (
+                        EventOutcome::Handled,
+                        Some(LnVerdict::Credit {
+                            session_id,
+                            quota,
+                            payment_hash: hash,
+                            keysend_payment_id: None,
+                        }),
+                    )
                 }
                 // ldk-node hands the event again when the socket stopped after recording it.
                 Ok(None) if shared.store().ln_hash_received(&hash).unwrap_or(false) => {
@@ -205,7 +224,7 @@ pub(crate) fn on_event(
                 }
                 Err(e) => {
                     tracing::error!(%hash, "recording a Lightning payment, tried again: {e}");
-                    return EventOutcome::RetryLater;
+                    return (EventOutcome::RetryLater, None);
                 }
             }
         }
@@ -231,7 +250,7 @@ pub(crate) fn on_event(
         }
         _ => {}
     }
-    EventOutcome::Handled
+    (EventOutcome::Handled, None)
 }
 
 /// Why a keysend was not credited.
@@ -240,8 +259,8 @@ pub(crate) enum KeysendRefusal {
     /// design.md "Blame needs proof"), names no session here, breaks a rule for a session that
     /// ended, or keysend is off: kept, audited (aggregated), nobody blamed.
     Stray(String),
-    /// Signed by the cable of the session in progress, yet it breaks a rule: the cable signed a
-    /// cheat, lock out.
+    /// Signed by the cable of the session it names, yet it breaks a rule: the cable signed a
+    /// cheat, lock out (when that session is in progress).
     Cheat { session_id: String, reason: String },
     /// The store did not answer or take it: handled again later, nothing concluded.
     NotStored(String),
@@ -293,24 +312,23 @@ impl StrayKeysends {
     }
 }
 
-/// A keysend received (design.md `lightning`, the fast path): credit one quota when it is
-/// signed by the cable that opened the session its record names, its record names the `lightning` session in progress on its outlet, its payment id is
-/// the next one (or the last one issued and still unpaid), and it pays exactly price × quota
-/// msat. The payment is recorded (with its terms) before the quota is credited; a payment hash
-/// recorded before (an event delivered again after a restart) credits nothing; a second
-/// payment for a payment id paid before credits nothing and locks out.
+/// A keysend received (design.md `lightning`, the fast path): its quota is to be credited when
+/// it is signed by the cable that opened the session its record names, that session pays with
+/// `lightning`, its payment id is the next one (or the last one issued and still unpaid), and
+/// it pays exactly price × quota msat. The payment is recorded (with its terms) before the
+/// verdict leaves; a payment hash recorded before (an event delivered again after a restart)
+/// credits nothing; a second payment for a payment id paid before is a cheat.
 ///
 /// ldk-node claims a keysend before the socket sees it, so a refused one stays with the socket;
 /// one that fits a session that has ended (its cable's last quota racing the end) is recorded
-/// against that session and audited (`keysend-after-end`), so no payment received is off the
-/// books.
+/// against that session and audited when the credit finds it ended, so no payment received is
+/// off the books.
 pub(crate) fn receive_keysend(
     shared: &Shared,
-    outlets: &Outlets,
     payment_hash: &str,
     amount_msat: u64,
     records: &[ln::ldk_node::CustomTlvRecord],
-) -> Result<(), KeysendRefusal> {
+) -> Result<Option<LnVerdict>, KeysendRefusal> {
     let stray = |reason: String| KeysendRefusal::Stray(reason);
     if !shared.config.lightning.as_ref().is_some_and(|l| l.keysend) {
         return Err(stray("this socket does not take keysends".into()));
@@ -319,19 +337,99 @@ pub(crate) fn receive_keysend(
     authenticate(shared, &record, amount_msat, payment_hash, records)?;
     // ldk-node delivers an event again when the socket stopped before handling it: a keysend
     // recorded before was credited then.
-    let known = shared.store().ln_hash_received(payment_hash);
-    if known.map_err(|e| KeysendRefusal::NotStored(e.to_string()))? {
+    if shared
+        .store()
+        .ln_hash_received(payment_hash)
+        .map_err(not_stored)?
+    {
         tracing::debug!(%payment_hash, "keysend recorded before");
-        return Ok(());
+        return Ok(None);
     }
-    let outlet = outlets
-        .of_session(shared, &record.session_id)
-        .map_err(|e| stray(e.to_string()))?;
-    let hash = payment_hash.to_owned();
-    // An outlet that does not answer (the socket stopping) takes it after the restart.
-    outlet
-        .call_blocking(move |task| credit_keysend(task, &hash, amount_msat, record))
-        .map_err(|e| KeysendRefusal::NotStored(e.to_string()))?
+    let (outlet_id, scheme, last) = {
+        let store = shared.store();
+        let outlet_id = store
+            .session_outlet(&record.session_id)
+            .map_err(not_stored)?
+            .ok_or_else(|| stray(format!("no session {} here", record.session_id)))?;
+        let scheme = store
+            .session_scheme(&record.session_id)
+            .map_err(not_stored)?;
+        let last = store
+            .last_payment_id(&record.session_id)
+            .map_err(not_stored)?;
+        (outlet_id, scheme, last)
+    };
+    let config = shared
+        .config
+        .outlets
+        .iter()
+        .find(|o| o.id == outlet_id)
+        .ok_or_else(|| stray(format!("no outlet {outlet_id:?} here")))?;
+    let cheat = |reason: String| KeysendRefusal::Cheat {
+        session_id: record.session_id.clone(),
+        reason,
+    };
+    if scheme != Some(Scheme::Lightning) {
+        return Err(cheat(format!(
+            "a keysend for session {}, which pays with {scheme:?}",
+            record.session_id
+        )));
+    }
+    let terms = keysend_terms(config).map_err(|e| stray(e.to_string()))?;
+    let expected_msat = PriceMsatPerWh(config.price_msat_per_wh)
+        .cost_of(terms.quota)
+        .map_err(|e| stray(e.to_string()))?
+        .0;
+    if amount_msat != expected_msat {
+        return Err(cheat(format!(
+            "a keysend of {amount_msat} msat is not price x quota = {expected_msat} msat"
+        )));
+    }
+    let new_terms = if record.payment_id == last + 1 {
+        Some(terms)
+    } else if record.payment_id == last && last > 0 {
+        None
+    } else {
+        return Err(cheat(format!(
+            "keysend payment id {} is not the next one (last issued {last})",
+            record.payment_id
+        )));
+    };
+    let recorded = shared.store().receive_keysend(
+        payment_hash,
+        &record.session_id,
+        record.payment_id,
+        amount_msat,
+        new_terms,
+        terms.quota,
+    );
+    match recorded {
+        Ok(true) => Ok(Some(LnVerdict::Credit {
+            session_id: record.session_id,
+            quota: terms.quota,
+            payment_hash: payment_hash.to_owned(),
+            keysend_payment_id: Some(record.payment_id),
+        })),
+        Ok(false) => Err(cheat(format!(
+            "payment {} was paid before",
+            record.payment_id
+        ))),
+        Err(e) => Err(not_stored(e)),
+    }
+}
+
+/// A store that did not answer or take a keysend: handled again later.
+fn not_stored(e: impl std::fmt::Display) -> KeysendRefusal {
+    KeysendRefusal::NotStored(e.to_string())
+}
+
+/// The terms of one keysend quota on the outlet of `config`: price × quota.
+fn keysend_terms(config: &OutletConfig) -> anyhow::Result<StoredTerms> {
+    Ok(StoredTerms {
+        amount: config.quota_amount()?,
+        quota: EnergyMwh(config.quota_mwh),
+        single_fee: None,
+    })
 }
 
 /// Whether the cable that opened the session `record` names signed this keysend
@@ -373,108 +471,4 @@ fn authenticate(
             record.session_id
         ))
     })
-}
-
-/// [`receive_keysend`] in the outlet's task, for a keysend its session's cable signed.
-fn credit_keysend(
-    task: &mut OutletTask,
-    payment_hash: &str,
-    amount_msat: u64,
-    record: proto::lightning::SessionRecord,
-) -> Result<(), KeysendRefusal> {
-    let stray = |reason: String| KeysendRefusal::Stray(reason);
-    let cheat = |reason: String| KeysendRefusal::Cheat {
-        session_id: record.session_id.clone(),
-        reason,
-    };
-    // A keysend that arrives after its session ended (the cable saw it paid while the socket
-    // was ending the session) was claimed all the same: it is recorded against its session,
-    // by the same rules, and audited; there is no energy left to credit.
-    let in_progress = task.machine.active_session(&record.session_id);
-    let ended = in_progress.as_ref().err().cloned();
-    let last = match in_progress {
-        Ok(session) => session.last_payment_id,
-        Err(_) => task
-            .shared()
-            .store()
-            .last_payment_id(&record.session_id)
-            .map_err(|e| KeysendRefusal::NotStored(e.to_string()))?,
-    };
-    let cheat = |reason: String| match &ended {
-        None => cheat(reason),
-        Some(why) => stray(format!("after the session ended ({why}): {reason}")),
-    };
-    let scheme = task
-        .shared()
-        .store()
-        .session_scheme(&record.session_id)
-        .map_err(|e| KeysendRefusal::NotStored(e.to_string()))?;
-    if scheme != Some(Scheme::Lightning) {
-        return Err(cheat(format!(
-            "a keysend for session {}, which pays with {scheme:?}",
-            record.session_id
-        )));
-    }
-    let terms = StoredTerms {
-        amount: task
-            .config
-            .quota_amount()
-            .map_err(|e| stray(e.to_string()))?,
-        quota: proto::units::EnergyMwh(task.config.quota_mwh),
-        single_fee: None,
-    };
-    let expected_msat = PriceMsatPerWh(task.config.price_msat_per_wh)
-        .cost_of(terms.quota)
-        .map_err(|e| stray(e.to_string()))?
-        .0;
-    if amount_msat != expected_msat {
-        return Err(cheat(format!(
-            "a keysend of {amount_msat} msat is not price x quota = {expected_msat} msat"
-        )));
-    }
-    let new_terms = if record.payment_id == last + 1 {
-        Some(terms)
-    } else if record.payment_id == last && last > 0 {
-        None
-    } else {
-        return Err(cheat(format!(
-            "keysend payment id {} is not the next one (last issued {last})",
-            record.payment_id
-        )));
-    };
-    let recorded = task.shared().store().receive_keysend(
-        payment_hash,
-        &record.session_id,
-        record.payment_id,
-        amount_msat,
-        new_terms,
-        terms.quota,
-    );
-    match recorded {
-        Ok(true) => {}
-        Ok(false) => {
-            return Err(cheat(format!(
-                "payment {} was paid before",
-                record.payment_id
-            )))
-        }
-        Err(e) => return Err(KeysendRefusal::NotStored(e.to_string())),
-    }
-    if let Some(why) = ended {
-        tracing::warn!(%payment_hash, session_id = %record.session_id, %why, "keysend recorded after its session ended");
-        if let Err(e) = task.shared().store().audit(
-            &task.config.id,
-            Some(&record.session_id),
-            "keysend-after-end",
-            &format!("payment {} ({payment_hash}): {why}", record.payment_id),
-        ) {
-            tracing::error!("the audit log did not take a row: {e}");
-        }
-        return Ok(());
-    }
-    if let Ok(session) = task.machine.active_session(&record.session_id) {
-        session.last_payment_id = session.last_payment_id.max(record.payment_id);
-    }
-    task.credit(&record.session_id, terms.quota, payment_hash)
-        .map_err(|e| stray(e.to_string()))
 }

@@ -1,9 +1,12 @@
 //! The seller side of each payment scheme (design.md "Payment schemes"; paper seed 000 §V,
 //! §VI), and what they share: the checks against the chain and the lockout of a cheater.
 //!
-//! Every payment is hostile until checked. One that breaks a rule is refused with the reason and
-//! locks the outlet out; one that passes is persisted before it is credited. A seller sees only
-//! its [`SellerContext`]: the shared store and chain, and the one outlet it sells on.
+//! Every payment is hostile until checked. A seller returns its [`Verdict`]: a payment that
+//! passes is persisted and its quota is to be credited; one that breaks a rule in a request the
+//! session's cable signed is refused with [`SocketError::Cheat`] and locks the outlet out; any
+//! other refusal blames nobody. The service (or the station, for Lightning) applies the verdict
+//! on the outlet: a seller never calls the outlet. A seller sees only its [`SellerContext`]: the
+//! shared store and chain, and the config of the one outlet it sells on.
 
 pub mod lightning;
 pub mod onchain;
@@ -19,9 +22,25 @@ use proto::v1;
 use proto::Scheme;
 use wallet::facts::Answer;
 
-use crate::outlet::{OpenSet, OutletHandle, OutletTask};
+use crate::config::OutletConfig;
+use crate::sets::OpenSet;
 use crate::shared::Shared;
-use crate::store::{CheckedTx, Store, StoredTerms};
+use crate::store::{CheckedTx, StoredTerms};
+
+/// A payment a seller checked and persisted: its quota is to be credited.
+#[derive(Debug, Clone)]
+pub(crate) struct Credit {
+    /// The quota it buys.
+    pub(crate) quota: EnergyMwh,
+    /// Its txid (hex), as the reply names it.
+    pub(crate) txid: String,
+}
+
+/// A seller's verdict on a payment (design.md "Blame needs proof"): `Ok` credit its quota (it
+/// is persisted); `Err(SocketError::Cheat(reason))` lock the outlet out (the session's cable
+/// signed a payment that breaks a rule: the reason is the proof); any other error refuses it
+/// without blame.
+pub(crate) type Verdict = Result<Credit, SocketError>;
 
 /// The seller side of one payment scheme (design.md "Architecture v2"). Adding a scheme is
 /// one implementation of this trait (its rules live in `proto`), named in [`seller_of`].
@@ -33,19 +52,20 @@ pub(crate) trait Seller: Send + Sync {
         true
     }
 
-    /// The terms of the next payment of `session_id`, in the outlet's task (stored by the
-    /// caller before they leave): one quota at price × quota unless the scheme says otherwise.
+    /// The terms of the next payment of `session_id` on the outlet of `config`, in the
+    /// outlet's task (stored by the caller before they leave; no store guard is held when
+    /// called): one quota at price × quota unless the scheme says otherwise.
     fn new_terms(
         &self,
-        task: &mut OutletTask,
-        _store: &Store,
+        _shared: &Shared,
+        config: &OutletConfig,
         _payout: &ScriptBuf,
         _session_id: &str,
         _request: &v1::PowerRequestRequest,
     ) -> Result<StoredTerms, SocketError> {
         Ok(StoredTerms {
-            amount: task.config.quota_amount().map_err(SocketError::internal)?,
-            quota: EnergyMwh(task.config.quota_mwh),
+            amount: config.quota_amount().map_err(SocketError::internal)?,
+            quota: EnergyMwh(config.quota_mwh),
             single_fee: None,
         })
     }
@@ -53,7 +73,8 @@ pub(crate) trait Seller: Send + Sync {
     /// Whether terms issued before and not paid yet may be issued again as they are.
     fn terms_still_valid(
         &self,
-        _task: &OutletTask,
+        _shared: &Shared,
+        _config: &OutletConfig,
         _session_id: &str,
         _terms: &StoredTerms,
     ) -> bool {
@@ -67,8 +88,8 @@ pub(crate) trait Seller: Send + Sync {
         issued: Issued,
     ) -> Result<v1::PowerRequestResponse, SocketError>;
 
-    /// Check, persist and credit a payment delivered with `PayTransaction` (a rule broken by
-    /// the session's own payment locks the outlet out).
+    /// Check and persist a payment delivered with `PayTransaction`; the [`Verdict`] says
+    /// whether to credit it, lock out, or refuse it without blame.
     async fn pay(
         &self,
         cx: &SellerContext<'_>,
@@ -76,7 +97,7 @@ pub(crate) trait Seller: Send + Sync {
         payment_id: u64,
         psbt: &[u8],
         terms: StoredTerms,
-    ) -> Result<v1::PayTransactionResponse, SocketError>;
+    ) -> Verdict;
 }
 
 /// The seller of `scheme`.
@@ -108,39 +129,15 @@ pub(crate) struct Issued {
 }
 
 /// What a seller may use while it handles one request: the store, bitcoind and the Lightning
-/// node ([`Shared`]), and the outlet it sells on (its config, clock and task: credit, lockout).
+/// node ([`Shared`]), and the config of the outlet it sells on.
 pub(crate) struct SellerContext<'a> {
     /// Store, chain, Lightning node, keys.
     pub(crate) shared: &'a Arc<Shared>,
-    /// The outlet of the session.
-    pub(crate) outlet: &'a OutletHandle,
+    /// The config of the session's outlet.
+    pub(crate) outlet: &'a OutletConfig,
 }
 
 impl SellerContext<'_> {
-    /// Lock the outlet out for a refused payment of `session_id` (only when it is the session
-    /// in progress), record why, and build the error reply.
-    pub(crate) async fn lock_out(&self, session_id: &str, reason: &str) -> SocketError {
-        let (session, why) = (session_id.to_owned(), reason.to_owned());
-        let _ = self
-            .outlet
-            .call(move |task| task.lock_out(&session, &why))
-            .await;
-        SocketError::Cheat(reason.to_owned())
-    }
-
-    /// Credit `quota` to the session in progress.
-    pub(crate) async fn credit(
-        &self,
-        session_id: &str,
-        quota: EnergyMwh,
-        detail: String,
-    ) -> Result<(), SocketError> {
-        let session = session_id.to_owned();
-        self.outlet
-            .call(move |task| task.credit(&session, quota, &detail))
-            .await?
-    }
-
     /// Where `session_id` is paid. Errors: `NOT_FOUND` for a session without a payout address.
     pub(crate) fn session_payout(&self, session_id: &str) -> Result<ScriptBuf, SocketError> {
         self.shared
@@ -151,22 +148,21 @@ impl SellerContext<'_> {
     }
 
     /// Run the chain checks of `tx` ([`check_on_chain`]) off the async workers, at most
-    /// `max_chain_calls` at once and [`CHAIN_WAIT`] long; map a refusal to lockout or
-    /// unavailability.
+    /// `max_chain_calls` at once and [`CHAIN_WAIT`] long; map a refusal to its verdict
+    /// ([`SocketError::Cheat`] to lock out, or a refusal without blame).
     pub(crate) async fn checked_on_chain(
         &self,
-        session_id: &str,
         tx: &Transaction,
     ) -> Result<CheckedTx, SocketError> {
         let checked = {
             let tx = tx.clone();
-            let min_rate = self.outlet.config.min_fee_rate_sat_per_vb;
+            let min_rate = self.outlet.min_fee_rate_sat_per_vb;
             self.with_chain(move |shared| check_on_chain(shared, &tx, min_rate))
                 .await?
         };
         match checked {
             Ok(checked) => Ok(checked),
-            Err(Refusal::Cheat(reason)) => Err(self.lock_out(session_id, &reason).await),
+            Err(Refusal::Cheat(reason)) => Err(SocketError::Cheat(reason)),
             Err(Refusal::Unavailable(reason)) => Err(SocketError::unavailable(format!(
                 "cannot check the payment now: {reason}"
             ))),

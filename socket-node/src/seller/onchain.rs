@@ -4,10 +4,10 @@
 
 use crate::error::SocketError;
 use proto::rules::{check_onchain_payment, decode_payment, OnchainTerms};
-use proto::v1::{self, OutletState};
+use proto::v1;
 use wallet::WalletError;
 
-use super::{Issued, Seller, SellerContext};
+use super::{Credit, Issued, Seller, SellerContext, Verdict};
 use crate::store::{PaymentStatus, StoredTerms};
 
 /// The seller of `onchain`.
@@ -30,7 +30,7 @@ impl Seller for Onchain {
         payment_id: u64,
         psbt: &[u8],
         terms: StoredTerms,
-    ) -> Result<v1::PayTransactionResponse, SocketError> {
+    ) -> Verdict {
         pay(cx, session_id, payment_id, psbt, terms).await
     }
 }
@@ -51,27 +51,22 @@ fn reply(issued: Issued) -> v1::PowerRequestResponse {
     }
 }
 
-/// Check, persist, broadcast and credit one `onchain` payment.
+/// Check, persist and broadcast one `onchain` payment; the caller credits it.
 async fn pay(
     cx: &SellerContext<'_>,
     session_id: &str,
     payment_id: u64,
     psbt: &[u8],
     terms: StoredTerms,
-) -> Result<v1::PayTransactionResponse, SocketError> {
-    let tx = match decode_payment(psbt) {
-        Ok(tx) => tx,
-        Err(e) => return Err(cx.lock_out(session_id, &e.to_string()).await),
-    };
+) -> Verdict {
+    let tx = decode_payment(psbt).map_err(|e| SocketError::Cheat(e.to_string()))?;
     let onchain_terms = OnchainTerms {
         payout_script: cx.session_payout(session_id)?,
         amount: terms.amount,
         quota: terms.quota,
     };
-    if let Err(e) = check_onchain_payment(&tx, &onchain_terms) {
-        return Err(cx.lock_out(session_id, &e.to_string()).await);
-    }
-    let checked = cx.checked_on_chain(session_id, &tx).await?;
+    check_onchain_payment(&tx, &onchain_terms).map_err(|e| SocketError::Cheat(e.to_string()))?;
+    let checked = cx.checked_on_chain(&tx).await?;
 
     // Persist (within the cable's unconfirmed limit), then broadcast, then credit.
     let accepted =
@@ -121,8 +116,7 @@ async fn pay(
             // Refused between the check and the broadcast: blame only on proof.
             return Err(match super::judge_reject(&e.to_string()) {
                 super::Refusal::Cheat(reason) => {
-                    cx.lock_out(session_id, &format!("broadcast failed: {reason}"))
-                        .await
+                    SocketError::Cheat(format!("broadcast failed: {reason}"))
                 }
                 super::Refusal::Policy(reason) => {
                     SocketError::invalid(format!("payment not taken (no blame): {reason}"))
@@ -131,10 +125,8 @@ async fn pay(
             });
         }
     };
-    cx.credit(session_id, terms.quota, txid.to_string()).await?;
-    Ok(v1::PayTransactionResponse {
+    Ok(Credit {
+        quota: terms.quota,
         txid: txid.to_string(),
-        quota_credited_mwh: terms.quota.0,
-        state: OutletState::Paid as i32,
     })
 }

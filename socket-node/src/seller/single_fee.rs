@@ -4,17 +4,20 @@
 //! only one per set: when the set is full, when the session ends, when the set is older than
 //! its age limit, at start-up for any set held when it stopped, and at once (then Lockout) when
 //! it sees the set's inputs spent elsewhere. Its exposure to a cheating cable is the held value,
-//! at most the set's maximum. The set in progress lives in its outlet's task.
+//! at most the set's maximum. The set in progress of each outlet lives in [`crate::sets`],
+//! under that outlet's lock.
 
 use crate::error::SocketError;
 use bitcoin::{Amount, ScriptBuf};
 use proto::rules::decode_payment;
 use proto::single_fee::{outpoints_to_proto, SellerSet, SetTerms};
-use proto::v1::{self, OutletState};
+use proto::v1;
 
-use super::{Issued, Seller, SellerContext};
-use crate::outlet::{OpenSet, OutletTask};
-use crate::store::{unix_ms, Store, StoredTerms};
+use super::{Credit, Issued, Seller, SellerContext, Verdict};
+use crate::config::OutletConfig;
+use crate::sets::OpenSet;
+use crate::shared::Shared;
+use crate::store::{unix_ms, StoredTerms};
 
 /// The seller of `single-fee`.
 pub(crate) struct SingleFee;
@@ -23,24 +26,30 @@ pub(crate) struct SingleFee;
 impl Seller for SingleFee {
     fn new_terms(
         &self,
-        task: &mut OutletTask,
-        store: &Store,
+        shared: &Shared,
+        config: &OutletConfig,
         payout: &ScriptBuf,
         session_id: &str,
         request: &v1::PowerRequestRequest,
     ) -> Result<StoredTerms, SocketError> {
-        new_terms(task, store, payout, session_id, request.max_amount_sat)
+        new_terms(shared, config, payout, session_id, request.max_amount_sat)
     }
 
     /// Terms of a set that closed meanwhile (full, aged, or broadcast at a restart) are not
     /// issued again: the next payment starts a new set.
-    fn terms_still_valid(&self, task: &OutletTask, session_id: &str, terms: &StoredTerms) -> bool {
+    fn terms_still_valid(
+        &self,
+        shared: &Shared,
+        config: &OutletConfig,
+        session_id: &str,
+        terms: &StoredTerms,
+    ) -> bool {
         match terms.single_fee {
             None => true,
-            Some((index, _)) => task
-                .set
-                .as_ref()
-                .is_some_and(|set| set.session_id == session_id && set.index == index),
+            Some((index, _)) => shared
+                .sets
+                .snapshot(&config.id)
+                .is_some_and(|set| set.is(session_id, index)),
         }
     }
 
@@ -64,32 +73,36 @@ impl Seller for SingleFee {
         payment_id: u64,
         psbt: &[u8],
         terms: StoredTerms,
-    ) -> Result<v1::PayTransactionResponse, SocketError> {
+    ) -> Verdict {
         pay(cx, session_id, payment_id, psbt, terms).await
     }
 }
 
 /// The terms of the next payment of `session_id`, opening a new input set when none is open:
 /// its maximum is the outlet's, or the cable's `cable_max_sat` when lower. Runs in the outlet's
-/// task.
+/// task; takes the outlet's set lock, then the store's.
 fn new_terms(
-    task: &mut OutletTask,
-    store: &Store,
+    shared: &Shared,
+    config: &OutletConfig,
     payout_script: &ScriptBuf,
     session_id: &str,
     cable_max_sat: u64,
 ) -> Result<StoredTerms, SocketError> {
-    let increment = task.config.quota_amount().map_err(SocketError::internal)?;
-    let open = task
-        .set
+    let increment = config.quota_amount().map_err(SocketError::internal)?;
+    let mut set = shared
+        .sets
+        .of(&config.id)
+        .ok_or_else(|| SocketError::internal(format!("no set slot for outlet {}", config.id)))?;
+    let open = set
         .as_ref()
         .is_some_and(|s| s.session_id == session_id && !s.seller.is_full());
     if !open {
+        let store = shared.store();
         let index = store
             .last_set(session_id)
             .map_err(SocketError::internal)?
             .map_or(1, |s| s.index + 1);
-        let socket_max = task.config.single_fee_max_sat;
+        let socket_max = config.single_fee_max_sat;
         let max = Amount::from_sat(match cable_max_sat {
             0 => socket_max,
             cable => cable.min(socket_max),
@@ -102,7 +115,9 @@ fn new_terms(
         store
             .open_set(session_id, index, increment, max)
             .map_err(SocketError::internal)?;
-        task.set = Some(OpenSet {
+        // A full set of the session not yet closed is closed by its last payment; any other
+        // (a set of a session that ended) was closed with it.
+        *set = Some(OpenSet {
             session_id: session_id.to_owned(),
             index,
             seller: SellerSet::new(SetTerms {
@@ -113,12 +128,12 @@ fn new_terms(
             fee: None,
             opened_at_unix_ms: unix_ms(),
         });
-        tracing::info!(outlet = %task.config.id, session = %session_id, set = index, %max, "input set opened");
+        tracing::info!(outlet = %config.id, session = %session_id, set = index, %max, "input set opened");
     }
-    let set = task.set.as_ref().expect("opened above");
+    let set = set.as_ref().expect("opened above");
     Ok(StoredTerms {
         amount: increment,
-        quota: proto::units::EnergyMwh(task.config.quota_mwh),
+        quota: proto::units::EnergyMwh(config.quota_mwh),
         single_fee: Some((set.index, set.seller.next_value())),
     })
 }
@@ -155,83 +170,61 @@ fn reply(
     })
 }
 
-/// Check one payment against the set, check it against the chain, hold it (persisted,
-/// replacing the one before) and credit it; broadcast the set when it is full.
+/// Check one payment against the set, check it against the chain, and hold it (persisted,
+/// replacing the one before) under the outlet's set lock, so that no close of the set comes
+/// between the check and the hold (a payment held into a set already closed would be neither
+/// sent nor credited); broadcast the set when it is full. The caller credits it.
 async fn pay(
     cx: &SellerContext<'_>,
     session_id: &str,
     payment_id: u64,
     psbt: &[u8],
     terms: StoredTerms,
-) -> Result<v1::PayTransactionResponse, SocketError> {
+) -> Verdict {
     let (index, value) = terms.single_fee.expect("single-fee terms");
-    let tx = match decode_payment(psbt) {
-        Ok(tx) => tx,
-        Err(e) => return Err(cx.lock_out(session_id, &e.to_string()).await),
+    let closed = || {
+        SocketError::InputSetClosed(
+            "the input set of these terms is closed; ask for new terms".into(),
+        )
     };
-    let this_set = {
-        let session = session_id.to_owned();
-        move |s: &OpenSet| s.session_id == session && s.index == index
-    };
-    let mut seller = {
-        let this_set = this_set.clone();
-        cx.outlet
-            .call(move |task| {
-                task.set
-                    .as_ref()
-                    .filter(|s| this_set(s))
-                    .map(|s| s.seller.clone())
-            })
-            .await?
-            .ok_or_else(|| {
-                SocketError::InputSetClosed(
-                    "the input set of these terms is closed; ask for new terms".into(),
-                )
-            })?
-    };
-    let paid = match seller.accept(tx.clone()) {
-        Ok(paid) => paid,
-        Err(e) => return Err(cx.lock_out(session_id, &e.to_string()).await),
-    };
+    let tx = decode_payment(psbt).map_err(|e| SocketError::Cheat(e.to_string()))?;
+    let mut seller = cx
+        .shared
+        .sets
+        .snapshot(&cx.outlet.id)
+        .filter(|s| s.is(session_id, index))
+        .ok_or_else(closed)?
+        .seller;
+    let paid = seller
+        .accept(tx.clone())
+        .map_err(|e| SocketError::Cheat(e.to_string()))?;
     debug_assert_eq!(paid, value);
-    let checked = cx.checked_on_chain(session_id, &tx).await?;
+    let checked = cx.checked_on_chain(&tx).await?;
     let fee = checked.fee;
-
     let txid = tx.compute_txid();
-    let session = session_id.to_owned();
-    cx.outlet
-        .call(move |task| {
-            // Held and credited on the outlet that owns the set, so that no close of the set
-            // comes between them (a payment held into a set already closed would be neither
-            // sent nor credited).
-            if !task.set.as_ref().is_some_and(&this_set) {
-                return Err(SocketError::InputSetClosed(
-                    "the input set closed meanwhile; ask for new terms".into(),
-                ));
-            }
-            // Persist the new latest (one SQLite transaction, within the cable's unconfirmed
-            // limit: a held set can be double-spent until it confirms) before crediting.
-            task.shared()
-                .persist_within_unconfirmed_limit(&session, terms.amount, |store| {
-                    store.hold_single_fee(&session, payment_id, index, &tx, terms, value, &checked)
-                })?;
-            let set = task.set.as_mut().expect("checked above");
-            set.seller = seller;
-            set.fee.get_or_insert(fee);
-            let full = set.seller.is_full();
-            task.credit(&session, terms.quota, &txid.to_string())?;
-            if full {
-                // The set reached its maximum: broadcast it; the next payment starts a new set.
-                if let Some(set) = task.set.take() {
-                    task.settle(set);
-                }
-            }
-            Ok::<_, SocketError>(())
-        })
-        .await??;
-    Ok(v1::PayTransactionResponse {
+
+    let mut slot = cx.shared.sets.of(&cx.outlet.id).ok_or_else(closed)?;
+    let Some(set) = slot.as_mut().filter(|s| s.is(session_id, index)) else {
+        return Err(SocketError::InputSetClosed(
+            "the input set closed meanwhile; ask for new terms".into(),
+        ));
+    };
+    // Persist the new latest (one SQLite transaction, within the cable's unconfirmed limit: a
+    // held set can be double-spent until it confirms) before it is credited.
+    cx.shared
+        .persist_within_unconfirmed_limit(session_id, terms.amount, |store| {
+            store.hold_single_fee(session_id, payment_id, index, &tx, terms, value, &checked)
+        })?;
+    set.seller = seller;
+    set.fee.get_or_insert(fee);
+    if set.seller.is_full() {
+        // The set reached its maximum: broadcast it; the next payment starts a new set.
+        if let Some(set) = slot.take() {
+            cx.shared.settle(set);
+        }
+    }
+    Ok(Credit {
+        quota: terms.quota,
         txid: txid.to_string(),
-        quota_credited_mwh: terms.quota.0,
-        state: OutletState::Paid as i32,
     })
 }

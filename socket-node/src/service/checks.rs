@@ -161,7 +161,7 @@ impl SocketService {
     pub(super) fn context<'a>(&'a self, outlet: &'a OutletHandle) -> SellerContext<'a> {
         SellerContext {
             shared: &self.0.shared,
-            outlet,
+            outlet: &outlet.config,
         }
     }
 }
@@ -182,8 +182,13 @@ pub(super) fn offered_scheme(outlet: &OutletHandle, scheme: i32) -> Result<Schem
         })
 }
 
-/// Marks a payment of the outlet's session as being checked, and clears the mark when dropped.
-pub(super) struct PaymentInFlight<'a>(&'a OutletHandle);
+/// Marks a payment of the outlet's session as being checked, and clears the mark when ended
+/// ([`PaymentInFlight::end`]) or dropped (a call cancelled).
+pub(super) struct PaymentInFlight<'a> {
+    outlet: &'a OutletHandle,
+    session_id: String,
+    ended: bool,
+}
 
 impl<'a> PaymentInFlight<'a> {
     /// Refused with `FAILED_PRECONDITION` when `session_id` is not in progress on the outlet,
@@ -194,29 +199,29 @@ impl<'a> PaymentInFlight<'a> {
         outlet: &'a OutletHandle,
         session_id: &str,
     ) -> Result<Self, SocketError> {
-        let session = session_id.to_owned();
-        outlet
-            .call(move |task| {
-                task.machine
-                    .active_session(&session)
-                    .map_err(SocketError::wrong_state)?;
-                if task.paying {
-                    return Err(SocketError::PaymentInFlight(
-                        "another payment of this session is being checked; retry".into(),
-                    ));
-                }
-                task.paying = true;
-                task.machine.payment_offered(&session);
-                Ok(())
-            })
-            .await??;
-        Ok(PaymentInFlight(outlet))
+        outlet.begin_payment(session_id.to_owned()).await?;
+        Ok(PaymentInFlight {
+            outlet,
+            session_id: session_id.to_owned(),
+            ended: false,
+        })
+    }
+
+    /// The payment is done with; `judged`: refused for good, so no longer a payment waiting on
+    /// the socket.
+    pub(super) fn end(mut self, judged: bool) {
+        self.ended = true;
+        self.outlet
+            .end_payment(std::mem::take(&mut self.session_id), judged);
     }
 }
 
 impl Drop for PaymentInFlight<'_> {
     fn drop(&mut self) {
-        self.0.post(|task| task.paying = false);
+        if !self.ended {
+            self.outlet
+                .end_payment(std::mem::take(&mut self.session_id), false);
+        }
     }
 }
 
@@ -244,7 +249,7 @@ pub(super) async fn takes_openings<R: SessionRequest>(
             None => format!("{reason} (for good)"),
         }));
     }
-    let refusal = outlet.read(move |task| task.opening_refusal(&key)).await?;
+    let refusal = outlet.opening_refusal(key).await?;
     match refusal {
         Some(reason) => Err(SocketError::wrong_state(reason)),
         None => Ok(()),

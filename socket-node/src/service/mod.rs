@@ -10,15 +10,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::SocketError;
-use crate::seller::{seller_of, spillman, Refusal};
+use crate::outlet::terms::{new_session_id, Opened};
+use crate::outlet::OutletHandle;
+use crate::seller::{seller_of, spillman, Refusal, Verdict};
 use crate::station::Station;
 use crate::store::{Authorized, CableAuth, PaymentStatus};
 
 mod checks;
-mod terms;
 
 use checks::{offered_scheme, takes_openings, PaymentInFlight};
-use terms::{issue_terms, new_session_id, own_unpaid_session};
 
 /// The tonic service over a running [`Station`].
 pub struct SocketService(pub Arc<Station>);
@@ -77,10 +77,7 @@ impl Socket for SocketService {
         // kept with the session's (persisted), like any request of the session, so that a
         // captured one played back, even after a restart, keeps nothing alive.
         if let Some((key, sequence)) = cable {
-            let key_hex = key.to_string();
-            let session = outlet
-                .read(move |task| task.session_of_cable(&key_hex))
-                .await?;
+            let session = outlet.session_of_cable(key.to_string()).await?;
             if let Some(session_id) = session {
                 let authorized = station
                     .shared
@@ -150,10 +147,7 @@ impl Socket for SocketService {
             &cable,
             request.receipt.as_ref(),
         )?;
-        let shared = Arc::clone(&self.0.shared);
-        let issued = outlet
-            .call(move |task| issue_terms(task, &shared, scheme, &request, &cable))
-            .await??;
+        let issued = outlet.issue_terms(scheme, request, cable).await?;
         let reply = seller_of(scheme)
             .reply(&self.context(outlet), issued)
             .await?;
@@ -201,8 +195,8 @@ impl Socket for SocketService {
             .ok_or_else(|| SocketError::internal(format!("session {session_id} has no scheme")))?;
         // One payment of a session at a time: each builds on the one before. No lock is held
         // while it is checked: the outlet only marks it in flight.
-        let _in_flight = PaymentInFlight::begin(outlet, session_id).await?;
-        let reply = seller_of(scheme)
+        let in_flight = PaymentInFlight::begin(outlet, session_id).await?;
+        let verdict = seller_of(scheme)
             .pay(
                 &self.context(outlet),
                 session_id,
@@ -211,16 +205,17 @@ impl Socket for SocketService {
                 terms,
             )
             .await;
-        if let Err(e) = &reply {
-            if !matches!(e, SocketError::Unavailable(_)) {
-                // Judged, and not credited: no longer a payment waiting on the socket.
-                let session = session_id.to_owned();
-                outlet.post(move |task| task.machine.payment_not_credited(&session));
-            }
-        } else {
-            crate::metrics::METRICS.payment_credited(scheme, arrived.elapsed());
-        }
-        Ok(Response::new(reply?))
+        let applied = apply(outlet, session_id, verdict).await;
+        // Judged and not credited (not for want of a check): no longer a payment waiting on
+        // the socket.
+        in_flight.end(matches!(&applied, Err(e) if !matches!(e, SocketError::Unavailable(_))));
+        let credit = applied?;
+        crate::metrics::METRICS.payment_credited(scheme, arrived.elapsed());
+        Ok(Response::new(v1::PayTransactionResponse {
+            txid: credit.txid,
+            quota_credited_mwh: credit.quota.0,
+            state: v1::OutletState::Paid as i32,
+        }))
     }
 
     async fn open_channel(
@@ -234,35 +229,16 @@ impl Socket for SocketService {
         let cable = self.authenticate(&request)?;
         // The cable's own unpaid session in progress: the reply that opened it was lost. For
         // this very deposit its refund is signed again; for another the cable lost it, and it
-        // is ended before the new one opens (socket.proto `OpenChannel`). One outlet call.
-        enum Opened {
-            Again(String),
-            New(crate::store::Payout),
-        }
+        // is ended before the new one opens (socket.proto `OpenChannel`). One outlet command.
         let session_id = new_session_id();
-        let opened = {
-            let (id, shared) = (session_id.clone(), Arc::clone(&self.0.shared));
-            let deposit_txid = request.deposit_txid.clone();
-            outlet
-                .call(move |task| -> Result<Opened, SocketError> {
-                    if let Some(own) = own_unpaid_session(task, &shared, &cable)? {
-                        let same_deposit = shared
-                            .store()
-                            .channel_of(&own)
-                            .map_err(SocketError::internal)?
-                            .is_some_and(|c| c.channel.deposit.txid.to_string() == deposit_txid);
-                        if same_deposit {
-                            return Ok(Opened::Again(own));
-                        }
-                        task.abandon(
-                            &own,
-                            "its cable opened a new one (it lost this one's reply)",
-                        );
-                    }
-                    Ok(Opened::New(task.open_session(&id, scheme, &cable)?))
-                })
-                .await??
-        };
+        let opened = outlet
+            .open_for_channel(
+                session_id.clone(),
+                scheme,
+                cable,
+                request.deposit_txid.clone(),
+            )
+            .await?;
         let payout = match opened {
             Opened::Again(id) => {
                 let reply = spillman::reopen(&self.context(outlet), &id, &request)?;
@@ -283,10 +259,7 @@ impl Socket for SocketService {
                         tracing::error!("counting a refusal: {e}");
                     }
                 }
-                let why = error.to_string();
-                let _ = outlet
-                    .call(move |task| task.abandon(&session_id, &why))
-                    .await;
+                outlet.abandon(session_id, error.to_string()).await;
                 Err(error.into())
             }
         }
@@ -300,11 +273,8 @@ impl Socket for SocketService {
         self.authenticate(&request)?;
         let outlet = self.0.outlet_of_session(&request.session_id)?;
         let cx = self.context(outlet);
-        let funded = spillman::fund(&cx, &request).await;
-        let session = request.session_id.clone();
-        let in_progress = outlet
-            .call(move |task| task.machine.active_session(&session).is_ok())
-            .await?;
+        let in_progress = outlet.in_progress(request.session_id.clone()).await?;
+        let funded = spillman::fund(&cx, &request, in_progress).await;
         match funded {
             Ok(deposit_txid) => Ok(Response::new(v1::FundChannelResponse { deposit_txid })),
             // Not checked (bitcoind, the store): no blame, the cable hands it over again.
@@ -314,7 +284,10 @@ impl Socket for SocketService {
             // A bad deposit for the session in progress locks out; one naming another session
             // is only refused (it must not lock out someone else's session).
             Err(Refusal::Cheat(reason)) if in_progress => {
-                Err(cx.lock_out(&request.session_id, &reason).await.into())
+                outlet
+                    .lock_out(request.session_id.clone(), reason.clone())
+                    .await;
+                Err(SocketError::Cheat(reason).into())
             }
             Err(Refusal::Cheat(reason)) => Err(SocketError::wrong_state(reason).into()),
         }
@@ -333,12 +306,33 @@ impl Socket for SocketService {
             &cable,
             request.receipt.as_ref(),
         )?;
-        let session = request.session_id;
-        let used = outlet
-            .call(move |task| task.end_session(&session))
-            .await??;
+        let used = outlet.end_session(request.session_id).await?;
         Ok(Response::new(v1::EndSessionResponse {
             energy_used_mwh: used.0,
         }))
+    }
+}
+
+/// Apply a seller's verdict on a payment of `session_id` to its outlet: credit its quota, or
+/// lock out on a cheat (the verdict's reason is the proof: design.md "Blame needs proof"), or
+/// pass the refusal on. Errors: the refusal; `FAILED_PRECONDITION` for a credit the outlet
+/// refuses (the session ended meanwhile: the payment stays recorded with its session).
+async fn apply(
+    outlet: &OutletHandle,
+    session_id: &str,
+    verdict: Verdict,
+) -> Result<crate::seller::Credit, SocketError> {
+    match verdict {
+        Ok(credit) => {
+            outlet
+                .credit(session_id.to_owned(), credit.quota, credit.txid.clone())
+                .await?;
+            Ok(credit)
+        }
+        Err(SocketError::Cheat(reason)) => {
+            outlet.lock_out(session_id.to_owned(), reason.clone()).await;
+            Err(SocketError::Cheat(reason))
+        }
+        Err(refused) => Err(refused),
     }
 }

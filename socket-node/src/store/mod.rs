@@ -341,8 +341,6 @@ pub struct StoredSession {
     pub credited: EnergyMwh,
     /// Number of such payments.
     pub payments: u64,
-    /// The highest payment id issued in terms.
-    pub last_payment_id: u64,
 }
 
 /// What the chain check of a transaction the socket is about to credit found

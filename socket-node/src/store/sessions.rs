@@ -180,13 +180,11 @@ impl Store {
             return Ok(None);
         };
         let (credited, payments) = self.credit_of(&id)?;
-        let last_payment_id = self.last_payment_id(&id)?;
         Ok(Some(StoredSession {
             id,
             energy_used: EnergyMwh(used as u64),
             credited,
             payments,
-            last_payment_id,
         }))
     }
 

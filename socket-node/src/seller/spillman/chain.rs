@@ -8,7 +8,6 @@ use bitcoin::{OutPoint, Transaction};
 use wallet::facts::{Answer, Fate, Spender, SEARCH_DEPTH_BLOCKS as DEPOSIT_SEARCH_BLOCKS};
 
 use super::channel_secret_of;
-use crate::outlet::Outlets;
 use crate::shared::Shared;
 use crate::store::{ChannelStatus, Lost, StoredChannel};
 
@@ -196,7 +195,7 @@ pub(crate) fn rebroadcast_deposits(shared: &Shared) {
 /// payment and broadcasting it. A channel with no payment is left to the cable's refund.
 /// The margin is that of the channel's outlet. Errors are logged; the next call tries again.
 /// Blocking (bitcoind RPC): run on the settler thread.
-pub(crate) fn close_due(node: &Shared, outlets: &Outlets) {
+pub(crate) fn close_due(node: &Shared) {
     let open = match node.store().open_channels() {
         Ok(open) => open,
         Err(e) => return tracing::error!("reading the channels: {e}"),
@@ -217,9 +216,12 @@ pub(crate) fn close_due(node: &Shared, outlets: &Outlets) {
             .flatten()
             .unwrap_or_default();
         // An outlet removed from the config: close with the strictest margin it could have had.
-        let margin = outlets
-            .get(outlet_id)
-            .map_or(u32::MAX, |o| o.config.spillman.close_margin_blocks);
+        let margin = node
+            .config
+            .outlets
+            .iter()
+            .find(|o| o.id == *outlet_id)
+            .map_or(u32::MAX, |o| o.spillman.close_margin_blocks);
         let expiring = tip.saturating_add(margin) >= stored.channel.refund_lock_height;
         if !session_ended && !expiring {
             continue;

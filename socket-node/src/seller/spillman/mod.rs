@@ -10,9 +10,9 @@ use bitcoin::consensus::encode;
 use bitcoin::psbt::Psbt;
 use bitcoin::{Amount, OutPoint, PublicKey, ScriptBuf, Transaction};
 use proto::spillman::Channel;
-use proto::v1::{self, OutletState};
+use proto::v1;
 
-use super::{Issued, Refusal, Seller, SellerContext};
+use super::{Credit, Issued, Refusal, Seller, SellerContext, Verdict};
 use crate::config::OutletConfig;
 use crate::shared::Shared;
 use crate::store::{ChannelStatus, Lost, Payout, StoredTerms};
@@ -48,7 +48,7 @@ impl Seller for Spillman {
         payment_id: u64,
         psbt: &[u8],
         terms: StoredTerms,
-    ) -> Result<v1::PayTransactionResponse, SocketError> {
+    ) -> Verdict {
         pay(cx, session_id, payment_id, psbt, terms).await
     }
 }
@@ -103,9 +103,9 @@ pub(crate) async fn open(
         .with_chain(|shared| shared.chain.height())
         .await?
         .map_err(|e| SocketError::unavailable(e.to_string()))?;
-    let terms = offer_terms(cx.shared, &cx.outlet.config, payout.index);
+    let terms = offer_terms(cx.shared, cx.outlet, payout.index);
     channel
-        .check_terms(&terms, tip, cx.outlet.config.min_fee_rate_sat_per_vb)
+        .check_terms(&terms, tip, cx.outlet.min_fee_rate_sat_per_vb)
         .map_err(|e| refused(e.to_string()))?;
     let used = cx
         .shared
@@ -130,7 +130,7 @@ pub(crate) async fn open(
     let signature = channel
         .sign(&refund, &cx.shared.keys.channel_secret(payout.index))
         .map_err(SocketError::internal)?;
-    tracing::info!(outlet = %cx.outlet.id(), session = %session_id, deposit = %channel.deposit, lock_height = channel.refund_lock_height, "spillman refund signed");
+    tracing::info!(outlet = %cx.outlet.id, session = %session_id, deposit = %channel.deposit, lock_height = channel.refund_lock_height, "spillman refund signed");
     Ok(v1::OpenChannelResponse {
         session_id: session_id.to_owned(),
         refund_signature: signature.to_vec(),
@@ -179,7 +179,7 @@ pub(crate) fn reopen(
     let signature = channel
         .sign(&refund, &cx.shared.keys.channel_secret(index))
         .map_err(SocketError::internal)?;
-    tracing::info!(outlet = %cx.outlet.id(), session = %session_id, deposit = %channel.deposit, "spillman refund signed again");
+    tracing::info!(outlet = %cx.outlet.id, session = %session_id, deposit = %channel.deposit, "spillman refund signed again");
     Ok(v1::OpenChannelResponse {
         session_id: session_id.to_owned(),
         refund_signature: signature.to_vec(),
@@ -207,7 +207,8 @@ fn channel_secret_of(
 }
 
 /// Steps 9–11: the deposit must be exactly the channel's (its txid, the 2-of-2 output of the
-/// agreed value) and acceptable to bitcoind; it is stored, then broadcast. Errors:
+/// agreed value), for a session `in_progress` on its outlet (the caller asked the outlet), and
+/// acceptable to bitcoind; it is stored, then broadcast. Errors:
 /// [`Refusal::Cheat`] for a deposit or request that breaks a rule; [`Refusal::Unavailable`]
 /// when it cannot be checked, stored or broadcast now (bitcoind or the store): no blame, the
 /// cable hands it over again. A deposit is acknowledged only once bitcoind has taken it (a
@@ -216,6 +217,7 @@ fn channel_secret_of(
 pub(crate) async fn fund(
     cx: &SellerContext<'_>,
     request: &v1::FundChannelRequest,
+    in_progress: bool,
 ) -> Result<String, Refusal> {
     let unavailable = |e: &dyn std::fmt::Display| Refusal::Unavailable(e.to_string());
     let stored = cx
@@ -238,12 +240,12 @@ pub(crate) async fn fund(
             Err(Refusal::Cheat(format!("the channel is {}", stored.status)))
         };
     }
-    let session = request.session_id.clone();
-    cx.outlet
-        .call(move |task| task.machine.active_session(&session).map(|_| ()))
-        .await
-        .map_err(|e| unavailable(&e))?
-        .map_err(|e| Refusal::Cheat(format!("no deposit for a session not in progress: {e}")))?;
+    if !in_progress {
+        return Err(Refusal::Cheat(format!(
+            "no deposit for session {}: it is not in progress",
+            request.session_id
+        )));
+    }
     let output = deposit.output.get(channel.deposit.vout as usize);
     let script = channel
         .deposit_script_pubkey()
@@ -256,7 +258,7 @@ pub(crate) async fn fund(
             channel.deposit, channel.deposit_value
         )));
     }
-    let min_rate = cx.outlet.config.min_fee_rate_sat_per_vb;
+    let min_rate = cx.outlet.min_fee_rate_sat_per_vb;
     let checked = {
         let deposit = deposit.clone();
         cx.with_chain(move |shared| super::check_on_chain(shared, &deposit, min_rate))
@@ -278,7 +280,7 @@ pub(crate) async fn fund(
         .fund_channel(&request.session_id, &deposit, &checked.parents)
         .map_err(|e| unavailable(&e))?;
     broadcast_deposit(cx, deposit).await?;
-    tracing::info!(outlet = %cx.outlet.id(), session = %request.session_id, %txid, "spillman deposit broadcast");
+    tracing::info!(outlet = %cx.outlet.id, session = %request.session_id, %txid, "spillman deposit broadcast");
     Ok(txid.to_string())
 }
 
@@ -350,14 +352,15 @@ fn reply(
 }
 
 /// Steps 12–14: the payment must be exactly the channel's payment of one quota more, signed by
-/// the cable; it is held as the highest (persisted), then credited. A bad one locks out.
+/// the cable; it is held as the highest (persisted); the caller credits it. A bad one is a
+/// cheat ([`SocketError::Cheat`]: the caller locks out).
 async fn pay(
     cx: &SellerContext<'_>,
     session_id: &str,
     payment_id: u64,
     psbt: &[u8],
     terms: StoredTerms,
-) -> Result<v1::PayTransactionResponse, SocketError> {
+) -> Verdict {
     let stored = cx
         .shared
         .store()
@@ -374,7 +377,7 @@ async fn pay(
     // Chain checks off the async workers. A deposit double-spent before it confirmed pays
     // nothing: stop crediting (the loss is what was credited since the deposit was last seen,
     // bounded by min_confirmations).
-    let min_confirmations = cx.outlet.config.spillman.min_confirmations;
+    let min_confirmations = cx.outlet.spillman.min_confirmations;
     let outpoint = channel.deposit;
     let depth = cx.shared.config.final_confirmations.max(1) + DEPOSIT_SEARCH_BLOCKS;
     let deposit_tx = stored.deposit.clone();
@@ -388,16 +391,15 @@ async fn pay(
         Answer::Found(DepositState::Replaced { input, by }) => {
             let reason =
                 format!("the deposit was double-spent: its input {input} was spent by {by}");
-            let outlet_id = cx.outlet.id();
             cx.shared.payment_lost(
-                outlet_id,
+                &cx.outlet.id,
                 session_id,
                 Lost::Channel,
                 stored.highest_total,
                 "channel-lost",
                 &reason,
             );
-            return Err(cx.lock_out(session_id, &reason).await);
+            return Err(SocketError::Cheat(reason));
         }
         // The deposit's output spent: by the close, or by the refund the socket signed (it
         // unlocked before the socket closed): no more payments on it, nobody to blame.
@@ -423,7 +425,7 @@ async fn pay(
     }
     let psbt = match Psbt::deserialize(psbt) {
         Ok(psbt) => psbt,
-        Err(e) => return Err(cx.lock_out(session_id, &format!("not a PSBT: {e}")).await),
+        Err(e) => return Err(SocketError::Cheat(format!("not a PSBT: {e}"))),
     };
     let Some(signature) = psbt
         .inputs
@@ -431,14 +433,15 @@ async fn pay(
         .and_then(|i| i.partial_sigs.get(&channel.cable_key))
         .copied()
     else {
-        let reason = "the payment carries no signature by the cable's channel key";
-        return Err(cx.lock_out(session_id, reason).await);
+        return Err(SocketError::Cheat(
+            "the payment carries no signature by the cable's channel key".into(),
+        ));
     };
     let tx = psbt.unsigned_tx;
     let total = stored.highest_total + terms.amount;
-    if let Err(e) = channel.check_payment(&tx, total, &signature) {
-        return Err(cx.lock_out(session_id, &e.to_string()).await);
-    }
+    channel
+        .check_payment(&tx, total, &signature)
+        .map_err(|e| SocketError::Cheat(e.to_string()))?;
     // Held before it is credited; on a deposit not yet confirmed, only within the cable's
     // unconfirmed limit (a double spend of the deposit would take the channel's credit back).
     let deposit_confirmed = confirmations > 0;
@@ -460,11 +463,8 @@ async fn pay(
         cx.shared
             .persist_within_unconfirmed_limit(session_id, terms.amount, hold)?;
     }
-    let txid = tx.compute_txid().to_string();
-    cx.credit(session_id, terms.quota, txid.clone()).await?;
-    Ok(v1::PayTransactionResponse {
-        txid,
-        quota_credited_mwh: terms.quota.0,
-        state: OutletState::Paid as i32,
+    Ok(Credit {
+        quota: terms.quota,
+        txid: tx.compute_txid().to_string(),
     })
 }
