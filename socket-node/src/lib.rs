@@ -9,6 +9,7 @@
 //!   the settler that broadcasts and watches.
 //! - [`outlet`]: one outlet as an actor: its task owns the state machine (`Standby` / `Paid` /
 //!   `Lockout`, paper §III), hardware and timers; the rest sends it commands.
+//! - [`parents`]: the unconfirmed parents of what the socket credits: kept, sent again, judged.
 //! - [`seller`]: the seller side of each scheme, `onchain`, `single-fee`, `spillman` and
 //!   `lightning`, each seeing only its store, chain and outlet.
 //! - [`sets`]: the single-fee input set in progress on each outlet.
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod node;
 pub mod operator;
 pub mod outlet;
+pub(crate) mod parents;
 pub mod receipts;
 pub mod seller;
 pub mod service;

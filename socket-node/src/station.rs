@@ -218,8 +218,9 @@ impl Station {
     }
 
     /// Apply a Lightning seller's verdict on its session's outlet (blocking: the Lightning
-    /// event thread). A payment recorded whose session is no longer in progress stays
-    /// recorded: credited at a restart of that session, audited for a keysend.
+    /// event thread). A payment recorded whose session is no longer in progress stays recorded
+    /// with it (counted when the outlet resumes the session after a restart, if it was only
+    /// stopping), and a keysend's is audited (`keysend-after-end`).
     fn apply_ln(&self, verdict: crate::seller::lightning::LnVerdict) {
         use crate::seller::lightning::LnVerdict;
         match verdict {
@@ -255,9 +256,25 @@ impl Station {
                     }
                 }
             }
-            LnVerdict::LockOut { session_id, reason } => {
-                if let Ok(outlet) = self.outlets.of_session(&self.shared, &session_id) {
-                    outlet.lock_out_blocking(session_id, reason);
+            LnVerdict::LockOut {
+                session_id,
+                reason,
+                payment_hash,
+                amount_msat,
+            } => {
+                let locked_out = self
+                    .outlets
+                    .of_session(&self.shared, &session_id)
+                    .is_ok_and(|outlet| {
+                        outlet.lock_out_blocking(session_id.clone(), reason.clone())
+                    });
+                if !locked_out {
+                    crate::seller::lightning::keysend_not_credited(
+                        &self.shared,
+                        &payment_hash,
+                        amount_msat,
+                        &format!("after session {session_id} ended: {reason}"),
+                    );
                 }
             }
         }

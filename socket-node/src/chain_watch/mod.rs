@@ -3,32 +3,14 @@
 //! followed until final. Run by the settler thread every second (`Station::run_settler`), on
 //! the handles it needs: the shared state and the outlets.
 
-pub mod parents;
-
 use wallet::facts::{Answer, Fate, Spender, SEARCH_DEPTH_BLOCKS as WATCH_DEPTH_BLOCKS};
 use wallet::WalletError;
 
 use crate::outlet::Outlets;
 use crate::shared::Shared;
-use crate::store::{Lost, PaymentStatus, StoredPayment};
+use crate::store::{Lost, PaymentStatus};
 
-/// Send a payment the socket credited but could not send yet (`accepted`: bitcoind did not
-/// answer its broadcast) and mark it `broadcast`; a store that does not take the mark is
-/// logged (the chain watch writes it again). Blocking (bitcoind RPC). Errors: bitcoind's.
-pub(crate) fn send_accepted(shared: &Shared, payment: &StoredPayment) -> Result<(), WalletError> {
-    let txid = shared.chain.broadcast(&payment.tx)?;
-    tracing::info!(session = %payment.session_id, %txid, "payment sent, after bitcoind did not answer");
-    if let Err(e) = shared.store().set_payment_status(
-        &payment.session_id,
-        payment.payment_id,
-        PaymentStatus::Broadcast,
-    ) {
-        tracing::error!("store (the chain watch writes it again): {e}");
-    }
-    Ok(())
-}
-
-use self::parents::Missing;
+use crate::parents::{self, send_accepted, Missing};
 
 /// The chain watch's handles: the socket's shared state and its outlets (to lock out a
 /// session whose payment its cable replaced).

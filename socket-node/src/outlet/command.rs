@@ -66,11 +66,12 @@ pub(crate) enum OutletCommand {
         detail: String,
         reply: Reply<Result<(), SocketError>>,
     },
-    /// Lock out for a rule the session's cable broke, when it is the session in progress.
+    /// Lock out for a rule the session's cable broke, when it is the session in progress;
+    /// replies whether it locked out.
     LockOut {
         session_id: String,
         reason: String,
-        reply: Reply<()>,
+        reply: Reply<bool>,
     },
     /// End a session before anything was paid, with no blame.
     Abandon {
@@ -165,8 +166,7 @@ impl OutletTask {
                 reason,
                 reply,
             } => {
-                self.lock_out(&session_id, &reason);
-                let _ = reply.send(());
+                let _ = reply.send(self.lock_out(&session_id, &reason));
             }
             C::Abandon {
                 session_id,
@@ -197,7 +197,7 @@ impl OutletTask {
         self.machine
             .active_session(session_id)
             .map_err(SocketError::wrong_state)?;
-        if self.paying.is_some() {
+        if self.paying.as_deref() == Some(session_id) {
             return Err(SocketError::PaymentInFlight(
                 "another payment of this session is being checked; retry".into(),
             ));

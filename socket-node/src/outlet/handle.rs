@@ -70,8 +70,9 @@ impl Outlets {
 }
 
 /// Calls of the cable-facing server that may wait for one outlet at once; reads are refused
-/// from half of it ([`OutletHandle::snapshot`]). The settler's and Lightning's calls are not
-/// counted: they are the socket's own, few, and must not be refused.
+/// from half of it ([`OutletHandle::snapshot`]). The socket's own commands are not counted:
+/// those of the settler and the Lightning events, and the credits, lockouts and ends that apply
+/// a verdict on a payment already checked: they must not be refused.
 const QUEUE_LIMIT: usize = 256;
 
 /// A running outlet: its config and offer, and the channel to its task.
@@ -158,8 +159,8 @@ impl OutletHandle {
         answer.await.map_err(|_| stopped())
     }
 
-    /// [`OutletHandle::ask`] from a thread outside the runtime (the settler's chain watch), for
-    /// the socket's own commands.
+    /// [`OutletHandle::ask`] from a thread outside the runtime (the settler's chain watch, the
+    /// Lightning event handler), for the socket's own commands.
     fn ask_blocking<R>(
         &self,
         make: impl FnOnce(oneshot::Sender<R>) -> OutletCommand,
@@ -177,7 +178,7 @@ impl OutletHandle {
                     && self.queued.load(Ordering::SeqCst) >= QUEUE_LIMIT / 2
                 {
                     return Err(SocketError::RateLimited(format!(
-                        "outlet {} is busy; ask for its status again later",
+                        "outlet {} is busy; ask again later",
                         self.config.id
                     )));
                 }
@@ -349,24 +350,26 @@ impl OutletHandle {
     }
 
     /// Lock the outlet out for `reason` when `session_id` is the session in progress (proof in
-    /// hand: design.md "Blame needs proof"), recording the anomaly.
-    pub(crate) async fn lock_out(&self, session_id: String, reason: String) {
-        let _ = self
-            .ask(Caller::Socket, |reply| OutletCommand::LockOut {
-                session_id,
-                reason,
-                reply,
-            })
-            .await;
-    }
-
-    /// [`OutletHandle::lock_out`] from outside the runtime.
-    pub(crate) fn lock_out_blocking(&self, session_id: String, reason: String) {
-        let _ = self.ask_blocking(|reply| OutletCommand::LockOut {
+    /// hand: design.md "Blame needs proof"), recording the anomaly. Returns whether it did (not
+    /// for a session that ended, nor when the outlet has stopped).
+    pub(crate) async fn lock_out(&self, session_id: String, reason: String) -> bool {
+        self.ask(Caller::Socket, |reply| OutletCommand::LockOut {
             session_id,
             reason,
             reply,
-        });
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// [`OutletHandle::lock_out`] from outside the runtime.
+    pub(crate) fn lock_out_blocking(&self, session_id: String, reason: String) -> bool {
+        self.ask_blocking(|reply| OutletCommand::LockOut {
+            session_id,
+            reason,
+            reply,
+        })
+        .unwrap_or(false)
     }
 
     /// End `session_id` before anything was paid, with no blame.

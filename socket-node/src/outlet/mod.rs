@@ -398,10 +398,11 @@ impl OutletTask {
 
     /// Lock the outlet out for a refused payment of `session_id` and record why; only when
     /// that session is the one in progress (a request about another session locks nothing).
-    fn lock_out(&mut self, session_id: &str, reason: &str) {
+    /// Returns whether it locked out.
+    fn lock_out(&mut self, session_id: &str, reason: &str) -> bool {
         if self.machine.session().is_none_or(|s| s.id != session_id) {
             tracing::warn!(outlet = %self.config.id, session = %session_id, %reason, "refused; not the session in progress, no lockout");
-            return;
+            return false;
         }
         tracing::warn!(outlet = %self.config.id, session = %session_id, %reason, "payment refused: lockout");
         // The rule `payment-refused` (design.md "Attestation"): stored, the cable flagged.
@@ -418,6 +419,7 @@ impl OutletTask {
         }
         let events = self.machine.lock_out(reason, self.now_ms());
         self.apply(events);
+        true
     }
 
     /// End session `id` at its cable's request (authenticated by the caller): relay open, what
@@ -499,6 +501,9 @@ impl OutletTask {
                 }
                 Event::SessionEnded { id, used, reason } => {
                     tracing::info!(outlet = %outlet_id, session = %id, %used, %reason, "session ended");
+                    if self.paying.as_deref() == Some(id.as_str()) {
+                        self.paying = None;
+                    }
                     // The set's lock is taken before the store's: a payment being held into
                     // it is held before it closes, or finds it closed.
                     let set = self.shared.sets.take_if(&outlet_id, |s| s.session_id == id);

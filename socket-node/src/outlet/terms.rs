@@ -174,14 +174,15 @@ impl OutletTask {
             {
                 (last, terms)
             }
-            (last, _) => {
+            _ => {
                 // The seller takes a set's lock before the store's: no store guard held here.
+                // The id is decided where it is written: a keysend may have taken the next one
+                // meanwhile (the Lightning event thread records keysends with their terms).
                 let terms =
                     seller.new_terms(&shared, &self.config, &payout, &session_id, request)?;
-                let payment_id = last + 1;
-                shared
+                let payment_id = shared
                     .store()
-                    .issue_terms(&session_id, payment_id, terms)
+                    .issue_next_terms(&session_id, terms)
                     .map_err(SocketError::internal)?;
                 (payment_id, terms)
             }

@@ -60,7 +60,7 @@ fn reply(
         .ln
         .as_ref()
         .ok_or_else(|| SocketError::wrong_state("this socket has no Lightning node"))?;
-    let amount_msat = PriceMsatPerWh(cx.outlet.price_msat_per_wh)
+    let amount_msat = PriceMsatPerWh(cx.config.price_msat_per_wh)
         .cost_of(terms.quota)
         .map_err(SocketError::internal)?
         .0;
@@ -75,7 +75,7 @@ fn reply(
         None => {
             let text = format!(
                 "t2t {} session {session_id} payment {payment_id}",
-                cx.outlet.id
+                cx.config.id
             );
             let description = Bolt11InvoiceDescription::Direct(
                 Description::new(text).map_err(SocketError::internal)?,
@@ -143,9 +143,15 @@ pub(crate) enum LnVerdict {
         payment_hash: String,
         keysend_payment_id: Option<u64>,
     },
-    /// The cable of `session_id` signed a keysend that breaks a rule: lock out when it is the
-    /// session in progress (after its end, nobody is blamed).
-    LockOut { session_id: String, reason: String },
+    /// The cable of `session_id` signed a keysend (`payment_hash`, `amount_msat`) that breaks a
+    /// rule: lock out when it is the session in progress; after its end nobody is blamed and
+    /// the keysend is kept and audited like a stray one ([`keysend_not_credited`]).
+    LockOut {
+        session_id: String,
+        reason: String,
+        payment_hash: String,
+        amount_msat: u64,
+    },
 }
 
 /// Handle a Lightning event (on the Lightning event thread): a payment received for one of our
@@ -172,21 +178,17 @@ pub(crate) fn on_event(
             match receive_keysend(shared, &hash, *amount_msat, custom_records) {
                 Ok(verdict) => return (EventOutcome::Handled, verdict),
                 Err(KeysendRefusal::Stray(reason)) => {
-                    tracing::warn!(%hash, amount_msat, %reason, "keysend kept, not credited");
-                    if let Some(line) = STRAY_KEYSENDS.tally(*amount_msat, &reason) {
-                        if let Err(e) =
-                            shared
-                                .store()
-                                .audit("", None, "keysend-not-credited", &line)
-                        {
-                            tracing::error!("the audit log did not take a row: {e}");
-                        }
-                    }
+                    keysend_not_credited(shared, &hash, *amount_msat, &reason)
                 }
                 Err(KeysendRefusal::Cheat { session_id, reason }) => {
                     return (
                         EventOutcome::Handled,
-                        Some(LnVerdict::LockOut { session_id, reason }),
+                        Some(LnVerdict::LockOut {
+                            session_id,
+                            reason,
+                            payment_hash: hash,
+                            amount_msat: *amount_msat,
+                        }),
                     )
                 }
                 Err(KeysendRefusal::NotStored(reason)) => {
@@ -253,11 +255,26 @@ pub(crate) fn on_event(
     (EventOutcome::Handled, None)
 }
 
+/// A keysend kept and not credited (`reason`): logged, and counted in the audit log's
+/// aggregated line ([`STRAY_AUDIT_EVERY`]).
+pub(crate) fn keysend_not_credited(shared: &Shared, hash: &str, amount_msat: u64, reason: &str) {
+    tracing::warn!(%hash, amount_msat, %reason, "keysend kept, not credited");
+    if let Some(line) = STRAY_KEYSENDS.tally(amount_msat, reason) {
+        if let Err(e) = shared
+            .store()
+            .audit("", None, "keysend-not-credited", &line)
+        {
+            tracing::error!("the audit log did not take a row: {e}");
+        }
+    }
+}
+
 /// Why a keysend was not credited.
 pub(crate) enum KeysendRefusal {
     /// It is not signed by the cable of the session it names (anyone can keysend anything:
-    /// design.md "Blame needs proof"), names no session here, breaks a rule for a session that
-    /// ended, or keysend is off: kept, audited (aggregated), nobody blamed.
+    /// design.md "Blame needs proof"), names no session here, or keysend is off: kept, audited
+    /// (aggregated), nobody blamed. (One its cable signed that breaks a rule for a session
+    /// that ended is kept the same way: [`LnVerdict::LockOut`].)
     Stray(String),
     /// Signed by the cable of the session it names, yet it breaks a rule: the cable signed a
     /// cheat, lock out (when that session is in progress).

@@ -134,7 +134,7 @@ pub(crate) struct SellerContext<'a> {
     /// Store, chain, Lightning node, keys.
     pub(crate) shared: &'a Arc<Shared>,
     /// The config of the session's outlet.
-    pub(crate) outlet: &'a OutletConfig,
+    pub(crate) config: &'a OutletConfig,
 }
 
 impl SellerContext<'_> {
@@ -156,7 +156,7 @@ impl SellerContext<'_> {
     ) -> Result<CheckedTx, SocketError> {
         let checked = {
             let tx = tx.clone();
-            let min_rate = self.outlet.min_fee_rate_sat_per_vb;
+            let min_rate = self.config.min_fee_rate_sat_per_vb;
             self.with_chain(move |shared| check_on_chain(shared, &tx, min_rate))
                 .await?
         };
@@ -299,7 +299,7 @@ pub(crate) fn check_on_chain(
             "{weight} weight units: at most {MAX_WEIGHT_WU}"
         )));
     }
-    crate::chain_watch::parents::send_unsent_parents(shared, tx);
+    crate::parents::send_unsent_parents(shared, tx);
     let verdict = shared.chain.test_mempool_accept(tx).map_err(unavailable)?;
     if !verdict.allowed {
         return Err(judge_reject(&verdict.reject_reason));

@@ -191,7 +191,7 @@ async fn pay(
     let mut seller = cx
         .shared
         .sets
-        .snapshot(&cx.outlet.id)
+        .snapshot(&cx.config.id)
         .filter(|s| s.is(session_id, index))
         .ok_or_else(closed)?
         .seller;
@@ -203,7 +203,7 @@ async fn pay(
     let fee = checked.fee;
     let txid = tx.compute_txid();
 
-    let mut slot = cx.shared.sets.of(&cx.outlet.id).ok_or_else(closed)?;
+    let mut slot = cx.shared.sets.of(&cx.config.id).ok_or_else(closed)?;
     let Some(set) = slot.as_mut().filter(|s| s.is(session_id, index)) else {
         return Err(SocketError::InputSetClosed(
             "the input set closed meanwhile; ask for new terms".into(),

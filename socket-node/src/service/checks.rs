@@ -161,7 +161,7 @@ impl SocketService {
     pub(super) fn context<'a>(&'a self, outlet: &'a OutletHandle) -> SellerContext<'a> {
         SellerContext {
             shared: &self.0.shared,
-            outlet: &outlet.config,
+            config: &outlet.config,
         }
     }
 }

@@ -209,12 +209,12 @@ impl Socket for SocketService {
         // Judged and not credited (not for want of a check): no longer a payment waiting on
         // the socket.
         in_flight.end(matches!(&applied, Err(e) if !matches!(e, SocketError::Unavailable(_))));
-        let credit = applied?;
+        let (credit, state) = applied?;
         crate::metrics::METRICS.payment_credited(scheme, arrived.elapsed());
         Ok(Response::new(v1::PayTransactionResponse {
             txid: credit.txid,
             quota_credited_mwh: credit.quota.0,
-            state: v1::OutletState::Paid as i32,
+            state: state as i32,
         }))
     }
 
@@ -283,10 +283,12 @@ impl Socket for SocketService {
             Err(Refusal::Policy(reason)) => Err(SocketError::invalid(reason).into()),
             // A bad deposit for the session in progress locks out; one naming another session
             // is only refused (it must not lock out someone else's session).
-            Err(Refusal::Cheat(reason)) if in_progress => {
-                outlet
-                    .lock_out(request.session_id.clone(), reason.clone())
-                    .await;
+            Err(Refusal::Cheat(reason))
+                if in_progress
+                    && outlet
+                        .lock_out(request.session_id.clone(), reason.clone())
+                        .await =>
+            {
                 Err(SocketError::Cheat(reason).into())
             }
             Err(Refusal::Cheat(reason)) => Err(SocketError::wrong_state(reason).into()),
@@ -315,23 +317,44 @@ impl Socket for SocketService {
 
 /// Apply a seller's verdict on a payment of `session_id` to its outlet: credit its quota, or
 /// lock out on a cheat (the verdict's reason is the proof: design.md "Blame needs proof"), or
-/// pass the refusal on. Errors: the refusal; `FAILED_PRECONDITION` for a credit the outlet
-/// refuses (the session ended meanwhile: the payment stays recorded with its session).
+/// pass the refusal on. Returns the payment and the outlet's state. A payment persisted whose
+/// session ended before its credit (unplugged meanwhile) was taken all the same: it is
+/// recorded with its session and sent, so the reply says so (with the outlet's state now),
+/// lest the cable spend its inputs again. A cheat found when its session had already ended
+/// locks nothing out and is refused as such. Errors: the refusal.
 async fn apply(
     outlet: &OutletHandle,
     session_id: &str,
     verdict: Verdict,
-) -> Result<crate::seller::Credit, SocketError> {
+) -> Result<(crate::seller::Credit, v1::OutletState), SocketError> {
     match verdict {
         Ok(credit) => {
-            outlet
+            let credited = outlet
                 .credit(session_id.to_owned(), credit.quota, credit.txid.clone())
-                .await?;
-            Ok(credit)
+                .await;
+            match credited {
+                Ok(()) => Ok((credit, v1::OutletState::Paid)),
+                Err(SocketError::WrongState(why)) => {
+                    tracing::warn!(outlet = outlet.id(), session = session_id, txid = %credit.txid, "payment recorded for a session that ended meanwhile: {why}");
+                    let state = outlet
+                        .snapshot()
+                        .await
+                        .ok()
+                        .and_then(|(status, _)| v1::OutletState::try_from(status.state).ok())
+                        .unwrap_or(v1::OutletState::Standby);
+                    Ok((credit, state))
+                }
+                Err(e) => Err(e),
+            }
         }
         Err(SocketError::Cheat(reason)) => {
-            outlet.lock_out(session_id.to_owned(), reason.clone()).await;
-            Err(SocketError::Cheat(reason))
+            if outlet.lock_out(session_id.to_owned(), reason.clone()).await {
+                Err(SocketError::Cheat(reason))
+            } else {
+                Err(SocketError::wrong_state(format!(
+                    "refused, the session having ended: {reason}"
+                )))
+            }
         }
         Err(refused) => Err(refused),
     }

@@ -96,6 +96,15 @@ impl Store {
         })
     }
 
+    /// Issue `terms` for the next payment of `session_id`: one above the highest payment id
+    /// issued so far (a keysend's included, [`Store::receive_keysend`]), decided and written
+    /// under one hold of the store. Returns that payment id.
+    pub fn issue_next_terms(&self, session_id: &str, terms: StoredTerms) -> Result<u64> {
+        let payment_id = self.last_payment_id(session_id)? + 1;
+        self.issue_terms(session_id, payment_id, terms)?;
+        Ok(payment_id)
+    }
+
     /// The terms issued for a payment, if any.
     pub fn terms(&self, session_id: &str, payment_id: u64) -> Result<Option<StoredTerms>> {
         self.db

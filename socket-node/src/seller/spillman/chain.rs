@@ -54,12 +54,8 @@ pub(crate) fn watch_channels(node: &Shared) {
                     continue;
                 }
                 Answer::Found(Fate::Missing) => {
-                    match crate::chain_watch::parents::why_missing(node, deposit, depth) {
-                        crate::chain_watch::parents::Missing::ParentReplaced {
-                            parent,
-                            input,
-                            by,
-                        } => {
+                    match crate::parents::why_missing(node, deposit, depth) {
+                        crate::parents::Missing::ParentReplaced { parent, input, by } => {
                             node.payment_lost_unproven(
                                 &outlet_id,
                                 session_id,
@@ -73,7 +69,7 @@ pub(crate) fn watch_channels(node: &Shared) {
                             );
                             continue;
                         }
-                        crate::chain_watch::parents::Missing::SendAgain => resend(deposit),
+                        crate::parents::Missing::SendAgain => resend(deposit),
                     }
                 }
                 Answer::Found(Fate::Confirmed { .. } | Fate::InMempool) => {}

@@ -103,9 +103,9 @@ pub(crate) async fn open(
         .with_chain(|shared| shared.chain.height())
         .await?
         .map_err(|e| SocketError::unavailable(e.to_string()))?;
-    let terms = offer_terms(cx.shared, cx.outlet, payout.index);
+    let terms = offer_terms(cx.shared, cx.config, payout.index);
     channel
-        .check_terms(&terms, tip, cx.outlet.min_fee_rate_sat_per_vb)
+        .check_terms(&terms, tip, cx.config.min_fee_rate_sat_per_vb)
         .map_err(|e| refused(e.to_string()))?;
     let used = cx
         .shared
@@ -130,7 +130,7 @@ pub(crate) async fn open(
     let signature = channel
         .sign(&refund, &cx.shared.keys.channel_secret(payout.index))
         .map_err(SocketError::internal)?;
-    tracing::info!(outlet = %cx.outlet.id, session = %session_id, deposit = %channel.deposit, lock_height = channel.refund_lock_height, "spillman refund signed");
+    tracing::info!(outlet = %cx.config.id, session = %session_id, deposit = %channel.deposit, lock_height = channel.refund_lock_height, "spillman refund signed");
     Ok(v1::OpenChannelResponse {
         session_id: session_id.to_owned(),
         refund_signature: signature.to_vec(),
@@ -179,7 +179,7 @@ pub(crate) fn reopen(
     let signature = channel
         .sign(&refund, &cx.shared.keys.channel_secret(index))
         .map_err(SocketError::internal)?;
-    tracing::info!(outlet = %cx.outlet.id, session = %session_id, deposit = %channel.deposit, "spillman refund signed again");
+    tracing::info!(outlet = %cx.config.id, session = %session_id, deposit = %channel.deposit, "spillman refund signed again");
     Ok(v1::OpenChannelResponse {
         session_id: session_id.to_owned(),
         refund_signature: signature.to_vec(),
@@ -258,7 +258,7 @@ pub(crate) async fn fund(
             channel.deposit, channel.deposit_value
         )));
     }
-    let min_rate = cx.outlet.min_fee_rate_sat_per_vb;
+    let min_rate = cx.config.min_fee_rate_sat_per_vb;
     let checked = {
         let deposit = deposit.clone();
         cx.with_chain(move |shared| super::check_on_chain(shared, &deposit, min_rate))
@@ -280,7 +280,7 @@ pub(crate) async fn fund(
         .fund_channel(&request.session_id, &deposit, &checked.parents)
         .map_err(|e| unavailable(&e))?;
     broadcast_deposit(cx, deposit).await?;
-    tracing::info!(outlet = %cx.outlet.id, session = %request.session_id, %txid, "spillman deposit broadcast");
+    tracing::info!(outlet = %cx.config.id, session = %request.session_id, %txid, "spillman deposit broadcast");
     Ok(txid.to_string())
 }
 
@@ -377,7 +377,7 @@ async fn pay(
     // Chain checks off the async workers. A deposit double-spent before it confirmed pays
     // nothing: stop crediting (the loss is what was credited since the deposit was last seen,
     // bounded by min_confirmations).
-    let min_confirmations = cx.outlet.spillman.min_confirmations;
+    let min_confirmations = cx.config.spillman.min_confirmations;
     let outpoint = channel.deposit;
     let depth = cx.shared.config.final_confirmations.max(1) + DEPOSIT_SEARCH_BLOCKS;
     let deposit_tx = stored.deposit.clone();
@@ -392,7 +392,7 @@ async fn pay(
             let reason =
                 format!("the deposit was double-spent: its input {input} was spent by {by}");
             cx.shared.payment_lost(
-                &cx.outlet.id,
+                &cx.config.id,
                 session_id,
                 Lost::Channel,
                 stored.highest_total,

@@ -9,6 +9,8 @@ use bitcoin::{OutPoint, Transaction, Txid};
 use wallet::facts::{Answer, Fate};
 
 use crate::shared::Shared;
+use crate::store::{PaymentStatus, StoredPayment};
+use wallet::WalletError;
 
 /// Send first each payment `tx` spends from that the socket credited but could not send yet
 /// (bitcoind did not answer its broadcast; the chain watch would send it within a second):
@@ -26,7 +28,7 @@ pub(crate) fn send_unsent_parents(shared: &Shared, tx: &Transaction) {
         .iter()
         .filter(|p| parents.contains(&p.tx.compute_txid()))
     {
-        if let Err(e) = super::send_accepted(shared, parent) {
+        if let Err(e) = send_accepted(shared, parent) {
             tracing::debug!(txid = %parent.tx.compute_txid(), "sending a parent first: {e}");
         }
     }
@@ -79,4 +81,20 @@ pub(crate) fn why_missing(shared: &Shared, child: &Transaction, depth: u32) -> M
         }
     }
     Missing::SendAgain
+}
+
+/// Send a payment the socket credited but could not send yet (`accepted`: bitcoind did not
+/// answer its broadcast) and mark it `broadcast`; a store that does not take the mark is
+/// logged (the chain watch writes it again). Blocking (bitcoind RPC). Errors: bitcoind's.
+pub(crate) fn send_accepted(shared: &Shared, payment: &StoredPayment) -> Result<(), WalletError> {
+    let txid = shared.chain.broadcast(&payment.tx)?;
+    tracing::info!(session = %payment.session_id, %txid, "payment sent, after bitcoind did not answer");
+    if let Err(e) = shared.store().set_payment_status(
+        &payment.session_id,
+        payment.payment_id,
+        PaymentStatus::Broadcast,
+    ) {
+        tracing::error!("store (the chain watch writes it again): {e}");
+    }
+    Ok(())
 }
