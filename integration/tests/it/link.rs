@@ -56,6 +56,21 @@ const CABLE_LINK_IP: &str = "10.77.0.2";
 
 impl Link {
     fn new() -> Link {
+        // The host's ends have fixed addresses (10.78.<n>.1): namespaces a killed run left
+        // behind would hold them too and take this run's traffic. One link at a time.
+        let listed = Command::new("ip").args(["netns", "list"]).output();
+        for line in listed
+            .map(|o| o.stdout)
+            .unwrap_or_default()
+            .split(|b| *b == b'\n')
+        {
+            let name = String::from_utf8_lossy(line);
+            let name = name.split_whitespace().next().unwrap_or_default();
+            if name.starts_with("t2ts") || name.starts_with("t2tc") {
+                eprintln!("removing the namespace {name} a killed run left behind");
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+            }
+        }
         let tag = format!("{}", std::process::id() % 100_000);
         let link = Link {
             socket_ns: format!("t2ts{tag}"),
