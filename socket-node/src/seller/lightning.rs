@@ -9,7 +9,6 @@ use proto::units::PriceMsatPerWh;
 use proto::v1;
 
 use super::{Issued, Seller, SellerContext, Verdict};
-use crate::config::OutletConfig;
 use crate::shared::Shared;
 use crate::store::StoredTerms;
 use proto::units::EnergyMwh;
@@ -392,7 +391,7 @@ pub(crate) fn receive_keysend(
             record.session_id
         )));
     }
-    let terms = keysend_terms(config).map_err(|e| stray(e.to_string()))?;
+    let terms = super::one_quota(config).map_err(|e| stray(e.to_string()))?;
     let expected_msat = PriceMsatPerWh(config.price_msat_per_wh)
         .cost_of(terms.quota)
         .map_err(|e| stray(e.to_string()))?
@@ -438,15 +437,6 @@ pub(crate) fn receive_keysend(
 /// A store that did not answer or take a keysend: handled again later.
 fn not_stored(e: impl std::fmt::Display) -> KeysendRefusal {
     KeysendRefusal::NotStored(e.to_string())
-}
-
-/// The terms of one keysend quota on the outlet of `config`: price × quota.
-fn keysend_terms(config: &OutletConfig) -> anyhow::Result<StoredTerms> {
-    Ok(StoredTerms {
-        amount: config.quota_amount()?,
-        quota: EnergyMwh(config.quota_mwh),
-        single_fee: None,
-    })
 }
 
 /// Whether the cable that opened the session `record` names signed this keysend

@@ -63,11 +63,7 @@ pub(crate) trait Seller: Send + Sync {
         _session_id: &str,
         _request: &v1::PowerRequestRequest,
     ) -> Result<StoredTerms, SocketError> {
-        Ok(StoredTerms {
-            amount: config.quota_amount().map_err(SocketError::internal)?,
-            quota: EnergyMwh(config.quota_mwh),
-            single_fee: None,
-        })
+        one_quota(config).map_err(SocketError::internal)
     }
 
     /// Whether terms issued before and not paid yet may be issued again as they are.
@@ -98,6 +94,15 @@ pub(crate) trait Seller: Send + Sync {
         psbt: &[u8],
         terms: StoredTerms,
     ) -> Verdict;
+}
+
+/// The terms of one quota on the outlet of `config`: price × quota (paper seed 000 Table I).
+pub(crate) fn one_quota(config: &OutletConfig) -> anyhow::Result<StoredTerms> {
+    Ok(StoredTerms {
+        amount: config.quota_amount()?,
+        quota: EnergyMwh(config.quota_mwh),
+        single_fee: None,
+    })
 }
 
 /// The seller of `scheme`.
